@@ -1,0 +1,142 @@
+package scheduler
+
+import "fmt"
+
+// rankOrder returns the program of pipeline rank r of p for m local
+// microbatches, before loss, all-reduce and optimizer actions are added.
+// Actions use local microbatch indices and the chunk index (0..v-1) in
+// Stage; classicPlan maps them to global microbatches and stages
+// (stage = chunk*p + rank).
+type rankOrder func(rank, p, v, m int) []Action
+
+func init() {
+	Register("gpipe", func(s Spec) (*Plan, error) { return classicPlan(s, "gpipe", 1, gpipeOrder) })
+	Register("gpipe-recompute", func(s Spec) (*Plan, error) {
+		s.Recompute = true
+		return classicPlan(s, "gpipe-recompute", 1, gpipeOrder)
+	})
+	Register("1f1b", func(s Spec) (*Plan, error) { return classicPlan(s, "1f1b", 1, oneFOneBOrder) })
+}
+
+// gpipeOrder: all forwards, then all backwards, both in ascending
+// microbatch order (ascending backwards keep gradient summation order
+// fixed and cost no time: the flush waits for the last forward anyway).
+func gpipeOrder(rank, p, v, m int) []Action {
+	out := make([]Action, 0, 2*m)
+	for i := range m {
+		out = append(out, F(i, 0))
+	}
+	for i := range m {
+		out = append(out, B(i, 0))
+	}
+	return out
+}
+
+// oneFOneBOrder is PipeDream-Flush: rank r runs p-r-1 warm-up forwards,
+// then alternates one forward and one backward, then drains.
+func oneFOneBOrder(rank, p, v, m int) []Action {
+	warm := min(p-rank-1, m)
+	out := make([]Action, 0, 2*m)
+	for i := range warm {
+		out = append(out, F(i, 0))
+	}
+	for i := 0; i < m-warm; i++ {
+		out = append(out, F(warm+i, 0), B(i, 0))
+	}
+	for i := m - warm; i < m; i++ {
+		out = append(out, B(i, 0))
+	}
+	return out
+}
+
+// classicPlan builds a plan in which every microbatch visits every stage in
+// order, rank r of every replica holding stages r, r+p, ..., and the loss
+// computed on the worker holding the last stage.
+func classicPlan(s Spec, name string, defaultChunks int, order rankOrder) (*Plan, error) {
+	if err := s.normalise(defaultChunks); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	p, v, nr := s.Stages, s.Chunks, s.Replicas
+	ns := p * v
+	plan := &Plan{
+		Version:   FormatVersion,
+		Schedule:  name,
+		Iteration: s.Iteration,
+		Epoch:     s.Epoch,
+		HeadStage: ns - 1,
+		Recompute: s.Recompute,
+	}
+	plan.Stages = splitLayers(s.Layers, ns)
+	// Worker id = rank*nr + replica.
+	plan.Workers = make([]Worker, p*nr)
+	for r := range p {
+		for k := range nr {
+			w := &plan.Workers[r*nr+k]
+			w.Replica = k
+			w.Memory = s.Memory
+			w.Node = fmt.Sprintf("node-%d", r*nr+k)
+			if s.Nodes != nil {
+				w.Node = s.Nodes[r*nr+k]
+			}
+			for c := range v {
+				w.Stages = append(w.Stages, c*p+r)
+			}
+		}
+	}
+	// Microbatch mb goes to replica mb % nr as its (mb / nr)-th local one.
+	plan.Microbatches = make([]Microbatch, s.Microbatches)
+	for mb := range plan.Microbatches {
+		k := mb % nr
+		path := make([]Hop, ns)
+		for st := range ns {
+			path[st] = Hop{Worker: (st%p)*nr + k, Stage: st}
+		}
+		plan.Microbatches[mb] = Microbatch{Samples: s.Samples, Path: path, LossWorker: path[ns-1].Worker}
+	}
+	plan.Programs = make([][]Action, len(plan.Workers))
+	for k := range nr {
+		local := s.Microbatches / nr
+		if k < s.Microbatches%nr {
+			local++
+		}
+		for r := range p {
+			w := r*nr + k
+			prog := make([]Action, 0, 3*local*v+v+1)
+			for _, a := range order(r, p, v, local) {
+				if a.Microbatch >= 0 {
+					a.Microbatch = a.Microbatch*nr + k
+				}
+				if a.Stage >= 0 {
+					a.Stage = a.Stage*p + r
+				}
+				prog = append(prog, a)
+				if a.Kind == Forward && a.Stage == ns-1 {
+					prog = append(prog, L(a.Microbatch, ns-1))
+				}
+			}
+			if nr > 1 {
+				for c := v - 1; c >= 0; c-- {
+					prog = append(prog, R(c*p+r))
+				}
+			}
+			plan.Programs[w] = append(prog, Step())
+		}
+	}
+	return plan, nil
+}
+
+// splitLayers spreads layers over n stages, earlier stages taking the
+// remainder.
+func splitLayers(layers, n int) []Stage {
+	out := make([]Stage, n)
+	first := 0
+	for i := range out {
+		l := layers / n
+		if i < layers%n {
+			l++
+		}
+		out[i] = Stage{FirstLayer: first, Layers: l}
+		first += l
+	}
+	return out
+}

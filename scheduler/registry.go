@@ -1,0 +1,114 @@
+package scheduler
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+)
+
+// Spec is the input of the classic schedule generators: the pipeline shape
+// and how many microbatches one iteration carries.
+type Spec struct {
+	// Stages is the pipeline depth p: the number of pipeline ranks.
+	Stages int
+	// Microbatches is m, the microbatches of one iteration (all replicas).
+	Microbatches int
+	// Replicas is the data-parallel width: each rank has this many workers,
+	// and microbatches are dealt round-robin over the replicas of stage 0.
+	// 0 means 1.
+	Replicas int
+	// Chunks is v, the model chunks per worker for interleaved schedules.
+	// 0 means the schedule's default (2 for interleaved, 1 otherwise).
+	Chunks int
+	// Layers is the total model layers, spread as evenly as possible over
+	// the p*v stages. 0 means one layer per stage.
+	Layers int
+	// Samples is the sequences per microbatch. 0 means 1.
+	Samples int
+	// Memory is each worker's activation capacity (0: unbounded).
+	Memory int
+	// Recompute enables activation recomputation in the backward pass.
+	Recompute bool
+	// Nodes optionally names the node of each worker, by worker id
+	// (rank*Replicas + replica).
+	Nodes []string
+	// Iteration and Epoch are copied into the plan.
+	Iteration, Epoch int64
+}
+
+// Generator builds a Plan from a Spec. It is a pure function.
+type Generator func(Spec) (*Plan, error)
+
+var registry = map[string]Generator{}
+
+// Register makes a generator available by name. It panics on a duplicate
+// name: registration happens in init functions of this package.
+func Register(name string, g Generator) {
+	if _, dup := registry[name]; dup {
+		panic("scheduler: duplicate schedule " + name)
+	}
+	registry[name] = g
+}
+
+// Lookup returns the generator registered under name.
+func Lookup(name string) (Generator, error) {
+	g, ok := registry[name]
+	if !ok {
+		return nil, fmt.Errorf("unknown schedule %q (known: %s)", name, strings.Join(Names(), ", "))
+	}
+	return g, nil
+}
+
+// Names lists the registered schedules in sorted order.
+func Names() []string {
+	out := make([]string, 0, len(registry))
+	for n := range registry {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Generate builds the named schedule.
+func Generate(name string, s Spec) (*Plan, error) {
+	g, err := Lookup(name)
+	if err != nil {
+		return nil, err
+	}
+	return g(s)
+}
+
+func (s *Spec) normalise(defaultChunks int) error {
+	if s.Stages < 1 {
+		return fmt.Errorf("stages is %d, want >= 1", s.Stages)
+	}
+	if s.Microbatches < 1 {
+		return fmt.Errorf("microbatches is %d, want >= 1", s.Microbatches)
+	}
+	if s.Replicas < 0 || s.Chunks < 0 || s.Layers < 0 || s.Samples < 0 || s.Memory < 0 {
+		return fmt.Errorf("replicas, chunks, layers, samples and memory must not be negative")
+	}
+	if s.Replicas == 0 {
+		s.Replicas = 1
+	}
+	if s.Chunks == 0 {
+		s.Chunks = defaultChunks
+	}
+	if s.Samples == 0 {
+		s.Samples = 1
+	}
+	ns := s.Stages * s.Chunks
+	if s.Layers == 0 {
+		s.Layers = ns
+	}
+	if s.Layers < ns {
+		return fmt.Errorf("layers is %d, fewer than the %d stages", s.Layers, ns)
+	}
+	if s.Stages > MaxStages || ns > MaxStages || s.Stages*s.Replicas > MaxWorkers || s.Microbatches > MaxMicrobatches {
+		return fmt.Errorf("pipeline too large (stages %d, chunks %d, replicas %d, microbatches %d)", s.Stages, s.Chunks, s.Replicas, s.Microbatches)
+	}
+	if s.Nodes != nil && len(s.Nodes) != s.Stages*s.Replicas {
+		return fmt.Errorf("nodes names %d workers, want %d", len(s.Nodes), s.Stages*s.Replicas)
+	}
+	return nil
+}
