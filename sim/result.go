@@ -1,0 +1,178 @@
+package sim
+
+import (
+	"sort"
+	"strconv"
+
+	"stagecoach/scheduler"
+)
+
+// Track separates a worker's compute from its communication in timelines.
+type Track uint8
+
+// Tracks.
+const (
+	TrackCompute Track = iota + 1
+	TrackComm
+)
+
+// Slice is one stretch of a worker's time: an action it computed, or a
+// tensor it sent (Track == TrackComm, from Start on its link to arrival).
+type Slice struct {
+	Worker    int
+	Track     Track
+	Action    scheduler.Action // for sends: the microbatch and receiving stage
+	Tensor    scheduler.TensorKind
+	Iteration int
+	Start     float64
+	End       float64
+	// Pred is the slice whose end let this one start (critical-path
+	// predecessor), -1 if none.
+	Pred  int
+	To    int // receiving worker of a send, -1 for compute
+	Bytes float64
+}
+
+// WorkerStats are the measurements of one worker.
+type WorkerStats struct {
+	Worker          int     `json:"worker"`
+	Node            string  `json:"node"`
+	ComputeS        float64 `json:"compute_s"`
+	CommS           float64 `json:"allreduce_s"`
+	IdleS           float64 `json:"idle_s"`
+	BubbleFraction  float64 `json:"bubble_fraction"`
+	SpanS           float64 `json:"span_s"`
+	PeakActivations int     `json:"peak_activations"`
+	BytesSent       float64 `json:"bytes_sent"`
+}
+
+// LinkStats is the traffic over one directed worker pair.
+type LinkStats struct {
+	From  int     `json:"from"`
+	To    int     `json:"to"`
+	Bytes float64 `json:"bytes"`
+}
+
+// PathStep is one action on the critical path.
+type PathStep struct {
+	Worker int     `json:"worker"`
+	Action string  `json:"action"`
+	Start  float64 `json:"start_s"`
+	End    float64 `json:"end_s"`
+}
+
+// Result holds what one simulation measured. Bubble figures follow the
+// three definitions in use: BubbleFraction is idle worker time over
+// workers x makespan (GPipe), BubbleOverIdeal is idle over compute
+// (Megatron-LM), SpanS is the longest first-start-to-last-end span of any
+// worker (Zero Bubble).
+type Result struct {
+	Schedule        string        `json:"schedule"`
+	Workers         int           `json:"workers"`
+	Stages          int           `json:"stages"`
+	Microbatches    int           `json:"microbatches"`
+	Iterations      int           `json:"iterations"`
+	IterationTimeS  float64       `json:"iteration_time_s"`
+	MakespanS       float64       `json:"makespan_s"`
+	BubbleFraction  float64       `json:"bubble_fraction"`
+	BubbleOverIdeal float64       `json:"bubble_over_ideal"`
+	SpanS           float64       `json:"span_s"`
+	Utilization     float64       `json:"utilization"`
+	PeakActivations int           `json:"peak_activations"`
+	BytesSent       float64       `json:"bytes_sent"`
+	Events          int64         `json:"events"`
+	PerWorker       []WorkerStats `json:"per_worker"`
+	Links           []LinkStats   `json:"links,omitempty"`
+	CriticalPath    []PathStep    `json:"critical_path,omitempty"`
+	// Timeline holds every slice when Options.Detail is set.
+	Timeline []Slice `json:"-"`
+	// Plan is the simulated plan.
+	Plan *scheduler.Plan `json:"-"`
+}
+
+func (e *engine) result() *Result {
+	p := e.plan
+	r := &Result{
+		Schedule: p.Schedule, Workers: len(p.Workers), Stages: len(p.Stages),
+		Microbatches: len(p.Microbatches), Iterations: e.opt.Iterations,
+		Events: e.events, Timeline: e.slices, Plan: p,
+	}
+	for _, st := range e.ws {
+		if st.lastEnd > r.MakespanS {
+			r.MakespanS = st.lastEnd
+		}
+	}
+	var idle, busy float64
+	for w, st := range e.ws {
+		peak := 0
+		for _, m := range st.ms {
+			peak = max(peak, m.PeakInFlight())
+		}
+		ws := WorkerStats{
+			Worker: w, Node: p.Workers[w].Node, ComputeS: st.compute, CommS: st.comm,
+			IdleS: r.MakespanS - st.compute, PeakActivations: peak, BytesSent: st.bytes,
+		}
+		if st.started {
+			ws.SpanS = st.lastEnd - st.first
+		}
+		if r.MakespanS > 0 {
+			ws.BubbleFraction = ws.IdleS / r.MakespanS
+		}
+		r.PerWorker = append(r.PerWorker, ws)
+		idle += ws.IdleS
+		busy += st.compute
+		r.BytesSent += st.bytes
+		r.PeakActivations = max(r.PeakActivations, peak)
+		r.SpanS = max(r.SpanS, ws.SpanS)
+	}
+	r.IterationTimeS = r.MakespanS / float64(e.opt.Iterations)
+	if r.MakespanS > 0 {
+		r.BubbleFraction = idle / (float64(len(e.ws)) * r.MakespanS)
+		r.Utilization = busy / (float64(len(e.ws)) * r.MakespanS)
+	}
+	if busy > 0 {
+		r.BubbleOverIdeal = idle / busy
+	}
+	for k, b := range e.sent {
+		r.Links = append(r.Links, LinkStats{From: k[0], To: k[1], Bytes: b})
+	}
+	sort.Slice(r.Links, func(i, j int) bool {
+		if r.Links[i].From != r.Links[j].From {
+			return r.Links[i].From < r.Links[j].From
+		}
+		return r.Links[i].To < r.Links[j].To
+	})
+	if e.opt.Detail {
+		r.CriticalPath = e.criticalPath()
+	}
+	return r
+}
+
+// criticalPath walks back from the last compute slice to finish through
+// the slices that enabled each start.
+func (e *engine) criticalPath() []PathStep {
+	last := -1
+	for i, s := range e.slices {
+		if s.Track == TrackCompute && (last < 0 || s.End > e.slices[last].End) {
+			last = i
+		}
+	}
+	var out []PathStep
+	for i := last; i >= 0; i = e.slices[i].Pred {
+		s := e.slices[i]
+		name := s.Action.String()
+		if s.Track == TrackComm {
+			name = "send " + s.Tensor.String() + " to worker " + itoa(s.To)
+		}
+		out = append(out, PathStep{Worker: s.Worker, Action: name, Start: s.Start, End: s.End})
+		if len(out) > len(e.slices) {
+			break // defensive: predecessors always point back in time
+		}
+	}
+	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
+		out[i], out[j] = out[j], out[i]
+	}
+	return out
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
