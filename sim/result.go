@@ -67,12 +67,14 @@ type PathStep struct {
 // (Megatron-LM), SpanS is the longest first-start-to-last-end span of any
 // worker (Zero Bubble).
 type Result struct {
-	Schedule        string        `json:"schedule"`
-	Workers         int           `json:"workers"`
-	Stages          int           `json:"stages"`
-	Microbatches    int           `json:"microbatches"`
-	Iterations      int           `json:"iterations"`
-	IterationTimeS  float64       `json:"iteration_time_s"`
+	Schedule       string  `json:"schedule"`
+	Workers        int     `json:"workers"`
+	Stages         int     `json:"stages"`
+	Microbatches   int     `json:"microbatches"`
+	Iterations     int     `json:"iterations"`
+	IterationTimeS float64 `json:"iteration_time_s"`
+	// PlanTimeS is how long building the plan took (set by callers).
+	PlanTimeS       float64       `json:"plan_time_s,omitempty"`
 	MakespanS       float64       `json:"makespan_s"`
 	BubbleFraction  float64       `json:"bubble_fraction"`
 	BubbleOverIdeal float64       `json:"bubble_over_ideal"`
