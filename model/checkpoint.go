@@ -1,0 +1,201 @@
+package model
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+)
+
+// Checkpoints are safetensors files. Parameters keep their model names
+// ("tok_emb", "blocks.3.w1", ...); optimizer moments are stored as
+// "optim.m.<name>" and "optim.v.<name>". Metadata carries the configs, the
+// step and whatever the caller adds (the data position, the corpus). A
+// whole-model file and per-shard files share this layout, so any shard can
+// load its tensors from either, whatever split wrote it.
+
+// Metadata keys written by this package.
+const (
+	MetaFormat      = "format"
+	MetaModelConfig = "model_config"
+	MetaTrainConfig = "train_config"
+	MetaStep        = "step"
+	FormatV1        = "stagecoach-checkpoint-v1"
+	// WholeModelFile is the whole-model checkpoint name inside a directory.
+	WholeModelFile = "model.safetensors"
+)
+
+// ShardFile is the per-shard checkpoint name inside a directory.
+func ShardFile(i int) string { return fmt.Sprintf("shard-%d.safetensors", i) }
+
+func sortStates(s []ParamState) {
+	sort.Slice(s, func(i, j int) bool { return s[i].T.Index < s[j].T.Index })
+}
+
+// SaveStates writes parameters (and their optimizer moments when M is set)
+// to path with meta.
+func SaveStates(path string, states []ParamState, meta map[string]string) error {
+	var ts []STensor
+	for _, st := range states {
+		ts = append(ts, STensor{Name: st.T.Name, Shape: st.T.Shape, Data: st.T.W})
+	}
+	for _, st := range states {
+		if st.M != nil {
+			ts = append(ts,
+				STensor{Name: "optim.m." + st.T.Name, Shape: st.T.Shape, Data: st.M},
+				STensor{Name: "optim.v." + st.T.Name, Shape: st.T.Shape, Data: st.V})
+		}
+	}
+	return WriteSafetensorsFile(path, ts, meta)
+}
+
+// LoadStates fills states from a checkpoint file: every parameter must be
+// present with its exact shape; moments are loaded when withOptim is set
+// (and must then be present). Extra tensors are ignored so a shard can load
+// from a whole-model file. Returns the file's metadata.
+func LoadStates(path string, states []ParamState, withOptim bool) (map[string]string, error) {
+	ts, meta, err := ReadSafetensorsFile(path)
+	if err != nil {
+		return nil, err
+	}
+	byName := make(map[string]STensor, len(ts))
+	for _, t := range ts {
+		byName[t.Name] = t
+	}
+	load := func(name string, shape []int, dst []float32) error {
+		t, ok := byName[name]
+		if !ok {
+			return fmt.Errorf("%s: tensor %q missing", path, name)
+		}
+		if !sameShape(t.Shape, shape) {
+			return fmt.Errorf("%s: tensor %q has shape %v, model wants %v", path, name, t.Shape, shape)
+		}
+		copy(dst, t.Data)
+		return nil
+	}
+	for _, st := range states {
+		if err := load(st.T.Name, st.T.Shape, st.T.W); err != nil {
+			return nil, err
+		}
+		if withOptim {
+			if err := load("optim.m."+st.T.Name, st.T.Shape, st.M); err != nil {
+				return nil, err
+			}
+			if err := load("optim.v."+st.T.Name, st.T.Shape, st.V); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return meta, nil
+}
+
+func sameShape(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// Meta returns the trainer's checkpoint metadata merged with extra.
+func (t *Trainer) Meta(extra map[string]string) map[string]string {
+	mc, _ := json.Marshal(t.Cfg.Model)
+	tc, _ := json.Marshal(t.Cfg)
+	meta := map[string]string{
+		MetaFormat:      FormatV1,
+		MetaModelConfig: string(mc),
+		MetaTrainConfig: string(tc),
+		MetaStep:        strconv.Itoa(t.Step),
+	}
+	for k, v := range extra {
+		meta[k] = v
+	}
+	return meta
+}
+
+// Save writes dir/model.safetensors (whole model) and one
+// dir/shard-<i>.safetensors per shard, each with optimizer state and the
+// metadata (configs, step, plus extra such as the data position).
+func (t *Trainer) Save(dir string, extra map[string]string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	meta := t.Meta(extra)
+	if err := SaveStates(filepath.Join(dir, WholeModelFile), t.States(), meta); err != nil {
+		return err
+	}
+	for i, o := range t.Opts {
+		m := map[string]string{"shard": strconv.Itoa(i)}
+		for k, v := range meta {
+			m[k] = v
+		}
+		if err := SaveStates(filepath.Join(dir, ShardFile(i)), o.States, m); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// LoadTrainer restores a trainer from a checkpoint file (whole-model or,
+// for a one-shard model, a shard file) so that training resumes exactly. It
+// returns the metadata for the caller's own keys (data position).
+func LoadTrainer(path string) (*Trainer, map[string]string, error) {
+	_, meta, err := ReadSafetensorsFile(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	if meta[MetaFormat] != FormatV1 {
+		return nil, nil, fmt.Errorf("%s: not a stagecoach checkpoint (format %q)", path, meta[MetaFormat])
+	}
+	var cfg TrainConfig
+	if err := json.Unmarshal([]byte(meta[MetaTrainConfig]), &cfg); err != nil {
+		return nil, nil, fmt.Errorf("%s: bad train_config: %w", path, err)
+	}
+	step, err := strconv.Atoi(meta[MetaStep])
+	if err != nil || step < 0 {
+		return nil, nil, fmt.Errorf("%s: bad step %q", path, meta[MetaStep])
+	}
+	t, err := NewTrainer(cfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if _, err := LoadStates(path, t.States(), true); err != nil {
+		return nil, nil, err
+	}
+	t.Step = step
+	return t, meta, nil
+}
+
+// LoadPipeline loads a checkpoint's weights (no optimizer state) into a
+// model split into stages shards, for evaluation.
+func LoadPipeline(path string, stages int, layout Layout) (*Pipeline, map[string]string, error) {
+	_, meta, err := ReadSafetensorsFile(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	if meta[MetaFormat] != FormatV1 {
+		return nil, nil, fmt.Errorf("%s: not a stagecoach checkpoint (format %q)", path, meta[MetaFormat])
+	}
+	var cfg Config
+	if err := json.Unmarshal([]byte(meta[MetaModelConfig]), &cfg); err != nil {
+		return nil, nil, fmt.Errorf("%s: bad model_config: %w", path, err)
+	}
+	p, err := NewPipeline(cfg, stages, layout)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	var states []ParamState
+	for _, t := range p.Params() {
+		states = append(states, ParamState{T: t})
+	}
+	if _, err := LoadStates(path, states, false); err != nil {
+		return nil, nil, err
+	}
+	return p, meta, nil
+}

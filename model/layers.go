@@ -1,0 +1,212 @@
+package model
+
+import (
+	"math"
+
+	"gonum.org/v1/gonum/blas"
+	"gonum.org/v1/gonum/blas/blas32"
+)
+
+// The layer kernels below work on row-major float32 slices. Every buffer is
+// supplied by the caller so the hot path never allocates; the shard owns and
+// reuses them. Matrix products go through gonum's Sgemm, whose parallel
+// kernel gives each output block to one goroutine and sums along k in a
+// fixed order, so results are bit-identical run to run and independent of
+// GOMAXPROCS.
+
+var impl = blas32.Implementation()
+
+const rmsEps = 1e-5
+
+// gemm computes C = A·B (+ C when accumulate), with A m×k and B k×n after the
+// optional transposes. lda, ldb, ldc are row strides.
+func gemm(tA, tB bool, m, n, k int, a []float32, lda int, b []float32, ldb int, accumulate bool, c []float32, ldc int) {
+	ta, tb := blas.NoTrans, blas.NoTrans
+	if tA {
+		ta = blas.Trans
+	}
+	if tB {
+		tb = blas.Trans
+	}
+	var beta float32
+	if accumulate {
+		beta = 1
+	}
+	impl.Sgemm(ta, tb, m, n, k, 1, a, lda, b, ldb, beta, c, ldc)
+}
+
+// rmsnormForward: out[i,:] = x[i,:] * rinv[i] * g, rinv[i] = 1/sqrt(mean(x²)+eps).
+func rmsnormForward(x, g, out, rinv []float32, n, d int) {
+	for i := 0; i < n; i++ {
+		row := x[i*d : (i+1)*d]
+		var ss float32
+		for _, v := range row {
+			ss += v * v
+		}
+		r := float32(1 / math.Sqrt(float64(ss/float32(d))+rmsEps))
+		rinv[i] = r
+		o := out[i*d : (i+1)*d]
+		for j, v := range row {
+			o[j] = v * r * g[j]
+		}
+	}
+}
+
+// rmsnormBackward adds the input gradient into dx (dx += ∂L/∂x) and the gain
+// gradient into dg. Accumulating into dx lets the residual branch and the
+// skip path share one buffer.
+func rmsnormBackward(x, g, rinv, dout, dx, dg []float32, n, d int) {
+	for i := 0; i < n; i++ {
+		row := x[i*d : (i+1)*d]
+		dy := dout[i*d : (i+1)*d]
+		r := rinv[i]
+		var dot float32
+		for j, v := range row {
+			gdy := g[j] * dy[j]
+			dot += gdy * v
+			dg[j] += dy[j] * v * r
+		}
+		c := r * r * r * dot / float32(d)
+		dxr := dx[i*d : (i+1)*d]
+		for j, v := range row {
+			dxr[j] += r*g[j]*dy[j] - c*v
+		}
+	}
+}
+
+const geluC = 0.7978845608028654 // sqrt(2/π)
+
+// geluForward uses the tanh approximation; th keeps tanh(...) for backward.
+func geluForward(u, a, th []float32) {
+	for i, x := range u {
+		t := float32(math.Tanh(geluC * float64(x+0.044715*x*x*x)))
+		th[i] = t
+		a[i] = 0.5 * x * (1 + t)
+	}
+}
+
+// geluBackward overwrites da with ∂L/∂u.
+func geluBackward(u, th, da []float32) {
+	for i, x := range u {
+		t := th[i]
+		d := 0.5*(1+t) + 0.5*x*(1-t*t)*geluC*(1+3*0.044715*x*x)
+		da[i] *= d
+	}
+}
+
+// attnForward computes causal multi-head attention for b sequences of t
+// positions. qkv rows are [q | k | v] (each d wide, heads contiguous inside),
+// p receives the b·h t×t softmax matrices (zero above the diagonal), out
+// receives the concatenated heads (n×d).
+func attnForward(qkv, p, out []float32, b, t, d, h int) {
+	hd := d / h
+	scale := float32(1 / math.Sqrt(float64(hd)))
+	ld := 3 * d
+	for bi := 0; bi < b; bi++ {
+		base := bi * t * ld
+		for hi := 0; hi < h; hi++ {
+			q := qkv[base+hi*hd:]
+			k := qkv[base+d+hi*hd:]
+			v := qkv[base+2*d+hi*hd:]
+			pm := p[(bi*h+hi)*t*t : (bi*h+hi+1)*t*t]
+			gemm(false, true, t, t, hd, q, ld, k, ld, false, pm, t)
+			for i := 0; i < t; i++ {
+				row := pm[i*t : (i+1)*t]
+				mx := float32(math.Inf(-1))
+				for j := 0; j <= i; j++ {
+					row[j] *= scale
+					if row[j] > mx {
+						mx = row[j]
+					}
+				}
+				var sum float32
+				for j := 0; j <= i; j++ {
+					e := float32(math.Exp(float64(row[j] - mx)))
+					row[j] = e
+					sum += e
+				}
+				inv := 1 / sum
+				for j := 0; j <= i; j++ {
+					row[j] *= inv
+				}
+				for j := i + 1; j < t; j++ {
+					row[j] = 0
+				}
+			}
+			gemm(false, false, t, hd, t, pm, t, v, ld, false, out[bi*t*d+hi*hd:], d)
+		}
+	}
+}
+
+// attnBackward writes ∂L/∂qkv into dqkv given ∂L/∂out in dout. ds is a t×t
+// scratch matrix.
+func attnBackward(qkv, p, dout, dqkv, ds []float32, b, t, d, h int) {
+	hd := d / h
+	scale := float32(1 / math.Sqrt(float64(hd)))
+	ld := 3 * d
+	for bi := 0; bi < b; bi++ {
+		base := bi * t * ld
+		for hi := 0; hi < h; hi++ {
+			q := qkv[base+hi*hd:]
+			k := qkv[base+d+hi*hd:]
+			v := qkv[base+2*d+hi*hd:]
+			dq := dqkv[base+hi*hd:]
+			dk := dqkv[base+d+hi*hd:]
+			dv := dqkv[base+2*d+hi*hd:]
+			do := dout[bi*t*d+hi*hd:]
+			pm := p[(bi*h+hi)*t*t : (bi*h+hi+1)*t*t]
+			// dP = dO·Vᵀ, dV = Pᵀ·dO
+			gemm(false, true, t, t, hd, do, d, v, ld, false, ds, t)
+			gemm(true, false, t, hd, t, pm, t, do, d, false, dv, ld)
+			// softmax backward: dS = P ⊙ (dP − rowsum(dP ⊙ P)), times the score scale.
+			for i := 0; i < t; i++ {
+				pr := pm[i*t : (i+1)*t]
+				dr := ds[i*t : (i+1)*t]
+				var dot float32
+				for j := 0; j <= i; j++ {
+					dot += pr[j] * dr[j]
+				}
+				for j := 0; j <= i; j++ {
+					dr[j] = pr[j] * (dr[j] - dot) * scale
+				}
+				for j := i + 1; j < t; j++ {
+					dr[j] = 0
+				}
+			}
+			// dQ = dS·K, dK = dSᵀ·Q
+			gemm(false, false, t, hd, t, ds, t, k, ld, false, dq, ld)
+			gemm(true, false, t, hd, t, ds, t, q, ld, false, dk, ld)
+		}
+	}
+}
+
+// crossEntropy turns logits (n×v) into ∂L/∂logits in place for the mean
+// token loss and returns the summed (not averaged) loss in float64.
+func crossEntropy(logits []float32, targets []int32, n, v int) float64 {
+	var total float64
+	inv := 1 / float32(n)
+	for i := 0; i < n; i++ {
+		row := logits[i*v : (i+1)*v]
+		mx := row[0]
+		for _, x := range row[1:] {
+			if x > mx {
+				mx = x
+			}
+		}
+		tg := targets[i]
+		zt := row[tg] - mx
+		var sum float32
+		for j, x := range row {
+			e := float32(math.Exp(float64(x - mx)))
+			row[j] = e
+			sum += e
+		}
+		total += math.Log(float64(sum)) - float64(zt)
+		is := 1 / sum
+		for j := range row {
+			row[j] *= is * inv
+		}
+		row[tg] -= inv
+	}
+	return total
+}
