@@ -257,16 +257,6 @@ func (p *Plan) Skips() bool {
 	return false
 }
 
-// Hop position lookup: where (worker, stage) sits in a microbatch's path.
-func (m *Microbatch) hopIndex(worker, stage int) int {
-	for i, h := range m.Path {
-		if h.Worker == worker && h.Stage == stage {
-			return i
-		}
-	}
-	return -1
-}
-
 // TotalActions counts actions over all programs.
 func (p *Plan) TotalActions() int {
 	n := 0

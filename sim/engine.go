@@ -89,7 +89,6 @@ type barrierKey struct{ iter, stage int }
 
 type barrier struct {
 	arrived []int
-	latest  float64
 }
 
 type engine struct {
