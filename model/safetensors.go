@@ -130,6 +130,9 @@ func ReadSafetensors(b []byte) ([]STensor, map[string]string, error) {
 	}
 	spans := make([]span, 0, len(raw))
 	for name, r := range raw {
+		if name == "" {
+			return nil, nil, errors.New("safetensors: empty tensor name")
+		}
 		var e stEntry
 		if err := json.Unmarshal(r, &e); err != nil {
 			return nil, nil, fmt.Errorf("safetensors: tensor %q: bad entry: %w", name, err)
