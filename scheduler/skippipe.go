@@ -1,0 +1,438 @@
+package scheduler
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+)
+
+// SkipPipe schedule names.
+const (
+	// SkipPipeCA is the collision-aware SkipPipe plan (TC2 on).
+	SkipPipeCA = "skippipe"
+	// SkipPipeNonCA plans each microbatch as if it had the nodes to itself
+	// (TC2 off); nodes then process work in planned order and collide.
+	SkipPipeNonCA = "skippipe-nonca"
+	// SkipPipeRandom skips stages at random (network oblivious) while
+	// keeping every rule and cap.
+	SkipPipeRandom = "skippipe-random"
+	// SkipPipeFull is GPipe over the SkipPipe placement: every microbatch
+	// of every origin (the same microbatches as the skipping plans) visits
+	// all stages in order, the loss on its origin, each node running all
+	// its forwards before any backward.
+	SkipPipeFull = "gpipe"
+)
+
+// SkipPipeVariants lists the schedules PlanSkipPipeVariant builds.
+func SkipPipeVariants() []string {
+	return []string{SkipPipeFull, SkipPipeCA, SkipPipeNonCA, SkipPipeRandom}
+}
+
+// SkipPipeStats reports what a SkipPipe planner did.
+type SkipPipeStats struct {
+	// Partition is the placement used: node indices per stage.
+	Partition [][]int
+	// PlacementCost is Place's objective for that placement.
+	PlacementCost float64
+	// EstimateS is the planner's own estimate of the iteration's compute
+	// makespan (seconds) for the returned plan.
+	EstimateS float64
+	// Objective is the caller's Objective for the returned plan (NaN when
+	// no Objective was given).
+	Objective float64
+	// Evaluations counts internal estimates; ObjectiveCalls counts calls
+	// of the caller's Objective.
+	Evaluations, ObjectiveCalls int
+	// Policy is the dispatch rule that ordered the node programs.
+	Policy string
+}
+
+var policyNames = map[spPolicy]string{polCritical: "critical-path", polFIFO: "arrival", polBackward: "backward-first", polFlush: "gpipe-flush"}
+
+// PlanSkipPipeVariant builds the named schedule (see SkipPipeVariants).
+func PlanSkipPipeVariant(name string, cfg SkipPipeConfig) (*Plan, *SkipPipeStats, error) {
+	switch name {
+	case SkipPipeCA:
+		cfg.CollisionAware = true
+		return PlanSkipPipe(cfg)
+	case SkipPipeNonCA:
+		cfg.CollisionAware = false
+		return PlanSkipPipe(cfg)
+	case SkipPipeRandom:
+		return PlanSkipPipeRandom(cfg)
+	case SkipPipeFull:
+		return FullPipeline(cfg)
+	}
+	return nil, nil, fmt.Errorf("unknown skippipe schedule %q (known: gpipe, skippipe, skippipe-nonca, skippipe-random)", name)
+}
+
+// prepare checks cfg and fixes the placement.
+func prepare(cfg *SkipPipeConfig) (*spNet, *SkipPipeStats, error) {
+	if err := cfg.check(); err != nil {
+		return nil, nil, err
+	}
+	stats := &SkipPipeStats{Objective: math.NaN()}
+	parts := cfg.Partition
+	if parts == nil {
+		pl, err := Place(cfg)
+		if err != nil {
+			return nil, nil, err
+		}
+		parts = pl.Partition
+	}
+	stats.PlacementCost = placementCost(cfg, parts)
+	nt := newNet(cfg, parts)
+	stats.Partition = nt.parts
+	return nt, stats, nil
+}
+
+// PlanSkipPipe plans SkipPipe paths and node programs for cfg: collision
+// aware when cfg.CollisionAware is set (schedule "skippipe"), otherwise
+// "skippipe-nonca". It builds balanced paths greedily, improves them by a
+// seeded local search (node trades, adjacent swaps, stage exchanges, tail
+// exchanges, all within the rules and caps) against its timing estimate,
+// orders each node's work by the best of several dispatch rules and, when
+// cfg.Objective is set, finishes the search against it.
+func PlanSkipPipe(cfg SkipPipeConfig) (*Plan, *SkipPipeStats, error) {
+	nt, stats, err := prepare(&cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	name := SkipPipeNonCA
+	if cfg.CollisionAware {
+		name = SkipPipeCA
+	}
+	rng := rand.New(rand.NewPCG(uint64(cfg.Seed), 0x5c1b))
+	ev := newEval(nt)
+	score := func(s *spState) float64 {
+		stats.Evaluations++
+		if cfg.CollisionAware {
+			return ev.run(s.paths, polCritical, false) + 0.1*ev.meanDone
+		}
+		return ev.runFree(s.paths, false)
+	}
+	// Search from both greedy starts, then polish the better.
+	iters := nt.defaultIterations(len(nt.mbOrigin))
+	var st *spState
+	bestV := math.Inf(1)
+	for _, grouped := range []bool{false, true} {
+		s0, err := nt.construct(nil, nt.rules.PathStages, nt.cap, grouped)
+		if err != nil {
+			continue
+		}
+		s0 = nt.search(s0, rng, nt.cap, iters/3, score)
+		if v := score(s0); v < bestV {
+			st, bestV = s0, v
+		}
+	}
+	if st == nil {
+		return nil, nil, fmt.Errorf("skippipe: no balanced paths fit the caps and the jump limit")
+	}
+	st = nt.search(st, rng, nt.cap, iters/3, score)
+	pol := polFIFO
+	var plan *Plan
+	if cfg.CollisionAware {
+		plan, pol = nt.bestPolicy(st, ev, name, &cfg, stats, spPolicies)
+	} else {
+		ev.runFree(st.paths, true)
+		plan = nt.buildPlan(st.paths, ev.order, name, true)
+		if cfg.Objective != nil {
+			stats.ObjectiveCalls++
+			stats.Objective = cfg.Objective(plan)
+		}
+	}
+	if cfg.Objective != nil && cfg.CollisionAware {
+		plan, st = nt.objectiveSearch(st, rng, ev, name, &cfg, stats, pol)
+	}
+	stats.Policy = policyNames[pol]
+	if cfg.CollisionAware {
+		stats.EstimateS = ev.run(st.paths, pol, false)
+	} else {
+		ev.runFree(st.paths, false)
+		// What the planned order costs once nodes do collide.
+		stats.EstimateS = nt.replay(plan)
+	}
+	return plan, stats, nil
+}
+
+// PlanSkipPipeRandom is network-oblivious skipping ("skippipe-random"):
+// each microbatch visits randomly chosen stages, in a random legal order,
+// on randomly chosen nodes with room, keeping every rule and cap; nodes
+// process work in arrival order. cfg.Seed picks the draw.
+func PlanSkipPipeRandom(cfg SkipPipeConfig) (*Plan, *SkipPipeStats, error) {
+	nt, stats, err := prepare(&cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	rng := rand.New(rand.NewPCG(uint64(cfg.Seed), 0x7a4d))
+	var st *spState
+	for try := 0; try < 64 && st == nil; try++ {
+		st, _ = nt.construct(rng, nt.rules.PathStages, nt.cap, false)
+	}
+	if st == nil {
+		// Perturbed picks kept failing the caps: fall back to balanced
+		// stages with random nodes.
+		if st, err = nt.construct(nil, nt.rules.PathStages, nt.cap, false); err != nil {
+			return nil, nil, err
+		}
+	}
+	ev := newEval(nt)
+	stats.EstimateS = ev.run(st.paths, polFIFO, true)
+	stats.Evaluations = 1
+	stats.Policy = policyNames[polFIFO]
+	plan := nt.buildPlan(st.paths, ev.order, SkipPipeRandom, true)
+	if cfg.Objective != nil {
+		stats.ObjectiveCalls++
+		stats.Objective = cfg.Objective(plan)
+	}
+	return plan, stats, nil
+}
+
+// FullPipeline is GPipe over the same placement and the same microbatches
+// as the skipping plans (schedule "gpipe"): every microbatch of every
+// origin visits all stages in order and returns to its origin for the
+// loss; a node runs all its forwards before any backward. Which node of a
+// stage serves which microbatch is optimised like the skipping paths (the
+// per-node cap is lifted to an even share, since full paths cannot meet
+// the skipping caps), so the comparison is with a good full pipeline.
+// The authors' own baseline form, partition_sizes[1] pipelines of 9
+// microbatches, is RefBaselinePlan.
+func FullPipeline(cfg SkipPipeConfig) (*Plan, *SkipPipeStats, error) {
+	ns := len(cfg.StageSizes)
+	cfg.Rules = SkipRules{PathStages: ns, MaxSwaps: 0, SwapDistance: 0, MaxJump: 1, MaxPerWorker: math.MaxInt32}
+	nt, stats, err := prepare(&cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	m := len(nt.mbOrigin)
+	perNode := 1
+	for _, p := range nt.parts[1:] {
+		perNode = max(perNode, (m+len(p)-1)/len(p))
+	}
+	st, err := nt.construct(nil, ns, perNode, false)
+	if err != nil {
+		return nil, nil, err
+	}
+	rng := rand.New(rand.NewPCG(uint64(cfg.Seed), 0x91be))
+	ev := newEval(nt)
+	score := func(s *spState) float64 {
+		stats.Evaluations++
+		return ev.run(s.paths, polFlush, false)
+	}
+	st = nt.search(st, rng, perNode, nt.defaultIterations(m)/2, score)
+	stats.EstimateS = ev.run(st.paths, polFlush, true)
+	stats.Policy = policyNames[polFlush]
+	plan := nt.buildPlan(st.paths, ev.order, SkipPipeFull, false)
+	if cfg.Objective != nil {
+		stats.ObjectiveCalls++
+		stats.Objective = cfg.Objective(plan)
+	}
+	return plan, stats, nil
+}
+
+// defaultIterations scales the search to about 1e9 simple steps.
+func (nt *spNet) defaultIterations(m int) int {
+	if nt.iterations > 0 {
+		return nt.iterations
+	}
+	k := 2*nt.rules.PathStages + 1
+	if nt.rules.PathStages > len(nt.parts) {
+		k = 2*len(nt.parts) + 1
+	}
+	it := int(4e8 / float64(m*m*k+1))
+	return min(max(it, 1500), 25000)
+}
+
+// search is a seeded simulated annealing over legal moves; it returns the
+// best state seen.
+func (nt *spNet) search(st *spState, rng *rand.Rand, perNodeCap, iters int, score func(*spState) float64) *spState {
+	cur := score(st)
+	best, bestScore := st.clone(), cur
+	t0 := 0.01 * cur
+	var mv spMove
+	for it := range iters {
+		if !nt.mutate(st, rng, perNodeCap, &mv) {
+			st.undo(&mv)
+			continue
+		}
+		v := score(st)
+		temp := t0 * (1 - float64(it)/float64(iters))
+		if v <= cur || (temp > 0 && rng.Float64() < math.Exp((cur-v)/temp)) {
+			cur = v
+			if v < bestScore {
+				best, bestScore = st.clone(), v
+			}
+			continue
+		}
+		st.undo(&mv)
+	}
+	return best
+}
+
+// bestPolicy orders the programs of st by each dispatch rule and keeps the
+// fastest, by the caller's Objective when given, else by the estimate.
+func (nt *spNet) bestPolicy(st *spState, ev *spEval, name string, cfg *SkipPipeConfig, stats *SkipPipeStats, pols []spPolicy) (*Plan, spPolicy) {
+	var best *Plan
+	bestPol, bestV := pols[0], math.Inf(1)
+	for _, pol := range pols {
+		v := ev.run(st.paths, pol, true)
+		stats.Evaluations++
+		plan := nt.buildPlan(st.paths, ev.order, name, true)
+		if cfg.Objective != nil {
+			v = cfg.Objective(plan)
+			stats.ObjectiveCalls++
+		}
+		if v < bestV {
+			best, bestPol, bestV = plan, pol, v
+		}
+	}
+	if cfg.Objective != nil {
+		stats.Objective = bestV
+	}
+	return best, bestPol
+}
+
+// objectiveSearch continues the local search with the caller's Objective.
+func (nt *spNet) objectiveSearch(st *spState, rng *rand.Rand, ev *spEval, name string, cfg *SkipPipeConfig, stats *SkipPipeStats, pol spPolicy) (*Plan, *spState) {
+	evals := cfg.ObjectiveEvals
+	if evals == 0 {
+		evals = 150
+	}
+	planOf := func(s *spState) *Plan {
+		ev.run(s.paths, pol, true)
+		return nt.buildPlan(s.paths, ev.order, name, true)
+	}
+	bestPlan := planOf(st)
+	cur := stats.Objective
+	if math.IsNaN(cur) {
+		cur = cfg.Objective(bestPlan)
+		stats.ObjectiveCalls++
+	}
+	var mv spMove
+	for range evals * 4 {
+		if evals == 0 {
+			break
+		}
+		if !nt.mutate(st, rng, nt.cap, &mv) {
+			st.undo(&mv)
+			continue
+		}
+		evals--
+		plan := planOf(st)
+		v := cfg.Objective(plan)
+		stats.ObjectiveCalls++
+		if v < cur {
+			cur, bestPlan = v, plan
+			continue
+		}
+		st.undo(&mv)
+	}
+	stats.Objective = cur
+	return bestPlan, st
+}
+
+// replay times a plan's programs in program order under the estimate's
+// cost model: what the non-CA order costs once microbatches collide.
+func (nt *spNet) replay(p *Plan) float64 { return newEval(nt).replayPlan(p) }
+
+// replayPlan times p's programs in program order under the estimate's
+// cost model (links never queue).
+func (e *spEval) replayPlan(p *Plan) float64 {
+	nt := e.nt
+	ix := NewIndex(p)
+	ms := make([]*Machine, len(p.Workers))
+	for w := range ms {
+		ms[w] = NewMachine(ix, w)
+	}
+	free := make([]float64, len(ms))
+	arrive := map[Tag]float64{}
+	end := 0.0
+	for progress := true; progress; {
+		progress = false
+		for w, m := range ms {
+			for {
+				a, ready, ok := m.Peek()
+				if !ok || !ready {
+					break
+				}
+				t := free[w]
+				if tag, need := ix.Input(w, a); need {
+					t = max(t, arrive[tag])
+				}
+				m.Start()
+				d := 0.0
+				switch a.Kind {
+				case Forward:
+					d = nt.fwd[w]
+				case Backward:
+					d = nt.bwdRatio * nt.fwd[w]
+				case Loss:
+					d = nt.lossRatio * nt.fwd[w]
+				}
+				free[w] = t + d
+				end = max(end, free[w])
+				for _, msg := range m.Finish() {
+					arrive[msg.Tag()] = free[w] + nt.hopDelay(w, msg.To)
+					// Plans built here never address a message twice.
+					_ = ms[msg.To].Deliver(msg)
+				}
+				progress = true
+			}
+		}
+	}
+	return end
+}
+
+// buildPlan turns paths and per-node task orders into a Plan. Worker w
+// runs on node w.
+func (nt *spNet) buildPlan(paths [][]int, order [][]spTask, name string, skip bool) *Plan {
+	ns := len(nt.parts)
+	p := &Plan{Version: FormatVersion, Schedule: name, HeadStage: 0, Stages: splitLayers(nt.layers, ns)}
+	p.Workers = make([]Worker, len(nt.names))
+	own := make([]int, len(nt.names))
+	for _, o := range nt.mbOrigin {
+		own[o]++
+	}
+	for s, part := range nt.parts {
+		for r, v := range part {
+			w := &p.Workers[v]
+			w.Node, w.Stages, w.Replica = nt.names[v], []int{s}, r
+			if skip {
+				w.Memory = max(nt.cap, own[v])
+			}
+		}
+	}
+	p.Microbatches = make([]Microbatch, len(paths))
+	for mb, path := range paths {
+		hops := make([]Hop, len(path))
+		for i, v := range path {
+			hops[i] = Hop{Worker: v, Stage: nt.stageOf[v]}
+		}
+		p.Microbatches[mb] = Microbatch{Samples: nt.samples, Path: hops, LossWorker: path[0]}
+	}
+	p.Programs = make([][]Action, len(nt.names))
+	for v := range p.Programs {
+		prog := make([]Action, 0, len(order[v])+2)
+		for _, t := range order[v] {
+			path := paths[t.mb]
+			k, j := len(path), int(t.j)
+			switch {
+			case j < k:
+				prog = append(prog, F(int(t.mb), nt.stageOf[path[j]]))
+			case j == k:
+				prog = append(prog, L(int(t.mb), 0))
+			default:
+				prog = append(prog, B(int(t.mb), nt.stageOf[path[2*k-j]]))
+			}
+		}
+		if s := nt.stageOf[v]; len(nt.parts[s]) > 1 {
+			prog = append(prog, R(s))
+		}
+		p.Programs[v] = append(prog, Step())
+	}
+	if skip {
+		r := nt.rules
+		p.Skip = &r
+	}
+	return p
+}
