@@ -485,8 +485,14 @@ type RunIterationResponse struct {
 	GradSumSquares float64         `protobuf:"fixed64,2,opt,name=grad_sum_squares,json=gradSumSquares,proto3" json:"grad_sum_squares,omitempty"`
 	Timings        []*ActionTiming `protobuf:"bytes,3,rep,name=timings,proto3" json:"timings,omitempty"`
 	StartedUnixS   float64         `protobuf:"fixed64,4,opt,name=started_unix_s,json=startedUnixS,proto3" json:"started_unix_s,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// tensor_sum_squares is the sum of squared gradients per parameter
+	// tensor, keyed by the tensor's canonical index (model.TensorNames), for
+	// the stages this worker is replica 0 of. Summing these in ascending key
+	// order gives the single-process trainer's global norm bit for bit;
+	// grad_sum_squares (one partial sum per worker) does not.
+	TensorSumSquares map[int32]float64 `protobuf:"bytes,5,rep,name=tensor_sum_squares,json=tensorSumSquares,proto3" json:"tensor_sum_squares,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *RunIterationResponse) Reset() {
@@ -545,6 +551,13 @@ func (x *RunIterationResponse) GetStartedUnixS() float64 {
 		return x.StartedUnixS
 	}
 	return 0
+}
+
+func (x *RunIterationResponse) GetTensorSumSquares() map[int32]float64 {
+	if x != nil {
+		return x.TensorSumSquares
+	}
+	return nil
 }
 
 type StepRequest struct {
@@ -1110,13 +1123,17 @@ const file_proto_stagecoach_proto_rawDesc = "" +
 	"\fActionTiming\x12\x16\n" +
 	"\x06action\x18\x01 \x01(\tR\x06action\x12\x17\n" +
 	"\astart_s\x18\x02 \x01(\x01R\x06startS\x12\x13\n" +
-	"\x05end_s\x18\x03 \x01(\x01R\x04endS\"\xa1\x02\n" +
+	"\x05end_s\x18\x03 \x01(\x01R\x04endS\"\xcf\x03\n" +
 	"\x14RunIterationResponse\x12G\n" +
 	"\x06losses\x18\x01 \x03(\v2/.stagecoach.v1.RunIterationResponse.LossesEntryR\x06losses\x12(\n" +
 	"\x10grad_sum_squares\x18\x02 \x01(\x01R\x0egradSumSquares\x125\n" +
 	"\atimings\x18\x03 \x03(\v2\x1b.stagecoach.v1.ActionTimingR\atimings\x12$\n" +
-	"\x0estarted_unix_s\x18\x04 \x01(\x01R\fstartedUnixS\x1a9\n" +
+	"\x0estarted_unix_s\x18\x04 \x01(\x01R\fstartedUnixS\x12g\n" +
+	"\x12tensor_sum_squares\x18\x05 \x03(\v29.stagecoach.v1.RunIterationResponse.TensorSumSquaresEntryR\x10tensorSumSquares\x1a9\n" +
 	"\vLossesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\x05R\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\x1aC\n" +
+	"\x15TensorSumSquaresEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\x05R\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\x86\x01\n" +
 	"\vStepRequest\x12*\n" +
@@ -1189,7 +1206,7 @@ func file_proto_stagecoach_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_stagecoach_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_proto_stagecoach_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_proto_stagecoach_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_proto_stagecoach_proto_goTypes = []any{
 	(TensorKind)(0),              // 0: stagecoach.v1.TensorKind
 	(*Fence)(nil),                // 1: stagecoach.v1.Fence
@@ -1209,6 +1226,7 @@ var file_proto_stagecoach_proto_goTypes = []any{
 	(*TensorChunk)(nil),          // 15: stagecoach.v1.TensorChunk
 	(*TensorAck)(nil),            // 16: stagecoach.v1.TensorAck
 	nil,                          // 17: stagecoach.v1.RunIterationResponse.LossesEntry
+	nil,                          // 18: stagecoach.v1.RunIterationResponse.TensorSumSquaresEntry
 }
 var file_proto_stagecoach_proto_depIdxs = []int32{
 	1,  // 0: stagecoach.v1.ConfigureRequest.fence:type_name -> stagecoach.v1.Fence
@@ -1216,30 +1234,31 @@ var file_proto_stagecoach_proto_depIdxs = []int32{
 	4,  // 2: stagecoach.v1.RunIterationRequest.data:type_name -> stagecoach.v1.MicrobatchData
 	17, // 3: stagecoach.v1.RunIterationResponse.losses:type_name -> stagecoach.v1.RunIterationResponse.LossesEntry
 	6,  // 4: stagecoach.v1.RunIterationResponse.timings:type_name -> stagecoach.v1.ActionTiming
-	1,  // 5: stagecoach.v1.StepRequest.fence:type_name -> stagecoach.v1.Fence
-	1,  // 6: stagecoach.v1.CheckpointRequest.fence:type_name -> stagecoach.v1.Fence
-	1,  // 7: stagecoach.v1.TensorHeader.fence:type_name -> stagecoach.v1.Fence
-	0,  // 8: stagecoach.v1.TensorHeader.kind:type_name -> stagecoach.v1.TensorKind
-	14, // 9: stagecoach.v1.TensorChunk.header:type_name -> stagecoach.v1.TensorHeader
-	2,  // 10: stagecoach.v1.Worker.Configure:input_type -> stagecoach.v1.ConfigureRequest
-	5,  // 11: stagecoach.v1.Worker.RunIteration:input_type -> stagecoach.v1.RunIterationRequest
-	8,  // 12: stagecoach.v1.Worker.Step:input_type -> stagecoach.v1.StepRequest
-	10, // 13: stagecoach.v1.Worker.SaveCheckpoint:input_type -> stagecoach.v1.CheckpointRequest
-	10, // 14: stagecoach.v1.Worker.LoadCheckpoint:input_type -> stagecoach.v1.CheckpointRequest
-	12, // 15: stagecoach.v1.Worker.Status:input_type -> stagecoach.v1.StatusRequest
-	15, // 16: stagecoach.v1.Peer.SendTensor:input_type -> stagecoach.v1.TensorChunk
-	3,  // 17: stagecoach.v1.Worker.Configure:output_type -> stagecoach.v1.ConfigureResponse
-	7,  // 18: stagecoach.v1.Worker.RunIteration:output_type -> stagecoach.v1.RunIterationResponse
-	9,  // 19: stagecoach.v1.Worker.Step:output_type -> stagecoach.v1.StepResponse
-	11, // 20: stagecoach.v1.Worker.SaveCheckpoint:output_type -> stagecoach.v1.CheckpointResponse
-	11, // 21: stagecoach.v1.Worker.LoadCheckpoint:output_type -> stagecoach.v1.CheckpointResponse
-	13, // 22: stagecoach.v1.Worker.Status:output_type -> stagecoach.v1.StatusResponse
-	16, // 23: stagecoach.v1.Peer.SendTensor:output_type -> stagecoach.v1.TensorAck
-	17, // [17:24] is the sub-list for method output_type
-	10, // [10:17] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	18, // 5: stagecoach.v1.RunIterationResponse.tensor_sum_squares:type_name -> stagecoach.v1.RunIterationResponse.TensorSumSquaresEntry
+	1,  // 6: stagecoach.v1.StepRequest.fence:type_name -> stagecoach.v1.Fence
+	1,  // 7: stagecoach.v1.CheckpointRequest.fence:type_name -> stagecoach.v1.Fence
+	1,  // 8: stagecoach.v1.TensorHeader.fence:type_name -> stagecoach.v1.Fence
+	0,  // 9: stagecoach.v1.TensorHeader.kind:type_name -> stagecoach.v1.TensorKind
+	14, // 10: stagecoach.v1.TensorChunk.header:type_name -> stagecoach.v1.TensorHeader
+	2,  // 11: stagecoach.v1.Worker.Configure:input_type -> stagecoach.v1.ConfigureRequest
+	5,  // 12: stagecoach.v1.Worker.RunIteration:input_type -> stagecoach.v1.RunIterationRequest
+	8,  // 13: stagecoach.v1.Worker.Step:input_type -> stagecoach.v1.StepRequest
+	10, // 14: stagecoach.v1.Worker.SaveCheckpoint:input_type -> stagecoach.v1.CheckpointRequest
+	10, // 15: stagecoach.v1.Worker.LoadCheckpoint:input_type -> stagecoach.v1.CheckpointRequest
+	12, // 16: stagecoach.v1.Worker.Status:input_type -> stagecoach.v1.StatusRequest
+	15, // 17: stagecoach.v1.Peer.SendTensor:input_type -> stagecoach.v1.TensorChunk
+	3,  // 18: stagecoach.v1.Worker.Configure:output_type -> stagecoach.v1.ConfigureResponse
+	7,  // 19: stagecoach.v1.Worker.RunIteration:output_type -> stagecoach.v1.RunIterationResponse
+	9,  // 20: stagecoach.v1.Worker.Step:output_type -> stagecoach.v1.StepResponse
+	11, // 21: stagecoach.v1.Worker.SaveCheckpoint:output_type -> stagecoach.v1.CheckpointResponse
+	11, // 22: stagecoach.v1.Worker.LoadCheckpoint:output_type -> stagecoach.v1.CheckpointResponse
+	13, // 23: stagecoach.v1.Worker.Status:output_type -> stagecoach.v1.StatusResponse
+	16, // 24: stagecoach.v1.Peer.SendTensor:output_type -> stagecoach.v1.TensorAck
+	18, // [18:25] is the sub-list for method output_type
+	11, // [11:18] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_proto_stagecoach_proto_init() }
@@ -1253,7 +1272,7 @@ func file_proto_stagecoach_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_stagecoach_proto_rawDesc), len(file_proto_stagecoach_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
