@@ -1,0 +1,402 @@
+package main
+
+import (
+	"encoding/csv"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"stagecoach/scheduler"
+	"stagecoach/sim"
+)
+
+// simEnv is what `stagecoach sim` was asked for, shared with extensions.
+type simEnv struct {
+	Schedules  []string
+	Spec       scheduler.Spec
+	Cluster    *sim.Cluster
+	PresetName string
+	Options    sim.Options
+	Seed       int64
+	OutDir     string
+	Stdout     io.Writer
+	Stderr     io.Writer
+}
+
+// simJob is one plan to simulate on one cluster.
+type simJob struct {
+	Name      string
+	Plan      *scheduler.Plan
+	Cluster   *sim.Cluster
+	PlanTimeS float64
+}
+
+// simExtension lets another file of this command add flags, schedules or
+// whole modes (imports, sweeps) to `stagecoach sim` without editing this one.
+type simExtension struct {
+	// AddFlags registers the extension's flags.
+	AddFlags func(fs *pflag.FlagSet)
+	// Schedules builds schedules the classic registry does not know, by
+	// name. They run on env.Cluster unless the job names another.
+	Schedules map[string]func(env *simEnv) (*simJob, error)
+	// Run, when it returns handled, replaces the normal run (for modes
+	// such as an import or a sweep that its flags switched on).
+	Run func(env *simEnv) (handled bool, err error)
+}
+
+var simExtensions []*simExtension
+
+func registerSimExtension(x *simExtension) { simExtensions = append(simExtensions, x) }
+
+func init() { rootCmd.AddCommand(newSimCmd()) }
+
+type simFlags struct {
+	schedules    string
+	stages       int
+	microbatches int
+	replicas     int
+	chunks       int
+	layers       int
+	samples      int
+	memory       int
+	preset       string
+	clusterFile  string
+	planFile     string
+	iterations   int
+	overlap      bool
+	jsonOut      bool
+	trace        string
+	gantt        string
+	seed         int64
+	sweep        bool
+	sweepStages  string
+	sweepMBs     string
+	outDir       string
+	progress     bool
+}
+
+func newSimCmd() *cobra.Command {
+	var f simFlags
+	cmd := &cobra.Command{
+		Use:   "sim",
+		Short: "Simulate pipeline schedules against a cost model and compare them",
+		Long: `Simulate one iteration (or several) of each schedule against a cluster cost
+model with a discrete-event simulator, and print a comparison table.
+
+Schedules: ` + strings.Join(scheduler.Names(), ", ") + ` (and any added by
+extensions, e.g. skippipe). Clusters: --preset homogeneous|skippipe-geo or
+--cluster FILE (YAML). A plan written by 'stagecoach plan' runs with --plan.`,
+		Example: `  stagecoach sim --schedule gpipe,1f1b,zb-h1 --stages 4 --microbatches 8
+  stagecoach sim --schedule 1f1b --stages 8 --microbatches 32 --trace out/1f1b.json --gantt out/1f1b.png
+  stagecoach sim --sweep --schedule gpipe,1f1b --sweep-stages 4,8 --sweep-microbatches 1,2,4,8,16,32,64`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runSim(cmd, &f) },
+	}
+	fs := cmd.Flags()
+	fs.StringVar(&f.schedules, "schedule", "gpipe,1f1b", "comma-separated schedules to compare")
+	fs.IntVar(&f.stages, "stages", 4, "pipeline depth p (ranks)")
+	fs.IntVar(&f.microbatches, "microbatches", 8, "microbatches per iteration m")
+	fs.IntVar(&f.replicas, "replicas", 1, "data-parallel replicas of each stage")
+	fs.IntVar(&f.chunks, "chunks", 0, "model chunks per worker for interleaved schedules (0: schedule default)")
+	fs.IntVar(&f.layers, "layers", 0, "model layers (0: one per stage)")
+	fs.IntVar(&f.samples, "samples", 1, "samples per microbatch")
+	fs.IntVar(&f.memory, "memory", 0, "activation memory per worker in microbatches (0: unbounded)")
+	fs.StringVar(&f.preset, "preset", "homogeneous", "built-in cluster: "+strings.Join(sim.PresetNames(), ", "))
+	fs.StringVar(&f.clusterFile, "cluster", "", "cluster cost model YAML (overrides --preset)")
+	fs.StringVar(&f.planFile, "plan", "", "simulate this plan JSON instead of generating schedules")
+	fs.IntVar(&f.iterations, "iterations", 1, "iterations to run back to back")
+	fs.BoolVar(&f.overlap, "overlap", false, "no barrier between iterations (zero-bubble overlap)")
+	fs.BoolVar(&f.jsonOut, "json", false, "print results as a JSON array")
+	fs.StringVar(&f.trace, "trace", "", "write a Chrome trace-event file (open in Perfetto)")
+	fs.StringVar(&f.gantt, "gantt", "", "write a Gantt chart (.png or .svg); with several schedules, one file each")
+	fs.Int64Var(&f.seed, "seed", 1, "seed for randomised schedules")
+	fs.BoolVar(&f.sweep, "sweep", false, "sweep stages x microbatches, writing sweep.csv and sweep.png to --out")
+	fs.StringVar(&f.sweepStages, "sweep-stages", "2,4,8", "stages for --sweep")
+	fs.StringVar(&f.sweepMBs, "sweep-microbatches", "1,2,4,8,16,32,64", "microbatches for --sweep")
+	fs.StringVar(&f.outDir, "out", "out", "directory for sweep outputs")
+	fs.BoolVar(&f.progress, "progress", true, "show a progress bar on long runs when stderr is a terminal")
+	for _, x := range simExtensions {
+		if x.AddFlags != nil {
+			x.AddFlags(fs)
+		}
+	}
+	return cmd
+}
+
+func runSim(cmd *cobra.Command, f *simFlags) error {
+	env := &simEnv{
+		Spec: scheduler.Spec{
+			Stages: f.stages, Microbatches: f.microbatches, Replicas: f.replicas, Chunks: f.chunks,
+			Layers: f.layers, Samples: f.samples, Memory: f.memory,
+		},
+		Options:    sim.Options{Iterations: f.iterations, Overlap: f.overlap, Detail: f.trace != "" || f.gantt != ""},
+		Seed:       f.seed,
+		OutDir:     f.outDir,
+		PresetName: f.preset,
+		Stdout:     cmd.OutOrStdout(),
+		Stderr:     cmd.ErrOrStderr(),
+	}
+	if f.iterations < 1 {
+		return badInput("--iterations is %d, want >= 1", f.iterations)
+	}
+	for _, s := range strings.Split(f.schedules, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			env.Schedules = append(env.Schedules, s)
+		}
+	}
+	var err error
+	if f.clusterFile != "" {
+		env.Cluster, err = sim.LoadCluster(f.clusterFile)
+		env.PresetName = ""
+	} else {
+		env.Cluster, err = sim.Preset(f.preset)
+	}
+	if err != nil {
+		return badInput("%v", err)
+	}
+	for _, x := range simExtensions {
+		if x.Run == nil {
+			continue
+		}
+		if handled, err := x.Run(env); handled || err != nil {
+			return err
+		}
+	}
+	if f.sweep {
+		return runSweep(env, f)
+	}
+	jobs, err := buildSimJobs(env, f.planFile)
+	if err != nil {
+		return err
+	}
+	results, err := runSimJobs(env, jobs)
+	if err != nil {
+		return err
+	}
+	return writeSimOutputs(env, results, f.jsonOut, f.trace, f.gantt)
+}
+
+// buildSimJobs makes the plans to simulate: a plan file, or each schedule.
+func buildSimJobs(env *simEnv, planFile string) ([]*simJob, error) {
+	if planFile != "" {
+		pl, err := readPlanFile(planFile)
+		if err != nil {
+			return nil, err
+		}
+		return []*simJob{{Name: pl.Schedule, Plan: pl, Cluster: env.Cluster}}, nil
+	}
+	if len(env.Schedules) == 0 {
+		return nil, badInput("--schedule names no schedule")
+	}
+	var jobs []*simJob
+	for _, name := range env.Schedules {
+		j, err := buildSimJob(env, name)
+		if err != nil {
+			return nil, err
+		}
+		jobs = append(jobs, j)
+	}
+	return jobs, nil
+}
+
+func buildSimJob(env *simEnv, name string) (*simJob, error) {
+	for _, x := range simExtensions {
+		if b, ok := x.Schedules[name]; ok {
+			return b(env)
+		}
+	}
+	if _, err := scheduler.Lookup(name); err != nil {
+		return nil, badInput("%v", err)
+	}
+	spec := env.Spec
+	if len(env.Cluster.Nodes) > 0 && !env.Cluster.AnyNode {
+		need := spec.Stages * max(spec.Replicas, 1)
+		if need > len(env.Cluster.Nodes) {
+			return nil, badInput("cluster %q has %d nodes, schedule %s needs %d (stages x replicas)", env.Cluster.Name, len(env.Cluster.Nodes), name, need)
+		}
+		for i := range need {
+			spec.Nodes = append(spec.Nodes, env.Cluster.Nodes[i].Name)
+		}
+	}
+	start := time.Now()
+	pl, err := scheduler.Generate(name, spec)
+	if err != nil {
+		return nil, badInput("%v", err)
+	}
+	planTime := time.Since(start).Seconds()
+	if err := scheduler.Validate(pl); err != nil {
+		return nil, fmt.Errorf("schedule %s produced an invalid plan: %w", name, err)
+	}
+	return &simJob{Name: name, Plan: pl, Cluster: env.Cluster, PlanTimeS: planTime}, nil
+}
+
+func readPlanFile(path string) (*scheduler.Plan, error) {
+	fh, err := os.Open(path)
+	if err != nil {
+		return nil, badInput("%v", err)
+	}
+	defer fh.Close()
+	pl, err := scheduler.Decode(fh)
+	if err != nil {
+		return nil, badInput("%s: %v", path, err)
+	}
+	return pl, nil
+}
+
+func runSimJobs(env *simEnv, jobs []*simJob) ([]*sim.Result, error) {
+	bar := newProgress(env.Stderr, len(jobs), "simulating", len(jobs) > 3)
+	var out []*sim.Result
+	for _, j := range jobs {
+		r, err := sim.Run(j.Plan, j.Cluster, env.Options)
+		if err != nil {
+			return nil, badInput("schedule %s: %v", j.Name, err)
+		}
+		r.Schedule = j.Name
+		r.PlanTimeS = j.PlanTimeS
+		out = append(out, r)
+		bar.Add(1)
+	}
+	bar.Finish()
+	return out, nil
+}
+
+func writeSimOutputs(env *simEnv, results []*sim.Result, jsonOut bool, trace, gantt string) error {
+	if trace != "" {
+		if err := writeFileWith(trace, func(w io.Writer) error { return sim.WriteChromeTrace(w, results...) }); err != nil {
+			return err
+		}
+	}
+	if gantt != "" {
+		for _, r := range results {
+			path := gantt
+			if len(results) > 1 {
+				ext := filepath.Ext(gantt)
+				path = strings.TrimSuffix(gantt, ext) + "-" + r.Schedule + ext
+			}
+			if err := mkdirFor(path); err != nil {
+				return err
+			}
+			if err := sim.WriteGantt(path, r, sim.GanttOptions{}); err != nil {
+				return err
+			}
+		}
+	}
+	if jsonOut {
+		enc := json.NewEncoder(env.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(results)
+	}
+	return sim.WriteTable(env.Stdout, results)
+}
+
+func mkdirFor(path string) error {
+	if dir := filepath.Dir(path); dir != "." {
+		return os.MkdirAll(dir, 0o755)
+	}
+	return nil
+}
+
+// writeFileWith writes a file through fn, creating its directory.
+func writeFileWith(path string, fn func(io.Writer) error) error {
+	if err := mkdirFor(path); err != nil {
+		return err
+	}
+	fh, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := fn(fh); err != nil {
+		fh.Close()
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return fh.Close()
+}
+
+func parseIntList(flag, s string) ([]int, error) {
+	var out []int
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		v, err := strconv.Atoi(part)
+		if err != nil || v < 1 {
+			return nil, badInput("--%s: %q is not a positive integer", flag, part)
+		}
+		out = append(out, v)
+	}
+	if len(out) == 0 {
+		return nil, badInput("--%s is empty", flag)
+	}
+	return out, nil
+}
+
+// runSweep simulates every schedule over stages x microbatches and writes
+// sweep.csv and a plot of bubble fraction against microbatches.
+func runSweep(env *simEnv, f *simFlags) error {
+	stages, err := parseIntList("sweep-stages", f.sweepStages)
+	if err != nil {
+		return err
+	}
+	mbs, err := parseIntList("sweep-microbatches", f.sweepMBs)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(env.OutDir, 0o755); err != nil {
+		return err
+	}
+	csvPath := filepath.Join(env.OutDir, "sweep.csv")
+	fh, err := os.Create(csvPath)
+	if err != nil {
+		return err
+	}
+	defer fh.Close()
+	cw := csv.NewWriter(fh)
+	_ = cw.Write([]string{"schedule", "stages", "microbatches", "iteration_time_s", "bubble_fraction", "bubble_over_ideal", "span_s", "peak_activations"})
+	bar := newProgress(env.Stderr, len(env.Schedules)*len(stages)*len(mbs), "sweeping", f.progress)
+	var series []sim.Series
+	for _, name := range env.Schedules {
+		for _, p := range stages {
+			s := sim.Series{Name: fmt.Sprintf("%s p=%d", name, p)}
+			for _, m := range mbs {
+				e := *env
+				e.Spec.Stages, e.Spec.Microbatches = p, m
+				e.Options.Detail = false
+				j, err := buildSimJob(&e, name)
+				if err != nil {
+					return err
+				}
+				r, err := sim.Run(j.Plan, j.Cluster, e.Options)
+				if err != nil {
+					return badInput("schedule %s p=%d m=%d: %v", name, p, m, err)
+				}
+				_ = cw.Write([]string{name, strconv.Itoa(p), strconv.Itoa(m), fmtF(r.IterationTimeS), fmtF(r.BubbleFraction), fmtF(r.BubbleOverIdeal), fmtF(r.SpanS), strconv.Itoa(r.PeakActivations)})
+				s.X = append(s.X, float64(m))
+				s.Y = append(s.Y, r.BubbleFraction)
+				bar.Add(1)
+			}
+			series = append(series, s)
+		}
+	}
+	bar.Finish()
+	cw.Flush()
+	if err := cw.Error(); err != nil {
+		return err
+	}
+	pngPath := filepath.Join(env.OutDir, "sweep.png")
+	if err := sim.WriteLinePlot(pngPath, "Bubble fraction vs microbatches", "microbatches m", "bubble fraction", series); err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "wrote %s and %s\n", csvPath, pngPath)
+	return nil
+}
+
+func fmtF(v float64) string { return strconv.FormatFloat(v, 'g', 10, 64) }
