@@ -1,0 +1,95 @@
+package model
+
+import (
+	"math/rand/v2"
+	"testing"
+)
+
+// Benchmark shapes from the issue: one block, dim 256, ctx 128, microbatch 8.
+const (
+	benchDim   = 256
+	benchHeads = 4
+	benchCtx   = 128
+	benchB     = 8
+)
+
+// blockFlops counts the floating-point operations of one block's forward
+// and backward as executed: every matrix product is 2·m·n·k; backward does
+// two products per forward product. The causal attention products are
+// counted over the full t×t square because that is what runs.
+func blockFlops(b, t, d, hidden int) float64 {
+	n := float64(b * t)
+	D, H := float64(d), float64(hidden)
+	dense := 2 * n * D * (3*D + D + H + H)        // qkv, wo, w1, w2
+	attn := 2 * float64(b) * float64(t*t) * D * 2 // QKᵀ and PV over all heads
+	return 3 * (dense + attn)
+}
+
+func BenchmarkBlockForwardBackward(b *testing.B) {
+	cfg := Config{Layers: 1, Dim: benchDim, Heads: benchHeads, Ctx: benchCtx, Seed: 1}
+	s, err := NewShard(cfg, ShardSpec{Lo: 0, Hi: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(1, 1))
+	n := benchB * benchCtx * benchDim
+	x := &Activations{Shape: []int{benchB, benchCtx, benchDim}, Data: randSlice(r, n, 1)}
+	g := &Activations{Shape: []int{benchB, benchCtx, benchDim}, Data: randSlice(r, n, 1)}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := s.Forward(0, x); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := s.Backward(0, g); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(blockFlops(benchB, benchCtx, benchDim, 4*benchDim)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+}
+
+// BenchmarkMatMulRaw runs exactly the block's sequence of Sgemm calls (same
+// shapes, transposes and strides), with nothing in between: the ceiling
+// for the block benchmark.
+func BenchmarkMatMulRaw(b *testing.B) {
+	const B, T, D, Hd, H = benchB, benchCtx, benchDim, 4 * benchDim, benchHeads
+	N, hd := B*T, D/H
+	r := rand.New(rand.NewPCG(2, 2))
+	buf := func(n int) []float32 { return randSlice(r, n, 1) }
+	x, qkv, att, h, u := buf(N*D), buf(N*3*D), buf(N*D), buf(N*D), buf(N*Hd)
+	wqkv, wo, w1, w2 := buf(D*3*D), buf(D*D), buf(D*Hd), buf(Hd*D)
+	gqkv, gwo, gw1, gw2 := buf(D*3*D), buf(D*D), buf(D*Hd), buf(Hd*D)
+	p, ds, out, o2 := buf(T*T), buf(T*T), buf(N*D), buf(N*Hd)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		// forward
+		gemm(false, false, N, 3*D, D, x, D, wqkv, 3*D, false, qkv, 3*D)
+		for bh := 0; bh < B*H; bh++ {
+			bi, hi := bh/H, bh%H
+			q := qkv[bi*T*3*D+hi*hd:]
+			gemm(false, true, T, T, hd, q, 3*D, q[D:], 3*D, false, p, T)
+			gemm(false, false, T, hd, T, p, T, q[2*D:], 3*D, false, att[bi*T*D+hi*hd:], D)
+		}
+		gemm(false, false, N, D, D, att, D, wo, D, false, out, D)
+		gemm(false, false, N, Hd, D, h, D, w1, Hd, false, u, Hd)
+		gemm(false, false, N, D, Hd, u, Hd, w2, D, false, out, D)
+		// backward
+		gemm(true, false, Hd, D, N, u, Hd, out, D, true, gw2, D)
+		gemm(false, true, N, Hd, D, out, D, w2, D, false, o2, Hd)
+		gemm(true, false, D, Hd, N, h, D, o2, Hd, true, gw1, Hd)
+		gemm(false, true, N, D, Hd, o2, Hd, w1, Hd, false, h, D)
+		gemm(true, false, D, D, N, att, D, out, D, true, gwo, D)
+		gemm(false, true, N, D, D, out, D, wo, D, false, att, D)
+		for bh := 0; bh < B*H; bh++ {
+			bi, hi := bh/H, bh%H
+			q := qkv[bi*T*3*D+hi*hd:]
+			do := att[bi*T*D+hi*hd:]
+			gemm(false, true, T, T, hd, do, D, q[2*D:], 3*D, false, ds, T)
+			gemm(true, false, T, hd, T, p, T, do, D, false, out[bi*T*D+hi*hd:], D)
+			gemm(false, false, T, hd, T, ds, T, q[D:], 3*D, false, out[bi*T*D+hi*hd:], D)
+			gemm(true, false, T, hd, T, ds, T, q, 3*D, false, out[bi*T*D+hi*hd:], D)
+		}
+		gemm(true, false, D, 3*D, N, x, D, qkv, 3*D, true, gqkv, 3*D)
+		gemm(false, true, N, D, 3*D, qkv, 3*D, wqkv, 3*D, false, x, D)
+	}
+	b.ReportMetric(blockFlops(B, T, D, Hd)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+}
