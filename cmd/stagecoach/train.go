@@ -109,6 +109,7 @@ Writes model.safetensors, shard-*.safetensors and loss.png into --out.`,
 	f.Int64Var(&o.MaxBytes, "max-bytes", data.DefaultMaxBytes, "load at most this many bytes of the corpus")
 	f.StringVar(&o.OutDir, "out", "run", "directory for checkpoint and loss.png")
 	f.StringVar(&o.Resume, "resume", "", "continue exactly from this checkpoint directory (model flags are taken from it)")
+	f.IntVar(&o.StopAt, "stop-at", 0, "stop and checkpoint after this step; --resume later continues exactly (keep --steps)")
 	f.IntVar(&o.EvalEvery, "eval-every", 0, "validation every N steps (0: steps/10)")
 	f.IntVar(&o.EvalWindows, "eval-windows", 128, "validation windows")
 	f.IntVar(&cfg.Stages, "stages", 1, "split the model into this many in-process shards (same result)")

@@ -38,6 +38,7 @@ type Options struct {
 	EvalWindows int    // validation windows of ctx+1 bytes; default 128
 	OutDir      string // checkpoint and plot directory
 	Resume      string // checkpoint directory or file to continue from
+	StopAt      int    // stop (and checkpoint) after this step, 0: at Steps
 }
 
 // Event reports one step to the caller (progress bar, JSON lines).
@@ -99,6 +100,14 @@ func Prepare(o Options) (*Setup, error) {
 		var err error
 		if tr, meta, err = model.LoadTrainer(path); err != nil {
 			return nil, err
+		}
+		if o.Steps != tr.Cfg.Optim.TotalSteps {
+			// Extending (or shortening) a run reshapes the LR schedule, so
+			// the result differs from an uninterrupted run of o.Steps.
+			tr.Cfg.Optim.TotalSteps = o.Steps
+			for _, op := range tr.Opts {
+				op.Cfg.TotalSteps = o.Steps
+			}
 		}
 		o.Train = tr.Cfg
 		if o.CorpusDir == "" {
@@ -187,7 +196,11 @@ func (s *Setup) Run(onStep func(Event)) (*Result, error) {
 	res := &Result{Params: tr.Pipe.NumParams(), TrainBytes: len(s.Corpus.Train), ValBytes: len(s.Corpus.Val),
 		UnigramEntropy: data.UnigramEntropy(s.Corpus.Val), FinalValLoss: math.NaN()}
 	var trainTime time.Duration
-	for tr.Step < o.Steps {
+	stop := o.Steps
+	if o.StopAt > 0 && o.StopAt < stop {
+		stop = o.StopAt
+	}
+	for tr.Step < stop {
 		t0 := time.Now()
 		r, err := tr.TrainStep(sample)
 		if err != nil {
@@ -198,7 +211,7 @@ func (s *Setup) Run(onStep func(Event)) (*Result, error) {
 		ev := Event{Step: r.Step, Loss: r.Loss, LR: r.LR, GradNorm: r.GradNorm, Tokens: tokens,
 			TokensPerS: float64(tokens) / trainTime.Seconds()}
 		s.History = append(s.History, Point{Step: r.Step, Loss: r.Loss})
-		if r.Step%o.EvalEvery == 0 || r.Step == o.Steps {
+		if r.Step%o.EvalEvery == 0 || r.Step == stop {
 			v, err := ValLoss(tr.Pipe, s.ValWin, ctx, nil)
 			if err != nil {
 				return nil, err
