@@ -1,0 +1,96 @@
+package etcdx
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Root is the prefix under which every job keeps its keys.
+const Root = "/stagecoach/"
+
+// MaxJobLen bounds a job id so keys stay short.
+const MaxJobLen = 64
+
+// Keys builds the etcd keys of one job. The zero value is invalid; use
+// NewKeys.
+type Keys struct{ job string }
+
+// NewKeys validates job and returns its key builder. A job id is 1 to 64
+// characters from [A-Za-z0-9._-] and not "." or "..": anything else could
+// escape the job's prefix or collide with another job's.
+func NewKeys(job string) (Keys, error) {
+	if err := ValidateJob(job); err != nil {
+		return Keys{}, err
+	}
+	return Keys{job: job}, nil
+}
+
+// ValidateJob reports why job is not a usable job id.
+func ValidateJob(job string) error { return validName("job id", job) }
+
+// validName accepts 1 to MaxJobLen characters from [A-Za-z0-9._-], not "."
+// or "..".
+func validName(what, s string) error {
+	if s == "" || len(s) > MaxJobLen {
+		return fmt.Errorf("%s %q: want 1 to %d characters", what, s, MaxJobLen)
+	}
+	if s == "." || s == ".." {
+		return fmt.Errorf("%s %q is reserved", what, s)
+	}
+	for i, r := range s {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.'
+		if !ok {
+			return fmt.Errorf("%s %q: character %q at %d is not one of [A-Za-z0-9._-]", what, s, r, i)
+		}
+	}
+	return nil
+}
+
+// Job is the job id.
+func (k Keys) Job() string { return k.job }
+
+// Prefix is the job's prefix, ending in a slash: "/stagecoach/<job>/".
+func (k Keys) Prefix() string { return Root + k.job + "/" }
+
+// MembersPrefix is the prefix of worker registrations.
+func (k Keys) MembersPrefix() string { return k.Prefix() + "members/" }
+
+// Member is the registration key of worker name.
+func (k Keys) Member(name string) string { return k.MembersPrefix() + name }
+
+// ElectionPrefix is the prefix concurrency.Election campaigns under.
+func (k Keys) ElectionPrefix() string { return k.Prefix() + "leader/" }
+
+// PlanPrefix is the prefix of plan manifests.
+func (k Keys) PlanPrefix() string { return k.Prefix() + "plan/" }
+
+// Plan is the manifest key of plan epoch.
+func (k Keys) Plan(epoch int64) string { return k.PlanPrefix() + pad(epoch) }
+
+// Iteration holds the last committed step.
+func (k Keys) Iteration() string { return k.Prefix() + "iteration" }
+
+// CommitsPrefix is the prefix of the per-step commit records.
+func (k Keys) CommitsPrefix() string { return k.Prefix() + "commits/" }
+
+// Commit is the record of committed step.
+func (k Keys) Commit(step int64) string { return k.CommitsPrefix() + pad(step) }
+
+// CheckpointsPrefix is the prefix of checkpoint manifests.
+func (k Keys) CheckpointsPrefix() string { return k.Prefix() + "checkpoints/" }
+
+// Checkpoint is the manifest key of the checkpoint taken after step.
+func (k Keys) Checkpoint(step int64) string { return k.CheckpointsPrefix() + pad(step) }
+
+// pad renders n zero-padded to 20 digits so lexical order is numeric.
+func pad(n int64) string {
+	s := strconv.FormatInt(n, 10)
+	if len(s) >= 20 {
+		return s
+	}
+	return strings.Repeat("0", 20-len(s)) + s
+}
+
+// ValidateWorkerName reports why name cannot be a member key suffix.
+func ValidateWorkerName(name string) error { return validName("worker name", name) }

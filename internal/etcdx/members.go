@@ -1,0 +1,181 @@
+package etcdx
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+)
+
+// Member is a worker's registration: what the coordinator needs to place
+// stages on it and to reach it.
+type Member struct {
+	Name string `json:"name"`
+	// Addr is the worker's gRPC address (host:port).
+	Addr string `json:"addr"`
+	// Capacity is the most stages the worker can hold; 0 means 1.
+	Capacity int `json:"capacity,omitempty"`
+	// Speed is the worker's measured compute speed in GFLOP/s, 0 if not
+	// measured.
+	Speed float64 `json:"speed,omitempty"`
+	// Lease is the lease the key is bound to (filled when read).
+	Lease int64 `json:"-"`
+}
+
+// Register writes m under the session's lease: the key vanishes when the
+// worker stops renewing it. A worker that restarts under its old name
+// replaces the old registration; the old lease no longer owns the key, so
+// its expiry does not remove the new one.
+func Register(ctx context.Context, s *concurrency.Session, k Keys, m Member) error {
+	if err := ValidateWorkerName(m.Name); err != nil {
+		return err
+	}
+	if m.Addr == "" {
+		return fmt.Errorf("etcdx: worker %s has no address", m.Name)
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	if _, err := s.Client().Put(ctx, k.Member(m.Name), string(b), clientv3.WithLease(s.Lease())); err != nil {
+		return fmt.Errorf("etcdx: register worker %s in job %s: %w", m.Name, k.Job(), err)
+	}
+	return nil
+}
+
+// Members reads the current registrations, sorted by name, and the
+// revision they were read at.
+func Members(ctx context.Context, cli *clientv3.Client, k Keys) ([]Member, int64, error) {
+	resp, err := cli.Get(ctx, k.MembersPrefix(), clientv3.WithPrefix())
+	if err != nil {
+		return nil, 0, fmt.Errorf("etcdx: read members of job %s: %w", k.Job(), err)
+	}
+	set := map[string]Member{}
+	for _, kv := range resp.Kvs {
+		if m, ok := decodeMember(k, kv.Key, kv.Value, kv.Lease); ok {
+			set[m.Name] = m
+		}
+	}
+	return sorted(set), resp.Header.Revision, nil
+}
+
+// decodeMember parses one registration; a malformed value is skipped so a
+// stray key cannot stop the coordinator.
+func decodeMember(k Keys, key, val []byte, lease int64) (Member, bool) {
+	name := strings.TrimPrefix(string(key), k.MembersPrefix())
+	var m Member
+	if err := json.Unmarshal(val, &m); err != nil || m.Name != name {
+		return Member{}, false
+	}
+	m.Lease = lease
+	return m, true
+}
+
+func sorted(set map[string]Member) []Member {
+	out := make([]Member, 0, len(set))
+	for _, m := range set {
+		out = append(out, m)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// WatchMembers sends the full membership, sorted by name, now and after
+// every change until ctx ends, then closes the channel. Only the latest
+// snapshot is kept when the reader is slow. The watch resumes from the
+// last seen revision + 1 when its stream breaks and re-reads the prefix
+// when that revision has been compacted away.
+func WatchMembers(ctx context.Context, cli *clientv3.Client, k Keys) <-chan []Member {
+	out := make(chan []Member, 1)
+	go func() {
+		defer close(out)
+		publish := func(set map[string]Member) {
+			snap := sorted(set)
+			select { // drop a stale unread snapshot
+			case <-out:
+			default:
+			}
+			out <- snap
+		}
+		var set map[string]Member
+		var rev int64
+		reread := func() bool {
+			for ctx.Err() == nil {
+				ms, r, err := Members(ctx, cli, k)
+				if err == nil {
+					set, rev = map[string]Member{}, r
+					for _, m := range ms {
+						set[m.Name] = m
+					}
+					publish(set)
+					return true
+				}
+				sleepCtx(ctx, retryDelay)
+			}
+			return false
+		}
+		if !reread() {
+			return
+		}
+		for ctx.Err() == nil {
+			wctx, cancel := context.WithCancel(ctx)
+			wch := cli.Watch(clientv3.WithRequireLeader(wctx), k.MembersPrefix(), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+			compacted := false
+			for resp := range wch {
+				if resp.CompactRevision != 0 || resp.Err() == rpctypes.ErrCompacted {
+					compacted = true
+					break
+				}
+				if resp.Err() != nil {
+					break
+				}
+				for _, ev := range resp.Events {
+					name := strings.TrimPrefix(string(ev.Kv.Key), k.MembersPrefix())
+					if ev.Type == clientv3.EventTypeDelete {
+						delete(set, name)
+					} else if m, ok := decodeMember(k, ev.Kv.Key, ev.Kv.Value, ev.Kv.Lease); ok {
+						set[name] = m
+					} else {
+						delete(set, name)
+					}
+				}
+				if n := len(resp.Events); n > 0 {
+					// resume after the last event seen, not the header
+					// revision, so nothing between them is skipped
+					rev = resp.Events[n-1].Kv.ModRevision
+					publish(set)
+				}
+			}
+			cancel()
+			if ctx.Err() != nil {
+				return
+			}
+			if compacted {
+				if !reread() {
+					return
+				}
+				continue
+			}
+			sleepCtx(ctx, retryDelay)
+		}
+	}()
+	return out
+}
+
+// WaitMembers waits until at least n workers are registered and returns
+// the first n by name.
+func WaitMembers(ctx context.Context, cli *clientv3.Client, k Keys, n int) ([]Member, error) {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for ms := range WatchMembers(wctx, cli, k) {
+		if len(ms) >= n {
+			return ms[:n], nil
+		}
+	}
+	return nil, fmt.Errorf("etcdx: waiting for %d workers in job %s: %w", n, k.Job(), ctx.Err())
+}
