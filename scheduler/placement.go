@@ -1,9 +1,6 @@
 package scheduler
 
-import (
-	"math"
-	"math/rand/v2"
-)
+import "math"
 
 // Placement is an assignment of nodes to stages.
 type Placement struct {
@@ -81,7 +78,7 @@ func Place(cfg *SkipPipeConfig) (*Placement, error) {
 	}
 	n := len(cfg.NodeNames)
 	ns := len(cfg.StageSizes)
-	rng := rand.New(rand.NewPCG(uint64(cfg.Seed), 0x91ace))
+	rng := newRand(cfg.Seed, 0x91ace)
 	// perm[i] is the node in slot i; slots are cut into stages in order.
 	first := make([]int, ns+1)
 	for s, k := range cfg.StageSizes {
@@ -142,6 +139,9 @@ func Place(cfg *SkipPipeConfig) (*Placement, error) {
 				sortInts(p)
 				out.Partition[s] = p
 			}
+			// Sorting changes the summation order: report the cost of
+			// the partition as returned.
+			out.Cost = placementCost(cfg, out.Partition)
 		}
 	}
 	return out, nil

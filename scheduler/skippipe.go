@@ -80,6 +80,9 @@ func prepare(cfg *SkipPipeConfig) (*spNet, *SkipPipeStats, error) {
 		}
 		parts = pl.Partition
 	}
+	if cfg.RefinePlacement && cfg.Rules.PathStages != len(cfg.StageSizes) {
+		parts = refinePlacement(cfg, parts, cfg.Seed, &stats.Evaluations)
+	}
 	stats.PlacementCost = placementCost(cfg, parts)
 	nt := newNet(cfg, parts)
 	stats.Partition = nt.parts
@@ -102,7 +105,7 @@ func PlanSkipPipe(cfg SkipPipeConfig) (*Plan, *SkipPipeStats, error) {
 	if cfg.CollisionAware {
 		name = SkipPipeCA
 	}
-	rng := rand.New(rand.NewPCG(uint64(cfg.Seed), 0x5c1b))
+	rng := newRand(cfg.Seed, 0x5c1b)
 	ev := newEval(nt)
 	score := func(s *spState) float64 {
 		stats.Evaluations++
@@ -123,6 +126,14 @@ func PlanSkipPipe(cfg SkipPipeConfig) (*Plan, *SkipPipeStats, error) {
 		s0 = nt.search(s0, rng, nt.cap, iters/3, score)
 		if v := score(s0); v < bestV {
 			st, bestV = s0, v
+		}
+	}
+	if cfg.CollisionAware {
+		if g := nt.constructGroups(ev, &stats.Evaluations, nt.stageSeqs(nt.rules.PathStages-1, maxStageSeqs)); g != nil {
+			g = nt.search(g, rng, nt.cap, iters/3, score)
+			if v := score(g); v < bestV {
+				st, bestV = g, v
+			}
 		}
 	}
 	if st == nil {
@@ -164,7 +175,7 @@ func PlanSkipPipeRandom(cfg SkipPipeConfig) (*Plan, *SkipPipeStats, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	rng := rand.New(rand.NewPCG(uint64(cfg.Seed), 0x7a4d))
+	rng := newRand(cfg.Seed, 0x7a4d)
 	var st *spState
 	for try := 0; try < 64 && st == nil; try++ {
 		st, _ = nt.construct(rng, nt.rules.PathStages, nt.cap, false)
@@ -213,7 +224,7 @@ func FullPipeline(cfg SkipPipeConfig) (*Plan, *SkipPipeStats, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	rng := rand.New(rand.NewPCG(uint64(cfg.Seed), 0x91be))
+	rng := newRand(cfg.Seed, 0x91be)
 	ev := newEval(nt)
 	score := func(s *spState) float64 {
 		stats.Evaluations++
@@ -230,7 +241,7 @@ func FullPipeline(cfg SkipPipeConfig) (*Plan, *SkipPipeStats, error) {
 	return plan, stats, nil
 }
 
-// defaultIterations scales the search to about 1e9 simple steps.
+// defaultIterations scales the search to about 1.5e8 simple steps.
 func (nt *spNet) defaultIterations(m int) int {
 	if nt.iterations > 0 {
 		return nt.iterations
@@ -239,8 +250,8 @@ func (nt *spNet) defaultIterations(m int) int {
 	if nt.rules.PathStages > len(nt.parts) {
 		k = 2*len(nt.parts) + 1
 	}
-	it := int(4e8 / float64(m*m*k+1))
-	return min(max(it, 1500), 25000)
+	it := int(1.5e8 / float64(m*m*k+1))
+	return min(max(it, 1500), 20000)
 }
 
 // search is a seeded simulated annealing over legal moves; it returns the
@@ -435,4 +446,10 @@ func (nt *spNet) buildPlan(paths [][]int, order [][]spTask, name string, skip bo
 		p.Skip = &r
 	}
 	return p
+}
+
+// newRand is the planners' seeded source; stream separates the uses of
+// one seed.
+func newRand(seed int64, stream uint64) *rand.Rand {
+	return rand.New(rand.NewPCG(uint64(seed), stream))
 }

@@ -18,6 +18,10 @@ type SkipPipeConfig struct {
 	// Partition optionally fixes the placement: node indices per stage,
 	// matching StageSizes. Nil means the planner places nodes with Place.
 	Partition [][]int
+	// RefinePlacement lets the skipping planners improve the placement
+	// (Partition, or Place's) by their own timing estimate; the plan's
+	// stats report the placement used.
+	RefinePlacement bool
 	// Delay[a][b] is the time in seconds from node a starting to send one
 	// microbatch's activations (or gradients) to node b until they have
 	// arrived. It need not be symmetric.

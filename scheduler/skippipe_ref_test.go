@@ -56,6 +56,7 @@ func TestRefImportPlansValidate(t *testing.T) {
 	for _, name := range SkipPipeVariants() {
 		c := cfg
 		c.Partition = nil
+		c.RefinePlacement = true
 		plan, st, err := PlanSkipPipeVariant(name, c)
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
@@ -64,7 +65,9 @@ func TestRefImportPlansValidate(t *testing.T) {
 			t.Fatalf("%s: %v", name, err)
 		}
 		t.Logf("%s (own placement): estimate %.2f s, replay %.2f, evals %d, policy %s, placement cost %.2f", name, st.EstimateS, newEval(newNet(&cfg, st.Partition)).replayPlan(plan), st.Evaluations, st.Policy, st.PlacementCost)
-		plan, st, err = PlanSkipPipeVariant(name, cfg)
+		c = cfg
+		c.RefinePlacement = true
+		plan, st, err = PlanSkipPipeVariant(name, c)
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
