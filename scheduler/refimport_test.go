@@ -90,7 +90,7 @@ func TestImportErrorsNameTheField(t *testing.T) {
 	} {
 		bad := strings.Replace(tinyRef, tc.edit, tc.field, 1)
 		_, err := ParseSkipPipeRef([]byte(bad))
-		name := tc.field[1:strings.Index(tc.field[1:], `"`)+1]
+		name := tc.field[1 : strings.Index(tc.field[1:], `"`)+1]
 		if err == nil || !strings.Contains(err.Error(), name) {
 			t.Errorf("%s: error %v, want one naming %q", tc.field, err, name)
 		}

@@ -158,7 +158,10 @@ func TestSkipPipeConfigErrorsNameTheField(t *testing.T) {
 		{"forward_s", func(c *SkipPipeConfig) { c.ForwardS = append([]float64{}, c.ForwardS...); c.ForwardS[0] = -1 }},
 		{"memory", func(c *SkipPipeConfig) { c.Memory = 0 }},
 		{"microbatches_per_origin", func(c *SkipPipeConfig) { c.MicrobatchesPerOrigin = 0 }},
-		{"node_names", func(c *SkipPipeConfig) { c.NodeNames = append([]string{}, c.NodeNames...); c.NodeNames[1] = c.NodeNames[0] }},
+		{"node_names", func(c *SkipPipeConfig) {
+			c.NodeNames = append([]string{}, c.NodeNames...)
+			c.NodeNames[1] = c.NodeNames[0]
+		}},
 		{"path_stages", func(c *SkipPipeConfig) { c.Rules.PathStages = 1 }},
 		{"partition", func(c *SkipPipeConfig) { c.Partition = [][]int{{0}} }},
 	} {
