@@ -1,0 +1,159 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"stagecoach/internal/etcdx"
+	"stagecoach/model"
+	pb "stagecoach/proto"
+	"stagecoach/scheduler"
+)
+
+// Config is one training job as the coordinator runs it. Validate fills
+// defaults and rejects what cannot run; New calls it.
+type Config struct {
+	// Job is the job id: every etcd key and every fence carries it.
+	// Required; two jobs on one etcd never see each other's keys.
+	Job string
+	// Endpoints are etcd's client addresses. Required: the caller starts
+	// an embedded etcd (etcdx.StartEmbedded) when it has no cluster.
+	Endpoints []string
+	// Name identifies this coordinator in the election; default "coordinator".
+	Name string
+	// TTL is the lease TTL in seconds (etcdx.DefaultTTL when 0).
+	TTL int
+
+	// Workers is how many registered workers the job waits for and uses.
+	Workers int
+	// Schedule names a scheduler generator ("gpipe", "1f1b", ...).
+	Schedule string
+	// Stages is the pipeline depth; 0 means Workers (one stage each).
+	// Workers must be a multiple of it: the rest are stage replicas.
+	Stages int
+	// Train is the model, microbatch split and optimizer. Its
+	// Microbatches and MicrobatchSize are required; Optim.TotalSteps is
+	// set to Steps, as the single-process trainer does.
+	Train model.TrainConfig
+	// Steps is the number of optimizer steps to run.
+	Steps int
+	// CorpusDir is the training text; "" means data.DefaultCorpusDir().
+	CorpusDir string
+	// MaxCorpusBytes caps the corpus (data.DefaultMaxBytes when 0).
+	MaxCorpusBytes int64
+
+	// OutDir receives the plan files (by content hash), the run summary
+	// and checkpoints. Required.
+	OutDir string
+	// Checkpoint asks every worker to save its shards after the last step
+	// into OutDir/checkpoint-<step> and records the checkpoint in etcd.
+	Checkpoint bool
+
+	// RPCTimeout bounds one control RPC (default 5 min: an iteration of a
+	// big model is one RPC).
+	RPCTimeout time.Duration
+	// WaitTimeout bounds the wait for workers to register (default 2 min).
+	WaitTimeout time.Duration
+	// Dial connects to a worker's gRPC address; nil dials insecure gRPC.
+	Dial func(ctx context.Context, addr string) (pb.WorkerClient, func() error, error)
+	// OnStep, when set, is called after every committed step.
+	OnStep func(StepReport)
+	// Logf receives progress lines; nil discards them.
+	Logf func(format string, args ...any)
+}
+
+// Defaults.
+const (
+	DefaultRPCTimeout  = 5 * time.Minute
+	DefaultWaitTimeout = 2 * time.Minute
+	// MaxControlBytes bounds the control messages the coordinator sends
+	// and receives (a plan, an iteration's windows).
+	MaxControlBytes = 64 << 20
+)
+
+// Validate fills defaults and reports the first field that cannot run.
+func (c *Config) Validate() error {
+	if err := etcdx.ValidateJob(c.Job); err != nil {
+		return fmt.Errorf("coordinator: %w", err)
+	}
+	if len(c.Endpoints) == 0 {
+		return errors.New("coordinator: no etcd endpoints")
+	}
+	if c.Name == "" {
+		c.Name = "coordinator"
+	}
+	if c.TTL == 0 {
+		c.TTL = etcdx.DefaultTTL
+	}
+	if c.TTL < etcdx.MinTTL {
+		return fmt.Errorf("coordinator: lease TTL %d s is below etcd's minimum %d s", c.TTL, etcdx.MinTTL)
+	}
+	if c.Workers < 1 {
+		return fmt.Errorf("coordinator: workers is %d, want >= 1", c.Workers)
+	}
+	if _, err := scheduler.Lookup(c.Schedule); err != nil {
+		return fmt.Errorf("coordinator: %w", err)
+	}
+	if c.Stages == 0 {
+		c.Stages = c.Workers
+	}
+	if c.Stages < 1 || c.Workers%c.Stages != 0 {
+		return fmt.Errorf("coordinator: %d workers cannot hold %d stages with equal replicas", c.Workers, c.Stages)
+	}
+	if c.Steps < 1 {
+		return fmt.Errorf("coordinator: steps is %d, want >= 1", c.Steps)
+	}
+	t := &c.Train
+	if t.Microbatches < 1 || t.MicrobatchSize < 1 {
+		return fmt.Errorf("coordinator: microbatches and microbatch size must be positive (got %d, %d)", t.Microbatches, t.MicrobatchSize)
+	}
+	if c.Workers/c.Stages > t.Microbatches {
+		return fmt.Errorf("coordinator: %d replicas per stage but only %d microbatches", c.Workers/c.Stages, t.Microbatches)
+	}
+	t.Model = t.Model.WithDefaults()
+	if err := t.Model.Validate(); err != nil {
+		return fmt.Errorf("coordinator: %w", err)
+	}
+	if t.Model.Layers < c.Stages {
+		return fmt.Errorf("coordinator: %d layers cannot fill %d stages", t.Model.Layers, c.Stages)
+	}
+	t.Optim.TotalSteps = c.Steps
+	t.Optim = t.Optim.WithDefaults()
+	if err := t.Optim.Validate(); err != nil {
+		return fmt.Errorf("coordinator: %w", err)
+	}
+	t.Stages = c.Stages
+	if c.OutDir == "" {
+		return errors.New("coordinator: no output directory")
+	}
+	if c.RPCTimeout == 0 {
+		c.RPCTimeout = DefaultRPCTimeout
+	}
+	if c.WaitTimeout == 0 {
+		c.WaitTimeout = DefaultWaitTimeout
+	}
+	if c.Dial == nil {
+		c.Dial = DialWorker
+	}
+	if c.Logf == nil {
+		c.Logf = func(string, ...any) {}
+	}
+	return nil
+}
+
+// DialWorker opens an insecure gRPC connection to a worker with the
+// control message limits raised to MaxControlBytes.
+func DialWorker(_ context.Context, addr string) (pb.WorkerClient, func() error, error) {
+	conn, err := grpc.NewClient(addr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxControlBytes), grpc.MaxCallSendMsgSize(MaxControlBytes)))
+	if err != nil {
+		return nil, nil, fmt.Errorf("coordinator: dial worker at %s: %w", addr, err)
+	}
+	return pb.NewWorkerClient(conn), conn.Close, nil
+}

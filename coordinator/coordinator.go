@@ -1,0 +1,306 @@
+package coordinator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"stagecoach/data"
+	"stagecoach/internal/etcdx"
+	"stagecoach/model"
+	pb "stagecoach/proto"
+	"stagecoach/scheduler"
+)
+
+// Coordinator runs one job: it wins leadership, places stages on the
+// registered workers, hands them the plan and drives iterations.
+type Coordinator struct {
+	cfg Config
+}
+
+// New validates cfg.
+func New(cfg Config) (*Coordinator, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Coordinator{cfg: cfg}, nil
+}
+
+// Config returns the validated configuration (defaults filled).
+func (c *Coordinator) Config() Config { return c.cfg }
+
+// workerConn is one plan worker's control connection.
+type workerConn struct {
+	idx    int
+	member etcdx.Member
+	cli    pb.WorkerClient
+	close  func() error
+}
+
+// run is the state of one leadership term.
+type run struct {
+	cfg       *Config
+	leader    *etcdx.Leader
+	committer *etcdx.Committer
+	plan      *scheduler.Plan
+	fence     *pb.Fence
+	workers   []*workerConn
+	sampler   *data.Sampler
+	ctxLen    int
+	stats     *measurements
+}
+
+// Run campaigns for the job, waits for the workers, trains cfg.Steps steps
+// and returns the run summary. It refuses a job id whose etcd state
+// already holds committed steps: resuming is not implemented, and silently
+// starting over would apply steps twice.
+func (c *Coordinator) Run(ctx context.Context) (*Summary, error) {
+	cfg := &c.cfg
+	cli, err := etcdx.Dial(ctx, cfg.Endpoints, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer cli.Close()
+	keys, err := etcdx.NewKeys(cfg.Job)
+	if err != nil {
+		return nil, err
+	}
+	sess, err := etcdx.NewSession(ctx, cli, cfg.TTL)
+	if err != nil {
+		return nil, err
+	}
+	defer sess.Close()
+	cfg.Logf("campaigning for job %s", cfg.Job)
+	leader, err := etcdx.Campaign(ctx, sess, keys, cfg.Name)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		leader.Resign(rctx)
+	}()
+	cfg.Logf("leading job %s with fencing token %d", cfg.Job, leader.Rev())
+	// Orders stop the moment leadership is lost: everything below runs
+	// under a context that ends with the session.
+	lctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		select {
+		case <-leader.Done():
+			cancel(etcdx.ErrDeposed)
+		case <-lctx.Done():
+		}
+	}()
+	sum, err := c.lead(lctx, leader)
+	if cause := context.Cause(lctx); err != nil && errors.Is(cause, etcdx.ErrDeposed) {
+		err = fmt.Errorf("coordinator: job %s: lost leadership: %w", cfg.Job, err)
+	}
+	return sum, err
+}
+
+func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary, error) {
+	cfg := &c.cfg
+	keys := leader.Keys()
+	committer, err := etcdx.NewCommitter(ctx, leader)
+	if err != nil {
+		return nil, err
+	}
+	if last := committer.Last(); last.Step != 0 {
+		return nil, fmt.Errorf("coordinator: job %s already committed step %d (epoch %d); resuming a job is not implemented, use a new job id", cfg.Job, last.Step, last.Epoch)
+	}
+	epoch, err := nextEpoch(ctx, leader.Client(), keys)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Logf("waiting for %d workers", cfg.Workers)
+	wctx, wcancel := context.WithTimeout(ctx, cfg.WaitTimeout)
+	members, err := etcdx.WaitMembers(wctx, leader.Client(), keys, cfg.Workers)
+	wcancel()
+	if err != nil {
+		return nil, err
+	}
+	plan, layout, err := buildPlan(cfg, members, epoch)
+	if err != nil {
+		return nil, err
+	}
+	planJSON, planPath, planHash, err := storePlan(cfg.OutDir, plan)
+	if err != nil {
+		return nil, err
+	}
+	man := PlanManifest{Epoch: epoch, Schedule: plan.Schedule, SHA256: planHash, Bytes: len(planJSON), Path: planPath, LeaderRev: leader.Rev()}
+	for i, w := range plan.Workers {
+		man.Workers = append(man.Workers, PlanWorker{Name: members[i].Name, Addr: members[i].Addr, Stages: w.Stages, Replica: w.Replica})
+	}
+	if err := leader.PutJSON(ctx, keys.Plan(epoch), man); err != nil {
+		return nil, err
+	}
+	r := &run{cfg: cfg, leader: leader, committer: committer, plan: plan,
+		fence: &pb.Fence{Job: cfg.Job, LeaderRev: leader.Rev(), Epoch: epoch}, ctxLen: cfg.Train.Model.Ctx}
+	defer r.closeWorkers()
+	for i, m := range members {
+		wc, closeFn, err := cfg.Dial(ctx, m.Addr)
+		if err != nil {
+			return nil, err
+		}
+		r.workers = append(r.workers, &workerConn{idx: i, member: m, cli: wc, close: closeFn})
+	}
+	tc := cfg.Train
+	tc.Stages = len(plan.Stages)
+	tc.Layout = layout
+	params, err := r.configure(ctx, planJSON, tc)
+	if err != nil {
+		return nil, err
+	}
+	corpus, err := data.Load(corpusDir(cfg), data.Options{MaxBytes: cfg.MaxCorpusBytes})
+	if err != nil {
+		return nil, fmt.Errorf("coordinator: %w", err)
+	}
+	// The same sampler, seed and draw order as the single-process trainer
+	// (model/train), so a GPipe run sees exactly its windows.
+	r.sampler = data.NewSampler(corpus.Train, tc.Model.Seed)
+	r.stats = newMeasurements(plan, cfg.Steps)
+	cfg.Logf("epoch %d: %s over %d workers, %d stages, %d parameters", epoch, plan.Schedule, len(plan.Workers), len(plan.Stages), params)
+	start := time.Now()
+	var reports []StepReport
+	var tokens int64
+	for step := int64(1); step <= int64(cfg.Steps); step++ {
+		rep, err := r.iterate(ctx, step)
+		if err != nil {
+			return nil, err
+		}
+		tokens += int64(tc.Microbatches * tc.MicrobatchSize * r.ctxLen)
+		rep.Tokens = tokens
+		reports = append(reports, rep)
+		if cfg.OnStep != nil {
+			cfg.OnStep(rep)
+		}
+	}
+	sum := &Summary{Job: cfg.Job, Schedule: plan.Schedule, Workers: len(plan.Workers), Stages: len(plan.Stages),
+		Microbatches: tc.Microbatches, MicrobatchSize: tc.MicrobatchSize, Params: params, Epoch: epoch,
+		LeaderRev: leader.Rev(), PlanPath: planPath, PlanSHA256: planHash, Steps: reports, ElapsedS: time.Since(start).Seconds()}
+	if cfg.Checkpoint {
+		if sum.Checkpoint, err = r.checkpoint(ctx, int64(cfg.Steps)); err != nil {
+			return nil, err
+		}
+	}
+	sum.finish(r.stats)
+	return sum, nil
+}
+
+func corpusDir(cfg *Config) string {
+	if cfg.CorpusDir != "" {
+		return cfg.CorpusDir
+	}
+	return data.DefaultCorpusDir()
+}
+
+// nextEpoch is one above the highest plan epoch recorded for the job.
+func nextEpoch(ctx context.Context, cli *clientv3.Client, k etcdx.Keys) (int64, error) {
+	resp, err := cli.Get(ctx, k.PlanPrefix(), clientv3.WithLastKey()...)
+	if err != nil {
+		return 0, fmt.Errorf("coordinator: read plan epochs: %w", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return 1, nil
+	}
+	var m PlanManifest
+	if err := json.Unmarshal(resp.Kvs[0].Value, &m); err != nil {
+		return 0, fmt.Errorf("coordinator: %s: %w", resp.Kvs[0].Key, err)
+	}
+	return m.Epoch + 1, nil
+}
+
+func (r *run) closeWorkers() {
+	for _, w := range r.workers {
+		if w.close != nil {
+			w.close()
+		}
+	}
+}
+
+// fanOut calls f on every worker concurrently, each under the RPC
+// timeout, and returns the first error (by worker index, so the message
+// is deterministic) after all have returned.
+func (r *run) fanOut(ctx context.Context, what string, f func(ctx context.Context, w *workerConn) error) error {
+	errs := make([]error, len(r.workers))
+	var wg sync.WaitGroup
+	for i, w := range r.workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cctx, cancel := context.WithTimeout(ctx, r.cfg.RPCTimeout)
+			defer cancel()
+			if err := f(cctx, w); err != nil {
+				errs[i] = fmt.Errorf("coordinator: %s on worker %d (%s at %s): %w", what, w.idx, w.member.Name, w.member.Addr, err)
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// configure hands every worker the plan and the model, and returns the
+// model's parameter count (the sum over the workers of replica 0).
+func (r *run) configure(ctx context.Context, planJSON []byte, tc model.TrainConfig) (int64, error) {
+	modelJSON, err := json.Marshal(tc)
+	if err != nil {
+		return 0, err
+	}
+	peers := make([]string, len(r.workers))
+	for i, w := range r.workers {
+		peers[i] = w.member.Addr
+	}
+	counts := make([]int64, len(r.workers))
+	err = r.fanOut(ctx, "Configure", func(ctx context.Context, w *workerConn) error {
+		resp, err := w.cli.Configure(ctx, &pb.ConfigureRequest{Fence: r.fence, PlanJson: planJSON, Worker: int32(w.idx),
+			Peers: peers, ModelJson: modelJSON, Seed: int64(tc.Model.Seed)})
+		if err == nil {
+			counts[w.idx] = resp.NumParams
+		}
+		return err
+	})
+	var n int64
+	for i, c := range counts {
+		if r.plan.Workers[i].Replica == 0 {
+			n += c
+		}
+	}
+	return n, err
+}
+
+// checkpoint asks every worker to save its shards after step and records
+// the checkpoint in etcd only once all have succeeded, so etcd never lists
+// a checkpoint that is incomplete.
+func (r *run) checkpoint(ctx context.Context, step int64) (string, error) {
+	dir, err := filepath.Abs(filepath.Join(r.cfg.OutDir, fmt.Sprintf("checkpoint-%d", step)))
+	if err != nil {
+		return "", err
+	}
+	files := make([][]string, len(r.workers))
+	err = r.fanOut(ctx, "SaveCheckpoint", func(ctx context.Context, w *workerConn) error {
+		resp, err := w.cli.SaveCheckpoint(ctx, &pb.CheckpointRequest{Fence: r.fence, Dir: dir, Step: step})
+		if err == nil {
+			files[w.idx] = resp.Files
+		}
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	var all []string
+	for _, f := range files {
+		all = append(all, f...)
+	}
+	man := map[string]any{"step": step, "epoch": r.fence.Epoch, "dir": dir, "files": all}
+	if err := r.leader.PutJSON(ctx, r.leader.Keys().Checkpoint(step), man); err != nil {
+		return "", err
+	}
+	return dir, nil
+}

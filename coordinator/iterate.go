@@ -1,0 +1,176 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"sort"
+	"time"
+
+	"stagecoach/internal/etcdx"
+	"stagecoach/model"
+	pb "stagecoach/proto"
+)
+
+// StepReport is one committed optimizer step.
+type StepReport struct {
+	Step       int64   `json:"step"`
+	Loss       float64 `json:"loss"`
+	GradNorm   float64 `json:"grad_norm"`
+	LR         float64 `json:"lr"`
+	Tokens     int64   `json:"tokens"`
+	TokensPerS float64 `json:"tokens_per_s"`
+	// IterationS is the wall time of the whole step as the coordinator
+	// saw it: drawing data, RunIteration, Step and the etcd commit.
+	IterationS float64 `json:"iteration_s"`
+	// ComputeS is the wall time of the RunIteration fan-out (the
+	// workers' programs); the rest of IterationS is control overhead.
+	ComputeS float64 `json:"compute_s"`
+	// ControlS is IterationS minus ComputeS: data, Step RPCs, commit.
+	ControlS float64 `json:"control_s"`
+}
+
+// iterate runs optimizer step `step` (1-based): it draws the windows of
+// every microbatch, runs every worker's program, computes the global
+// gradient norm and the learning rate, steps every worker and commits the
+// step in etcd. A failure before Step leaves every worker's parameters
+// untouched; the step is committed only after every worker applied it.
+func (r *run) iterate(ctx context.Context, step int64) (StepReport, error) {
+	t0 := time.Now()
+	tc := r.cfg.Train
+	perWorker, err := r.drawData()
+	if err != nil {
+		return StepReport{}, err
+	}
+	resps := make([]*pb.RunIterationResponse, len(r.workers))
+	tRun := time.Now()
+	err = r.fanOut(ctx, fmt.Sprintf("RunIteration %d", step), func(ctx context.Context, w *workerConn) error {
+		resp, err := w.cli.RunIteration(ctx, &pb.RunIterationRequest{Fence: r.fence, Iteration: step, Data: perWorker[w.idx]})
+		resps[w.idx] = resp
+		return err
+	})
+	runS := time.Since(tRun).Seconds()
+	if err != nil {
+		return StepReport{}, err
+	}
+	loss, err := r.meanLoss(resps)
+	if err != nil {
+		return StepReport{}, fmt.Errorf("coordinator: step %d: %w", step, err)
+	}
+	norm, err := r.gradNorm(resps)
+	if err != nil {
+		return StepReport{}, fmt.Errorf("coordinator: step %d: %w", step, err)
+	}
+	if math.IsNaN(norm) || math.IsInf(norm, 0) {
+		return StepReport{}, fmt.Errorf("coordinator: step %d: gradient norm is %v; lower the learning rate", step, norm)
+	}
+	clip := model.ClipFactor(norm, tc.Optim.ClipNorm)
+	lr := tc.Optim.LRAt(int(step))
+	err = r.fanOut(ctx, fmt.Sprintf("Step %d", step), func(ctx context.Context, w *workerConn) error {
+		resp, err := w.cli.Step(ctx, &pb.StepRequest{Fence: r.fence, Iteration: step, ClipScale: float64(clip), Lr: lr})
+		if err == nil && resp.AppliedStep != step {
+			err = fmt.Errorf("worker reports applied step %d, want %d", resp.AppliedStep, step)
+		}
+		return err
+	})
+	if err != nil {
+		// Some workers may have stepped and others not: the shards no
+		// longer form one model, so the job stops without committing.
+		return StepReport{}, fmt.Errorf("%w (step %d not committed; the workers' shards may disagree)", err, step)
+	}
+	if err := r.committer.Commit(ctx, etcdx.Commit{Step: step, Epoch: r.fence.Epoch, Loss: loss}); err != nil {
+		return StepReport{}, err
+	}
+	r.stats.add(step, resps)
+	it := time.Since(t0).Seconds()
+	tokens := float64(tc.Microbatches * tc.MicrobatchSize * r.ctxLen)
+	return StepReport{Step: step, Loss: loss, GradNorm: norm, LR: lr, TokensPerS: tokens / it,
+		IterationS: it, ComputeS: runS, ControlS: it - runS}, nil
+}
+
+// drawData draws every microbatch's windows in microbatch order, exactly
+// as the single-process trainer does, and gives each worker the
+// microbatches it embeds (first hop) or computes the loss of.
+func (r *run) drawData() ([][]*pb.MicrobatchData, error) {
+	tc := r.cfg.Train
+	out := make([][]*pb.MicrobatchData, len(r.workers))
+	for mb, m := range r.plan.Microbatches {
+		win := make([]int32, m.Samples*(r.ctxLen+1))
+		if err := r.sampler.Fill(win, r.ctxLen+1); err != nil {
+			return nil, fmt.Errorf("coordinator: draw microbatch %d: %w", mb, err)
+		}
+		d := &pb.MicrobatchData{Microbatch: int32(mb), Batch: int32(m.Samples), Ctx: int32(tc.Model.Ctx), Tokens: win}
+		first := m.Path[0].Worker
+		out[first] = append(out[first], d)
+		if m.LossWorker != first {
+			out[m.LossWorker] = append(out[m.LossWorker], d)
+		}
+	}
+	return out, nil
+}
+
+// meanLoss is the mean of the microbatch losses summed in ascending
+// microbatch order (the reference trainer's order). Every microbatch must
+// be reported exactly once, by its loss worker.
+func (r *run) meanLoss(resps []*pb.RunIterationResponse) (float64, error) {
+	m := len(r.plan.Microbatches)
+	losses := make([]float64, m)
+	seen := make([]bool, m)
+	for w, resp := range resps {
+		for mb, l := range resp.GetLosses() {
+			if mb < 0 || int(mb) >= m {
+				return 0, fmt.Errorf("worker %d reports a loss for microbatch %d of %d", w, mb, m)
+			}
+			if r.plan.Microbatches[mb].LossWorker != w {
+				return 0, fmt.Errorf("worker %d reports the loss of microbatch %d, whose loss worker is %d", w, mb, r.plan.Microbatches[mb].LossWorker)
+			}
+			losses[mb], seen[mb] = l, true
+		}
+	}
+	var total float64
+	for mb := range losses {
+		if !seen[mb] {
+			return 0, fmt.Errorf("no loss reported for microbatch %d", mb)
+		}
+		total += losses[mb]
+	}
+	return total / float64(m), nil
+}
+
+// gradNorm is the global gradient norm: per-tensor sums of squares summed
+// in ascending canonical tensor index, as model.GlobalGradNorm does, so
+// the clip scale matches the reference bit for bit. Workers that report
+// no per-tensor sums fall back to their single partial sum, in worker
+// order (correct, but not bit-identical).
+func (r *run) gradNorm(resps []*pb.RunIterationResponse) (float64, error) {
+	per := map[int32]float64{}
+	from := map[int32]int{}
+	var partial float64
+	perTensor := false
+	for w, resp := range resps {
+		if len(resp.GetTensorSumSquares()) == 0 {
+			partial += resp.GetGradSumSquares()
+			continue
+		}
+		perTensor = true
+		for idx, s := range resp.GetTensorSumSquares() {
+			if prev, dup := from[idx]; dup {
+				return 0, fmt.Errorf("tensor %d's gradient reported by workers %d and %d", idx, prev, w)
+			}
+			per[idx], from[idx] = s, w
+		}
+	}
+	if !perTensor {
+		return math.Sqrt(partial), nil
+	}
+	idx := make([]int32, 0, len(per))
+	for i := range per {
+		idx = append(idx, i)
+	}
+	sort.Slice(idx, func(a, b int) bool { return idx[a] < idx[b] })
+	var s float64
+	for _, i := range idx {
+		s += per[i]
+	}
+	return math.Sqrt(s + partial), nil
+}

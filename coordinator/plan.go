@@ -1,0 +1,126 @@
+package coordinator
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"stagecoach/internal/etcdx"
+	"stagecoach/model"
+	"stagecoach/scheduler"
+)
+
+// PlanManifest is what etcd keeps about a plan epoch: small enough for one
+// etcd value whatever the cluster size. The plan itself lives on disk,
+// named by its content hash.
+type PlanManifest struct {
+	Epoch     int64        `json:"epoch"`
+	Schedule  string       `json:"schedule"`
+	SHA256    string       `json:"sha256"`
+	Bytes     int          `json:"bytes"`
+	Path      string       `json:"path"`
+	LeaderRev int64        `json:"leader_rev"`
+	Workers   []PlanWorker `json:"workers"`
+}
+
+// PlanWorker is one plan worker: which registered member runs it.
+type PlanWorker struct {
+	Name    string `json:"name"`
+	Addr    string `json:"addr"`
+	Stages  []int  `json:"stages"`
+	Replica int    `json:"replica"`
+}
+
+// buildPlan asks the scheduler for cfg's schedule over members: plan
+// worker i runs on members[i] (members sorted by name, so the placement
+// of classic schedules is deterministic: worker id = rank*replicas +
+// replica). Placement and schedule choice are the scheduler's; this only
+// checks that the plan fits the model the workers will build.
+func buildPlan(cfg *Config, members []etcdx.Member, epoch int64) (*scheduler.Plan, model.Layout, error) {
+	names := make([]string, len(members))
+	for i, m := range members {
+		names[i] = m.Name
+	}
+	spec := scheduler.Spec{
+		Stages: cfg.Stages, Replicas: cfg.Workers / cfg.Stages,
+		Microbatches: cfg.Train.Microbatches, Layers: cfg.Train.Model.Layers,
+		Samples: cfg.Train.MicrobatchSize, Nodes: names, Epoch: epoch,
+	}
+	p, err := scheduler.Generate(cfg.Schedule, spec)
+	if err != nil {
+		return nil, 0, fmt.Errorf("coordinator: build %s plan: %w", cfg.Schedule, err)
+	}
+	if err := scheduler.Validate(p); err != nil {
+		return nil, 0, fmt.Errorf("coordinator: %s plan is invalid: %w", cfg.Schedule, err)
+	}
+	if len(p.Workers) != len(members) {
+		return nil, 0, fmt.Errorf("coordinator: %s plan has %d workers, %d registered", cfg.Schedule, len(p.Workers), len(members))
+	}
+	layout := model.HeadLast
+	if p.HeadStage == 0 && len(p.Stages) > 1 {
+		layout = model.HeadFirst
+	}
+	specs, err := model.Split(cfg.Train.Model.Layers, len(p.Stages), layout)
+	if err != nil {
+		return nil, 0, fmt.Errorf("coordinator: %w", err)
+	}
+	for i, st := range p.Stages {
+		if st.FirstLayer != specs[i].Lo || st.FirstLayer+st.Layers != specs[i].Hi {
+			return nil, 0, fmt.Errorf("coordinator: plan stage %d holds layers [%d,%d), the model's split gives [%d,%d)",
+				i, st.FirstLayer, st.FirstLayer+st.Layers, specs[i].Lo, specs[i].Hi)
+		}
+	}
+	for mb, m := range p.Microbatches {
+		if m.Samples != cfg.Train.MicrobatchSize {
+			return nil, 0, fmt.Errorf("coordinator: plan microbatch %d has %d samples, want %d", mb, m.Samples, cfg.Train.MicrobatchSize)
+		}
+	}
+	return p, layout, nil
+}
+
+// storePlan writes the plan's JSON to dir/plans/<sha256>.json (atomically,
+// once per content) and returns the JSON, its path and its hash.
+func storePlan(dir string, p *scheduler.Plan) ([]byte, string, string, error) {
+	var buf bytes.Buffer
+	if err := scheduler.Encode(&buf, p); err != nil {
+		return nil, "", "", fmt.Errorf("coordinator: encode plan: %w", err)
+	}
+	sum := sha256.Sum256(buf.Bytes())
+	h := hex.EncodeToString(sum[:])
+	pdir := filepath.Join(dir, "plans")
+	if err := os.MkdirAll(pdir, 0o755); err != nil {
+		return nil, "", "", fmt.Errorf("coordinator: %w", err)
+	}
+	path := filepath.Join(pdir, h+".json")
+	if _, err := os.Stat(path); err == nil {
+		return buf.Bytes(), path, h, nil
+	}
+	if err := writeAtomic(path, buf.Bytes()); err != nil {
+		return nil, "", "", err
+	}
+	return buf.Bytes(), path, h, nil
+}
+
+// writeAtomic writes data to path through a temporary file and a rename,
+// so a crash never leaves a half-written file under the final name.
+func writeAtomic(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
+	if err != nil {
+		return fmt.Errorf("coordinator: %w", err)
+	}
+	_, err = tmp.Write(data)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("coordinator: write %s: %w", path, err)
+	}
+	return nil
+}
