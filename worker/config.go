@@ -1,0 +1,79 @@
+package worker
+
+import (
+	"errors"
+	"fmt"
+	"log"
+	"path/filepath"
+
+	"stagecoach/internal/transport"
+)
+
+// Config is one worker's static configuration. New validates it; zero
+// optional fields take defaults.
+type Config struct {
+	// Name identifies the worker in logs, Status and (for the coordinator)
+	// etcd. Required.
+	Name string
+	// Listen is the address the gRPC server (Worker and Peer services)
+	// listens on, e.g. "127.0.0.1:0". Required.
+	Listen string
+	// Job is the job id every fence must carry. Required: a default job id
+	// let the incumbent's jobs overwrite each other (DESIGN 7a).
+	Job string
+	// DataDir holds checkpoints; relative checkpoint directories in
+	// requests resolve under it. Required.
+	DataDir string
+	// Transport tunes tensor streaming; MaxTensorBytes is the receive
+	// limit per tensor.
+	Transport transport.Options
+	// MailboxBytes bounds the tensors received but not yet consumed
+	// (1 GiB). A full mailbox stalls the senders' streams (back-pressure);
+	// one tensor is always admitted so progress is possible.
+	MailboxBytes int64
+	// MaxControlBytes bounds one control message such as a plan or an
+	// iteration's data (64 MiB).
+	MaxControlBytes int
+	// Logf receives rejections and failures; nil means log.Printf.
+	Logf func(format string, args ...any)
+}
+
+// Defaults for Config.
+const (
+	DefaultMailboxBytes    = 1 << 30
+	DefaultMaxControlBytes = 64 << 20
+)
+
+func (c Config) withDefaults() (Config, error) {
+	switch {
+	case c.Name == "":
+		return c, errors.New("worker: config: name is required")
+	case c.Listen == "":
+		return c, errors.New("worker: config: listen address is required")
+	case c.Job == "":
+		return c, errors.New("worker: config: job id is required")
+	case c.DataDir == "":
+		return c, errors.New("worker: config: data dir is required")
+	case c.MailboxBytes < 0 || c.MaxControlBytes < 0:
+		return c, fmt.Errorf("worker: config: negative limits (mailbox %d, control %d)", c.MailboxBytes, c.MaxControlBytes)
+	}
+	c.Transport = c.Transport.WithDefaults()
+	if err := c.Transport.Validate(); err != nil {
+		return c, fmt.Errorf("worker: config: %w", err)
+	}
+	if c.MailboxBytes == 0 {
+		c.MailboxBytes = DefaultMailboxBytes
+	}
+	if c.MaxControlBytes == 0 {
+		c.MaxControlBytes = DefaultMaxControlBytes
+	}
+	if c.Logf == nil {
+		c.Logf = log.Printf
+	}
+	abs, err := filepath.Abs(c.DataDir)
+	if err != nil {
+		return c, fmt.Errorf("worker: config: data dir: %w", err)
+	}
+	c.DataDir = abs
+	return c, nil
+}

@@ -1,0 +1,201 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+
+	"stagecoach/internal/transport"
+	"stagecoach/model"
+	pb "stagecoach/proto"
+	"stagecoach/scheduler"
+	"stagecoach/sim"
+)
+
+// job is what Configure builds: the plan, this worker's place in it and
+// the shards it holds. Only the control goroutine touches it after
+// publication, except the read-only plan lookups used by receive
+// goroutines.
+type job struct {
+	plan   *scheduler.Plan
+	ix     *scheduler.Index
+	me     int
+	epoch  int64
+	train  model.TrainConfig
+	stages []*stage // held stages, ascending
+	by     map[int]*stage
+	out    *transport.Outbox
+	// ready is the iteration whose gradients are complete and not yet
+	// stepped (0: none).
+	ready int64
+}
+
+// stage is one held stage: its shard and optimizer.
+type stage struct {
+	id       int
+	spec     model.ShardSpec
+	shard    *model.Shard
+	opt      *model.Optimizer
+	replicas []int // workers holding the stage, replica order
+	// visits is the number of microbatches whose path visits the stage,
+	// over all replicas: the divisor of the gradient (see model.Shard's
+	// exactness contract); local counts those visiting it here.
+	visits, local int
+	reduced       bool // gradients finished this iteration
+}
+
+// ModelConfig is the JSON a coordinator sends as model_json. It is the
+// subset of model.TrainConfig the worker needs, with the same field names,
+// so a marshalled model.TrainConfig is accepted as is.
+type ModelConfig struct {
+	Model model.Config      `json:"model"`
+	Optim model.OptimConfig `json:"optim"`
+}
+
+func decodeModelConfig(b []byte) (model.TrainConfig, error) {
+	var tc model.TrainConfig
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&tc); err != nil {
+		return tc, fmt.Errorf("%w: model_json: %v", ErrBadInput, err)
+	}
+	tc.Model = tc.Model.WithDefaults()
+	tc.Optim = tc.Optim.WithDefaults()
+	if err := tc.Model.Validate(); err != nil {
+		return tc, fmt.Errorf("%w: %v", ErrBadInput, err)
+	}
+	if err := tc.Optim.Validate(); err != nil {
+		return tc, fmt.Errorf("%w: %v", ErrBadInput, err)
+	}
+	return tc, nil
+}
+
+// Configure implements pb.WorkerServer.
+func (s *Server) Configure(ctx context.Context, req *pb.ConfigureRequest) (*pb.ConfigureResponse, error) {
+	resp, err := s.configure(req)
+	if err != nil {
+		s.cfg.Logf("worker %s: configure: %v", s.cfg.Name, err)
+	}
+	return resp, toStatus(err)
+}
+
+func (s *Server) configure(req *pb.ConfigureRequest) (*pb.ConfigureResponse, error) {
+	s.control.Lock()
+	defer s.control.Unlock()
+	if err := s.admitLeader(req.GetFence()); err != nil {
+		return nil, err
+	}
+	epoch := req.GetFence().GetEpoch()
+	s.mu.Lock()
+	cur, old := s.epoch, s.job
+	s.mu.Unlock()
+	if epoch < cur {
+		return nil, fmt.Errorf("%w: configure for epoch %d < %d", ErrStaleEpoch, epoch, cur)
+	}
+	plan, err := scheduler.DecodeBytes(req.GetPlanJson())
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadInput, err)
+	}
+	me := int(req.GetWorker())
+	if me < 0 || me >= len(plan.Workers) {
+		return nil, fmt.Errorf("%w: worker %d outside the plan's 0..%d", ErrBadInput, me, len(plan.Workers)-1)
+	}
+	if len(req.GetPeers()) != len(plan.Workers) {
+		return nil, fmt.Errorf("%w: %d peer addresses for %d plan workers", ErrBadInput, len(req.GetPeers()), len(plan.Workers))
+	}
+	tc, err := decodeModelConfig(req.GetModelJson())
+	if err != nil {
+		return nil, err
+	}
+	if req.GetSeed() != 0 {
+		tc.Model.Seed = uint64(req.GetSeed())
+	}
+	if plan.Layers() != tc.Model.Layers {
+		return nil, fmt.Errorf("%w: plan covers %d layers, model has %d", ErrBadInput, plan.Layers(), tc.Model.Layers)
+	}
+	var shaper transport.Shaper
+	if y := req.GetLinkShapingYaml(); len(y) > 0 {
+		c, err := sim.ParseCluster(y)
+		if err != nil {
+			return nil, fmt.Errorf("%w: link shaping: %v", ErrBadInput, err)
+		}
+		nodes := make([]string, len(plan.Workers))
+		for w, wk := range plan.Workers {
+			nodes[w] = wk.Node
+		}
+		if shaper, err = transport.NewClusterShaper(c, nodes, me); err != nil {
+			return nil, fmt.Errorf("%w: link shaping: %v", ErrBadInput, err)
+		}
+	}
+	j := &job{plan: plan, ix: scheduler.NewIndex(plan), me: me, epoch: epoch, train: tc, by: map[int]*stage{}}
+	held := append([]int(nil), plan.Workers[me].Stages...)
+	sort.Ints(held)
+	owners := plan.StageWorkers()
+	fresh := false
+	var nparams int64
+	for _, id := range held {
+		st, reused, err := buildStage(plan, tc, id, old)
+		if err != nil {
+			return nil, err
+		}
+		fresh = fresh || !reused
+		st.replicas = owners[id]
+		for mb := range plan.Microbatches {
+			for _, h := range plan.Microbatches[mb].Path {
+				if h.Stage == id {
+					st.visits++
+					if h.Worker == me {
+						st.local++
+					}
+				}
+			}
+		}
+		for _, p := range st.shard.Params() {
+			nparams += int64(len(p.W))
+		}
+		j.stages = append(j.stages, st)
+		j.by[id] = st
+	}
+	if j.out, err = transport.NewOutbox(s.cfg.Transport, req.GetPeers(), shaper); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.job, s.epoch = j, epoch
+	if fresh {
+		// New parameters: nothing has been applied to them. The
+		// coordinator loads a checkpoint to resume.
+		s.applied = 0
+	}
+	s.mu.Unlock()
+	s.mbox.dropBefore(slot{epoch: epoch})
+	if old != nil {
+		old.out.Close()
+	}
+	return &pb.ConfigureResponse{NumParams: nparams}, nil
+}
+
+// buildStage makes the shard and optimizer of stage id, reusing the
+// previous job's when it held exactly the same part of the same model (a
+// replan keeps the trained weights of stages that did not move).
+func buildStage(plan *scheduler.Plan, tc model.TrainConfig, id int, old *job) (*stage, bool, error) {
+	ps := plan.Stages[id]
+	spec := model.ShardSpec{Lo: ps.FirstLayer, Hi: ps.FirstLayer + ps.Layers, Embed: id == 0, Head: id == plan.HeadStage}
+	if old != nil && old.train.Model == tc.Model && old.train.Optim == tc.Optim {
+		for _, st := range old.stages {
+			if st.spec == spec {
+				return &stage{id: id, spec: spec, shard: st.shard, opt: st.opt}, true, nil
+			}
+		}
+	}
+	sh, err := model.NewShard(tc.Model, spec)
+	if err != nil {
+		return nil, false, fmt.Errorf("%w: stage %d: %v", ErrBadInput, id, err)
+	}
+	opt, err := model.NewOptimizer(tc.Optim, sh.Params())
+	if err != nil {
+		return nil, false, fmt.Errorf("%w: stage %d: %v", ErrBadInput, id, err)
+	}
+	return &stage{id: id, spec: spec, shard: sh, opt: opt}, false, nil
+}

@@ -1,0 +1,66 @@
+package worker
+
+import (
+	"context"
+	"errors"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"stagecoach/internal/transport"
+)
+
+// Named errors. Internally errors wrap these; they become gRPC status
+// codes only at the RPC boundary (toStatus).
+var (
+	// ErrNoFence: a request without a fence.
+	ErrNoFence = errors.New("request carries no fence")
+	// ErrWrongJob: the fence names another job.
+	ErrWrongJob = errors.New("fence names another job")
+	// ErrDeposed: the fence's leader revision is below the highest seen,
+	// so it comes from a deposed leader.
+	ErrDeposed = errors.New("fence from a deposed leader")
+	// ErrStaleEpoch: the fence's plan epoch is older than the worker's.
+	ErrStaleEpoch = errors.New("fence from an older plan epoch")
+	// ErrNotConfigured: no plan for the fence's epoch yet.
+	ErrNotConfigured = errors.New("worker not configured for this epoch")
+	// ErrStepApplied: the optimizer step of this iteration was already
+	// applied; it is never applied twice.
+	ErrStepApplied = errors.New("optimizer step already applied")
+	// ErrOutOfOrder: an iteration or step that does not follow the last
+	// applied step, or a step without gradients for it.
+	ErrOutOfOrder = errors.New("iteration out of order")
+	// ErrPeer: a tensor could not be delivered to a peer (or the peer
+	// rejected it); the iteration is aborted.
+	ErrPeer = errors.New("peer transfer failed")
+	// ErrBadInput: a request or tensor that is malformed or inconsistent
+	// with the plan.
+	ErrBadInput = errors.New("bad input")
+)
+
+// toStatus turns an internal error into a gRPC status error.
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	code := codes.Internal
+	switch {
+	case errors.Is(err, ErrWrongJob):
+		code = codes.PermissionDenied
+	case errors.Is(err, ErrDeposed), errors.Is(err, ErrStaleEpoch), errors.Is(err, ErrNotConfigured), errors.Is(err, ErrOutOfOrder):
+		code = codes.FailedPrecondition
+	case errors.Is(err, ErrStepApplied):
+		code = codes.AlreadyExists
+	case errors.Is(err, ErrNoFence), errors.Is(err, ErrBadInput), errors.Is(err, transport.ErrMalformed):
+		code = codes.InvalidArgument
+	case errors.Is(err, transport.ErrTooLarge):
+		code = codes.ResourceExhausted
+	case errors.Is(err, ErrPeer):
+		code = codes.Aborted
+	case errors.Is(err, context.DeadlineExceeded):
+		code = codes.DeadlineExceeded
+	case errors.Is(err, context.Canceled):
+		code = codes.Canceled
+	}
+	return status.Error(code, err.Error())
+}

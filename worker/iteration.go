@@ -1,0 +1,332 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"stagecoach/model"
+	pb "stagecoach/proto"
+	"stagecoach/scheduler"
+)
+
+// RunIteration implements pb.WorkerServer: it runs the worker's program up
+// to, not including, OptimizerStep.
+func (s *Server) RunIteration(ctx context.Context, req *pb.RunIterationRequest) (*pb.RunIterationResponse, error) {
+	resp, err := s.runIteration(ctx, req)
+	if err != nil {
+		s.cfg.Logf("worker %s: iteration %d: %v", s.cfg.Name, req.GetIteration(), err)
+	}
+	return resp, toStatus(err)
+}
+
+// run is one iteration in progress. It lives on the RPC's goroutine, the
+// only one that touches the Machine, the shards and the tensor store.
+type run struct {
+	s     *Server
+	j     *job
+	ctx   context.Context
+	fence *pb.Fence
+	slot  slot
+	m     *scheduler.Machine
+	data  map[int]*pb.MicrobatchData
+	// store holds tensors delivered to the Machine until the action that
+	// consumes them runs, by the Machine's tag.
+	store map[scheduler.Tag]*model.Activations
+	// pieces holds all-reduce chunks by (stage, ring step).
+	pieces map[[2]int]arrival
+	t0     time.Time
+	resp   *pb.RunIterationResponse
+}
+
+func (s *Server) runIteration(ctx context.Context, req *pb.RunIterationRequest) (*pb.RunIterationResponse, error) {
+	s.control.Lock()
+	defer s.control.Unlock()
+	j, err := s.admit(req.GetFence())
+	if err != nil {
+		return nil, err
+	}
+	it := req.GetIteration()
+	if applied := s.appliedStep(); it != applied+1 {
+		if it <= applied {
+			return nil, fmt.Errorf("%w: iteration %d, step %d already applied", ErrStepApplied, it, applied)
+		}
+		return nil, fmt.Errorf("%w: iteration %d after step %d", ErrOutOfOrder, it, applied)
+	}
+	r := &run{s: s, j: j, ctx: ctx, fence: req.GetFence(), slot: slot{j.epoch, it},
+		m: scheduler.NewMachine(j.ix, j.me), store: map[scheduler.Tag]*model.Activations{},
+		pieces: map[[2]int]arrival{}, resp: &pb.RunIterationResponse{Losses: map[int32]float64{}}}
+	if r.data, err = j.checkData(req.GetData()); err != nil {
+		return nil, err
+	}
+	j.ready = 0
+	for _, st := range j.stages {
+		st.shard.ZeroGrad()
+		st.reduced = false
+	}
+	s.mbox.dropBefore(r.slot)
+	r.t0 = time.Now()
+	r.resp.StartedUnixS = float64(r.t0.UnixNano()) / 1e9
+	if err := r.program(); err != nil {
+		// Let queued sends finish or fail before the next attempt; the
+		// error that matters is this one.
+		_ = j.out.Flush(ctx)
+		return nil, err
+	}
+	if err := j.out.Flush(ctx); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrPeer, err)
+	}
+	for _, st := range j.stages {
+		if !st.reduced {
+			finishGrad(st, st.shard.Params())
+		}
+		if st.replicas[0] != j.me {
+			continue // one replica reports a stage's gradient norm
+		}
+		if r.resp.TensorSumSquares == nil {
+			r.resp.TensorSumSquares = map[int32]float64{}
+		}
+		for _, p := range st.shard.Params() {
+			ss := model.SumSquares(p)
+			r.resp.TensorSumSquares[int32(p.Index)] = ss
+			r.resp.GradSumSquares += ss
+		}
+	}
+	j.ready = it
+	return r.resp, nil
+}
+
+// checkData validates the microbatch data against the plan and the model
+// and checks that every microbatch this worker embeds or computes the loss
+// of is present.
+func (j *job) checkData(in []*pb.MicrobatchData) (map[int]*pb.MicrobatchData, error) {
+	cfg := j.train.Model
+	out := make(map[int]*pb.MicrobatchData, len(in))
+	for _, d := range in {
+		mb := int(d.GetMicrobatch())
+		switch {
+		case mb < 0 || mb >= len(j.plan.Microbatches):
+			return nil, fmt.Errorf("%w: data for microbatch %d outside 0..%d", ErrBadInput, mb, len(j.plan.Microbatches)-1)
+		case out[mb] != nil:
+			return nil, fmt.Errorf("%w: microbatch %d sent twice", ErrBadInput, mb)
+		case d.GetBatch() < 1 || d.GetCtx() < 1 || int(d.GetCtx()) > cfg.Ctx:
+			return nil, fmt.Errorf("%w: microbatch %d: batch %d, ctx %d (model ctx %d)", ErrBadInput, mb, d.GetBatch(), d.GetCtx(), cfg.Ctx)
+		case j.plan.Microbatches[mb].Samples > 0 && int(d.GetBatch()) != j.plan.Microbatches[mb].Samples:
+			return nil, fmt.Errorf("%w: microbatch %d: batch %d, plan says %d samples", ErrBadInput, mb, d.GetBatch(), j.plan.Microbatches[mb].Samples)
+		case len(d.GetTokens()) != int(d.GetBatch())*int(d.GetCtx()+1):
+			return nil, fmt.Errorf("%w: microbatch %d: %d tokens, want %d windows of %d", ErrBadInput, mb, len(d.GetTokens()), d.GetBatch(), d.GetCtx()+1)
+		}
+		for i, t := range d.GetTokens() {
+			if t < 0 || int(t) >= cfg.Vocab {
+				return nil, fmt.Errorf("%w: microbatch %d: token %d at %d outside [0,%d)", ErrBadInput, mb, t, i, cfg.Vocab)
+			}
+		}
+		out[mb] = d
+	}
+	for _, a := range j.plan.Programs[j.me] {
+		if j.needsData(a) && out[a.Microbatch] == nil {
+			return nil, fmt.Errorf("%w: no data for microbatch %d, needed by %s", ErrBadInput, a.Microbatch, a)
+		}
+	}
+	return out, nil
+}
+
+// needsData: the origin's Forward embeds the tokens, Loss needs targets.
+func (j *job) needsData(a scheduler.Action) bool {
+	if a.Kind == scheduler.Loss {
+		return true
+	}
+	if a.Kind == scheduler.Forward {
+		_, needs := j.ix.Input(j.me, a)
+		return !needs
+	}
+	return false
+}
+
+// program drives the Machine until only OptimizerStep (left to Step) or
+// nothing remains.
+func (r *run) program() error {
+	for {
+		a, ready, ok := r.m.Peek()
+		if !ok || a.Kind == scheduler.OptimizerStep {
+			return nil
+		}
+		if !ready {
+			if err := r.receive(); err != nil {
+				return fmt.Errorf("waiting for the input of %s: %w", a, err)
+			}
+			continue
+		}
+		r.m.Start()
+		start := time.Since(r.t0)
+		out, err := r.exec(a)
+		if err != nil {
+			return fmt.Errorf("%s: %w", a, err)
+		}
+		end := time.Since(r.t0)
+		r.resp.Timings = append(r.resp.Timings, &pb.ActionTiming{Action: a.String(), StartS: start.Seconds(), EndS: end.Seconds()})
+		if err := r.route(a, out); err != nil {
+			return fmt.Errorf("%s: %w", a, err)
+		}
+	}
+}
+
+// receive takes one arrival from the mailbox and files it: pipeline
+// tensors are delivered to the Machine, all-reduce chunks kept aside.
+func (r *run) receive() error {
+	a, err := r.s.mbox.take(r.ctx, r.slot)
+	if err != nil {
+		return err
+	}
+	h := a.hdr
+	if err := r.j.checkTensor(h); err != nil {
+		return err
+	}
+	if h.GetKind() == pb.TensorKind_TENSOR_KIND_ALLREDUCE {
+		k := [2]int{int(h.GetStage()), int(h.GetStep())}
+		if _, dup := r.pieces[k]; dup {
+			return fmt.Errorf("%w: duplicate all-reduce chunk for stage %d step %d", ErrBadInput, k[0], k[1])
+		}
+		r.pieces[k] = a
+		return nil
+	}
+	msg := scheduler.Message{Kind: tensorKind(h.GetKind()), Microbatch: int(h.GetMicrobatch()), Stage: int(h.GetStage()), From: int(h.GetFrom()), To: int(h.GetTo())}
+	if err := r.m.Deliver(msg); err != nil {
+		return fmt.Errorf("%w: %v", ErrBadInput, err)
+	}
+	shape := make([]int, len(h.GetShape()))
+	for i, d := range h.GetShape() {
+		shape[i] = int(d)
+	}
+	r.store[msg.Tag()] = &model.Activations{Shape: shape, Data: a.data}
+	return nil
+}
+
+// exec runs one action on the model and returns the tensor it produces.
+func (r *run) exec(a scheduler.Action) (*model.Activations, error) {
+	j := r.j
+	switch a.Kind {
+	case scheduler.Forward:
+		st, err := j.held(a.Stage)
+		if err != nil {
+			return nil, err
+		}
+		var x *model.Activations
+		if t, needs := j.ix.Input(j.me, a); needs {
+			x = r.take(t)
+		} else {
+			d := r.data[a.Microbatch]
+			x, _ = splitWindows(d)
+		}
+		return st.shard.Forward(a.Microbatch, x)
+	case scheduler.Loss:
+		st, err := j.held(a.Stage)
+		if err != nil {
+			return nil, err
+		}
+		t, _ := j.ix.Input(j.me, a)
+		hidden := r.take(t)
+		_, targets := splitWindows(r.data[a.Microbatch])
+		loss, g, err := st.shard.Loss(a.Microbatch, hidden, targets)
+		if err != nil {
+			return nil, err
+		}
+		r.resp.Losses[int32(a.Microbatch)] = loss
+		return g, nil
+	case scheduler.Backward, scheduler.BackwardInput:
+		// The model has no split backward: BackwardInput runs the full
+		// backward (input and weight gradients) and BackwardWeight is a
+		// no-op. Gradient values and their summation order are unchanged;
+		// only the zero-bubble timing benefit is lost.
+		st, err := j.held(a.Stage)
+		if err != nil {
+			return nil, err
+		}
+		t, _ := j.ix.Input(j.me, a)
+		return st.shard.Backward(a.Microbatch, r.take(t))
+	case scheduler.BackwardWeight:
+		return nil, nil
+	case scheduler.AllReduce:
+		return nil, r.allReduce(a.Stage)
+	}
+	return nil, fmt.Errorf("%w: action kind %v not executable here", ErrBadInput, a.Kind)
+}
+
+func (r *run) take(t scheduler.Tag) *model.Activations {
+	x := r.store[t]
+	delete(r.store, t)
+	return x
+}
+
+// route finishes a in the Machine and sends its output where the plan
+// says: kept locally for a self-send, otherwise queued to the peer.
+func (r *run) route(a scheduler.Action, out *model.Activations) error {
+	j := r.j
+	sent := r.m.Finish()
+	msg, has := j.ix.Output(j.me, a)
+	if !has {
+		return nil
+	}
+	if out == nil {
+		return fmt.Errorf("produced no tensor for %s", msg.Tag())
+	}
+	if msg.To == j.me {
+		r.store[msg.Tag()] = out
+		return nil
+	}
+	if len(sent) != 1 || sent[0] != msg {
+		return fmt.Errorf("machine and index disagree on the output (%v vs %v)", sent, msg)
+	}
+	shape := make([]int32, len(out.Shape))
+	for i, d := range out.Shape {
+		shape[i] = int32(d)
+	}
+	h := &pb.TensorHeader{Fence: r.fence, Iteration: r.slot.iteration, Kind: wireKind(msg.Kind),
+		Microbatch: int32(msg.Microbatch), Stage: int32(msg.Stage), From: int32(msg.From), To: int32(msg.To), Shape: shape}
+	return r.send(msg.To, h, out.Data)
+}
+
+func (r *run) send(to int, h *pb.TensorHeader, data []float32) error {
+	if err := r.j.out.Send(r.ctx, to, h, encode(data)); err != nil {
+		return fmt.Errorf("%w: %v", ErrPeer, err)
+	}
+	return nil
+}
+
+func (j *job) held(id int) (*stage, error) {
+	st := j.by[id]
+	if st == nil {
+		return nil, fmt.Errorf("%w: stage %d is not held by worker %d", ErrBadInput, id, j.me)
+	}
+	return st, nil
+}
+
+// finishGrad divides a stage's summed gradients by its visit count over
+// all replicas, exactly as model.Shard.FinishGrad does for one process
+// (same float32 reciprocal, same element order).
+func finishGrad(st *stage, params []*model.Tensor) {
+	st.reduced = true
+	if st.visits <= 1 {
+		return
+	}
+	inv := 1 / float32(st.visits)
+	for _, p := range params {
+		for i := range p.G {
+			p.G[i] *= inv
+		}
+	}
+}
+
+// splitWindows turns b windows of ctx+1 tokens into the embedding input
+// and the targets (the same cut as the model's single-process trainer).
+func splitWindows(d *pb.MicrobatchData) (*model.Activations, []int32) {
+	b, t := int(d.GetBatch()), int(d.GetCtx())
+	win := d.GetTokens()
+	in := make([]int32, b*t)
+	tg := make([]int32, b*t)
+	for i := 0; i < b; i++ {
+		copy(in[i*t:], win[i*(t+1):i*(t+1)+t])
+		copy(tg[i*t:], win[i*(t+1)+1:(i+1)*(t+1)])
+	}
+	return model.TokenActivations(in, b, t), tg
+}

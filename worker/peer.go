@@ -1,0 +1,181 @@
+package worker
+
+import (
+	"errors"
+	"fmt"
+
+	"stagecoach/internal/transport"
+	pb "stagecoach/proto"
+	"stagecoach/scheduler"
+)
+
+// SendTensor implements pb.PeerServer: it receives one tensor, checks its
+// fence and its consistency with the plan before buffering the payload,
+// and queues it for the iteration it belongs to. A bad tensor is refused
+// with a clear status (the sender's iteration fails) and also fails this
+// worker's current iteration instead of leaving it waiting.
+func (s *Server) SendTensor(stream pb.Peer_SendTensorServer) error {
+	var j *job
+	hdr, payload, err := transport.Receive(stream, s.cfg.Transport.MaxTensorBytes, func(h *pb.TensorHeader) error {
+		var err error
+		if j, err = s.admitTensor(h.GetFence()); err != nil {
+			return err
+		}
+		if j != nil && h.GetFence().GetEpoch() == j.epoch {
+			return j.checkTensor(h)
+		}
+		return checkShape(h)
+	})
+	if err == nil {
+		var data []float32
+		if data, err = transport.DecodeFloat32s(payload); err == nil {
+			sl := slot{hdr.GetFence().GetEpoch(), hdr.GetIteration()}
+			if err = s.mbox.put(stream.Context(), sl, arrival{hdr: hdr, data: data}); err == nil {
+				return stream.SendAndClose(&pb.TensorAck{})
+			}
+		}
+	}
+	desc := "tensor"
+	if hdr != nil {
+		desc = fmt.Sprintf("%v mb %d stage %d from worker %d (iteration %d, epoch %d)", hdr.GetKind(), hdr.GetMicrobatch(), hdr.GetStage(), hdr.GetFrom(), hdr.GetIteration(), hdr.GetFence().GetEpoch())
+	}
+	s.cfg.Logf("worker %s: rejected %s: %v", s.cfg.Name, desc, err)
+	fenced := errors.Is(err, ErrWrongJob) || errors.Is(err, ErrDeposed) || errors.Is(err, ErrStaleEpoch) || errors.Is(err, ErrNoFence)
+	if hdr != nil && j != nil && !fenced && hdr.GetFence().GetEpoch() == j.epoch {
+		// A current-epoch tensor we cannot use: fail the iteration now.
+		s.mbox.fail(slot{j.epoch, hdr.GetIteration()}, fmt.Errorf("%w: rejected %s: %v", ErrBadInput, desc, err))
+	}
+	return toStatus(err)
+}
+
+// checkShape checks what can be checked without the plan: the payload
+// size agrees with the shape.
+func checkShape(h *pb.TensorHeader) error {
+	if len(h.GetShape()) == 0 || len(h.GetShape()) > 4 {
+		return fmt.Errorf("%w: tensor rank %d", ErrBadInput, len(h.GetShape()))
+	}
+	n := int64(1)
+	for _, d := range h.GetShape() {
+		if d < 0 || (d > 0 && n > (1<<40)/int64(d)) {
+			return fmt.Errorf("%w: tensor shape %v", ErrBadInput, h.GetShape())
+		}
+		n *= int64(d)
+	}
+	if 4*n != h.GetTotalBytes() {
+		return fmt.Errorf("%w: shape %v needs %d bytes, stream declares %d", ErrBadInput, h.GetShape(), 4*n, h.GetTotalBytes())
+	}
+	return nil
+}
+
+// checkTensor checks a tensor against the plan: addressed to this worker,
+// from the worker the plan says produces it, for a held stage, with the
+// shape the consuming action needs.
+func (j *job) checkTensor(h *pb.TensorHeader) error {
+	if err := checkShape(h); err != nil {
+		return err
+	}
+	from, to, mb, stageID := int(h.GetFrom()), int(h.GetTo()), int(h.GetMicrobatch()), int(h.GetStage())
+	if to != j.me {
+		return fmt.Errorf("%w: tensor for worker %d delivered to worker %d", ErrBadInput, to, j.me)
+	}
+	st := j.by[stageID]
+	if st == nil {
+		return fmt.Errorf("%w: tensor for stage %d, not held here", ErrBadInput, stageID)
+	}
+	shape := h.GetShape()
+	if h.GetKind() == pb.TensorKind_TENSOR_KIND_ALLREDUCE {
+		n := len(st.replicas)
+		pos := indexOf(st.replicas, j.me)
+		step := int(h.GetStep())
+		if n < 2 || from != st.replicas[(pos+n-1)%n] {
+			return fmt.Errorf("%w: all-reduce chunk for stage %d from worker %d, not this replica's ring predecessor", ErrBadInput, stageID, from)
+		}
+		if step < 0 || step >= 2*(n-1) || len(shape) != 1 {
+			return fmt.Errorf("%w: all-reduce chunk step %d shape %v for %d replicas", ErrBadInput, step, shape, n)
+		}
+		if want := ringChunkLen(st, pos, step, n); int(shape[0]) != want {
+			return fmt.Errorf("%w: all-reduce chunk of %d elements at step %d, want %d", ErrBadInput, shape[0], step, want)
+		}
+		return nil
+	}
+	kind := tensorKind(h.GetKind())
+	if kind == 0 {
+		return fmt.Errorf("%w: unknown tensor kind %v", ErrBadInput, h.GetKind())
+	}
+	if mb < 0 || mb >= len(j.plan.Microbatches) {
+		return fmt.Errorf("%w: microbatch %d outside 0..%d", ErrBadInput, mb, len(j.plan.Microbatches)-1)
+	}
+	if want, ok := j.sender(kind, mb, stageID); !ok || want != from {
+		return fmt.Errorf("%w: %s for mb %d stage %d from worker %d; the plan sends none from it", ErrBadInput, kind, mb, stageID, from)
+	}
+	cfg := j.train.Model
+	samples := j.plan.Microbatches[mb].Samples
+	if len(shape) != 3 || shape[0] < 1 || (samples > 0 && int(shape[0]) != samples) || shape[1] < 1 || int(shape[1]) > cfg.Ctx || int(shape[2]) != cfg.Dim {
+		return fmt.Errorf("%w: %s for mb %d has shape %v, want [%d, <=%d, %d]", ErrBadInput, kind, mb, shape, samples, cfg.Ctx, cfg.Dim)
+	}
+	return nil
+}
+
+// sender is the worker the plan has produce the (kind, mb, stage) tensor
+// received by this worker.
+func (j *job) sender(kind scheduler.TensorKind, mb, stageID int) (int, bool) {
+	path := j.plan.Microbatches[mb].Path
+	hop := -1
+	for i, h := range path {
+		if h.Stage == stageID {
+			hop = i
+		}
+	}
+	var from int
+	var a scheduler.Action
+	switch {
+	case kind == scheduler.LossInput && len(path) > 0:
+		last := path[len(path)-1]
+		from, a = last.Worker, scheduler.F(mb, last.Stage)
+	case kind == scheduler.Activation && hop > 0:
+		from, a = path[hop-1].Worker, scheduler.F(mb, path[hop-1].Stage)
+	case kind == scheduler.Gradient && hop == len(path)-1 && hop >= 0:
+		from, a = j.plan.Microbatches[mb].LossWorker, scheduler.L(mb, j.plan.HeadStage)
+	case kind == scheduler.Gradient && hop >= 0:
+		from, a = path[hop+1].Worker, scheduler.B(mb, path[hop+1].Stage)
+	default:
+		return 0, false
+	}
+	msg, ok := j.ix.Output(from, a)
+	return from, ok && msg.Kind == kind && msg.To == j.me && msg.Stage == stageID
+}
+
+func indexOf(xs []int, x int) int {
+	for i, v := range xs {
+		if v == x {
+			return i
+		}
+	}
+	return -1
+}
+
+func tensorKind(k pb.TensorKind) scheduler.TensorKind {
+	switch k {
+	case pb.TensorKind_TENSOR_KIND_ACTIVATION:
+		return scheduler.Activation
+	case pb.TensorKind_TENSOR_KIND_LOSS_INPUT:
+		return scheduler.LossInput
+	case pb.TensorKind_TENSOR_KIND_GRADIENT:
+		return scheduler.Gradient
+	}
+	return 0
+}
+
+func wireKind(k scheduler.TensorKind) pb.TensorKind {
+	switch k {
+	case scheduler.Activation:
+		return pb.TensorKind_TENSOR_KIND_ACTIVATION
+	case scheduler.LossInput:
+		return pb.TensorKind_TENSOR_KIND_LOSS_INPUT
+	case scheduler.Gradient:
+		return pb.TensorKind_TENSOR_KIND_GRADIENT
+	}
+	return pb.TensorKind_TENSOR_KIND_UNSPECIFIED
+}
+
+func encode(data []float32) []byte { return transport.EncodeFloat32s(data) }

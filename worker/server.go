@@ -1,0 +1,200 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+
+	pb "stagecoach/proto"
+)
+
+// Server is one worker: a gRPC server implementing the Worker service (for
+// the leader coordinator) and the Peer service (for other workers).
+//
+// Control RPCs (Configure, RunIteration, Step, checkpoints) run one at a
+// time: they own the model shards. RunIteration executes the worker's
+// program from the RPC's own goroutine, the single owner of the
+// scheduler.Machine; receive goroutines only hand tensors over through the
+// mailbox.
+type Server struct {
+	pb.UnimplementedWorkerServer
+	pb.UnimplementedPeerServer
+
+	cfg  Config
+	mbox *mailbox
+
+	// control serialises the control RPCs.
+	control sync.Mutex
+
+	mu        sync.Mutex // guards the fields below
+	leaderRev int64      // highest leader revision seen
+	epoch     int64      // plan epoch of job
+	job       *job       // nil until configured
+	applied   int64      // last optimizer step applied (iteration number)
+
+	srv *grpc.Server
+	lis net.Listener
+}
+
+// New validates cfg and builds a worker. It does not listen yet: call
+// Start, or Serve with a listener of your own.
+func New(cfg Config) (*Server, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, mbox: newMailbox(cfg.MailboxBytes)}
+	opts := append(cfg.Transport.ServerOptions(), grpc.MaxRecvMsgSize(max(cfg.MaxControlBytes, cfg.Transport.ChunkBytes+(64<<10))))
+	s.srv = grpc.NewServer(opts...)
+	pb.RegisterWorkerServer(s.srv, s)
+	pb.RegisterPeerServer(s.srv, s)
+	return s, nil
+}
+
+// Start listens on Config.Listen and serves in the background. It returns
+// the address actually bound (useful with port 0).
+func (s *Server) Start() (string, error) {
+	lis, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return "", fmt.Errorf("worker %s: listen: %w", s.cfg.Name, err)
+	}
+	s.lis = lis
+	go func() {
+		if err := s.srv.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			s.cfg.Logf("worker %s: serve: %v", s.cfg.Name, err)
+		}
+	}()
+	return lis.Addr().String(), nil
+}
+
+// Addr is the bound address after Start.
+func (s *Server) Addr() string {
+	if s.lis == nil {
+		return ""
+	}
+	return s.lis.Addr().String()
+}
+
+// Stop ends the server, waiting up to grace for RPCs in flight, and closes
+// peer connections.
+func (s *Server) Stop(grace time.Duration) {
+	done := make(chan struct{})
+	go func() { s.srv.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		s.srv.Stop()
+	}
+	s.mu.Lock()
+	j := s.job
+	s.mu.Unlock()
+	if j != nil {
+		j.out.Close()
+	}
+}
+
+// Run is the worker process: it serves cfg until ctx ends. The CLI calls
+// it; registration in etcd is the caller's business.
+func Run(ctx context.Context, cfg Config) error {
+	s, err := New(cfg)
+	if err != nil {
+		return err
+	}
+	addr, err := s.Start()
+	if err != nil {
+		return err
+	}
+	s.cfg.Logf("worker %s: serving job %q on %s", s.cfg.Name, s.cfg.Job, addr)
+	<-ctx.Done()
+	s.Stop(5 * time.Second)
+	return nil
+}
+
+// admitLeader checks a control request's job and leader revision and
+// records a newer revision, so every later command of an older leader is
+// refused.
+func (s *Server) admitLeader(f *pb.Fence) error {
+	if f == nil {
+		return ErrNoFence
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if f.GetJob() != s.cfg.Job {
+		return fmt.Errorf("%w: %q, this worker serves %q", ErrWrongJob, f.GetJob(), s.cfg.Job)
+	}
+	if f.GetLeaderRev() < s.leaderRev {
+		return fmt.Errorf("%w: leader revision %d < %d", ErrDeposed, f.GetLeaderRev(), s.leaderRev)
+	}
+	s.leaderRev = f.GetLeaderRev()
+	return nil
+}
+
+// admit is admitLeader plus the epoch check of every control RPC but
+// Configure; it returns the configured job.
+func (s *Server) admit(f *pb.Fence) (*job, error) {
+	if err := s.admitLeader(f); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.job == nil:
+		return nil, fmt.Errorf("%w: no plan yet (epoch %d requested)", ErrNotConfigured, f.GetEpoch())
+	case f.GetEpoch() < s.epoch:
+		return nil, fmt.Errorf("%w: epoch %d < %d", ErrStaleEpoch, f.GetEpoch(), s.epoch)
+	case f.GetEpoch() > s.epoch:
+		return nil, fmt.Errorf("%w: epoch %d requested, configured for %d", ErrNotConfigured, f.GetEpoch(), s.epoch)
+	}
+	return s.job, nil
+}
+
+// admitTensor checks a peer tensor's fence: same job, not from a deposed
+// leader's run, not from an older epoch.
+func (s *Server) admitTensor(f *pb.Fence) (*job, error) {
+	if f == nil {
+		return nil, ErrNoFence
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case f.GetJob() != s.cfg.Job:
+		return nil, fmt.Errorf("%w: %q, this worker serves %q", ErrWrongJob, f.GetJob(), s.cfg.Job)
+	case f.GetLeaderRev() < s.leaderRev:
+		return nil, fmt.Errorf("%w: tensor under leader revision %d < %d", ErrDeposed, f.GetLeaderRev(), s.leaderRev)
+	case f.GetEpoch() < s.epoch:
+		return nil, fmt.Errorf("%w: tensor from epoch %d < %d, dropped", ErrStaleEpoch, f.GetEpoch(), s.epoch)
+	}
+	// A tensor of a newer epoch than ours is legal: the sender was
+	// configured first. It waits in the mailbox for our Configure.
+	return s.job, nil
+}
+
+func (s *Server) appliedStep() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.applied
+}
+
+func (s *Server) setApplied(n int64) {
+	s.mu.Lock()
+	s.applied = n
+	s.mu.Unlock()
+}
+
+// Status implements pb.WorkerServer. It needs no fence: it changes nothing.
+func (s *Server) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusResponse, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := &pb.StatusResponse{Name: s.cfg.Name, Epoch: s.epoch, AppliedStep: s.applied}
+	if s.job != nil {
+		for _, st := range s.job.stages {
+			r.Stages = append(r.Stages, int32(st.id))
+		}
+	}
+	return r, nil
+}
