@@ -51,7 +51,7 @@ type Config struct {
 	// and checkpoints. Required.
 	OutDir string
 	// Checkpoint asks every worker to save its shards after the last step
-	// into OutDir/checkpoint-<step> and records the checkpoint in etcd.
+	// under OutDir/checkpoints and records the checkpoint in etcd.
 	Checkpoint bool
 
 	// RPCTimeout bounds one control RPC (default 5 min: an iteration of a

@@ -279,7 +279,8 @@ func (r *run) configure(ctx context.Context, planJSON []byte, tc model.TrainConf
 // the checkpoint in etcd only once all have succeeded, so etcd never lists
 // a checkpoint that is incomplete.
 func (r *run) checkpoint(ctx context.Context, step int64) (string, error) {
-	dir, err := filepath.Abs(filepath.Join(r.cfg.OutDir, fmt.Sprintf("checkpoint-%d", step)))
+	// Workers put each step in its own subdirectory of dir.
+	dir, err := filepath.Abs(filepath.Join(r.cfg.OutDir, "checkpoints"))
 	if err != nil {
 		return "", err
 	}
@@ -297,6 +298,9 @@ func (r *run) checkpoint(ctx context.Context, step int64) (string, error) {
 	var all []string
 	for _, f := range files {
 		all = append(all, f...)
+	}
+	if len(all) > 0 {
+		dir = filepath.Dir(all[0])
 	}
 	man := map[string]any{"step": step, "epoch": r.fence.Epoch, "dir": dir, "files": all}
 	if err := r.leader.PutJSON(ctx, r.leader.Keys().Checkpoint(step), man); err != nil {
