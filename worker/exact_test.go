@@ -2,6 +2,7 @@ package worker_test
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"path/filepath"
@@ -60,6 +61,10 @@ type setup struct {
 	schedule                    string
 	stages, replicas, mbs, size int
 	layers                      int
+}
+
+func (s setup) String() string {
+	return fmt.Sprintf("%s/p%d-r%d-m%d", s.schedule, s.stages, s.replicas, s.mbs)
 }
 
 // distributed runs the same training on real workers and in the
@@ -141,7 +146,7 @@ func TestPipelineMatchesTrainerBitForBit(t *testing.T) {
 		{schedule: "1f1b", stages: 2, replicas: 1, mbs: 4, size: 2, layers: 4},
 		{schedule: "1f1b", stages: 3, replicas: 1, mbs: 5, size: 2, layers: 4},
 	} {
-		t.Run(su.schedule+"-"+string(rune('0'+su.stages)), func(t *testing.T) {
+		t.Run(su.String(), func(t *testing.T) {
 			const steps = 4
 			c, d, ref := distributed(t, su, steps, func(step int, got *workertest.Result, want model.StepResult) {
 				if math.Float64bits(got.Loss) != math.Float64bits(want.Loss) || math.Float64bits(got.GradNorm) != math.Float64bits(want.GradNorm) {
