@@ -14,8 +14,8 @@ import (
 	"io/fs"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -25,13 +25,21 @@ import (
 // (the Go source tree is ~150 MB) stays fast.
 const DefaultMaxBytes = 32 << 20
 
-// DefaultCorpusDir is $(go env GOROOT)/src, present wherever Go is.
-func DefaultCorpusDir() string {
-	root := runtime.GOROOT()
+// DefaultCorpusDir is $(go env GOROOT)/src, present wherever Go is
+// installed: $GOROOT if set, else what the go command on PATH reports.
+func DefaultCorpusDir() (string, error) {
+	root := os.Getenv("GOROOT")
 	if root == "" {
-		root = os.Getenv("GOROOT")
+		out, err := exec.Command("go", "env", "GOROOT").Output()
+		if err != nil {
+			return "", fmt.Errorf("data: cannot find GOROOT for the default corpus (is go on PATH?): %w", err)
+		}
+		root = strings.TrimSpace(string(out))
 	}
-	return filepath.Join(root, "src")
+	if root == "" {
+		return "", errors.New("data: go env GOROOT is empty; give a corpus directory")
+	}
+	return filepath.Join(root, "src"), nil
 }
 
 // Options controls loading.
@@ -71,6 +79,9 @@ func Load(dir string, opt Options) (*Corpus, error) {
 	}
 	if opt.ValPct < 0 || opt.ValPct >= 100 {
 		return nil, fmt.Errorf("data: validation percent %d outside 1..99", opt.ValPct)
+	}
+	if dir == "" {
+		return nil, errors.New("data: no corpus directory (GOROOT not found: is the go command on PATH?); pass one explicitly")
 	}
 	st, err := os.Stat(dir)
 	if err != nil {

@@ -51,9 +51,10 @@ func TestLoadDeterministicSplit(t *testing.T) {
 	if strings.Contains(string(a.Train)+string(a.Val), "nope") {
 		t.Fatal("hidden directory was read")
 	}
-	// the split is a pure function of the relative path
-	if IsVal("pkg/a/f.go", 20) != IsVal("pkg/a/f.go", 20) {
-		t.Fatal("unstable split")
+	// the split is FNV-1a 32 of the slash path mod 100, fixed forever
+	// (values computed independently): 24, 52, 99
+	if IsVal("pkg/a/f.go", 24) || !IsVal("pkg/a/f.go", 25) || !IsVal("fmt/print.go", 53) || IsVal("net/http/server.go", 99) {
+		t.Fatal("split hash changed")
 	}
 }
 

@@ -30,7 +30,7 @@ func newTrainCmd() *cobra.Command {
 		Long: `Train the byte-level reference transformer in one process: the result every
 distributed run is checked against. The corpus is any directory of text files;
 by default the Go source tree that ships with the toolchain,
-$(go env GOROOT)/src (currently ` + data.DefaultCorpusDir() + `).
+$(go env GOROOT)/src, which every machine with Go has.
 Writes model.safetensors, shard-*.safetensors and loss.png into --out.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

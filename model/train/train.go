@@ -120,7 +120,11 @@ func Prepare(o Options) (*Setup, error) {
 		o.Train.Optim.TotalSteps = o.Steps
 	}
 	if o.CorpusDir == "" {
-		o.CorpusDir = data.DefaultCorpusDir()
+		dir, err := data.DefaultCorpusDir()
+		if err != nil {
+			return nil, err
+		}
+		o.CorpusDir = dir
 	}
 	if o.MaxBytes <= 0 {
 		o.MaxBytes = data.DefaultMaxBytes
