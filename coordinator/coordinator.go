@@ -158,7 +158,11 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 	if err != nil {
 		return nil, err
 	}
-	corpus, err := data.Load(corpusDir(cfg), data.Options{MaxBytes: cfg.MaxCorpusBytes})
+	dir, err := corpusDir(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("coordinator: %w", err)
+	}
+	corpus, err := data.Load(dir, data.Options{MaxBytes: cfg.MaxCorpusBytes})
 	if err != nil {
 		return nil, fmt.Errorf("coordinator: %w", err)
 	}
@@ -194,9 +198,9 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 	return sum, nil
 }
 
-func corpusDir(cfg *Config) string {
+func corpusDir(cfg *Config) (string, error) {
 	if cfg.CorpusDir != "" {
-		return cfg.CorpusDir
+		return cfg.CorpusDir, nil
 	}
 	return data.DefaultCorpusDir()
 }

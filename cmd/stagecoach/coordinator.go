@@ -1,0 +1,190 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"stagecoach/coordinator"
+	"stagecoach/data"
+	"stagecoach/internal/etcdx"
+	"stagecoach/model"
+	"stagecoach/sim"
+)
+
+func init() { rootCmd.AddCommand(newCoordinatorCmd()) }
+
+// jobFlags are the flags `up` and `coordinator` share: the job, the model
+// and the schedule. Model defaults equal `stagecoach train`'s, so the two
+// commands train the same model unless told otherwise.
+type jobFlags struct {
+	job       string
+	etcd      string
+	ttl       int
+	workers   int
+	stages    int
+	schedule  string
+	steps     int
+	train     model.TrainConfig
+	lr        float64
+	optimizer string
+	corpus    string
+	maxBytes  int64
+	out       string
+	asJSON    bool
+	ckpt      bool
+}
+
+func (j *jobFlags) register(f *pflag.FlagSet, defaultJob string) {
+	f.StringVar(&j.job, "job", defaultJob, "job id: every etcd key and worker command carries it")
+	f.IntVar(&j.ttl, "ttl", etcdx.DefaultTTL, "etcd lease TTL in seconds (2 or more)")
+	f.IntVar(&j.workers, "workers", 2, "workers to wait for and train on")
+	f.IntVar(&j.stages, "stages", 0, "pipeline stages (0: one per worker; workers/stages replicas each)")
+	f.StringVar(&j.schedule, "schedule", "gpipe", "pipeline schedule (gpipe, 1f1b, ...)")
+	f.IntVar(&j.steps, "steps", 20, "optimizer steps")
+	f.IntVar(&j.train.Model.Layers, "layers", 4, "transformer blocks")
+	f.IntVar(&j.train.Model.Dim, "dim", 128, "model width")
+	f.IntVar(&j.train.Model.Heads, "heads", 4, "attention heads (must divide --dim)")
+	f.IntVar(&j.train.Model.Ctx, "ctx", 64, "context length in bytes")
+	f.IntVar(&j.train.Microbatches, "microbatches", 4, "microbatches per optimizer step")
+	f.IntVar(&j.train.MicrobatchSize, "microbatch-size", 8, "sequences per microbatch")
+	f.Uint64Var(&j.train.Model.Seed, "seed", 1, "seed for initialisation and data order")
+	f.Float64Var(&j.lr, "lr", 0, "peak learning rate (0: 3e-3 for adamw, 1e-2 for lamb)")
+	f.StringVar(&j.optimizer, "optimizer", "adamw", "adamw or lamb")
+	f.StringVar(&j.corpus, "corpus", "", "directory of text files (default $(go env GOROOT)/src)")
+	f.Int64Var(&j.maxBytes, "max-bytes", data.DefaultMaxBytes, "load at most this many bytes of the corpus")
+	f.BoolVar(&j.asJSON, "json", false, "print one JSON object per step on stdout")
+	f.BoolVar(&j.ckpt, "checkpoint", true, "save the workers' shards after the last step")
+}
+
+// config checks the flags and builds the coordinator's config.
+func (j *jobFlags) config(endpoints []string) (coordinator.Config, error) {
+	if j.optimizer != "adamw" && j.optimizer != "lamb" {
+		return coordinator.Config{}, badInput("--optimizer must be adamw or lamb, got %q", j.optimizer)
+	}
+	if j.lr < 0 {
+		return coordinator.Config{}, badInput("--lr must not be negative")
+	}
+	tc := j.train
+	tc.Optim = model.OptimConfig{Kind: j.optimizer, LR: j.lr}
+	cfg := coordinator.Config{
+		Job: j.job, Endpoints: endpoints, TTL: j.ttl, Workers: j.workers, Stages: j.stages,
+		Schedule: j.schedule, Train: tc, Steps: j.steps, CorpusDir: j.corpus, MaxCorpusBytes: j.maxBytes,
+		OutDir: j.out, Checkpoint: j.ckpt,
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, badInput("%v", err)
+	}
+	return cfg, nil
+}
+
+func newCoordinatorCmd() *cobra.Command {
+	var j jobFlags
+	cmd := &cobra.Command{
+		Use:   "coordinator",
+		Short: "Lead a job: wait for workers in etcd, place stages, drive training",
+		Long: `Campaign for leadership of --job in etcd (only the leader gives orders; its
+election revision fences every command), wait for --workers workers to
+register, build and validate the --schedule plan, hand it to the workers and
+drive --steps optimizer steps, committing each in etcd. Writes the plan (by
+content hash), summary.json, trace.json and loss.png into --out.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			eps := etcdx.ParseEndpoints(j.etcd)
+			if len(eps) == 0 {
+				return badInput("--etcd needs at least one endpoint (host:port,...)")
+			}
+			cfg, err := j.config(eps)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return runJob(ctx, cfg, j.asJSON)
+		},
+	}
+	f := cmd.Flags()
+	j.register(f, "")
+	f.StringVar(&j.etcd, "etcd", "", "etcd endpoints, comma-separated host:port (required)")
+	f.StringVar(&j.out, "out", "run-coordinator", "directory for plans, summary, trace, loss plot and checkpoints")
+	_ = cmd.MarkFlagRequired("job")
+	return cmd
+}
+
+// runJob runs a coordinator with the progress bar or JSON lines, then
+// prints the summary table and writes the summary, trace and loss plot.
+func runJob(ctx context.Context, cfg coordinator.Config, asJSON bool) error {
+	if err := os.MkdirAll(cfg.OutDir, 0o755); err != nil {
+		return err
+	}
+	prog := newProgress(os.Stderr, cfg.Steps, "train", !asJSON)
+	enc := json.NewEncoder(os.Stdout)
+	cfg.OnStep = func(r coordinator.StepReport) {
+		if asJSON {
+			_ = enc.Encode(r)
+		}
+		if prog.bar != nil {
+			prog.bar.Describe(fmt.Sprintf("loss %.4f  %.0f tok/s", r.Loss, r.TokensPerS))
+		}
+		prog.Add(1)
+	}
+	if !asJSON && !isTerminal(os.Stderr) {
+		cfg.Logf = func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) }
+	}
+	co, err := coordinator.New(cfg)
+	if err != nil {
+		return badInput("%v", err)
+	}
+	sum, err := co.Run(ctx)
+	prog.Finish()
+	if err != nil {
+		return err
+	}
+	return writeOutputs(sum, cfg.OutDir, asJSON)
+}
+
+func writeOutputs(sum *coordinator.Summary, dir string, asJSON bool) error {
+	var tableOut io.Writer = os.Stdout
+	if asJSON {
+		tableOut = os.Stderr
+	}
+	if err := sum.WriteTable(tableOut); err != nil {
+		return err
+	}
+	files := []string{}
+	p := filepath.Join(dir, "summary.json")
+	if err := sum.WriteJSON(p); err != nil {
+		return err
+	}
+	files = append(files, p)
+	if sum.Measured != nil {
+		p = filepath.Join(dir, "trace.json")
+		if err := sum.WriteTrace(p); err != nil {
+			return err
+		}
+		files = append(files, p)
+	}
+	xs, ys := make([]float64, len(sum.Steps)), make([]float64, len(sum.Steps))
+	for i, s := range sum.Steps {
+		xs[i], ys[i] = float64(s.Step), s.Loss
+	}
+	p = filepath.Join(dir, "loss.png")
+	title := fmt.Sprintf("stagecoach up: %s over %d workers", sum.Schedule, sum.Workers)
+	if err := sim.WriteLinePlot(p, title, "step", "training loss (nats/byte)", []sim.Series{{Name: "train", X: xs, Y: ys}}); err != nil {
+		return err
+	}
+	files = append(files, p)
+	if sum.Checkpoint != "" {
+		files = append(files, sum.Checkpoint)
+	}
+	fmt.Fprintf(tableOut, "wrote %v\n", files)
+	return nil
+}

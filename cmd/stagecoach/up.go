@@ -1,0 +1,160 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"stagecoach/internal/etcdx"
+)
+
+func init() { rootCmd.AddCommand(newUpCmd()) }
+
+func newUpCmd() *cobra.Command {
+	var j jobFlags
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Run a whole local cluster: embedded etcd, N worker processes, one coordinator",
+		Long: `Start an embedded single-node etcd (unless --etcd names a cluster), --workers
+worker processes on loopback (this binary re-executed as 'stagecoach worker',
+each registered in etcd under a lease) and one coordinator in this process,
+and train the default model on the default corpus ($(go env GOROOT)/src).
+Shows a progress bar on a terminal; --json prints one object per step with
+step and loss, like 'stagecoach train --json'. With the same model flags and
+seed, a gpipe or 1f1b run prints the same losses as 'stagecoach train', bit
+for bit. At the end prints loss, tokens/s, iteration time and the bubble
+measured against the simulator's (the same plan, a cost model calibrated
+from the workers' measured action times), and writes summary.json,
+trace.json (measured and simulated, Perfetto), loss.png and the workers'
+checkpoint into --out. Workers log to --out/workers/<name>.log.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if j.workers < 1 {
+				return badInput("--workers must be at least 1, got %d", j.workers)
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			if err := os.MkdirAll(j.out, 0o755); err != nil {
+				return err
+			}
+			eps := etcdx.ParseEndpoints(j.etcd)
+			if len(eps) == 0 {
+				// A fresh single-node etcd per run: its state belongs to
+				// this run only.
+				dir := filepath.Join(j.out, "etcd")
+				if err := os.RemoveAll(dir); err != nil {
+					return err
+				}
+				e, err := etcdx.StartEmbedded(ctx, etcdx.EmbedConfig{Dir: dir})
+				if err != nil {
+					return err
+				}
+				defer e.Close()
+				eps = e.Endpoints()
+			}
+			cfg, err := j.config(eps)
+			if err != nil {
+				return err
+			}
+			procs, err := startWorkers(eps, &j)
+			defer stopWorkers(procs)
+			if err != nil {
+				return err
+			}
+			// A worker that dies takes the run down with it rather than
+			// leaving the coordinator waiting on RPC timeouts.
+			rctx, cancel := context.WithCancelCause(ctx)
+			defer cancel(nil)
+			for _, p := range procs {
+				go func() {
+					<-p.done
+					cancel(fmt.Errorf("worker %s exited: %v (log: %s)", p.name, p.err, p.log))
+				}()
+			}
+			err = runJob(rctx, cfg, j.asJSON)
+			if cause := context.Cause(rctx); err != nil && cause != nil && cause != context.Canceled {
+				return fmt.Errorf("%w (%v)", err, cause)
+			}
+			return err
+		},
+	}
+	f := cmd.Flags()
+	j.register(f, "up")
+	f.StringVar(&j.etcd, "etcd", "", "etcd endpoints, comma-separated host:port (default: start an embedded etcd)")
+	f.StringVar(&j.out, "out", "run-up", "directory for etcd data, worker logs, plans, summary, trace, loss plot and checkpoints")
+	return cmd
+}
+
+// workerProc is one worker child process.
+type workerProc struct {
+	name, log string
+	cmd       *exec.Cmd
+	done      chan struct{}
+	err       error
+}
+
+// startWorkers starts j.workers copies of this binary as `stagecoach
+// worker`, each with its own data directory and log file.
+func startWorkers(eps []string, j *jobFlags) ([]*workerProc, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("find this executable to start workers: %w", err)
+	}
+	wdir := filepath.Join(j.out, "workers")
+	if err := os.MkdirAll(wdir, 0o755); err != nil {
+		return nil, err
+	}
+	var procs []*workerProc
+	for i := range j.workers {
+		name := "w" + strconv.Itoa(i)
+		logPath := filepath.Join(wdir, name+".log")
+		logf, err := os.Create(logPath)
+		if err != nil {
+			return procs, err
+		}
+		c := exec.Command(exe, "worker", "--etcd", strings.Join(eps, ","), "--job", j.job, "--name", name,
+			"--listen", "127.0.0.1:0", "--data-dir", filepath.Join(wdir, name), "--ttl", strconv.Itoa(j.ttl))
+		c.Stdout, c.Stderr = logf, logf
+		// Own process group: a terminal's ctrl-C reaches only `up`, which
+		// then stops the workers in order.
+		c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := c.Start(); err != nil {
+			logf.Close()
+			return procs, fmt.Errorf("start worker %s: %w", name, err)
+		}
+		p := &workerProc{name: name, log: logPath, cmd: c, done: make(chan struct{})}
+		go func() {
+			p.err = c.Wait()
+			logf.Close()
+			close(p.done)
+		}()
+		procs = append(procs, p)
+	}
+	return procs, nil
+}
+
+// stopWorkers asks every worker to stop (SIGTERM), then kills those still
+// running after 5 s.
+func stopWorkers(procs []*workerProc) {
+	for _, p := range procs {
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for _, p := range procs {
+		select {
+		case <-p.done:
+		case <-time.After(time.Until(deadline)):
+			_ = p.cmd.Process.Kill()
+			<-p.done
+		}
+	}
+}

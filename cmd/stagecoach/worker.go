@@ -1,0 +1,136 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"stagecoach/internal/etcdx"
+	"stagecoach/worker"
+)
+
+func init() { rootCmd.AddCommand(newWorkerCmd()) }
+
+func newWorkerCmd() *cobra.Command {
+	var (
+		etcd, job, name, listen, advertise, dataDir string
+		ttl                                         int
+		rejoin                                      time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "worker",
+		Short: "Serve one pipeline worker and register it in etcd under a lease",
+		Long: `Serve the Worker and Peer gRPC services on --listen and register the worker in
+etcd under /stagecoach/<job>/members/<name>, bound to a lease of --ttl seconds
+that the process keeps alive: if it dies, the key vanishes and the
+coordinator sees it gone. If the lease is lost (etcd unreachable longer than
+the TTL) the worker registers again under a new lease, and exits after
+--rejoin-timeout without success.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			eps := etcdx.ParseEndpoints(etcd)
+			if len(eps) == 0 {
+				return badInput("--etcd needs at least one endpoint (host:port,...)")
+			}
+			if err := etcdx.ValidateJob(job); err != nil {
+				return badInput("--job: %v", err)
+			}
+			if err := etcdx.ValidateWorkerName(name); err != nil {
+				return badInput("--name: %v", err)
+			}
+			if ttl < etcdx.MinTTL {
+				return badInput("--ttl %d is below etcd's minimum of %d s", ttl, etcdx.MinTTL)
+			}
+			if dataDir == "" {
+				dataDir = "worker-" + name
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			logf := func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) }
+			w, err := worker.New(worker.Config{Name: name, Listen: listen, Job: job, DataDir: dataDir, Logf: logf})
+			if err != nil {
+				return badInput("%v", err)
+			}
+			addr, err := w.Start()
+			if err != nil {
+				return err
+			}
+			defer w.Stop(5 * time.Second)
+			if advertise == "" {
+				advertise = addr
+			}
+			logf("worker %s: serving job %s on %s", name, job, addr)
+			return keepRegistered(ctx, eps, job, etcdx.Member{Name: name, Addr: advertise}, ttl, rejoin, logf)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&etcd, "etcd", "", "etcd endpoints, comma-separated host:port (required)")
+	f.StringVar(&job, "job", "", "job id (required)")
+	f.StringVar(&name, "name", "", "worker name, unique in the job (required)")
+	f.StringVar(&listen, "listen", "127.0.0.1:0", "gRPC listen address (port 0 picks one)")
+	f.StringVar(&advertise, "advertise", "", "address peers and the coordinator dial (default: the bound listen address)")
+	f.StringVar(&dataDir, "data-dir", "", "checkpoint directory (default worker-<name>)")
+	f.IntVar(&ttl, "ttl", etcdx.DefaultTTL, "lease TTL in seconds")
+	f.DurationVar(&rejoin, "rejoin-timeout", 30*time.Second, "give up after failing to re-register this long")
+	for _, n := range []string{"etcd", "job", "name"} {
+		_ = cmd.MarkFlagRequired(n)
+	}
+	return cmd
+}
+
+// keepRegistered registers m under a fresh session and re-registers
+// whenever the session ends, until ctx ends. It fails when no
+// registration succeeds for rejoin.
+func keepRegistered(ctx context.Context, eps []string, job string, m etcdx.Member, ttl int, rejoin time.Duration, logf func(string, ...any)) error {
+	keys, err := etcdx.NewKeys(job)
+	if err != nil {
+		return err
+	}
+	cli, err := etcdx.Dial(ctx, eps, 0)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	failingSince := time.Time{}
+	for ctx.Err() == nil {
+		err := func() error {
+			sess, err := etcdx.NewSession(ctx, cli, ttl)
+			if err != nil {
+				return err
+			}
+			defer sess.Close()
+			if err := etcdx.Register(ctx, sess, keys, m); err != nil {
+				return err
+			}
+			failingSince = time.Time{}
+			logf("worker %s: registered in job %s (lease %x, TTL %d s)", m.Name, job, sess.Lease(), ttl)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-sess.Done():
+				return errors.New("lease lost")
+			}
+		}()
+		if ctx.Err() != nil {
+			return nil
+		}
+		if failingSince.IsZero() {
+			failingSince = time.Now()
+		}
+		if time.Since(failingSince) > rejoin {
+			return fmt.Errorf("worker %s: could not stay registered in etcd for %v: %w", m.Name, rejoin, err)
+		}
+		logf("worker %s: %v; registering again", m.Name, err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	return nil
+}
