@@ -24,9 +24,15 @@ type StepReport struct {
 	// saw it: drawing data, RunIteration, Step and the etcd commit.
 	IterationS float64 `json:"iteration_s"`
 	// ComputeS is the wall time of the RunIteration fan-out (the
-	// workers' programs); the rest of IterationS is control overhead.
+	// workers' programs) and StepS that of the Step fan-out (the
+	// optimizer update on every worker).
 	ComputeS float64 `json:"compute_s"`
-	// ControlS is IterationS minus ComputeS: data, Step RPCs, commit.
+	StepS    float64 `json:"step_s"`
+	// CommitS is the fenced etcd commit of the step.
+	CommitS float64 `json:"commit_s"`
+	// ControlS is the coordinator and control-plane time: IterationS
+	// minus ComputeS and StepS (drawing data, the norm, RPC overheads
+	// outside the fan-outs, the commit).
 	ControlS float64 `json:"control_s"`
 }
 
@@ -66,6 +72,7 @@ func (r *run) iterate(ctx context.Context, step int64) (StepReport, error) {
 	}
 	clip := model.ClipFactor(norm, tc.Optim.ClipNorm)
 	lr := tc.Optim.LRAt(int(step))
+	tStep := time.Now()
 	err = r.fanOut(ctx, fmt.Sprintf("Step %d", step), func(ctx context.Context, w *workerConn) error {
 		resp, err := w.cli.Step(ctx, &pb.StepRequest{Fence: r.fence, Iteration: step, ClipScale: float64(clip), Lr: lr})
 		if err == nil && resp.AppliedStep != step {
@@ -78,14 +85,17 @@ func (r *run) iterate(ctx context.Context, step int64) (StepReport, error) {
 		// longer form one model, so the job stops without committing.
 		return StepReport{}, fmt.Errorf("%w (step %d not committed; the workers' shards may disagree)", err, step)
 	}
+	stepS := time.Since(tStep).Seconds()
+	tCommit := time.Now()
 	if err := r.committer.Commit(ctx, etcdx.Commit{Step: step, Epoch: r.fence.Epoch, Loss: loss}); err != nil {
 		return StepReport{}, err
 	}
+	commitS := time.Since(tCommit).Seconds()
 	r.stats.add(step, resps)
 	it := time.Since(t0).Seconds()
 	tokens := float64(tc.Microbatches * tc.MicrobatchSize * r.ctxLen)
 	return StepReport{Step: step, Loss: loss, GradNorm: norm, LR: lr, TokensPerS: tokens / it,
-		IterationS: it, ComputeS: runS, ControlS: it - runS}, nil
+		IterationS: it, ComputeS: runS, StepS: stepS, CommitS: commitS, ControlS: it - runS - stepS}, nil
 }
 
 // drawData draws every microbatch's windows in microbatch order, exactly

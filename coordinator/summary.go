@@ -31,8 +31,13 @@ type Summary struct {
 	TokensPerS float64 `json:"tokens_per_s"`
 	// MeanIterationS is the mean wall time of a step at the coordinator.
 	MeanIterationS float64 `json:"mean_iteration_s"`
+	// MeanComputeS and MeanStepS are the mean RunIteration and Step
+	// fan-out times; MeanCommitS the mean etcd commit.
+	MeanComputeS float64 `json:"mean_compute_s"`
+	MeanStepS    float64 `json:"mean_step_s"`
+	MeanCommitS  float64 `json:"mean_commit_s"`
 	// MeanControlS is the mean coordinator and control-plane time per step
-	// (data, Step RPCs, etcd commit); ControlFraction its share.
+	// (data, norm, RPC overheads, etcd commit); ControlFraction its share.
 	MeanControlS    float64 `json:"mean_control_s"`
 	ControlFraction float64 `json:"control_fraction"`
 	// MeasuredSpanS is the median span of the workers' programs (first
@@ -59,17 +64,21 @@ type Summary struct {
 }
 
 func (s *Summary) finish(m *measurements) {
-	var it, ctl float64
+	var it, ctl, comp, st, com float64
 	var tokens int64
 	for _, r := range s.Steps {
 		it += r.IterationS
 		ctl += r.ControlS
+		comp += r.ComputeS
+		st += r.StepS
+		com += r.CommitS
 		tokens = r.Tokens
 	}
 	if n := len(s.Steps); n > 0 {
 		s.FinalLoss = s.Steps[n-1].Loss
 		s.MeanIterationS = it / float64(n)
 		s.MeanControlS = ctl / float64(n)
+		s.MeanComputeS, s.MeanStepS, s.MeanCommitS = comp/float64(n), st/float64(n), com/float64(n)
 		if it > 0 {
 			s.TokensPerS = float64(tokens) / it
 			s.ControlFraction = ctl / it
@@ -147,7 +156,8 @@ func (s *Summary) WriteTable(w io.Writer) error {
 	row("steps", fmt.Sprint(len(s.Steps)))
 	row("final loss", fmt.Sprintf("%.4f", s.FinalLoss))
 	row("tokens/s", fmt.Sprintf("%.0f", s.TokensPerS))
-	row("iteration time", fmt.Sprintf("%.1f ms (control %.2f ms, %.1f%%)", s.MeanIterationS*1e3, s.MeanControlS*1e3, 100*s.ControlFraction))
+	row("iteration time", fmt.Sprintf("%.1f ms: programs %.1f ms, optimizer %.1f ms, control %.2f ms (%.1f%%, etcd commit %.2f ms)",
+		s.MeanIterationS*1e3, s.MeanComputeS*1e3, s.MeanStepS*1e3, s.MeanControlS*1e3, 100*s.ControlFraction, s.MeanCommitS*1e3))
 	if s.Simulated != nil {
 		row("program span", fmt.Sprintf("measured %.1f ms, simulated %.1f ms (ratio %.2f)", s.MeasuredSpanS*1e3, s.SimulatedSpanS*1e3, ratio(s.SimulatedSpanS, s.MeasuredSpanS)))
 		row("bubble", fmt.Sprintf("measured %.1f%%, simulated %.1f%%", 100*s.MeasuredBubble, 100*s.SimulatedBubble))
