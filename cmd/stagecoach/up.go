@@ -41,6 +41,12 @@ checkpoint into --out. Workers log to --out/workers/<name>.log.`,
 			if j.workers < 1 {
 				return badInput("--workers must be at least 1, got %d", j.workers)
 			}
+			// Check every flag before starting anything; the endpoints
+			// are filled in once etcd runs.
+			cfg, err := j.config([]string{"pending"})
+			if err != nil {
+				return err
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			if err := os.MkdirAll(j.out, 0o755); err != nil {
@@ -61,10 +67,7 @@ checkpoint into --out. Workers log to --out/workers/<name>.log.`,
 				defer e.Close()
 				eps = e.Endpoints()
 			}
-			cfg, err := j.config(eps)
-			if err != nil {
-				return err
-			}
+			cfg.Endpoints = eps
 			procs, err := startWorkers(eps, &j)
 			defer stopWorkers(procs)
 			if err != nil {

@@ -1,0 +1,111 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// upCorpus writes a small text tree with a validation split.
+func upCorpus(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	for i := range 40 {
+		var b strings.Builder
+		for j := range 30 {
+			fmt.Fprintf(&b, "func g%d_%d(y int) int { return y*%d - %d } // %d\n", i, j, i+3, j, j)
+		}
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("g%02d.go", i)), []byte(b.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// jsonLosses reads the step and loss of every JSON line.
+func jsonLosses(t *testing.T, out string) []float64 {
+	t.Helper()
+	var losses []float64
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		var ev struct {
+			Step int     `json:"step"`
+			Loss float64 `json:"loss"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			t.Fatalf("bad JSON line %q: %v", sc.Text(), err)
+		}
+		if ev.Step != len(losses)+1 {
+			t.Fatalf("step %d after %d steps", ev.Step, len(losses))
+		}
+		losses = append(losses, ev.Loss)
+	}
+	return losses
+}
+
+// TestUpGPipeMatchesTrain runs `stagecoach up` with real worker processes,
+// real embedded etcd and real gRPC over loopback, and checks that it
+// prints the same losses, bit for bit, as `stagecoach train` with the same
+// model, seed and microbatch split.
+func TestUpGPipeMatchesTrain(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts worker processes")
+	}
+	corpus := upCorpus(t)
+	model := []string{"--steps", "3", "--seed", "3", "--layers", "3", "--dim", "16", "--heads", "2", "--ctx", "16",
+		"--microbatches", "4", "--microbatch-size", "2", "--corpus", corpus, "--json"}
+	dir := t.TempDir()
+	out, errOut, code := runCLI(t, dir, append([]string{"train", "--out", filepath.Join(dir, "train")}, model...)...)
+	if code != 0 {
+		t.Fatalf("train exited %d: %s", code, errOut)
+	}
+	want := jsonLosses(t, out)
+	for _, workers := range []string{"2", "3"} {
+		t.Run(workers, func(t *testing.T) {
+			runDir := filepath.Join(dir, "up"+workers)
+			out, errOut, code := runCLI(t, dir, append([]string{"up", "--workers", workers, "--schedule", "gpipe", "--ttl", "2", "--out", runDir}, model...)...)
+			if code != 0 {
+				t.Fatalf("up exited %d: %s", code, errOut)
+			}
+			got := jsonLosses(t, out)
+			if len(got) != len(want) {
+				t.Fatalf("up printed %d steps, train %d", len(got), len(want))
+			}
+			for i := range want {
+				if math.Float64bits(got[i]) != math.Float64bits(want[i]) {
+					t.Fatalf("losses differ:\n up    %v\n train %v", got, want)
+				}
+			}
+			for _, f := range []string{"summary.json", "trace.json", "loss.png"} {
+				if _, err := os.Stat(filepath.Join(runDir, f)); err != nil {
+					t.Error(err)
+				}
+			}
+			if !strings.Contains(errOut, "bubble") {
+				t.Errorf("no summary table on stderr:\n%s", errOut)
+			}
+		})
+	}
+}
+
+func TestUpBadInputExitsTwo(t *testing.T) {
+	for _, args := range [][]string{
+		{"up", "--workers", "0"},
+		{"up", "--workers", "3", "--stages", "2"},
+		{"up", "--schedule", "nope"},
+		{"up", "--job", "a/b"},
+		{"worker", "--etcd", "x:1", "--job", "j", "--name", "bad name"},
+		{"coordinator", "--job", "j"},
+		{"etcd", "--listen-client-urls", "ftp://x"},
+	} {
+		_, errOut, code := runCLI(t, t.TempDir(), args...)
+		if code != 2 {
+			t.Errorf("%v: exit %d, want 2 (%s)", args, code, errOut)
+		}
+	}
+}
