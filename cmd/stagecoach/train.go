@@ -103,7 +103,7 @@ Writes model.safetensors, shard-*.safetensors and loss.png into --out.`,
 	f.IntVar(&cfg.MicrobatchSize, "microbatch-size", 8, "sequences per microbatch")
 	f.IntVar(&o.Steps, "steps", 300, "optimizer steps (total, including resumed ones)")
 	f.Uint64Var(&cfg.Model.Seed, "seed", 1, "seed for initialisation and data order")
-	f.Float64Var(&lr, "lr", 0, "peak learning rate (0: 3e-3 for adamw, 1e-2 for lamb)")
+	f.Float64Var(&lr, "lr", 0, "peak learning rate (0: 3e-3 for adamw, 3e-2 for lamb)")
 	f.StringVar(&optimizer, "optimizer", "adamw", "adamw or lamb")
 	f.StringVar(&o.CorpusDir, "corpus", "", "directory of text files (default $(go env GOROOT)/src)")
 	f.Int64Var(&o.MaxBytes, "max-bytes", data.DefaultMaxBytes, "load at most this many bytes of the corpus")
