@@ -12,7 +12,6 @@ import (
 	"stagecoach/internal/etcdx"
 	"stagecoach/model"
 	pb "stagecoach/proto"
-	"stagecoach/scheduler"
 )
 
 // Config is one training job as the coordinator runs it. Validate fills
@@ -31,7 +30,8 @@ type Config struct {
 
 	// Workers is how many registered workers the job waits for and uses.
 	Workers int
-	// Schedule names a scheduler generator ("gpipe", "1f1b", ...).
+	// Schedule names a scheduler generator ("gpipe", "1f1b", ...) or
+	// "skippipe".
 	Schedule string
 	// Stages is the pipeline depth; 0 means Workers (one stage each).
 	// Workers must be a multiple of it: the rest are stage replicas.
@@ -96,7 +96,7 @@ func (c *Config) Validate() error {
 	if c.Workers < 1 {
 		return fmt.Errorf("coordinator: workers is %d, want >= 1", c.Workers)
 	}
-	if _, err := scheduler.Lookup(c.Schedule); err != nil {
+	if err := knownSchedule(c.Schedule); err != nil {
 		return fmt.Errorf("coordinator: %w", err)
 	}
 	if c.Stages == 0 {

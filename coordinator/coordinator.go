@@ -126,7 +126,7 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 	if err != nil {
 		return nil, err
 	}
-	plan, layout, err := buildPlan(cfg, members, epoch)
+	plan, members, layout, err := buildPlan(cfg, members, epoch)
 	if err != nil {
 		return nil, err
 	}

@@ -34,30 +34,64 @@ type PlanWorker struct {
 	Replica int    `json:"replica"`
 }
 
-// buildPlan asks the scheduler for cfg's schedule over members: plan
-// worker i runs on members[i] (members sorted by name, so the placement
-// of classic schedules is deterministic: worker id = rank*replicas +
-// replica). Placement and schedule choice are the scheduler's; this only
-// checks that the plan fits the model the workers will build.
-func buildPlan(cfg *Config, members []etcdx.Member, epoch int64) (*scheduler.Plan, model.Layout, error) {
+// SkipPipe is the schedule name of SkipPipe plans. It is not a classic
+// generator (it needs the nodes' costs), so the coordinator builds its
+// input from the registered workers.
+const SkipPipe = "skippipe"
+
+// knownSchedule reports whether name can be planned.
+func knownSchedule(name string) error {
+	if name == SkipPipe {
+		return nil
+	}
+	_, err := scheduler.Lookup(name)
+	return err
+}
+
+// buildPlan asks the scheduler for cfg's schedule over members (sorted by
+// name) and returns the plan, the members in plan-worker order and the
+// model layout. Placement and schedule choice are the scheduler's: classic
+// schedules place worker id rank*replicas+replica on members[id];
+// SkipPipe places nodes itself. This only checks that the plan fits the
+// model the workers will build.
+func buildPlan(cfg *Config, members []etcdx.Member, epoch int64) (*scheduler.Plan, []etcdx.Member, model.Layout, error) {
 	names := make([]string, len(members))
 	for i, m := range members {
 		names[i] = m.Name
 	}
-	spec := scheduler.Spec{
-		Stages: cfg.Stages, Replicas: cfg.Workers / cfg.Stages,
-		Microbatches: cfg.Train.Microbatches, Layers: cfg.Train.Model.Layers,
-		Samples: cfg.Train.MicrobatchSize, Nodes: names, Epoch: epoch,
+	var p *scheduler.Plan
+	var err error
+	if cfg.Schedule == SkipPipe {
+		p, err = skipPipePlan(cfg, names)
+	} else {
+		p, err = scheduler.Generate(cfg.Schedule, scheduler.Spec{
+			Stages: cfg.Stages, Replicas: cfg.Workers / cfg.Stages,
+			Microbatches: cfg.Train.Microbatches, Layers: cfg.Train.Model.Layers,
+			Samples: cfg.Train.MicrobatchSize, Nodes: names, Epoch: epoch,
+		})
 	}
-	p, err := scheduler.Generate(cfg.Schedule, spec)
 	if err != nil {
-		return nil, 0, fmt.Errorf("coordinator: build %s plan: %w", cfg.Schedule, err)
+		return nil, nil, 0, fmt.Errorf("coordinator: build %s plan: %w", cfg.Schedule, err)
 	}
+	p.Epoch = epoch
 	if err := scheduler.Validate(p); err != nil {
-		return nil, 0, fmt.Errorf("coordinator: %s plan is invalid: %w", cfg.Schedule, err)
+		return nil, nil, 0, fmt.Errorf("coordinator: %s plan is invalid: %w", cfg.Schedule, err)
 	}
 	if len(p.Workers) != len(members) {
-		return nil, 0, fmt.Errorf("coordinator: %s plan has %d workers, %d registered", cfg.Schedule, len(p.Workers), len(members))
+		return nil, nil, 0, fmt.Errorf("coordinator: %s plan has %d workers, %d registered", cfg.Schedule, len(p.Workers), len(members))
+	}
+	byName := map[string]etcdx.Member{}
+	for _, m := range members {
+		byName[m.Name] = m
+	}
+	ordered := make([]etcdx.Member, len(p.Workers))
+	for i, w := range p.Workers {
+		m, ok := byName[w.Node]
+		if !ok {
+			return nil, nil, 0, fmt.Errorf("coordinator: plan worker %d runs on %q, which is not a registered worker (or is used twice)", i, w.Node)
+		}
+		ordered[i] = m
+		delete(byName, w.Node)
 	}
 	layout := model.HeadLast
 	if p.HeadStage == 0 && len(p.Stages) > 1 {
@@ -65,20 +99,52 @@ func buildPlan(cfg *Config, members []etcdx.Member, epoch int64) (*scheduler.Pla
 	}
 	specs, err := model.Split(cfg.Train.Model.Layers, len(p.Stages), layout)
 	if err != nil {
-		return nil, 0, fmt.Errorf("coordinator: %w", err)
+		return nil, nil, 0, fmt.Errorf("coordinator: %w", err)
 	}
 	for i, st := range p.Stages {
 		if st.FirstLayer != specs[i].Lo || st.FirstLayer+st.Layers != specs[i].Hi {
-			return nil, 0, fmt.Errorf("coordinator: plan stage %d holds layers [%d,%d), the model's split gives [%d,%d)",
+			return nil, nil, 0, fmt.Errorf("coordinator: plan stage %d holds layers [%d,%d), the model's split gives [%d,%d)",
 				i, st.FirstLayer, st.FirstLayer+st.Layers, specs[i].Lo, specs[i].Hi)
 		}
 	}
 	for mb, m := range p.Microbatches {
 		if m.Samples != cfg.Train.MicrobatchSize {
-			return nil, 0, fmt.Errorf("coordinator: plan microbatch %d has %d samples, want %d", mb, m.Samples, cfg.Train.MicrobatchSize)
+			return nil, nil, 0, fmt.Errorf("coordinator: plan microbatch %d has %d samples, want %d", mb, m.Samples, cfg.Train.MicrobatchSize)
 		}
 	}
-	return p, layout, nil
+	return p, ordered, layout, nil
+}
+
+// skipPipePlan builds the SkipPipe input for equal stages of
+// workers/stages nodes on a uniform loopback network: every node equally
+// fast, every hop equally cheap. (Calibrated costs would replace these.)
+func skipPipePlan(cfg *Config, names []string) (*scheduler.Plan, error) {
+	per := cfg.Workers / cfg.Stages
+	if cfg.Train.Microbatches%per != 0 {
+		return nil, fmt.Errorf("%d microbatches do not split evenly over the %d origins of stage 0", cfg.Train.Microbatches, per)
+	}
+	n := len(names)
+	sizes := make([]int, cfg.Stages)
+	for i := range sizes {
+		sizes[i] = per
+	}
+	delay := make([][]float64, n)
+	fwd := make([]float64, n)
+	for i := range delay {
+		delay[i] = make([]float64, n)
+		for j := range delay[i] {
+			if i != j {
+				delay[i][j] = 1e-3
+			}
+		}
+		fwd[i] = 1e-2
+	}
+	p, _, err := scheduler.PlanSkipPipe(scheduler.SkipPipeConfig{
+		NodeNames: names, StageSizes: sizes, Delay: delay, ForwardS: fwd,
+		Memory: cfg.Train.Microbatches, MicrobatchesPerOrigin: cfg.Train.Microbatches / per,
+		Layers: cfg.Train.Model.Layers, Samples: cfg.Train.MicrobatchSize, CollisionAware: true, Seed: int64(cfg.Train.Model.Seed),
+	})
+	return p, err
 }
 
 // storePlan writes the plan's JSON to dir/plans/<sha256>.json (atomically,

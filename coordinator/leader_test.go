@@ -1,0 +1,89 @@
+package coordinator_test
+
+import (
+	"context"
+	"math"
+	"strings"
+	"testing"
+	"time"
+
+	"stagecoach/coordinator"
+)
+
+// TestStandbyCoordinatorRefusesFinishedJob runs two coordinators for one
+// job at once: only one leads and trains; the standby wins only after the
+// leader resigns, then finds committed steps and refuses to start over
+// instead of applying steps twice.
+func TestStandbyCoordinatorRefusesFinishedJob(t *testing.T) {
+	corpus := writeCorpus(t)
+	const job, steps = "standby", 2
+	cl := startCluster(t, job, 2)
+	mk := func(name string) *coordinator.Coordinator {
+		co, err := coordinator.New(coordinator.Config{Job: job, Name: name, Endpoints: cl.endpoints, TTL: 2, Workers: 2,
+			Schedule: "gpipe", Train: tinyTrain(2), Steps: steps, CorpusDir: corpus, OutDir: t.TempDir()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return co
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	type result struct {
+		sum *coordinator.Summary
+		err error
+	}
+	res := make(chan result, 2)
+	for _, name := range []string{"a", "b"} {
+		co := mk(name)
+		go func() {
+			s, err := co.Run(ctx)
+			res <- result{s, err}
+		}()
+	}
+	var ok, refused int
+	for range 2 {
+		r := <-res
+		switch {
+		case r.err == nil:
+			ok++
+			if len(r.sum.Steps) != steps {
+				t.Errorf("leader ran %d steps, want %d", len(r.sum.Steps), steps)
+			}
+		case strings.Contains(r.err.Error(), "already committed step 2"):
+			refused++
+		default:
+			t.Errorf("unexpected error: %v", r.err)
+		}
+	}
+	if ok != 1 || refused != 1 {
+		t.Fatalf("%d runs trained and %d refused; want exactly one of each", ok, refused)
+	}
+	checkCommits(t, cl.endpoints, job, steps)
+}
+
+// TestSkipPipeTrains runs a SkipPipe plan (a third of the stages skipped
+// per microbatch) on real workers: every step commits with a finite loss.
+func TestSkipPipeTrains(t *testing.T) {
+	corpus := writeCorpus(t)
+	const job, steps = "skippipe", 3
+	cl := startCluster(t, job, 3)
+	tc := tinyTrain(3)
+	tc.Microbatches = 6
+	co, err := coordinator.New(coordinator.Config{Job: job, Endpoints: cl.endpoints, TTL: 2, Workers: 3,
+		Schedule: coordinator.SkipPipe, Train: tc, Steps: steps, CorpusDir: corpus, OutDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	sum, err := co.Run(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range sum.Steps {
+		if math.IsNaN(s.Loss) || math.IsInf(s.Loss, 0) || s.Loss <= 0 {
+			t.Errorf("step %d loss %v", s.Step, s.Loss)
+		}
+	}
+	checkCommits(t, cl.endpoints, job, steps)
+}
