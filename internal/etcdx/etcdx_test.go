@@ -325,3 +325,38 @@ func TestValidateJob(t *testing.T) {
 		t.Error("NewKeys accepted a slash")
 	}
 }
+
+// A watcher that was away while the history it needs was compacted
+// re-reads the prefix and converges to the current membership.
+func TestWatchRereadsAfterCompaction(t *testing.T) {
+	cli := startEtcd(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	k := mustKeys(t, "job1")
+	s1, _ := NewSession(ctx, cli, testTTL)
+	s2, _ := NewSession(ctx, cli, testTTL)
+	defer s2.Close()
+	if err := Register(ctx, s1, k, Member{Name: "w1", Addr: "a:1"}); err != nil {
+		t.Fatal(err)
+	}
+	ms, rev, err := Members(ctx, cli, k)
+	if err != nil || len(ms) != 1 {
+		t.Fatalf("members %v, %v", ms, err)
+	}
+	// While "away": w2 joins, w1 leaves, other keys move on, and the
+	// history is compacted past rev.
+	if err := Register(ctx, s2, k, Member{Name: "w2", Addr: "b:1"}); err != nil {
+		t.Fatal(err)
+	}
+	s1.Close()
+	resp, err := cli.Put(ctx, "/elsewhere", "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Compact(ctx, resp.Header.Revision); err != nil {
+		t.Fatal(err)
+	}
+	stale := map[string]Member{"w1": ms[0]}
+	ch := watchMembers(ctx, cli, k, stale, rev)
+	waitFor(t, ch, "w2 only after re-reading", func(ms []Member) bool { return names(ms) == "w2@b:1 " })
+}

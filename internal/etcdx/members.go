@@ -91,6 +91,12 @@ func sorted(set map[string]Member) []Member {
 // last seen revision + 1 when its stream breaks and re-reads the prefix
 // when that revision has been compacted away.
 func WatchMembers(ctx context.Context, cli *clientv3.Client, k Keys) <-chan []Member {
+	return watchMembers(ctx, cli, k, nil, 0)
+}
+
+// watchMembers is WatchMembers resuming from a membership known at rev;
+// a nil set reads the prefix first.
+func watchMembers(ctx context.Context, cli *clientv3.Client, k Keys, set map[string]Member, rev int64) <-chan []Member {
 	out := make(chan []Member, 1)
 	go func() {
 		defer close(out)
@@ -102,8 +108,6 @@ func WatchMembers(ctx context.Context, cli *clientv3.Client, k Keys) <-chan []Me
 			}
 			out <- snap
 		}
-		var set map[string]Member
-		var rev int64
 		reread := func() bool {
 			for ctx.Err() == nil {
 				ms, r, err := Members(ctx, cli, k)
@@ -119,8 +123,12 @@ func WatchMembers(ctx context.Context, cli *clientv3.Client, k Keys) <-chan []Me
 			}
 			return false
 		}
-		if !reread() {
-			return
+		if set == nil {
+			if !reread() {
+				return
+			}
+		} else {
+			publish(set)
 		}
 		for ctx.Err() == nil {
 			wctx, cancel := context.WithCancel(ctx)
