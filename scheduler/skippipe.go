@@ -19,8 +19,13 @@ const (
 	// SkipPipeFull is GPipe over the SkipPipe placement: every microbatch
 	// of every origin (the same microbatches as the skipping plans) visits
 	// all stages in order, the loss on its origin, each node running all
-	// its forwards before any backward.
+	// its forwards before any backward. Each hop goes to the nearest node
+	// of the next stage with room for an even share.
 	SkipPipeFull = "gpipe"
+	// SkipPipeFullTuned is SkipPipeFull with the node of every hop chosen
+	// by the same local search as the skipping paths: the strongest full
+	// pipeline this package knows.
+	SkipPipeFullTuned = "gpipe-tuned"
 )
 
 // SkipPipeVariants lists the schedules PlanSkipPipeVariant builds.
@@ -62,29 +67,43 @@ func PlanSkipPipeVariant(name string, cfg SkipPipeConfig) (*Plan, *SkipPipeStats
 		return PlanSkipPipeRandom(cfg)
 	case SkipPipeFull:
 		return FullPipeline(cfg)
+	case SkipPipeFullTuned:
+		return fullPipeline(cfg, true)
 	}
-	return nil, nil, fmt.Errorf("unknown skippipe schedule %q (known: gpipe, skippipe, skippipe-nonca, skippipe-random)", name)
+	return nil, nil, fmt.Errorf("unknown skippipe schedule %q (known: gpipe, gpipe-tuned, skippipe, skippipe-nonca, skippipe-random)", name)
+}
+
+// SkipPipePlacement is the placement the skipping planners use for cfg:
+// cfg.Partition, or Place's, refined by the planner's own timing estimate
+// when cfg.RefinePlacement is set (full-path rules are never refined).
+// To compare variants over one placement, compute it once and pass it to
+// each as Partition.
+func SkipPipePlacement(cfg SkipPipeConfig) (*Placement, error) {
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	pl := &Placement{Partition: cfg.Partition}
+	if pl.Partition == nil {
+		var err error
+		if pl, err = Place(&cfg); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.RefinePlacement && cfg.rules().PathStages != len(cfg.StageSizes) {
+		pl.Partition = refinePlacement(&cfg, pl.Partition, cfg.Seed, &pl.Evaluations)
+	}
+	pl.Cost = placementCost(&cfg, pl.Partition)
+	return pl, nil
 }
 
 // prepare checks cfg and fixes the placement.
 func prepare(cfg *SkipPipeConfig) (*spNet, *SkipPipeStats, error) {
-	if err := cfg.check(); err != nil {
+	pl, err := SkipPipePlacement(*cfg)
+	if err != nil {
 		return nil, nil, err
 	}
-	stats := &SkipPipeStats{Objective: math.NaN()}
-	parts := cfg.Partition
-	if parts == nil {
-		pl, err := Place(cfg)
-		if err != nil {
-			return nil, nil, err
-		}
-		parts = pl.Partition
-	}
-	if cfg.RefinePlacement && cfg.Rules.PathStages != len(cfg.StageSizes) {
-		parts = refinePlacement(cfg, parts, cfg.Seed, &stats.Evaluations)
-	}
-	stats.PlacementCost = placementCost(cfg, parts)
-	nt := newNet(cfg, parts)
+	stats := &SkipPipeStats{Objective: math.NaN(), PlacementCost: pl.Cost, Evaluations: pl.Evaluations}
+	nt := newNet(cfg, pl.Partition)
 	stats.Partition = nt.parts
 	return nt, stats, nil
 }
@@ -129,8 +148,13 @@ func PlanSkipPipe(cfg SkipPipeConfig) (*Plan, *SkipPipeStats, error) {
 		}
 	}
 	if cfg.CollisionAware {
-		if g := nt.constructGroups(ev, &stats.Evaluations, nt.stageSeqs(nt.rules.PathStages-1, maxStageSeqs)); g != nil {
-			g = nt.search(g, rng, nt.cap, iters/3, score)
+		seqs := nt.stageSeqs(nt.rules.PathStages-1, maxStageSeqs)
+		for _, size := range groupSizes(nt.cap) {
+			g := nt.constructGroups(ev, &stats.Evaluations, seqs, maxTimedPaths, size)
+			if g == nil {
+				continue
+			}
+			g = nt.search(g, rng, nt.cap, iters/6, score)
 			if v := score(g); v < bestV {
 				st, bestV = g, v
 			}
@@ -203,12 +227,16 @@ func PlanSkipPipeRandom(cfg SkipPipeConfig) (*Plan, *SkipPipeStats, error) {
 // as the skipping plans (schedule "gpipe"): every microbatch of every
 // origin visits all stages in order and returns to its origin for the
 // loss; a node runs all its forwards before any backward. Which node of a
-// stage serves which microbatch is optimised like the skipping paths (the
-// per-node cap is lifted to an even share, since full paths cannot meet
-// the skipping caps), so the comparison is with a good full pipeline.
-// The authors' own baseline form, partition_sizes[1] pipelines of 9
-// microbatches, is RefBaselinePlan.
+// stage serves which microbatch is chosen hop by hop, the nearest node
+// (both ways, counting its compute) with room for an even share: full
+// paths cannot meet the skipping caps. FullPipelineTuned searches that
+// choice too. The authors' own baseline form, partition_sizes[1]
+// pipelines of 9 microbatches, is RefBaselinePlan.
 func FullPipeline(cfg SkipPipeConfig) (*Plan, *SkipPipeStats, error) {
+	return fullPipeline(cfg, false)
+}
+
+func fullPipeline(cfg SkipPipeConfig, tuned bool) (*Plan, *SkipPipeStats, error) {
 	ns := len(cfg.StageSizes)
 	cfg.Rules = SkipRules{PathStages: ns, MaxSwaps: 0, SwapDistance: 0, MaxJump: 1, MaxPerWorker: math.MaxInt32}
 	nt, stats, err := prepare(&cfg)
@@ -230,10 +258,14 @@ func FullPipeline(cfg SkipPipeConfig) (*Plan, *SkipPipeStats, error) {
 		stats.Evaluations++
 		return ev.run(s.paths, polFlush, false)
 	}
-	st = nt.search(st, rng, perNode, nt.defaultIterations(m)/2, score)
+	name := SkipPipeFull
+	if tuned {
+		st = nt.search(st, rng, perNode, nt.defaultIterations(m)/2, score)
+		name = SkipPipeFullTuned
+	}
 	stats.EstimateS = ev.run(st.paths, polFlush, true)
 	stats.Policy = policyNames[polFlush]
-	plan := nt.buildPlan(st.paths, ev.order, SkipPipeFull, false)
+	plan := nt.buildPlan(st.paths, ev.order, name, false)
 	if cfg.Objective != nil {
 		stats.ObjectiveCalls++
 		stats.Objective = cfg.Objective(plan)
@@ -452,4 +484,16 @@ func (nt *spNet) buildPlan(paths [][]int, order [][]spTask, name string, skip bo
 // one seed.
 func newRand(seed int64, stream uint64) *rand.Rand {
 	return rand.New(rand.NewPCG(uint64(seed), stream))
+}
+
+// groupSizes are the agent sizes the group construction tries: whole
+// node caps (the authors' agents), halves, pairs and single microbatches.
+func groupSizes(cap int) []int {
+	out := []int{cap}
+	for _, s := range []int{(cap + 1) / 2, 2, 1} {
+		if s < out[len(out)-1] {
+			out = append(out, s)
+		}
+	}
+	return out
 }

@@ -14,8 +14,9 @@ import "math"
 // maxStageSeqs bounds the stage sequences tried per group; maxTimedPaths
 // the paths per group timed against the plan so far.
 const (
-	maxStageSeqs  = 4096
-	maxTimedPaths = 48
+	maxStageSeqs     = 4096
+	maxTimedPaths    = 48
+	refineTimedPaths = 6 // cheaper construction while refining placements
 )
 
 // stageSeqs lists legal stage sequences of k non-first stages (swaps and
@@ -105,7 +106,7 @@ func (nt *spNet) bestNodes(origin int, stages []int, count []int, perNodeCap, ne
 // constructGroups builds paths group by group as described above. It
 // returns nil when some group finds no path (the caller falls back to
 // the balanced greedy).
-func (nt *spNet) constructGroups(ev *spEval, evals *int, seqs [][]int) *spState {
+func (nt *spNet) constructGroups(ev *spEval, evals *int, seqs [][]int, timed, groupSize int) *spState {
 	k := nt.rules.PathStages - 1
 	if len(seqs) == 0 {
 		return nil
@@ -118,7 +119,7 @@ func (nt *spNet) constructGroups(ev *spEval, evals *int, seqs [][]int) *spState 
 	for mb := 0; mb < m; {
 		o := nt.mbOrigin[mb]
 		size := 0
-		for mb+size < m && nt.mbOrigin[mb+size] == o && size < nt.cap {
+		for mb+size < m && nt.mbOrigin[mb+size] == o && size < min(nt.cap, groupSize) {
 			size++
 		}
 		groups = append(groups, group{mb, size, o})
@@ -191,7 +192,7 @@ func (nt *spNet) constructGroups(ev *spEval, evals *int, seqs [][]int) *spState 
 		sortStable(len(cands), func(i, j int) bool { return cands[i].chain < cands[j].chain }, func(i, j int) { cands[i], cands[j] = cands[j], cands[i] })
 		var bestPath []int
 		bestV := math.Inf(1)
-		for _, c := range cands[:min(len(cands), maxTimedPaths)] {
+		for _, c := range cands[:min(len(cands), timed)] {
 			trial := placed
 			for range size {
 				trial = append(trial, c.path)
@@ -251,7 +252,7 @@ func groupScore(cfg *SkipPipeConfig, parts [][]int, seqs [][]int) (float64, int)
 	nt := newNet(cfg, parts)
 	ev := newEval(nt)
 	n := 0
-	g := nt.constructGroups(ev, &n, seqs)
+	g := nt.constructGroups(ev, &n, seqs, refineTimedPaths, nt.cap)
 	if g == nil {
 		return math.Inf(1), n
 	}
@@ -280,8 +281,8 @@ func refinePlacement(cfg *SkipPipeConfig, parts [][]int, seed int64, evals *int)
 	}
 	// Per placement: every group ranks every sequence (twice, with the
 	// hardness pass) and times the best few.
-	perEval := float64(groups) * (2*float64(len(seqs)*k*widest*widest) + float64(min(len(seqs), maxTimedPaths)*m*m*(2*k+3)))
-	steps := min(int(workBudget/max(perEval, 1)), 600)
+	perEval := float64(groups) * (2*float64(len(seqs)*k*widest*widest) + float64(min(len(seqs), refineTimedPaths)*m*m*(2*k+3)))
+	steps := min(int(workBudget/max(perEval, 1)), 1500)
 	if steps < 20 {
 		return cur
 	}
