@@ -19,13 +19,14 @@ const (
 	// SkipPipeFull is GPipe over the SkipPipe placement: every microbatch
 	// of every origin (the same microbatches as the skipping plans) visits
 	// all stages in order, the loss on its origin, each node running all
-	// its forwards before any backward. Each hop goes to the nearest node
-	// of the next stage with room for an even share.
+	// its forwards before any backward. The node of every hop is chosen by
+	// the same local search as the skipping paths, so the skipping plans
+	// are compared with a strong full pipeline.
 	SkipPipeFull = "gpipe"
-	// SkipPipeFullTuned is SkipPipeFull with the node of every hop chosen
-	// by the same local search as the skipping paths: the strongest full
-	// pipeline this package knows.
-	SkipPipeFullTuned = "gpipe-tuned"
+	// SkipPipeFullGreedy is SkipPipeFull without the search: each hop goes
+	// to the nearest node of the next stage with room for an even share.
+	// Greedy hops can be cornered onto a placement's worst links.
+	SkipPipeFullGreedy = "gpipe-greedy"
 )
 
 // SkipPipeVariants lists the schedules PlanSkipPipeVariant builds.
@@ -67,10 +68,10 @@ func PlanSkipPipeVariant(name string, cfg SkipPipeConfig) (*Plan, *SkipPipeStats
 		return PlanSkipPipeRandom(cfg)
 	case SkipPipeFull:
 		return FullPipeline(cfg)
-	case SkipPipeFullTuned:
-		return fullPipeline(cfg, true)
+	case SkipPipeFullGreedy:
+		return fullPipeline(cfg, false)
 	}
-	return nil, nil, fmt.Errorf("unknown skippipe schedule %q (known: gpipe, gpipe-tuned, skippipe, skippipe-nonca, skippipe-random)", name)
+	return nil, nil, fmt.Errorf("unknown skippipe schedule %q (known: gpipe, gpipe-greedy, skippipe, skippipe-nonca, skippipe-random)", name)
 }
 
 // SkipPipePlacement is the placement the skipping planners use for cfg:
@@ -227,13 +228,13 @@ func PlanSkipPipeRandom(cfg SkipPipeConfig) (*Plan, *SkipPipeStats, error) {
 // as the skipping plans (schedule "gpipe"): every microbatch of every
 // origin visits all stages in order and returns to its origin for the
 // loss; a node runs all its forwards before any backward. Which node of a
-// stage serves which microbatch is chosen hop by hop, the nearest node
-// (both ways, counting its compute) with room for an even share: full
-// paths cannot meet the skipping caps. FullPipelineTuned searches that
-// choice too. The authors' own baseline form, partition_sizes[1]
-// pipelines of 9 microbatches, is RefBaselinePlan.
+// stage serves which microbatch is searched like the skipping paths,
+// from the greedy choice of "gpipe-greedy", within an even share per node
+// (full paths cannot meet the skipping caps). The authors' own baseline
+// form, partition_sizes[1] pipelines of 9 microbatches, is
+// RefBaselinePlan.
 func FullPipeline(cfg SkipPipeConfig) (*Plan, *SkipPipeStats, error) {
-	return fullPipeline(cfg, false)
+	return fullPipeline(cfg, true)
 }
 
 func fullPipeline(cfg SkipPipeConfig, tuned bool) (*Plan, *SkipPipeStats, error) {
@@ -258,10 +259,10 @@ func fullPipeline(cfg SkipPipeConfig, tuned bool) (*Plan, *SkipPipeStats, error)
 		stats.Evaluations++
 		return ev.run(s.paths, polFlush, false)
 	}
-	name := SkipPipeFull
+	name := SkipPipeFullGreedy
 	if tuned {
 		st = nt.search(st, rng, perNode, nt.defaultIterations(m)/2, score)
-		name = SkipPipeFullTuned
+		name = SkipPipeFull
 	}
 	stats.EstimateS = ev.run(st.paths, polFlush, true)
 	stats.Policy = policyNames[polFlush]

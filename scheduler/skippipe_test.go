@@ -71,7 +71,7 @@ func TestSkipPipePlansValidateOnRandomClusters(t *testing.T) {
 	}
 	for seed := int64(1); seed <= int64(seeds); seed++ {
 		cfg := randomSkipConfig(seed)
-		for _, name := range append(SkipPipeVariants(), SkipPipeFullTuned) {
+		for _, name := range append(SkipPipeVariants(), SkipPipeFullGreedy) {
 			plan, st, err := PlanSkipPipeVariant(name, cfg)
 			if err != nil {
 				t.Fatalf("seed %d %s: %v", seed, name, err)
@@ -85,7 +85,7 @@ func TestSkipPipePlansValidateOnRandomClusters(t *testing.T) {
 			if want := cfg.StageSizes[0] * cfg.MicrobatchesPerOrigin; len(plan.Microbatches) != want {
 				t.Errorf("seed %d %s: %d microbatches, want %d", seed, name, len(plan.Microbatches), want)
 			}
-			if name != SkipPipeFull && name != SkipPipeFullTuned {
+			if name != SkipPipeFull && name != SkipPipeFullGreedy {
 				if plan.Skip == nil || plan.Skip.MaxPerWorker != cfg.Memory {
 					t.Errorf("seed %d %s: skip rules %+v, want a per-worker cap of %d", seed, name, plan.Skip, cfg.Memory)
 				}
@@ -106,7 +106,7 @@ func TestSkipPipePlansValidateOnRandomClusters(t *testing.T) {
 func TestSkipPipeDeterministic(t *testing.T) {
 	for seed := int64(1); seed <= 5; seed++ {
 		cfg := randomSkipConfig(seed)
-		for _, name := range append(SkipPipeVariants(), SkipPipeFullTuned) {
+		for _, name := range append(SkipPipeVariants(), SkipPipeFullGreedy) {
 			var out [2]bytes.Buffer
 			for i := range out {
 				plan, _, err := PlanSkipPipeVariant(name, cfg)
@@ -131,7 +131,7 @@ func TestSkipPipeBeatsBaselinesOnEstimate(t *testing.T) {
 		cfg := randomSkipConfig(seed)
 		cfg.Iterations = 0
 		est := map[string]float64{}
-		for _, name := range append(SkipPipeVariants(), SkipPipeFullTuned) {
+		for _, name := range append(SkipPipeVariants(), SkipPipeFullGreedy) {
 			_, st, err := PlanSkipPipeVariant(name, cfg)
 			if err != nil {
 				t.Fatal(err)

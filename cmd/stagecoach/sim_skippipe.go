@@ -46,7 +46,7 @@ var _ = func() bool {
 		Schedules: map[string]func(env *simEnv) (*simJob, error){},
 		Run:       runSkipPipeModes,
 	}
-	for _, name := range []string{scheduler.SkipPipeCA, scheduler.SkipPipeNonCA, scheduler.SkipPipeRandom, scheduler.SkipPipeFullTuned} {
+	for _, name := range []string{scheduler.SkipPipeCA, scheduler.SkipPipeNonCA, scheduler.SkipPipeRandom, scheduler.SkipPipeFullGreedy} {
 		x.Schedules[name] = func(env *simEnv) (*simJob, error) {
 			cfg, err := skipConfigFromCluster(env.Cluster, env.Seed, 0)
 			if err != nil {
@@ -60,7 +60,7 @@ var _ = func() bool {
 }()
 
 func isSkipSchedule(name string) bool {
-	return strings.HasPrefix(name, "skippipe") || name == scheduler.SkipPipeFullTuned
+	return strings.HasPrefix(name, "skippipe") || name == scheduler.SkipPipeFullGreedy
 }
 
 // runSkipPipeModes takes over `sim` for an import, a skip sweep, or a
@@ -112,7 +112,7 @@ func runSkipPipeModes(env *simEnv) (bool, error) {
 }
 
 // fixPlacement computes the skipping placement once so that every variant
-// (gpipe and gpipe-tuned included) runs over the same one; it returns the seconds spent,
+// (gpipe and gpipe-greedy included) runs over the same one; it returns the seconds spent,
 // which each variant's plan time includes.
 func fixPlacement(cfg *scheduler.SkipPipeConfig) (float64, error) {
 	start := time.Now()
@@ -318,7 +318,7 @@ func runSkipImport(env *simEnv) error {
 		}
 		add(v.Name, plan, 0, v.ExpectedS, notes)
 	}
-	for _, name := range []string{scheduler.SkipPipeFull, scheduler.SkipPipeFullTuned, scheduler.SkipPipeCA} {
+	for _, name := range []string{scheduler.SkipPipeFull, scheduler.SkipPipeFullGreedy, scheduler.SkipPipeCA} {
 		j, err := planSkipJob(name, cfg, c, 0)
 		if err != nil {
 			return err
@@ -408,7 +408,7 @@ func runSkipSweep(env *simEnv) error {
 	}
 	for _, n := range names {
 		if n != scheduler.SkipPipeFull && !isSkipSchedule(n) {
-			return badInput("--sweep-skip: schedule %q is not one of %s, %s", n, strings.Join(scheduler.SkipPipeVariants(), ", "), scheduler.SkipPipeFullTuned)
+			return badInput("--sweep-skip: schedule %q is not one of %s, %s", n, strings.Join(scheduler.SkipPipeVariants(), ", "), scheduler.SkipPipeFullGreedy)
 		}
 	}
 	if err := os.MkdirAll(env.OutDir, 0o755); err != nil {
