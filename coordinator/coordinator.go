@@ -141,6 +141,12 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 	if err := leader.PutJSON(ctx, keys.Plan(epoch), man); err != nil {
 		return nil, err
 	}
+	// A plan worker whose lease lapses is gone: stop at once with a clear
+	// error instead of waiting for an RPC to time out. (Replanning onto
+	// the remaining workers is not implemented yet.)
+	ctx, stopWatch := context.WithCancelCause(ctx)
+	defer stopWatch(nil)
+	go watchPlanMembers(ctx, leader, members, stopWatch)
 	r := &run{cfg: cfg, leader: leader, committer: committer, plan: plan,
 		fence: &pb.Fence{Job: cfg.Job, LeaderRev: leader.Rev(), Epoch: epoch}, ctxLen: cfg.Train.Model.Ctx}
 	defer r.closeWorkers()
@@ -177,6 +183,9 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 	for step := int64(1); step <= int64(cfg.Steps); step++ {
 		rep, err := r.iterate(ctx, step)
 		if err != nil {
+			if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+				err = fmt.Errorf("%w: %w", cause, err)
+			}
 			return nil, err
 		}
 		tokens += int64(tc.Microbatches * tc.MicrobatchSize * r.ctxLen)
@@ -311,4 +320,26 @@ func (r *run) checkpoint(ctx context.Context, step int64) (string, error) {
 		return "", err
 	}
 	return dir, nil
+}
+
+// ErrWorkerLost means a plan worker's registration vanished (its lease
+// expired or it deregistered) during the run.
+var ErrWorkerLost = errors.New("coordinator: worker lost")
+
+// watchPlanMembers cancels ctx with ErrWorkerLost when a plan worker's
+// registration disappears or is replaced by another lease (a restart under
+// the same name holds none of the run's state).
+func watchPlanMembers(ctx context.Context, leader *etcdx.Leader, plan []etcdx.Member, cancel context.CancelCauseFunc) {
+	for ms := range etcdx.WatchMembers(ctx, leader.Client(), leader.Keys()) {
+		cur := map[string]etcdx.Member{}
+		for _, m := range ms {
+			cur[m.Name] = m
+		}
+		for i, m := range plan {
+			if c, ok := cur[m.Name]; !ok || c.Lease != m.Lease || c.Addr != m.Addr {
+				cancel(fmt.Errorf("%w: plan worker %d (%s at %s) left the job", ErrWorkerLost, i, m.Name, m.Addr))
+				return
+			}
+		}
+	}
 }

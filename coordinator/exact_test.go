@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/client/v3/concurrency"
+
 	"stagecoach/coordinator"
 	"stagecoach/data"
 	"stagecoach/internal/etcdx"
@@ -47,6 +49,7 @@ func writeCorpus(t *testing.T) string {
 type cluster struct {
 	endpoints []string
 	workers   []*worker.Server
+	sessions  []*concurrency.Session
 }
 
 func startCluster(t *testing.T, job string, n int) *cluster {
@@ -85,6 +88,7 @@ func startCluster(t *testing.T, job string, n int) *cluster {
 			t.Fatal(err)
 		}
 		c.workers = append(c.workers, w)
+		c.sessions = append(c.sessions, s)
 	}
 	return c
 }

@@ -2,12 +2,14 @@ package coordinator_test
 
 import (
 	"context"
+	"errors"
 	"math"
 	"strings"
 	"testing"
 	"time"
 
 	"stagecoach/coordinator"
+	"stagecoach/internal/etcdx"
 )
 
 // TestStandbyCoordinatorRefusesFinishedJob runs two coordinators for one
@@ -86,4 +88,47 @@ func TestSkipPipeTrains(t *testing.T) {
 		}
 	}
 	checkCommits(t, cl.endpoints, job, steps)
+}
+
+// TestLostWorkerStopsTheRun kills a worker's registration mid-run: the
+// coordinator stops with ErrWorkerLost instead of waiting for an RPC
+// timeout, and the committed sequence stays gap-free.
+func TestLostWorkerStopsTheRun(t *testing.T) {
+	corpus := writeCorpus(t)
+	const job = "lost"
+	cl := startCluster(t, job, 2)
+	done := make(chan struct{})
+	co, err := coordinator.New(coordinator.Config{Job: job, Endpoints: cl.endpoints, TTL: 2, Workers: 2,
+		Schedule: "gpipe", Train: tinyTrain(2), Steps: 100000, CorpusDir: corpus, OutDir: t.TempDir(),
+		RPCTimeout: time.Minute,
+		OnStep: func(r coordinator.StepReport) {
+			if r.Step == 2 {
+				close(done)
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	go func() {
+		<-done
+		cl.sessions[1].Close() // revoke: the worker is gone for etcd
+	}()
+	start := time.Now()
+	_, err = co.Run(ctx)
+	if !errors.Is(err, coordinator.ErrWorkerLost) {
+		t.Fatalf("run ended with %v, want ErrWorkerLost", err)
+	}
+	t.Logf("stopped %v after start: %v", time.Since(start).Round(time.Millisecond), err)
+	cli, err := etcdx.Dial(context.Background(), cl.endpoints, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	keys, _ := etcdx.NewKeys(job)
+	cs, err := etcdx.Commits(context.Background(), cli, keys)
+	if err != nil || etcdx.CheckSequence(cs) != nil || len(cs) < 2 {
+		t.Fatalf("commits %d (%v), want a gap-free sequence of at least 2", len(cs), err)
+	}
 }
