@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"stagecoach/coordinator"
 	"stagecoach/internal/etcdx"
 )
@@ -130,5 +132,51 @@ func TestLostWorkerStopsTheRun(t *testing.T) {
 	cs, err := etcdx.Commits(context.Background(), cli, keys)
 	if err != nil || etcdx.CheckSequence(cs) != nil || len(cs) < 2 {
 		t.Fatalf("commits %d (%v), want a gap-free sequence of at least 2", len(cs), err)
+	}
+}
+
+// TestDeposedLeaderStops revokes the leader's lease mid-run (as etcd does
+// when a paused leader misses its TTL): the coordinator stops giving
+// orders and reports lost leadership; no commit of a deposed leader lands.
+func TestDeposedLeaderStops(t *testing.T) {
+	corpus := writeCorpus(t)
+	const job = "deposed"
+	cl := startCluster(t, job, 2)
+	cli, err := etcdx.Dial(context.Background(), cl.endpoints, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	keys, _ := etcdx.NewKeys(job)
+	revoked := make(chan struct{})
+	co, err := coordinator.New(coordinator.Config{Job: job, Endpoints: cl.endpoints, TTL: 2, Workers: 2,
+		Schedule: "gpipe", Train: tinyTrain(2), Steps: 100000, CorpusDir: corpus, OutDir: t.TempDir(),
+		OnStep: func(r coordinator.StepReport) {
+			if r.Step != 2 {
+				return
+			}
+			resp, err := cli.Get(context.Background(), keys.ElectionPrefix(), clientv3.WithPrefix())
+			if err != nil || len(resp.Kvs) != 1 {
+				t.Errorf("leader keys: %v, %v", resp, err)
+				return
+			}
+			if _, err := cli.Revoke(context.Background(), clientv3.LeaseID(resp.Kvs[0].Lease)); err != nil {
+				t.Error(err)
+			}
+			close(revoked)
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	_, err = co.Run(ctx)
+	if err == nil || !(errors.Is(err, etcdx.ErrDeposed) || strings.Contains(err.Error(), "lost leadership")) {
+		t.Fatalf("run ended with %v, want lost leadership", err)
+	}
+	<-revoked
+	cs, err := etcdx.Commits(context.Background(), cli, keys)
+	if err != nil || etcdx.CheckSequence(cs) != nil || len(cs) != 2 {
+		t.Fatalf("%d commits (%v), want exactly steps 1 and 2", len(cs), err)
 	}
 }
