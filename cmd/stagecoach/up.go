@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -84,6 +85,9 @@ checkpoint into --out. Workers log to --out/workers/<name>.log.`,
 				}()
 			}
 			err = runJob(rctx, cfg, j.asJSON)
+			if err != nil && ctx.Err() != nil {
+				return errors.New("interrupted; workers and etcd stopped")
+			}
 			if cause := context.Cause(rctx); err != nil && cause != nil && cause != context.Canceled {
 				return fmt.Errorf("%w (%v)", err, cause)
 			}
