@@ -28,7 +28,9 @@ func (s *Server) SendTensor(stream pb.Peer_SendTensorServer) error {
 	})
 	if err == nil {
 		var data []float32
-		if data, err = transport.DecodeFloat32s(payload); err == nil {
+		data, err = transport.DecodeFloat32s(payload)
+		payload.Release()
+		if err == nil {
 			sl := slot{hdr.GetFence().GetEpoch(), hdr.GetIteration()}
 			if err = s.mbox.put(stream.Context(), sl, arrival{hdr: hdr, data: data}); err == nil {
 				return stream.SendAndClose(&pb.TensorAck{})

@@ -18,6 +18,9 @@ type Options struct {
 	WindowBytes int32
 	// BufferBytes is the socket read and write buffer of gRPC (1 MiB).
 	BufferBytes int
+	// ProtoCodec sends chunks as plain protobuf instead of the tensor
+	// codec (CodecName), which saves a payload copy on each side.
+	ProtoCodec bool
 	// QueueLen is how many tensors may wait per destination before Send
 	// blocks the caller (16).
 	QueueLen int
@@ -101,4 +104,11 @@ func (o Options) DialOptions() []grpc.DialOption {
 		grpc.WithWriteBufferSize(o.BufferBytes),
 		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(max(o.maxMsg(), 4<<20))),
 	}
+}
+
+func (o Options) callOptions() []grpc.CallOption {
+	if o.ProtoCodec {
+		return nil
+	}
+	return []grpc.CallOption{grpc.CallContentSubtype(CodecName)}
 }

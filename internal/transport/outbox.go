@@ -46,6 +46,7 @@ type link struct {
 	onWire  chan item // past the link's busy time, waiting out the latency
 	shaper  Shaper
 	chunk   int
+	call    []grpc.CallOption
 	failure func(error)
 }
 
@@ -159,6 +160,7 @@ func (o *Outbox) link(to int) (*link, error) {
 	}
 	l := &link{to: to, conn: conn, client: pb.NewPeerClient(conn), queue: make(chan item, o.opts.QueueLen),
 		onWire: make(chan item, o.opts.QueueLen), shaper: o.shaper, chunk: o.opts.ChunkBytes,
+		call:    o.opts.callOptions(),
 		failure: func(err error) { o.fail(fmt.Errorf("send to worker %d: %w", to, err)) }}
 	o.links[to] = l
 	o.workers.Add(2)
@@ -205,7 +207,7 @@ func (l *link) deliver(done <-chan struct{}) {
 			l.finish(it, stopped(it.ctx))
 			continue
 		}
-		l.finish(it, Send(it.ctx, l.client, it.hdr, it.payload, l.chunk))
+		l.finish(it, Send(it.ctx, l.client, it.hdr, it.payload, l.chunk, l.call...))
 	}
 }
 
