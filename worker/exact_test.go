@@ -145,6 +145,10 @@ func TestPipelineMatchesTrainerBitForBit(t *testing.T) {
 		{schedule: "gpipe", stages: 3, replicas: 1, mbs: 4, size: 2, layers: 4},
 		{schedule: "1f1b", stages: 2, replicas: 1, mbs: 4, size: 2, layers: 4},
 		{schedule: "1f1b", stages: 3, replicas: 1, mbs: 5, size: 2, layers: 4},
+		{schedule: "interleaved", stages: 2, replicas: 1, mbs: 4, size: 2, layers: 4},
+		{schedule: "zb-h1", stages: 3, replicas: 1, mbs: 6, size: 2, layers: 6},
+		{schedule: "zb-h2", stages: 2, replicas: 1, mbs: 4, size: 2, layers: 4},
+		{schedule: "gpipe-recompute", stages: 2, replicas: 1, mbs: 3, size: 1, layers: 2},
 	} {
 		t.Run(su.String(), func(t *testing.T) {
 			const steps = 4
