@@ -104,7 +104,10 @@ func (m *measurements) add(step int64, resps []*pb.RunIterationResponse) {
 		return slices[i].Start < slices[j].Start
 	})
 	m.last, m.lastSpan = slices, span
-	if span > 0 {
+	// Step 1 pays for warm-up (allocations, connection set-up): it is
+	// measured and calibrates only in a one-step run.
+	steady := step > 1 || m.totalSteps == 1
+	if steady && span > 0 {
 		idle := 0.0
 		for _, b := range busy {
 			idle += span - b
@@ -112,9 +115,7 @@ func (m *measurements) add(step int64, resps []*pb.RunIterationResponse) {
 		m.spans = append(m.spans, span)
 		m.bubbles = append(m.bubbles, idle/(float64(len(resps))*span))
 	}
-	// Step 1 pays for warm-up (allocations, connection set-up): it
-	// calibrates only a one-step run.
-	if step > 1 || m.totalSteps == 1 {
+	if steady {
 		m.calibrate(slices)
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"text/tabwriter"
 
+	"go.yaml.in/yaml/v3"
+
 	"stagecoach/sim"
 )
 
@@ -42,14 +44,15 @@ type Summary struct {
 	ControlFraction float64 `json:"control_fraction"`
 	// MeasuredSpanS is the median span of the workers' programs (first
 	// action start to last action end) and MeasuredBubble the median idle
-	// fraction over workers x span.
+	// fraction over workers x span, over every step but the first
+	// (warm-up) when there are several.
 	MeasuredSpanS  float64 `json:"measured_span_s"`
 	MeasuredBubble float64 `json:"measured_bubble"`
 	// Simulated* come from sim.Run of the same plan against the cost model
 	// calibrated from the measured action times (Calibration).
 	SimulatedSpanS  float64      `json:"simulated_span_s,omitempty"`
 	SimulatedBubble float64      `json:"simulated_bubble,omitempty"`
-	Calibration     *sim.Cluster `json:"calibration,omitempty"`
+	Calibration     *sim.Cluster `json:"-"`
 	// UnparsedTimings counts worker timings whose action the coordinator
 	// could not read (left out of the trace).
 	UnparsedTimings int          `json:"unparsed_timings,omitempty"`
@@ -144,6 +147,23 @@ func (s *Summary) WriteTrace(path string) error {
 		return err
 	}
 	return f.Close()
+}
+
+// WriteCalibration writes the calibrated cost model as the cluster YAML
+// `stagecoach sim --cluster` reads, checking that it parses back.
+func (s *Summary) WriteCalibration(path string) error {
+	if s.Calibration == nil {
+		return fmt.Errorf("coordinator: no calibration (%s)", s.SimError)
+	}
+	b, err := yaml.Marshal(s.Calibration)
+	if err != nil {
+		return fmt.Errorf("coordinator: encode calibration: %w", err)
+	}
+	if _, err := sim.ParseCluster(b); err != nil {
+		return fmt.Errorf("coordinator: calibration does not parse back: %w", err)
+	}
+	hdr := fmt.Sprintf("# Cost model calibrated by stagecoach from a %s run over %d workers\n# (median hop delay, mean per-stage forward per sample).\n", s.Schedule, s.Workers)
+	return writeAtomic(path, append([]byte(hdr), b...))
 }
 
 // WriteTable prints the summary table.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -88,32 +89,46 @@ func (j *jobFlags) config(endpoints []string) (coordinator.Config, error) {
 
 func newCoordinatorCmd() *cobra.Command {
 	var j jobFlags
+	var embedURL string
 	cmd := &cobra.Command{
 		Use:   "coordinator",
 		Short: "Lead a job: wait for workers in etcd, place stages, drive training",
 		Long: `Campaign for leadership of --job in etcd (only the leader gives orders; its
 election revision fences every command), wait for --workers workers to
 register, build and validate the --schedule plan, hand it to the workers and
-drive --steps optimizer steps, committing each in etcd. Writes the plan (by
-content hash), summary.json, trace.json and loss.png into --out.`,
+drive --steps optimizer steps, committing each in etcd. Without --etcd it
+serves an embedded single-node etcd (data in --out/etcd) for the workers to
+join. Writes the plan (by content hash), summary.json, trace.json and
+loss.png into --out.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			eps := etcdx.ParseEndpoints(j.etcd)
-			if len(eps) == 0 {
-				return badInput("--etcd needs at least one endpoint (host:port,...)")
-			}
-			cfg, err := j.config(eps)
+			cfg, err := j.config([]string{"pending"})
 			if err != nil {
 				return err
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			if len(eps) == 0 {
+				// No cluster given: serve an embedded single-node etcd
+				// that the workers join.
+				e, err := etcdx.StartEmbedded(ctx, etcdx.EmbedConfig{Dir: filepath.Join(j.out, "etcd"), ClientURL: embedURL})
+				if err != nil {
+					return err
+				}
+				defer e.Close()
+				eps = e.Endpoints()
+				fmt.Fprintf(os.Stderr, "embedded etcd serving on %s (data %s); start workers with --etcd %s --job %s\n",
+					strings.Join(eps, ","), filepath.Join(j.out, "etcd"), strings.Join(eps, ","), j.job)
+			}
+			cfg.Endpoints = eps
 			return runJob(ctx, cfg, j.asJSON)
 		},
 	}
 	f := cmd.Flags()
 	j.register(f, "")
-	f.StringVar(&j.etcd, "etcd", "", "etcd endpoints, comma-separated host:port (required)")
+	f.StringVar(&j.etcd, "etcd", "", "etcd endpoints, comma-separated host:port (default: serve an embedded etcd on --embed-etcd-url)")
+	f.StringVar(&embedURL, "embed-etcd-url", "http://127.0.0.1:2379", "client URL of the embedded etcd when --etcd is empty")
 	f.StringVar(&j.out, "out", "run-coordinator", "directory for plans, summary, trace, loss plot and checkpoints")
 	_ = cmd.MarkFlagRequired("job")
 	return cmd
@@ -168,6 +183,13 @@ func writeOutputs(sum *coordinator.Summary, dir string, asJSON bool) error {
 	if sum.Measured != nil {
 		p = filepath.Join(dir, "trace.json")
 		if err := sum.WriteTrace(p); err != nil {
+			return err
+		}
+		files = append(files, p)
+	}
+	if sum.Calibration != nil {
+		p = filepath.Join(dir, "calibration.yaml")
+		if err := sum.WriteCalibration(p); err != nil {
 			return err
 		}
 		files = append(files, p)

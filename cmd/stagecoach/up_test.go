@@ -100,7 +100,7 @@ func TestUpBadInputExitsTwo(t *testing.T) {
 		{"up", "--schedule", "nope"},
 		{"up", "--job", "a/b"},
 		{"worker", "--etcd", "x:1", "--job", "j", "--name", "bad name"},
-		{"coordinator", "--job", "j"},
+		{"coordinator", "--job", "j", "--workers", "0"},
 		{"etcd", "--listen-client-urls", "ftp://x"},
 	} {
 		_, errOut, code := runCLI(t, t.TempDir(), args...)
