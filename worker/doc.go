@@ -1,5 +1,63 @@
 // Package worker owns one pipeline worker: a gRPC server that holds its
-// stage's model shard, runs its program from the Plan through the
+// stages' model shards, runs its program from the Plan through the
 // scheduler's Machine, streams activations and gradients to its peers and
 // steps its optimizer.
+//
+// # Driving a worker (the coordinator's side)
+//
+// Every request carries a Fence {job, leader_rev, epoch}. The job must be
+// the worker's Config.Job (else PermissionDenied). A leader_rev below the
+// highest the worker has seen is a deposed leader: FailedPrecondition, for
+// control RPCs and for peer tensors alike. The epoch must equal the one of
+// the last Configure (older: FailedPrecondition; newer: FailedPrecondition
+// until Configure for it).
+//
+//  1. Configure{fence, plan_json (scheduler JSON), worker (index in the
+//     plan), peers (Peer address of every plan worker, by index),
+//     model_json (a marshalled model.TrainConfig; model and optim are
+//     used), seed (overrides model.seed when non-zero), link_shaping_yaml
+//     (optional sim cluster YAML: emulated latency and bandwidth on every
+//     outgoing link, workers matched to nodes by the plan's Worker.Node)}.
+//     Stages whose layer range and model config did not change keep their
+//     trained weights across a reconfigure; fresh ones reset the applied
+//     step to 0 (LoadCheckpoint to resume).
+//  2. RunIteration{fence, iteration, data}: iteration is 1-based and must
+//     be the applied step + 1. data must hold every microbatch the worker
+//     embeds (origin Forward) or computes the loss of, as Samples windows
+//     of ctx+1 tokens; extra microbatches are ignored. Run it on all
+//     workers in parallel. The reply has the losses this worker computed,
+//     per-action timings (seconds from its iteration start, plus the
+//     absolute start), and tensor_sum_squares for the stages it is replica
+//     0 of. For the trainer's exact global norm sum tensor_sum_squares over
+//     all workers in ascending key order, then sqrt.
+//  3. Step{fence, iteration, clip_scale (model.ClipFactor, a float32 sent
+//     as double), lr (OptimConfig.LRAt(iteration))} on every worker. A
+//     step is applied at most once: a repeat gets AlreadyExists, a step
+//     without completed gradients FailedPrecondition.
+//  4. SaveCheckpoint / LoadCheckpoint{fence, dir, step}: dir relative to
+//     Config.DataDir (default "checkpoints"), files
+//     <dir>/step-<8 digits>/shard-<stage>.safetensors in the model's
+//     checkpoint layout. Save wants step == applied step (0 means that);
+//     Load sets the applied step. A failed load changes nothing.
+//
+// A failed RunIteration leaves parameters untouched (no Step is possible
+// for it). Retry it under a new epoch (Configure again), so no tensor of
+// the failed attempt can be mistaken for one of the retry.
+//
+// # Exactness
+//
+// Actions run in program order on the model's shards, which is the
+// model's ordering contract for GPipe, 1F1B, interleaved and zero-bubble
+// plans: with one replica per stage, losses, gradient norms, weights and
+// optimizer moments equal model.Trainer's bit for bit. The model has no
+// split backward, so BackwardInput runs the full backward and
+// BackwardWeight is a no-op. All-reduce rules: see allreduce.go.
+//
+// # Concurrency
+//
+// Control RPCs run one at a time. RunIteration's goroutine is the only
+// owner of the Machine, the shards and the tensor store; Peer streams only
+// validate tensors and queue them in a bounded mailbox (back-pressure
+// reaches the sender through gRPC flow control), and sends go through a
+// per-destination bounded queue (internal/transport.Outbox).
 package worker

@@ -60,6 +60,10 @@ func (s *Server) runIteration(ctx context.Context, req *pb.RunIterationRequest) 
 		return nil, err
 	}
 	j.ready = 0
+	// Settle sends left over from an aborted attempt so their failures
+	// are not reported as this iteration's (they fail fast: their
+	// context is gone).
+	_ = j.out.Flush(ctx)
 	for _, st := range j.stages {
 		st.shard.ZeroGrad()
 		st.reduced = false
