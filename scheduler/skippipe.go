@@ -274,7 +274,7 @@ func fullPipeline(cfg SkipPipeConfig, tuned bool) (*Plan, *SkipPipeStats, error)
 	return plan, stats, nil
 }
 
-// defaultIterations scales the search to about 1.5e8 simple steps.
+// defaultIterations scales the search to about 1e8 simple steps.
 func (nt *spNet) defaultIterations(m int) int {
 	if nt.iterations > 0 {
 		return nt.iterations
@@ -283,7 +283,7 @@ func (nt *spNet) defaultIterations(m int) int {
 	if nt.rules.PathStages > len(nt.parts) {
 		k = 2*len(nt.parts) + 1
 	}
-	it := int(1.5e8 / float64(m*m*k+1))
+	it := int(1e8 / float64(m*m*k+1))
 	return min(max(it, 1500), 20000)
 }
 

@@ -1,6 +1,9 @@
 package scheduler
 
-import "math"
+import (
+	"math"
+	"sort"
+)
 
 // Prioritised group construction, the start the collision-aware search
 // refines: origins are taken hardest first (the slowest best round trip),
@@ -189,7 +192,7 @@ func (nt *spNet) constructGroups(ev *spEval, evals *int, seqs [][]int, timed, gr
 				cands = append(cands, cand{p, nt.chainTime(p)})
 			}
 		}
-		sortStable(len(cands), func(i, j int) bool { return cands[i].chain < cands[j].chain }, func(i, j int) { cands[i], cands[j] = cands[j], cands[i] })
+		sort.SliceStable(cands, func(i, j int) bool { return cands[i].chain < cands[j].chain })
 		var bestPath []int
 		bestV := math.Inf(1)
 		for _, c := range cands[:min(len(cands), timed)] {
@@ -265,7 +268,7 @@ func groupScore(cfg *SkipPipeConfig, parts [][]int, seqs [][]int) (float64, int)
 // which origins end up far from everything). It spends at most about
 // workBudget simple steps and returns the best placement seen.
 func refinePlacement(cfg *SkipPipeConfig, parts [][]int, seed int64, evals *int) [][]int {
-	const workBudget = 1.5e8
+	const workBudget = 1e8
 	cur := make([][]int, len(parts))
 	for s := range parts {
 		cur[s] = append([]int(nil), parts[s]...)
@@ -282,7 +285,7 @@ func refinePlacement(cfg *SkipPipeConfig, parts [][]int, seed int64, evals *int)
 	// Per placement: every group ranks every sequence (twice, with the
 	// hardness pass) and times the best few.
 	perEval := float64(groups) * (2*float64(len(seqs)*k*widest*widest) + float64(min(len(seqs), refineTimedPaths)*m*m*(2*k+3)))
-	steps := min(int(workBudget/max(perEval, 1)), 1500)
+	steps := min(int(workBudget/max(perEval, 1)), 800)
 	if steps < 20 {
 		return cur
 	}

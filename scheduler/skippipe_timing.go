@@ -1,6 +1,9 @@
 package scheduler
 
-import "math"
+import (
+	"math"
+	"sort"
+)
 
 // The planners' own timing estimate. Every microbatch is a chain of tasks,
 // F on each hop, L on the origin, then B on each hop in reverse; a node
@@ -253,7 +256,7 @@ func (e *spEval) runFree(paths [][]int, record bool) float64 {
 	if record {
 		for n := range per {
 			s := per[n]
-			sortStable(len(s), func(i, j int) bool {
+			sort.SliceStable(s, func(i, j int) bool {
 				if s[i].t != s[j].t {
 					return s[i].t < s[j].t
 				}
@@ -261,7 +264,7 @@ func (e *spEval) runFree(paths [][]int, record bool) float64 {
 					return s[i].task.mb < s[j].task.mb
 				}
 				return s[i].task.j < s[j].task.j
-			}, func(i, j int) { s[i], s[j] = s[j], s[i] })
+			})
 			e.order[n] = e.order[n][:0]
 			for _, x := range s {
 				e.order[n] = append(e.order[n], x.task)
