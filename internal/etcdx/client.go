@@ -56,9 +56,13 @@ func Dial(ctx context.Context, endpoints []string, timeout time.Duration) (*clie
 }
 
 // NewSession grants a lease of ttl seconds (0 means DefaultTTL) and keeps it
-// alive. The session ends (Done closes) when the lease cannot be renewed
-// before it expires; everything bound to it is then gone.
+// alive until Close. The session ends (Done closes) when the lease cannot be
+// renewed before it expires; everything bound to it is then gone. The
+// session is detached from ctx's cancellation: a process stopping on a
+// signal must still revoke its lease in Close, so its keys vanish at once
+// instead of a TTL later.
 func NewSession(ctx context.Context, cli *clientv3.Client, ttl int) (*concurrency.Session, error) {
+	ctx = context.WithoutCancel(ctx)
 	if ttl == 0 {
 		ttl = DefaultTTL
 	}
