@@ -3,6 +3,8 @@ package worker
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"io/fs"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -162,6 +164,9 @@ func (s *Server) load(req *pb.CheckpointRequest) (*pb.CheckpointResponse, error)
 		}
 		path := filepath.Join(dir, model.ShardFile(st.id))
 		meta, err := model.LoadStates(path, staged[i], true)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%w: %v", ErrNoCheckpoint, err)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrBadInput, err)
 		}

@@ -88,7 +88,7 @@ func TestCorruptCheckpointChangesNothing(t *testing.T) {
 	_, err = d.Clients[1].LoadCheckpoint(ctx, &pb.CheckpointRequest{Fence: d.Fence, Dir: "ckpt", Step: 1})
 	wantCode(t, "truncated checkpoint", err, codes.InvalidArgument)
 	_, err = d.Clients[1].LoadCheckpoint(ctx, &pb.CheckpointRequest{Fence: d.Fence, Dir: "ckpt", Step: 5})
-	wantCode(t, "missing checkpoint", err, codes.InvalidArgument)
+	wantCode(t, "missing checkpoint", err, codes.NotFound)
 	after := checkpointParams(t, c, d, 1)
 	for name, w := range before {
 		for i := range w {

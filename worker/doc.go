@@ -38,7 +38,8 @@
 //     Config.DataDir (default "checkpoints"), files
 //     <dir>/step-<8 digits>/shard-<stage>.safetensors in the model's
 //     checkpoint layout. Save wants step == applied step (0 means that);
-//     Load sets the applied step. A failed load changes nothing.
+//     Load sets the applied step; a missing file is NotFound, a bad one
+//     InvalidArgument, and a failed load changes nothing.
 //
 // A failed RunIteration leaves parameters untouched (no Step is possible
 // for it). Retry it under a new epoch (Configure again), so no tensor of

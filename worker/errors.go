@@ -33,6 +33,8 @@ var (
 	// ErrPeer: a tensor could not be delivered to a peer (or the peer
 	// rejected it); the iteration is aborted.
 	ErrPeer = errors.New("peer transfer failed")
+	// ErrNoCheckpoint: the checkpoint asked for does not exist.
+	ErrNoCheckpoint = errors.New("no such checkpoint")
 	// ErrBadInput: a request or tensor that is malformed or inconsistent
 	// with the plan.
 	ErrBadInput = errors.New("bad input")
@@ -55,6 +57,8 @@ func toStatus(err error) error {
 		code = codes.InvalidArgument
 	case errors.Is(err, transport.ErrTooLarge):
 		code = codes.ResourceExhausted
+	case errors.Is(err, ErrNoCheckpoint):
+		code = codes.NotFound
 	case errors.Is(err, ErrPeer):
 		code = codes.Aborted
 	case errors.Is(err, context.DeadlineExceeded):
