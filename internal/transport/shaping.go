@@ -89,7 +89,11 @@ func (s *ClusterShaper) Cost(to int, bytes int) (busy, latency time.Duration) {
 	if l == nil {
 		return seconds(c.HopOverheadS), 0
 	}
-	return seconds(c.HopOverheadS + float64(bytes)/(l.BandwidthGiBs*(1<<30))), seconds(l.LatencyMS / 1000)
+	// Like the simulator, every message also carries the cluster's framing
+	// bytes. The payload is the real one: calibrate the cluster's
+	// activation size from the model for sim and runtime to agree.
+	wire := float64(bytes) + c.Compute.MessageHeaderBytes
+	return seconds(c.HopOverheadS + wire/(l.BandwidthGiBs*(1<<30))), seconds(l.LatencyMS / 1000)
 }
 
 // FixedShaper gives every link the same latency and bandwidth (bytes per

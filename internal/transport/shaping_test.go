@@ -24,13 +24,14 @@ func TestClusterShaperPricesLikeTheSimulator(t *testing.T) {
 		}
 	}
 	const bytes = 8 << 20
+	wire := bytes + c.Compute.MessageHeaderBytes
 	dur := func(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
 	for _, tc := range []struct {
 		to            int
 		busy, latency time.Duration
 	}{
-		{1, dur(c.HopOverheadS + bytes/(bl.BandwidthGiBs*(1<<30))), dur(bl.LatencyMS / 1000)},
-		{2, dur(c.HopOverheadS + bytes/(c.LocalLink.BandwidthGiBs*(1<<30))), dur(c.LocalLink.LatencyMS / 1000)},
+		{1, dur(c.HopOverheadS + wire/(bl.BandwidthGiBs*(1<<30))), dur(bl.LatencyMS / 1000)},
+		{2, dur(c.HopOverheadS + wire/(c.LocalLink.BandwidthGiBs*(1<<30))), dur(c.LocalLink.LatencyMS / 1000)},
 		{3, 0, 0}, // same node
 	} {
 		busy, lat := s.Cost(tc.to, bytes)
