@@ -53,7 +53,7 @@ type SkipPipeStats struct {
 	Policy string
 }
 
-var policyNames = map[spPolicy]string{polCritical: "critical-path", polFIFO: "arrival", polBackward: "backward-first", polFlush: "gpipe-flush"}
+var policyNames = map[spPolicy]string{polCritical: "critical-path", polFIFO: "arrival", polBackward: "backward-first", polFlush: "gpipe-flush", polLaunch: "launch-then-backward"}
 
 // PlanSkipPipeVariant builds the named schedule (see SkipPipeVariants).
 func PlanSkipPipeVariant(name string, cfg SkipPipeConfig) (*Plan, *SkipPipeStats, error) {

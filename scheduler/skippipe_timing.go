@@ -21,9 +21,10 @@ const (
 	polFIFO                         // earliest arrival first
 	polBackward                     // backward and loss before forward, then arrival
 	polFlush                        // GPipe: no backward before the node's last forward
+	polLaunch                       // origins launch forwards first; elsewhere backward first
 )
 
-var spPolicies = []spPolicy{polCritical, polFIFO, polBackward}
+var spPolicies = []spPolicy{polCritical, polFIFO, polBackward, polLaunch}
 
 // spTask names task j of microbatch mb.
 type spTask struct{ mb, j int32 }
@@ -210,6 +211,21 @@ func (e *spEval) better(pol spPolicy, paths [][]int, a, b int) bool {
 		ba, bb := ja >= ka, jb >= kb
 		if ba != bb {
 			return ba
+		}
+	case polLaunch:
+		// Both tasks are on one node; at an origin a forward (j == 0)
+		// goes first, elsewhere a backward does.
+		fa, fb := ja == 0, jb == 0
+		if fa != fb {
+			return fa
+		}
+		ba, bb := ja >= ka, jb >= kb
+		if ba != bb {
+			return ba
+		}
+		ta, tb := e.tail[a][ja], e.tail[b][jb]
+		if ta != tb {
+			return ta > tb
 		}
 	}
 	if e.ready[a] != e.ready[b] {
