@@ -51,8 +51,14 @@ type Config struct {
 	// and checkpoints. Required.
 	OutDir string
 	// Checkpoint asks every worker to save its shards after the last step
-	// under OutDir/checkpoints and records the checkpoint in etcd.
+	// under OutDir/checkpoints; the checkpoint manifest (with the data
+	// position) is committed in etcd in the same transaction as its step.
 	Checkpoint bool
+	// CheckpointEvery also checkpoints every that many steps (0: never).
+	// A job whose last committed step has a checkpoint resumes from it
+	// when a coordinator runs it again (after a crash or failover); a job
+	// whose last committed step has none is refused.
+	CheckpointEvery int
 
 	// RPCTimeout bounds one control RPC (default 5 min: an iteration of a
 	// big model is one RPC).
@@ -128,6 +134,9 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("coordinator: %w", err)
 	}
 	t.Stages = c.Stages
+	if c.CheckpointEvery < 0 {
+		return fmt.Errorf("coordinator: checkpoint interval %d is negative", c.CheckpointEvery)
+	}
 	if c.OutDir == "" {
 		return errors.New("coordinator: no output directory")
 	}

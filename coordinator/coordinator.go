@@ -54,6 +54,8 @@ type run struct {
 	sampler   *data.Sampler
 	ctxLen    int
 	stats     *measurements
+	// lastCheckpoint is the directory of the last committed checkpoint.
+	lastCheckpoint string
 }
 
 // Run campaigns for the job, waits for the workers, trains cfg.Steps steps
@@ -112,8 +114,9 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 	if err != nil {
 		return nil, err
 	}
-	if last := committer.Last(); last.Step != 0 {
-		return nil, fmt.Errorf("coordinator: job %s already committed step %d (epoch %d); resuming a job is not implemented, use a new job id", cfg.Job, last.Step, last.Epoch)
+	resume, err := resumePoint(ctx, leader, committer.Last(), cfg)
+	if err != nil {
+		return nil, err
 	}
 	epoch, err := nextEpoch(ctx, leader.Client(), keys)
 	if err != nil {
@@ -175,12 +178,20 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 	// The same sampler, seed and draw order as the single-process trainer
 	// (model/train), so a GPipe run sees exactly its windows.
 	r.sampler = data.NewSampler(corpus.Train, tc.Model.Seed)
+	first := int64(1)
+	if resume != nil {
+		if err := r.restore(ctx, resume); err != nil {
+			return nil, err
+		}
+		first = resume.Step + 1
+		cfg.Logf("resumed job %s from the checkpoint of step %d", cfg.Job, resume.Step)
+	}
 	r.stats = newMeasurements(plan, cfg.Steps)
 	cfg.Logf("epoch %d: %s over %d workers, %d stages, %d parameters", epoch, plan.Schedule, len(plan.Workers), len(plan.Stages), params)
 	start := time.Now()
 	var reports []StepReport
 	var tokens int64
-	for step := int64(1); step <= int64(cfg.Steps); step++ {
+	for step := first; step <= int64(cfg.Steps); step++ {
 		rep, err := r.iterate(ctx, step)
 		if err != nil {
 			if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
@@ -198,11 +209,7 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 	sum := &Summary{Job: cfg.Job, Schedule: plan.Schedule, Workers: len(plan.Workers), Stages: len(plan.Stages),
 		Microbatches: tc.Microbatches, MicrobatchSize: tc.MicrobatchSize, Params: params, Epoch: epoch,
 		LeaderRev: leader.Rev(), PlanPath: planPath, PlanSHA256: planHash, Steps: reports, ElapsedS: time.Since(start).Seconds()}
-	if cfg.Checkpoint {
-		if sum.Checkpoint, err = r.checkpoint(ctx, int64(cfg.Steps)); err != nil {
-			return nil, err
-		}
-	}
+	sum.Checkpoint = r.lastCheckpoint
 	sum.finish(r.stats)
 	return sum, nil
 }
@@ -288,38 +295,84 @@ func (r *run) configure(ctx context.Context, planJSON []byte, tc model.TrainConf
 	return n, err
 }
 
-// checkpoint asks every worker to save its shards after step and records
-// the checkpoint in etcd only once all have succeeded, so etcd never lists
-// a checkpoint that is incomplete.
-func (r *run) checkpoint(ctx context.Context, step int64) (string, error) {
-	// Workers put each step in its own subdirectory of dir.
-	dir, err := filepath.Abs(filepath.Join(r.cfg.OutDir, "checkpoints"))
+// CheckpointManifest is what etcd lists about a checkpoint. It is put in
+// the same transaction as its step's commit, after every worker has
+// written and synced its files, so etcd never lists a checkpoint of an
+// uncommitted step or one whose files are missing.
+type CheckpointManifest struct {
+	Step  int64 `json:"step"`
+	Epoch int64 `json:"epoch"`
+	// Base is the directory handed to the workers; Dir the step's own.
+	Base  string   `json:"base"`
+	Dir   string   `json:"dir"`
+	Files []string `json:"files"`
+	// DataPosition is the sampler state after the step's windows, so a
+	// resumed run draws exactly the windows an uninterrupted one would.
+	DataPosition string `json:"data_position"`
+}
+
+func (r *run) wantCheckpoint(step int64) bool {
+	c := r.cfg
+	return c.Checkpoint && step == int64(c.Steps) || c.CheckpointEvery > 0 && step%int64(c.CheckpointEvery) == 0
+}
+
+// saveCheckpoint asks every worker to save its shards after step.
+func (r *run) saveCheckpoint(ctx context.Context, step int64) (*CheckpointManifest, error) {
+	// Workers put each step in its own subdirectory of base.
+	base, err := filepath.Abs(filepath.Join(r.cfg.OutDir, "checkpoints"))
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	files := make([][]string, len(r.workers))
-	err = r.fanOut(ctx, "SaveCheckpoint", func(ctx context.Context, w *workerConn) error {
-		resp, err := w.cli.SaveCheckpoint(ctx, &pb.CheckpointRequest{Fence: r.fence, Dir: dir, Step: step})
+	err = r.fanOut(ctx, fmt.Sprintf("SaveCheckpoint %d", step), func(ctx context.Context, w *workerConn) error {
+		resp, err := w.cli.SaveCheckpoint(ctx, &pb.CheckpointRequest{Fence: r.fence, Dir: base, Step: step})
 		if err == nil {
 			files[w.idx] = resp.Files
 		}
 		return err
 	})
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	var all []string
+	m := &CheckpointManifest{Step: step, Epoch: r.fence.Epoch, Base: base, Dir: base, DataPosition: r.sampler.State()}
 	for _, f := range files {
-		all = append(all, f...)
+		m.Files = append(m.Files, f...)
 	}
-	if len(all) > 0 {
-		dir = filepath.Dir(all[0])
+	if len(m.Files) > 0 {
+		m.Dir = filepath.Dir(m.Files[0])
 	}
-	man := map[string]any{"step": step, "epoch": r.fence.Epoch, "dir": dir, "files": all}
-	if err := r.leader.PutJSON(ctx, r.leader.Keys().Checkpoint(step), man); err != nil {
-		return "", err
+	return m, nil
+}
+
+// resumePoint decides where a job starts: nil for a new job, the
+// checkpoint committed with the last step for a job that already ran.
+func resumePoint(ctx context.Context, leader *etcdx.Leader, last etcdx.Commit, cfg *Config) (*CheckpointManifest, error) {
+	if last.Step == 0 {
+		return nil, nil
 	}
-	return dir, nil
+	if last.Step >= int64(cfg.Steps) {
+		return nil, fmt.Errorf("coordinator: job %s already committed step %d of %d; nothing to resume (use a new job id)", cfg.Job, last.Step, cfg.Steps)
+	}
+	var m CheckpointManifest
+	found, err := etcdx.GetJSON(ctx, leader.Client(), leader.Keys().Checkpoint(last.Step), &m)
+	if err != nil {
+		return nil, err
+	}
+	if !found {
+		return nil, fmt.Errorf("coordinator: job %s already committed step %d without a checkpoint of it, so it cannot resume exactly (checkpoint every step, or use a new job id)", cfg.Job, last.Step)
+	}
+	return &m, nil
+}
+
+// restore loads the checkpoint into every worker and rewinds the sampler.
+func (r *run) restore(ctx context.Context, m *CheckpointManifest) error {
+	if err := r.sampler.SetState(m.DataPosition); err != nil {
+		return fmt.Errorf("coordinator: checkpoint of step %d: %w", m.Step, err)
+	}
+	return r.fanOut(ctx, fmt.Sprintf("LoadCheckpoint %d", m.Step), func(ctx context.Context, w *workerConn) error {
+		_, err := w.cli.LoadCheckpoint(ctx, &pb.CheckpointRequest{Fence: r.fence, Dir: m.Base, Step: m.Step})
+		return err
+	})
 }
 
 // ErrWorkerLost means a plan worker's registration vanished (its lease

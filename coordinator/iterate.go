@@ -2,10 +2,13 @@ package coordinator
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math"
 	"sort"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"stagecoach/internal/etcdx"
 	"stagecoach/model"
@@ -28,11 +31,13 @@ type StepReport struct {
 	// optimizer update on every worker).
 	ComputeS float64 `json:"compute_s"`
 	StepS    float64 `json:"step_s"`
+	// CheckpointS is the workers' checkpoint save, on checkpoint steps.
+	CheckpointS float64 `json:"checkpoint_s,omitempty"`
 	// CommitS is the fenced etcd commit of the step.
 	CommitS float64 `json:"commit_s"`
 	// ControlS is the coordinator and control-plane time: IterationS
-	// minus ComputeS and StepS (drawing data, the norm, RPC overheads
-	// outside the fan-outs, the commit).
+	// minus ComputeS, StepS and CheckpointS (drawing data, the norm, RPC
+	// overheads outside the fan-outs, the commit).
 	ControlS float64 `json:"control_s"`
 }
 
@@ -86,16 +91,33 @@ func (r *run) iterate(ctx context.Context, step int64) (StepReport, error) {
 		return StepReport{}, fmt.Errorf("%w (step %d not committed; the workers' shards may disagree)", err, step)
 	}
 	stepS := time.Since(tStep).Seconds()
+	var extra []clientv3.Op
+	var ckpt *CheckpointManifest
+	tCkpt := time.Now()
+	if r.wantCheckpoint(step) {
+		if ckpt, err = r.saveCheckpoint(ctx, step); err != nil {
+			return StepReport{}, fmt.Errorf("%w (step %d not committed)", err, step)
+		}
+		b, err := json.Marshal(ckpt)
+		if err != nil {
+			return StepReport{}, err
+		}
+		extra = append(extra, clientv3.OpPut(r.leader.Keys().Checkpoint(step), string(b)))
+	}
+	ckptS := time.Since(tCkpt).Seconds()
 	tCommit := time.Now()
-	if err := r.committer.Commit(ctx, etcdx.Commit{Step: step, Epoch: r.fence.Epoch, Loss: loss}); err != nil {
+	if err := r.committer.Commit(ctx, etcdx.Commit{Step: step, Epoch: r.fence.Epoch, Loss: loss}, extra...); err != nil {
 		return StepReport{}, err
+	}
+	if ckpt != nil {
+		r.lastCheckpoint = ckpt.Dir
 	}
 	commitS := time.Since(tCommit).Seconds()
 	r.stats.add(step, resps)
 	it := time.Since(t0).Seconds()
 	tokens := float64(tc.Microbatches * tc.MicrobatchSize * r.ctxLen)
 	return StepReport{Step: step, Loss: loss, GradNorm: norm, LR: lr, TokensPerS: tokens / it,
-		IterationS: it, ComputeS: runS, StepS: stepS, CommitS: commitS, ControlS: it - runS - stepS}, nil
+		IterationS: it, ComputeS: runS, StepS: stepS, CheckpointS: ckptS, CommitS: commitS, ControlS: it - runS - stepS - ckptS}, nil
 }
 
 // drawData draws every microbatch's windows in microbatch order, exactly

@@ -42,6 +42,7 @@ type jobFlags struct {
 	out       string
 	asJSON    bool
 	ckpt      bool
+	ckptEvery int
 }
 
 func (j *jobFlags) register(f *pflag.FlagSet, defaultJob string) {
@@ -64,6 +65,7 @@ func (j *jobFlags) register(f *pflag.FlagSet, defaultJob string) {
 	f.Int64Var(&j.maxBytes, "max-bytes", data.DefaultMaxBytes, "load at most this many bytes of the corpus")
 	f.BoolVar(&j.asJSON, "json", false, "print one JSON object per step on stdout")
 	f.BoolVar(&j.ckpt, "checkpoint", true, "save the workers' shards after the last step")
+	f.IntVar(&j.ckptEvery, "checkpoint-every", 0, "also checkpoint every N steps; a job rerun with the same --job resumes from its last committed checkpoint")
 }
 
 // config checks the flags and builds the coordinator's config.
@@ -79,7 +81,7 @@ func (j *jobFlags) config(endpoints []string) (coordinator.Config, error) {
 	cfg := coordinator.Config{
 		Job: j.job, Endpoints: endpoints, TTL: j.ttl, Workers: j.workers, Stages: j.stages,
 		Schedule: j.schedule, Train: tc, Steps: j.steps, CorpusDir: j.corpus, MaxCorpusBytes: j.maxBytes,
-		OutDir: j.out, Checkpoint: j.ckpt,
+		OutDir: j.out, Checkpoint: j.ckpt, CheckpointEvery: j.ckptEvery,
 	}
 	if err := cfg.Validate(); err != nil {
 		return cfg, badInput("%v", err)

@@ -58,8 +58,10 @@ func NewCommitter(ctx context.Context, l *Leader) (*Committer, error) {
 func (c *Committer) Last() Commit { return c.last }
 
 // Commit records next, which must be step Last().Step+1, in one fenced
-// transaction.
-func (c *Committer) Commit(ctx context.Context, next Commit) error {
+// transaction, together with extra (for example the step's checkpoint
+// manifest, so etcd lists a checkpoint exactly when its step is
+// committed).
+func (c *Committer) Commit(ctx context.Context, next Commit, extra ...clientv3.Op) error {
 	if next.Step != c.last.Step+1 {
 		return fmt.Errorf("etcdx: commit step %d after step %d would leave a gap or repeat", next.Step, c.last.Step)
 	}
@@ -72,7 +74,7 @@ func (c *Committer) Commit(ctx context.Context, next Commit) error {
 	resp, err := c.l.Txn(ctx, []clientv3.Cmp{
 		clientv3.Compare(clientv3.ModRevision(k.Iteration()), "=", c.rev),
 		clientv3.Compare(clientv3.CreateRevision(k.Commit(next.Step)), "=", 0),
-	}, clientv3.OpPut(k.Iteration(), string(b)), clientv3.OpPut(k.Commit(next.Step), string(b)))
+	}, append([]clientv3.Op{clientv3.OpPut(k.Iteration(), string(b)), clientv3.OpPut(k.Commit(next.Step), string(b))}, extra...)...)
 	if err != nil {
 		return fmt.Errorf("etcdx: commit step %d of job %s: %w", next.Step, k.Job(), err)
 	}
