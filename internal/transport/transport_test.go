@@ -195,3 +195,30 @@ func TestFloat32RoundTripIsBitExact(t *testing.T) {
 		t.Errorf("3 bytes: got %v, want ErrMalformed", err)
 	}
 }
+
+// A slow link pushes back on its sender: with room for one queued tensor
+// per stage of the link, Send blocks instead of buffering without bound.
+func TestOutboxBackPressure(t *testing.T) {
+	_, addr := startSink(t, 1<<20)
+	o, err := NewOutbox(Options{QueueLen: 1}, []string{addr}, FixedShaper{BytesPerSec: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	ctx := context.Background()
+	start := time.Now()
+	// Each 50 KiB tensor holds the link ~49 ms. One is on the link, one
+	// waits for its latency stage, one is queued: the 5th Send must wait
+	// for at least two to clear the link.
+	for range 5 {
+		if err := o.Send(ctx, 0, &pb.TensorHeader{}, pattern(50<<10)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if d := time.Since(start); d < 90*time.Millisecond {
+		t.Errorf("5 sends over a 1 MiB/s link with queues of 1 returned after %v; want >= 90ms (blocked)", d)
+	}
+	if err := o.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
