@@ -1,0 +1,164 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"stagecoach/scheduler"
+)
+
+func init() { rootCmd.AddCommand(newPlanCmd()) }
+
+type planFlags struct {
+	schedule     string
+	stages       int
+	microbatches int
+	replicas     int
+	chunks       int
+	layers       int
+	samples      int
+	memory       int
+	recompute    bool
+	format       string
+	dialect      string
+	mapping      string
+	check        string
+}
+
+func newPlanCmd() *cobra.Command {
+	var f planFlags
+	cmd := &cobra.Command{
+		Use:   "plan",
+		Short: "Write a schedule's plan (JSON or PyTorch CSV), or check a plan file",
+		Long: `Generate the plan of a schedule and write it to standard output, as the
+documented Plan JSON (default) or as PyTorch's per-rank action CSV
+(--format pytorch-csv, token dialect --dialect new|old).
+
+With --check FILE, read a plan instead (JSON, or a PyTorch CSV, told apart by
+the file's extension or content), validate it and print a one-line verdict;
+an invalid plan exits with status 2 and the validation error.
+
+Schedules: ` + strings.Join(scheduler.Names(), ", ") + `.`,
+		Example: `  stagecoach plan --schedule 1f1b --stages 4 --microbatches 8 > plan.json
+  stagecoach plan --schedule interleaved --stages 4 --chunks 2 --microbatches 8 --format pytorch-csv > plan.csv
+  stagecoach plan --check plan.json
+  stagecoach plan --check schedule.csv --dialect old --mapping v`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runPlan(cmd, &f) },
+	}
+	fs := cmd.Flags()
+	fs.StringVar(&f.schedule, "schedule", "1f1b", "schedule to generate")
+	fs.IntVar(&f.stages, "stages", 4, "pipeline depth p (ranks)")
+	fs.IntVar(&f.microbatches, "microbatches", 8, "microbatches per iteration m")
+	fs.IntVar(&f.replicas, "replicas", 1, "data-parallel replicas of each stage")
+	fs.IntVar(&f.chunks, "chunks", 0, "model chunks per worker for interleaved schedules (0: schedule default)")
+	fs.IntVar(&f.layers, "layers", 0, "model layers (0: one per stage)")
+	fs.IntVar(&f.samples, "samples", 1, "samples per microbatch")
+	fs.IntVar(&f.memory, "memory", 0, "activation memory per worker in microbatches (0: unbounded)")
+	fs.BoolVar(&f.recompute, "recompute", false, "recompute activations in the backward pass")
+	fs.StringVar(&f.format, "format", "json", "output format: json or pytorch-csv")
+	fs.StringVar(&f.dialect, "dialect", "", "PyTorch token dialect: new or old (default new; auto-detected with --check)")
+	fs.StringVar(&f.mapping, "mapping", "loop", "with --check on a CSV, stage-to-rank mapping: loop, v or infer")
+	fs.StringVar(&f.check, "check", "", "validate this plan file (JSON or PyTorch CSV) instead of generating one")
+	return cmd
+}
+
+func runPlan(cmd *cobra.Command, f *planFlags) error {
+	dialect, err := scheduler.ParseDialect(f.dialect)
+	if err != nil {
+		return badInput("--dialect: %v", err)
+	}
+	if f.check != "" {
+		mapping, err := scheduler.ParseStageMapping(f.mapping)
+		if err != nil {
+			return badInput("--mapping: %v", err)
+		}
+		return checkPlanFile(cmd.OutOrStdout(), f.check, dialect, mapping)
+	}
+	format := strings.ToLower(f.format)
+	if format != "json" && format != "pytorch-csv" {
+		return badInput("--format is %q, want json or pytorch-csv", f.format)
+	}
+	if format == "json" && f.dialect != "" {
+		return badInput("--dialect applies to --format pytorch-csv")
+	}
+	if _, err := scheduler.Lookup(f.schedule); err != nil {
+		return badInput("%v", err)
+	}
+	spec := scheduler.Spec{
+		Stages: f.stages, Microbatches: f.microbatches, Replicas: f.replicas, Chunks: f.chunks,
+		Layers: f.layers, Samples: f.samples, Memory: f.memory, Recompute: f.recompute,
+	}
+	plan, err := scheduler.Generate(f.schedule, spec)
+	if err != nil {
+		return badInput("%v", err)
+	}
+	if err := scheduler.Validate(plan); err != nil {
+		// A generator bug, not the user's fault.
+		return fmt.Errorf("schedule %s produced an invalid plan: %w", f.schedule, err)
+	}
+	var out bytes.Buffer
+	if format == "json" {
+		err = scheduler.Encode(&out, plan)
+	} else {
+		if dialect == scheduler.DialectAuto {
+			dialect = scheduler.DialectNew
+		}
+		err = scheduler.ExportPyTorchCSV(&out, plan, dialect)
+		if err != nil {
+			return badInput("%v", err)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	_, err = cmd.OutOrStdout().Write(out.Bytes())
+	return err
+}
+
+// checkPlanFile validates a JSON or PyTorch CSV plan and prints a verdict.
+func checkPlanFile(w io.Writer, path string, dialect scheduler.Dialect, mapping scheduler.StageMapping) error {
+	plan, kind, err := readAnyPlan(path, dialect, mapping)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "ok: %s: valid %s plan %q: %d workers, %d stages, %d microbatches, %d actions\n",
+		path, kind, plan.Schedule, len(plan.Workers), len(plan.Stages), len(plan.Microbatches), plan.TotalActions())
+	return nil
+}
+
+// readAnyPlan reads a plan file as JSON or as a PyTorch CSV: by extension
+// (.json, .csv), else by content (a JSON plan starts with '{'). Errors are
+// bad input.
+func readAnyPlan(path string, dialect scheduler.Dialect, mapping scheduler.StageMapping) (*scheduler.Plan, string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, "", badInput("%v", err)
+	}
+	isJSON := strings.HasPrefix(strings.TrimSpace(string(data)), "{")
+	switch strings.ToLower(filepath.Ext(path)) {
+	case ".json":
+		isJSON = true
+	case ".csv":
+		isJSON = false
+	}
+	if isJSON {
+		plan, err := scheduler.DecodeBytes(data)
+		if err != nil {
+			return nil, "", badInput("%s: %v", path, err)
+		}
+		return plan, "JSON", nil
+	}
+	name := strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
+	plan, err := scheduler.ImportPyTorchCSV(bytes.NewReader(data), scheduler.PyTorchCSVOptions{Dialect: dialect, Mapping: mapping, Name: name})
+	if err != nil {
+		return nil, "", badInput("%s: %v", path, err)
+	}
+	return plan, "PyTorch CSV", nil
+}
