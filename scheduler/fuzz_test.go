@@ -275,7 +275,7 @@ func TestValidatorRules(t *testing.T) {
 			p := skipPlan(4, [][]int{{0, 1, 2}, {0, 2}})
 			p.Skip.PathStages = 3
 			return p
-		}, RuleSkipLength, 0, "", "visits 2 stages, every path must visit 3"},
+		}, RuleSkipLength, 0, "F1@s0", "visits 2 stages, every path must visit 3"},
 		{"skip-path-length: no rules", func() *Plan {
 			p := gen("gpipe", Spec{Stages: 3, Microbatches: 1})
 			p.Microbatches[0].Path = p.Microbatches[0].Path[:2]
@@ -294,12 +294,12 @@ func TestValidatorRules(t *testing.T) {
 			p := skipPlan(4, [][]int{{0, 3, 1}})
 			p.Skip.SwapDistance = 1
 			return p
-		}, RuleSkipSwap, 1, "", "goes back from stage 3 to 1"},
+		}, RuleSkipSwap, 1, "F0@s1", "goes back from stage 3 to 1"},
 		{"skip-swap: count", func() *Plan {
 			p := skipPlan(5, [][]int{{0, 2, 1, 4, 3}})
 			p.Skip.MaxSwaps = 1
 			return p
-		}, RuleSkipSwap, 3, "", "swaps 2 times, at most 1"},
+		}, RuleSkipSwap, 3, "F0@s3", "swaps 2 times, at most 1"},
 		{"skip-swap: no rules", func() *Plan {
 			p := skipPlan(3, [][]int{{0, 2, 1}})
 			p.Skip = nil
@@ -309,7 +309,7 @@ func TestValidatorRules(t *testing.T) {
 			p := skipPlan(5, [][]int{{0, 4}})
 			p.Skip.MaxJump = 3
 			return p
-		}, RuleSkipJump, 4, "", "jumps from stage 0 to 4, more than 3"},
+		}, RuleSkipJump, 4, "F0@s4", "jumps from stage 0 to 4, more than 3"},
 		{"skip-capacity: worker", func() *Plan {
 			p := skipPlan(3, [][]int{{0, 1}, {0, 1}, {0, 2}})
 			p.Skip.MaxPerWorker = 1

@@ -245,25 +245,27 @@ func validateSkipRules(p *Plan) error {
 	for mb := range p.Microbatches {
 		path := p.Microbatches[mb].Path
 		if len(path) != r.PathStages {
-			return verr(path[0].Worker, nil, RuleSkipLength, "microbatch %d visits %d stages, every path must visit %d", mb, len(path), r.PathStages)
+			origin := F(mb, 0)
+			return verr(path[0].Worker, &origin, RuleSkipLength, "microbatch %d visits %d stages, every path must visit %d", mb, len(path), r.PathStages)
 		}
 		furthest, swaps := 0, 0
 		for i := 1; i < len(path); i++ {
 			s := path[i].Stage
+			hop := F(mb, s)
 			if s == 0 {
-				return verr(path[i].Worker, nil, RuleSkipRepeat, "microbatch %d returns to stage 0 at hop %d", mb, i)
+				return verr(path[i].Worker, &hop, RuleSkipRepeat, "microbatch %d returns to stage 0 at hop %d", mb, i)
 			}
 			if s < furthest {
 				swaps++
 				if furthest-s > r.SwapDistance {
-					return verr(path[i].Worker, nil, RuleSkipSwap, "microbatch %d goes back from stage %d to %d, more than %d", mb, furthest, s, r.SwapDistance)
+					return verr(path[i].Worker, &hop, RuleSkipSwap, "microbatch %d goes back from stage %d to %d, more than %d", mb, furthest, s, r.SwapDistance)
 				}
 				if swaps > r.MaxSwaps {
-					return verr(path[i].Worker, nil, RuleSkipSwap, "microbatch %d swaps %d times, at most %d allowed", mb, swaps, r.MaxSwaps)
+					return verr(path[i].Worker, &hop, RuleSkipSwap, "microbatch %d swaps %d times, at most %d allowed", mb, swaps, r.MaxSwaps)
 				}
 			}
 			if jump := s - path[i-1].Stage; jump > r.MaxJump {
-				return verr(path[i].Worker, nil, RuleSkipJump, "microbatch %d jumps from stage %d to %d, more than %d", mb, path[i-1].Stage, s, r.MaxJump)
+				return verr(path[i].Worker, &hop, RuleSkipJump, "microbatch %d jumps from stage %d to %d, more than %d", mb, path[i-1].Stage, s, r.MaxJump)
 			}
 			if s > furthest {
 				furthest = s
