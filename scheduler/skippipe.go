@@ -388,6 +388,14 @@ func (e *spEval) replayPlan(p *Plan) float64 {
 	for w := range ms {
 		ms[w] = NewMachine(ix, w)
 	}
+	node := make([]int, len(ms))
+	index := make(map[string]int, len(nt.names))
+	for i, n := range nt.names {
+		index[n] = i
+	}
+	for w := range ms {
+		node[w] = index[p.Workers[w].Node]
+	}
 	free := make([]float64, len(ms))
 	arrive := map[Tag]float64{}
 	end := 0.0
@@ -407,16 +415,16 @@ func (e *spEval) replayPlan(p *Plan) float64 {
 				d := 0.0
 				switch a.Kind {
 				case Forward:
-					d = nt.fwd[w]
+					d = nt.fwd[node[w]]
 				case Backward:
-					d = nt.bwdRatio * nt.fwd[w]
+					d = nt.bwdRatio * nt.fwd[node[w]]
 				case Loss:
-					d = nt.lossRatio * nt.fwd[w]
+					d = nt.lossRatio * nt.fwd[node[w]]
 				}
 				free[w] = t + d
 				end = max(end, free[w])
 				for _, msg := range m.Finish() {
-					arrive[msg.Tag()] = free[w] + nt.hopDelay(w, msg.To)
+					arrive[msg.Tag()] = free[w] + nt.hopDelay(node[w], node[msg.To])
 					// Plans built here never address a message twice.
 					_ = ms[msg.To].Deliver(msg)
 				}
@@ -437,9 +445,16 @@ func (nt *spNet) buildPlan(paths [][]int, order [][]spTask, name string, skip bo
 	for _, o := range nt.mbOrigin {
 		own[o]++
 	}
+	// Workers are numbered stage by stage, each stage in ring order: a
+	// stage's replicas all-reduce around a ring in worker order, so the
+	// ring takes the shortest tour found over the stage's links.
+	wid := make([]int, len(nt.names))
+	next := 0
 	for s, part := range nt.parts {
-		for r, v := range part {
-			w := &p.Workers[v]
+		for r, v := range nt.ringOrder(part) {
+			wid[v] = next
+			w := &p.Workers[next]
+			next++
 			w.Node, w.Stages, w.Replica = nt.names[v], []int{s}, r
 			if skip {
 				w.Memory = max(nt.cap, own[v])
@@ -450,9 +465,9 @@ func (nt *spNet) buildPlan(paths [][]int, order [][]spTask, name string, skip bo
 	for mb, path := range paths {
 		hops := make([]Hop, len(path))
 		for i, v := range path {
-			hops[i] = Hop{Worker: v, Stage: nt.stageOf[v]}
+			hops[i] = Hop{Worker: wid[v], Stage: nt.stageOf[v]}
 		}
-		p.Microbatches[mb] = Microbatch{Samples: nt.samples, Path: hops, LossWorker: path[0]}
+		p.Microbatches[mb] = Microbatch{Samples: nt.samples, Path: hops, LossWorker: wid[path[0]]}
 	}
 	p.Programs = make([][]Action, len(nt.names))
 	for v := range p.Programs {
@@ -472,13 +487,72 @@ func (nt *spNet) buildPlan(paths [][]int, order [][]spTask, name string, skip bo
 		if s := nt.stageOf[v]; len(nt.parts[s]) > 1 {
 			prog = append(prog, R(s))
 		}
-		p.Programs[v] = append(prog, Step())
+		p.Programs[wid[v]] = append(prog, Step())
 	}
 	if skip {
 		r := nt.rules
 		p.Skip = &r
 	}
 	return p
+}
+
+// ringOrder orders a stage's nodes for its ring all-reduce: the tour
+// whose slowest link (delay, worse direction) is fastest, by exhaustive
+// search up to 7 nodes (first node fixed, ties to the first tour found),
+// nearest neighbour beyond. Nodes come in ascending order when no tour
+// beats that.
+func (nt *spNet) ringOrder(part []int) []int {
+	nodes := append([]int(nil), part...)
+	sortInts(nodes)
+	if len(nodes) < 3 {
+		return nodes
+	}
+	link := func(a, b int) float64 { return max(nt.hopDelay(a, b), nt.hopDelay(b, a)) }
+	worst := func(t []int) float64 {
+		w := 0.0
+		for i := range t {
+			w = max(w, link(t[i], t[(i+1)%len(t)]))
+		}
+		return w
+	}
+	best := append([]int(nil), nodes...)
+	bestW := worst(best)
+	if len(nodes) <= 7 {
+		cur := append([]int(nil), nodes...)
+		var perm func(i int)
+		perm = func(i int) {
+			if i == len(cur) {
+				if w := worst(cur); w < bestW {
+					bestW = w
+					copy(best, cur)
+				}
+				return
+			}
+			for j := i; j < len(cur); j++ {
+				cur[i], cur[j] = cur[j], cur[i]
+				perm(i + 1)
+				cur[i], cur[j] = cur[j], cur[i]
+			}
+		}
+		perm(1)
+		return best
+	}
+	tour := []int{nodes[0]}
+	used := map[int]bool{nodes[0]: true}
+	for len(tour) < len(nodes) {
+		last, pick := tour[len(tour)-1], -1
+		for _, v := range nodes {
+			if !used[v] && (pick < 0 || link(last, v) < link(last, pick)) {
+				pick = v
+			}
+		}
+		used[pick] = true
+		tour = append(tour, pick)
+	}
+	if worst(tour) < bestW {
+		return tour
+	}
+	return best
 }
 
 // newRand is the planners' seeded source; stream separates the uses of

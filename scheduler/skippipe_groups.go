@@ -234,8 +234,65 @@ func (nt *spNet) constructGroups(ev *spEval, evals *int, seqs [][]int, timed, gr
 			commit(g.first+i, p)
 		}
 	}
+	// Repair rounds: each group in turn gives up its paths and takes the
+	// best one against all the others, kept only if the plan gets faster.
+	whole := func() float64 {
+		*evals++
+		return ev.run(st.paths, polCritical, false) + 0.1*ev.meanDone
+	}
+	cur := whole()
+	for range repairRounds {
+		improved := false
+		for _, gi := range idx {
+			g := groups[gi]
+			old := make([][]int, g.size)
+			for i := range g.size {
+				old[i] = st.paths[g.first+i]
+				for _, v := range old[i][1:] {
+					st.count[v]--
+					room[nt.stageOf[v]]++
+				}
+				left++
+			}
+			placed = placed[:0]
+			for mb, p := range st.paths {
+				if mb < g.first || mb >= g.first+g.size {
+					placed = append(placed, p)
+				}
+			}
+			p := place(g.origin, g.size)
+			for i := range g.size {
+				next := old[i]
+				if p != nil {
+					next = p
+				}
+				commit(g.first+i, next)
+			}
+			if p == nil {
+				continue
+			}
+			if v := whole(); v < cur-1e-9 {
+				cur, improved = v, true
+				continue
+			}
+			for i := range g.size {
+				for _, v := range st.paths[g.first+i][1:] {
+					st.count[v]--
+					room[nt.stageOf[v]]++
+				}
+				left++
+				commit(g.first+i, old[i])
+			}
+		}
+		if !improved {
+			break
+		}
+	}
 	return st
 }
+
+// repairRounds bounds the group repair passes.
+const repairRounds = 3
 
 // chainTime is one microbatch's time along path with the nodes to itself.
 func (nt *spNet) chainTime(path []int) float64 {
