@@ -239,16 +239,10 @@ func buildSimJob(env *simEnv, name string) (*simJob, error) {
 }
 
 func readPlanFile(path string) (*scheduler.Plan, error) {
-	fh, err := os.Open(path)
-	if err != nil {
-		return nil, badInput("%v", err)
-	}
-	defer fh.Close()
-	pl, err := scheduler.Decode(fh)
-	if err != nil {
-		return nil, badInput("%s: %v", path, err)
-	}
-	return pl, nil
+	// JSON, or a PyTorch action CSV with its dialect detected and stages
+	// mapped loop-style.
+	pl, _, err := readAnyPlan(path, scheduler.DialectAuto, scheduler.MappingLoop)
+	return pl, err
 }
 
 func runSimJobs(env *simEnv, jobs []*simJob) ([]*sim.Result, error) {
