@@ -119,7 +119,7 @@ func reference(t *testing.T, tc model.TrainConfig, corpusDir string, steps int) 
 	return losses, tr.States()
 }
 
-func TestGPipeIsBitIdenticalToSingleProcess(t *testing.T) {
+func TestPipelinesAreBitIdenticalToSingleProcess(t *testing.T) {
 	corpus := writeCorpus(t)
 	const steps = 3
 	for _, tt := range []struct {
@@ -128,11 +128,13 @@ func TestGPipeIsBitIdenticalToSingleProcess(t *testing.T) {
 		// exact: bit-identical. Replicas sum gradients per replica before
 		// the all-reduce, a different float32 order than the reference's
 		// one running sum, so they only agree to rounding.
-		exact bool
-	}{{"gpipe", 2, 2, true}, {"gpipe", 3, 3, true}, {"1f1b", 3, 3, true}, {"gpipe", 4, 2, false}} {
+		exact  bool
+		layers int
+	}{{"gpipe", 2, 2, true, 3}, {"gpipe", 3, 3, true, 3}, {"1f1b", 3, 3, true, 3}, {"gpipe", 4, 2, false, 3},
+		{"zb-h1", 2, 2, true, 3}, {"interleaved", 2, 2, true, 4}} {
 		t.Run(fmt.Sprintf("%s/%dworkers/%dstages", tt.schedule, tt.workers, tt.stages), func(t *testing.T) {
 			job := fmt.Sprintf("exact-%s-%d-%d", tt.schedule, tt.workers, tt.stages)
-			tc := tinyTrain(3)
+			tc := tinyTrain(tt.layers)
 			wantLoss, wantParams := reference(t, tc, corpus, steps)
 			cl := startCluster(t, job, tt.workers)
 			out := t.TempDir()
