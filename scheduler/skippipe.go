@@ -151,7 +151,7 @@ func PlanSkipPipe(cfg SkipPipeConfig) (*Plan, *SkipPipeStats, error) {
 	if cfg.CollisionAware {
 		seqs := nt.stageSeqs(nt.rules.PathStages-1, maxStageSeqs)
 		for _, size := range groupSizes(nt.cap) {
-			g := nt.constructGroups(ev, &stats.Evaluations, seqs, maxTimedPaths, size)
+			g := nt.constructGroups(ev, &stats.Evaluations, seqs, maxTimedPaths, size, repairRounds)
 			if g == nil {
 				continue
 			}

@@ -109,7 +109,7 @@ func (nt *spNet) bestNodes(origin int, stages []int, count []int, perNodeCap, ne
 // constructGroups builds paths group by group as described above. It
 // returns nil when some group finds no path (the caller falls back to
 // the balanced greedy).
-func (nt *spNet) constructGroups(ev *spEval, evals *int, seqs [][]int, timed, groupSize int) *spState {
+func (nt *spNet) constructGroups(ev *spEval, evals *int, seqs [][]int, timed, groupSize, rounds int) *spState {
 	k := nt.rules.PathStages - 1
 	if len(seqs) == 0 {
 		return nil
@@ -241,7 +241,7 @@ func (nt *spNet) constructGroups(ev *spEval, evals *int, seqs [][]int, timed, gr
 		return ev.run(st.paths, polCritical, false) + 0.1*ev.meanDone
 	}
 	cur := whole()
-	for range repairRounds {
+	for range rounds {
 		improved := false
 		for _, gi := range idx {
 			g := groups[gi]
@@ -291,7 +291,8 @@ func (nt *spNet) constructGroups(ev *spEval, evals *int, seqs [][]int, timed, gr
 	return st
 }
 
-// repairRounds bounds the group repair passes.
+// repairRounds bounds the group repair passes of the final construction
+// (placement refinement, which builds many, skips them).
 const repairRounds = 3
 
 // chainTime is one microbatch's time along path with the nodes to itself.
@@ -312,7 +313,7 @@ func groupScore(cfg *SkipPipeConfig, parts [][]int, seqs [][]int) (float64, int)
 	nt := newNet(cfg, parts)
 	ev := newEval(nt)
 	n := 0
-	g := nt.constructGroups(ev, &n, seqs, refineTimedPaths, nt.cap)
+	g := nt.constructGroups(ev, &n, seqs, refineTimedPaths, nt.cap, 0)
 	if g == nil {
 		return math.Inf(1), n
 	}
