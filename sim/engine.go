@@ -358,6 +358,11 @@ func (e *engine) allReduceTime(stage int) float64 {
 		return 0
 	}
 	bytes := e.c.Compute.GradientBytesPerLayer * float64(e.plan.Stages[stage].Layers)
+	if bytes == 0 {
+		// A cost model without gradient sizes leaves data-parallel
+		// synchronisation out, as the SkipPipe authors' simulator does.
+		return 0
+	}
 	worst := 0.0
 	for i, w := range rs {
 		o := rs[(i+1)%n]

@@ -221,47 +221,20 @@ func skipConfigFromCluster(c *sim.Cluster, seed int64, pathStages int) (schedule
 	return cfg, nil
 }
 
-// hopTimes prices one microbatch's hop between every pair of nodes the
-// way the simulator does (sim.Cluster's hop: overhead plus bytes over the
-// link's bandwidth occupy the link, then its latency), or takes the
-// cluster's delay matrix, which occupies no link.
-// NOTE: this mirrors sim's unexported Cluster.hop; an exported
-// sim.Cluster.HopTime would remove the copy.
+// hopTimes prices one microbatch's hop between every pair of nodes exactly
+// as the simulator does: the delay, and the part of it that holds the
+// sender's link.
 func hopTimes(c *sim.Cluster, bytes float64) (delay, busy [][]float64) {
 	n := len(c.Nodes)
-	links := map[[2]string]sim.Link{}
-	for _, l := range c.Links {
-		links[[2]string{l.A, l.B}] = l.Link
-		links[[2]string{l.B, l.A}] = l.Link
-	}
 	delay, busy = make([][]float64, n), make([][]float64, n)
 	for a := range n {
 		delay[a], busy[a] = make([]float64, n), make([]float64, n)
 		for b := range n {
-			na, nb := &c.Nodes[a], &c.Nodes[b]
-			if a == b || na.Name == nb.Name {
+			if a == b {
 				continue
 			}
-			if len(c.Delays) > 0 {
-				delay[a][b] = c.Delays[a][b]
-				continue
-			}
-			var l sim.Link
-			ok := false
-			if na.Region == nb.Region {
-				if c.LocalLink != nil {
-					l, ok = *c.LocalLink, true
-				}
-			} else if l, ok = links[[2]string{na.Region, nb.Region}]; !ok && c.DefaultLink != nil {
-				l, ok = *c.DefaultLink, true
-			}
-			bz := c.HopOverheadS
-			lat := 0.0
-			if ok {
-				bz += bytes / (l.BandwidthGiBs * (1 << 30))
-				lat = l.LatencyMS / 1000
-			}
-			busy[a][b], delay[a][b] = bz, bz+lat
+			bz, lat := c.HopTime(a, b, bytes)
+			delay[a][b], busy[a][b] = bz+lat, bz
 		}
 	}
 	return delay, busy
