@@ -12,6 +12,7 @@ import (
 	"stagecoach/internal/etcdx"
 	"stagecoach/model"
 	pb "stagecoach/proto"
+	"stagecoach/sim"
 )
 
 // Config is one training job as the coordinator runs it. Validate fills
@@ -67,6 +68,28 @@ type Config struct {
 	WaitTimeout time.Duration
 	// Dial connects to a worker's gRPC address; nil dials insecure gRPC.
 	Dial func(ctx context.Context, addr string) (pb.WorkerClient, func() error, error)
+	// Cluster, when set, is a sim cluster YAML (see ScaleLinks): every
+	// worker emulates its links (link_shaping_yaml; workers are matched
+	// to its nodes by registered name), and the planner prices hops with
+	// it. When its workload's stage_nodes sum to Workers, SkipPipe plans
+	// use those stage sizes (stages may then differ in node count).
+	Cluster []byte
+	// Costs is the cost model the planner starts from (a calibration,
+	// e.g. from `stagecoach calibrate`); nil means Cluster's nominal
+	// costs, or uniform ones without a Cluster. The coordinator replaces
+	// it with its own calibration when it replans.
+	Costs *sim.Cluster
+	// ReplanDrift, when > 0, makes the coordinator keep a cost model
+	// calibrated from the workers' reported timings and replan (a new
+	// epoch, between two steps) when it drifts from the one the current
+	// plan was made with by more than this fraction (0.5: a node's
+	// compute or a link's measured overhead off by 50%).
+	ReplanDrift float64
+	// ReplanWarmup is how many steps of a plan are measured before its
+	// drift is judged (default 2: the first step of a plan pays for
+	// allocations and connections).
+	ReplanWarmup int
+
 	// OnStep, when set, is called after every committed step.
 	OnStep func(StepReport)
 	// Logf receives progress lines; nil discards them.
@@ -108,7 +131,24 @@ func (c *Config) Validate() error {
 	if c.Stages == 0 {
 		c.Stages = c.Workers
 	}
-	if c.Stages < 1 || c.Workers%c.Stages != 0 {
+	if len(c.Cluster) > 0 {
+		if _, err := sim.ParseCluster(c.Cluster); err != nil {
+			return fmt.Errorf("coordinator: cluster: %w", err)
+		}
+	}
+	if c.ReplanDrift < 0 || c.ReplanWarmup < 0 {
+		return fmt.Errorf("coordinator: replan drift %v and warm-up %d must not be negative", c.ReplanDrift, c.ReplanWarmup)
+	}
+	if c.ReplanWarmup == 0 {
+		c.ReplanWarmup = 2
+	}
+	unequal := isSkipPipe(c.Schedule) && c.clusterStageSizes() != nil
+	if unequal {
+		// The cluster's workload fixes the stages, with as many nodes
+		// each as it lists (SkipPipe's [5,3,3,3,3,3]).
+		c.Stages = len(c.clusterStageSizes())
+	}
+	if c.Stages < 1 || (!unequal && c.Workers%c.Stages != 0) {
 		return fmt.Errorf("coordinator: %d workers cannot hold %d stages with equal replicas", c.Workers, c.Stages)
 	}
 	if c.Steps < 1 {

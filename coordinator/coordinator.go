@@ -54,6 +54,8 @@ type run struct {
 	sampler   *data.Sampler
 	ctxLen    int
 	stats     *measurements
+	// drift watches the cost model for replanning (calibrate.go).
+	drift *replanner
 	// lastCheckpoint is the directory of the last committed checkpoint.
 	lastCheckpoint string
 }
@@ -187,6 +189,9 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 		cfg.Logf("resumed job %s from the checkpoint of step %d", cfg.Job, resume.Step)
 	}
 	r.stats = newMeasurements(plan, cfg.Steps)
+	if err := r.startReplanner(); err != nil {
+		return nil, err
+	}
 	cfg.Logf("epoch %d: %s over %d workers, %d stages, %d parameters", epoch, plan.Schedule, len(plan.Workers), len(plan.Stages), params)
 	start := time.Now()
 	var reports []StepReport
@@ -201,6 +206,9 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 		}
 		tokens += int64(tc.Microbatches * tc.MicrobatchSize * r.ctxLen)
 		rep.Tokens = tokens
+		if err := r.maybeReplan(ctx, step); err != nil {
+			return nil, err
+		}
 		reports = append(reports, rep)
 		if cfg.OnStep != nil {
 			cfg.OnStep(rep)
@@ -211,6 +219,7 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 		LeaderRev: leader.Rev(), PlanPath: planPath, PlanSHA256: planHash, Steps: reports, ElapsedS: time.Since(start).Seconds()}
 	sum.Checkpoint = r.lastCheckpoint
 	sum.finish(r.stats)
+	r.finishReplans(sum)
 	return sum, nil
 }
 
@@ -280,7 +289,7 @@ func (r *run) configure(ctx context.Context, planJSON []byte, tc model.TrainConf
 	counts := make([]int64, len(r.workers))
 	err = r.fanOut(ctx, "Configure", func(ctx context.Context, w *workerConn) error {
 		resp, err := w.cli.Configure(ctx, &pb.ConfigureRequest{Fence: r.fence, PlanJson: planJSON, Worker: int32(w.idx),
-			Peers: peers, ModelJson: modelJSON, Seed: int64(tc.Model.Seed)})
+			Peers: peers, ModelJson: modelJSON, Seed: int64(tc.Model.Seed), LinkShapingYaml: r.cfg.Cluster})
 		if err == nil {
 			counts[w.idx] = resp.NumParams
 		}

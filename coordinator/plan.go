@@ -39,9 +39,18 @@ type PlanWorker struct {
 // input from the registered workers.
 const SkipPipe = "skippipe"
 
+// SkipPipeFull is GPipe over SkipPipe's placement and microbatches (every
+// microbatch visits every stage; scheduler.SkipPipeFull): the like-for-like
+// baseline of "skippipe" on a heterogeneous cluster, where stages may have
+// different node counts.
+const SkipPipeFull = "skippipe-full"
+
+// isSkipPipe reports whether name is planned by the SkipPipe planner.
+func isSkipPipe(name string) bool { return name == SkipPipe || name == SkipPipeFull }
+
 // knownSchedule reports whether name can be planned.
 func knownSchedule(name string) error {
-	if name == SkipPipe {
+	if isSkipPipe(name) {
 		return nil
 	}
 	_, err := scheduler.Lookup(name)
@@ -55,14 +64,20 @@ func knownSchedule(name string) error {
 // SkipPipe places nodes itself. This only checks that the plan fits the
 // model the workers will build.
 func buildPlan(cfg *Config, members []etcdx.Member, epoch int64) (*scheduler.Plan, []etcdx.Member, model.Layout, error) {
+	return buildPlanFrom(cfg, members, epoch, nil)
+}
+
+// buildPlanFrom is buildPlan; prev, when set, is the plan being replaced
+// (SkipPipe keeps its placement).
+func buildPlanFrom(cfg *Config, members []etcdx.Member, epoch int64, prev *scheduler.Plan) (*scheduler.Plan, []etcdx.Member, model.Layout, error) {
 	names := make([]string, len(members))
 	for i, m := range members {
 		names[i] = m.Name
 	}
 	var p *scheduler.Plan
 	var err error
-	if cfg.Schedule == SkipPipe {
-		p, err = skipPipePlan(cfg, names)
+	if isSkipPipe(cfg.Schedule) {
+		p, err = skipPipePlan(cfg, names, prev)
 	} else {
 		p, err = scheduler.Generate(cfg.Schedule, scheduler.Spec{
 			Stages: cfg.Stages, Replicas: cfg.Workers / cfg.Stages,
@@ -115,35 +130,20 @@ func buildPlan(cfg *Config, members []etcdx.Member, epoch int64) (*scheduler.Pla
 	return p, ordered, layout, nil
 }
 
-// skipPipePlan builds the SkipPipe input for equal stages of
-// workers/stages nodes on a uniform loopback network: every node equally
-// fast, every hop equally cheap. (Calibrated costs would replace these.)
-func skipPipePlan(cfg *Config, names []string) (*scheduler.Plan, error) {
-	per := cfg.Workers / cfg.Stages
-	if cfg.Train.Microbatches%per != 0 {
-		return nil, fmt.Errorf("%d microbatches do not split evenly over the %d origins of stage 0", cfg.Train.Microbatches, per)
+// skipPipePlan plans the SkipPipe variant (scheduler.SkipPipeCA for
+// "skippipe", scheduler.SkipPipeFull for "skippipe-full") over the named
+// nodes from the planning cost model (see skipPipeInput); prev fixes the
+// placement on a replan.
+func skipPipePlan(cfg *Config, names []string, prev *scheduler.Plan) (*scheduler.Plan, error) {
+	sc, err := skipPipeInput(cfg, names, prev)
+	if err != nil {
+		return nil, err
 	}
-	n := len(names)
-	sizes := make([]int, cfg.Stages)
-	for i := range sizes {
-		sizes[i] = per
+	variant := scheduler.SkipPipeCA
+	if cfg.Schedule == SkipPipeFull {
+		variant = scheduler.SkipPipeFull
 	}
-	delay := make([][]float64, n)
-	fwd := make([]float64, n)
-	for i := range delay {
-		delay[i] = make([]float64, n)
-		for j := range delay[i] {
-			if i != j {
-				delay[i][j] = 1e-3
-			}
-		}
-		fwd[i] = 1e-2
-	}
-	p, _, err := scheduler.PlanSkipPipe(scheduler.SkipPipeConfig{
-		NodeNames: names, StageSizes: sizes, Delay: delay, ForwardS: fwd,
-		Memory: cfg.Train.Microbatches, MicrobatchesPerOrigin: cfg.Train.Microbatches / per,
-		Layers: cfg.Train.Model.Layers, Samples: cfg.Train.MicrobatchSize, CollisionAware: true, Seed: int64(cfg.Train.Model.Seed),
-	})
+	p, _, err := scheduler.PlanSkipPipeVariant(variant, sc)
 	return p, err
 }
 

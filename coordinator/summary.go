@@ -55,8 +55,16 @@ type Summary struct {
 	Calibration     *sim.Cluster `json:"-"`
 	// UnparsedTimings counts worker timings whose action the coordinator
 	// could not read (left out of the trace).
-	UnparsedTimings int          `json:"unparsed_timings,omitempty"`
-	Steps           []StepReport `json:"steps"`
+	UnparsedTimings int `json:"unparsed_timings,omitempty"`
+	// Replans lists the plan changes made on cost drift (Config.ReplanDrift);
+	// Epoch, Schedule and PlanPath then describe the last plan.
+	Replans []Replan `json:"replans,omitempty"`
+	// CostModel is the cost model calibrated from the last plan's steps
+	// after warm-up (Config.ReplanWarmup): measured compute per stage
+	// and node, the emulated links with the measured per-hop overhead.
+	// Planning (Config.Costs) and `stagecoach sim --cluster` read it.
+	CostModel *sim.Cluster `json:"-"`
+	Steps     []StepReport `json:"steps"`
 
 	// Measured is the last step as a simulator Result (for the Chrome
 	// trace); Simulated is the calibrated simulation of the plan.

@@ -22,6 +22,7 @@ func init() { rootCmd.AddCommand(newUpCmd()) }
 
 func newUpCmd() *cobra.Command {
 	var j jobFlags
+	var emu emulationFlags
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Run a whole local cluster: embedded etcd, N worker processes, one coordinator",
@@ -42,9 +43,13 @@ checkpoint into --out. Workers log to --out/workers/<name>.log.`,
 			if j.workers < 1 {
 				return badInput("--workers must be at least 1, got %d", j.workers)
 			}
+			names, err := emu.workerNames(&j, cmd.Flags().Changed("workers"))
+			if err != nil {
+				return err
+			}
 			// Check every flag before starting anything; the endpoints
 			// are filled in once etcd runs.
-			cfg, err := j.config([]string{"pending"})
+			cfg, err := emu.config(&j, []string{"pending"})
 			if err != nil {
 				return err
 			}
@@ -69,7 +74,7 @@ checkpoint into --out. Workers log to --out/workers/<name>.log.`,
 				eps = e.Endpoints()
 			}
 			cfg.Endpoints = eps
-			procs, err := startWorkers(eps, &j)
+			procs, err := startWorkers(eps, &j, names)
 			defer stopWorkers(procs)
 			if err != nil {
 				return err
@@ -98,6 +103,7 @@ checkpoint into --out. Workers log to --out/workers/<name>.log.`,
 	j.register(f, "up")
 	f.StringVar(&j.etcd, "etcd", "", "etcd endpoints, comma-separated host:port (default: start an embedded etcd)")
 	f.StringVar(&j.out, "out", "run-up", "directory for etcd data, worker logs, plans, summary, trace, loss plot and checkpoints")
+	emu.register(f)
 	return cmd
 }
 
@@ -110,8 +116,9 @@ type workerProc struct {
 }
 
 // startWorkers starts j.workers copies of this binary as `stagecoach
-// worker`, each with its own data directory and log file.
-func startWorkers(eps []string, j *jobFlags) ([]*workerProc, error) {
+// worker`, each with its own data directory and log file, named names[i]
+// (an emulated cluster's nodes) or w<i>.
+func startWorkers(eps []string, j *jobFlags, names []string) ([]*workerProc, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find this executable to start workers: %w", err)
@@ -123,6 +130,9 @@ func startWorkers(eps []string, j *jobFlags) ([]*workerProc, error) {
 	var procs []*workerProc
 	for i := range j.workers {
 		name := "w" + strconv.Itoa(i)
+		if i < len(names) {
+			name = names[i]
+		}
 		logPath := filepath.Join(wdir, name+".log")
 		logf, err := os.Create(logPath)
 		if err != nil {

@@ -1,0 +1,317 @@
+package coordinator
+
+import (
+	"fmt"
+	"math"
+
+	"go.yaml.in/yaml/v3"
+
+	"stagecoach/model"
+	"stagecoach/scheduler"
+	"stagecoach/sim"
+)
+
+// ActivationBytes is the payload of one sample's activations (or their
+// gradients) between two stages of m: ctx x dim float32s.
+func ActivationBytes(m model.Config) float64 {
+	m = m.WithDefaults()
+	return float64(m.Ctx) * float64(m.Dim) * 4
+}
+
+// ScaleLinks sizes a cluster's network for a small model on a laptop, so
+// that its 12-region table can be reproduced in minutes: every hop of one
+// of this model's microbatches (samples x ActivationBytes(m)) takes
+// timeScale times what a hop of the cluster's own workload microbatch
+// takes. Latencies, the per-hop overhead and a Delays matrix are
+// multiplied by timeScale; bandwidths are rescaled by the ratio of the
+// two microbatch sizes over timeScale, so every link keeps its place
+// relative to every other (same latency and bandwidth ratios). The framing
+// bytes are dropped (the model's real messages carry their own, which
+// calibration measures as per-hop overhead). Compute stays nominal
+// (LayerForwardS x timeScale): calibration replaces it with measured
+// times. The workload takes the model's layers and microbatch size.
+//
+// Gradients of the all-reduce travel over the same scaled links: the
+// emulation prices every byte the workers send, not only activations.
+func ScaleLinks(c *sim.Cluster, timeScale float64, m model.Config, samples int) (*sim.Cluster, error) {
+	if !(timeScale > 0) || math.IsInf(timeScale, 0) {
+		return nil, fmt.Errorf("coordinator: link scale %v, want a finite number > 0", timeScale)
+	}
+	if samples < 1 {
+		return nil, fmt.Errorf("coordinator: microbatch size %d, want >= 1", samples)
+	}
+	out, err := cloneCluster(c)
+	if err != nil {
+		return nil, err
+	}
+	refSamples := 1
+	if out.Workload != nil && out.Workload.SamplesPerMicrobatch > 0 {
+		refSamples = out.Workload.SamplesPerMicrobatch
+	}
+	refBytes := float64(refSamples)*out.Compute.ActivationBytesPerSample + out.Compute.MessageHeaderBytes
+	bytes := float64(samples) * ActivationBytes(m)
+	bw := timeScale
+	if refBytes > 0 {
+		bw = bytes / refBytes / timeScale
+	}
+	scale := func(l *sim.Link) {
+		l.LatencyMS *= timeScale
+		l.BandwidthGiBs *= bw
+	}
+	for _, l := range []*sim.Link{out.LocalLink, out.DefaultLink} {
+		if l != nil {
+			scale(l)
+		}
+	}
+	for i := range out.Links {
+		scale(&out.Links[i].Link)
+	}
+	for _, row := range out.Delays {
+		for j := range row {
+			row[j] *= timeScale
+		}
+	}
+	out.HopOverheadS *= timeScale
+	out.Compute.LayerForwardS *= timeScale
+	out.Compute.ActivationBytesPerSample = ActivationBytes(m)
+	out.Compute.MessageHeaderBytes = 0
+	if out.Workload != nil {
+		out.Workload.Layers = m.WithDefaults().Layers
+		out.Workload.SamplesPerMicrobatch = samples
+	}
+	out.Name = fmt.Sprintf("%s-x%g", c.Name, timeScale)
+	if err := out.Validate(); err != nil {
+		return nil, fmt.Errorf("coordinator: scaled cluster: %w", err)
+	}
+	return out, nil
+}
+
+// cloneCluster deep-copies c through its YAML form (validated).
+func cloneCluster(c *sim.Cluster) (*sim.Cluster, error) {
+	b, err := yaml.Marshal(c)
+	if err != nil {
+		return nil, fmt.Errorf("coordinator: encode cluster %q: %w", c.Name, err)
+	}
+	out, err := sim.ParseCluster(b)
+	if err != nil {
+		return nil, fmt.Errorf("coordinator: cluster %q does not parse back: %w", c.Name, err)
+	}
+	return out, nil
+}
+
+// EncodeCluster is c as the YAML that workers (link_shaping_yaml) and
+// `stagecoach sim --cluster` read.
+func EncodeCluster(c *sim.Cluster) ([]byte, error) {
+	b, err := yaml.Marshal(c)
+	if err != nil {
+		return nil, fmt.Errorf("coordinator: encode cluster %q: %w", c.Name, err)
+	}
+	if _, err := sim.ParseCluster(b); err != nil {
+		return nil, fmt.Errorf("coordinator: cluster %q does not parse back: %w", c.Name, err)
+	}
+	return b, nil
+}
+
+// planningCosts is the cost model the planner uses: the calibrated one
+// when there is one, else the emulated cluster, else nil (uniform).
+func (c *Config) planningCosts() (*sim.Cluster, error) {
+	if c.Costs != nil {
+		return c.Costs, nil
+	}
+	if len(c.Cluster) == 0 {
+		return nil, nil
+	}
+	cl, err := sim.ParseCluster(c.Cluster)
+	if err != nil {
+		return nil, fmt.Errorf("coordinator: cluster: %w", err)
+	}
+	return cl, nil
+}
+
+// clusterStageSizes is the cluster workload's nodes per stage when it
+// fits the job (same worker count and stage count), else nil.
+func (c *Config) clusterStageSizes() []int {
+	if len(c.Cluster) == 0 {
+		return nil
+	}
+	cl, err := sim.ParseCluster(c.Cluster)
+	if err != nil || cl.Workload == nil {
+		return nil
+	}
+	sizes := cl.Workload.StageNodes
+	total := 0
+	for _, k := range sizes {
+		total += k
+	}
+	if total != c.Workers || (c.Stages != 0 && c.Stages != c.Workers && len(sizes) != c.Stages) {
+		return nil
+	}
+	return append([]int(nil), sizes...)
+}
+
+// nodeCosts returns, per named node, one microbatch's forward through an
+// average stage of layers/stages layers on that node, from cost model k.
+func nodeCosts(k *sim.Cluster, names []string, layers, stages, samples int) []float64 {
+	out := make([]float64, len(names))
+	perStage := k.Compute.LayerForwardS * float64(layers) / float64(stages)
+	if n := len(k.Compute.StageForwardS); n > 0 {
+		s := 0.0
+		for _, v := range k.Compute.StageForwardS {
+			s += v
+		}
+		perStage = s / float64(n)
+	}
+	for i, name := range names {
+		speed := 1.0
+		for _, nd := range k.Nodes {
+			if nd.Name == name && nd.Speed > 0 {
+				speed = nd.Speed
+			}
+		}
+		out[i] = perStage * float64(samples) / speed
+		if !(out[i] > 0) {
+			out[i] = 1e-6
+		}
+	}
+	return out
+}
+
+// hopMatrix prices one microbatch's hop between every pair of named nodes
+// with k (which must list them all, or accept any node).
+func hopMatrix(k *sim.Cluster, names []string, bytes float64) (delay, busy [][]float64, err error) {
+	idx := make([]int, len(names))
+	for i, name := range names {
+		idx[i] = -1
+		for j := range k.Nodes {
+			if k.Nodes[j].Name == name {
+				idx[i] = j
+			}
+		}
+		if idx[i] < 0 && !k.AnyNode {
+			return nil, nil, fmt.Errorf("cost model %q has no node %q", k.Name, name)
+		}
+	}
+	n := len(names)
+	delay, busy = make([][]float64, n), make([][]float64, n)
+	for a := range n {
+		delay[a], busy[a] = make([]float64, n), make([]float64, n)
+		for b := range n {
+			if a == b {
+				continue
+			}
+			var bz, lat float64
+			if idx[a] >= 0 && idx[b] >= 0 {
+				bz, lat = k.HopTime(idx[a], idx[b], bytes)
+			} else {
+				bz = k.HopOverheadS // anonymous nodes: loopback, the measured overhead
+			}
+			busy[a][b], delay[a][b] = bz, bz+lat
+		}
+	}
+	return delay, busy, nil
+}
+
+// skipPipeInput builds the SkipPipe planner's input for the job over the
+// named nodes from the planning cost model: measured (or nominal) compute
+// per node, the emulated links priced for this model's microbatch, the
+// cluster's stages when its workload fits the job. prev, when set, fixes
+// the placement to prev's (a replan keeps every node in its stage, so the
+// workers keep their trained shards).
+func skipPipeInput(cfg *Config, names []string, prev *scheduler.Plan) (scheduler.SkipPipeConfig, error) {
+	var sc scheduler.SkipPipeConfig
+	sizes := cfg.clusterStageSizes()
+	if sizes == nil {
+		per := cfg.Workers / cfg.Stages
+		sizes = make([]int, cfg.Stages)
+		for i := range sizes {
+			sizes[i] = per
+		}
+	}
+	origins := sizes[0]
+	if cfg.Train.Microbatches%origins != 0 {
+		return sc, fmt.Errorf("%d microbatches do not split evenly over the %d origins of stage 0", cfg.Train.Microbatches, origins)
+	}
+	n := len(names)
+	ns := len(sizes)
+	sc = scheduler.SkipPipeConfig{
+		NodeNames: names, StageSizes: sizes, MicrobatchesPerOrigin: cfg.Train.Microbatches / origins,
+		Layers: cfg.Train.Model.Layers, Samples: cfg.Train.MicrobatchSize, CollisionAware: true,
+		Seed: int64(cfg.Train.Model.Seed), Rules: scheduler.DefaultSkipRules(ns),
+	}
+	costs, err := cfg.planningCosts()
+	if err != nil {
+		return sc, err
+	}
+	if costs == nil {
+		// No cost model: a uniform loopback network.
+		sc.Delay, sc.ForwardS = make([][]float64, n), make([]float64, n)
+		for i := range n {
+			sc.Delay[i] = make([]float64, n)
+			for j := range n {
+				if i != j {
+					sc.Delay[i][j] = 1e-3
+				}
+			}
+			sc.ForwardS[i] = 1e-2
+		}
+		sc.Memory = cfg.Train.Microbatches
+	} else {
+		bytes := float64(cfg.Train.MicrobatchSize)*ActivationBytes(cfg.Train.Model) + costs.Compute.MessageHeaderBytes
+		if sc.Delay, sc.LinkBusy, err = hopMatrix(costs, names, bytes); err != nil {
+			return sc, err
+		}
+		sc.ForwardS = nodeCosts(costs, names, cfg.Train.Model.Layers, ns, cfg.Train.MicrobatchSize)
+		sc.BackwardRatio = costs.Compute.BackwardRatio
+		if costs.Compute.LossLayers > 0 && costs.Compute.LayerForwardS > 0 {
+			stageF := costs.Compute.LayerForwardS * float64(cfg.Train.Model.Layers) / float64(ns)
+			sc.LossRatio = costs.Compute.LossLayers * costs.Compute.LayerForwardS / stageF
+		}
+		// The least per-node cap that holds every visit, as `stagecoach
+		// sim` does for the preset.
+		m := cfg.Train.Microbatches
+		others, smallest := 0, n
+		for _, k := range sizes[1:] {
+			others += k
+			smallest = min(smallest, k)
+		}
+		need := (m*(sc.Rules.PathStages-1) + others - 1) / others
+		if sc.Rules.PathStages == ns {
+			need = max(need, (m+smallest-1)/smallest)
+		}
+		mem := 0
+		if costs.Workload != nil {
+			mem = costs.Workload.Memory
+		}
+		sc.Memory = max(mem, need, 1)
+		sc.Objective = func(p *scheduler.Plan) float64 {
+			r, err := sim.Run(p, costs, sim.Options{})
+			if err != nil {
+				return math.Inf(1)
+			}
+			return r.IterationTimeS
+		}
+	}
+	if prev != nil {
+		byName := map[string]int{}
+		for i, name := range names {
+			byName[name] = i
+		}
+		parts := make([][]int, len(prev.Stages))
+		for s, ws := range prev.StageWorkers() {
+			for _, w := range ws {
+				parts[s] = append(parts[s], byName[prev.Workers[w].Node])
+			}
+		}
+		sc.Partition = parts
+		return sc, nil
+	}
+	// One placement for every variant (skippipe and its full pipeline)
+	// so that they compare on the same cluster layout.
+	sc.RefinePlacement = true
+	pl, err := scheduler.SkipPipePlacement(sc)
+	if err != nil {
+		return sc, err
+	}
+	sc.Partition, sc.RefinePlacement = pl.Partition, false
+	return sc, nil
+}
