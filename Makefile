@@ -19,3 +19,7 @@ tools:
 proto:
 	PATH="$(GOBIN):$$PATH" protoc --go_out=. --go_opt=paths=source_relative \
 		--go-grpc_out=. --go-grpc_opt=paths=source_relative proto/stagecoach.proto
+
+# Build the stagecoach:dev container image (FROM scratch, no pulls).
+image:
+	bash deploy/build-image.sh
