@@ -1,0 +1,315 @@
+package composetest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"stagecoach/coordinator"
+	"stagecoach/internal/etcdx"
+)
+
+const (
+	// job is the job id docker-compose.yml gives both coordinators and
+	// every worker.
+	job = "compose"
+	// steps keeps the run near 40 s on two cores (about 1.1 s a step for
+	// the default model over four containers), leaving room for two
+	// faults inside the test's budget.
+	steps = 30
+	// budget bounds the whole test, image build included; the cleanup has
+	// its own time on top.
+	budget = 5 * time.Minute
+)
+
+// requireDocker skips the test when no Docker engine or docker-compose is
+// available, except under STAGECOACH_REQUIRE_DOCKER=1, where CI must not
+// pass by skipping.
+func requireDocker(t *testing.T) {
+	t.Helper()
+	required := os.Getenv("STAGECOACH_REQUIRE_DOCKER") == "1"
+	if testing.Short() && !required {
+		t.Skip("compose end-to-end test takes a minute or two; skipped under -short")
+	}
+	missing := func(format string, args ...any) {
+		t.Helper()
+		msg := fmt.Sprintf(format, args...)
+		if required {
+			t.Fatalf("%s, and STAGECOACH_REQUIRE_DOCKER=1 forbids skipping", msg)
+		}
+		t.Skipf("%s; skipping the compose test (set STAGECOACH_REQUIRE_DOCKER=1 to make this a failure)", msg)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, "docker", "info", "--format", "{{.ServerVersion}}").CombinedOutput(); err != nil {
+		missing("no Docker engine answers `docker info`: %v: %s", err, bytes.TrimSpace(out))
+	}
+	if _, err := exec.LookPath("docker-compose"); err != nil {
+		missing("docker-compose (v1) is not on PATH: %v", err)
+	}
+}
+
+// cluster is one docker-compose project of the repository's compose file.
+type cluster struct {
+	t       *testing.T
+	root    string
+	project string
+	env     []string
+}
+
+// compose runs docker-compose on the project, bounded by timeout, and
+// returns its standard output (service logs, a published port); progress
+// and warnings on standard error only appear in errors.
+func (c *cluster) compose(ctx context.Context, timeout time.Duration, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	full := append([]string{"-f", filepath.Join(c.root, "docker-compose.yml"), "-p", c.project, "--ansi", "never"}, args...)
+	cmd := exec.CommandContext(ctx, "docker-compose", full...)
+	cmd.Dir = c.root
+	cmd.Env = append(os.Environ(), c.env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.String(), fmt.Errorf("docker-compose %s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	return stdout.String(), nil
+}
+
+func (c *cluster) mustCompose(ctx context.Context, timeout time.Duration, args ...string) string {
+	c.t.Helper()
+	out, err := c.compose(ctx, timeout, args...)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return out
+}
+
+// etcdEndpoints are the loopback ports Docker published for the three
+// members' client port.
+func (c *cluster) etcdEndpoints(ctx context.Context) []string {
+	c.t.Helper()
+	var eps []string
+	for _, m := range []string{"etcd-1", "etcd-2", "etcd-3"} {
+		out := strings.TrimSpace(c.mustCompose(ctx, 30*time.Second, "port", m, "2379"))
+		if !strings.HasPrefix(out, "127.0.0.1:") {
+			c.t.Fatalf("%s's client port is published as %q, want 127.0.0.1:PORT", m, out)
+		}
+		eps = append(eps, out)
+	}
+	return eps
+}
+
+// leader is the coordinator service that has announced leadership. Only
+// call it before any coordinator has failed over: a standby blocked in its
+// campaign has not printed the line.
+func (c *cluster) leader(ctx context.Context) string {
+	c.t.Helper()
+	var leaders []string
+	for _, s := range []string{"coordinator-1", "coordinator-2"} {
+		if strings.Contains(c.mustCompose(ctx, 30*time.Second, "logs", "--no-color", s), "leading job "+job) {
+			leaders = append(leaders, s)
+		}
+	}
+	if len(leaders) != 1 {
+		c.t.Fatalf("want exactly one coordinator leading, logs show %v", leaders)
+	}
+	return leaders[0]
+}
+
+// waitCommit polls the committed iteration until ok holds, for at most
+// timeout, and returns the commit and when it was seen.
+func waitCommit(ctx context.Context, t *testing.T, cli *clientv3.Client, k etcdx.Keys, timeout time.Duration, what string, ok func(etcdx.Commit) bool) (etcdx.Commit, time.Time) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var last etcdx.Commit
+	for {
+		rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+		c, _, err := etcdx.Iteration(rctx, cli, k)
+		rcancel()
+		if err == nil {
+			last = c
+			if ok(c) {
+				return c, time.Now()
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("waited %v for %s; last committed step %d (epoch %d, leader rev %d), last error %v", timeout, what, last.Step, last.Epoch, last.LeaderRev, err)
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// latestPlan reads the manifest of the highest plan epoch.
+func latestPlan(ctx context.Context, t *testing.T, cli *clientv3.Client, k etcdx.Keys) coordinator.PlanManifest {
+	t.Helper()
+	resp, err := cli.Get(ctx, k.PlanPrefix(), clientv3.WithLastKey()...)
+	if err != nil || len(resp.Kvs) == 0 {
+		t.Fatalf("read the latest plan manifest: %v (%d keys)", err, len(resp.Kvs))
+	}
+	var m coordinator.PlanManifest
+	if err := json.Unmarshal(resp.Kvs[0].Value, &m); err != nil {
+		t.Fatalf("%s: %v", resp.Kvs[0].Key, err)
+	}
+	return m
+}
+
+func planNames(m coordinator.PlanManifest) []string {
+	var names []string
+	for _, w := range m.Workers {
+		names = append(names, w.Name)
+	}
+	return names
+}
+
+// TestComposeTrainsThroughFaults brings up docker-compose.yml, stops the
+// leader coordinator and kills a plan worker mid-run, and checks that the
+// job still commits steps 1..steps exactly once, each fault answered by a
+// new plan epoch.
+//
+// Worker loss is survived at the process level: the leader exits on the
+// lost lease, Docker restarts it (restart: on-failure) and it resumes from
+// the checkpoint committed with the last step, placing the job on the
+// remaining workers (the spare takes the lost one's place).
+func TestComposeTrainsThroughFaults(t *testing.T) {
+	requireDocker(t)
+	ctx, cancel := context.WithTimeout(context.Background(), budget)
+	defer cancel()
+	start := time.Now()
+
+	root, err := filepath.Abs(filepath.Join("..", ".."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "docker-compose.yml")); err != nil {
+		t.Fatalf("no docker-compose.yml at the repository root: %v", err)
+	}
+	// A project and image tag of our own, so concurrent runs and a
+	// developer's `docker-compose up` never share containers, volumes or
+	// the image under test.
+	project := fmt.Sprintf("sct%d%d", os.Getpid(), time.Now().UnixNano()%1_000_000)
+	image := "stagecoach:" + project
+	c := &cluster{t: t, root: root, project: project,
+		env: []string{"STAGECOACH_IMAGE=" + image, fmt.Sprintf("STAGECOACH_STEPS=%d", steps), "STAGECOACH_SCHEDULE=gpipe"}}
+
+	t.Cleanup(func() {
+		// The test's context may have expired: cleanup has its own time.
+		cctx, ccancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer ccancel()
+		if t.Failed() {
+			if out, err := c.compose(cctx, 30*time.Second, "ps"); err == nil {
+				t.Logf("containers at failure:\n%s", out)
+			}
+			if out, err := c.compose(cctx, 30*time.Second, "logs", "--no-color", "--tail", "40", "coordinator-1", "coordinator-2"); err == nil {
+				t.Logf("coordinator logs:\n%s", out)
+			}
+		}
+		if _, err := c.compose(cctx, 2*time.Minute, "down", "-v", "--remove-orphans", "-t", "5"); err != nil {
+			t.Errorf("tear down: %v", err)
+		}
+		if out, err := exec.CommandContext(cctx, "docker", "rmi", image).CombinedOutput(); err != nil {
+			t.Logf("remove image %s: %v: %s", image, err, bytes.TrimSpace(out))
+		}
+	})
+
+	bctx, bcancel := context.WithTimeout(ctx, 4*time.Minute)
+	build := exec.CommandContext(bctx, "bash", "deploy/build-image.sh", image)
+	build.Dir = root
+	out, err := build.CombinedOutput()
+	bcancel()
+	if err != nil {
+		t.Fatalf("build the image: %v\n%s", err, out)
+	}
+	t.Logf("built %s in %.1f s", image, time.Since(start).Seconds())
+
+	upAt := time.Now()
+	c.mustCompose(ctx, 2*time.Minute, "up", "-d")
+	cli, err := etcdx.Dial(ctx, c.etcdEndpoints(ctx), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	keys, err := etcdx.NewKeys(job)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Fault 1: stop the leader coordinator a few steps in. The standby
+	// must win, resume from the last committed step and commit under a new
+	// plan epoch and a larger fencing token.
+	before, firstAt := waitCommit(ctx, t, cli, keys, 2*time.Minute, "training to pass step 5", func(c etcdx.Commit) bool { return c.Step >= 5 })
+	t.Logf("first 5 steps committed %.1f s after up", firstAt.Sub(upAt).Seconds())
+	lead := c.leader(ctx)
+	// Reading the logs took a while: note where training is right now.
+	before, _ = waitCommit(ctx, t, cli, keys, 10*time.Second, "the current step", func(etcdx.Commit) bool { return true })
+	stopAt := time.Now()
+	c.mustCompose(ctx, time.Minute, "stop", "-t", "10", lead)
+	after, at := waitCommit(ctx, t, cli, keys, time.Minute, "a commit by a new leader after stopping "+lead,
+		func(c etcdx.Commit) bool { return c.Epoch > before.Epoch })
+	if after.LeaderRev <= before.LeaderRev {
+		t.Errorf("after the leader stopped, step %d was committed with fencing token %d, not above the old leader's %d", after.Step, after.LeaderRev, before.LeaderRev)
+	}
+	t.Logf("stopped leader %s at step >= %d: new leader committed step %d (epoch %d, token %d -> %d) %.1f s later",
+		lead, before.Step, after.Step, after.Epoch, before.LeaderRev, after.LeaderRev, at.Sub(stopAt).Seconds())
+
+	// Fault 2: kill -9 a worker of the current plan: worker-2 when the
+	// plan holds it, else its second worker (the spare may be worker-2).
+	before, _ = waitCommit(ctx, t, cli, keys, time.Minute, "two more steps under the new leader",
+		func(c etcdx.Commit) bool { return c.Step >= after.Step+2 })
+	plan := latestPlan(ctx, t, cli, keys)
+	victim := "worker-2"
+	if !slices.Contains(planNames(plan), victim) {
+		victim = plan.Workers[1].Name
+	}
+	before, _ = waitCommit(ctx, t, cli, keys, 10*time.Second, "the current step", func(etcdx.Commit) bool { return true })
+	killAt := time.Now()
+	c.mustCompose(ctx, time.Minute, "kill", victim)
+	after, at = waitCommit(ctx, t, cli, keys, 90*time.Second, "a commit on a new plan after killing "+victim,
+		func(c etcdx.Commit) bool { return c.Epoch > before.Epoch })
+	t.Logf("killed %s (plan %v) at step >= %d: step %d committed on epoch %d %.1f s later",
+		victim, planNames(plan), before.Step, after.Step, after.Epoch, at.Sub(killAt).Seconds())
+	if names := planNames(latestPlan(ctx, t, cli, keys)); slices.Contains(names, victim) {
+		t.Errorf("the plan after killing %s still holds it: %v", victim, names)
+	}
+
+	last, doneAt := waitCommit(ctx, t, cli, keys, 3*time.Minute, fmt.Sprintf("step %d", steps),
+		func(c etcdx.Commit) bool { return c.Step >= steps })
+	t.Logf("step %d committed %.1f s after up (%.1f s since the test began)", last.Step, doneAt.Sub(upAt).Seconds(), time.Since(start).Seconds())
+
+	// Every step committed once, in order, with fencing tokens that never
+	// go back, and the last step's checkpoint listed.
+	commits, err := etcdx.Commits(ctx, cli, keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := etcdx.CheckSequence(commits); err != nil {
+		t.Error(err)
+	}
+	if len(commits) != steps {
+		t.Errorf("%d commits, want %d", len(commits), steps)
+	}
+	for i := 1; i < len(commits); i++ {
+		if p, c := commits[i-1], commits[i]; c.LeaderRev < p.LeaderRev || c.Epoch < p.Epoch {
+			t.Errorf("step %d (epoch %d, token %d) follows step %d (epoch %d, token %d): fencing went back", c.Step, c.Epoch, c.LeaderRev, p.Step, p.Epoch, p.LeaderRev)
+		}
+	}
+	if last.Epoch < 3 {
+		t.Errorf("final epoch %d: want 3 or more (the first plan and one per fault)", last.Epoch)
+	}
+	var ck coordinator.CheckpointManifest
+	found, err := etcdx.GetJSON(ctx, cli, keys.Checkpoint(steps), &ck)
+	if err != nil || !found {
+		t.Errorf("checkpoint of step %d in etcd: found %v, %v", steps, found, err)
+	}
+}
