@@ -158,8 +158,13 @@ type ConfigureRequest struct {
 	Seed      int64  `protobuf:"varint,6,opt,name=seed,proto3" json:"seed,omitempty"`
 	// link_shaping_yaml optionally emulates slow links (a sim cluster YAML).
 	LinkShapingYaml []byte `protobuf:"bytes,7,opt,name=link_shaping_yaml,json=linkShapingYaml,proto3" json:"link_shaping_yaml,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// fresh discards every held stage's trained state: the shards start
+	// from their seeded initial parameters and the applied step from 0, as
+	// a new job does (a recovery that rolls back to before the first
+	// checkpoint).
+	Fresh         bool `protobuf:"varint,8,opt,name=fresh,proto3" json:"fresh,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ConfigureRequest) Reset() {
@@ -239,6 +244,13 @@ func (x *ConfigureRequest) GetLinkShapingYaml() []byte {
 		return x.LinkShapingYaml
 	}
 	return nil
+}
+
+func (x *ConfigureRequest) GetFresh() bool {
+	if x != nil {
+		return x.Fresh
+	}
+	return false
 }
 
 type ConfigureResponse struct {
@@ -1096,7 +1108,7 @@ const file_proto_stagecoach_proto_rawDesc = "" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x1d\n" +
 	"\n" +
 	"leader_rev\x18\x02 \x01(\x03R\tleaderRev\x12\x14\n" +
-	"\x05epoch\x18\x03 \x01(\x03R\x05epoch\"\xe8\x01\n" +
+	"\x05epoch\x18\x03 \x01(\x03R\x05epoch\"\xfe\x01\n" +
 	"\x10ConfigureRequest\x12*\n" +
 	"\x05fence\x18\x01 \x01(\v2\x14.stagecoach.v1.FenceR\x05fence\x12\x1b\n" +
 	"\tplan_json\x18\x02 \x01(\fR\bplanJson\x12\x16\n" +
@@ -1105,7 +1117,8 @@ const file_proto_stagecoach_proto_rawDesc = "" +
 	"\n" +
 	"model_json\x18\x05 \x01(\fR\tmodelJson\x12\x12\n" +
 	"\x04seed\x18\x06 \x01(\x03R\x04seed\x12*\n" +
-	"\x11link_shaping_yaml\x18\a \x01(\fR\x0flinkShapingYaml\"2\n" +
+	"\x11link_shaping_yaml\x18\a \x01(\fR\x0flinkShapingYaml\x12\x14\n" +
+	"\x05fresh\x18\b \x01(\bR\x05fresh\"2\n" +
 	"\x11ConfigureResponse\x12\x1d\n" +
 	"\n" +
 	"num_params\x18\x01 \x01(\x03R\tnumParams\"p\n" +

@@ -133,10 +133,15 @@ func (s *Server) configure(req *pb.ConfigureRequest) (*pb.ConfigureResponse, err
 	held := append([]int(nil), plan.Workers[me].Stages...)
 	sort.Ints(held)
 	owners := plan.StageWorkers()
-	fresh := false
+	fresh, reuse := false, old
+	if req.GetFresh() {
+		// A recovery rolling back to the start: nothing trained survives,
+		// so the shards are rebuilt from the seed exactly as a new job's.
+		fresh, reuse = true, nil
+	}
 	var nparams int64
 	for _, id := range held {
-		st, reused, err := buildStage(plan, tc, id, old)
+		st, reused, err := buildStage(plan, tc, id, reuse)
 		if err != nil {
 			return nil, err
 		}

@@ -20,7 +20,9 @@
 //     outgoing link, workers matched to nodes by the plan's Worker.Node)}.
 //     Stages whose layer range and model config did not change keep their
 //     trained weights across a reconfigure; fresh ones reset the applied
-//     step to 0 (LoadCheckpoint to resume).
+//     step to 0 (LoadCheckpoint to resume). fresh rebuilds every held
+//     stage from the seed and resets the applied step to 0 (a recovery
+//     rolling back to before the first checkpoint).
 //  2. RunIteration{fence, iteration, data}: iteration is 1-based and must
 //     be the applied step + 1. data must hold every microbatch the worker
 //     embeds (origin Forward) or computes the loss of, as Samples windows
