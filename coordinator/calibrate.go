@@ -195,6 +195,9 @@ func (t *costTracker) model() (*sim.Cluster, error) {
 	k.ActivationBytesPerSample = ActivationBytes(t.train.Model)
 	k.MessageHeaderBytes = 0
 	k.GradientBytesPerLayer = gradientBytesPerLayer(t.train.Model)
+	if g, err := StageGradientBytes(t.plan, t.train.Model); err == nil {
+		k.StageGradientBytes = g
+	}
 	for w, name := range t.names {
 		found := false
 		for i := range c.Nodes {
@@ -276,6 +279,9 @@ type Replan struct {
 type replanner struct {
 	tracker *costTracker
 	planned *sim.Cluster // the cost model the current plan was made with
+	// last is the last calibration of a plan that was replaced: the
+	// summary's cost model when the final plan ran too few steps.
+	last    *sim.Cluster
 	replans []Replan
 	// manifest fields of the current plan, for the summary
 	planPath, planHash string
@@ -361,7 +367,7 @@ func (r *run) replan(ctx context.Context, step int64, k *sim.Cluster, drift floa
 	}
 	sort.Slice(members, func(i, j int) bool { return members[i].Name < members[j].Name })
 	old := cfg.Costs
-	cfg.Costs = k
+	cfg.Costs, r.drift.last = k, k
 	plan, ordered, layout, err := buildPlanFrom(cfg, members, epoch, r.plan)
 	if err != nil {
 		cfg.Costs = old
@@ -413,7 +419,11 @@ func (r *run) finishReplans(s *Summary) {
 	if r.drift == nil {
 		return
 	}
-	if k, err := r.drift.tracker.model(); err == nil && k != nil {
+	k, err := r.drift.tracker.model()
+	if err != nil || k == nil {
+		k = r.drift.last
+	}
+	if k != nil {
 		s.CostModel = k
 		if r.drift.tracker.base != nil {
 			if res, err := sim.Run(r.plan, k, sim.Options{Detail: true}); err == nil {

@@ -315,3 +315,43 @@ func skipPipeInput(cfg *Config, names []string, prev *scheduler.Plan) (scheduler
 	sc.Partition, sc.RefinePlacement = pl.Partition, false
 	return sc, nil
 }
+
+// StageGradientBytes is the float32 gradient size of every stage of p for
+// model m: what each stage's all-reduce moves. The embeddings and the
+// head make their stages heavier than a layer-proportional share.
+func StageGradientBytes(p *scheduler.Plan, m model.Config) ([]float64, error) {
+	m = m.WithDefaults()
+	layout := model.HeadLast
+	if p.HeadStage == 0 && len(p.Stages) > 1 {
+		layout = model.HeadFirst
+	}
+	specs, err := model.Split(m.Layers, len(p.Stages), layout)
+	if err != nil {
+		return nil, fmt.Errorf("coordinator: gradient sizes: %w", err)
+	}
+	out := make([]float64, len(specs))
+	for s, sp := range specs {
+		sh, err := model.NewShard(m, sp)
+		if err != nil {
+			return nil, fmt.Errorf("coordinator: gradient sizes of stage %d: %w", s, err)
+		}
+		for _, t := range sh.Params() {
+			out[s] += 4 * float64(len(t.W))
+		}
+	}
+	return out, nil
+}
+
+// ForPlan is cost model k with p's per-stage gradient sizes for model m,
+// so that a cost model calibrated on one plan simulates another's
+// all-reduces right.
+func ForPlan(k *sim.Cluster, p *scheduler.Plan, m model.Config) (*sim.Cluster, error) {
+	c, err := cloneCluster(k)
+	if err != nil {
+		return nil, err
+	}
+	if c.Compute.StageGradientBytes, err = StageGradientBytes(p, m); err != nil {
+		return nil, err
+	}
+	return c, c.Validate()
+}

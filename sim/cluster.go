@@ -63,6 +63,10 @@ type Compute struct {
 	// all-reduce. 0 leaves the all-reduce out of the model (it costs
 	// nothing), as the SkipPipe authors' simulator does.
 	GradientBytesPerLayer float64 `yaml:"gradient_bytes_per_layer"`
+	// StageGradientBytes optionally gives each stage's gradient bytes,
+	// overriding GradientBytesPerLayer (embeddings and head make the
+	// stages that hold them heavier; calibration fills it per plan).
+	StageGradientBytes []float64 `yaml:"stage_gradient_bytes,omitempty"`
 }
 
 // Node is one machine.
@@ -123,6 +127,11 @@ func (c *Cluster) Validate() error {
 		name, v := f.name, f.v
 		if v < 0 || math.IsNaN(v) || math.IsInf(v, 0) {
 			return fmt.Errorf("cluster %q: %s is %v, want a finite number >= 0", c.Name, name, v)
+		}
+	}
+	for i, v := range k.StageGradientBytes {
+		if v < 0 || math.IsNaN(v) || math.IsInf(v, 0) {
+			return fmt.Errorf("cluster %q: compute.stage_gradient_bytes[%d] is %v, want >= 0", c.Name, i, v)
 		}
 	}
 	for i, v := range k.StageForwardS {

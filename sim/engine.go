@@ -358,6 +358,9 @@ func (e *engine) allReduceTime(stage int) float64 {
 		return 0
 	}
 	bytes := e.c.Compute.GradientBytesPerLayer * float64(e.plan.Stages[stage].Layers)
+	if g := e.c.Compute.StageGradientBytes; stage < len(g) {
+		bytes = g[stage]
+	}
 	if bytes == 0 {
 		// A cost model without gradient sizes leaves data-parallel
 		// synchronisation out, as the SkipPipe authors' simulator does.

@@ -1,0 +1,113 @@
+// Package localrun runs one Stagecoach job on loopback inside the calling
+// process, for the bench commands: a fresh embedded etcd, in-process
+// workers serving real gRPC on 127.0.0.1 (each registered in etcd under
+// its own lease, named after the nodes of an emulated cluster) and the
+// real coordinator. Only the process boundary differs from `stagecoach
+// up`; the workers' links are emulated the same way.
+package localrun
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"stagecoach/coordinator"
+	"stagecoach/internal/etcdx"
+	"stagecoach/model"
+	"stagecoach/sim"
+	"stagecoach/worker"
+)
+
+// Job is one run.
+type Job struct {
+	// Name is the job id and the subdirectory of Dir the run writes to.
+	Name     string
+	Dir      string
+	Schedule string
+	// Nodes names the workers (the emulated cluster's nodes).
+	Nodes  []string
+	Stages int
+	Train  model.TrainConfig
+	Steps  int
+	// Cluster is the emulated cluster (nil: plain loopback); Costs the
+	// planning cost model (nil: the cluster's).
+	Cluster *sim.Cluster
+	Costs   *sim.Cluster
+	// CheckpointEvery saves the workers' shards every that many steps.
+	CheckpointEvery int
+	CorpusDir       string
+	MaxCorpusBytes  int64
+	Logf            func(format string, args ...any)
+}
+
+// Run runs the job and returns the coordinator's summary.
+func Run(ctx context.Context, j Job) (*coordinator.Summary, error) {
+	out := filepath.Join(j.Dir, j.Name)
+	if err := os.RemoveAll(out); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return nil, err
+	}
+	e, err := etcdx.StartEmbedded(ctx, etcdx.EmbedConfig{Dir: filepath.Join(out, "etcd")})
+	if err != nil {
+		return nil, fmt.Errorf("localrun %s: %w", j.Name, err)
+	}
+	defer e.Close()
+	cli, err := etcdx.Dial(ctx, e.Endpoints(), 0)
+	if err != nil {
+		return nil, fmt.Errorf("localrun %s: %w", j.Name, err)
+	}
+	defer cli.Close()
+	keys, err := etcdx.NewKeys(j.Name)
+	if err != nil {
+		return nil, err
+	}
+	quiet := func(string, ...any) {}
+	for _, name := range j.Nodes {
+		w, err := worker.New(worker.Config{Name: name, Listen: "127.0.0.1:0", Job: j.Name,
+			DataDir: filepath.Join(out, "workers", name), Logf: quiet})
+		if err != nil {
+			return nil, fmt.Errorf("localrun %s: worker %s: %w", j.Name, name, err)
+		}
+		addr, err := w.Start()
+		if err != nil {
+			return nil, fmt.Errorf("localrun %s: worker %s: %w", j.Name, name, err)
+		}
+		defer w.Stop(2 * time.Second)
+		s, err := etcdx.NewSession(ctx, cli, etcdx.DefaultTTL)
+		if err != nil {
+			return nil, err
+		}
+		defer s.Close()
+		if err := etcdx.Register(ctx, s, keys, etcdx.Member{Name: name, Addr: addr}); err != nil {
+			return nil, fmt.Errorf("localrun %s: register %s: %w", j.Name, name, err)
+		}
+	}
+	cfg := coordinator.Config{Job: j.Name, Endpoints: e.Endpoints(), Workers: len(j.Nodes), Stages: j.Stages,
+		Schedule: j.Schedule, Train: j.Train, Steps: j.Steps, CorpusDir: j.CorpusDir, MaxCorpusBytes: j.MaxCorpusBytes,
+		OutDir: out, CheckpointEvery: j.CheckpointEvery, Costs: j.Costs, Logf: j.Logf}
+	if j.Cluster != nil {
+		if cfg.Cluster, err = coordinator.EncodeCluster(j.Cluster); err != nil {
+			return nil, err
+		}
+	}
+	co, err := coordinator.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return co.Run(ctx)
+}
+
+// WriteYAML writes a cost model where `stagecoach sim --cluster` reads it.
+func WriteYAML(path string, c *sim.Cluster) error {
+	b, err := yaml.Marshal(c)
+	if err != nil {
+		return fmt.Errorf("localrun: encode %s: %w", path, err)
+	}
+	return os.WriteFile(path, b, 0o644)
+}
