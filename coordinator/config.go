@@ -61,6 +61,24 @@ type Config struct {
 	// whose last committed step has none is refused.
 	CheckpointEvery int
 
+	// Retain is how many committed checkpoints stay listed in etcd and on
+	// disk (default 3; negative keeps all). Older ones are unlisted in the
+	// commit that lists a new one, then their files are removed.
+	Retain int
+	// ReplaceWait bounds the wait for replacement workers after a loss
+	// (default 3 TTLs); after it the job continues on fewer workers when
+	// they can hold the stages.
+	ReplaceWait time.Duration
+	// ProbeTimeout bounds the Status probe that tells live workers from
+	// lost ones after a failure (default 1 s).
+	ProbeTimeout time.Duration
+	// MaxRecoveries is how many recoveries in a row (without a committed
+	// step in between) are tried before the run gives up (default 8).
+	MaxRecoveries int
+	// OnRecovery, when set, is called when a recovery's first step is
+	// committed (and for recoveries still pending when the run ends).
+	OnRecovery func(Recovery)
+
 	// RPCTimeout bounds one control RPC (default 5 min: an iteration of a
 	// big model is one RPC).
 	RPCTimeout time.Duration
@@ -179,6 +197,18 @@ func (c *Config) Validate() error {
 	}
 	if c.OutDir == "" {
 		return errors.New("coordinator: no output directory")
+	}
+	if c.Retain == 0 {
+		c.Retain = 3
+	}
+	if c.ReplaceWait == 0 {
+		c.ReplaceWait = time.Duration(3*c.TTL) * time.Second
+	}
+	if c.ProbeTimeout == 0 {
+		c.ProbeTimeout = time.Second
+	}
+	if c.MaxRecoveries == 0 {
+		c.MaxRecoveries = 8
 	}
 	if c.RPCTimeout == 0 {
 		c.RPCTimeout = DefaultRPCTimeout

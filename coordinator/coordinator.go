@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -58,12 +59,29 @@ type run struct {
 	drift *replanner
 	// lastCheckpoint is the directory of the last committed checkpoint.
 	lastCheckpoint string
+
+	// Failure handling (recover.go).
+	conns         map[string]*workerConn // open connections by worker name
+	stopWatch     context.CancelCauseFunc
+	latest        atomic.Pointer[[]etcdx.Member] // last membership seen
+	suspect       map[string]int64               // name -> lease that did not answer
+	failures      int                            // recoveries since the last commit
+	stepping      bool                           // the Step fan-out has started
+	recoveries    []Recovery
+	pendingCommit []int // recoveries waiting for their first commit
+	planHashes    map[int64]string
+	planPath      string
+	planHash      string
+	params        int64
+	initialData   string // sampler state before any draw
+	stageSizes    []int  // SkipPipe: configured workers per stage
 }
 
 // Run campaigns for the job, waits for the workers, trains cfg.Steps steps
-// and returns the run summary. It refuses a job id whose etcd state
-// already holds committed steps: resuming is not implemented, and silently
-// starting over would apply steps twice.
+// and returns the run summary. A job that already committed steps (a
+// crashed or deposed leader's) resumes: from its last listed checkpoint,
+// replaying the committed steps after it without committing them again.
+// A lost worker is recovered from (recover.go).
 func (c *Coordinator) Run(ctx context.Context) (*Summary, error) {
 	cfg := &c.cfg
 	cli, err := etcdx.Dial(ctx, cfg.Endpoints, 0)
@@ -135,40 +153,9 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 	if err != nil {
 		return nil, err
 	}
-	planJSON, planPath, planHash, err := storePlan(cfg.OutDir, plan)
-	if err != nil {
-		return nil, err
-	}
-	man := PlanManifest{Epoch: epoch, Schedule: plan.Schedule, SHA256: planHash, Bytes: len(planJSON), Path: planPath, LeaderRev: leader.Rev()}
-	for i, w := range plan.Workers {
-		man.Workers = append(man.Workers, PlanWorker{Name: members[i].Name, Addr: members[i].Addr, Stages: w.Stages, Replica: w.Replica})
-	}
-	if err := leader.PutJSON(ctx, keys.Plan(epoch), man); err != nil {
-		return nil, err
-	}
-	// A plan worker whose lease lapses is gone: stop at once with a clear
-	// error instead of waiting for an RPC to time out. (Replanning onto
-	// the remaining workers is not implemented yet.)
-	ctx, stopWatch := context.WithCancelCause(ctx)
-	defer stopWatch(nil)
-	go watchPlanMembers(ctx, leader, members, stopWatch)
-	r := &run{cfg: cfg, leader: leader, committer: committer, plan: plan,
-		fence: &pb.Fence{Job: cfg.Job, LeaderRev: leader.Rev(), Epoch: epoch}, ctxLen: cfg.Train.Model.Ctx}
+	r := &run{cfg: cfg, leader: leader, committer: committer, conns: map[string]*workerConn{},
+		suspect: map[string]int64{}, planHashes: map[int64]string{}, ctxLen: cfg.Train.Model.Ctx}
 	defer r.closeWorkers()
-	for i, m := range members {
-		wc, closeFn, err := cfg.Dial(ctx, m.Addr)
-		if err != nil {
-			return nil, err
-		}
-		r.workers = append(r.workers, &workerConn{idx: i, member: m, cli: wc, close: closeFn})
-	}
-	tc := cfg.Train
-	tc.Stages = len(plan.Stages)
-	tc.Layout = layout
-	params, err := r.configure(ctx, planJSON, tc)
-	if err != nil {
-		return nil, err
-	}
 	dir, err := corpusDir(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("coordinator: %w", err)
@@ -179,7 +166,16 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 	}
 	// The same sampler, seed and draw order as the single-process trainer
 	// (model/train), so a GPipe run sees exactly its windows.
-	r.sampler = data.NewSampler(corpus.Train, tc.Model.Seed)
+	r.sampler = data.NewSampler(corpus.Train, cfg.Train.Model.Seed)
+	r.initialData = r.sampler.State()
+	for _, ws := range plan.StageWorkers() {
+		r.stageSizes = append(r.stageSizes, len(ws))
+	}
+	// Every worker starts from the seed: one that served a previous
+	// leader of this job holds its (possibly uncommitted) state.
+	if err := r.install(ctx, plan, members, layout, true); err != nil {
+		return nil, err
+	}
 	first := int64(1)
 	if resume != nil {
 		if err := r.restore(ctx, resume); err != nil {
@@ -188,39 +184,92 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 		first = resume.Step + 1
 		cfg.Logf("resumed job %s from the checkpoint of step %d", cfg.Job, resume.Step)
 	}
-	r.stats = newMeasurements(plan, cfg.Steps)
-	if err := r.startReplanner(); err != nil {
-		return nil, err
+	if last := committer.Last().Step; last >= first {
+		cfg.Logf("replaying committed steps %d..%d", first, last)
 	}
-	cfg.Logf("epoch %d: %s over %d workers, %d stages, %d parameters", epoch, plan.Schedule, len(plan.Workers), len(plan.Stages), params)
+	cfg.Logf("epoch %d: %s over %d workers, %d stages, %d parameters", epoch, plan.Schedule, len(plan.Workers), len(plan.Stages), r.params)
 	start := time.Now()
 	var reports []StepReport
 	var tokens int64
-	for step := first; step <= int64(cfg.Steps); step++ {
-		rep, err := r.iterate(ctx, step)
+	tc := cfg.Train
+	ectx := r.armWatch(ctx)
+	defer func() { r.stopWatch(nil) }()
+	for step := first; step <= int64(cfg.Steps); {
+		if changed, err := r.maybeRejoin(ectx, step); err != nil {
+			if !errRetryable(ctx, err) {
+				return nil, err
+			}
+			cfg.Logf("rejoin before step %d failed: %v", step, err)
+			if step, err = r.recover(ctx, step, err); err != nil {
+				return nil, err
+			}
+			ectx = r.armWatch(ctx)
+			continue
+		} else if changed {
+			ectx = r.armWatch(ctx)
+		}
+		pos := r.sampler.State()
+		rep, err := r.iterate(ectx, step)
 		if err != nil {
-			if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+			if cause := context.Cause(ectx); cause != nil && !errors.Is(cause, context.Canceled) {
 				err = fmt.Errorf("%w: %w", cause, err)
 			}
-			return nil, err
+			if !errRetryable(ctx, err) {
+				return nil, err
+			}
+			// The retry draws the same windows.
+			if serr := r.sampler.SetState(pos); serr != nil {
+				return nil, serr
+			}
+			if step, err = r.recover(ctx, step, err); err != nil {
+				return nil, err
+			}
+			ectx = r.armWatch(ctx)
+			continue
 		}
+		if rep.Replayed {
+			step++
+			continue
+		}
+		r.failures = 0
+		r.notifyRecovered()
 		tokens += int64(tc.Microbatches * tc.MicrobatchSize * r.ctxLen)
 		rep.Tokens = tokens
-		if err := r.maybeReplan(ctx, step); err != nil {
+		if err := r.maybeReplan(ectx, step); err != nil {
 			return nil, err
 		}
 		reports = append(reports, rep)
 		if cfg.OnStep != nil {
 			cfg.OnStep(rep)
 		}
+		step++
 	}
-	sum := &Summary{Job: cfg.Job, Schedule: plan.Schedule, Workers: len(plan.Workers), Stages: len(plan.Stages),
-		Microbatches: tc.Microbatches, MicrobatchSize: tc.MicrobatchSize, Params: params, Epoch: epoch,
-		LeaderRev: leader.Rev(), PlanPath: planPath, PlanSHA256: planHash, Steps: reports, ElapsedS: time.Since(start).Seconds()}
+	r.notifyRecovered()
+	sum := &Summary{Job: cfg.Job, Schedule: r.plan.Schedule, Workers: len(r.plan.Workers), Stages: len(r.plan.Stages),
+		Microbatches: tc.Microbatches, MicrobatchSize: tc.MicrobatchSize, Params: r.params, Epoch: r.fence.Epoch,
+		LeaderRev: leader.Rev(), PlanPath: r.planPath, PlanSHA256: r.planHash, Steps: reports, ElapsedS: time.Since(start).Seconds()}
 	sum.Checkpoint = r.lastCheckpoint
+	sum.Recoveries = r.recoveries
 	sum.finish(r.stats)
 	r.finishReplans(sum)
 	return sum, nil
+}
+
+// notifyRecovered stamps the recoveries waiting for a commit and reports
+// them.
+func (r *run) notifyRecovered() {
+	now := time.Now()
+	for _, i := range r.pendingCommit {
+		rec := &r.recoveries[i]
+		if rec.CommittedAt.IsZero() {
+			rec.CommittedAt = now
+			rec.ToCommitS = now.Sub(rec.DetectedAt).Seconds()
+		}
+		if r.cfg.OnRecovery != nil {
+			r.cfg.OnRecovery(*rec)
+		}
+	}
+	r.pendingCommit = r.pendingCommit[:0]
 }
 
 func corpusDir(cfg *Config) (string, error) {
@@ -247,7 +296,7 @@ func nextEpoch(ctx context.Context, cli *clientv3.Client, k etcdx.Keys) (int64, 
 }
 
 func (r *run) closeWorkers() {
-	for _, w := range r.workers {
+	for _, w := range r.conns {
 		if w.close != nil {
 			w.close()
 		}
@@ -255,29 +304,47 @@ func (r *run) closeWorkers() {
 }
 
 // fanOut calls f on every worker concurrently, each under the RPC
-// timeout, and returns the first error (by worker index, so the message
-// is deterministic) after all have returned.
+// timeout. The first failure cancels the others (a worker waiting for a
+// lost peer's tensors would otherwise wait for the whole timeout); the
+// error names the first failure, then the others by worker index.
 func (r *run) fanOut(ctx context.Context, what string, f func(ctx context.Context, w *workerConn) error) error {
 	errs := make([]error, len(r.workers))
+	fctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var first atomic.Int32
+	first.Store(-1)
 	var wg sync.WaitGroup
 	for i, w := range r.workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			cctx, cancel := context.WithTimeout(ctx, r.cfg.RPCTimeout)
-			defer cancel()
+			cctx, ccancel := context.WithTimeout(fctx, r.cfg.RPCTimeout)
+			defer ccancel()
 			if err := f(cctx, w); err != nil {
 				errs[i] = fmt.Errorf("coordinator: %s on worker %d (%s at %s): %w", what, w.idx, w.member.Name, w.member.Addr, err)
+				if first.CompareAndSwap(-1, int32(i)) {
+					cancel()
+				}
 			}
 		}()
 	}
 	wg.Wait()
-	return errors.Join(errs...)
+	if i := first.Load(); i >= 0 {
+		rest := append([]error{errs[i]}, errs[:i]...)
+		return errors.Join(append(rest, errs[i+1:]...)...)
+	}
+	return nil
 }
 
 // configure hands every worker the plan and the model, and returns the
 // model's parameter count (the sum over the workers of replica 0).
 func (r *run) configure(ctx context.Context, planJSON []byte, tc model.TrainConfig) (int64, error) {
+	return r.configureWith(ctx, planJSON, tc, false)
+}
+
+// configureWith is configure; fresh makes every worker rebuild its shards
+// from the seed (Configure{fresh}).
+func (r *run) configureWith(ctx context.Context, planJSON []byte, tc model.TrainConfig, fresh bool) (int64, error) {
 	modelJSON, err := json.Marshal(tc)
 	if err != nil {
 		return 0, err
@@ -289,7 +356,7 @@ func (r *run) configure(ctx context.Context, planJSON []byte, tc model.TrainConf
 	counts := make([]int64, len(r.workers))
 	err = r.fanOut(ctx, "Configure", func(ctx context.Context, w *workerConn) error {
 		resp, err := w.cli.Configure(ctx, &pb.ConfigureRequest{Fence: r.fence, PlanJson: planJSON, Worker: int32(w.idx),
-			Peers: peers, ModelJson: modelJSON, Seed: int64(tc.Model.Seed), LinkShapingYaml: r.cfg.Cluster})
+			Peers: peers, ModelJson: modelJSON, Seed: int64(tc.Model.Seed), LinkShapingYaml: r.cfg.Cluster, Fresh: fresh})
 		if err == nil {
 			counts[w.idx] = resp.NumParams
 		}
@@ -353,8 +420,11 @@ func (r *run) saveCheckpoint(ctx context.Context, step int64) (*CheckpointManife
 	return m, nil
 }
 
-// resumePoint decides where a job starts: nil for a new job, the
-// checkpoint committed with the last step for a job that already ran.
+// resumePoint decides where a job starts: nil for a new job (or one
+// whose committed steps all come after no checkpoint: it replays them
+// from the seed), else the newest checkpoint etcd lists. Checkpoints are
+// listed in their step's commit, so the newest is at most the last
+// committed step; the steps after it are replayed, not committed again.
 func resumePoint(ctx context.Context, leader *etcdx.Leader, last etcdx.Commit, cfg *Config) (*CheckpointManifest, error) {
 	if last.Step == 0 {
 		return nil, nil
@@ -362,15 +432,7 @@ func resumePoint(ctx context.Context, leader *etcdx.Leader, last etcdx.Commit, c
 	if last.Step >= int64(cfg.Steps) {
 		return nil, fmt.Errorf("coordinator: job %s already committed step %d of %d; nothing to resume (use a new job id)", cfg.Job, last.Step, cfg.Steps)
 	}
-	var m CheckpointManifest
-	found, err := etcdx.GetJSON(ctx, leader.Client(), leader.Keys().Checkpoint(last.Step), &m)
-	if err != nil {
-		return nil, err
-	}
-	if !found {
-		return nil, fmt.Errorf("coordinator: job %s already committed step %d without a checkpoint of it, so it cannot resume exactly (checkpoint every step, or use a new job id)", cfg.Job, last.Step)
-	}
-	return &m, nil
+	return latestCheckpoint(ctx, leader)
 }
 
 // restore loads the checkpoint into every worker and rewinds the sampler.
@@ -387,21 +449,3 @@ func (r *run) restore(ctx context.Context, m *CheckpointManifest) error {
 // ErrWorkerLost means a plan worker's registration vanished (its lease
 // expired or it deregistered) during the run.
 var ErrWorkerLost = errors.New("coordinator: worker lost")
-
-// watchPlanMembers cancels ctx with ErrWorkerLost when a plan worker's
-// registration disappears or is replaced by another lease (a restart under
-// the same name holds none of the run's state).
-func watchPlanMembers(ctx context.Context, leader *etcdx.Leader, plan []etcdx.Member, cancel context.CancelCauseFunc) {
-	for ms := range etcdx.WatchMembers(ctx, leader.Client(), leader.Keys()) {
-		cur := map[string]etcdx.Member{}
-		for _, m := range ms {
-			cur[m.Name] = m
-		}
-		for i, m := range plan {
-			if c, ok := cur[m.Name]; !ok || c.Lease != m.Lease || c.Addr != m.Addr {
-				cancel(fmt.Errorf("%w: plan worker %d (%s at %s) left the job", ErrWorkerLost, i, m.Name, m.Addr))
-				return
-			}
-		}
-	}
-}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"os"
 	"sort"
 	"time"
 
@@ -39,6 +40,9 @@ type StepReport struct {
 	// minus ComputeS, StepS and CheckpointS (drawing data, the norm, RPC
 	// overheads outside the fan-outs, the commit).
 	ControlS float64 `json:"control_s"`
+	// Replayed marks a step re-run after a restore: it was committed
+	// before, so it is not committed (or reported) again.
+	Replayed bool `json:"-"`
 }
 
 // iterate runs optimizer step `step` (1-based): it draws the windows of
@@ -48,6 +52,7 @@ type StepReport struct {
 // untouched; the step is committed only after every worker applied it.
 func (r *run) iterate(ctx context.Context, step int64) (StepReport, error) {
 	t0 := time.Now()
+	r.stepping = false
 	tc := r.cfg.Train
 	perWorker, err := r.drawData()
 	if err != nil {
@@ -73,11 +78,14 @@ func (r *run) iterate(ctx context.Context, step int64) (StepReport, error) {
 		return StepReport{}, fmt.Errorf("coordinator: step %d: %w", step, err)
 	}
 	if math.IsNaN(norm) || math.IsInf(norm, 0) {
-		return StepReport{}, fmt.Errorf("coordinator: step %d: gradient norm is %v; lower the learning rate", step, norm)
+		return StepReport{}, fmt.Errorf("%w: coordinator: step %d: gradient norm is %v; lower the learning rate", errNotDeterministic, step, norm)
 	}
 	clip := model.ClipFactor(norm, tc.Optim.ClipNorm)
 	lr := tc.Optim.LRAt(int(step))
 	tStep := time.Now()
+	// From here a failure may leave some workers stepped and others not:
+	// recovery then restores every shard (see recover.go).
+	r.stepping = true
 	err = r.fanOut(ctx, fmt.Sprintf("Step %d", step), func(ctx context.Context, w *workerConn) error {
 		resp, err := w.cli.Step(ctx, &pb.StepRequest{Fence: r.fence, Iteration: step, ClipScale: float64(clip), Lr: lr})
 		if err == nil && resp.AppliedStep != step {
@@ -87,10 +95,18 @@ func (r *run) iterate(ctx context.Context, step int64) (StepReport, error) {
 	})
 	if err != nil {
 		// Some workers may have stepped and others not: the shards no
-		// longer form one model, so the job stops without committing.
+		// longer form one model. The step is not committed and recovery
+		// reloads every shard from the last checkpoint.
 		return StepReport{}, fmt.Errorf("%w (step %d not committed; the workers' shards may disagree)", err, step)
 	}
 	stepS := time.Since(tStep).Seconds()
+	if step <= r.committer.Last().Step {
+		// A replay after a restore: the step is committed already.
+		if err := r.checkReplay(ctx, step, loss); err != nil {
+			return StepReport{}, fmt.Errorf("%w: %w", errNotDeterministic, err)
+		}
+		return StepReport{Step: step, Loss: loss, Replayed: true}, nil
+	}
 	var extra []clientv3.Op
 	var ckpt *CheckpointManifest
 	tCkpt := time.Now()
@@ -103,6 +119,20 @@ func (r *run) iterate(ctx context.Context, step int64) (StepReport, error) {
 			return StepReport{}, err
 		}
 		extra = append(extra, clientv3.OpPut(r.leader.Keys().Checkpoint(step), string(b)))
+		ops, dirs, err := r.retire(ctx, step)
+		if err != nil {
+			return StepReport{}, err
+		}
+		extra = append(extra, ops...)
+		defer func() {
+			if r.committer.Last().Step == step {
+				for _, d := range dirs {
+					if err := os.RemoveAll(d); err != nil {
+						r.cfg.Logf("remove retired checkpoint %s: %v", d, err)
+					}
+				}
+			}
+		}()
 	}
 	ckptS := time.Since(tCkpt).Seconds()
 	tCommit := time.Now()

@@ -92,9 +92,10 @@ func TestSkipPipeTrains(t *testing.T) {
 	checkCommits(t, cl.endpoints, job, steps)
 }
 
-// TestLostWorkerStopsTheRun kills a worker's registration mid-run: the
-// coordinator stops with ErrWorkerLost instead of waiting for an RPC
-// timeout, and the committed sequence stays gap-free.
+// TestLostWorkerStopsTheRun kills a worker's registration mid-run with no
+// replacement and too few workers left for the stages: after waiting
+// ReplaceWait the coordinator stops with ErrWorkerLost instead of waiting
+// for an RPC timeout, and the committed sequence stays gap-free.
 func TestLostWorkerStopsTheRun(t *testing.T) {
 	corpus := writeCorpus(t)
 	const job = "lost"
@@ -102,7 +103,7 @@ func TestLostWorkerStopsTheRun(t *testing.T) {
 	done := make(chan struct{})
 	co, err := coordinator.New(coordinator.Config{Job: job, Endpoints: cl.endpoints, TTL: 2, Workers: 2,
 		Schedule: "gpipe", Train: tinyTrain(2), Steps: 100000, CorpusDir: corpus, OutDir: t.TempDir(),
-		RPCTimeout: time.Minute,
+		RPCTimeout: time.Minute, ReplaceWait: 2 * time.Second,
 		OnStep: func(r coordinator.StepReport) {
 			if r.Step == 2 {
 				close(done)

@@ -88,6 +88,12 @@ func buildPlanFrom(cfg *Config, members []etcdx.Member, epoch int64, prev *sched
 	if err != nil {
 		return nil, nil, 0, fmt.Errorf("coordinator: build %s plan: %w", cfg.Schedule, err)
 	}
+	return checkPlan(cfg, p, members, epoch)
+}
+
+// checkPlan validates a generated plan against the model and orders the
+// members as the plan's workers (by node name).
+func checkPlan(cfg *Config, p *scheduler.Plan, members []etcdx.Member, epoch int64) (*scheduler.Plan, []etcdx.Member, model.Layout, error) {
 	p.Epoch = epoch
 	if err := scheduler.Validate(p); err != nil {
 		return nil, nil, 0, fmt.Errorf("coordinator: %s plan is invalid: %w", cfg.Schedule, err)

@@ -56,6 +56,9 @@ type Summary struct {
 	// UnparsedTimings counts worker timings whose action the coordinator
 	// could not read (left out of the trace).
 	UnparsedTimings int `json:"unparsed_timings,omitempty"`
+	// Recoveries lists the failures survived (recover.go), with their
+	// detection-to-recovery times.
+	Recoveries []Recovery `json:"recoveries,omitempty"`
 	// Replans lists the plan changes made on cost drift (Config.ReplanDrift);
 	// Epoch, Schedule and PlanPath then describe the last plan.
 	Replans []Replan `json:"replans,omitempty"`

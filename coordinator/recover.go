@@ -1,0 +1,755 @@
+package coordinator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"stagecoach/internal/etcdx"
+	"stagecoach/model"
+	pb "stagecoach/proto"
+	"stagecoach/scheduler"
+)
+
+// Failure handling.
+//
+// A plan worker is lost when its lease lapses (the membership watch
+// cancels the epoch's context), when one of its RPCs or peer streams fails,
+// or when an RPC passes its deadline, whichever comes first. The in-flight
+// iteration is then abandoned and one of two recoveries runs under a new
+// epoch (the workers drop every tensor and command of older epochs):
+//
+//   - Re-path (SkipPipe only): the iteration failed before any Step was
+//     sent, so every survivor still holds exactly the committed step's
+//     parameters. The plan is rebuilt on the survivors with the same
+//     placement minus the lost workers (the stage keeps its other replicas)
+//     and the same iteration is retried with the same windows. Nothing is
+//     restored.
+//
+//   - Restore (every schedule, and SkipPipe when re-pathing is impossible):
+//     the plan is rebuilt on the survivors plus replacements (or on fewer
+//     workers when no replacement comes), every shard is reset and loaded
+//     from the last committed checkpoint, the sampler is rewound to its data
+//     position, and the steps committed after that checkpoint are replayed
+//     without being committed again (their losses must match the committed
+//     ones bit for bit when the plan is the one they were committed under).
+//
+// No partial step survives either way. Step is sent only after every
+// RunIteration succeeded; if a worker fails during the Step fan-out, some
+// workers may have applied the step and others not, and the step was not
+// committed. Re-pathing is then refused and the restore path reloads every
+// shard from the checkpoint, so the stepped workers are rolled back too.
+//
+// A worker that appears (a replacement, or a lost one that registered
+// again) while the plan is short of Config.Workers joins at the next
+// iteration boundary: every plan worker saves its shards at the current
+// step into a hand-off directory, the new plan is installed and every
+// worker loads from there (SkipPipe replicas are bit-identical, so any
+// replica's file is the stage's state).
+
+// Recovery describes one failure and what the coordinator did about it.
+type Recovery struct {
+	// Step is the step that failed (or, for a rejoin, the next step).
+	Step int64 `json:"step"`
+	// Kind is "repath", "restore" or "rejoin".
+	Kind string `json:"kind"`
+	// Cause is the error that ended the iteration.
+	Cause string `json:"cause"`
+	// Lost and Joined name the workers that left and entered the plan.
+	Lost   []string `json:"lost,omitempty"`
+	Joined []string `json:"joined,omitempty"`
+	// Epoch is the new plan epoch; Workers its worker count.
+	Epoch   int64 `json:"epoch"`
+	Workers int   `json:"workers"`
+	// FromCheckpoint is the checkpoint step restored (restore only; 0 is
+	// the seeded initial state) and Replayed the committed steps re-run.
+	FromCheckpoint int64 `json:"from_checkpoint,omitempty"`
+	Replayed       int64 `json:"replayed,omitempty"`
+	// DetectedAt is when the coordinator noticed the failure; ResumedAt
+	// when the new plan was installed and the retry could start;
+	// CommittedAt when the first new step after it was committed.
+	DetectedAt  time.Time `json:"detected_at"`
+	ResumedAt   time.Time `json:"resumed_at"`
+	CommittedAt time.Time `json:"committed_at,omitzero"`
+	// RecoveryS is ResumedAt - DetectedAt; ToCommitS CommittedAt -
+	// DetectedAt.
+	RecoveryS float64 `json:"recovery_s"`
+	ToCommitS float64 `json:"to_commit_s,omitempty"`
+}
+
+// armWatch starts the membership watch of the current plan: it cancels
+// the returned context when a plan worker's registration disappears or
+// changes lease, and keeps the latest membership for rejoin checks.
+func (r *run) armWatch(parent context.Context) context.Context {
+	if r.stopWatch != nil {
+		r.stopWatch(nil)
+	}
+	ctx, cancel := context.WithCancelCause(parent)
+	r.stopWatch = cancel
+	plan := make([]etcdx.Member, len(r.workers))
+	for i, w := range r.workers {
+		plan[i] = w.member
+	}
+	go func() {
+		for ms := range etcdx.WatchMembers(ctx, r.leader.Client(), r.leader.Keys()) {
+			r.latest.Store(&ms)
+			cur := map[string]etcdx.Member{}
+			for _, m := range ms {
+				cur[m.Name] = m
+			}
+			for i, m := range plan {
+				if c, ok := cur[m.Name]; !ok || c.Lease != m.Lease || c.Addr != m.Addr {
+					cancel(fmt.Errorf("%w: plan worker %d (%s at %s) left the job (lease %x lapsed or replaced)", ErrWorkerLost, i, m.Name, m.Addr, m.Lease))
+					return
+				}
+			}
+		}
+	}()
+	return ctx
+}
+
+// probe asks every candidate for its Status under a short deadline and
+// returns those that answered, keyed by name. A worker that does not
+// answer (killed, stopped, partitioned) is remembered as suspect under its
+// lease: it is not used again until it registers under a new lease.
+func (r *run) probe(ctx context.Context, cands []etcdx.Member) map[string]*pb.StatusResponse {
+	out := map[string]*pb.StatusResponse{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, m := range cands {
+		if r.suspect[m.Name] == m.Lease {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w, err := r.conn(ctx, m)
+			var st *pb.StatusResponse
+			if err == nil {
+				pctx, cancel := context.WithTimeout(ctx, r.cfg.ProbeTimeout)
+				st, err = w.cli.Status(pctx, &pb.StatusRequest{})
+				cancel()
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				r.suspect[m.Name] = m.Lease
+				r.cfg.Logf("worker %s at %s does not answer (%v); not used until it registers again", m.Name, m.Addr, err)
+				return
+			}
+			out[m.Name] = st
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+// conn returns the control connection to m, reusing an open one to the
+// same address.
+func (r *run) conn(ctx context.Context, m etcdx.Member) (*workerConn, error) {
+	if w, ok := r.conns[m.Name]; ok && w.member.Addr == m.Addr {
+		w.member = m
+		return w, nil
+	} else if ok {
+		w.close()
+		delete(r.conns, m.Name)
+	}
+	cli, closeFn, err := r.cfg.Dial(ctx, m.Addr)
+	if err != nil {
+		return nil, err
+	}
+	w := &workerConn{member: m, cli: cli, close: closeFn}
+	r.conns[m.Name] = w
+	return w, nil
+}
+
+// healthy reads the registrations and returns those answering Status.
+func (r *run) healthy(ctx context.Context) ([]etcdx.Member, map[string]*pb.StatusResponse, error) {
+	ms, _, err := etcdx.Members(ctx, r.leader.Client(), r.leader.Keys())
+	if err != nil {
+		return nil, nil, err
+	}
+	st := r.probe(ctx, ms)
+	var out []etcdx.Member
+	for _, m := range ms {
+		if _, ok := st[m.Name]; ok {
+			out = append(out, m)
+		}
+	}
+	return out, st, nil
+}
+
+// recover handles the failure of step: it returns the step to run next.
+func (r *run) recover(ctx context.Context, step int64, cause error) (int64, error) {
+	cfg := r.cfg
+	det := time.Now()
+	if r.stopWatch != nil {
+		r.stopWatch(nil)
+	}
+	r.failures++
+	if r.failures > cfg.MaxRecoveries {
+		return 0, fmt.Errorf("coordinator: step %d failed %d times in a row, giving up: %w", step, r.failures-1, cause)
+	}
+	cfg.Logf("step %d failed: %v; recovering", step, cause)
+	rec := Recovery{Step: step, Cause: cause.Error(), DetectedAt: det}
+	live, st, err := r.healthy(ctx)
+	if err != nil {
+		return 0, err
+	}
+	liveSet := map[string]etcdx.Member{}
+	for _, m := range live {
+		liveSet[m.Name] = m
+	}
+	var survivors []etcdx.Member
+	for _, w := range r.workers {
+		if m, ok := liveSet[w.member.Name]; ok {
+			survivors = append(survivors, m)
+		} else {
+			rec.Lost = append(rec.Lost, w.member.Name)
+		}
+	}
+	next := step
+	if ok, why := r.canRepath(survivors, st, step); ok {
+		err = r.repath(ctx, survivors)
+		if err == nil {
+			rec.Kind = "repath"
+		} else {
+			cfg.Logf("re-path after step %d failed: %v; restoring from the last checkpoint", step, err)
+		}
+	} else if isSkipPipe(cfg.Schedule) {
+		cfg.Logf("no re-path for step %d: %s; restoring from the last checkpoint", step, why)
+	}
+	if rec.Kind == "" {
+		from, err := r.restoreAll(ctx, step)
+		if err != nil {
+			return 0, fmt.Errorf("%w (recovering from: %w)", err, cause)
+		}
+		rec.Kind, rec.FromCheckpoint = "restore", from
+		rec.Replayed = r.committer.Last().Step - from
+		next = from + 1
+	}
+	rec.Epoch, rec.Workers = r.fence.Epoch, len(r.workers)
+	rec.ResumedAt = time.Now()
+	rec.RecoveryS = rec.ResumedAt.Sub(det).Seconds()
+	cfg.Logf("recovered from the failure of step %d by %s in %.3f s: epoch %d on %d workers (lost %v), next step %d",
+		step, rec.Kind, rec.RecoveryS, rec.Epoch, rec.Workers, rec.Lost, next)
+	r.recoveries = append(r.recoveries, rec)
+	r.pendingCommit = append(r.pendingCommit, len(r.recoveries)-1)
+	return next, nil
+}
+
+// canRepath reports whether SkipPipe can retry step on the survivors
+// without restoring anything: no Step was sent, every survivor holds the
+// previous step, no stage-0 worker (an origin: the microbatches it starts
+// would be lost) is gone, and every stage keeps a replica.
+func (r *run) canRepath(survivors []etcdx.Member, st map[string]*pb.StatusResponse, step int64) (bool, string) {
+	if !isSkipPipe(r.cfg.Schedule) {
+		return false, "not a SkipPipe plan"
+	}
+	if r.stepping {
+		return false, "the failure hit the Step fan-out (some workers may have stepped)"
+	}
+	alive := map[string]bool{}
+	for _, m := range survivors {
+		if st[m.Name].GetAppliedStep() != step-1 {
+			return false, fmt.Sprintf("worker %s holds step %d, not %d", m.Name, st[m.Name].GetAppliedStep(), step-1)
+		}
+		alive[m.Name] = true
+	}
+	for s, ws := range r.plan.StageWorkers() {
+		n := 0
+		for _, w := range ws {
+			if alive[r.workers[w].member.Name] {
+				n++
+			} else if s == 0 {
+				return false, fmt.Sprintf("stage-0 worker %s is lost", r.workers[w].member.Name)
+			}
+		}
+		if n == 0 {
+			return false, fmt.Sprintf("stage %d has no replica left", s)
+		}
+	}
+	return true, ""
+}
+
+// repath installs a SkipPipe plan on the survivors with the current
+// placement minus the lost workers. Survivors keep their shards.
+func (r *run) repath(ctx context.Context, survivors []etcdx.Member) error {
+	alive := map[string]etcdx.Member{}
+	for _, m := range survivors {
+		alive[m.Name] = m
+	}
+	parts := make([][]etcdx.Member, len(r.plan.Stages))
+	for s, ws := range r.plan.StageWorkers() {
+		for _, w := range ws {
+			if m, ok := alive[r.workers[w].member.Name]; ok {
+				parts[s] = append(parts[s], m)
+			}
+		}
+	}
+	return r.installSkipPipe(ctx, parts, false)
+}
+
+// installSkipPipe plans SkipPipe over a fixed partition (members per
+// stage) and installs it.
+func (r *run) installSkipPipe(ctx context.Context, parts [][]etcdx.Member, fresh bool) error {
+	epoch, err := nextEpoch(ctx, r.leader.Client(), r.leader.Keys())
+	if err != nil {
+		return err
+	}
+	plan, ordered, layout, err := skipPipeOnPartition(r.cfg, parts, epoch)
+	if err != nil {
+		return err
+	}
+	return r.install(ctx, plan, ordered, layout, fresh)
+}
+
+// skipPipeOnPartition plans cfg's SkipPipe variant with parts[s] holding
+// stage s (stages may be short of their configured size after a loss).
+func skipPipeOnPartition(cfg *Config, parts [][]etcdx.Member, epoch int64) (*scheduler.Plan, []etcdx.Member, model.Layout, error) {
+	var names []string
+	var members []etcdx.Member
+	// A stand-in previous plan carries the partition into the planner's
+	// input (skipPipeInput keeps a previous plan's placement).
+	prev := &scheduler.Plan{Stages: make([]scheduler.Stage, len(parts))}
+	idx := make([][]int, len(parts))
+	for s, ms := range parts {
+		if len(ms) == 0 {
+			return nil, nil, 0, fmt.Errorf("coordinator: stage %d has no worker", s)
+		}
+		for _, m := range ms {
+			idx[s] = append(idx[s], len(names))
+			names = append(names, m.Name)
+			members = append(members, m)
+			prev.Workers = append(prev.Workers, scheduler.Worker{Node: m.Name, Stages: []int{s}})
+		}
+	}
+	sc, err := skipPipeInput(cfg, names, prev)
+	if err != nil {
+		return nil, nil, 0, fmt.Errorf("coordinator: plan skippipe on %d workers: %w", len(names), err)
+	}
+	sc.Partition = idx
+	sc.StageSizes = make([]int, len(parts))
+	for s := range parts {
+		sc.StageSizes[s] = len(parts[s])
+	}
+	if cfg.Train.Microbatches%len(parts[0]) != 0 {
+		return nil, nil, 0, fmt.Errorf("coordinator: %d microbatches do not split over %d origins", cfg.Train.Microbatches, len(parts[0]))
+	}
+	sc.MicrobatchesPerOrigin = cfg.Train.Microbatches / len(parts[0])
+	// Fewer nodes must still hold every visit.
+	others := 0
+	for _, p := range parts[1:] {
+		others += len(p)
+	}
+	need := (cfg.Train.Microbatches*(sc.Rules.PathStages-1) + others - 1) / max(others, 1)
+	sc.Memory = max(sc.Memory, need)
+	variant := scheduler.SkipPipeCA
+	if cfg.Schedule == SkipPipeFull {
+		variant = scheduler.SkipPipeFull
+	}
+	p, _, err := scheduler.PlanSkipPipeVariant(variant, sc)
+	if err != nil {
+		return nil, nil, 0, fmt.Errorf("coordinator: plan skippipe on %d workers: %w", len(names), err)
+	}
+	return checkPlan(cfg, p, members, epoch)
+}
+
+// install stores plan as epoch's manifest, points the run at the workers
+// in ordered (plan order), configures them (fresh: from the seed) and
+// re-arms nothing: the caller's loop re-arms the membership watch.
+func (r *run) install(ctx context.Context, plan *scheduler.Plan, ordered []etcdx.Member, layout model.Layout, fresh bool) error {
+	cfg := r.cfg
+	planJSON, planPath, planHash, err := storePlan(cfg.OutDir, plan)
+	if err != nil {
+		return err
+	}
+	man := PlanManifest{Epoch: plan.Epoch, Schedule: plan.Schedule, SHA256: planHash, Bytes: len(planJSON), Path: planPath, LeaderRev: r.leader.Rev()}
+	for i, w := range plan.Workers {
+		man.Workers = append(man.Workers, PlanWorker{Name: ordered[i].Name, Addr: ordered[i].Addr, Stages: w.Stages, Replica: w.Replica})
+	}
+	if err := r.leader.PutJSON(ctx, r.leader.Keys().Plan(plan.Epoch), man); err != nil {
+		return err
+	}
+	r.planHashes[plan.Epoch] = planHash
+	workers := make([]*workerConn, len(ordered))
+	for i, m := range ordered {
+		w, err := r.conn(ctx, m)
+		if err != nil {
+			return err
+		}
+		// Plan slots are positions in this plan only: a fresh struct
+		// per slot keeps an old plan's index from leaking.
+		workers[i] = &workerConn{idx: i, member: m, cli: w.cli}
+	}
+	r.workers, r.plan, r.planPath, r.planHash = workers, plan, planPath, planHash
+	r.fence = &pb.Fence{Job: cfg.Job, LeaderRev: r.leader.Rev(), Epoch: plan.Epoch}
+	tc := cfg.Train
+	tc.Stages = len(plan.Stages)
+	tc.Layout = layout
+	n, err := r.configureWith(ctx, planJSON, tc, fresh)
+	if err != nil {
+		return err
+	}
+	r.params = n
+	r.stats = newMeasurements(plan, cfg.Steps)
+	return r.startReplanner()
+}
+
+// restoreAll rebuilds the plan on healthy workers (waiting for
+// replacements), resets every shard, loads the last committed checkpoint
+// and rewinds the data. It returns the checkpoint's step (0: the seeded
+// initial state).
+func (r *run) restoreAll(ctx context.Context, step int64) (int64, error) {
+	cfg := r.cfg
+	members, err := r.gather(ctx)
+	if err != nil {
+		return 0, err
+	}
+	epoch, err := nextEpoch(ctx, r.leader.Client(), r.leader.Keys())
+	if err != nil {
+		return 0, err
+	}
+	var plan *scheduler.Plan
+	var ordered []etcdx.Member
+	var layout model.Layout
+	if isSkipPipe(cfg.Schedule) {
+		plan, ordered, layout, err = skipPipeOnPartition(cfg, r.partitionFor(members), epoch)
+	} else {
+		c := *cfg
+		c.Workers = len(members)
+		plan, ordered, layout, err = buildPlan(&c, members, epoch)
+	}
+	if err != nil {
+		return 0, err
+	}
+	if err := r.install(ctx, plan, ordered, layout, true); err != nil {
+		return 0, err
+	}
+	ck, err := latestCheckpoint(ctx, r.leader)
+	if err != nil {
+		return 0, err
+	}
+	if ck == nil {
+		if err := r.sampler.SetState(r.initialData); err != nil {
+			return 0, err
+		}
+		return 0, nil
+	}
+	if err := r.restore(ctx, ck); err != nil {
+		return 0, err
+	}
+	return ck.Step, nil
+}
+
+// gather waits up to Config.ReplaceWait for Config.Workers healthy
+// registered workers (the current plan's survivors first, then others by
+// name). After that it settles for fewer when they can still hold the
+// stages: a multiple of Stages for classic schedules, at least one per
+// stage for SkipPipe. It fails with ErrWorkerLost otherwise.
+func (r *run) gather(ctx context.Context) ([]etcdx.Member, error) {
+	cfg := r.cfg
+	deadline := time.Now().Add(cfg.ReplaceWait)
+	for {
+		live, _, err := r.healthy(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if len(live) >= cfg.Workers {
+			return r.prefer(live, cfg.Workers), nil
+		}
+		if time.Now().After(deadline) {
+			n := len(live)
+			if !isSkipPipe(cfg.Schedule) {
+				n -= n % cfg.Stages
+			}
+			if n >= cfg.Stages && n > 0 {
+				cfg.Logf("no replacement after %v: continuing on %d of %d workers", cfg.ReplaceWait, n, cfg.Workers)
+				return r.prefer(live, n), nil
+			}
+			return nil, fmt.Errorf("%w: %d healthy workers after waiting %v for replacements, need %d (at least %d)", ErrWorkerLost, len(live), cfg.ReplaceWait, cfg.Workers, cfg.Stages)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, context.Cause(ctx)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// prefer picks n of live: current plan workers first, then by name, and
+// returns them sorted by name (classic placement is by name).
+func (r *run) prefer(live []etcdx.Member, n int) []etcdx.Member {
+	inPlan := map[string]bool{}
+	for _, w := range r.workers {
+		inPlan[w.member.Name] = true
+	}
+	out := append([]etcdx.Member(nil), live...)
+	sort.SliceStable(out, func(i, j int) bool {
+		if inPlan[out[i].Name] != inPlan[out[j].Name] {
+			return inPlan[out[i].Name]
+		}
+		return out[i].Name < out[j].Name
+	})
+	out = out[:n]
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// partitionFor places members on SkipPipe stages: a member keeps the stage
+// it held in the current plan; a newcomer fills the stage furthest below
+// its configured size (stage 0 first on ties, as origins carry the data).
+func (r *run) partitionFor(members []etcdx.Member) [][]etcdx.Member {
+	ns := len(r.plan.Stages)
+	parts := make([][]etcdx.Member, ns)
+	held := map[string]int{}
+	for s, ws := range r.plan.StageWorkers() {
+		for _, w := range ws {
+			held[r.workers[w].member.Name] = s
+		}
+	}
+	var fresh []etcdx.Member
+	for _, m := range members {
+		if s, ok := held[m.Name]; ok {
+			parts[s] = append(parts[s], m)
+		} else {
+			fresh = append(fresh, m)
+		}
+	}
+	want := r.stageSizes
+	for _, m := range fresh {
+		best := -1
+		for s := range parts {
+			if best < 0 || want[s]-len(parts[s]) > want[best]-len(parts[best]) {
+				best = s
+			}
+		}
+		parts[best] = append(parts[best], m)
+	}
+	return parts
+}
+
+// maybeRejoin runs at an iteration boundary: when the plan is short of
+// Config.Workers and healthy registered workers are outside it, they join.
+// It reports whether the plan changed.
+func (r *run) maybeRejoin(ctx context.Context, step int64) (bool, error) {
+	cfg := r.cfg
+	if len(r.workers) >= cfg.Workers {
+		return false, nil
+	}
+	snap := r.latest.Load()
+	if snap == nil {
+		return false, nil
+	}
+	inPlan := map[string]bool{}
+	for _, w := range r.workers {
+		inPlan[w.member.Name] = true
+	}
+	var cands []etcdx.Member
+	for _, m := range *snap {
+		if !inPlan[m.Name] && r.suspect[m.Name] != m.Lease {
+			cands = append(cands, m)
+		}
+	}
+	if len(cands) == 0 {
+		return false, nil
+	}
+	st := r.probe(ctx, cands)
+	var joined []etcdx.Member
+	for _, m := range cands {
+		if _, ok := st[m.Name]; ok {
+			joined = append(joined, m)
+		}
+	}
+	if len(joined) == 0 {
+		return false, nil
+	}
+	det := time.Now()
+	members := make([]etcdx.Member, 0, len(r.workers)+len(joined))
+	for _, w := range r.workers {
+		members = append(members, w.member)
+	}
+	members = append(members, joined...)
+	if !isSkipPipe(cfg.Schedule) {
+		n := min(len(members), cfg.Workers)
+		n -= n % cfg.Stages
+		if n <= len(r.workers) {
+			return false, nil
+		}
+		members = r.prefer(members, n)
+	} else if len(members) > cfg.Workers {
+		members = members[:cfg.Workers]
+	}
+	rec := Recovery{Step: step, Kind: "rejoin", Cause: "workers available", DetectedAt: det}
+	for _, m := range members {
+		if !inPlan[m.Name] {
+			rec.Joined = append(rec.Joined, m.Name)
+		}
+	}
+	cfg.Logf("before step %d: %v join the plan", step, rec.Joined)
+	// Hand the current state over through a checkpoint of the current
+	// step outside the committed ones.
+	applied := step - 1
+	var handoff string
+	if applied > 0 {
+		base, err := filepath.Abs(filepath.Join(cfg.OutDir, "handoff", fmt.Sprintf("epoch-%d", r.fence.Epoch)))
+		if err != nil {
+			return false, err
+		}
+		err = r.fanOut(ctx, fmt.Sprintf("SaveCheckpoint (hand-off) %d", applied), func(ctx context.Context, w *workerConn) error {
+			_, err := w.cli.SaveCheckpoint(ctx, &pb.CheckpointRequest{Fence: r.fence, Dir: base, Step: applied})
+			return err
+		})
+		if err != nil {
+			return false, err
+		}
+		handoff = base
+		defer os.RemoveAll(base)
+	}
+	epoch, err := nextEpoch(ctx, r.leader.Client(), r.leader.Keys())
+	if err != nil {
+		return false, err
+	}
+	var plan *scheduler.Plan
+	var ordered []etcdx.Member
+	var layout model.Layout
+	if isSkipPipe(cfg.Schedule) {
+		plan, ordered, layout, err = skipPipeOnPartition(cfg, r.partitionFor(members), epoch)
+	} else {
+		c := *cfg
+		c.Workers = len(members)
+		plan, ordered, layout, err = buildPlan(&c, members, epoch)
+	}
+	if err != nil {
+		return false, err
+	}
+	if err := r.install(ctx, plan, ordered, layout, true); err != nil {
+		return false, err
+	}
+	if handoff != "" {
+		err = r.fanOut(ctx, fmt.Sprintf("LoadCheckpoint (hand-off) %d", applied), func(ctx context.Context, w *workerConn) error {
+			_, err := w.cli.LoadCheckpoint(ctx, &pb.CheckpointRequest{Fence: r.fence, Dir: handoff, Step: applied})
+			return err
+		})
+		if err != nil {
+			return false, err
+		}
+	}
+	rec.Epoch, rec.Workers = r.fence.Epoch, len(r.workers)
+	rec.ResumedAt = time.Now()
+	rec.RecoveryS = rec.ResumedAt.Sub(det).Seconds()
+	cfg.Logf("epoch %d: %d workers after %v joined (%.3f s)", rec.Epoch, rec.Workers, rec.Joined, rec.RecoveryS)
+	r.recoveries = append(r.recoveries, rec)
+	r.pendingCommit = append(r.pendingCommit, len(r.recoveries)-1)
+	return true, nil
+}
+
+// latestCheckpoint is the newest checkpoint etcd lists, nil if none.
+func latestCheckpoint(ctx context.Context, l *etcdx.Leader) (*CheckpointManifest, error) {
+	ms, err := listCheckpoints(ctx, l.Client(), l.Keys())
+	if err != nil || len(ms) == 0 {
+		return nil, err
+	}
+	return &ms[len(ms)-1], nil
+}
+
+// listCheckpoints reads every listed checkpoint manifest, oldest first.
+func listCheckpoints(ctx context.Context, cli *clientv3.Client, k etcdx.Keys) ([]CheckpointManifest, error) {
+	resp, err := cli.Get(ctx, k.CheckpointsPrefix(), clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+	if err != nil {
+		return nil, fmt.Errorf("coordinator: read checkpoints of job %s: %w", k.Job(), err)
+	}
+	out := make([]CheckpointManifest, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		var m CheckpointManifest
+		if err := json.Unmarshal(kv.Value, &m); err != nil {
+			return nil, fmt.Errorf("coordinator: %s: %w", kv.Key, err)
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// retire returns the etcd deletions that keep at most Config.Retain
+// checkpoints once the one of step is listed, and the directories to
+// remove after that commit. Deleting the listing first (in the commit's
+// transaction) and the files after means etcd never lists a checkpoint
+// whose files are gone; a crash in between only leaves orphaned files.
+func (r *run) retire(ctx context.Context, step int64) ([]clientv3.Op, []string, error) {
+	if r.cfg.Retain <= 0 {
+		return nil, nil, nil
+	}
+	ms, err := listCheckpoints(ctx, r.leader.Client(), r.leader.Keys())
+	if err != nil {
+		return nil, nil, err
+	}
+	var ops []clientv3.Op
+	var dirs []string
+	// The new one counts against the retention.
+	for i := 0; i < len(ms)-(r.cfg.Retain-1) && len(ops) < 100; i++ {
+		if ms[i].Step >= step {
+			break
+		}
+		ops = append(ops, clientv3.OpDelete(r.leader.Keys().Checkpoint(ms[i].Step)))
+		if d := ms[i].Dir; d != "" && d != ms[i].Base && strings.HasPrefix(d, ms[i].Base+string(filepath.Separator)) {
+			dirs = append(dirs, d)
+		}
+	}
+	return ops, dirs, nil
+}
+
+// checkReplay compares a replayed step's loss with the committed one. It
+// is exact only when the step runs under the plan it was committed with
+// (the same plan hash); otherwise the reduction order may differ and the
+// difference is only logged.
+func (r *run) checkReplay(ctx context.Context, step int64, loss float64) error {
+	var c etcdx.Commit
+	found, err := etcdx.GetJSON(ctx, r.leader.Client(), r.leader.Keys().Commit(step), &c)
+	if err != nil {
+		return err
+	}
+	if !found {
+		return fmt.Errorf("coordinator: replayed step %d has no commit record", step)
+	}
+	same := false
+	if h, ok := r.planHashes[c.Epoch]; ok {
+		same = h == r.planHash
+	} else {
+		var m PlanManifest
+		if ok, err := etcdx.GetJSON(ctx, r.leader.Client(), r.leader.Keys().Plan(c.Epoch), &m); err == nil && ok {
+			r.planHashes[c.Epoch] = m.SHA256
+			same = m.SHA256 == r.planHash
+		}
+	}
+	if math.Float64bits(loss) == math.Float64bits(c.Loss) {
+		return nil
+	}
+	if same {
+		return fmt.Errorf("coordinator: replay of step %d gave loss %v, committed %v under the same plan: the run is not deterministic", step, loss, c.Loss)
+	}
+	r.cfg.Logf("replayed step %d under another plan than its commit's: loss %v (committed %v)", step, loss, c.Loss)
+	return nil
+}
+
+// errRetryable tells the run loop whether a failed iteration may be
+// recovered: everything but the loss of leadership or of the caller's
+// context, and arithmetic that a retry would only repeat.
+func errRetryable(parent context.Context, err error) bool {
+	if parent.Err() != nil || errors.Is(err, etcdx.ErrDeposed) || errors.Is(err, errNotDeterministic) {
+		return false
+	}
+	return true
+}
+
+// errNotDeterministic marks failures that a retry would repeat.
+var errNotDeterministic = errors.New("coordinator: not retryable")
