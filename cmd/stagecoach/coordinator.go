@@ -43,6 +43,8 @@ type jobFlags struct {
 	asJSON    bool
 	ckpt      bool
 	ckptEvery int
+	retain    int
+	name      string
 }
 
 func (j *jobFlags) register(f *pflag.FlagSet, defaultJob string) {
@@ -65,7 +67,9 @@ func (j *jobFlags) register(f *pflag.FlagSet, defaultJob string) {
 	f.Int64Var(&j.maxBytes, "max-bytes", data.DefaultMaxBytes, "load at most this many bytes of the corpus")
 	f.BoolVar(&j.asJSON, "json", false, "print one JSON object per step on stdout")
 	f.BoolVar(&j.ckpt, "checkpoint", true, "save the workers' shards after the last step")
-	f.IntVar(&j.ckptEvery, "checkpoint-every", 0, "also checkpoint every N steps; a job rerun with the same --job resumes from its last committed checkpoint")
+	f.IntVar(&j.retain, "retain", 3, "committed checkpoints kept listed and on disk; older ones are removed (negative: keep all)")
+	f.StringVar(&j.name, "name", "coordinator", "this coordinator's name in the leader election (standbys campaign under their own)")
+	f.IntVar(&j.ckptEvery, "checkpoint-every", 0, "also checkpoint every N steps; a job rerun with the same --job resumes from its newest committed checkpoint and replays the committed steps after it")
 }
 
 // config checks the flags and builds the coordinator's config.
@@ -81,7 +85,7 @@ func (j *jobFlags) config(endpoints []string) (coordinator.Config, error) {
 	cfg := coordinator.Config{
 		Job: j.job, Endpoints: endpoints, TTL: j.ttl, Workers: j.workers, Stages: j.stages,
 		Schedule: j.schedule, Train: tc, Steps: j.steps, CorpusDir: j.corpus, MaxCorpusBytes: j.maxBytes,
-		OutDir: j.out, Checkpoint: j.ckpt, CheckpointEvery: j.ckptEvery,
+		OutDir: j.out, Checkpoint: j.ckpt, CheckpointEvery: j.ckptEvery, Retain: j.retain, Name: j.name,
 	}
 	if err := cfg.Validate(); err != nil {
 		return cfg, badInput("%v", err)
