@@ -219,7 +219,7 @@ func tiny(layers, microbatches int) model.TrainConfig {
 	return model.TrainConfig{
 		Model:        model.Config{Layers: layers, Dim: 16, Heads: 2, Ctx: 16, Seed: 7},
 		Microbatches: microbatches, MicrobatchSize: 2,
-		Optim:        model.OptimConfig{Kind: "adamw"},
+		Optim: model.OptimConfig{Kind: "adamw"},
 	}
 }
 
