@@ -178,10 +178,10 @@ func planNames(m coordinator.PlanManifest) []string {
 // job still commits steps 1..steps exactly once, each fault answered by a
 // new plan epoch.
 //
-// Worker loss is survived at the process level: the leader exits on the
-// lost lease, Docker restarts it (restart: on-failure) and it resumes from
-// the checkpoint committed with the last step, placing the job on the
-// remaining workers (the spare takes the lost one's place).
+// The leader must survive the worker's loss in-process (a new plan epoch
+// on the remaining workers and the spare, shards restored from the last
+// checkpoint) and log it; a standby must take over from a stopped leader
+// with a larger fencing token.
 func TestComposeTrainsThroughFaults(t *testing.T) {
 	requireDocker(t)
 	ctx, cancel := context.WithTimeout(context.Background(), budget)
@@ -281,6 +281,22 @@ func TestComposeTrainsThroughFaults(t *testing.T) {
 		victim, planNames(plan), before.Step, after.Step, after.Epoch, at.Sub(killAt).Seconds())
 	if names := planNames(latestPlan(ctx, t, cli, keys)); slices.Contains(names, victim) {
 		t.Errorf("the plan after killing %s still holds it: %v", victim, names)
+	}
+
+	// The leader must have survived the loss in-process, saying so, rather
+	// than by exiting and being restarted by Docker.
+	logs := c.mustCompose(ctx, 30*time.Second, "logs", "--no-color", "coordinator-1", "coordinator-2")
+	var recovered []string
+	for _, l := range strings.Split(logs, "\n") {
+		if strings.Contains(l, "recovered from the failure of step") || strings.Contains(l, "resumed job "+job) {
+			recovered = append(recovered, strings.TrimSpace(l))
+		}
+	}
+	t.Logf("coordinators on recovery:\n%s", strings.Join(recovered, "\n"))
+	if !slices.ContainsFunc(recovered, func(l string) bool {
+		return strings.Contains(l, "recovered from the failure") && strings.Contains(l, victim)
+	}) {
+		t.Errorf("no coordinator logged recovering in-process from the loss of %s", victim)
 	}
 
 	last, doneAt := waitCommit(ctx, t, cli, keys, 3*time.Minute, fmt.Sprintf("step %d", steps),
