@@ -242,6 +242,16 @@ func skipPipeInput(cfg *Config, names []string, prev *scheduler.Plan) (scheduler
 	if err != nil {
 		return sc, err
 	}
+	if costs != nil {
+		// SkipPipe plans hold the embedding and head on stage 0: size
+		// the all-reduces for that split, whatever plan calibrated.
+		if costs, err = cloneCluster(costs); err != nil {
+			return sc, err
+		}
+		if costs.Compute.StageGradientBytes, err = stageGradientBytes(cfg.Train.Model, ns, model.HeadFirst); err != nil {
+			return sc, err
+		}
+	}
 	if costs == nil {
 		// No cost model: a uniform loopback network.
 		sc.Delay, sc.ForwardS = make([][]float64, n), make([]float64, n)
@@ -313,6 +323,33 @@ func skipPipeInput(cfg *Config, names []string, prev *scheduler.Plan) (scheduler
 		return sc, err
 	}
 	sc.Partition, sc.RefinePlacement = pl.Partition, false
+	if costs == nil {
+		return sc, nil
+	}
+	// The refinement judges placements by the pipeline alone; the
+	// all-reduces can undo its gain (two replicas of a stage joined by a
+	// slow link, e.g. the table's NL-London). Keep the refined placement
+	// only if the SkipPipe plan over it simulates faster, all-reduces
+	// included, than over Place's.
+	sc.RefinePlacement = false
+	sc.Partition = nil
+	unrefined, err := scheduler.SkipPipePlacement(sc)
+	if err != nil {
+		return sc, err
+	}
+	best, bestS := pl.Partition, math.Inf(1)
+	for _, cand := range [][][]int{pl.Partition, unrefined.Partition} {
+		try := sc
+		try.Partition = cand
+		p, _, err := scheduler.PlanSkipPipeVariant(scheduler.SkipPipeCA, try)
+		if err != nil {
+			continue
+		}
+		if v := sc.Objective(p); v < bestS {
+			best, bestS = cand, v
+		}
+	}
+	sc.Partition = best
 	return sc, nil
 }
 
@@ -320,12 +357,16 @@ func skipPipeInput(cfg *Config, names []string, prev *scheduler.Plan) (scheduler
 // model m: what each stage's all-reduce moves. The embeddings and the
 // head make their stages heavier than a layer-proportional share.
 func StageGradientBytes(p *scheduler.Plan, m model.Config) ([]float64, error) {
-	m = m.WithDefaults()
 	layout := model.HeadLast
 	if p.HeadStage == 0 && len(p.Stages) > 1 {
 		layout = model.HeadFirst
 	}
-	specs, err := model.Split(m.Layers, len(p.Stages), layout)
+	return stageGradientBytes(m, len(p.Stages), layout)
+}
+
+func stageGradientBytes(m model.Config, stages int, layout model.Layout) ([]float64, error) {
+	m = m.WithDefaults()
+	specs, err := model.Split(m.Layers, stages, layout)
 	if err != nil {
 		return nil, fmt.Errorf("coordinator: gradient sizes: %w", err)
 	}

@@ -100,7 +100,25 @@ func Run(ctx context.Context, j Job) (*coordinator.Summary, error) {
 	if err != nil {
 		return nil, err
 	}
-	return co.Run(ctx)
+	sum, err := co.Run(ctx)
+	if err != nil {
+		return nil, err
+	}
+	// The same files `stagecoach up` writes, for Perfetto and sim.
+	if err := sum.WriteJSON(filepath.Join(out, "summary.json")); err != nil {
+		return nil, err
+	}
+	if sum.Measured != nil {
+		if err := sum.WriteTrace(filepath.Join(out, "trace.json")); err != nil {
+			return nil, err
+		}
+	}
+	if sum.CostModel != nil {
+		if err := WriteYAML(filepath.Join(out, "calibration.yaml"), sum.CostModel); err != nil {
+			return nil, err
+		}
+	}
+	return sum, nil
 }
 
 // WriteYAML writes a cost model where `stagecoach sim --cluster` reads it.

@@ -1,0 +1,221 @@
+// Command skipvsgpipe trains the same small model with SkipPipe (a third
+// of the stages skipped per microbatch) and with GPipe over the same
+// cluster, on loopback with the workers emulating the SkipPipe authors'
+// 12-region network (the skippipe-geo preset: 20 nodes, 6 stages of
+// [5,3,3,3,3,3], links scaled for the model, see coordinator.ScaleLinks).
+// GPipe here is "skippipe-full": every microbatch visits every stage, over
+// the same placement, origins and 30 microbatches as SkipPipe (like for
+// like). Both runs plan with one cost model calibrated from a short GPipe
+// run. It prints the iteration times, their ratio, the validation loss of
+// both after every checkpoint, and writes both loss curves to one PNG.
+//
+//	go run ./bench/skipvsgpipe [-steps 30] [-link-scale 0.03] [-margin 0.03] [-out bench-out/skipvsgpipe]
+//
+// Iteration time is compared within one invocation (a ratio); the loss
+// margin is relative to GPipe's validation loss after the last step.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"stagecoach/bench/internal/localrun"
+	"stagecoach/coordinator"
+	"stagecoach/data"
+	"stagecoach/model"
+	"stagecoach/model/train"
+	"stagecoach/sim"
+	"stagecoach/worker"
+)
+
+func main() {
+	var (
+		scale    = flag.Float64("link-scale", 0.03, "emulated hop time over the SkipPipe table's hop time for one microbatch")
+		steps    = flag.Int("steps", 30, "optimizer steps per schedule")
+		every    = flag.Int("eval-every", 5, "validation loss every this many steps (from the workers' checkpoints)")
+		margin   = flag.Float64("margin", 0.03, "SkipPipe's final validation loss may exceed GPipe's by at most this fraction")
+		out      = flag.String("out", "bench-out/skipvsgpipe", "output directory (runs, loss.png)")
+		corpus   = flag.String("corpus", "", "training text (default $(go env GOROOT)/src)")
+		maxBytes = flag.Int64("max-bytes", 4<<20, "corpus bytes to load")
+		windows  = flag.Int("eval-windows", 256, "validation windows")
+	)
+	flag.Parse()
+	if err := run(*scale, *steps, *every, *margin, *out, *corpus, *maxBytes, *windows); err != nil {
+		fmt.Fprintln(os.Stderr, "skipvsgpipe:", err)
+		os.Exit(1)
+	}
+}
+
+// trainConfig is the bench model: compute stays a minor share of an
+// iteration on two shared cores. Microbatches of 16 short windows keep
+// the activations large against the gradients (the embedding and head
+// dominate a model this narrow), so the all-reduce, which the SkipPipe
+// authors leave out of their comparison but the emulation prices, stays
+// a modest share too.
+func trainConfig() model.TrainConfig {
+	return model.TrainConfig{Model: model.Config{Layers: 6, Dim: 16, Heads: 2, Ctx: 32, Seed: 1},
+		Microbatches: 30, MicrobatchSize: 16}
+}
+
+type result struct {
+	name      string
+	sum       *coordinator.Summary
+	iterS     float64 // mean program span after warm-up (median)
+	wallS     float64 // mean step wall time after the first
+	val       []float64
+	valSteps  []float64
+	train     []float64
+	trainStep []float64
+}
+
+func run(scale float64, steps, every int, margin float64, out, corpus string, maxBytes int64, windows int) error {
+	if steps < 3 || every < 1 {
+		return fmt.Errorf("need -steps >= 3 and -eval-every >= 1")
+	}
+	if corpus == "" {
+		d, err := data.DefaultCorpusDir()
+		if err != nil {
+			return err
+		}
+		corpus = d
+	}
+	tc := trainConfig()
+	geo := sim.SkipPipeGeo()
+	if err := geo.Validate(); err != nil {
+		return err
+	}
+	cl, err := coordinator.ScaleLinks(geo, scale, tc.Model, tc.MicrobatchSize)
+	if err != nil {
+		return err
+	}
+	var names []string
+	for _, n := range cl.Nodes {
+		names = append(names, n.Name)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute)
+	defer cancel()
+	start := time.Now()
+	job := func(name, schedule string, n int, costs *sim.Cluster, ckpt int) localrun.Job {
+		return localrun.Job{Name: name, Dir: out, Schedule: schedule, Nodes: names, Train: tc, Steps: n, Cluster: cl,
+			Costs: costs, CheckpointEvery: ckpt, CorpusDir: corpus, MaxCorpusBytes: maxBytes}
+	}
+	fmt.Fprintf(os.Stderr, "calibrating on %s (GPipe, 5 steps)...\n", cl.Name)
+	calib, err := localrun.Run(ctx, job("calibrate", coordinator.SkipPipeFull, 5, nil, 0))
+	if err != nil {
+		return fmt.Errorf("calibration run: %w", err)
+	}
+	if calib.CostModel == nil {
+		return fmt.Errorf("calibration run measured nothing")
+	}
+	c, err := data.Load(corpus, data.Options{MaxBytes: maxBytes})
+	if err != nil {
+		return err
+	}
+	win, err := data.EvalWindows(c.Val, windows, tc.Model.Ctx+1)
+	if err != nil {
+		return err
+	}
+	var res []*result
+	for _, s := range []string{coordinator.SkipPipeFull, coordinator.SkipPipe} {
+		fmt.Fprintf(os.Stderr, "training %s for %d steps...\n", s, steps)
+		sum, err := localrun.Run(ctx, job("run-"+s, s, steps, calib.CostModel, every))
+		if err != nil {
+			return fmt.Errorf("%s: %w", s, err)
+		}
+		r := &result{name: s, sum: sum, iterS: sum.MeasuredSpanS}
+		for i, st := range sum.Steps {
+			r.train = append(r.train, st.Loss)
+			r.trainStep = append(r.trainStep, float64(st.Step))
+			if i > 0 {
+				r.wallS += st.IterationS / float64(len(sum.Steps)-1)
+			}
+		}
+		base, err := filepath.Abs(filepath.Join(out, "run-"+s, "checkpoints"))
+		if err != nil {
+			return err
+		}
+		for step := every; step <= steps; step += every {
+			v, err := valLoss(worker.StepDir(base, int64(step)), tc.Model, win)
+			if err != nil {
+				return fmt.Errorf("%s: validation at step %d: %w", s, step, err)
+			}
+			r.val = append(r.val, v)
+			r.valSteps = append(r.valSteps, float64(step))
+		}
+		res = append(res, r)
+	}
+	g, sp := res[0], res[1]
+	plot := filepath.Join(out, "loss.png")
+	series := []sim.Series{
+		{Name: "GPipe validation", X: g.valSteps, Y: g.val}, {Name: "SkipPipe validation", X: sp.valSteps, Y: sp.val},
+		{Name: "GPipe training", X: g.trainStep, Y: g.train}, {Name: "SkipPipe training", X: sp.trainStep, Y: sp.train},
+	}
+	title := fmt.Sprintf("SkipPipe (1/3 of stages skipped) vs GPipe, %s, emulated", cl.Name)
+	if err := sim.WriteLinePlot(plot, title, "step", "loss (nats/byte)", series); err != nil {
+		return err
+	}
+	fmt.Printf("cluster %s: 20 nodes in 12 regions, stages [5,3,3,3,3,3], %d microbatches x %d; model %d layers dim %d ctx %d; %d steps each\n",
+		cl.Name, tc.Microbatches, tc.MicrobatchSize, tc.Model.Layers, tc.Model.Dim, tc.Model.Ctx, steps)
+	fmt.Printf("%-14s %12s %12s %16s\n", "schedule", "span_s", "step_wall_s", "final_val_loss")
+	for _, r := range res {
+		fmt.Printf("%-14s %12.3f %12.3f %16.4f\n", r.name, r.iterS, r.wallS, r.val[len(r.val)-1])
+	}
+	fmt.Printf("validation loss by step (GPipe / SkipPipe):")
+	for i := range g.val {
+		fmt.Printf(" %d: %.4f/%.4f", int(g.valSteps[i]), g.val[i], sp.val[i])
+	}
+	fmt.Println()
+	cut := 1 - sp.iterS/g.iterS
+	cutWall := 1 - sp.wallS/g.wallS
+	gl, sl := g.val[len(g.val)-1], sp.val[len(sp.val)-1]
+	rel := (sl - gl) / gl
+	verdict := func(ok bool) string {
+		if ok {
+			return "PASS"
+		}
+		return "FAIL"
+	}
+	fmt.Printf("iteration time: SkipPipe %.1f%% below GPipe (program span), %.1f%% (step wall time); goal >= 40%%: %s\n",
+		100*cut, 100*cutWall, verdict(cut >= 0.40))
+	fmt.Printf("validation loss after %d steps: SkipPipe %.4f vs GPipe %.4f (%+.2f%%); margin %.1f%%: %s\n",
+		steps, sl, gl, 100*rel, 100*margin, verdict(rel <= margin))
+	fmt.Printf("wrote %s (%.0f s in all)\n", plot, time.Since(start).Seconds())
+	return nil
+}
+
+// valLoss evaluates the full model (no stage skipped) assembled from the
+// shard files the workers saved in dir.
+func valLoss(dir string, m model.Config, win []int32) (float64, error) {
+	files, err := filepath.Glob(filepath.Join(dir, "*.safetensors"))
+	if err != nil || len(files) == 0 {
+		return 0, fmt.Errorf("no shard files in %s (%v)", dir, err)
+	}
+	sort.Strings(files)
+	byName := map[string][]float32{}
+	for _, f := range files {
+		ts, _, err := model.ReadSafetensorsFile(f)
+		if err != nil {
+			return 0, err
+		}
+		for _, t := range ts {
+			byName[t.Name] = t.Data
+		}
+	}
+	p, err := model.NewPipeline(m, 1, model.HeadFirst)
+	if err != nil {
+		return 0, err
+	}
+	for _, t := range p.Params() {
+		w, ok := byName[t.Name]
+		if !ok || len(w) != len(t.W) {
+			return 0, fmt.Errorf("%s: parameter %s missing or of the wrong size", dir, t.Name)
+		}
+		copy(t.W, w)
+	}
+	return train.ValLoss(p, win, p.Cfg.Ctx, nil)
+}
