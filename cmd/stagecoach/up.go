@@ -23,6 +23,7 @@ func init() { rootCmd.AddCommand(newUpCmd()) }
 func newUpCmd() *cobra.Command {
 	var j jobFlags
 	var emu emulationFlags
+	var resume bool
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Run a whole local cluster: embedded etcd, N worker processes, one coordinator",
@@ -61,10 +62,14 @@ checkpoint into --out. Workers log to --out/workers/<name>.log.`,
 			eps := etcdx.ParseEndpoints(j.etcd)
 			if len(eps) == 0 {
 				// A fresh single-node etcd per run: its state belongs to
-				// this run only.
+				// this run only. --resume keeps it: the job's committed
+				// steps and checkpoint listings survive, and the
+				// coordinator resumes from the newest checkpoint.
 				dir := filepath.Join(j.out, "etcd")
-				if err := os.RemoveAll(dir); err != nil {
-					return err
+				if !resume {
+					if err := os.RemoveAll(dir); err != nil {
+						return err
+					}
 				}
 				e, err := etcdx.StartEmbedded(ctx, etcdx.EmbedConfig{Dir: dir})
 				if err != nil {
@@ -104,6 +109,7 @@ checkpoint into --out. Workers log to --out/workers/<name>.log.`,
 	f.StringVar(&j.etcd, "etcd", "", "etcd endpoints, comma-separated host:port (default: start an embedded etcd)")
 	f.StringVar(&j.out, "out", "run-up", "directory for etcd data, worker logs, plans, summary, trace, loss plot and checkpoints")
 	emu.register(f)
+	f.BoolVar(&resume, "resume", false, "keep --out's embedded etcd data and resume the job from its newest committed checkpoint (use the same --out, --job and model flags; --checkpoint-every makes the resume point recent)")
 	return cmd
 }
 
