@@ -1,0 +1,137 @@
+package faulttest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"stagecoach/coordinator"
+	"stagecoach/internal/etcdx"
+)
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// TestStopEtcdLeaderMember runs the job on a three-member etcd cluster of
+// `stagecoach etcd` processes and kills -9 the etcd leader mid-run: the
+// remaining two elect a new etcd leader, writes resume, and the run
+// finishes with a gap-free commit sequence and the fault-free parameters.
+func TestStopEtcdLeaderMember(t *testing.T) {
+	const job, steps = "kill-etcd", 30
+	type member struct {
+		name, client, peer string
+		p                  *proc
+	}
+	ms := make([]*member, 3)
+	var initial []string
+	for i := range ms {
+		ms[i] = &member{name: fmt.Sprintf("etcd%d", i),
+			client: fmt.Sprintf("http://127.0.0.1:%d", freePort(t)), peer: fmt.Sprintf("http://127.0.0.1:%d", freePort(t))}
+		initial = append(initial, ms[i].name+"="+ms[i].peer)
+	}
+	var eps []string
+	for _, m := range ms {
+		m.p = start(t, m.name, "etcd", "--name", m.name, "--data-dir", t.TempDir(),
+			"--listen-client-urls", m.client, "--advertise-client-urls", m.client,
+			"--listen-peer-urls", m.peer, "--initial-advertise-peer-urls", m.peer,
+			"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-token", job, "--log-level", "error")
+		eps = append(eps, strings.TrimPrefix(m.client, "http://"))
+	}
+	ctx := context.Background()
+	cli, err := etcdx.Dial(ctx, eps, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	poll(t, 30*time.Second, "the etcd cluster serves", func() bool {
+		c, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		_, err := cli.Put(c, "/stagecoach-probe", "1")
+		return err == nil
+	})
+	keys, _ := etcdx.NewKeys(job)
+	e := &env{job: job, endpoints: eps, cli: cli, keys: keys, corpus: writeCorpus(t), workers: map[string]*proc{}}
+	e.startWorkers(t, "w0", "w1", "w2", "w3")
+	tc := tiny(4, 4)
+	_, want := reference(t, tc, e.corpus, steps)
+
+	// The etcd leader is the member whose status names itself leader.
+	leaderOf := func() *member {
+		for _, m := range ms {
+			c, cancel := context.WithTimeout(ctx, time.Second)
+			st, err := cli.Status(c, strings.TrimPrefix(m.client, "http://"))
+			cancel()
+			if err == nil && st.Leader == st.Header.MemberId {
+				return m
+			}
+		}
+		return nil
+	}
+	var killed time.Time
+	var victim *member
+	var commits []time.Time
+	out := t.TempDir()
+	cfg := coordinator.Config{Job: job, Endpoints: eps, TTL: ttl, Workers: 4, Schedule: "gpipe", Train: tc, Steps: steps,
+		CorpusDir: e.corpus, OutDir: out, Checkpoint: true, CheckpointEvery: 5, RPCTimeout: 30 * time.Second,
+		OnStep: func(r coordinator.StepReport) {
+			commits = append(commits, time.Now())
+			if r.Step == 5 {
+				if victim = leaderOf(); victim == nil {
+					t.Error("no etcd leader found")
+					return
+				}
+				victim.p.signal(syscall.SIGKILL)
+				killed = time.Now()
+			}
+		}}
+	var sum *coordinator.Summary
+	// A coordinator whose lease could not be renewed while etcd changed
+	// leaders steps down; the next one (a standby) resumes. Two terms
+	// at most.
+	for term := 1; term <= 2 && sum == nil; term++ {
+		cfg.Logf = t.Logf
+		co, err := coordinator.New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+		sum, err = co.Run(rctx)
+		cancel()
+		if err != nil {
+			t.Logf("coordinator term %d: %v", term, err)
+		}
+	}
+	if sum == nil {
+		t.Fatal("the run did not finish in two coordinator terms")
+	}
+	if victim == nil {
+		t.Fatal("no etcd member was killed")
+	}
+	// The longest stall between two commits after the kill is the write
+	// outage the run saw.
+	var stall time.Duration
+	for i := 1; i < len(commits); i++ {
+		if commits[i].After(killed) {
+			from := commits[i-1]
+			if from.Before(killed) {
+				from = killed
+			}
+			stall = max(stall, commits[i].Sub(from))
+		}
+	}
+	t.Logf("FAULT kill -9 etcd leader member: %s killed after step 5; longest commit stall after it %.3f s", victim.name, stall.Seconds())
+	e.checkCommits(t, steps)
+	checkParams(t, sum.Checkpoint, want)
+}
