@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -136,7 +137,7 @@ func (r *run) iterate(ctx context.Context, step int64) (StepReport, error) {
 	}
 	ckptS := time.Since(tCkpt).Seconds()
 	tCommit := time.Now()
-	if err := r.committer.Commit(ctx, etcdx.Commit{Step: step, Epoch: r.fence.Epoch, Loss: loss}, extra...); err != nil {
+	if err := r.commit(ctx, etcdx.Commit{Step: step, Epoch: r.fence.Epoch, Loss: loss}, extra...); err != nil {
 		return StepReport{}, err
 	}
 	if ckpt != nil {
@@ -235,4 +236,41 @@ func (r *run) gradNorm(resps []*pb.RunIterationResponse) (float64, error) {
 		s += per[i]
 	}
 	return math.Sqrt(s + partial), nil
+}
+
+// commit commits c, retrying while etcd is failing over. Every worker has
+// applied the step, so giving up here would throw a good step away. An
+// attempt that fails may still have landed (a timeout loses the answer,
+// not the proposal), so before each retry the committed iteration is read
+// back: if it is this very commit (same step, epoch and leader), it is
+// done. Attempts are bounded by a TTL each and by 3 TTLs in all.
+func (r *run) commit(ctx context.Context, c etcdx.Commit, extra ...clientv3.Op) error {
+	ttl := time.Duration(r.cfg.TTL) * time.Second
+	deadline := time.Now().Add(3 * ttl)
+	for {
+		actx, cancel := context.WithTimeout(ctx, ttl)
+		err := r.committer.Commit(actx, c, extra...)
+		cancel()
+		if err == nil || ctx.Err() != nil || errors.Is(err, etcdx.ErrDeposed) || time.Now().After(deadline) {
+			return err
+		}
+		rctx, cancel := context.WithTimeout(ctx, ttl)
+		rerr := r.committer.Refresh(rctx)
+		cancel()
+		if rerr == nil {
+			last := r.committer.Last()
+			if last.Step == c.Step && last.Epoch == c.Epoch && last.LeaderRev == r.leader.Rev() {
+				return nil
+			}
+			if last.Step >= c.Step {
+				return fmt.Errorf("%w: step %d was committed by epoch %d under token %d meanwhile", err, c.Step, last.Epoch, last.LeaderRev)
+			}
+		}
+		r.cfg.Logf("commit of step %d failed (%v); retrying", c.Step, err)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }

@@ -201,6 +201,11 @@ func (r *run) recover(ctx context.Context, step int64, cause error) (int64, erro
 		return 0, fmt.Errorf("coordinator: step %d failed %d times in a row, giving up: %w", step, r.failures-1, cause)
 	}
 	cfg.Logf("step %d failed: %v; recovering", step, cause)
+	// A commit whose answer was lost may have landed: know which before
+	// choosing what to replay.
+	if err := r.committer.Refresh(ctx); err != nil {
+		return 0, fmt.Errorf("%w (recovering from: %w)", err, cause)
+	}
 	rec := Recovery{Step: step, Cause: cause.Error(), DetectedAt: det}
 	live, st, err := r.healthy(ctx)
 	if err != nil {

@@ -110,10 +110,13 @@ func keepRegistered(ctx context.Context, eps []string, job string, m etcdx.Membe
 			}
 			failingSince = time.Time{}
 			logf("worker %s: registered in job %s (lease %x, TTL %d s)", m.Name, job, sess.Lease(), ttl)
+			// Lifeline, not sess.Done: a keepalive the client dropped
+			// while etcd changed leaders leaves the lease alive, and
+			// registering again would look like a lost worker.
 			select {
 			case <-ctx.Done():
 				return nil
-			case <-sess.Done():
+			case <-etcdx.Lifeline(sess):
 				return errors.New("lease lost")
 			}
 		}()

@@ -31,6 +31,8 @@ type Leader struct {
 	// key and rev are copied at the win: Resign clears the election's.
 	key string
 	rev int64
+	// done closes when the lease is gone for good (Lifeline).
+	done <-chan struct{}
 }
 
 // Campaign blocks until this session leads job k, ctx ends or the session
@@ -55,7 +57,7 @@ func Campaign(ctx context.Context, s *concurrency.Session, k Keys, value string)
 		}
 		return nil, fmt.Errorf("etcdx: campaign for job %s: %w", k.Job(), err)
 	}
-	l := &Leader{keys: k, sess: s, elec: e, key: e.Key(), rev: e.Rev()}
+	l := &Leader{keys: k, sess: s, elec: e, key: e.Key(), rev: e.Rev(), done: Lifeline(s)}
 	// The session may have died between winning and here; a leader key
 	// that is already gone must not be reported as a win.
 	if err := l.Check(ctx); err != nil {
@@ -73,9 +75,11 @@ func (l *Leader) Keys() Keys { return l.keys }
 // Client is the etcd client the leader writes through.
 func (l *Leader) Client() *clientv3.Client { return l.sess.Client() }
 
-// Done closes when the leader's session ends: from then on every fenced
-// write fails and the process must stop giving orders.
-func (l *Leader) Done() <-chan struct{} { return l.sess.Done() }
+// Done closes when the leader's lease is gone (see Lifeline: a keepalive
+// the client dropped during an etcd leader change does not count): from
+// then on every fenced write fails and the process must stop giving
+// orders.
+func (l *Leader) Done() <-chan struct{} { return l.done }
 
 // guard is the fencing comparison: our leader key still exists with the
 // creation revision we won at.

@@ -82,6 +82,18 @@ func (c *Committer) Commit(ctx context.Context, next Commit, extra ...clientv3.O
 	return nil
 }
 
+// Refresh re-reads the committed iteration. A commit that failed with a
+// timeout may still have been applied by etcd (the proposal was in flight
+// when the answer was lost); after Refresh, Last tells which.
+func (c *Committer) Refresh(ctx context.Context) error {
+	last, rev, err := Iteration(ctx, c.l.Client(), c.l.keys)
+	if err != nil {
+		return err
+	}
+	c.last, c.rev = last, rev
+	return nil
+}
+
 // Commits reads every per-step commit record in step order.
 func Commits(ctx context.Context, cli *clientv3.Client, k Keys) ([]Commit, error) {
 	resp, err := cli.Get(ctx, k.CommitsPrefix(), clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
