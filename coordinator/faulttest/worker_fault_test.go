@@ -70,35 +70,60 @@ func runCoordinator(t *testing.T, cfg coordinator.Config, d time.Duration) *coor
 	return sum
 }
 
-// TestKillWorkerGPipe kills -9 a GPipe worker process mid-run. A spare
-// worker is registered: the coordinator abandons the iteration, installs a
-// new plan with the spare, restores every shard from the last committed
-// checkpoint, replays the committed steps after it and finishes. Commits
-// are gap-free and the final parameters equal the fault-free run's.
+// TestKillWorkerGPipe kills -9 a GPipe worker process mid-run. With a
+// spare worker registered, the coordinator abandons the iteration,
+// installs a new plan with the spare, restores every shard from the last
+// committed checkpoint (or from the seed before the first one), replays
+// the committed steps after it and finishes: commits are gap-free and the
+// final parameters equal the fault-free run's bit for bit. Without a
+// spare, a replicated pipeline continues on the replicas left.
 func TestKillWorkerGPipe(t *testing.T) {
-	const job, steps = "kill-gpipe", 12
-	e := newEnv(t, job)
-	e.startWorkers(t, "w0", "w1", "w2", "w3", "w9")
-	tc := tiny(4, 4)
-	_, want := reference(t, tc, e.corpus, steps)
-	var clock faultClock
-	cfg := coordinator.Config{Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 4, Schedule: "gpipe",
-		Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), Checkpoint: true, CheckpointEvery: 4,
-		RPCTimeout: 30 * time.Second, OnRecovery: clock.onRecovery,
-		OnStep: func(r coordinator.StepReport) {
-			if r.Step == 6 {
-				// Killed right after a commit, while step 7 runs: its
-				// RunIteration is in flight on the other workers.
-				go clock.inject(func() { e.workers["w2"].signal(syscall.SIGKILL) })
+	for _, tt := range []struct {
+		name            string
+		workers, stages int
+		spare           bool
+		killAfter       int64
+		from            int64 // checkpoint restored
+	}{
+		{"after-checkpoint", 4, 4, true, 6, 4},
+		{"before-first-checkpoint", 4, 4, true, 2, 0},
+		{"no-spare-fewer-replicas", 4, 2, false, 5, 4},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			const steps = 12
+			job := "kill-gpipe-" + tt.name
+			e := newEnv(t, job)
+			names := []string{"w0", "w1", "w2", "w3"}
+			if tt.spare {
+				names = append(names, "w9")
 			}
-		}}
-	sum := runCoordinator(t, cfg, 90*time.Second)
-	recs := clock.report(t, "kill -9 GPipe worker")
-	e.checkCommits(t, steps)
-	if len(recs) == 0 || recs[0].Kind != "restore" || !slices.Contains(recs[0].Lost, "w2") {
-		t.Fatalf("recoveries %+v, want a restore that lost w2", recs)
+			e.startWorkers(t, names...)
+			tc := tiny(4, 4)
+			_, want := reference(t, tc, e.corpus, steps)
+			var clock faultClock
+			cfg := coordinator.Config{Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: tt.workers, Stages: tt.stages,
+				Schedule: "gpipe", Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), Checkpoint: true,
+				CheckpointEvery: 4, RPCTimeout: 30 * time.Second, ReplaceWait: time.Second, OnRecovery: clock.onRecovery,
+				OnStep: func(r coordinator.StepReport) {
+					if r.Step == tt.killAfter {
+						// Killed right after a commit, while the next
+						// step's RunIteration is in flight.
+						go clock.inject(func() { e.workers["w2"].signal(syscall.SIGKILL) })
+					}
+				}}
+			sum := runCoordinator(t, cfg, 90*time.Second)
+			recs := clock.report(t, "kill -9 GPipe worker ("+tt.name+")")
+			e.checkCommits(t, steps)
+			if len(recs) == 0 || recs[0].Kind != "restore" || !slices.Contains(recs[0].Lost, "w2") || recs[0].FromCheckpoint != tt.from {
+				t.Fatalf("recoveries %+v, want a restore from checkpoint %d that lost w2", recs, tt.from)
+			}
+			if tt.spare {
+				checkParams(t, sum.Checkpoint, want)
+			} else if sum.Workers != 2 {
+				t.Errorf("finished on %d workers, want 2 (one replica per stage left)", sum.Workers)
+			}
+		})
 	}
-	checkParams(t, sum.Checkpoint, want)
 }
 
 // TestKillWorkerSkipPipe kills -9 a SkipPipe worker of a stage above 0:
