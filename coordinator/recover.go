@@ -130,10 +130,12 @@ func (r *run) probe(ctx context.Context, cands []etcdx.Member) map[string]*pb.St
 		if r.suspect[m.Name] == m.Lease {
 			continue
 		}
+		// Connections are looked up here, not in the goroutines: the
+		// pool is the run loop's alone. (Dialling does not block.)
+		w, err := r.conn(ctx, m)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			w, err := r.conn(ctx, m)
 			var st *pb.StatusResponse
 			if err == nil {
 				pctx, cancel := context.WithTimeout(ctx, r.cfg.ProbeTimeout)
