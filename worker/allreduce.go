@@ -21,6 +21,28 @@ import (
 // replica first sums its own microbatches, so the float32 additions are
 // regrouped (S_even + S_odd instead of one ascending sum): results agree
 // to float32 rounding, not bit for bit.
+//
+// Why replicas are not made bit-identical to the single-process trainer
+// by reducing per-microbatch contributions in global microbatch order:
+// the trainer has no per-microbatch contribution to reorder. Its backward
+// accumulates straight into the gradient buffer (model.gemm with beta 1;
+// gonum's Sgemm kernels add alpha*a_il*B_l into C one l at a time, and the
+// embedding backward adds token rows in place), so the reference value is
+// (((G + t_1) + t_2) + ...) over the individual products of every
+// microbatch in turn, interleaved with the running sum. An all-gather of
+// per-microbatch gradients g_mb, summed in order as ((g_0 + g_1) + ...),
+// rounds differently: each g_mb is first summed on its own. The only
+// order-preserving alternative is to pass the running gradient buffer
+// from replica to replica before every microbatch's backward in global
+// order, which serialises the stage's backwards across its replicas and
+// moves a whole gradient per microbatch: data parallelism would be gone.
+// Making it possible needs a change of the reference itself (backward
+// into a per-microbatch scratch with beta 0, then G += scratch element
+// by element, in model/), after which an in-order reduction at one
+// replica costs (microbatches per replica) x the stage's gradient in
+// memory (at most 3.3 MiB each, the default model's whole gradient) and the
+// all-gather 2(n-1)/n x that much traffic per microbatch instead of per
+// step. That trade is not made here.
 
 // ringChunk is chunk c's range of a flat gradient of total elements.
 func ringChunk(c, n, total int) (lo, hi int) {

@@ -42,6 +42,18 @@ type Job struct {
 	CorpusDir       string
 	MaxCorpusBytes  int64
 	Logf            func(format string, args ...any)
+	// OnStep is called after every committed step (its checkpoint, if
+	// any, is on disk; the workers keep only the newest few).
+	OnStep func(coordinator.StepReport)
+}
+
+// CheckpointDir is where the workers of a job put step's checkpoint.
+func (j Job) CheckpointDir(step int64) (string, error) {
+	base, err := filepath.Abs(filepath.Join(j.Dir, j.Name, "checkpoints"))
+	if err != nil {
+		return "", err
+	}
+	return worker.StepDir(base, step), nil
 }
 
 // Run runs the job and returns the coordinator's summary.
@@ -90,7 +102,7 @@ func Run(ctx context.Context, j Job) (*coordinator.Summary, error) {
 	}
 	cfg := coordinator.Config{Job: j.Name, Endpoints: e.Endpoints(), Workers: len(j.Nodes), Stages: j.Stages,
 		Schedule: j.Schedule, Train: j.Train, Steps: j.Steps, CorpusDir: j.CorpusDir, MaxCorpusBytes: j.MaxCorpusBytes,
-		OutDir: out, CheckpointEvery: j.CheckpointEvery, Costs: j.Costs, Logf: j.Logf}
+		OutDir: out, CheckpointEvery: j.CheckpointEvery, Costs: j.Costs, Logf: j.Logf, OnStep: j.OnStep}
 	if j.Cluster != nil {
 		if cfg.Cluster, err = coordinator.EncodeCluster(j.Cluster); err != nil {
 			return nil, err
