@@ -9,8 +9,10 @@
 //     revision is the fencing token sent in every command's Fence; every
 //     etcd write is a transaction guarded by the leader key still existing
 //     at that revision, and losing the session cancels everything.
-//  2. Refuse a job id that already has committed steps (resuming is not
-//     implemented; starting over would apply steps twice).
+//  2. A job that already committed steps (a previous leader's) resumes:
+//     every shard is reset, the newest checkpoint etcd lists is loaded
+//     with its data position, and the committed steps after it are
+//     replayed without being committed again. A finished job is refused.
 //  3. Wait for the workers to register, build and validate the Plan (the
 //     scheduler owns placement and schedule choice), store its JSON on disk
 //     by content hash and a small manifest under plan/<epoch>.
@@ -26,6 +28,13 @@
 //     programs, the optimizer and control, the measured timeline of the
 //     last step and a simulation of the same plan against a cost model
 //     calibrated from the measured action times.
+//
+// Failures (recover.go): a lost worker (lapsed lease, failed RPC or
+// stream, deadline) ends the iteration; SkipPipe re-paths it around the
+// worker, other schedules restore every shard from the last checkpoint and
+// replay, always under a new epoch; workers that register later join at an
+// iteration boundary. Commits retry across an etcd leader change after
+// reading back whether the failed attempt landed.
 //
 // The package is mechanism only: what a Plan means lives in scheduler, the
 // model in model, the worker in worker.
