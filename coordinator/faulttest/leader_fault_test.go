@@ -45,13 +45,26 @@ func poll(t *testing.T, d time.Duration, what string, cond func() bool) time.Tim
 }
 
 // TestKillLeaderCoordinator runs two real `stagecoach coordinator`
-// processes for one job, kills -9 the leader mid-run and checks that the
-// standby wins with a higher fencing token, resumes from the committed
-// iteration (the newest checkpoint plus a replay of the committed steps
-// after it) and finishes: commits 1..steps without gap or duplicate, and
-// final parameters equal to the fault-free run's.
+// processes for one job and takes the leader out mid-run, by kill -9 or by
+// SIGSTOP past its TTL (then SIGCONT). The standby wins with a higher
+// fencing token, resumes from the committed iteration (the newest
+// checkpoint plus a replay of the committed steps after it) and finishes:
+// commits 1..steps without gap or duplicate, never a commit under an older
+// token after a newer one, and final parameters equal to the fault-free
+// run's. A paused leader, continued, finds itself deposed and exits
+// without another commit.
 func TestKillLeaderCoordinator(t *testing.T) {
-	const job, steps = "kill-leader", 40
+	for _, tt := range []struct {
+		name string
+		sig  syscall.Signal
+	}{{"kill-9", syscall.SIGKILL}, {"sigstop", syscall.SIGSTOP}} {
+		t.Run(tt.name, func(t *testing.T) { leaderFault(t, tt.name, tt.sig) })
+	}
+}
+
+func leaderFault(t *testing.T, fault string, sig syscall.Signal) {
+	const steps = 40
+	job := "leader-" + fault
 	e := newEnv(t, job)
 	e.startWorkers(t, "w0", "w1", "w2", "w3")
 	tc := tiny(4, 4)
@@ -75,7 +88,7 @@ func TestKillLeaderCoordinator(t *testing.T) {
 		return err == nil && c.Step >= 5
 	})
 	killed := time.Now()
-	coords[oldName].signal(syscall.SIGKILL)
+	coords[oldName].signal(sig)
 	committedAtKill, _, _ := etcdx.Iteration(context.Background(), e.cli, e.keys)
 	var newName string
 	var newRev int64
@@ -87,6 +100,19 @@ func TestKillLeaderCoordinator(t *testing.T) {
 		c, _, err := etcdx.Iteration(context.Background(), e.cli, e.keys)
 		return err == nil && c.LeaderRev == newRev
 	})
+	if sig == syscall.SIGSTOP {
+		old := coords[oldName]
+		old.signal(syscall.SIGCONT)
+		select {
+		case <-old.done:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("continued leader %s did not step down", oldName)
+		}
+		if old.err == nil {
+			t.Fatalf("continued leader %s exited successfully, want lost leadership", oldName)
+		}
+		t.Logf("continued leader %s stepped down: %s", oldName, lastLine(old.log.String()))
+	}
 	standby := coords[newName]
 	select {
 	case <-standby.done:
@@ -99,8 +125,8 @@ func TestKillLeaderCoordinator(t *testing.T) {
 	if newName == oldName || newRev <= oldRev {
 		t.Fatalf("new leader %s with token %d after %s with %d: want another coordinator with a higher token", newName, newRev, oldName, oldRev)
 	}
-	t.Logf("FAULT kill -9 leader coordinator: %s (token %d) killed after step %d; %s won with token %d %.3f s later (TTL %d s), its first commit %.3f s after the kill",
-		oldName, oldRev, committedAtKill.Step, newName, newRev, won.Sub(killed).Seconds(), ttl, resumed.Sub(killed).Seconds())
+	t.Logf("FAULT %s leader coordinator: %s (token %d) hit after step %d; %s won with token %d %.3f s later (TTL %d s), its first commit %.3f s after the fault",
+		fault, oldName, oldRev, committedAtKill.Step, newName, newRev, won.Sub(killed).Seconds(), ttl, resumed.Sub(killed).Seconds())
 	cs := e.checkCommits(t, steps)
 	for i := 1; i < len(cs); i++ {
 		if cs[i].LeaderRev < cs[i-1].LeaderRev {
@@ -151,4 +177,10 @@ func checkRetention(t *testing.T, e *env, retain int) {
 		}
 	}
 	t.Logf("etcd lists %d checkpoints (retention %d)", len(resp.Kvs), retain)
+}
+
+// lastLine is the last non-empty line of a log.
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
 }
