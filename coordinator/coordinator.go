@@ -173,16 +173,32 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 	}
 	// Every worker starts from the seed: one that served a previous
 	// leader of this job holds its (possibly uncommitted) state.
-	if err := r.install(ctx, plan, members, layout, true); err != nil {
-		return nil, err
-	}
 	first := int64(1)
 	if resume != nil {
-		if err := r.restore(ctx, resume); err != nil {
+		first = resume.Step + 1
+	}
+	// The plan in force until install succeeds (recover reads it).
+	r.plan = plan
+	for i, m := range members {
+		r.workers = append(r.workers, &workerConn{idx: i, member: m})
+	}
+	err = r.install(ctx, plan, members, layout, true)
+	if err == nil && resume != nil {
+		if err = r.restore(ctx, resume); err == nil {
+			cfg.Logf("resumed job %s from the checkpoint of step %d", cfg.Job, resume.Step)
+		}
+	}
+	if err != nil {
+		// A registered worker may be dead with its lease still running
+		// (a failover right after a worker loss): recover as from any
+		// failed step. Survivors hold step first-1 only if the restore
+		// succeeded, which is what recover checks before re-pathing.
+		if !errRetryable(ctx, err) {
 			return nil, err
 		}
-		first = resume.Step + 1
-		cfg.Logf("resumed job %s from the checkpoint of step %d", cfg.Job, resume.Step)
+		if first, err = r.recover(ctx, first, err); err != nil {
+			return nil, err
+		}
 	}
 	if last := committer.Last().Step; last >= first {
 		cfg.Logf("replaying committed steps %d..%d", first, last)

@@ -55,18 +55,25 @@ func poll(t *testing.T, d time.Duration, what string, cond func() bool) time.Tim
 // without another commit.
 func TestKillLeaderCoordinator(t *testing.T) {
 	for _, tt := range []struct {
-		name string
-		sig  syscall.Signal
-	}{{"kill-9", syscall.SIGKILL}, {"sigstop", syscall.SIGSTOP}} {
-		t.Run(tt.name, func(t *testing.T) { leaderFault(t, tt.name, tt.sig) })
+		name       string
+		sig        syscall.Signal
+		withWorker bool
+	}{{"kill-9", syscall.SIGKILL, false}, {"sigstop", syscall.SIGSTOP, false}, {"kill-9-with-a-worker", syscall.SIGKILL, true}} {
+		t.Run(tt.name, func(t *testing.T) { leaderFault(t, tt.name, tt.sig, tt.withWorker) })
 	}
 }
 
-func leaderFault(t *testing.T, fault string, sig syscall.Signal) {
+// leaderFault hits the leader with sig; withWorker also kills -9 a worker
+// at the same moment (a spare is registered), so the new leader may find
+// a dead worker still registered.
+func leaderFault(t *testing.T, fault string, sig syscall.Signal, withWorker bool) {
 	const steps = 40
 	job := "leader-" + fault
 	e := newEnv(t, job)
 	e.startWorkers(t, "w0", "w1", "w2", "w3")
+	if withWorker {
+		e.startWorkers(t, "w9")
+	}
 	tc := tiny(4, 4)
 	_, want := reference(t, tc, e.corpus, steps)
 	outs := map[string]string{}
@@ -89,6 +96,9 @@ func leaderFault(t *testing.T, fault string, sig syscall.Signal) {
 	})
 	killed := time.Now()
 	coords[oldName].signal(sig)
+	if withWorker {
+		e.workers["w2"].signal(syscall.SIGKILL)
+	}
 	committedAtKill, _, _ := etcdx.Iteration(context.Background(), e.cli, e.keys)
 	var newName string
 	var newRev int64
@@ -127,6 +137,11 @@ func leaderFault(t *testing.T, fault string, sig syscall.Signal) {
 	}
 	t.Logf("FAULT %s leader coordinator: %s (token %d) hit after step %d; %s won with token %d %.3f s later (TTL %d s), its first commit %.3f s after the fault",
 		fault, oldName, oldRev, committedAtKill.Step, newName, newRev, won.Sub(killed).Seconds(), ttl, resumed.Sub(killed).Seconds())
+	for _, l := range strings.Split(standby.log.String(), "\n") {
+		if strings.Contains(l, "recovered") || strings.Contains(l, "resumed") || strings.Contains(l, "replaying") {
+			t.Logf("%s: %s", newName, l)
+		}
+	}
 	cs := e.checkCommits(t, steps)
 	for i := 1; i < len(cs); i++ {
 		if cs[i].LeaderRev < cs[i-1].LeaderRev {
