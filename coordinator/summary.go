@@ -173,7 +173,7 @@ func (s *Summary) WriteCalibration(path string) error {
 	if _, err := sim.ParseCluster(b); err != nil {
 		return fmt.Errorf("coordinator: calibration does not parse back: %w", err)
 	}
-	hdr := fmt.Sprintf("# Cost model calibrated by stagecoach from a %s run over %d workers\n# (median hop delay, mean per-stage forward per sample).\n", s.Schedule, s.Workers)
+	hdr := fmt.Sprintf("# Cost model calibrated by stagecoach from a %s run over %d workers\n# (measured forward per sample per stage and node speeds; links as emulated, or\n# free on plain loopback, plus the measured per-hop overhead).\n", s.Schedule, s.Workers)
 	return writeAtomic(path, append([]byte(hdr), b...))
 }
 

@@ -29,7 +29,6 @@ import (
 	"stagecoach/coordinator"
 	"stagecoach/data"
 	"stagecoach/model"
-	"stagecoach/scheduler"
 	"stagecoach/sim"
 )
 
@@ -145,7 +144,7 @@ func run(scale float64, steps int, out, corpus string, maxBytes int64, schedules
 			return fmt.Errorf("%s: simulate with the calibration: %w", s, err)
 		}
 		r := row{schedule: s, measured: sum.MeasuredSpanS, sim: res.MakespanS,
-			pipeMeas: pipelineTime(sum.Measured), pipeSim: pipelineTime(res)}
+			pipeMeas: localrun.PipelineTime(sum.Measured), pipeSim: localrun.PipelineTime(res)}
 		if sum.CostModel != nil {
 			if self, err := sim.Run(p, sum.CostModel, sim.Options{}); err == nil {
 				r.self = self.MakespanS
@@ -172,15 +171,4 @@ func run(scale float64, steps int, out, corpus string, maxBytes int64, schedules
 		cl.Name, tc.Model.Layers, tc.Model.Dim, tc.Model.Ctx, tc.Microbatches, tc.MicrobatchSize, kPath, steps, time.Since(start).Seconds())
 	fmt.Println("measured_s: median program span (first action to last, all-reduce included) over steps 2..N; simulated_s: the same plan under the GPipe run's calibration; self: under the run's own; pipeline: to the end of the last forward/backward/loss (last step only, all-reduce excluded); run_rpc_s: mean RunIteration wall time at the coordinator")
 	return nil
-}
-
-// pipelineTime is when the last non-all-reduce action ends.
-func pipelineTime(r *sim.Result) float64 {
-	end := 0.0
-	for _, s := range r.Timeline {
-		if s.Track == sim.TrackCompute && s.Action.Kind != scheduler.AllReduce && s.Action.Kind != scheduler.OptimizerStep {
-			end = max(end, s.End)
-		}
-	}
-	return end
 }

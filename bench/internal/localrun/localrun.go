@@ -18,6 +18,7 @@ import (
 	"stagecoach/coordinator"
 	"stagecoach/internal/etcdx"
 	"stagecoach/model"
+	"stagecoach/scheduler"
 	"stagecoach/sim"
 	"stagecoach/worker"
 )
@@ -131,6 +132,23 @@ func Run(ctx context.Context, j Job) (*coordinator.Summary, error) {
 		}
 	}
 	return sum, nil
+}
+
+// PipelineTime is when the last action other than an all-reduce or an
+// optimizer step ends in r: the pipeline part of an iteration, which the
+// SkipPipe authors' comparison (and the skippipe-geo preset) is about.
+// 0 for a nil result.
+func PipelineTime(r *sim.Result) float64 {
+	end := 0.0
+	if r == nil {
+		return 0
+	}
+	for _, s := range r.Timeline {
+		if s.Track == sim.TrackCompute && s.Action.Kind != scheduler.AllReduce && s.Action.Kind != scheduler.OptimizerStep {
+			end = max(end, s.End)
+		}
+	}
+	return end
 }
 
 // WriteYAML writes a cost model where `stagecoach sim --cluster` reads it.
