@@ -31,10 +31,22 @@ type costTracker struct {
 	fwdAll, bwd  float64
 	loss, lossSm float64
 	resid        []float64
+	links        map[[2]int]*LinkTime // (from, to) plan workers
+}
+
+// LinkTime is one directed link's measured microbatch hop: the mean gap
+// between the sender's forward ending and the idle receiver's forward
+// starting, beside what the emulated (or no) link alone would take.
+type LinkTime struct {
+	From      string  `json:"from"`
+	To        string  `json:"to"`
+	Hops      int     `json:"hops"`
+	MeasuredS float64 `json:"measured_s"`
+	EmulatedS float64 `json:"emulated_s"`
 }
 
 func newCostTracker(p *scheduler.Plan, base *sim.Cluster, tc model.TrainConfig, warm int) *costTracker {
-	t := &costTracker{plan: p, base: base, train: tc, warm: warm, fwd: map[[2]int][2]float64{}}
+	t := &costTracker{plan: p, base: base, train: tc, warm: warm, fwd: map[[2]int][2]float64{}, links: map[[2]int]*LinkTime{}}
 	for _, w := range p.Workers {
 		t.names = append(t.names, w.Node)
 	}
@@ -93,7 +105,15 @@ func (t *costTracker) add(slices []sim.Slice) {
 			if !ok1 || !ok2 || prevEnd[key{b.Worker, scheduler.F(mb, b.Stage)}] > src.End || dst.Start < src.End {
 				continue
 			}
-			t.resid = append(t.resid, dst.Start-src.End-t.emulated(a.Worker, b.Worker, bytes))
+			gap, em := dst.Start-src.End, t.emulated(a.Worker, b.Worker, bytes)
+			t.resid = append(t.resid, gap-em)
+			l := t.links[[2]int{a.Worker, b.Worker}]
+			if l == nil {
+				l = &LinkTime{From: t.names[a.Worker], To: t.names[b.Worker], EmulatedS: em}
+				t.links[[2]int{a.Worker, b.Worker}] = l
+			}
+			l.MeasuredS = (l.MeasuredS*float64(l.Hops) + gap) / float64(l.Hops+1)
+			l.Hops++
 		}
 	}
 }
@@ -423,6 +443,13 @@ func (r *run) finishReplans(s *Summary) {
 	if err != nil || k == nil {
 		k = r.drift.last
 	}
+	for _, l := range r.drift.tracker.links {
+		s.Links = append(s.Links, *l)
+	}
+	sort.Slice(s.Links, func(i, j int) bool {
+		a, b := s.Links[i], s.Links[j]
+		return a.From < b.From || a.From == b.From && a.To < b.To
+	})
 	if k != nil {
 		s.CostModel = k
 		if r.drift.tracker.base != nil {

@@ -67,7 +67,10 @@ type Summary struct {
 	// and node, the emulated links with the measured per-hop overhead.
 	// Planning (Config.Costs) and `stagecoach sim --cluster` read it.
 	CostModel *sim.Cluster `json:"-"`
-	Steps     []StepReport `json:"steps"`
+	// Links are the per-link hop times measured over the last plan's
+	// steps after warm-up, beside the emulated link's price.
+	Links []LinkTime   `json:"links,omitempty"`
+	Steps []StepReport `json:"steps"`
 
 	// Measured is the last step as a simulator Result (for the Chrome
 	// trace); Simulated is the calibrated simulation of the plan.

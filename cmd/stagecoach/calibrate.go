@@ -29,8 +29,10 @@ and gradient sizes, and the per-hop overhead the links do not explain
 (loopback gRPC and framing). With --cluster or --preset the links are those
 the workers emulate (scaled by --link-scale), so the file reproduces the
 emulated network; 'stagecoach sim --cluster calibration.yaml' and
-'stagecoach up --costs calibration.yaml' read it. The first two steps are
-warm-up and not measured.`
+'stagecoach up --costs calibration.yaml' read it. --out/summary.json lists
+every measured link (mean hop of a microbatch between two workers, beside
+the emulated link's price) under "links". The first two steps are warm-up
+and not measured.`
 	for k, v := range map[string]string{"steps": "6", "out": "run-calibrate", "checkpoint": "false", "job": "calibrate"} {
 		if err := cmd.Flags().Set(k, v); err != nil {
 			panic(fmt.Sprintf("calibrate: flag %s: %v", k, err))
