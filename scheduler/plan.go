@@ -42,6 +42,36 @@ type Plan struct {
 type Stage struct {
 	FirstLayer int `json:"first_layer"`
 	Layers     int `json:"layers"`
+	// AllReduce is how the stage's replicas sum their gradients:
+	// AllReduceRing (the empty string means the same) or AllReduceDirect.
+	// It is policy, chosen by whoever plans with a cost model (see
+	// sim.ChooseAllReduce); the simulator prices and the workers run what
+	// it says. Stages with one replica ignore it.
+	AllReduce string `json:"all_reduce,omitempty"`
+}
+
+// All-reduce algorithms of a stage (Stage.AllReduce).
+const (
+	// AllReduceRing is reduce-scatter then all-gather around the
+	// replicas in replica order: 2(n-1) sequential hops, each carrying
+	// 1/n of the gradient. It moves the least data per replica.
+	AllReduceRing = "ring"
+	// AllReduceDirect is one-shot: every replica sends its whole
+	// gradient to every other at once and sums all n itself. One hop
+	// (per directed link, all links at once) instead of 2(n-1) sequential
+	// ones, at n-1 times the ring's traffic per replica: the cheaper
+	// choice when hops are latency- or overhead-bound.
+	AllReduceDirect = "direct"
+)
+
+// AllReduceAlgorithm is the stage's all-reduce algorithm with the
+// default spelled out: AllReduceRing or AllReduceDirect (or whatever
+// unknown value an unvalidated plan carries).
+func (s Stage) AllReduceAlgorithm() string {
+	if s.AllReduce == "" {
+		return AllReduceRing
+	}
+	return s.AllReduce
 }
 
 // Worker is one pipeline process on one node.
