@@ -3,6 +3,7 @@ package model
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -37,6 +38,15 @@ func sortStates(s []ParamState) {
 // SaveStates writes parameters (and their optimizer moments when M is set)
 // to path with meta.
 func SaveStates(path string, states []ParamState, meta map[string]string) error {
+	return WriteSafetensorsFile(path, stateTensors(states), meta)
+}
+
+// WriteStates writes what SaveStates writes to w.
+func WriteStates(w io.Writer, states []ParamState, meta map[string]string) error {
+	return WriteSafetensors(w, stateTensors(states), meta)
+}
+
+func stateTensors(states []ParamState) []STensor {
 	var ts []STensor
 	for _, st := range states {
 		ts = append(ts, STensor{Name: st.T.Name, Shape: st.T.Shape, Data: st.T.W})
@@ -48,7 +58,7 @@ func SaveStates(path string, states []ParamState, meta map[string]string) error 
 				STensor{Name: "optim.v." + st.T.Name, Shape: st.T.Shape, Data: st.V})
 		}
 	}
-	return WriteSafetensorsFile(path, ts, meta)
+	return ts
 }
 
 // LoadStates fills states from a checkpoint file: every parameter must be

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 
+	"stagecoach/internal/failpoint"
 	"stagecoach/model"
 	pb "stagecoach/proto"
 )
@@ -84,7 +86,7 @@ func (s *Server) save(req *pb.CheckpointRequest) (*pb.CheckpointResponse, error)
 			metaFirstLayer: strconv.Itoa(st.spec.Lo), metaLayers: strconv.Itoa(st.spec.Hi - st.spec.Lo),
 		}
 		path := filepath.Join(dir, model.ShardFile(st.id))
-		if err := writeStates(path, st.opt.States, meta); err != nil {
+		if err := writeStates(path, st.opt.States, meta, step); err != nil {
 			return nil, fmt.Errorf("stage %d: %w", st.id, err)
 		}
 		resp.Files = append(resp.Files, path)
@@ -95,23 +97,30 @@ func (s *Server) save(req *pb.CheckpointRequest) (*pb.CheckpointResponse, error)
 	return resp, nil
 }
 
-// writeStates saves through the model's safetensors writer into a unique
-// temporary file, syncs it and renames it into place.
-func writeStates(path string, states []model.ParamState, meta map[string]string) error {
+// writeStates encodes a shard into a unique temporary file, syncs it and
+// renames it into place. The checkpoint-write failpoint (for fault tests)
+// kills the process after half the bytes of step's shard reached the disk.
+func writeStates(path string, states []model.ParamState, meta map[string]string, step int64) error {
+	var buf bytes.Buffer
+	if err := model.WriteStates(&buf, states, meta); err != nil {
+		return err
+	}
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
 		return err
 	}
 	tmp := f.Name()
-	f.Close()
 	defer os.Remove(tmp) // no-op after the rename
-	if err := model.SaveStates(tmp, states, meta); err != nil {
-		return err
+	b := buf.Bytes()
+	if v, ok := failpoint.Value(failpoint.CheckpointWrite); ok && v == strconv.FormatInt(step, 10) {
+		_, _ = f.Write(b[:len(b)/2])
+		_ = f.Sync()
+		failpoint.Crash()
 	}
-	if f, err = os.Open(tmp); err != nil {
-		return err
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
 	}
-	err = f.Sync()
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}

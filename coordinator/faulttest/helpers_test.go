@@ -76,8 +76,17 @@ type proc struct {
 
 func start(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
+	return startEnv(t, name, nil, args...)
+}
+
+// startEnv is start with extra environment variables (KEY=value).
+func startEnv(t *testing.T, name string, env []string, args ...string) *proc {
+	t.Helper()
 	p := &proc{name: name, log: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(bin, args...)
+	if env != nil {
+		p.cmd.Env = append(os.Environ(), env...)
+	}
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
@@ -147,8 +156,14 @@ func newEnv(t *testing.T, job string) *env {
 // (bounded) until all are registered.
 func (e *env) startWorkers(t *testing.T, names ...string) {
 	t.Helper()
+	e.startWorkersEnv(t, nil, names...)
+}
+
+// startWorkersEnv is startWorkers with extra environment variables.
+func (e *env) startWorkersEnv(t *testing.T, env []string, names ...string) {
+	t.Helper()
 	for _, n := range names {
-		e.workers[n] = start(t, "worker "+n, "worker", "--etcd", strings.Join(e.endpoints, ","), "--job", e.job,
+		e.workers[n] = startEnv(t, "worker "+n, env, "worker", "--etcd", strings.Join(e.endpoints, ","), "--job", e.job,
 			"--name", n, "--ttl", fmt.Sprint(ttl), "--data-dir", t.TempDir())
 	}
 	e.waitRegistered(t, 30*time.Second, names...)
