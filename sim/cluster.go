@@ -77,6 +77,14 @@ type Node struct {
 	Speed float64 `yaml:"speed"`
 	// Memory is the most microbatch activations the node holds (0: unbounded).
 	Memory int `yaml:"memory,omitempty"`
+	// EgressGiBs is the bandwidth of the node's network interface, shared
+	// by all its outgoing transfers: each one holds it for bytes over this
+	// bandwidth, one after another, on top of its link's busy time. 0
+	// means unlimited: every directed link is independent, as the loopback
+	// emulation (internal/transport) runs them, which does not enforce
+	// this field. It is what makes a one-shot all-reduce (n-1 whole
+	// gradients out of every node) cost more than a ring on fast links.
+	EgressGiBs float64 `yaml:"egress_gib_s,omitempty"`
 }
 
 // Link is a latency and a bandwidth.
@@ -159,6 +167,9 @@ func (c *Cluster) Validate() error {
 		}
 		if n.Memory < 0 {
 			return fmt.Errorf("cluster %q: node %q memory is %d, want >= 0", c.Name, n.Name, n.Memory)
+		}
+		if n.EgressGiBs < 0 || math.IsNaN(n.EgressGiBs) || math.IsInf(n.EgressGiBs, 0) {
+			return fmt.Errorf("cluster %q: node %q egress_gib_s is %v, want a finite number >= 0", c.Name, n.Name, n.EgressGiBs)
 		}
 		c.nodeIndex[n.Name] = i
 	}
@@ -276,6 +287,15 @@ func (c *Cluster) hop(a, b int, na, nb *Node, bytes float64) (busy, latency floa
 		return c.HopOverheadS, 0
 	}
 	return c.HopOverheadS + bytes/(l.BandwidthGiBs*(1<<30)), l.LatencyMS / 1000
+}
+
+// egress is how long a transfer of bytes from na to nb holds na's
+// network interface (0: unlimited, or the same node).
+func egress(na, nb *Node, bytes float64) float64 {
+	if na.EgressGiBs <= 0 || na.Name == nb.Name {
+		return 0
+	}
+	return bytes / (na.EgressGiBs * (1 << 30))
 }
 
 // HopTime prices one transfer of bytes between nodes a and b (indices

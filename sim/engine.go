@@ -102,6 +102,7 @@ type engine struct {
 	ws      []*workerState
 	replica [][]int
 	links   map[[2]int]float64 // directed worker pair -> link free time
+	nics    map[string]float64 // node -> its interface's free time (egress limits)
 	sent    map[[2]int]float64 // directed worker pair -> bytes
 	bars    map[barrierKey]*barrier
 	iterEnd []int // workers done with each iteration
@@ -128,6 +129,7 @@ func Run(p *scheduler.Plan, c *Cluster, opt Options) (*Result, error) {
 		plan: p, ix: scheduler.NewIndex(p), c: c, opt: opt,
 		replica: p.StageWorkers(),
 		links:   map[[2]int]float64{},
+		nics:    map[string]float64{},
 		sent:    map[[2]int]float64{},
 		bars:    map[barrierKey]*barrier{},
 		iterEnd: make([]int, opt.Iterations),
@@ -286,15 +288,20 @@ func (e *engine) send(w, iter int, msg scheduler.Message, sl int) {
 	bytes := float64(mb.Samples)*e.c.Compute.ActivationBytesPerSample + e.c.Compute.MessageHeaderBytes
 	from, to := e.ws[w], e.ws[msg.To]
 	busy, lat := e.c.hop(from.nodeIdx, to.nodeIdx, from.node, to.node, bytes)
+	nic := egress(from.node, to.node, bytes)
 	start := e.now
 	key := [2]int{w, msg.To}
 	if busy > 0 {
-		if free := e.links[key]; free > start {
-			start = free
-		}
+		start = max(start, e.links[key])
+	}
+	if nic > 0 {
+		start = max(start, e.nics[from.node.Name])
+		e.nics[from.node.Name] = start + nic
+	}
+	if busy > 0 {
 		e.links[key] = start + busy
 	}
-	arrive := start + busy + lat
+	arrive := start + max(busy, nic) + lat
 	if from.node.Name != to.node.Name {
 		e.sent[key] += bytes
 		from.bytes += bytes
@@ -348,32 +355,16 @@ func (e *engine) computeTime(w int, a scheduler.Action) float64 {
 	return t / st.node.Speed
 }
 
-// allReduceTime prices a ring all-reduce of a stage's gradients over its
-// replicas: 2(n-1) steps, each moving 1/n of the gradients over the
-// slowest ring link.
+// allReduceTime prices the all-reduce of a stage's gradients over its
+// replicas with the algorithm the plan names (see allreduce.go).
 func (e *engine) allReduceTime(stage int) float64 {
 	rs := e.replica[stage]
-	n := len(rs)
-	if n < 2 {
+	if len(rs) < 2 {
 		return 0
 	}
-	bytes := e.c.Compute.GradientBytesPerLayer * float64(e.plan.Stages[stage].Layers)
-	if g := e.c.Compute.StageGradientBytes; stage < len(g) {
-		bytes = g[stage]
-	}
-	if bytes == 0 {
-		// A cost model without gradient sizes leaves data-parallel
-		// synchronisation out, as the SkipPipe authors' simulator does.
-		return 0
-	}
-	worst := 0.0
+	nodes := make([]arNode, len(rs))
 	for i, w := range rs {
-		o := rs[(i+1)%n]
-		a, b := e.ws[w], e.ws[o]
-		busy, lat := e.c.hop(a.nodeIdx, b.nodeIdx, a.node, b.node, bytes/float64(n))
-		if busy+lat > worst {
-			worst = busy + lat
-		}
+		nodes[i] = arNode{e.ws[w].nodeIdx, e.ws[w].node}
 	}
-	return float64(2*(n-1)) * worst
+	return allReduceTimeOf(e.c, e.plan.Stages[stage].AllReduceAlgorithm(), nodes, stageGradientBytes(e.c, e.plan, stage))
 }
