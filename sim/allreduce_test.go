@@ -93,7 +93,7 @@ func TestAllReduceTimesByHand(t *testing.T) {
 // On equal links the ring takes 2(n-1) hops of a chunk, as before.
 func TestRingOnEqualLinks(t *testing.T) {
 	c := &Cluster{Name: "flat", Compute: Compute{LayerForwardS: 1, GradientBytesPerLayer: 1 << 30},
-		Nodes: []Node{{Name: "n0", Region: "r"}, {Name: "n1", Region: "r"}, {Name: "n2", Region: "r"}, {Name: "n3", Region: "r"}},
+		Nodes:     []Node{{Name: "n0", Region: "r"}, {Name: "n1", Region: "r"}, {Name: "n2", Region: "r"}, {Name: "n3", Region: "r"}},
 		LocalLink: &Link{LatencyMS: 2, BandwidthGiBs: 1}}
 	p := replicatedPlan(t, "n0", "n1", "n2", "n3")
 	got, err := AllReduceTime(p, c, 0)
