@@ -8,11 +8,15 @@ package localrun
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.yaml.in/yaml/v3"
 
 	"stagecoach/coordinator"
@@ -46,6 +50,12 @@ type Job struct {
 	// OnStep is called after every committed step (its checkpoint, if
 	// any, is on disk; the workers keep only the newest few).
 	OnStep func(coordinator.StepReport)
+	// Crash, when set, is asked after every committed step which workers
+	// to crash, given the plan in force. They crash halfway through the
+	// next step (by the last step's wall time): the gRPC server stops
+	// without grace and the etcd session is orphaned, so the lease lapses
+	// as a dead process's would. A crashed worker does not come back.
+	Crash func(step int64, plan []coordinator.PlanWorker) []string
 }
 
 // CheckpointDir is where the workers of a job put step's checkpoint.
@@ -81,6 +91,30 @@ func Run(ctx context.Context, j Job) (*coordinator.Summary, error) {
 		return nil, err
 	}
 	quiet := func(string, ...any) {}
+	type node struct {
+		w *worker.Server
+		s *concurrency.Session
+	}
+	var mu sync.Mutex
+	nodes := map[string]*node{}
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, n := range nodes {
+			n.w.Stop(2 * time.Second)
+			n.s.Close()
+		}
+	}()
+	crash := func(name string) {
+		mu.Lock()
+		n := nodes[name]
+		delete(nodes, name)
+		mu.Unlock()
+		if n != nil {
+			n.s.Orphan()
+			n.w.Stop(0)
+		}
+	}
 	for _, name := range j.Nodes {
 		w, err := worker.New(worker.Config{Name: name, Listen: "127.0.0.1:0", Job: j.Name,
 			DataDir: filepath.Join(out, "workers", name), Logf: quiet})
@@ -91,12 +125,14 @@ func Run(ctx context.Context, j Job) (*coordinator.Summary, error) {
 		if err != nil {
 			return nil, fmt.Errorf("localrun %s: worker %s: %w", j.Name, name, err)
 		}
-		defer w.Stop(2 * time.Second)
 		s, err := etcdx.NewSession(ctx, cli, etcdx.DefaultTTL)
 		if err != nil {
+			w.Stop(0)
 			return nil, err
 		}
-		defer s.Close()
+		mu.Lock()
+		nodes[name] = &node{w: w, s: s}
+		mu.Unlock()
 		if err := etcdx.Register(ctx, s, keys, etcdx.Member{Name: name, Addr: addr}); err != nil {
 			return nil, fmt.Errorf("localrun %s: register %s: %w", j.Name, name, err)
 		}
@@ -104,6 +140,24 @@ func Run(ctx context.Context, j Job) (*coordinator.Summary, error) {
 	cfg := coordinator.Config{Job: j.Name, Endpoints: e.Endpoints(), Workers: len(j.Nodes), Stages: j.Stages,
 		Schedule: j.Schedule, Train: j.Train, Steps: j.Steps, CorpusDir: j.CorpusDir, MaxCorpusBytes: j.MaxCorpusBytes,
 		OutDir: out, CheckpointEvery: j.CheckpointEvery, Costs: j.Costs, Logf: j.Logf, OnStep: j.OnStep}
+	if j.Crash != nil {
+		cfg.OnStep = func(r coordinator.StepReport) {
+			var m coordinator.PlanManifest
+			if resp, err := cli.Get(ctx, keys.PlanPrefix(), clientv3.WithLastKey()...); err == nil && len(resp.Kvs) == 1 {
+				_ = json.Unmarshal(resp.Kvs[0].Value, &m)
+			}
+			if names := j.Crash(r.Step, m.Workers); len(names) > 0 {
+				time.AfterFunc(time.Duration(r.IterationS/2*float64(time.Second)), func() {
+					for _, n := range names {
+						crash(n)
+					}
+				})
+			}
+			if j.OnStep != nil {
+				j.OnStep(r)
+			}
+		}
+	}
 	if j.Cluster != nil {
 		if cfg.Cluster, err = coordinator.EncodeCluster(j.Cluster); err != nil {
 			return nil, err
