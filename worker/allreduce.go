@@ -5,16 +5,33 @@ import (
 
 	"stagecoach/model"
 	pb "stagecoach/proto"
+	"stagecoach/scheduler"
 )
 
-// All-reduce of a stage's gradients among its replicas: a ring over the
-// Peer service (reduce-scatter, then all-gather), n-1 steps each, every
-// replica sending 2(n-1)/n of the gradient.
+// All-reduce of a stage's gradients among its replicas, by the algorithm
+// the plan names for the stage (scheduler.Stage.AllReduce), over the Peer
+// service:
 //
-// Exactness rules. Chunk c is summed in ring order starting at replica c,
-// always "received partial sum + own gradient", and then copied verbatim
-// to every replica, so all replicas end with bit-identical sums whatever
-// the network timing. The sum is then divided by the stage's visit count
+//   - ring (the default): reduce-scatter, then all-gather, n-1 steps each,
+//     every replica sending 2(n-1)/n of the gradient in 2(n-1) sequential
+//     hops;
+//   - direct (one-shot): every replica sends its whole flattened gradient
+//     to every other replica at once (each send queued on its own
+//     destination's link of the outbox, so the n-1 sends travel
+//     concurrently, as the simulator prices them), then sums all n
+//     itself. One hop instead of 2(n-1), at n-1 times the ring's bytes
+//     per replica.
+//
+// Exactness rules. Ring: chunk c is summed in ring order starting at
+// replica c, always "received partial sum + own gradient", and then copied
+// verbatim to every replica. Direct: every replica sums the n gradients in
+// replica-position order, ((g_0 + g_1) + g_2) + ..., from the same bits
+// (its own gradient is the one it sent). Either way all replicas end with
+// bit-identical sums whatever the network timing. The two algorithms
+// group the additions differently (chunk c of the ring starts at replica
+// c), so a ring and a direct all-reduce of the same gradients agree to
+// float32 rounding; with two replicas they agree bit for bit (a + b =
+// b + a). The sum is then divided by the stage's visit count
 // over all replicas (model.Shard's FinishGrad, with the same float32
 // reciprocal), as the single-process trainer divides by m. With one
 // replica the result equals the trainer bit for bit; with R > 1 each
@@ -59,12 +76,17 @@ func ringRecvChunk(pos, step, n int) int {
 
 // ringChunkLen is the element count replica pos receives at step.
 func ringChunkLen(st *stage, pos, step, n int) int {
+	lo, hi := ringChunk(ringRecvChunk(pos, step, n), n, gradLen(st))
+	return hi - lo
+}
+
+// gradLen is the element count of the stage's flattened gradient.
+func gradLen(st *stage) int {
 	total := 0
 	for _, p := range st.shard.Params() {
 		total += len(p.G)
 	}
-	lo, hi := ringChunk(ringRecvChunk(pos, step, n), n, total)
-	return hi - lo
+	return total
 }
 
 func mod(a, n int) int { return ((a % n) + n) % n }
@@ -76,19 +98,36 @@ func (r *run) allReduce(id int) error {
 		return err
 	}
 	params := st.shard.Params()
-	n := len(st.replicas)
-	if n == 1 {
-		finishGrad(st, params)
-		return nil
+	if len(st.replicas) > 1 {
+		if j.plan.Stages[id].AllReduceAlgorithm() == scheduler.AllReduceDirect {
+			err = r.directAllReduce(st, params)
+		} else {
+			err = r.ringAllReduce(st, params)
+		}
+		if err != nil {
+			return err
+		}
 	}
+	finishGrad(st, params)
+	return nil
+}
+
+// allReduceHeader addresses one all-reduce tensor of stage st to worker to.
+func (r *run) allReduceHeader(st *stage, step, to, elems int) *pb.TensorHeader {
+	return &pb.TensorHeader{Fence: r.fence, Iteration: r.slot.iteration, Kind: pb.TensorKind_TENSOR_KIND_ALLREDUCE,
+		Microbatch: -1, Stage: int32(st.id), Step: int32(step), From: int32(r.j.me), To: int32(to), Shape: []int32{int32(elems)}}
+}
+
+func (r *run) ringAllReduce(st *stage, params []*model.Tensor) error {
+	j := r.j
+	id := st.id
+	n := len(st.replicas)
 	pos := indexOf(st.replicas, j.me)
 	next := st.replicas[(pos+1)%n]
 	flat := flatten(params)
 	send := func(step, c int) error {
 		lo, hi := ringChunk(c, n, len(flat))
-		h := &pb.TensorHeader{Fence: r.fence, Iteration: r.slot.iteration, Kind: pb.TensorKind_TENSOR_KIND_ALLREDUCE,
-			Microbatch: -1, Stage: int32(id), Step: int32(step), From: int32(j.me), To: int32(next), Shape: []int32{int32(hi - lo)}}
-		return r.send(next, h, flat[lo:hi])
+		return r.send(next, r.allReduceHeader(st, step, next, hi-lo), flat[lo:hi])
 	}
 	for step := 0; step < n-1; step++ { // reduce-scatter
 		if err := send(step, mod(pos-step, n)); err != nil {
@@ -116,7 +155,74 @@ func (r *run) allReduce(id int) error {
 		copy(flat[lo:], piece)
 	}
 	unflatten(flat, params)
-	finishGrad(st, params)
+	return nil
+}
+
+// directAllReduce sends this replica's gradient to every other replica
+// (the next one first, around the ring, so that not every replica starts
+// with the same peer), all at once, then sums the n gradients in replica
+// order. The step of a direct tensor is its sender's replica position.
+func (r *run) directAllReduce(st *stage, params []*model.Tensor) error {
+	j := r.j
+	n := len(st.replicas)
+	pos := indexOf(st.replicas, j.me)
+	own := flatten(params)
+	payload := encode(own) // one encoding, read by every send
+	for k := 1; k < n; k++ {
+		to := st.replicas[(pos+k)%n]
+		if err := j.out.Send(r.ctx, to, r.allReduceHeader(st, pos, to, len(own)), payload); err != nil {
+			return fmt.Errorf("%w: %v", ErrPeer, err)
+		}
+	}
+	grads := make([][]float32, n)
+	grads[pos] = own
+	for k := 1; k < n; k++ {
+		q := (pos + k) % n
+		g, err := r.await(st.id, q)
+		if err != nil {
+			return err
+		}
+		grads[q] = g
+	}
+	sum := grads[0] // the payload is an encoded copy: every buffer here is ours
+	for _, g := range grads[1:] {
+		for i, v := range g {
+			sum[i] = sum[i] + v
+		}
+	}
+	unflatten(sum, params)
+	return nil
+}
+
+// checkAllReduce checks an all-reduce tensor for stage st against the
+// plan: sent by the replica the stage's algorithm has send to this one,
+// at a step that exists, with the element count that step carries.
+func (j *job) checkAllReduce(h *pb.TensorHeader, st *stage) error {
+	n := len(st.replicas)
+	pos := indexOf(st.replicas, j.me)
+	from, step, shape := int(h.GetFrom()), int(h.GetStep()), h.GetShape()
+	if n < 2 || len(shape) != 1 {
+		return fmt.Errorf("%w: all-reduce tensor for stage %d of shape %v with %d replicas", ErrBadInput, st.id, shape, n)
+	}
+	if j.plan.Stages[st.id].AllReduceAlgorithm() == scheduler.AllReduceDirect {
+		q := indexOf(st.replicas, from)
+		if q < 0 || q == pos || step != q {
+			return fmt.Errorf("%w: direct all-reduce tensor for stage %d from worker %d at step %d, not another replica's gradient at its position", ErrBadInput, st.id, from, step)
+		}
+		if want := gradLen(st); int(shape[0]) != want {
+			return fmt.Errorf("%w: direct all-reduce tensor of %d elements, stage %d has %d", ErrBadInput, shape[0], st.id, want)
+		}
+		return nil
+	}
+	if from != st.replicas[(pos+n-1)%n] {
+		return fmt.Errorf("%w: all-reduce chunk for stage %d from worker %d, not this replica's ring predecessor", ErrBadInput, st.id, from)
+	}
+	if step < 0 || step >= 2*(n-1) {
+		return fmt.Errorf("%w: all-reduce chunk step %d shape %v for %d replicas", ErrBadInput, step, shape, n)
+	}
+	if want := ringChunkLen(st, pos, step, n); int(shape[0]) != want {
+		return fmt.Errorf("%w: all-reduce chunk of %d elements at step %d, want %d", ErrBadInput, shape[0], step, want)
+	}
 	return nil
 }
 

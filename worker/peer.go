@@ -86,19 +86,7 @@ func (j *job) checkTensor(h *pb.TensorHeader) error {
 	}
 	shape := h.GetShape()
 	if h.GetKind() == pb.TensorKind_TENSOR_KIND_ALLREDUCE {
-		n := len(st.replicas)
-		pos := indexOf(st.replicas, j.me)
-		step := int(h.GetStep())
-		if n < 2 || from != st.replicas[(pos+n-1)%n] {
-			return fmt.Errorf("%w: all-reduce chunk for stage %d from worker %d, not this replica's ring predecessor", ErrBadInput, stageID, from)
-		}
-		if step < 0 || step >= 2*(n-1) || len(shape) != 1 {
-			return fmt.Errorf("%w: all-reduce chunk step %d shape %v for %d replicas", ErrBadInput, step, shape, n)
-		}
-		if want := ringChunkLen(st, pos, step, n); int(shape[0]) != want {
-			return fmt.Errorf("%w: all-reduce chunk of %d elements at step %d, want %d", ErrBadInput, shape[0], step, want)
-		}
-		return nil
+		return j.checkAllReduce(h, st)
 	}
 	kind := tensorKind(h.GetKind())
 	if kind == 0 {
