@@ -294,6 +294,11 @@ func skipPipeInput(cfg *Config, names []string, prev *scheduler.Plan) (scheduler
 		}
 		sc.Memory = max(mem, need, 1)
 		sc.Objective = func(p *scheduler.Plan) float64 {
+			// Priced with the all-reduces the final plan will get
+			// (checkPlan chooses them the same way).
+			if _, err := sim.ChooseAllReduce(p, costs); err != nil {
+				return math.Inf(1)
+			}
 			r, err := sim.Run(p, costs, sim.Options{})
 			if err != nil {
 				return math.Inf(1)

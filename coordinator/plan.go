@@ -11,6 +11,7 @@ import (
 	"stagecoach/internal/etcdx"
 	"stagecoach/model"
 	"stagecoach/scheduler"
+	"stagecoach/sim"
 )
 
 // PlanManifest is what etcd keeps about a plan epoch: small enough for one
@@ -133,7 +134,42 @@ func checkPlan(cfg *Config, p *scheduler.Plan, members []etcdx.Member, epoch int
 			return nil, nil, 0, fmt.Errorf("coordinator: plan microbatch %d has %d samples, want %d", mb, m.Samples, cfg.Train.MicrobatchSize)
 		}
 	}
+	if err := chooseAllReduce(cfg, p); err != nil {
+		return nil, nil, 0, err
+	}
 	return p, ordered, layout, nil
+}
+
+// chooseAllReduce sets each replicated stage's all-reduce algorithm to
+// the cheaper of ring and direct under the planning cost model, with the
+// plan's per-stage gradient sizes for the model trained (sim.ChooseAllReduce:
+// the simulator's prices, which the emulated links reproduce). Without a
+// cost model, or with one that does not know the plan's nodes, the plan
+// keeps the ring.
+func chooseAllReduce(cfg *Config, p *scheduler.Plan) error {
+	costs, err := cfg.planningCosts()
+	if err != nil || costs == nil {
+		return err
+	}
+	if !costs.AnyNode {
+		known := map[string]bool{}
+		for _, nd := range costs.Nodes {
+			known[nd.Name] = true
+		}
+		for _, w := range p.Workers {
+			if !known[w.Node] {
+				return nil
+			}
+		}
+	}
+	k, err := ForPlan(costs, p, cfg.Train.Model)
+	if err != nil {
+		return err
+	}
+	if _, err := sim.ChooseAllReduce(p, k); err != nil {
+		return fmt.Errorf("coordinator: choose all-reduce algorithms: %w", err)
+	}
+	return nil
 }
 
 // skipPipePlan plans the SkipPipe variant (scheduler.SkipPipeCA for
