@@ -136,7 +136,9 @@ func validateStructure(p *Plan) error {
 		}
 	}
 	for s := range replicas {
-		if len(replicas[s]) == 0 {
+		// A skipping plan may leave a stage other than 0 vacant (see
+		// vacant.go); no path can visit it, since no worker holds it.
+		if len(replicas[s]) == 0 && (p.Skip == nil || s == 0) {
 			return verr(-1, nil, RuleStructure, "stage %d is held by no worker", s)
 		}
 	}
@@ -245,6 +247,9 @@ func validateSkipRules(p *Plan) error {
 	}
 	perWorker := make([]int, len(p.Workers))
 	perStage := make([]int, ns)
+	// Distances count occupied stages only: vacant ones are skipped by
+	// every path and do not lengthen a jump or a swap.
+	rank := occupiedRank(p)
 	for mb := range p.Microbatches {
 		path := p.Microbatches[mb].Path
 		if len(path) != r.PathStages {
@@ -260,14 +265,14 @@ func validateSkipRules(p *Plan) error {
 			}
 			if s < furthest {
 				swaps++
-				if furthest-s > r.SwapDistance {
+				if rank[furthest]-rank[s] > r.SwapDistance {
 					return verr(path[i].Worker, &hop, RuleSkipSwap, "microbatch %d goes back from stage %d to %d, more than %d", mb, furthest, s, r.SwapDistance)
 				}
 				if swaps > r.MaxSwaps {
 					return verr(path[i].Worker, &hop, RuleSkipSwap, "microbatch %d swaps %d times, at most %d allowed", mb, swaps, r.MaxSwaps)
 				}
 			}
-			if jump := s - path[i-1].Stage; jump > r.MaxJump {
+			if jump := rank[s] - rank[path[i-1].Stage]; jump > r.MaxJump {
 				return verr(path[i].Worker, &hop, RuleSkipJump, "microbatch %d jumps from stage %d to %d, more than %d", mb, path[i-1].Stage, s, r.MaxJump)
 			}
 			if s > furthest {
