@@ -235,6 +235,11 @@ func buildSimJob(env *simEnv, name string) (*simJob, error) {
 	if err := scheduler.Validate(pl); err != nil {
 		return nil, fmt.Errorf("schedule %s produced an invalid plan: %w", name, err)
 	}
+	// Each replicated stage all-reduces by the cheaper algorithm under
+	// the cluster (a plan file keeps the ones it names).
+	if _, err := sim.ChooseAllReduce(pl, env.Cluster); err != nil {
+		return nil, badInput("schedule %s: %v", name, err)
+	}
 	return &simJob{Name: name, Plan: pl, Cluster: env.Cluster, PlanTimeS: planTime}, nil
 }
 

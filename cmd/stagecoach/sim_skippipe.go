@@ -138,12 +138,19 @@ func planSkipJob(name string, cfg scheduler.SkipPipeConfig, c *sim.Cluster, extr
 	if err := scheduler.Validate(plan); err != nil {
 		return nil, fmt.Errorf("schedule %s produced an invalid plan: %w", name, err)
 	}
+	if _, err := sim.ChooseAllReduce(plan, c); err != nil {
+		return nil, badInput("schedule %s: %v", name, err)
+	}
 	return &simJob{Name: name, Plan: plan, Cluster: c, PlanTimeS: planTime}, nil
 }
 
-// simObjective scores a plan by its simulated iteration time.
+// simObjective scores a plan by its simulated iteration time, with the
+// all-reduce algorithms the final plan gets.
 func simObjective(c *sim.Cluster) func(*scheduler.Plan) float64 {
 	return func(p *scheduler.Plan) float64 {
+		if _, err := sim.ChooseAllReduce(p, c); err != nil {
+			return math.Inf(1)
+		}
 		r, err := sim.Run(p, c, sim.Options{})
 		if err != nil {
 			return math.Inf(1)
