@@ -145,9 +145,9 @@ links:
   - {a: r0, b: r2, latency_ms: 200, bandwidth_gib_s: 1}
 `
 
-// The workers run the algorithm the plan names: with direct, the
-// all-reduce waits for the 200 ms link between replicas 0 and 2 (the
-// gradients went straight to every replica); the replicas stay
+// The workers run the algorithm the plan names: with direct, replicas 0
+// and 2 wait for each other's gradient over the 200 ms link between them
+// (gradients go straight to every replica); the replicas stay
 // bit-identical.
 func TestDirectAllReduceSendsToEveryReplica(t *testing.T) {
 	su := setup{schedule: "gpipe", stages: 1, replicas: 4, mbs: 4, size: 1, layers: 2}
@@ -158,19 +158,25 @@ func TestDirectAllReduceSendsToEveryReplica(t *testing.T) {
 	}
 	const steps = 2
 	c, d, res := trainPlan(t, withAllReduce(t, su, scheduler.AllReduceDirect), ref.Cfg, steps, fourRegions)
+	// Absolute times (the workers share this clock) of R@s0 on worker w.
+	at := func(r *workertest.Result, w int) (start, end float64) {
+		run := r.Runs[w]
+		for _, tm := range run.GetTimings() {
+			if tm.GetAction() == "R@s0" {
+				return run.GetStartedUnixS() + tm.GetStartS(), run.GetStartedUnixS() + tm.GetEndS()
+			}
+		}
+		t.Fatalf("worker %d reported no R@s0", w)
+		return 0, 0
+	}
 	for step, r := range res {
-		for w, run := range r.Runs {
-			var took float64 = -1
-			for _, tm := range run.GetTimings() {
-				if tm.GetAction() == "R@s0" {
-					took = tm.GetEndS() - tm.GetStartS()
-				}
-			}
-			// Workers 0 and 2 wait for each other's gradient over the
-			// slow link; 1 and 3 do not.
-			if (w == 0 || w == 2) && took < 0.199 {
-				t.Errorf("step %d worker %d: direct all-reduce took %.3f s, want >= 0.2 (the 0-2 link)", step+1, w, took)
-			}
+		// Worker 0 cannot finish before worker 2's gradient, sent when 2
+		// started its all-reduce, has crossed the 200 ms link; and
+		// vice versa.
+		s0, e0 := at(r, 0)
+		s2, e2 := at(r, 2)
+		if e0-s2 < 0.1999 || e2-s0 < 0.1999 {
+			t.Errorf("step %d: workers 0 and 2 ended their direct all-reduce %.3f s and %.3f s after the other began it, want >= 0.2 (the 0-2 link)", step+1, e0-s2, e2-s0)
 		}
 	}
 	checkpointParams(t, c, d, steps)
