@@ -430,6 +430,11 @@ func (r *run) saveCheckpoint(ctx context.Context, step int64) (*CheckpointManife
 	for _, f := range files {
 		m.Files = append(m.Files, f...)
 	}
+	vacant, err := r.fillVacant(ctx, base, step)
+	if err != nil {
+		return nil, err
+	}
+	m.Files = append(m.Files, vacant...)
 	if len(m.Files) > 0 {
 		m.Dir = filepath.Dir(m.Files[0])
 	}

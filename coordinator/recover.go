@@ -257,8 +257,12 @@ func (r *run) recover(ctx context.Context, step int64, cause error) (int64, erro
 
 // canRepath reports whether SkipPipe can retry step on the survivors
 // without restoring anything: no Step was sent, every survivor holds the
-// previous step, no stage-0 worker (an origin: the microbatches it starts
-// would be lost) is gone, and every stage keeps a replica.
+// previous step, and no stage-0 worker (an origin: the microbatches it
+// starts would be lost) is gone. A stage left without a replica becomes
+// vacant: every path skips it until a worker takes it over (a rejoin,
+// which loads it from the newest checkpoint), as long as some stage
+// besides stage 0 keeps a worker. skippipe-full, which never skips, needs
+// every stage.
 func (r *run) canRepath(survivors []etcdx.Member, st map[string]*pb.StatusResponse, step int64) (bool, string) {
 	if !isSkipPipe(r.cfg.Schedule) {
 		return false, "not a SkipPipe plan"
@@ -273,6 +277,7 @@ func (r *run) canRepath(survivors []etcdx.Member, st map[string]*pb.StatusRespon
 		}
 		alive[m.Name] = true
 	}
+	vacant := 0
 	for s, ws := range r.plan.StageWorkers() {
 		n := 0
 		for _, w := range ws {
@@ -283,8 +288,14 @@ func (r *run) canRepath(survivors []etcdx.Member, st map[string]*pb.StatusRespon
 			}
 		}
 		if n == 0 {
-			return false, fmt.Sprintf("stage %d has no replica left", s)
+			vacant++
 		}
+	}
+	if vacant >= len(r.plan.Stages)-1 {
+		return false, "no stage but stage 0 has a worker left"
+	}
+	if vacant > 0 && r.cfg.Schedule == SkipPipeFull {
+		return false, "a stage has no replica left and skippipe-full visits every stage"
 	}
 	return true, ""
 }
@@ -330,15 +341,29 @@ func skipPipeOnPartition(cfg *Config, parts [][]etcdx.Member, epoch int64) (*sch
 	// input (skipPipeInput keeps a previous plan's placement).
 	prev := &scheduler.Plan{Stages: make([]scheduler.Stage, len(parts))}
 	idx := make([][]int, len(parts))
+	// A stage with no worker left is vacant (scheduler.ExpandStages):
+	// the planner sees only the occupied stages, numbered in order.
+	var keep []int
 	for s, ms := range parts {
 		if len(ms) == 0 {
-			return nil, nil, 0, fmt.Errorf("coordinator: stage %d has no worker", s)
+			if s == 0 {
+				return nil, nil, 0, fmt.Errorf("coordinator: stage 0 has no worker")
+			}
+			continue
 		}
-		for _, m := range ms {
-			idx[s] = append(idx[s], len(names))
+		keep = append(keep, s)
+	}
+	if len(keep) < 2 {
+		return nil, nil, 0, fmt.Errorf("coordinator: only stage 0 has workers; SkipPipe needs another stage")
+	}
+	prev.Stages = prev.Stages[:len(keep)]
+	idx = idx[:len(keep)]
+	for c, s := range keep {
+		for _, m := range parts[s] {
+			idx[c] = append(idx[c], len(names))
 			names = append(names, m.Name)
 			members = append(members, m)
-			prev.Workers = append(prev.Workers, scheduler.Worker{Node: m.Name, Stages: []int{s}})
+			prev.Workers = append(prev.Workers, scheduler.Worker{Node: m.Name, Stages: []int{c}})
 		}
 	}
 	sc, err := skipPipeInput(cfg, names, prev)
@@ -346,9 +371,27 @@ func skipPipeOnPartition(cfg *Config, parts [][]etcdx.Member, epoch int64) (*sch
 		return nil, nil, 0, fmt.Errorf("coordinator: plan skippipe on %d workers: %w", len(names), err)
 	}
 	sc.Partition = idx
-	sc.StageSizes = make([]int, len(parts))
-	for s := range parts {
-		sc.StageSizes[s] = len(parts[s])
+	sc.StageSizes = make([]int, len(keep))
+	for c, s := range keep {
+		sc.StageSizes[c] = len(parts[s])
+	}
+	expand := func(p *scheduler.Plan) (*scheduler.Plan, error) { return p, nil }
+	if len(keep) < len(parts) {
+		full, err := stageList(cfg.Train.Model.Layers, len(parts))
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		expand = func(p *scheduler.Plan) (*scheduler.Plan, error) { return scheduler.ExpandStages(p, full, keep) }
+		sc.Rules.PathStages = min(sc.Rules.PathStages, len(keep))
+		if obj := sc.Objective; obj != nil {
+			sc.Objective = func(p *scheduler.Plan) float64 {
+				q, err := expand(p)
+				if err != nil {
+					return math.Inf(1)
+				}
+				return obj(q)
+			}
+		}
 	}
 	if cfg.Train.Microbatches%len(parts[0]) != 0 {
 		return nil, nil, 0, fmt.Errorf("coordinator: %d microbatches do not split over %d origins", cfg.Train.Microbatches, len(parts[0]))
@@ -366,6 +409,9 @@ func skipPipeOnPartition(cfg *Config, parts [][]etcdx.Member, epoch int64) (*sch
 		variant = scheduler.SkipPipeFull
 	}
 	p, _, err := scheduler.PlanSkipPipeVariant(variant, sc)
+	if err == nil {
+		p, err = expand(p)
+	}
 	if err != nil {
 		return nil, nil, 0, fmt.Errorf("coordinator: plan skippipe on %d workers: %w", len(names), err)
 	}
@@ -514,8 +560,9 @@ func (r *run) prefer(live []etcdx.Member, n int) []etcdx.Member {
 }
 
 // partitionFor places members on SkipPipe stages: a member keeps the stage
-// it held in the current plan; a newcomer fills the stage furthest below
-// its configured size (stage 0 first on ties, as origins carry the data).
+// it held in the current plan; a newcomer fills a vacant stage first, else
+// the stage furthest below its configured size (stage 0 first on ties, as
+// origins carry the data).
 func (r *run) partitionFor(members []etcdx.Member) [][]etcdx.Member {
 	ns := len(r.plan.Stages)
 	parts := make([][]etcdx.Member, ns)
@@ -537,7 +584,10 @@ func (r *run) partitionFor(members []etcdx.Member) [][]etcdx.Member {
 	for _, m := range fresh {
 		best := -1
 		for s := range parts {
-			if best < 0 || want[s]-len(parts[s]) > want[best]-len(parts[best]) {
+			// A vacant stage first (its layers are missing from every
+			// path), then the stage furthest below its size.
+			if best < 0 || (len(parts[s]) == 0) != (len(parts[best]) == 0) && len(parts[s]) == 0 ||
+				(len(parts[s]) == 0) == (len(parts[best]) == 0) && want[s]-len(parts[s]) > want[best]-len(parts[best]) {
 				best = s
 			}
 		}
@@ -618,6 +668,9 @@ func (r *run) maybeRejoin(ctx context.Context, step int64) (bool, error) {
 			return err
 		})
 		if err != nil {
+			return false, err
+		}
+		if _, err := r.fillVacant(ctx, base, applied); err != nil {
 			return false, err
 		}
 		handoff = base

@@ -60,6 +60,44 @@ func checkListedLoad(t *testing.T, ms []coordinator.CheckpointManifest, stages i
 	}
 }
 
+// watchCheckpoints loads every checkpoint etcd lists the moment it is
+// listed (checkListedLoad), calling seen, if set, with each manifest
+// while its files are certainly there. The returned stop waits for the
+// last listing and returns the listed steps in order.
+func (e *env) watchCheckpoints(t *testing.T, stages int, seen func(coordinator.CheckpointManifest)) (stop func() []int64) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	watch := e.cli.Watch(ctx, e.keys.CheckpointsPrefix(), clientv3.WithPrefix())
+	var puts []int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for resp := range watch {
+			for _, ev := range resp.Events {
+				if ev.Type != clientv3.EventTypePut {
+					continue
+				}
+				var m coordinator.CheckpointManifest
+				if err := jsonUnmarshal(ev.Kv.Value, &m); err != nil {
+					t.Errorf("checkpoint manifest %s: %v", ev.Kv.Key, err)
+					continue
+				}
+				puts = append(puts, m.Step)
+				checkListedLoad(t, []coordinator.CheckpointManifest{m}, stages)
+				if seen != nil {
+					seen(m)
+				}
+			}
+		}
+	}()
+	return func() []int64 {
+		time.Sleep(200 * time.Millisecond) // let the watch deliver the last put
+		cancel()
+		<-done
+		return puts
+	}
+}
+
 // TestCrashDuringCheckpointWrite crashes a worker process (SIGKILL from
 // the checkpoint-write failpoint) after half of its shard of step 6 reached
 // the disk. etcd must never list a checkpoint that does not load: at the
@@ -77,28 +115,7 @@ func TestCrashDuringCheckpointWrite(t *testing.T) {
 	out := t.TempDir()
 	var clock faultClock
 	// Every checkpoint etcd ever lists is loaded the moment it appears.
-	wctx, stopWatch := context.WithCancel(context.Background())
-	defer stopWatch()
-	watch := e.cli.Watch(wctx, e.keys.CheckpointsPrefix(), clientv3.WithPrefix())
-	var puts []int64
-	watched := make(chan struct{})
-	go func() {
-		defer close(watched)
-		for resp := range watch {
-			for _, ev := range resp.Events {
-				if ev.Type != clientv3.EventTypePut {
-					continue
-				}
-				var m coordinator.CheckpointManifest
-				if err := jsonUnmarshal(ev.Kv.Value, &m); err != nil {
-					t.Errorf("checkpoint manifest %s: %v", ev.Kv.Key, err)
-					continue
-				}
-				puts = append(puts, m.Step)
-				checkListedLoad(t, []coordinator.CheckpointManifest{m}, stages)
-			}
-		}
-	}()
+	stopWatch := e.watchCheckpoints(t, stages, nil)
 	cfg := coordinator.Config{Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 4, Stages: stages,
 		Schedule: "gpipe", Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: out, Checkpoint: true,
 		CheckpointEvery: 2, RPCTimeout: 30 * time.Second, ReplaceWait: time.Second, OnRecovery: clock.onRecovery,
@@ -108,9 +125,7 @@ func TestCrashDuringCheckpointWrite(t *testing.T) {
 			}
 		}}
 	sum := runCoordinator(t, cfg, 120*time.Second)
-	time.Sleep(200 * time.Millisecond) // let the watch deliver the last put
-	stopWatch()
-	<-watched
+	puts := stopWatch()
 	recs := clock.report(t, "crash during a checkpoint write")
 	select {
 	case <-e.workers["w2"].done:
