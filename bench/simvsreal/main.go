@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -29,6 +30,7 @@ import (
 	"stagecoach/coordinator"
 	"stagecoach/data"
 	"stagecoach/model"
+	"stagecoach/scheduler"
 	"stagecoach/sim"
 )
 
@@ -83,6 +85,7 @@ type row struct {
 	schedule                string
 	measured, sim, self     float64
 	wall, pipeMeas, pipeSim float64
+	allReduce               string
 }
 
 func run(scale float64, steps int, out, corpus string, maxBytes int64, schedules []string) error {
@@ -144,7 +147,7 @@ func run(scale float64, steps int, out, corpus string, maxBytes int64, schedules
 			return fmt.Errorf("%s: simulate with the calibration: %w", s, err)
 		}
 		r := row{schedule: s, measured: sum.MeasuredSpanS, sim: res.MakespanS,
-			pipeMeas: localrun.PipelineTime(sum.Measured), pipeSim: localrun.PipelineTime(res)}
+			pipeMeas: localrun.PipelineTime(sum.Measured), pipeSim: localrun.PipelineTime(res), allReduce: allReduces(p)}
 		if sum.CostModel != nil {
 			if self, err := sim.Run(p, sum.CostModel, sim.Options{}); err == nil {
 				r.self = self.MakespanS
@@ -159,16 +162,37 @@ func run(scale float64, steps int, out, corpus string, maxBytes int64, schedules
 		rows = append(rows, r)
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "schedule\tmeasured_s\tsimulated_s\tsim/meas\tself_sim_s\tself/meas\tpipeline_meas_s\tpipeline_sim_s\tsim/meas\trun_rpc_s\t\n")
+	fmt.Fprintf(tw, "schedule\tmeasured_s\tsimulated_s\tsim/meas\tself_sim_s\tself/meas\tpipeline_meas_s\tpipeline_sim_s\tsim/meas\trun_rpc_s\tall_reduce\t\n")
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%.3f\t%.3f\t%.2f\t%.3f\t%.2f\t%.3f\t%.3f\t%.2f\t%.3f\t\n", r.schedule, r.measured, r.sim, r.sim/r.measured,
-			r.self, r.self/r.measured, r.pipeMeas, r.pipeSim, r.pipeSim/r.pipeMeas, r.wall)
+		fmt.Fprintf(tw, "%s\t%.3f\t%.3f\t%.2f\t%.3f\t%.2f\t%.3f\t%.3f\t%.2f\t%.3f\t%s\t\n", r.schedule, r.measured, r.sim, r.sim/r.measured,
+			r.self, r.self/r.measured, r.pipeMeas, r.pipeSim, r.pipeSim/r.pipeMeas, r.wall, r.allReduce)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
 	fmt.Printf("cluster %s (12 nodes, 12 regions, 6 stages x 2), model %d layers dim %d ctx %d, %d microbatches x %d; cost model %s; %d steps per run, %.0f s in all\n",
 		cl.Name, tc.Model.Layers, tc.Model.Dim, tc.Model.Ctx, tc.Microbatches, tc.MicrobatchSize, kPath, steps, time.Since(start).Seconds())
-	fmt.Println("measured_s: median program span (first action to last, all-reduce included) over steps 2..N; simulated_s: the same plan under the GPipe run's calibration; self: under the run's own; pipeline: to the end of the last forward/backward/loss (last step only, all-reduce excluded); run_rpc_s: mean RunIteration wall time at the coordinator")
+	fmt.Println("measured_s: median program span (first action to last, all-reduce included) over steps 2..N; simulated_s: the same plan under the GPipe run's calibration; self: under the run's own; pipeline: to the end of the last forward/backward/loss (last step only, all-reduce excluded); run_rpc_s: mean RunIteration wall time at the coordinator; all_reduce: the algorithm the plan chose for each stage's replicas")
 	return nil
+}
+
+// allReduces summarises the all-reduce algorithms of the replicated
+// stages ("direct x6", or each stage's when they differ).
+func allReduces(p *scheduler.Plan) string {
+	reps := p.StageWorkers()
+	var algs []string
+	for s, st := range p.Stages {
+		if len(reps[s]) > 1 {
+			algs = append(algs, st.AllReduceAlgorithm())
+		}
+	}
+	if len(algs) == 0 {
+		return "-"
+	}
+	for _, a := range algs[1:] {
+		if a != algs[0] {
+			return strings.Join(algs, ",")
+		}
+	}
+	return fmt.Sprintf("%s x%d", algs[0], len(algs))
 }

@@ -22,6 +22,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"stagecoach/bench/internal/localrun"
@@ -29,6 +30,7 @@ import (
 	"stagecoach/data"
 	"stagecoach/model"
 	"stagecoach/model/train"
+	"stagecoach/scheduler"
 	"stagecoach/sim"
 )
 
@@ -197,12 +199,29 @@ func run(scale float64, steps, every int, margin float64, out, corpus string, ma
 	gs, sps := localrun.PipelineTime(g.sum.Simulated), localrun.PipelineTime(sp.sum.Simulated)
 	fmt.Printf("pipeline part (to the last forward/backward/loss; the all-reduce, which the SkipPipe authors leave out, excluded): measured (last step) GPipe %.3f s, SkipPipe %.3f s, %.1f%% below; simulated %.3f s, %.3f s, %.1f%% below\n",
 		gp, spp, 100*(1-spp/gp), gs, sps, 100*(1-sps/gs))
+	for _, r := range res {
+		m, sm := r.sum.Measured, r.sum.Simulated
+		fmt.Printf("all-reduce of %s (%s): tail after the pipeline part, measured (last step) %.3f s, simulated %.3f s\n",
+			r.name, allReduces(m.Plan), m.MakespanS-localrun.PipelineTime(m), sm.MakespanS-localrun.PipelineTime(sm))
+	}
 	fmt.Printf("iteration time: SkipPipe %.1f%% below GPipe (median program span), %.1f%% (mean step wall time), %.1f%% (simulated, each run's calibration); goal >= 40%%: %s\n",
 		100*cut, 100*cutWall, 100*cutSim, verdict(cut >= 0.40))
 	fmt.Printf("validation loss after %d steps: SkipPipe %.4f vs GPipe %.4f (%+.2f%%); margin %.1f%%: %s\n",
 		steps, sl, gl, 100*rel, 100*margin, verdict(rel <= margin))
 	fmt.Printf("wrote %s (%.0f s in all)\n", plot, time.Since(start).Seconds())
 	return nil
+}
+
+// allReduces lists the all-reduce algorithm of every replicated stage.
+func allReduces(p *scheduler.Plan) string {
+	reps := p.StageWorkers()
+	var out []string
+	for s, st := range p.Stages {
+		if len(reps[s]) > 1 {
+			out = append(out, fmt.Sprintf("s%d x%d %s", s, len(reps[s]), st.AllReduceAlgorithm()))
+		}
+	}
+	return strings.Join(out, ", ")
 }
 
 // valLoss evaluates the full model (no stage skipped) assembled from the
