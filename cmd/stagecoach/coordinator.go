@@ -61,7 +61,7 @@ func (j *jobFlags) register(f *pflag.FlagSet, defaultJob string) {
 	f.IntVar(&j.train.Microbatches, "microbatches", 4, "microbatches per optimizer step")
 	f.IntVar(&j.train.MicrobatchSize, "microbatch-size", 8, "sequences per microbatch")
 	f.Uint64Var(&j.train.Model.Seed, "seed", 1, "seed for initialisation and data order")
-	f.Float64Var(&j.lr, "lr", 0, "peak learning rate (0: 3e-3 for adamw, 1e-2 for lamb)")
+	f.Float64Var(&j.lr, "lr", 0, "peak learning rate (0: 3e-3 for adamw, 3e-2 for lamb)")
 	f.StringVar(&j.optimizer, "optimizer", "adamw", "adamw or lamb")
 	f.StringVar(&j.corpus, "corpus", "", "directory of text files (default $(go env GOROOT)/src)")
 	f.Int64Var(&j.maxBytes, "max-bytes", data.DefaultMaxBytes, "load at most this many bytes of the corpus")
