@@ -84,14 +84,23 @@ func (e *emulationFlags) load() (*sim.Cluster, error) {
 }
 
 // workerNames names the workers after the cluster's nodes (its first
-// j.workers; all of them when --workers was not given), or nil.
-func (e *emulationFlags) workerNames(j *jobFlags, workersSet bool) ([]string, error) {
+// j.workers; all of them when --workers was not given), or nil. With all
+// nodes and no --microbatches it also takes the cluster workload's
+// microbatch count when the default does not split over stage 0.
+func (e *emulationFlags) workerNames(j *jobFlags, fs *pflag.FlagSet) ([]string, error) {
 	c, err := e.load()
 	if err != nil || c == nil || len(c.Nodes) == 0 {
 		return nil, err
 	}
-	if !workersSet {
+	if !fs.Changed("workers") {
 		j.workers = len(c.Nodes)
+	}
+	// The cluster's workload splits microbatches over the origins of
+	// stage 0: unless told otherwise, train with its microbatch count.
+	if w := c.Workload; w != nil && len(w.StageNodes) > 0 && w.StageNodes[0] > 0 && !fs.Changed("microbatches") && !fs.Changed("workers") {
+		if per := max(w.MicrobatchesPerOrigin, 1); j.train.Microbatches%w.StageNodes[0] != 0 {
+			j.train.Microbatches = w.StageNodes[0] * per
+		}
 	}
 	if j.workers > len(c.Nodes) {
 		return nil, badInput("--workers %d, but cluster %q has %d nodes", j.workers, c.Name, len(c.Nodes))

@@ -44,7 +44,7 @@ checkpoint into --out. Workers log to --out/workers/<name>.log.`,
 			if j.workers < 1 {
 				return badInput("--workers must be at least 1, got %d", j.workers)
 			}
-			names, err := emu.workerNames(&j, cmd.Flags().Changed("workers"))
+			names, err := emu.workerNames(&j, cmd.Flags())
 			if err != nil {
 				return err
 			}
