@@ -2,7 +2,6 @@ package faulttest
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"strings"
 	"syscall"
@@ -30,25 +29,7 @@ func freePort(t *testing.T) int {
 // finishes with a gap-free commit sequence and the fault-free parameters.
 func TestStopEtcdLeaderMember(t *testing.T) {
 	const job, steps = "kill-etcd", 30
-	type member struct {
-		name, client, peer string
-		p                  *proc
-	}
-	ms := make([]*member, 3)
-	var initial []string
-	for i := range ms {
-		ms[i] = &member{name: fmt.Sprintf("etcd%d", i),
-			client: fmt.Sprintf("http://127.0.0.1:%d", freePort(t)), peer: fmt.Sprintf("http://127.0.0.1:%d", freePort(t))}
-		initial = append(initial, ms[i].name+"="+ms[i].peer)
-	}
-	var eps []string
-	for _, m := range ms {
-		m.p = start(t, m.name, "etcd", "--name", m.name, "--data-dir", t.TempDir(),
-			"--listen-client-urls", m.client, "--advertise-client-urls", m.client,
-			"--listen-peer-urls", m.peer, "--initial-advertise-peer-urls", m.peer,
-			"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-token", job, "--log-level", "error")
-		eps = append(eps, strings.TrimPrefix(m.client, "http://"))
-	}
+	ms, eps := startEtcdCluster(t, job)
 	ctx := context.Background()
 	cli, err := etcdx.Dial(ctx, eps, 0)
 	if err != nil {
@@ -68,7 +49,7 @@ func TestStopEtcdLeaderMember(t *testing.T) {
 	_, want := reference(t, tc, e.corpus, steps)
 
 	// The etcd leader is the member whose status names itself leader.
-	leaderOf := func() *member {
+	leaderOf := func() *etcdMember {
 		for _, m := range ms {
 			c, cancel := context.WithTimeout(ctx, time.Second)
 			st, err := cli.Status(c, strings.TrimPrefix(m.client, "http://"))
@@ -80,7 +61,7 @@ func TestStopEtcdLeaderMember(t *testing.T) {
 		return nil
 	}
 	var killed time.Time
-	var victim *member
+	var victim *etcdMember
 	var commits []time.Time
 	out := t.TempDir()
 	cfg := coordinator.Config{Job: job, Endpoints: eps, TTL: ttl, Workers: 4, Schedule: "gpipe", Train: tc, Steps: steps,
