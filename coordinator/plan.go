@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"stagecoach/internal/atomicfile"
 	"stagecoach/internal/etcdx"
 	"stagecoach/model"
 	"stagecoach/scheduler"
@@ -215,20 +216,8 @@ func storePlan(dir string, p *scheduler.Plan) ([]byte, string, string, error) {
 // writeAtomic writes data to path through a temporary file and a rename,
 // so a crash never leaves a half-written file under the final name.
 func writeAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
-	if err != nil {
+	if err := atomicfile.Write(path, data, atomicfile.Options{}); err != nil {
 		return fmt.Errorf("coordinator: %w", err)
-	}
-	_, err = tmp.Write(data)
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("coordinator: write %s: %w", path, err)
 	}
 	return nil
 }

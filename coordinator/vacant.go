@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 
+	"stagecoach/internal/atomicfile"
 	"stagecoach/model"
 	"stagecoach/scheduler"
 	"stagecoach/worker"
@@ -73,13 +74,18 @@ func (r *run) fillVacant(ctx context.Context, base string, step int64) ([]string
 		}
 		meta[model.MetaStep] = strconv.FormatInt(step, 10)
 		path := filepath.Join(dir, model.ShardFile(s))
-		if err := writeShard(path, tensors, meta); err != nil {
+		var buf bytes.Buffer
+		err := model.WriteSafetensors(&buf, tensors, meta)
+		if err == nil {
+			err = atomicfile.Write(path, buf.Bytes(), atomicfile.Options{})
+		}
+		if err != nil {
 			return nil, fmt.Errorf("coordinator: vacant stage %d: %w", s, err)
 		}
 		r.cfg.Logf("stage %d is vacant: carried its state of step %s into %s", s, meta[metaRestoredFrom], path)
 		files = append(files, path)
 	}
-	return files, syncDir(dir)
+	return files, atomicfile.SyncDir(dir)
 }
 
 // seededShard is stage s's initial state as a freshly configured worker
@@ -103,39 +109,4 @@ func (r *run) seededShard(s int) ([]model.STensor, map[string]string, error) {
 		return nil, nil, err
 	}
 	return model.ReadSafetensors(buf.Bytes())
-}
-
-// writeShard writes a shard file under a temporary name, syncs it and
-// renames it into place.
-func writeShard(path string, tensors []model.STensor, meta map[string]string) error {
-	var buf bytes.Buffer
-	if err := model.WriteSafetensors(&buf, tensors, meta); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	_, err = f.Write(buf.Bytes())
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("coordinator: %w", err)
-	}
-	defer d.Close()
-	return d.Sync()
 }

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 
+	"stagecoach/internal/atomicfile"
 	"stagecoach/internal/failpoint"
 	"stagecoach/model"
 	pb "stagecoach/proto"
@@ -91,52 +92,29 @@ func (s *Server) save(req *pb.CheckpointRequest) (*pb.CheckpointResponse, error)
 		}
 		resp.Files = append(resp.Files, path)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := atomicfile.SyncDir(dir); err != nil {
 		return nil, err
 	}
 	return resp, nil
 }
 
-// writeStates encodes a shard into a unique temporary file, syncs it and
-// renames it into place. The checkpoint-write failpoint (for fault tests)
-// kills the process after half the bytes of step's shard reached the disk.
+// writeStates encodes a shard and writes it atomically. The
+// checkpoint-write failpoint (for fault tests) kills the process after
+// half the bytes of step's shard reached the temporary file.
 func writeStates(path string, states []model.ParamState, meta map[string]string, step int64) error {
 	var buf bytes.Buffer
 	if err := model.WriteStates(&buf, states, meta); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after the rename
-	b := buf.Bytes()
+	var opt atomicfile.Options
 	if v, ok := failpoint.Value(failpoint.CheckpointWrite); ok && v == strconv.FormatInt(step, 10) {
-		_, _ = f.Write(b[:len(b)/2])
-		_ = f.Sync()
-		failpoint.Crash()
+		opt.BeforeWrite = func(f *os.File, b []byte) {
+			_, _ = f.Write(b[:len(b)/2])
+			_ = f.Sync()
+			failpoint.Crash()
+		}
 	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return atomicfile.Write(path, buf.Bytes(), opt)
 }
 
 // LoadCheckpoint implements pb.WorkerServer: it restores every held stage
