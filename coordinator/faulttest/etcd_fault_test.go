@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"stagecoach/coordinator"
-	"stagecoach/internal/etcdx"
 )
 
 // freePort returns a loopback port that was free a moment ago.
@@ -29,21 +28,8 @@ func freePort(t *testing.T) int {
 // finishes with a gap-free commit sequence and the fault-free parameters.
 func TestStopEtcdLeaderMember(t *testing.T) {
 	const job, steps = "kill-etcd", 30
-	ms, eps := startEtcdCluster(t, job)
-	ctx := context.Background()
-	cli, err := etcdx.Dial(ctx, eps, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	poll(t, 30*time.Second, "the etcd cluster serves", func() bool {
-		c, cancel := context.WithTimeout(ctx, time.Second)
-		defer cancel()
-		_, err := cli.Put(c, "/stagecoach-probe", "1")
-		return err == nil
-	})
-	keys, _ := etcdx.NewKeys(job)
-	e := &env{job: job, endpoints: eps, cli: cli, keys: keys, corpus: writeCorpus(t), workers: map[string]*proc{}}
+	ms, e := startEtcdCluster(t, job)
+	ctx, cli, eps := context.Background(), e.cli, e.endpoints
 	e.startWorkers(t, "w0", "w1", "w2", "w3")
 	tc := tiny(4, 4)
 	_, want := reference(t, tc, e.corpus, steps)

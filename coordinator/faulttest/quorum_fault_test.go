@@ -27,8 +27,8 @@ func (m *etcdMember) start(t *testing.T) {
 }
 
 // startEtcdCluster runs a three-member etcd cluster and waits until it
-// serves; it returns the members, their client endpoints and a client.
-func startEtcdCluster(t *testing.T, token string) ([]*etcdMember, []string) {
+// serves; it returns the members and the job's env on that cluster.
+func startEtcdCluster(t *testing.T, job string) ([]*etcdMember, *env) {
 	t.Helper()
 	ms := make([]*etcdMember, 3)
 	var initial, eps []string
@@ -42,22 +42,9 @@ func startEtcdCluster(t *testing.T, token string) ([]*etcdMember, []string) {
 		m.args = []string{"--name", m.name, "--data-dir", t.TempDir(),
 			"--listen-client-urls", m.client, "--advertise-client-urls", m.client,
 			"--listen-peer-urls", m.peer, "--initial-advertise-peer-urls", m.peer,
-			"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-token", token, "--log-level", "error"}
+			"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-token", job, "--log-level", "error"}
 		m.start(t)
 	}
-	return ms, eps
-}
-
-// TestLoseEtcdQuorum kills -9 two of three etcd members mid-run and
-// starts them again (same data directories) a few seconds later. While
-// quorum is gone nothing is committed; the leader coordinator loses its
-// lease and steps down, and the next term (a standby here) resumes from
-// the committed iteration once etcd serves again. The run finishes with a
-// gap-free, duplicate-free commit sequence and the fault-free parameters:
-// a step a worker applied but nobody could commit was rolled back.
-func TestLoseEtcdQuorum(t *testing.T) {
-	const job, steps, outage = "lose-quorum", 20, 4 * time.Second
-	ms, eps := startEtcdCluster(t, job)
 	ctx := context.Background()
 	cli, err := etcdx.Dial(ctx, eps, 0)
 	if err != nil {
@@ -70,8 +57,24 @@ func TestLoseEtcdQuorum(t *testing.T) {
 		_, err := cli.Put(c, "/stagecoach-probe", "1")
 		return err == nil
 	})
-	keys, _ := etcdx.NewKeys(job)
-	e := &env{job: job, endpoints: eps, cli: cli, keys: keys, corpus: writeCorpus(t), workers: map[string]*proc{}}
+	keys, err := etcdx.NewKeys(job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ms, &env{job: job, endpoints: eps, cli: cli, keys: keys, corpus: writeCorpus(t), workers: map[string]*proc{}}
+}
+
+// TestLoseEtcdQuorum kills -9 two of three etcd members mid-run and
+// starts them again (same data directories) a few seconds later. While
+// quorum is gone nothing is committed; the leader coordinator loses its
+// lease and steps down, and the next term (a standby here) resumes from
+// the committed iteration once etcd serves again. The run finishes with a
+// gap-free, duplicate-free commit sequence and the fault-free parameters:
+// a step a worker applied but nobody could commit was rolled back.
+func TestLoseEtcdQuorum(t *testing.T) {
+	const job, steps, outage = "lose-quorum", 20, 4 * time.Second
+	ms, e := startEtcdCluster(t, job)
+	ctx, cli, eps, keys := context.Background(), e.cli, e.endpoints, e.keys
 	e.startWorkers(t, "w0", "w1", "w2", "w3")
 	tc := tiny(4, 4)
 	_, want := reference(t, tc, e.corpus, steps)
