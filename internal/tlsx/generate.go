@@ -115,9 +115,12 @@ func newAuthority(notBefore, notAfter time.Time) (*authority, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tlsx: CA key: %w", err)
 	}
+	sn := serial()
 	tmpl := &x509.Certificate{
-		SerialNumber:          serial(),
-		Subject:               pkix.Name{CommonName: "stagecoach cluster CA", Organization: []string{"stagecoach"}},
+		SerialNumber: sn,
+		// The serial in the name tells one generated CA from another
+		// in handshake errors.
+		Subject:               pkix.Name{CommonName: "stagecoach cluster CA " + fmt.Sprintf("%032x", sn)[:8], Organization: []string{"stagecoach"}},
 		NotBefore:             notBefore,
 		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
