@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log"
@@ -27,6 +28,12 @@ type Config struct {
 	// Transport tunes tensor streaming; MaxTensorBytes is the receive
 	// limit per tensor.
 	Transport transport.Options
+	// TLS, when set, is the node's mutual TLS configuration
+	// (tlsx.Load): the gRPC server then requires a client certificate
+	// signed by its CA from every caller (coordinator, peers, probes), and
+	// the worker presents its certificate when it streams tensors to its
+	// peers. nil serves and dials plaintext.
+	TLS *tls.Config
 	// MailboxBytes bounds the tensors received but not yet consumed
 	// (1 GiB). A full mailbox stalls the senders' streams (back-pressure);
 	// one tensor is always admitted so progress is possible.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sort"
 
+	"stagecoach/internal/tlsx"
 	"stagecoach/internal/transport"
 	"stagecoach/model"
 	pb "stagecoach/proto"
@@ -163,7 +164,7 @@ func (s *Server) configure(req *pb.ConfigureRequest) (*pb.ConfigureResponse, err
 		j.stages = append(j.stages, st)
 		j.by[id] = st
 	}
-	if j.out, err = transport.NewOutbox(s.cfg.Transport, req.GetPeers(), shaper); err != nil {
+	if j.out, err = transport.NewOutbox(s.cfg.Transport, req.GetPeers(), shaper, tlsx.DialOption(s.cfg.TLS)); err != nil {
 		return nil, err
 	}
 	s.mu.Lock()

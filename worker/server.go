@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"stagecoach/internal/tlsx"
 	pb "stagecoach/proto"
 )
 
@@ -50,6 +51,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, mbox: newMailbox(cfg.MailboxBytes)}
 	opts := append(cfg.Transport.ServerOptions(), grpc.MaxRecvMsgSize(max(cfg.MaxControlBytes, cfg.Transport.ChunkBytes+(64<<10))))
+	opts = append(opts, tlsx.ServerOption(cfg.TLS))
 	s.srv = grpc.NewServer(opts...)
 	pb.RegisterWorkerServer(s.srv, s)
 	pb.RegisterPeerServer(s.srv, s)

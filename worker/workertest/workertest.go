@@ -6,13 +6,14 @@
 package workertest
 
 import (
+	"crypto/tls"
 	"fmt"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
+	"stagecoach/internal/tlsx"
 	pb "stagecoach/proto"
 	"stagecoach/worker"
 )
@@ -64,9 +65,16 @@ func Start(t testing.TB, n int, job string, tune func(i int, c *worker.Config)) 
 // test.
 func Dial(t testing.TB, addrs []string) []pb.WorkerClient {
 	t.Helper()
+	return DialTLS(t, addrs, nil)
+}
+
+// DialTLS is Dial presenting tc's certificate (tlsx.DialOption); nil dials
+// plaintext.
+func DialTLS(t testing.TB, addrs []string, tc *tls.Config) []pb.WorkerClient {
+	t.Helper()
 	var out []pb.WorkerClient
 	for _, a := range addrs {
-		conn, err := grpc.NewClient(a, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		conn, err := grpc.NewClient(a, tlsx.DialOption(tc),
 			grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(worker.DefaultMaxControlBytes)))
 		if err != nil {
 			t.Fatal(err)
