@@ -2,8 +2,10 @@ package etcdx
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"time"
 
@@ -33,15 +35,38 @@ func ParseEndpoints(s string) []string {
 // Dial connects to etcd and checks that it answers within timeout (default
 // 5 s): clientv3.New alone succeeds even when nothing listens.
 func Dial(ctx context.Context, endpoints []string, timeout time.Duration) (*clientv3.Client, error) {
+	return DialTLS(ctx, endpoints, timeout, nil)
+}
+
+// DialTLS is Dial over TLS when tc is set (a node's config from
+// tlsx.Load): the client presents tc's certificate, as etcd's
+// --client-cert-auth demands, and verifies etcd's against tc's CA.
+// Endpoints are then https: a bare host:port is dialled as
+// https://host:port, and an http:// endpoint is refused (etcd's client
+// would silently drop TLS for it). A nil tc is Dial.
+func DialTLS(ctx context.Context, endpoints []string, timeout time.Duration, tc *tls.Config) (*clientv3.Client, error) {
 	if len(endpoints) == 0 {
 		return nil, errors.New("etcdx: no etcd endpoints")
 	}
 	if timeout == 0 {
 		timeout = 5 * time.Second
 	}
+	if tc != nil {
+		eps := make([]string, len(endpoints))
+		for i, ep := range endpoints {
+			switch {
+			case strings.HasPrefix(ep, "http://"):
+				return nil, fmt.Errorf("etcdx: endpoint %s is plaintext (http://) but TLS is on: use https:// or host:port", ep)
+			case !strings.Contains(ep, "://"):
+				ep = "https://" + ep
+			}
+			eps[i] = ep
+		}
+		endpoints, tc = eps, tc.Clone()
+	}
 	// The client's own logger warns on every retried call; errors reach
 	// the caller anyway, so it stays silent.
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: timeout, Logger: zap.NewNop()})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: timeout, TLS: tc, Logger: zap.NewNop()})
 	if err != nil {
 		return nil, fmt.Errorf("etcdx: connect to %s: %w", strings.Join(endpoints, ","), err)
 	}
@@ -50,9 +75,41 @@ func Dial(ctx context.Context, endpoints []string, timeout time.Duration) (*clie
 	// A read of an absent key proves a quorum answers.
 	if _, err := cli.Get(cctx, Root+"\x00probe"); err != nil {
 		cli.Close()
-		return nil, fmt.Errorf("etcdx: etcd at %s does not answer: %w", strings.Join(endpoints, ","), err)
+		why := ""
+		if tc != nil {
+			// The client waits for a connection until its deadline and
+			// says only that; a bare handshake tells a refused
+			// certificate from an absent server.
+			if herr := handshake(endpoints[0], tc); herr != nil {
+				why = fmt.Sprintf(" (TLS handshake with %s: %v)", endpoints[0], herr)
+			}
+		}
+		return nil, fmt.Errorf("etcdx: etcd at %s does not answer: %w%s", strings.Join(endpoints, ","), err, why)
 	}
 	return cli, nil
+}
+
+// handshake runs a TLS handshake with an https endpoint and reads once: a
+// TLS 1.3 server refuses a client certificate in an alert after the
+// client's side of the handshake is done. It returns nil when the server
+// accepted (the read then times out waiting for the client to speak).
+func handshake(endpoint string, tc *tls.Config) error {
+	host := strings.TrimPrefix(endpoint, "https://")
+	c := tc.Clone()
+	c.NextProtos = []string{"h2"}
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: time.Second}, "tcp", host, c)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if err := conn.SetReadDeadline(time.Now().Add(time.Second)); err != nil {
+		return nil
+	}
+	var ne net.Error
+	if _, err := conn.Read(make([]byte, 1)); err != nil && !(errors.As(err, &ne) && ne.Timeout()) {
+		return err
+	}
+	return nil
 }
 
 // NewSession grants a lease of ttl seconds (0 means DefaultTTL) and keeps it

@@ -6,10 +6,13 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
+
+	"stagecoach/internal/tlsx"
 )
 
 // EmbedConfig configures an embedded single-node etcd.
@@ -28,6 +31,12 @@ type EmbedConfig struct {
 	// StartTimeout bounds how long Start waits for the server to be ready;
 	// default 30 s.
 	StartTimeout time.Duration
+	// TLS, when set, serves clients over https and refuses a client
+	// without a certificate signed by TLS.CA (etcd's --cert-file,
+	// --key-file, --trusted-ca-file and --client-cert-auth); the peer port
+	// uses the same files the same way. http:// URLs become https://.
+	// Clients dial with DialTLS.
+	TLS tlsx.Files
 }
 
 // Embedded is a running embedded etcd. Close it exactly as often as you
@@ -65,6 +74,14 @@ func StartEmbedded(ctx context.Context, c EmbedConfig) (*Embedded, error) {
 			return nil, err
 		}
 	}
+	if c.TLS.Enabled() {
+		// Check the files here, with tlsx's errors, rather than in
+		// etcd's logs.
+		if _, err := tlsx.Load(c.TLS); err != nil {
+			return nil, err
+		}
+		c.ClientURL, c.PeerURL = toHTTPS(c.ClientURL), toHTTPS(c.PeerURL)
+	}
 	cu, err := url.Parse(c.ClientURL)
 	if err != nil {
 		return nil, fmt.Errorf("etcdx: client URL %q: %w", c.ClientURL, err)
@@ -82,7 +99,21 @@ func StartEmbedded(ctx context.Context, c EmbedConfig) (*Embedded, error) {
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
 	cfg.AutoCompactionMode = "revision"
 	cfg.AutoCompactionRetention = "1000"
+	if c.TLS.Enabled() {
+		ci := &cfg.ClientTLSInfo
+		ci.CertFile, ci.KeyFile, ci.TrustedCAFile, ci.ClientCertAuth = c.TLS.Cert, c.TLS.Key, c.TLS.CA, true
+		cfg.PeerTLSInfo = *ci
+		cfg.TlsMinVersion = "TLS1.3"
+	}
 	return startConfigured(ctx, cfg, c.StartTimeout)
+}
+
+// toHTTPS turns an http:// URL into https://.
+func toHTTPS(u string) string {
+	if rest, ok := strings.CutPrefix(u, "http://"); ok {
+		return "https://" + rest
+	}
+	return u
 }
 
 // StartMember starts an etcd member from a full embed configuration (as
