@@ -2,14 +2,15 @@ package coordinator
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"stagecoach/internal/etcdx"
+	"stagecoach/internal/tlsx"
 	"stagecoach/model"
 	pb "stagecoach/proto"
 	"stagecoach/sim"
@@ -84,8 +85,14 @@ type Config struct {
 	RPCTimeout time.Duration
 	// WaitTimeout bounds the wait for workers to register (default 2 min).
 	WaitTimeout time.Duration
-	// Dial connects to a worker's gRPC address; nil dials insecure gRPC.
+	// Dial connects to a worker's gRPC address; nil means
+	// DialWorkerTLS(TLS): plaintext unless TLS is set.
 	Dial func(ctx context.Context, addr string) (pb.WorkerClient, func() error, error)
+	// TLS, when set, is this node's mutual TLS configuration
+	// (tlsx.Load): the coordinator presents its certificate to the
+	// workers and to etcd (whose endpoints are then https) and verifies
+	// theirs against the CA. nil talks plaintext.
+	TLS *tls.Config
 	// Cluster, when set, is a sim cluster YAML (see ScaleLinks): every
 	// worker emulates its links (link_shaping_yaml; workers are matched
 	// to its nodes by registered name), and the planner prices hops with
@@ -217,7 +224,7 @@ func (c *Config) Validate() error {
 		c.WaitTimeout = DefaultWaitTimeout
 	}
 	if c.Dial == nil {
-		c.Dial = DialWorker
+		c.Dial = DialWorkerTLS(c.TLS)
 	}
 	if c.Logf == nil {
 		c.Logf = func(string, ...any) {}
@@ -225,14 +232,22 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// DialWorker opens an insecure gRPC connection to a worker with the
+// DialWorker opens a plaintext gRPC connection to a worker with the
 // control message limits raised to MaxControlBytes.
-func DialWorker(_ context.Context, addr string) (pb.WorkerClient, func() error, error) {
-	conn, err := grpc.NewClient(addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxControlBytes), grpc.MaxCallSendMsgSize(MaxControlBytes)))
-	if err != nil {
-		return nil, nil, fmt.Errorf("coordinator: dial worker at %s: %w", addr, err)
+func DialWorker(ctx context.Context, addr string) (pb.WorkerClient, func() error, error) {
+	return DialWorkerTLS(nil)(ctx, addr)
+}
+
+// DialWorkerTLS is DialWorker over mutual TLS with tc (tlsx.Load); nil
+// is DialWorker.
+func DialWorkerTLS(tc *tls.Config) func(ctx context.Context, addr string) (pb.WorkerClient, func() error, error) {
+	creds := tlsx.DialOption(tc)
+	return func(_ context.Context, addr string) (pb.WorkerClient, func() error, error) {
+		conn, err := grpc.NewClient(addr, creds,
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxControlBytes), grpc.MaxCallSendMsgSize(MaxControlBytes)))
+		if err != nil {
+			return nil, nil, fmt.Errorf("coordinator: dial worker at %s: %w", addr, err)
+		}
+		return pb.NewWorkerClient(conn), conn.Close, nil
 	}
-	return pb.NewWorkerClient(conn), conn.Close, nil
 }

@@ -84,7 +84,7 @@ type run struct {
 // A lost worker is recovered from (recover.go).
 func (c *Coordinator) Run(ctx context.Context) (*Summary, error) {
 	cfg := &c.cfg
-	cli, err := etcdx.Dial(ctx, cfg.Endpoints, 0)
+	cli, err := etcdx.DialTLS(ctx, cfg.Endpoints, 0, cfg.TLS)
 	if err != nil {
 		return nil, err
 	}
