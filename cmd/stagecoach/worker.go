@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"os"
@@ -22,6 +23,7 @@ func newWorkerCmd() *cobra.Command {
 		etcd, job, name, listen, advertise, dataDir string
 		ttl                                         int
 		rejoin                                      time.Duration
+		tlsf                                        tlsFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "worker",
@@ -31,7 +33,9 @@ etcd under /stagecoach/<job>/members/<name>, bound to a lease of --ttl seconds
 that the process keeps alive: if it dies, the key vanishes and the
 coordinator sees it gone. If the lease is lost (etcd unreachable longer than
 the TTL) the worker registers again under a new lease, and exits after
---rejoin-timeout without success.`,
+--rejoin-timeout without success. With --tls-cert, --tls-key and --tls-ca
+the server refuses every caller without a certificate signed by the CA,
+and the worker presents its own to its peers and to etcd (https).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			eps := etcdx.ParseEndpoints(etcd)
@@ -50,10 +54,14 @@ the TTL) the worker registers again under a new lease, and exits after
 			if dataDir == "" {
 				dataDir = "worker-" + name
 			}
+			tc, err := tlsf.load()
+			if err != nil {
+				return err
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			logf := func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) }
-			w, err := worker.New(worker.Config{Name: name, Listen: listen, Job: job, DataDir: dataDir, Logf: logf})
+			w, err := worker.New(worker.Config{Name: name, Listen: listen, Job: job, DataDir: dataDir, Logf: logf, TLS: tc})
 			if err != nil {
 				return badInput("%v", err)
 			}
@@ -66,7 +74,7 @@ the TTL) the worker registers again under a new lease, and exits after
 				advertise = addr
 			}
 			logf("worker %s: serving job %s on %s", name, job, addr)
-			return keepRegistered(ctx, eps, job, etcdx.Member{Name: name, Addr: advertise}, ttl, rejoin, logf)
+			return keepRegistered(ctx, eps, tc, job, etcdx.Member{Name: name, Addr: advertise}, ttl, rejoin, logf)
 		},
 	}
 	f := cmd.Flags()
@@ -78,6 +86,7 @@ the TTL) the worker registers again under a new lease, and exits after
 	f.StringVar(&dataDir, "data-dir", "", "checkpoint directory (default worker-<name>)")
 	f.IntVar(&ttl, "ttl", etcdx.DefaultTTL, "lease TTL in seconds")
 	f.DurationVar(&rejoin, "rejoin-timeout", 30*time.Second, "give up after failing to re-register this long")
+	tlsf.register(f)
 	for _, n := range []string{"etcd", "job", "name"} {
 		_ = cmd.MarkFlagRequired(n)
 	}
@@ -86,13 +95,13 @@ the TTL) the worker registers again under a new lease, and exits after
 
 // keepRegistered registers m under a fresh session and re-registers
 // whenever the session ends, until ctx ends. It fails when no
-// registration succeeds for rejoin.
-func keepRegistered(ctx context.Context, eps []string, job string, m etcdx.Member, ttl int, rejoin time.Duration, logf func(string, ...any)) error {
+// registration succeeds for rejoin. tc, when set, dials etcd over TLS.
+func keepRegistered(ctx context.Context, eps []string, tc *tls.Config, job string, m etcdx.Member, ttl int, rejoin time.Duration, logf func(string, ...any)) error {
 	keys, err := etcdx.NewKeys(job)
 	if err != nil {
 		return err
 	}
-	cli, err := etcdx.Dial(ctx, eps, 0)
+	cli, err := etcdx.DialTLS(ctx, eps, 0, tc)
 	if err != nil {
 		return err
 	}
