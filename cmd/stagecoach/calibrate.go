@@ -128,10 +128,14 @@ func (e *emulationFlags) config(j *jobFlags, endpoints []string) (coordinator.Co
 	tc := j.train
 	tc.Optim = model.OptimConfig{Kind: j.optimizer, LR: j.lr}
 	tc.Model = tc.Model.WithDefaults()
+	tlsConf, err := j.tls.load()
+	if err != nil {
+		return coordinator.Config{}, err
+	}
 	cfg := coordinator.Config{
 		Job: j.job, Endpoints: endpoints, TTL: j.ttl, Workers: j.workers, Stages: j.stages,
 		Schedule: j.schedule, Train: tc, Steps: j.steps, CorpusDir: j.corpus, MaxCorpusBytes: j.maxBytes,
-		OutDir: j.out, Checkpoint: j.ckpt, CheckpointEvery: j.ckptEvery,
+		OutDir: j.out, Checkpoint: j.ckpt, CheckpointEvery: j.ckptEvery, TLS: tlsConf,
 	}
 	return cfg, e.apply(&cfg)
 }

@@ -45,6 +45,8 @@ type jobFlags struct {
 	ckptEvery int
 	retain    int
 	name      string
+	// tls is registered by `coordinator`; `up --tls-dir` fills it.
+	tls tlsFlags
 }
 
 func (j *jobFlags) register(f *pflag.FlagSet, defaultJob string) {
@@ -82,10 +84,15 @@ func (j *jobFlags) config(endpoints []string) (coordinator.Config, error) {
 	}
 	tc := j.train
 	tc.Optim = model.OptimConfig{Kind: j.optimizer, LR: j.lr}
+	tlsConf, err := j.tls.load()
+	if err != nil {
+		return coordinator.Config{}, err
+	}
 	cfg := coordinator.Config{
 		Job: j.job, Endpoints: endpoints, TTL: j.ttl, Workers: j.workers, Stages: j.stages,
 		Schedule: j.schedule, Train: tc, Steps: j.steps, CorpusDir: j.corpus, MaxCorpusBytes: j.maxBytes,
 		OutDir: j.out, Checkpoint: j.ckpt, CheckpointEvery: j.ckptEvery, Retain: j.retain, Name: j.name,
+		TLS: tlsConf,
 	}
 	if err := cfg.Validate(); err != nil {
 		return cfg, badInput("%v", err)
@@ -105,7 +112,9 @@ register, build and validate the --schedule plan, hand it to the workers and
 drive --steps optimizer steps, committing each in etcd. Without --etcd it
 serves an embedded single-node etcd (data in --out/etcd) for the workers to
 join. Writes the plan (by content hash), summary.json, trace.json and
-loss.png into --out.`,
+loss.png into --out. With --tls-cert, --tls-key and --tls-ca it talks
+mutual TLS to the workers and to etcd (the embedded one then serves https
+and requires client certificates of the same CA).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			eps := etcdx.ParseEndpoints(j.etcd)
@@ -118,7 +127,9 @@ loss.png into --out.`,
 			if len(eps) == 0 {
 				// No cluster given: serve an embedded single-node etcd
 				// that the workers join.
-				e, err := etcdx.StartEmbedded(ctx, etcdx.EmbedConfig{Dir: filepath.Join(j.out, "etcd"), ClientURL: embedURL})
+				// With TLS it serves https with this node's certificate
+				// and requires one of the same CA from every client.
+				e, err := etcdx.StartEmbedded(ctx, etcdx.EmbedConfig{Dir: filepath.Join(j.out, "etcd"), ClientURL: embedURL, TLS: j.tls.files})
 				if err != nil {
 					return err
 				}
@@ -136,6 +147,7 @@ loss.png into --out.`,
 	f.StringVar(&j.etcd, "etcd", "", "etcd endpoints, comma-separated host:port (default: serve an embedded etcd on --embed-etcd-url)")
 	f.StringVar(&embedURL, "embed-etcd-url", "http://127.0.0.1:2379", "client URL of the embedded etcd when --etcd is empty")
 	f.StringVar(&j.out, "out", "run-coordinator", "directory for plans, summary, trace, loss plot and checkpoints")
+	j.tls.register(f)
 	_ = cmd.MarkFlagRequired("job")
 	return cmd
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"os"
 	"time"
@@ -10,8 +11,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
+	"stagecoach/internal/tlsx"
 	pb "stagecoach/proto"
 )
 
@@ -23,6 +24,7 @@ func init() { rootCmd.AddCommand(newHealthCmd()) }
 func newHealthCmd() *cobra.Command {
 	var workerAddr, etcdAddr string
 	var timeout time.Duration
+	var tlsf tlsFlags
 	cmd := &cobra.Command{
 		Use:   "health",
 		Short: "Probe a worker or an etcd member; exit 0 when it answers (for container healthchecks)",
@@ -33,29 +35,36 @@ func newHealthCmd() *cobra.Command {
                       (a member cut off from quorum is not healthy)
 
 Only the given endpoint is asked: the probe checks that member, not the
-cluster through whichever member answers first.`,
+cluster through whichever member answers first. Against a cluster with
+mutual TLS give the probe a certificate too (--tls-cert, --tls-key,
+--tls-ca); a refused handshake is unhealthy.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if (workerAddr == "") == (etcdAddr == "") {
 				return badInput("give exactly one of --worker or --etcd")
 			}
+			tc, err := tlsf.load()
+			if err != nil {
+				return err
+			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
 			if workerAddr != "" {
-				return probeWorker(ctx, workerAddr)
+				return probeWorker(ctx, workerAddr, tc)
 			}
-			return probeEtcd(ctx, etcdAddr, timeout)
+			return probeEtcd(ctx, etcdAddr, timeout, tc)
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&workerAddr, "worker", "", "worker gRPC address to probe (host:port)")
 	f.StringVar(&etcdAddr, "etcd", "", "etcd member client address to probe (host:port)")
 	f.DurationVar(&timeout, "timeout", 3*time.Second, "give up after this long")
+	tlsf.register(f)
 	return cmd
 }
 
-func probeWorker(ctx context.Context, addr string) error {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+func probeWorker(ctx context.Context, addr string, tc *tls.Config) error {
+	conn, err := grpc.NewClient(addr, tlsx.DialOption(tc))
 	if err != nil {
 		return fmt.Errorf("health: worker %s: %w", addr, err)
 	}
@@ -70,8 +79,10 @@ func probeWorker(ctx context.Context, addr string) error {
 	return nil
 }
 
-func probeEtcd(ctx context.Context, addr string, timeout time.Duration) error {
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{addr}, DialTimeout: timeout, Logger: zap.NewNop()})
+// probeEtcd asks the member at addr (host:port) for its status, over TLS
+// with tc when set.
+func probeEtcd(ctx context.Context, addr string, timeout time.Duration, tc *tls.Config) error {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{addr}, DialTimeout: timeout, TLS: tc, Logger: zap.NewNop()})
 	if err != nil {
 		return fmt.Errorf("health: etcd %s: %w", addr, err)
 	}
