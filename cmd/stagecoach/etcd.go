@@ -30,7 +30,13 @@ defaults; a three-member cluster looks like:
     --listen-client-urls http://0.0.0.0:2379 --advertise-client-urls http://e1:2379 \
     --listen-peer-urls http://0.0.0.0:2380 --initial-advertise-peer-urls http://e1:2380 \
     --initial-cluster e1=http://e1:2380,e2=http://e2:2380,e3=http://e3:2380 \
-    --initial-cluster-token stagecoach --initial-cluster-state new`,
+    --initial-cluster-token stagecoach --initial-cluster-state new
+
+TLS takes etcd's flags too: --cert-file, --key-file, --trusted-ca-file and
+--client-cert-auth for clients, --peer-cert-file, --peer-key-file,
+--peer-trusted-ca-file and --peer-client-cert-auth between members, with
+https:// URLs (an http:// URL beside a certificate is refused rather than
+served in plaintext). ` + "`stagecoach certs`" + ` makes a demo CA and certificates.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			for _, u := range []struct {
@@ -48,6 +54,9 @@ defaults; a three-member cluster looks like:
 					return badInput("--%s: %v", u.flag, err)
 				}
 				*u.dst = urls
+			}
+			if err := checkTLSSchemes(cfg); err != nil {
+				return err
 			}
 			if !cmd.Flags().Changed("initial-cluster") {
 				cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
@@ -87,7 +96,40 @@ defaults; a three-member cluster looks like:
 	f.StringVar(&cfg.LogLevel, "log-level", "warn", "log level: debug, info, warn, error, panic or fatal")
 	f.StringVar(&cfg.AutoCompactionMode, "auto-compaction-mode", "revision", "interpret auto-compaction-retention as periodic (a duration) or revision (a count)")
 	f.StringVar(&cfg.AutoCompactionRetention, "auto-compaction-retention", "1000", "auto compaction retention (0 disables)")
+	f.StringVar(&cfg.ClientTLSInfo.CertFile, "cert-file", "", "path to the client server TLS cert file")
+	f.StringVar(&cfg.ClientTLSInfo.KeyFile, "key-file", "", "path to the client server TLS key file")
+	f.StringVar(&cfg.ClientTLSInfo.TrustedCAFile, "trusted-ca-file", "", "path to the client server TLS trusted CA cert file")
+	f.BoolVar(&cfg.ClientTLSInfo.ClientCertAuth, "client-cert-auth", false, "enable client cert authentication (refuse clients without a certificate of --trusted-ca-file)")
+	f.StringVar(&cfg.PeerTLSInfo.CertFile, "peer-cert-file", "", "path to the peer server TLS cert file")
+	f.StringVar(&cfg.PeerTLSInfo.KeyFile, "peer-key-file", "", "path to the peer server TLS key file")
+	f.StringVar(&cfg.PeerTLSInfo.TrustedCAFile, "peer-trusted-ca-file", "", "path to the peer server TLS trusted CA file")
+	f.BoolVar(&cfg.PeerTLSInfo.ClientCertAuth, "peer-client-cert-auth", false, "enable peer client cert authentication")
 	return cmd
+}
+
+// checkTLSSchemes refuses a certificate beside http:// URLs: etcd would
+// log a warning and serve plaintext.
+func checkTLSSchemes(cfg *embed.Config) error {
+	for _, g := range []struct {
+		certFlag, urlFlag string
+		cert              string
+		urls              []url.URL
+	}{
+		{"--cert-file", "--listen-client-urls", cfg.ClientTLSInfo.CertFile, cfg.ListenClientUrls},
+		{"--cert-file", "--advertise-client-urls", cfg.ClientTLSInfo.CertFile, cfg.AdvertiseClientUrls},
+		{"--peer-cert-file", "--listen-peer-urls", cfg.PeerTLSInfo.CertFile, cfg.ListenPeerUrls},
+		{"--peer-cert-file", "--initial-advertise-peer-urls", cfg.PeerTLSInfo.CertFile, cfg.AdvertisePeerUrls},
+	} {
+		if g.cert == "" {
+			continue
+		}
+		for _, u := range g.urls {
+			if u.Scheme == "http" {
+				return badInput("%s is set but %s has %s: use https:// (etcd would serve it in plaintext)", g.certFlag, g.urlFlag, u.String())
+			}
+		}
+	}
+	return nil
 }
 
 // parseURLs parses a comma-separated URL list as etcd's flags take it.

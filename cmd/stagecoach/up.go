@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"stagecoach/internal/etcdx"
+	"stagecoach/internal/tlsx"
 )
 
 func init() { rootCmd.AddCommand(newUpCmd()) }
@@ -24,6 +25,7 @@ func newUpCmd() *cobra.Command {
 	var j jobFlags
 	var emu emulationFlags
 	var resume bool
+	var tlsDir string
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Run a whole local cluster: embedded etcd, N worker processes, one coordinator",
@@ -38,7 +40,10 @@ for bit. At the end prints loss, tokens/s, iteration time and the bubble
 measured against the simulator's (the same plan, a cost model calibrated
 from the workers' measured action times), and writes summary.json,
 trace.json (measured and simulated, Perfetto), loss.png and the workers'
-checkpoint into --out. Workers log to --out/workers/<name>.log.`,
+checkpoint into --out. Workers log to --out/workers/<name>.log. With
+--tls-dir DIR every hop runs mutual TLS: a demo CA and certificates for
+etcd, the coordinator and each worker are generated into DIR (an existing
+CA there is reused; see 'stagecoach certs').`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if j.workers < 1 {
@@ -47,6 +52,22 @@ checkpoint into --out. Workers log to --out/workers/<name>.log.`,
 			names, err := emu.workerNames(&j, cmd.Flags())
 			if err != nil {
 				return err
+			}
+			if tlsDir != "" {
+				hosts := []string{"etcd", "coordinator"}
+				for i := range j.workers {
+					if i < len(names) {
+						hosts = append(hosts, names[i])
+					} else {
+						hosts = append(hosts, "w"+strconv.Itoa(i))
+					}
+				}
+				if _, err := tlsx.Generate(tlsDir, hosts, 0); err != nil {
+					return badInput("--tls-dir: %v", err)
+				}
+				// The coordinator's files; startWorkers takes each
+				// worker's from the same directory.
+				j.tls.files = tlsx.FilesFor(tlsDir, "coordinator")
 			}
 			// Check every flag before starting anything; the endpoints
 			// are filled in once etcd runs.
@@ -71,7 +92,11 @@ checkpoint into --out. Workers log to --out/workers/<name>.log.`,
 						return err
 					}
 				}
-				e, err := etcdx.StartEmbedded(ctx, etcdx.EmbedConfig{Dir: dir})
+				ec := etcdx.EmbedConfig{Dir: dir}
+				if tlsDir != "" {
+					ec.TLS = tlsx.FilesFor(tlsDir, "etcd")
+				}
+				e, err := etcdx.StartEmbedded(ctx, ec)
 				if err != nil {
 					return err
 				}
@@ -109,6 +134,7 @@ checkpoint into --out. Workers log to --out/workers/<name>.log.`,
 	f.StringVar(&j.etcd, "etcd", "", "etcd endpoints, comma-separated host:port (default: start an embedded etcd)")
 	f.StringVar(&j.out, "out", "run-up", "directory for etcd data, worker logs, plans, summary, trace, loss plot and checkpoints")
 	emu.register(f)
+	f.StringVar(&tlsDir, "tls-dir", "", "run every gRPC and etcd hop over mutual TLS with a demo CA and certificates generated into this directory")
 	f.BoolVar(&resume, "resume", false, "keep --out's embedded etcd data and resume the job from its newest committed checkpoint (use the same --out, --job and model flags; --checkpoint-every makes the resume point recent)")
 	return cmd
 }
@@ -146,6 +172,11 @@ func startWorkers(eps []string, j *jobFlags, names []string) ([]*workerProc, err
 		}
 		c := exec.Command(exe, "worker", "--etcd", strings.Join(eps, ","), "--job", j.job, "--name", name,
 			"--listen", "127.0.0.1:0", "--data-dir", filepath.Join(wdir, name), "--ttl", strconv.Itoa(j.ttl))
+		if j.tls.files.Enabled() {
+			// up --tls-dir: every node's files side by side.
+			tf := tlsx.FilesFor(filepath.Dir(j.tls.files.Cert), name)
+			c.Args = append(c.Args, "--tls-cert", tf.Cert, "--tls-key", tf.Key, "--tls-ca", tf.CA)
+		}
 		c.Stdout, c.Stderr = logf, logf
 		// Own process group: a terminal's ctrl-C reaches only `up`, which
 		// then stops the workers in order.

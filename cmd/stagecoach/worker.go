@@ -73,7 +73,11 @@ and the worker presents its own to its peers and to etcd (https).`,
 			if advertise == "" {
 				advertise = addr
 			}
-			logf("worker %s: serving job %s on %s", name, job, addr)
+			security := "plaintext"
+			if tc != nil {
+				security = "mutual TLS"
+			}
+			logf("worker %s: serving job %s on %s (%s)", name, job, addr, security)
 			return keepRegistered(ctx, eps, tc, job, etcdx.Member{Name: name, Addr: advertise}, ttl, rejoin, logf)
 		},
 	}

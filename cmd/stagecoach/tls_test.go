@@ -1,0 +1,155 @@
+package main
+
+import (
+	"math"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"stagecoach/internal/tlsx"
+)
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func tlsArgs(f tlsx.Files) []string {
+	return []string{"--tls-cert", f.Cert, "--tls-key", f.Key, "--tls-ca", f.CA}
+}
+
+// TestCertsAndTLSHealth generates certificates with `stagecoach certs`,
+// runs `stagecoach etcd` with etcd's TLS flags and `stagecoach worker`
+// with --tls-*, and probes both with `stagecoach health`: answered with a
+// certificate of the CA, refused without one.
+func TestCertsAndTLSHealth(t *testing.T) {
+	dir := t.TempDir()
+	certs := filepath.Join(dir, "certs")
+	out, errOut, code := runCLI(t, dir, "certs", "--out", certs, "--hosts", "etcd,w1,probe")
+	if code != 0 || !strings.Contains(out, "ca.pem") || !strings.Contains(out, "w1-key.pem") {
+		t.Fatalf("certs: exit %d\n%s%s", code, out, errOut)
+	}
+	etcdFiles, probe := tlsx.FilesFor(certs, "etcd"), tlsArgs(tlsx.FilesFor(certs, "probe"))
+
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := func(args ...string) {
+		c := exec.Command(exe, args...)
+		c.Dir, c.Env = dir, append(os.Environ(), "STAGECOACH_TEST_MAIN=1")
+		logf, err := os.Create(filepath.Join(dir, args[0]+".log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Stdout, c.Stderr = logf, logf
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = c.Process.Kill()
+			_ = c.Wait()
+			logf.Close()
+		})
+	}
+	etcdAddr, peerAddr, workerAddr := freePort(t), freePort(t), freePort(t)
+	start("etcd", "--name", "e1", "--data-dir", filepath.Join(dir, "e1"),
+		"--listen-client-urls", "https://"+etcdAddr, "--advertise-client-urls", "https://"+etcdAddr,
+		"--listen-peer-urls", "https://"+peerAddr, "--initial-advertise-peer-urls", "https://"+peerAddr,
+		"--cert-file", etcdFiles.Cert, "--key-file", etcdFiles.Key, "--trusted-ca-file", etcdFiles.CA, "--client-cert-auth",
+		"--peer-cert-file", etcdFiles.Cert, "--peer-key-file", etcdFiles.Key, "--peer-trusted-ca-file", etcdFiles.CA, "--peer-client-cert-auth")
+	start(append([]string{"worker", "--etcd", etcdAddr, "--job", "tls", "--name", "w1", "--listen", workerAddr,
+		"--data-dir", filepath.Join(dir, "w1")}, tlsArgs(tlsx.FilesFor(certs, "w1"))...)...)
+
+	// Wait until both answer a probe with a certificate.
+	for _, target := range [][]string{{"--etcd", etcdAddr}, {"--worker", workerAddr}} {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			out, errOut, code := runCLI(t, dir, append(append([]string{"health", "--timeout", "1s"}, target...), probe...)...)
+			if code == 0 {
+				t.Log(strings.TrimSpace(out))
+				break
+			}
+			if time.Now().After(deadline) {
+				logs, _ := os.ReadFile(filepath.Join(dir, strings.TrimPrefix(target[0], "--")+".log"))
+				t.Fatalf("health %v with a certificate: exit %d: %s\nlog:\n%s", target, code, errOut, logs)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		_, errOut, code := runCLI(t, dir, "health", "--timeout", "500ms", target[0], target[1])
+		if code != 1 {
+			t.Errorf("health %v without a certificate: exit %d, want 1 (%s)", target, code, errOut)
+		}
+	}
+}
+
+// TestUpOverTLS runs `stagecoach up --tls-dir`: etcd, the coordinator and
+// the worker processes all talk mutual TLS, and the losses equal
+// `stagecoach train`'s bit for bit.
+func TestUpOverTLS(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts worker processes")
+	}
+	corpus := upCorpus(t)
+	model := []string{"--steps", "2", "--seed", "3", "--layers", "2", "--dim", "16", "--heads", "2", "--ctx", "16",
+		"--microbatches", "2", "--microbatch-size", "2", "--corpus", corpus, "--json"}
+	dir := t.TempDir()
+	out, errOut, code := runCLI(t, dir, append([]string{"train", "--out", filepath.Join(dir, "train")}, model...)...)
+	if code != 0 {
+		t.Fatalf("train exited %d: %s", code, errOut)
+	}
+	want := jsonLosses(t, out)
+	certs := filepath.Join(dir, "certs")
+	out, errOut, code = runCLI(t, dir, append([]string{"up", "--workers", "2", "--ttl", "2", "--out", filepath.Join(dir, "up"), "--tls-dir", certs}, model...)...)
+	if code != 0 {
+		t.Fatalf("up --tls-dir exited %d: %s", code, errOut)
+	}
+	got := jsonLosses(t, out)
+	if len(got) != len(want) {
+		t.Fatalf("up printed %d steps, train %d", len(got), len(want))
+	}
+	for i := range want {
+		if math.Float64bits(got[i]) != math.Float64bits(want[i]) {
+			t.Fatalf("losses differ:\n up --tls-dir %v\n train        %v", got, want)
+		}
+	}
+	if log, err := os.ReadFile(filepath.Join(dir, "up", "workers", "w1.log")); err != nil || !strings.Contains(string(log), "(mutual TLS)") {
+		t.Errorf("worker w1 did not serve mutual TLS (%v):\n%s", err, log)
+	}
+	for _, f := range []string{"ca.pem", "etcd.pem", "coordinator-key.pem", "w0.pem", "w1-key.pem"} {
+		if _, err := os.Stat(filepath.Join(certs, f)); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+func TestTLSBadInputExitsTwo(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "missing.pem")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"certs", "--out", dir, "--hosts", "ca"}, "overwrite the CA"},
+		{[]string{"certs", "--out", dir, "--hosts", " , "}, "at least one name"},
+		{[]string{"worker", "--etcd", "x:1", "--job", "j", "--name", "w", "--tls-cert", missing, "--tls-key", missing, "--tls-ca", missing}, missing + " does not exist"},
+		{[]string{"worker", "--etcd", "x:1", "--job", "j", "--name", "w", "--tls-cert", missing}, "missing the key (--tls-key)"},
+		{[]string{"coordinator", "--job", "j", "--tls-ca", missing}, "missing the certificate (--tls-cert)"},
+		{[]string{"health", "--worker", "x:1", "--tls-key", missing}, "--tls-cert"},
+		{[]string{"etcd", "--cert-file", "c.pem", "--key-file", "k.pem", "--listen-client-urls", "http://127.0.0.1:1"}, "use https://"},
+	} {
+		_, errOut, code := runCLI(t, dir, tc.args...)
+		if code != 2 || !strings.Contains(errOut, tc.want) {
+			t.Errorf("%v: exit %d, want 2 with %q (%s)", tc.args, code, tc.want, errOut)
+		}
+	}
+}
