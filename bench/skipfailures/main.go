@@ -29,7 +29,6 @@ import (
 
 	"stagecoach/bench/internal/localrun"
 	"stagecoach/coordinator"
-	"stagecoach/data"
 	"stagecoach/model"
 	"stagecoach/sim"
 )
@@ -111,46 +110,15 @@ func pickVictim(plan []coordinator.PlanWorker, crashed []string) string {
 }
 
 func run(scale float64, steps, every int, after []int64, margin float64, out, corpus string, maxBytes int64, windows int) error {
-	if corpus == "" {
-		d, err := data.DefaultCorpusDir()
-		if err != nil {
-			return err
-		}
-		corpus = d
-	}
 	tc := trainConfig()
-	geo := sim.SkipPipeGeo()
-	cl, err := coordinator.ScaleLinks(geo, scale, tc.Model, tc.MicrobatchSize)
-	if err != nil {
-		return err
-	}
-	var names []string
-	for _, n := range cl.Nodes {
-		names = append(names, n.Name)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute)
 	defer cancel()
 	start := time.Now()
-	job := func(name, schedule string, n int, costs *sim.Cluster, ckpt int) localrun.Job {
-		return localrun.Job{Name: name, Dir: out, Schedule: schedule, Nodes: names, Train: tc, Steps: n, Cluster: cl,
-			Costs: costs, CheckpointEvery: ckpt, CorpusDir: corpus, MaxCorpusBytes: maxBytes}
-	}
-	fmt.Fprintf(os.Stderr, "calibrating on %s (GPipe, 5 steps)...\n", cl.Name)
-	calib, err := localrun.Run(ctx, job("calibrate", coordinator.SkipPipeFull, 5, nil, 0))
-	if err != nil {
-		return fmt.Errorf("calibration run: %w", err)
-	}
-	if calib.CostModel == nil {
-		return fmt.Errorf("calibration run measured nothing")
-	}
-	c, err := data.Load(corpus, data.Options{MaxBytes: maxBytes})
+	geo, err := localrun.NewGeo(ctx, tc, scale, out, corpus, maxBytes, windows)
 	if err != nil {
 		return err
 	}
-	win, err := data.EvalWindows(c.Val, windows, tc.Model.Ctx+1)
-	if err != nil {
-		return err
-	}
+	cl := geo.Cluster
 	var res []*result
 	for _, faulty := range []bool{false, true} {
 		r := &result{name: "undisturbed", at: map[int64]time.Time{}}
@@ -158,25 +126,9 @@ func run(scale float64, steps, every int, after []int64, margin float64, out, co
 			r.name = fmt.Sprintf("%d crashes", len(after))
 		}
 		fmt.Fprintf(os.Stderr, "training SkipPipe for %d steps, %s...\n", steps, r.name)
-		j := job("run-"+strings.ReplaceAll(r.name, " ", "-"), coordinator.SkipPipe, steps, calib.CostModel, every)
-		var evalErr error
-		j.OnStep = func(st coordinator.StepReport) {
-			r.at[st.Step] = time.Now()
-			if st.Step%int64(every) != 0 || evalErr != nil {
-				return
-			}
-			dir, err := j.CheckpointDir(st.Step)
-			if err == nil {
-				var v float64
-				if v, err = localrun.ValLoss(dir, tc.Model, win); err == nil {
-					r.val = append(r.val, v)
-					r.valSteps = append(r.valSteps, float64(st.Step))
-				}
-			}
-			if err != nil {
-				evalErr = fmt.Errorf("%s: validation at step %d: %w", r.name, st.Step, err)
-			}
-		}
+		j := geo.Job("run-"+strings.ReplaceAll(r.name, " ", "-"), coordinator.SkipPipe, steps, every)
+		j.OnStep = func(st coordinator.StepReport) { r.at[st.Step] = time.Now() }
+		curve := geo.TrackValidation(&j, every)
 		if faulty {
 			j.Crash = func(step int64, plan []coordinator.PlanWorker) []string {
 				if !slices.Contains(after, step) {
@@ -195,13 +147,10 @@ func run(scale float64, steps, every int, after []int64, margin float64, out, co
 		if err != nil {
 			return fmt.Errorf("%s: %w", r.name, err)
 		}
-		if evalErr != nil {
-			return evalErr
+		if err := curve.Err(); err != nil {
+			return fmt.Errorf("%s: %w", r.name, err)
 		}
-		if len(r.val) == 0 {
-			return fmt.Errorf("%s: no validation point (steps %d, eval every %d)", r.name, steps, every)
-		}
-		r.sum = sum
+		r.sum, r.val, r.valSteps = sum, curve.Loss, curve.Steps
 		res = append(res, r)
 	}
 	ok, bad := res[0], res[1]

@@ -21,15 +21,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 
 	"stagecoach/bench/internal/localrun"
 	"stagecoach/coordinator"
-	"stagecoach/data"
 	"stagecoach/model"
-	"stagecoach/model/train"
 	"stagecoach/scheduler"
 	"stagecoach/sim"
 )
@@ -78,81 +75,29 @@ func run(scale float64, steps, every int, margin float64, out, corpus string, ma
 	if steps < 3 || every < 1 {
 		return fmt.Errorf("need -steps >= 3 and -eval-every >= 1")
 	}
-	if corpus == "" {
-		d, err := data.DefaultCorpusDir()
-		if err != nil {
-			return err
-		}
-		corpus = d
-	}
 	tc := trainConfig()
-	geo := sim.SkipPipeGeo()
-	if err := geo.Validate(); err != nil {
-		return err
-	}
-	cl, err := coordinator.ScaleLinks(geo, scale, tc.Model, tc.MicrobatchSize)
-	if err != nil {
-		return err
-	}
-	var names []string
-	for _, n := range cl.Nodes {
-		names = append(names, n.Name)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute)
 	defer cancel()
 	start := time.Now()
-	job := func(name, schedule string, n int, costs *sim.Cluster, ckpt int) localrun.Job {
-		return localrun.Job{Name: name, Dir: out, Schedule: schedule, Nodes: names, Train: tc, Steps: n, Cluster: cl,
-			Costs: costs, CheckpointEvery: ckpt, CorpusDir: corpus, MaxCorpusBytes: maxBytes}
-	}
-	fmt.Fprintf(os.Stderr, "calibrating on %s (GPipe, 5 steps)...\n", cl.Name)
-	calib, err := localrun.Run(ctx, job("calibrate", coordinator.SkipPipeFull, 5, nil, 0))
-	if err != nil {
-		return fmt.Errorf("calibration run: %w", err)
-	}
-	if calib.CostModel == nil {
-		return fmt.Errorf("calibration run measured nothing")
-	}
-	c, err := data.Load(corpus, data.Options{MaxBytes: maxBytes})
+	geo, err := localrun.NewGeo(ctx, tc, scale, out, corpus, maxBytes, windows)
 	if err != nil {
 		return err
 	}
-	win, err := data.EvalWindows(c.Val, windows, tc.Model.Ctx+1)
-	if err != nil {
-		return err
-	}
+	cl := geo.Cluster
 	var res []*result
 	for _, s := range []string{coordinator.SkipPipeFull, coordinator.SkipPipe} {
 		fmt.Fprintf(os.Stderr, "training %s for %d steps...\n", s, steps)
 		r := &result{name: s}
-		j := job("run-"+s, s, steps, calib.CostModel, every)
-		var evalErr error
-		j.OnStep = func(st coordinator.StepReport) {
-			if st.Step%int64(every) != 0 || evalErr != nil {
-				return
-			}
-			dir, err := j.CheckpointDir(st.Step)
-			if err == nil {
-				var v float64
-				if v, err = valLoss(dir, tc.Model, win); err == nil {
-					r.val = append(r.val, v)
-					r.valSteps = append(r.valSteps, float64(st.Step))
-				}
-			}
-			if err != nil {
-				evalErr = fmt.Errorf("%s: validation at step %d: %w", s, st.Step, err)
-			}
-		}
+		j := geo.Job("run-"+s, s, steps, every)
+		curve := geo.TrackValidation(&j, every)
 		sum, err := localrun.Run(ctx, j)
 		if err != nil {
 			return fmt.Errorf("%s: %w", s, err)
 		}
-		if evalErr != nil {
-			return evalErr
+		if err := curve.Err(); err != nil {
+			return fmt.Errorf("%s: %w", s, err)
 		}
-		if len(r.val) == 0 {
-			return fmt.Errorf("%s: no validation point (steps %d, eval every %d)", s, steps, every)
-		}
+		r.val, r.valSteps = curve.Loss, curve.Steps
 		r.sum, r.iterS = sum, sum.MeasuredSpanS
 		for i, st := range sum.Steps {
 			r.train = append(r.train, st.Loss)
@@ -222,36 +167,4 @@ func allReduces(p *scheduler.Plan) string {
 		}
 	}
 	return strings.Join(out, ", ")
-}
-
-// valLoss evaluates the full model (no stage skipped) assembled from the
-// shard files the workers saved in dir.
-func valLoss(dir string, m model.Config, win []int32) (float64, error) {
-	files, err := filepath.Glob(filepath.Join(dir, "*.safetensors"))
-	if err != nil || len(files) == 0 {
-		return 0, fmt.Errorf("no shard files in %s (%v)", dir, err)
-	}
-	sort.Strings(files)
-	byName := map[string][]float32{}
-	for _, f := range files {
-		ts, _, err := model.ReadSafetensorsFile(f)
-		if err != nil {
-			return 0, err
-		}
-		for _, t := range ts {
-			byName[t.Name] = t.Data
-		}
-	}
-	p, err := model.NewPipeline(m, 1, model.HeadFirst)
-	if err != nil {
-		return 0, err
-	}
-	for _, t := range p.Params() {
-		w, ok := byName[t.Name]
-		if !ok || len(w) != len(t.W) {
-			return 0, fmt.Errorf("%s: parameter %s missing or of the wrong size", dir, t.Name)
-		}
-		copy(t.W, w)
-	}
-	return train.ValLoss(p, win, p.Cfg.Ctx, nil)
 }

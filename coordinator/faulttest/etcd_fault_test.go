@@ -63,26 +63,9 @@ func TestStopEtcdLeaderMember(t *testing.T) {
 				killed = time.Now()
 			}
 		}}
-	var sum *coordinator.Summary
 	// A coordinator whose lease could not be renewed while etcd changed
-	// leaders steps down; the next one (a standby) resumes. Two terms
-	// at most.
-	for term := 1; term <= 2 && sum == nil; term++ {
-		cfg.Logf = t.Logf
-		co, err := coordinator.New(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		rctx, cancel := context.WithTimeout(ctx, 90*time.Second)
-		sum, err = co.Run(rctx)
-		cancel()
-		if err != nil {
-			t.Logf("coordinator term %d: %v", term, err)
-		}
-	}
-	if sum == nil {
-		t.Fatal("the run did not finish in two coordinator terms")
-	}
+	// leaders steps down; the next one (a standby) resumes.
+	sum := runTerms(t, cfg, 2)
 	if victim == nil {
 		t.Fatal("no etcd member was killed")
 	}

@@ -64,6 +64,28 @@ func startEtcdCluster(t *testing.T, job string) ([]*etcdMember, *env) {
 	return ms, &env{job: job, endpoints: eps, cli: cli, keys: keys, corpus: writeCorpus(t), workers: map[string]*proc{}}
 }
 
+// runTerms runs coordinator terms in turn (each as a standby taking over
+// from the one before) until one finishes the run, at most n.
+func runTerms(t *testing.T, cfg coordinator.Config, n int) *coordinator.Summary {
+	t.Helper()
+	cfg.Logf = t.Logf
+	for term := 1; term <= n; term++ {
+		co, err := coordinator.New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+		sum, err := co.Run(ctx)
+		cancel()
+		if err == nil {
+			return sum
+		}
+		t.Logf("coordinator term %d: %v", term, err)
+	}
+	t.Fatalf("the run did not finish in %d coordinator terms", n)
+	return nil
+}
+
 // TestLoseEtcdQuorum kills -9 two of three etcd members mid-run and
 // starts them again (same data directories) a few seconds later. While
 // quorum is gone nothing is committed; the leader coordinator loses its
@@ -134,23 +156,7 @@ func TestLoseEtcdQuorum(t *testing.T) {
 				}()
 			}
 		}}
-	var sum *coordinator.Summary
-	for term := 1; term <= 4 && sum == nil; term++ {
-		cfg.Logf = t.Logf
-		co, err := coordinator.New(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		rctx, cancel := context.WithTimeout(ctx, 90*time.Second)
-		sum, err = co.Run(rctx)
-		cancel()
-		if err != nil {
-			t.Logf("coordinator term %d: %v", term, err)
-		}
-	}
-	if sum == nil {
-		t.Fatal("the run did not finish in four coordinator terms")
-	}
+	sum := runTerms(t, cfg, 4)
 	select {
 	case <-back:
 	default:
