@@ -47,14 +47,16 @@ func (s *sink) SendTensor(stream pb.Peer_SendTensorServer) error {
 	return stream.SendAndClose(&pb.TensorAck{})
 }
 
-func startSink(t testing.TB, max int64) (*sink, string) {
+// startSink serves a sink on loopback; extra adds server options (such as
+// credentials).
+func startSink(t testing.TB, max int64, extra ...grpc.ServerOption) (*sink, string) {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := &sink{max: max}
-	srv := grpc.NewServer(Options{}.ServerOptions()...)
+	srv := grpc.NewServer(append(Options{}.ServerOptions(), extra...)...)
 	pb.RegisterPeerServer(srv, s)
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)
