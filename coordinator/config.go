@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc"
 
 	"stagecoach/internal/etcdx"
+	"stagecoach/internal/metrics"
 	"stagecoach/internal/tlsx"
 	"stagecoach/model"
 	pb "stagecoach/proto"
@@ -117,6 +118,9 @@ type Config struct {
 
 	// OnStep, when set, is called after every committed step.
 	OnStep func(StepReport)
+	// Metrics receives the coordinator's Prometheus metrics (steps,
+	// iteration time, recoveries, epoch, leadership); nil records none.
+	Metrics *metrics.Coordinator
 	// Logf receives progress lines; nil discards them.
 	Logf func(format string, args ...any)
 }

@@ -14,6 +14,7 @@ import (
 
 	"stagecoach/data"
 	"stagecoach/internal/etcdx"
+	"stagecoach/internal/metrics"
 	"stagecoach/model"
 	pb "stagecoach/proto"
 	"stagecoach/scheduler"
@@ -108,6 +109,8 @@ func (c *Coordinator) Run(ctx context.Context) (*Summary, error) {
 		defer cancel()
 		leader.Resign(rctx)
 	}()
+	cfg.Metrics.Leading(leader.Rev())
+	defer cfg.Metrics.NotLeading()
 	cfg.Logf("leading job %s with fencing token %d", cfg.Job, leader.Rev())
 	// Orders stop the moment leadership is lost: everything below runs
 	// under a context that ends with the session.
@@ -200,9 +203,14 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 			return nil, err
 		}
 	}
-	if last := committer.Last().Step; last >= first {
-		cfg.Logf("replaying committed steps %d..%d", first, last)
+	if last := committer.Last().Step; last > 0 {
+		// A leader taking over a job with committed steps.
+		cfg.Metrics.Recovered(metrics.RecoveryLeaderResume)
+		if last >= first {
+			cfg.Logf("replaying committed steps %d..%d", first, last)
+		}
 	}
+	cfg.Metrics.SetEpoch(r.fence.Epoch)
 	cfg.Logf("epoch %d: %s over %d workers, %d stages, %d parameters", epoch, plan.Schedule, len(plan.Workers), len(plan.Stages), r.params)
 	start := time.Now()
 	var reports []StepReport
@@ -251,8 +259,13 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 		r.notifyRecovered()
 		tokens += int64(tc.Microbatches * tc.MicrobatchSize * r.ctxLen)
 		rep.Tokens = tokens
+		epochBefore := r.fence.Epoch
 		if err := r.maybeReplan(ectx, step); err != nil {
 			return nil, err
+		}
+		if r.fence.Epoch != epochBefore {
+			cfg.Metrics.Recovered(metrics.RecoveryReplanDrift)
+			cfg.Metrics.SetEpoch(r.fence.Epoch)
 		}
 		reports = append(reports, rep)
 		if cfg.OnStep != nil {
@@ -281,6 +294,7 @@ func (r *run) notifyRecovered() {
 			rec.CommittedAt = now
 			rec.ToCommitS = now.Sub(rec.DetectedAt).Seconds()
 		}
+		r.cfg.Metrics.Recovered(rec.Kind)
 		if r.cfg.OnRecovery != nil {
 			r.cfg.OnRecovery(*rec)
 		}

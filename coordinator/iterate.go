@@ -55,6 +55,7 @@ func (r *run) iterate(ctx context.Context, step int64) (StepReport, error) {
 	t0 := time.Now()
 	r.stepping = false
 	tc := r.cfg.Train
+	r.cfg.Metrics.SetEpoch(r.fence.Epoch)
 	perWorker, err := r.drawData()
 	if err != nil {
 		return StepReport{}, err
@@ -145,8 +146,10 @@ func (r *run) iterate(ctx context.Context, step int64) (StepReport, error) {
 	}
 	commitS := time.Since(tCommit).Seconds()
 	r.stats.add(step, resps)
-	it := time.Since(t0).Seconds()
+	wall := time.Since(t0)
+	it := wall.Seconds()
 	tokens := float64(tc.Microbatches * tc.MicrobatchSize * r.ctxLen)
+	r.cfg.Metrics.StepCommitted(step, wall, int64(tokens), loss)
 	return StepReport{Step: step, Loss: loss, GradNorm: norm, LR: lr, TokensPerS: tokens / it,
 		IterationS: it, ComputeS: runS, StepS: stepS, CheckpointS: ckptS, CommitS: commitS, ControlS: it - runS - stepS - ckptS}, nil
 }

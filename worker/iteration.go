@@ -168,6 +168,7 @@ func (r *run) program() error {
 			return fmt.Errorf("%s: %w", a, err)
 		}
 		end := time.Since(r.t0)
+		r.s.metrics.Load().Action(a.Kind.String(), end-start)
 		r.resp.Timings = append(r.resp.Timings, &pb.ActionTiming{Action: a.String(), StartS: start.Seconds(), EndS: end.Seconds()})
 		if err := r.route(a, out); err != nil {
 			return fmt.Errorf("%s: %w", a, err)
@@ -184,8 +185,12 @@ func (r *run) receive() error {
 	}
 	h := a.hdr
 	if err := r.j.checkTensor(h); err != nil {
+		// Admitted for a newer epoch than ours, found wrong once
+		// configured for it.
+		r.s.metrics.Load().TensorRejected(rejectReason(toStatus(err)))
 		return err
 	}
+	r.s.metrics.Load().TensorReceived(4 * len(a.data))
 	if h.GetKind() == pb.TensorKind_TENSOR_KIND_ALLREDUCE {
 		k := [2]int{int(h.GetStage()), int(h.GetStep())}
 		if _, dup := r.pieces[k]; dup {
@@ -294,6 +299,7 @@ func (r *run) send(to int, h *pb.TensorHeader, data []float32) error {
 	if err := r.j.out.Send(r.ctx, to, h, encode(data)); err != nil {
 		return fmt.Errorf("%w: %v", ErrPeer, err)
 	}
+	r.s.metrics.Load().TensorSent(4 * len(data))
 	return nil
 }
 

@@ -5,11 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"path"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
+	"stagecoach/internal/metrics"
 	"stagecoach/internal/tlsx"
 	pb "stagecoach/proto"
 )
@@ -40,6 +46,9 @@ type Server struct {
 
 	srv *grpc.Server
 	lis net.Listener
+
+	// metrics receives the worker's Prometheus metrics; nil records none.
+	metrics atomic.Pointer[metrics.Worker]
 }
 
 // New validates cfg and builds a worker. It does not listen yet: call
@@ -51,11 +60,73 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, mbox: newMailbox(cfg.MailboxBytes)}
 	opts := append(cfg.Transport.ServerOptions(), grpc.MaxRecvMsgSize(max(cfg.MaxControlBytes, cfg.Transport.ChunkBytes+(64<<10))))
-	opts = append(opts, tlsx.ServerOption(cfg.TLS))
+	opts = append(opts, tlsx.ServerOption(cfg.TLS),
+		grpc.ChainUnaryInterceptor(s.measureRPC), grpc.ChainStreamInterceptor(s.countRejections))
 	s.srv = grpc.NewServer(opts...)
 	pb.RegisterWorkerServer(s.srv, s)
 	pb.RegisterPeerServer(s.srv, s)
 	return s, nil
+}
+
+// SetMetrics makes the worker record its Prometheus metrics in m (nil:
+// none): every executed action, the tensors it sends, takes and
+// refuses, and the control RPCs it serves.
+func (s *Server) SetMetrics(m *metrics.Worker) { s.metrics.Store(m) }
+
+// measureRPC times every control RPC by method and status code.
+func (s *Server) measureRPC(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	m := s.metrics.Load()
+	if m == nil {
+		return h(ctx, req)
+	}
+	t0 := time.Now()
+	resp, err := h(ctx, req)
+	m.RPC(path.Base(info.FullMethod), status.Code(err).String(), time.Since(t0))
+	return resp, err
+}
+
+// countRejections counts every peer tensor SendTensor refuses, by the
+// reason its status gives (peer.go decides; this only classifies).
+func (s *Server) countRejections(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	err := h(srv, ss)
+	if err != nil && path.Base(info.FullMethod) == "SendTensor" {
+		if reason := rejectReason(err); reason != "" {
+			s.metrics.Load().TensorRejected(reason)
+		}
+	}
+	return err
+}
+
+// rejectReason classifies a refusal by its gRPC status; "" for a stream
+// the sender abandoned, which is not a refusal.
+func rejectReason(err error) string {
+	st := status.Convert(err)
+	msg := st.Message()
+	switch st.Code() {
+	case codes.Canceled, codes.DeadlineExceeded:
+		return ""
+	case codes.ResourceExhausted:
+		return metrics.RejectOversize
+	case codes.PermissionDenied:
+		return metrics.RejectWrongJob
+	}
+	switch {
+	case strings.Contains(msg, ErrStaleEpoch.Error()):
+		return metrics.RejectStaleEpoch
+	case strings.Contains(msg, ErrDeposed.Error()):
+		return metrics.RejectStaleLeader
+	case strings.Contains(msg, ErrNoFence.Error()):
+		return metrics.RejectNoFence
+	case strings.Contains(msg, ErrWrongJob.Error()):
+		return metrics.RejectWrongJob
+	case st.Code() == codes.InvalidArgument && strings.Contains(msg, "malformed"):
+		return metrics.RejectMalformed
+	case st.Code() == codes.InvalidArgument && (strings.Contains(msg, "shape") || strings.Contains(msg, "rank")):
+		return metrics.RejectBadShape
+	case st.Code() == codes.InvalidArgument:
+		return metrics.RejectBadInput
+	}
+	return metrics.RejectOther
 }
 
 // Start listens on Config.Listen and serves in the background. It returns

@@ -1,0 +1,135 @@
+package metrics
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Reasons a worker refuses a peer's tensor, the reason label of
+// stagecoach_worker_tensors_rejected_total.
+const (
+	// RejectStaleEpoch: the tensor's plan epoch is older than the worker's.
+	RejectStaleEpoch = "stale_epoch"
+	// RejectStaleLeader: the tensor's fence carries a deposed leader's token.
+	RejectStaleLeader = "stale_leader"
+	// RejectWrongJob: the fence names another job.
+	RejectWrongJob = "wrong_job"
+	// RejectNoFence: the tensor carries no fence.
+	RejectNoFence = "no_fence"
+	// RejectBadShape: the shape disagrees with its payload, the model or
+	// the consuming action.
+	RejectBadShape = "bad_shape"
+	// RejectBadInput: inconsistent with the plan (wrong sender, stage or
+	// microbatch, a duplicate).
+	RejectBadInput = "bad_input"
+	// RejectOversize: larger than the receive limit.
+	RejectOversize = "oversize"
+	// RejectMalformed: a stream that breaks the wire format.
+	RejectMalformed = "malformed"
+	// RejectOther: any other refusal.
+	RejectOther = "other"
+)
+
+// Worker is a worker's instruments. A nil *Worker records nothing.
+type Worker struct {
+	actions   *prometheus.HistogramVec
+	sent      prometheus.Counter
+	sentBytes prometheus.Counter
+	recv      prometheus.Counter
+	recvBytes prometheus.Counter
+	rejected  *prometheus.CounterVec
+	rpcs      *prometheus.HistogramVec
+}
+
+// NewWorker registers a worker's metrics in reg:
+//
+//	stagecoach_worker_action_duration_seconds{op}       time of each executed plan action (Forward, Backward, Loss, AllReduce, ...)
+//	stagecoach_worker_tensors_sent_total                tensors (and all-reduce chunks) sent to peers
+//	stagecoach_worker_tensor_sent_bytes_total           their payload bytes
+//	stagecoach_worker_tensors_received_total            tensors received from peers and taken by an iteration
+//	stagecoach_worker_tensor_received_bytes_total       their payload bytes
+//	stagecoach_worker_tensors_rejected_total{reason}    peer tensors refused (stale_epoch, stale_leader, bad_shape, oversize, ...)
+//	stagecoach_worker_rpc_duration_seconds{method,code} control RPCs served (Configure, RunIteration, Step, ...)
+func NewWorker(reg prometheus.Registerer) *Worker {
+	w := &Worker{
+		actions: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "stagecoach_worker_action_duration_seconds",
+			Help:    "Wall time of each plan action this worker executed, by operation.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 9),
+		}, []string{"op"}),
+		sent: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "stagecoach_worker_tensors_sent_total",
+			Help: "Tensors (activations, gradients, all-reduce chunks) this worker handed to its peers' streams.",
+		}),
+		sentBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "stagecoach_worker_tensor_sent_bytes_total",
+			Help: "Payload bytes of the tensors this worker sent to peers.",
+		}),
+		recv: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "stagecoach_worker_tensors_received_total",
+			Help: "Tensors received from peers and taken by an iteration.",
+		}),
+		recvBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "stagecoach_worker_tensor_received_bytes_total",
+			Help: "Payload bytes of the tensors received from peers and taken by an iteration.",
+		}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stagecoach_worker_tensors_rejected_total",
+			Help: "Peer tensors this worker refused, by reason.",
+		}, []string{"reason"}),
+		rpcs: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "stagecoach_worker_rpc_duration_seconds",
+			Help:    "Wall time of the control RPCs this worker served, by method and gRPC status code.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
+		}, []string{"method", "code"}),
+	}
+	for _, r := range []string{RejectStaleEpoch, RejectStaleLeader, RejectWrongJob, RejectNoFence, RejectBadShape,
+		RejectBadInput, RejectOversize, RejectMalformed, RejectOther} {
+		w.rejected.WithLabelValues(r)
+	}
+	reg.MustRegister(w.actions, w.sent, w.sentBytes, w.recv, w.recvBytes, w.rejected, w.rpcs)
+	return w
+}
+
+// Action records one executed plan action.
+func (w *Worker) Action(op string, d time.Duration) {
+	if w == nil {
+		return
+	}
+	w.actions.WithLabelValues(op).Observe(d.Seconds())
+}
+
+// TensorSent records one tensor of n payload bytes sent to a peer.
+func (w *Worker) TensorSent(n int) {
+	if w == nil {
+		return
+	}
+	w.sent.Inc()
+	w.sentBytes.Add(float64(n))
+}
+
+// TensorReceived records one tensor of n payload bytes taken from a peer.
+func (w *Worker) TensorReceived(n int) {
+	if w == nil {
+		return
+	}
+	w.recv.Inc()
+	w.recvBytes.Add(float64(n))
+}
+
+// TensorRejected counts one refused tensor.
+func (w *Worker) TensorRejected(reason string) {
+	if w == nil {
+		return
+	}
+	w.rejected.WithLabelValues(reason).Inc()
+}
+
+// RPC records one served control RPC.
+func (w *Worker) RPC(method, code string, d time.Duration) {
+	if w == nil {
+		return
+	}
+	w.rpcs.WithLabelValues(method, code).Observe(d.Seconds())
+}
