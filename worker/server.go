@@ -73,6 +73,15 @@ func New(cfg Config) (*Server, error) {
 // refuses, and the control RPCs it serves.
 func (s *Server) SetMetrics(m *metrics.Worker) { s.metrics.Store(m) }
 
+// Epoch is the plan epoch the worker is configured for (0: none yet),
+// for log lines. It takes the worker's state lock, which is never held
+// while Config.Logf is called.
+func (s *Server) Epoch() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.epoch
+}
+
 // measureRPC times every control RPC by method and status code.
 func (s *Server) measureRPC(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 	m := s.metrics.Load()

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	"stagecoach/coordinator"
 	"stagecoach/data"
 	"stagecoach/internal/etcdx"
+	"stagecoach/internal/metrics"
 	"stagecoach/model"
 	"stagecoach/sim"
 )
@@ -47,6 +49,8 @@ type jobFlags struct {
 	name      string
 	// tls is registered by `coordinator`; `up --tls-dir` fills it.
 	tls tlsFlags
+	// metricsAddr serves the coordinator's Prometheus metrics.
+	metricsAddr string
 }
 
 func (j *jobFlags) register(f *pflag.FlagSet, defaultJob string) {
@@ -71,6 +75,7 @@ func (j *jobFlags) register(f *pflag.FlagSet, defaultJob string) {
 	f.BoolVar(&j.ckpt, "checkpoint", true, "save the workers' shards after the last step")
 	f.IntVar(&j.retain, "retain", 3, "committed checkpoints kept listed and on disk; older ones are removed (negative: keep all)")
 	f.StringVar(&j.name, "name", "coordinator", "this coordinator's name in the leader election (standbys campaign under their own)")
+	f.StringVar(&j.metricsAddr, "metrics-addr", "", "serve Prometheus /metrics and /healthz on this HOST:PORT (empty: off)")
 	f.IntVar(&j.ckptEvery, "checkpoint-every", 0, "also checkpoint every N steps; a job rerun with the same --job resumes from its newest committed checkpoint and replays the committed steps after it")
 }
 
@@ -81,6 +86,9 @@ func (j *jobFlags) config(endpoints []string) (coordinator.Config, error) {
 	}
 	if j.lr < 0 {
 		return coordinator.Config{}, badInput("--lr must not be negative")
+	}
+	if err := checkMetricsAddr(j.metricsAddr); err != nil {
+		return coordinator.Config{}, err
 	}
 	tc := j.train
 	tc.Optim = model.OptimConfig{Kind: j.optimizer, LR: j.lr}
@@ -135,11 +143,12 @@ and requires client certificates of the same CA).`,
 				}
 				defer e.Close()
 				eps = e.Endpoints()
-				fmt.Fprintf(os.Stderr, "embedded etcd serving on %s (data %s); start workers with --etcd %s --job %s\n",
-					strings.Join(eps, ","), filepath.Join(j.out, "etcd"), strings.Join(eps, ","), j.job)
+				slog.Info(fmt.Sprintf("embedded etcd serving on %s (data %s); start workers with --etcd %s --job %s",
+					strings.Join(eps, ","), filepath.Join(j.out, "etcd"), strings.Join(eps, ","), j.job),
+					"role", "etcd", "endpoints", strings.Join(eps, ","))
 			}
 			cfg.Endpoints = eps
-			return runJob(ctx, cfg, j.asJSON)
+			return runJob(ctx, cfg, j.asJSON, j.metricsAddr)
 		},
 	}
 	f := cmd.Flags()
@@ -154,9 +163,23 @@ and requires client certificates of the same CA).`,
 
 // runJob runs a coordinator with the progress bar or JSON lines, then
 // prints the summary table and writes the summary, trace and loss plot.
-func runJob(ctx context.Context, cfg coordinator.Config, asJSON bool) error {
+// The coordinator's lines go to slog unless a progress bar is drawn; with
+// metricsAddr it serves Prometheus metrics there while it runs.
+func runJob(ctx context.Context, cfg coordinator.Config, asJSON bool, metricsAddr string) error {
 	if err := os.MkdirAll(cfg.OutDir, 0o755); err != nil {
 		return err
+	}
+	reg := metrics.NewRegistry()
+	cfg.Metrics = metrics.NewCoordinator(reg)
+	metrics.RegisterLease(reg, etcdx.LeaseRenewalFailures, etcdx.LeasesLost)
+	log := slog.Default().With("role", "coordinator", "job", cfg.Job, "name", cfg.Name)
+	if metricsAddr != "" {
+		srv, err := metrics.Serve(metricsAddr, reg, nil)
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+		log.Info("serving metrics on http://"+srv.Addr()+"/metrics", "metrics_addr", srv.Addr())
 	}
 	prog := newProgress(os.Stderr, cfg.Steps, "train", !asJSON)
 	enc := json.NewEncoder(os.Stdout)
@@ -169,8 +192,18 @@ func runJob(ctx context.Context, cfg coordinator.Config, asJSON bool) error {
 		}
 		prog.Add(1)
 	}
-	if !asJSON && !isTerminal(os.Stderr) {
-		cfg.Logf = func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) }
+	if prog.bar == nil {
+		m := cfg.Metrics
+		cfg.Logf = logfTo(log, slog.LevelInfo, "", func() []any {
+			var a []any
+			if e := m.Epoch(); e > 0 {
+				a = append(a, "epoch", e)
+			}
+			if t := m.FencingToken(); t > 0 {
+				a = append(a, "fencing_token", t)
+			}
+			return a
+		})
 	}
 	co, err := coordinator.New(cfg)
 	if err != nil {

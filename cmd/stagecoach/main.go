@@ -5,9 +5,12 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 )
@@ -17,6 +20,76 @@ var rootCmd = &cobra.Command{
 	Short:         "Pipeline-parallel training coordinator and schedule simulator",
 	SilenceUsage:  true,
 	SilenceErrors: true,
+	// Every subcommand logs through slog as --log-format and
+	// --log-level say; no subcommand sets a PersistentPreRunE of its own.
+	PersistentPreRunE: func(*cobra.Command, []string) error { return setupLogging() },
+}
+
+// The root command's logging flags, shared by every subcommand.
+var logFormat, logLevel string
+
+func init() {
+	f := rootCmd.PersistentFlags()
+	f.StringVar(&logFormat, "log-format", "text", "log line format on stderr: text (key=value) or json (one object per line)")
+	f.StringVar(&logLevel, "log-level", "info", "least severe log level shown: debug, info, warn or error")
+}
+
+// setupLogging checks --log-format and --log-level and makes slog's
+// default logger (and the standard log package) write to stderr in that
+// form.
+func setupLogging() error {
+	var level slog.Level
+	switch logLevel {
+	case "debug":
+		level = slog.LevelDebug
+	case "info":
+		level = slog.LevelInfo
+	case "warn":
+		level = slog.LevelWarn
+	case "error":
+		level = slog.LevelError
+	default:
+		return badInput("--log-level must be debug, info, warn or error, got %q", logLevel)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler
+	switch logFormat {
+	case "text":
+		h = slog.NewTextHandler(os.Stderr, opts)
+	case "json":
+		h = slog.NewJSONHandler(os.Stderr, opts)
+	default:
+		return badInput("--log-format must be text or json, got %q", logFormat)
+	}
+	slog.SetDefault(slog.New(h))
+	return nil
+}
+
+// logFlagArgs passes this process's logging flags on to a child process.
+func logFlagArgs() []string {
+	return []string{"--log-format", logFormat, "--log-level", logLevel}
+}
+
+// logfTo adapts a library's printf-style Logf hook to l: each line is
+// logged at level with l's attributes, plus those attrs returns when it is
+// logged (the plan epoch, known only then). A leading trim (a
+// "worker <name>: " prefix the attributes already say) is cut.
+func logfTo(l *slog.Logger, level slog.Level, trim string, attrs func() []any) func(string, ...any) {
+	return func(format string, args ...any) {
+		ctx := context.Background()
+		if !l.Enabled(ctx, level) {
+			return
+		}
+		msg := fmt.Sprintf(format, args...)
+		if trim != "" {
+			msg = strings.TrimPrefix(msg, trim)
+		}
+		var a []any
+		if attrs != nil {
+			a = attrs()
+		}
+		l.Log(ctx, level, msg, a...)
+	}
 }
 
 // usageError marks bad input from the user: it exits with status 2.
@@ -33,10 +106,16 @@ func badInput(format string, args ...any) error {
 func main() {
 	rootCmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	if err := rootCmd.Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "stagecoach:", err)
 		var ue usageError
 		if errors.As(err, &ue) {
+			fmt.Fprintln(os.Stderr, "stagecoach:", err)
 			os.Exit(2)
+		}
+		if logFormat == "json" {
+			// Every line on stderr stays one JSON object.
+			slog.Error("stagecoach: "+err.Error(), "exit", 1)
+		} else {
+			fmt.Fprintln(os.Stderr, "stagecoach:", err)
 		}
 		os.Exit(1)
 	}

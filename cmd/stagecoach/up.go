@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -43,7 +44,9 @@ trace.json (measured and simulated, Perfetto), loss.png and the workers'
 checkpoint into --out. Workers log to --out/workers/<name>.log. With
 --tls-dir DIR every hop runs mutual TLS: a demo CA and certificates for
 etcd, the coordinator and each worker are generated into DIR (an existing
-CA there is reused; see 'stagecoach certs').`,
+CA there is reused; see 'stagecoach certs'). With --metrics-addr HOST:P
+the coordinator serves Prometheus metrics on HOST:P and worker i on
+HOST:P+1+i; the workers log in the --log-format given to up.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if j.workers < 1 {
@@ -52,6 +55,14 @@ CA there is reused; see 'stagecoach certs').`,
 			names, err := emu.workerNames(&j, cmd.Flags())
 			if err != nil {
 				return err
+			}
+			if j.metricsAddr != "" {
+				if err := checkMetricsAddr(j.metricsAddr); err != nil {
+					return err
+				}
+				if _, err := workerMetricsAddr(j.metricsAddr, j.workers-1); err != nil {
+					return badInput("--metrics-addr: %v", err)
+				}
 			}
 			if tlsDir != "" {
 				hosts := []string{"etcd", "coordinator"}
@@ -119,7 +130,7 @@ CA there is reused; see 'stagecoach certs').`,
 					cancel(fmt.Errorf("worker %s exited: %v (log: %s)", p.name, p.err, p.log))
 				}()
 			}
-			err = runJob(rctx, cfg, j.asJSON)
+			err = runJob(rctx, cfg, j.asJSON, j.metricsAddr)
 			if err != nil && ctx.Err() != nil {
 				return errors.New("interrupted; workers and etcd stopped")
 			}
@@ -172,6 +183,17 @@ func startWorkers(eps []string, j *jobFlags, names []string) ([]*workerProc, err
 		}
 		c := exec.Command(exe, "worker", "--etcd", strings.Join(eps, ","), "--job", j.job, "--name", name,
 			"--listen", "127.0.0.1:0", "--data-dir", filepath.Join(wdir, name), "--ttl", strconv.Itoa(j.ttl))
+		// The workers log as this process does; with --metrics-addr
+		// HOST:P they serve metrics on HOST:P+1, HOST:P+2, ... (port 0:
+		// each picks one and logs it).
+		c.Args = append(c.Args, logFlagArgs()...)
+		if j.metricsAddr != "" {
+			addr, err := workerMetricsAddr(j.metricsAddr, i)
+			if err != nil {
+				return procs, badInput("--metrics-addr: %v", err)
+			}
+			c.Args = append(c.Args, "--metrics-addr", addr)
+		}
 		if j.tls.files.Enabled() {
 			// up --tls-dir: every node's files side by side.
 			tf := tlsx.FilesFor(filepath.Dir(j.tls.files.Cert), name)
@@ -211,4 +233,24 @@ func stopWorkers(procs []*workerProc) {
 			<-p.done
 		}
 	}
+}
+
+// workerMetricsAddr is worker i's metrics address when the coordinator
+// serves on addr: the next ports up, or port 0 for port 0.
+func workerMetricsAddr(addr string, i int) (string, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", err
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		return "", err
+	}
+	if p == 0 {
+		return addr, nil
+	}
+	if p+1+i > 65535 {
+		return "", fmt.Errorf("port %d leaves no room for %d workers' metrics ports above it", p, i+1)
+	}
+	return net.JoinHostPort(host, strconv.Itoa(p+1+i)), nil
 }

@@ -5,14 +5,19 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net"
 	"os"
 	"os/signal"
+	"strconv"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"stagecoach/internal/etcdx"
+	"stagecoach/internal/metrics"
 	"stagecoach/worker"
 )
 
@@ -21,6 +26,7 @@ func init() { rootCmd.AddCommand(newWorkerCmd()) }
 func newWorkerCmd() *cobra.Command {
 	var (
 		etcd, job, name, listen, advertise, dataDir string
+		metricsAddr                                 string
 		ttl                                         int
 		rejoin                                      time.Duration
 		tlsf                                        tlsFlags
@@ -35,7 +41,9 @@ coordinator sees it gone. If the lease is lost (etcd unreachable longer than
 the TTL) the worker registers again under a new lease, and exits after
 --rejoin-timeout without success. With --tls-cert, --tls-key and --tls-ca
 the server refuses every caller without a certificate signed by the CA,
-and the worker presents its own to its peers and to etcd (https).`,
+and the worker presents its own to its peers and to etcd (https). With
+--metrics-addr it serves Prometheus metrics on /metrics and, on /healthz,
+200 while it is registered in etcd (503 before and while re-registering).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			eps := etcdx.ParseEndpoints(etcd)
@@ -54,16 +62,44 @@ and the worker presents its own to its peers and to etcd (https).`,
 			if dataDir == "" {
 				dataDir = "worker-" + name
 			}
+			if err := checkMetricsAddr(metricsAddr); err != nil {
+				return err
+			}
 			tc, err := tlsf.load()
 			if err != nil {
 				return err
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			logf := func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) }
-			w, err := worker.New(worker.Config{Name: name, Listen: listen, Job: job, DataDir: dataDir, Logf: logf, TLS: tc})
+			log := slog.Default().With("role", "worker", "job", job, "worker", name)
+			// The library's lines are rejections and failures.
+			var w *worker.Server
+			libLogf := logfTo(log, slog.LevelWarn, "worker "+name+": ", func() []any {
+				if e := w.Epoch(); e > 0 {
+					return []any{"epoch", e}
+				}
+				return nil
+			})
+			w, err = worker.New(worker.Config{Name: name, Listen: listen, Job: job, DataDir: dataDir, Logf: libLogf, TLS: tc})
 			if err != nil {
 				return badInput("%v", err)
+			}
+			reg := metrics.NewRegistry()
+			w.SetMetrics(metrics.NewWorker(reg))
+			metrics.RegisterLease(reg, etcdx.LeaseRenewalFailures, etcdx.LeasesLost)
+			var registered atomic.Bool
+			if metricsAddr != "" {
+				srv, err := metrics.Serve(metricsAddr, reg, func() error {
+					if !registered.Load() {
+						return errors.New("not registered in etcd")
+					}
+					return nil
+				})
+				if err != nil {
+					return err
+				}
+				defer srv.Close()
+				log.Info("serving metrics on http://"+srv.Addr()+"/metrics", "metrics_addr", srv.Addr())
 			}
 			addr, err := w.Start()
 			if err != nil {
@@ -77,8 +113,8 @@ and the worker presents its own to its peers and to etcd (https).`,
 			if tc != nil {
 				security = "mutual TLS"
 			}
-			logf("worker %s: serving job %s on %s (%s)", name, job, addr, security)
-			return keepRegistered(ctx, eps, tc, job, etcdx.Member{Name: name, Addr: advertise}, ttl, rejoin, logf)
+			log.Info(fmt.Sprintf("serving job %s on %s (%s)", job, addr, security), "addr", addr)
+			return keepRegistered(ctx, eps, tc, job, etcdx.Member{Name: name, Addr: advertise}, ttl, rejoin, log, &registered)
 		},
 	}
 	f := cmd.Flags()
@@ -90,6 +126,7 @@ and the worker presents its own to its peers and to etcd (https).`,
 	f.StringVar(&dataDir, "data-dir", "", "checkpoint directory (default worker-<name>)")
 	f.IntVar(&ttl, "ttl", etcdx.DefaultTTL, "lease TTL in seconds")
 	f.DurationVar(&rejoin, "rejoin-timeout", 30*time.Second, "give up after failing to re-register this long")
+	f.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics and /healthz on this HOST:PORT (empty: off)")
 	tlsf.register(f)
 	for _, n := range []string{"etcd", "job", "name"} {
 		_ = cmd.MarkFlagRequired(n)
@@ -100,7 +137,8 @@ and the worker presents its own to its peers and to etcd (https).`,
 // keepRegistered registers m under a fresh session and re-registers
 // whenever the session ends, until ctx ends. It fails when no
 // registration succeeds for rejoin. tc, when set, dials etcd over TLS.
-func keepRegistered(ctx context.Context, eps []string, tc *tls.Config, job string, m etcdx.Member, ttl int, rejoin time.Duration, logf func(string, ...any)) error {
+// registered is true while a registration stands.
+func keepRegistered(ctx context.Context, eps []string, tc *tls.Config, job string, m etcdx.Member, ttl int, rejoin time.Duration, log *slog.Logger, registered *atomic.Bool) error {
 	keys, err := etcdx.NewKeys(job)
 	if err != nil {
 		return err
@@ -121,8 +159,10 @@ func keepRegistered(ctx context.Context, eps []string, tc *tls.Config, job strin
 			if err := etcdx.Register(ctx, sess, keys, m); err != nil {
 				return err
 			}
+			registered.Store(true)
+			defer registered.Store(false)
 			failingSince = time.Time{}
-			logf("worker %s: registered in job %s (lease %x, TTL %d s)", m.Name, job, sess.Lease(), ttl)
+			log.Info(fmt.Sprintf("registered in job %s (lease %x, TTL %d s)", job, sess.Lease(), ttl), "lease", fmt.Sprintf("%x", sess.Lease()))
 			// Lifeline, not sess.Done: a keepalive the client dropped
 			// while etcd changed leaders leaves the lease alive, and
 			// registering again would look like a lost worker.
@@ -142,11 +182,29 @@ func keepRegistered(ctx context.Context, eps []string, tc *tls.Config, job strin
 		if time.Since(failingSince) > rejoin {
 			return fmt.Errorf("worker %s: could not stay registered in etcd for %v: %w", m.Name, rejoin, err)
 		}
-		logf("worker %s: %v; registering again", m.Name, err)
+		log.Warn(fmt.Sprintf("%v; registering again", err))
 		select {
 		case <-ctx.Done():
 		case <-time.After(500 * time.Millisecond):
 		}
+	}
+	return nil
+}
+
+// checkMetricsAddr rejects a --metrics-addr that is not HOST:PORT.
+func checkMetricsAddr(addr string) error {
+	if addr == "" {
+		return nil
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err == nil {
+		var n int
+		if n, err = strconv.Atoi(port); err == nil && (n < 0 || n > 65535) {
+			err = fmt.Errorf("port %d out of range", n)
+		}
+	}
+	if err != nil {
+		return badInput("--metrics-addr %q: want HOST:PORT (e.g. :9100 or 127.0.0.1:9100): %v", addr, err)
 	}
 	return nil
 }
