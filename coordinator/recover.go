@@ -124,6 +124,7 @@ func (r *run) armWatch(parent context.Context) context.Context {
 // lease: it is not used again until it registers under a new lease.
 func (r *run) probe(ctx context.Context, cands []etcdx.Member) map[string]*pb.StatusResponse {
 	out := map[string]*pb.StatusResponse{}
+	failed := map[string]int64{}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for _, m := range cands {
@@ -145,7 +146,7 @@ func (r *run) probe(ctx context.Context, cands []etcdx.Member) map[string]*pb.St
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
-				r.suspect[m.Name] = m.Lease
+				failed[m.Name] = m.Lease
 				r.cfg.Logf("worker %s at %s does not answer (%v); not used until it registers again", m.Name, m.Addr, err)
 				return
 			}
@@ -153,6 +154,10 @@ func (r *run) probe(ctx context.Context, cands []etcdx.Member) map[string]*pb.St
 		}()
 	}
 	wg.Wait()
+	// The suspects are the run loop's: recorded once every probe is back.
+	for name, lease := range failed {
+		r.suspect[name] = lease
+	}
 	return out
 }
 
