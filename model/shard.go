@@ -95,11 +95,17 @@ type mbCache struct {
 // visits the shard Forward (saving activations under the microbatch id),
 // Loss on the head shard, and Backward with the same id; then FinishGrad.
 //
-// Exactness contract. Parameter gradients are summed straight into the
-// shard's gradient buffers, so their value depends on call order. The
-// reference order is ascending microbatch id: Backward calls on a shard must
-// come in ascending microbatch order, and so must Loss calls on the head
-// shard (Forward order does not matter). FinishGrad then multiplies every
+// Exactness contract. Each Backward (and each Loss on the head shard)
+// computes the microbatch's parameter gradients into zeroed scratch
+// buffers — its contribution c_mb — and then adds it to the shard's
+// gradients with one float32 addition per element, so a gradient is
+// (((0 + c_0) + c_1) + ...) over microbatches in call order. The reference
+// order is ascending microbatch id: Backward calls on a shard must come in
+// ascending microbatch order, and so must Loss calls on the head shard
+// (Forward order does not matter). Summing whole contributions (rather
+// than letting each product accumulate into the running gradient) is what
+// lets data-parallel replicas, each computing some microbatches, reproduce
+// the same sums exactly: see SetContributionSink. FinishGrad then multiplies every
 // gradient by 1/v, where v is the number of microbatches that visited the
 // shard (called Forward) since ZeroGrad — for a full pipeline that is the
 // microbatch count m; a shard skipped by some microbatches divides by fewer.
@@ -121,6 +127,15 @@ type Shard struct {
 	caches map[int]*mbCache
 	pool   []*mbCache
 	visits int
+
+	// lossParams are the parameters Loss adds gradients to (the final
+	// norm and the head), bodyParams those Backward adds to (the rest).
+	lossParams, bodyParams []*Tensor
+	// scratch[p] receives parameter p's contribution during a call;
+	// sink, when set, takes contributions instead of G.
+	scratch map[*Tensor][]float32
+	sink    func(mb int, ps []*Tensor, contrib [][]float32)
+	held    [][]float32
 
 	// backward and loss scratch, reused across microbatches
 	sN                         int
@@ -163,12 +178,58 @@ func NewShard(cfg Config, spec ShardSpec) (*Shard, error) {
 		bp.w2 = add(newTensor(cfg, n, i, []int{Hd, D}, initResidualOut))
 		s.blocks = append(s.blocks, bp)
 	}
+	s.bodyParams = s.params
 	if spec.Head {
 		last := 2 + cfg.Layers*perBlock
 		s.normF = add(newTensor(cfg, "norm_f", last, []int{D}, initOnes))
 		s.head = add(newTensor(cfg, "head", last+1, []int{D, cfg.Vocab}, initNormal))
+		s.lossParams = []*Tensor{s.normF, s.head}
+	}
+	s.bodyParams = s.params[:len(s.bodyParams):len(s.bodyParams)]
+	s.scratch = map[*Tensor][]float32{}
+	for _, p := range s.params {
+		s.scratch[p] = make([]float32, len(p.G))
 	}
 	return s, nil
+}
+
+// SetContributionSink hands every microbatch's parameter-gradient
+// contribution to sink (Loss: the final norm and head; Backward: the
+// other parameters) instead of adding it to G, which then stays zero.
+// A data-parallel replica uses it to keep its microbatches' contributions
+// apart, so that they can be summed with the other replicas' in global
+// microbatch order exactly as one process would sum them. The slices are
+// reused after sink returns. nil restores normal accumulation.
+func (s *Shard) SetContributionSink(sink func(mb int, ps []*Tensor, contrib [][]float32)) {
+	s.sink = sink
+}
+
+// contribute runs fn, which adds one microbatch's gradients to the G of
+// ps, with each G swapped for a zeroed scratch buffer; then it adds the
+// scratch into G element by element (or hands it to the sink).
+func (s *Shard) contribute(mb int, ps []*Tensor, fn func()) {
+	s.held = s.held[:0]
+	for _, p := range ps {
+		sc := s.scratch[p]
+		clear(sc)
+		s.held = append(s.held, p.G)
+		p.G = sc
+	}
+	fn()
+	contrib := make([][]float32, len(ps))
+	for i, p := range ps {
+		contrib[i] = p.G
+		p.G = s.held[i]
+		if s.sink == nil {
+			g := p.G
+			for j, v := range contrib[i] {
+				g[j] += v
+			}
+		}
+	}
+	if s.sink != nil {
+		s.sink(mb, ps, contrib)
+	}
 }
 
 // Config returns the model config (with defaults filled in).
@@ -353,12 +414,14 @@ func (s *Shard) Backward(mb int, grad *Activations) (*Activations, error) {
 	n := b * t * s.cfg.Dim
 	dx := s.dx[:n]
 	copy(dx, grad.Data)
-	for j := len(s.blocks) - 1; j >= 0; j-- {
-		s.blockBackward(j, c, c.res[j], dx)
-	}
-	if s.spec.Embed {
-		embedBackward(c.tokens, dx, s.tokEmb.G, s.posEmb.G, b, t, s.cfg.Dim)
-	}
+	s.contribute(mb, s.bodyParams, func() {
+		for j := len(s.blocks) - 1; j >= 0; j-- {
+			s.blockBackward(j, c, c.res[j], dx)
+		}
+		if s.spec.Embed {
+			embedBackward(c.tokens, dx, s.tokEmb.G, s.posEmb.G, b, t, s.cfg.Dim)
+		}
+	})
 	delete(s.caches, mb)
 	s.pool = append(s.pool, c)
 	if s.spec.Embed {
@@ -375,7 +438,10 @@ func (s *Shard) Backward(mb int, grad *Activations) (*Activations, error) {
 // a loss. mb is the microbatch id (Loss calls must come in ascending mb order
 // for exactness).
 func (s *Shard) Loss(mb int, hidden *Activations, targets []int32) (float64, *Activations, error) {
-	loss, g, err := s.loss(hidden, targets, true)
+	var loss float64
+	var g *Activations
+	var err error
+	s.contribute(mb, s.lossParams, func() { loss, g, err = s.loss(hidden, targets, true) })
 	return loss, g, err
 }
 
