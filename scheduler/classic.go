@@ -67,6 +67,13 @@ func classicPlan(s Spec, name string, defaultChunks int, order rankOrder) (*Plan
 		Recompute: s.Recompute,
 	}
 	plan.Stages = splitLayers(s.Layers, ns)
+	if nr > 1 {
+		// Replicas reduce in microbatch order: the classic schedules
+		// promise the single-process trainer's arithmetic.
+		for i := range plan.Stages {
+			plan.Stages[i].AllReduce = AllReduceOrdered
+		}
+	}
 	// Worker id = rank*nr + replica.
 	plan.Workers = make([]Worker, p*nr)
 	for r := range p {

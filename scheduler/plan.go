@@ -43,7 +43,8 @@ type Stage struct {
 	FirstLayer int `json:"first_layer"`
 	Layers     int `json:"layers"`
 	// AllReduce is how the stage's replicas sum their gradients:
-	// AllReduceRing (the empty string means the same) or AllReduceDirect.
+	// AllReduceRing (the empty string means the same), AllReduceDirect or
+	// AllReduceOrdered.
 	// It is policy, chosen by whoever plans with a cost model (see
 	// sim.ChooseAllReduce); the simulator prices and the workers run what
 	// it says. Stages with one replica ignore it.
@@ -62,7 +63,44 @@ const (
 	// ones, at n-1 times the ring's traffic per replica: the cheaper
 	// choice when hops are latency- or overhead-bound.
 	AllReduceDirect = "direct"
+	// AllReduceOrdered reproduces one process's summation exactly: the
+	// running sum of the stage's per-microbatch gradient contributions
+	// travels between the replicas in global microbatch order (see
+	// OrderedSegments), each adding its own microbatches' in turn, and the
+	// replica holding the last sends the total to the others. Sequential
+	// hops carrying the whole gradient, but the result is bit for bit the
+	// single-process trainer's: the classic schedules use it for
+	// replicated stages.
+	AllReduceOrdered = "ordered"
 )
+
+// Segment is a run of consecutive microbatches (in microbatch order) that
+// one worker computes on a stage.
+type Segment struct {
+	Worker       int
+	Microbatches []int
+}
+
+// OrderedSegments lists the microbatches visiting stage in ascending
+// order, grouped into runs by the worker that computes them there: the
+// hops of an ordered all-reduce (AllReduceOrdered) go from each run's
+// worker to the next's.
+func (p *Plan) OrderedSegments(stage int) []Segment {
+	var out []Segment
+	for mb, m := range p.Microbatches {
+		for _, h := range m.Path {
+			if h.Stage != stage {
+				continue
+			}
+			if n := len(out); n > 0 && out[n-1].Worker == h.Worker {
+				out[n-1].Microbatches = append(out[n-1].Microbatches, mb)
+			} else {
+				out = append(out, Segment{Worker: h.Worker, Microbatches: []int{mb}})
+			}
+		}
+	}
+	return out
+}
 
 // AllReduceAlgorithm is the stage's all-reduce algorithm with the
 // default spelled out: AllReduceRing or AllReduceDirect (or whatever

@@ -96,8 +96,8 @@ func validateStructure(p *Plan) error {
 		if s.FirstLayer != next {
 			return verr(-1, nil, RuleStructure, "stages[%d].first_layer is %d, want %d (stages are contiguous)", i, s.FirstLayer, next)
 		}
-		if a := s.AllReduce; a != "" && a != AllReduceRing && a != AllReduceDirect {
-			return verr(-1, nil, RuleAllReduce, "stage %d: all_reduce is %q, want %q, %q or empty (ring)", i, a, AllReduceRing, AllReduceDirect)
+		if a := s.AllReduce; a != "" && a != AllReduceRing && a != AllReduceDirect && a != AllReduceOrdered {
+			return verr(-1, nil, RuleAllReduce, "stage %d: all_reduce is %q, want %q, %q, %q or empty (ring)", i, a, AllReduceRing, AllReduceDirect, AllReduceOrdered)
 		}
 		next += s.Layers
 	}

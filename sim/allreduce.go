@@ -102,13 +102,59 @@ func directAllReduceTime(c *Cluster, rs []arNode, bytes float64) float64 {
 	return end
 }
 
-// allReduceTimeOf prices algorithm alg for a stage of the given gradient
-// bytes over replicas rs. A cost model without gradient sizes (bytes 0)
-// leaves data-parallel synchronisation out, as the SkipPipe authors'
-// simulator does.
-func allReduceTimeOf(c *Cluster, alg string, rs []arNode, bytes float64) float64 {
-	if alg == scheduler.AllReduceDirect {
+// orderedAllReduceTime prices the ordered all-reduce of stage over rs
+// (the stage's replicas, in p.StageWorkers order): the running sum, the
+// whole gradient, hops from each run of microbatches' worker to the next
+// one's (p.OrderedSegments), one after the other, and the last one sends
+// the total to every other replica at once (taking turns on its interface
+// under an egress limit, as direct's sends do).
+func orderedAllReduceTime(c *Cluster, p *scheduler.Plan, stage int, rs []arNode, bytes float64) float64 {
+	if len(rs) < 2 || bytes == 0 {
+		return 0
+	}
+	msg := bytes + c.Compute.MessageHeaderBytes
+	at := map[int]arNode{}
+	for i, w := range p.StageWorkers()[stage] {
+		if i < len(rs) {
+			at[w] = rs[i]
+		}
+	}
+	hop := func(a, b arNode) (float64, float64) {
+		busy, lat := c.hop(a.idx, b.idx, a.node, b.node, msg)
+		return max(busy, egress(a.node, b.node, msg)), lat
+	}
+	segs := p.OrderedSegments(stage)
+	t := 0.0
+	for k := 1; k < len(segs); k++ {
+		busy, lat := hop(at[segs[k-1].Worker], at[segs[k].Worker])
+		t += busy + lat
+	}
+	last := segs[len(segs)-1].Worker
+	end, out := t, t
+	for _, w := range p.StageWorkers()[stage] {
+		if w == last {
+			continue
+		}
+		busy, lat := hop(at[last], at[w])
+		dep := t
+		if egress(at[last].node, at[w].node, msg) > 0 {
+			dep, out = out, out+busy
+		}
+		end = max(end, dep+busy+lat)
+	}
+	return end
+}
+
+// allReduceTimeOf prices stage's all-reduce in p over replicas rs, with
+// the algorithm p names and the given gradient bytes. A cost model without
+// gradient sizes (bytes 0) leaves data-parallel synchronisation out, as
+// the SkipPipe authors' simulator does.
+func allReduceTimeOf(c *Cluster, p *scheduler.Plan, stage int, rs []arNode, bytes float64) float64 {
+	switch p.Stages[stage].AllReduceAlgorithm() {
+	case scheduler.AllReduceDirect:
 		return directAllReduceTime(c, rs, bytes)
+	case scheduler.AllReduceOrdered:
+		return orderedAllReduceTime(c, p, stage, rs, bytes)
 	}
 	return ringAllReduceTime(c, rs, bytes)
 }
@@ -142,7 +188,8 @@ type AllReduceChoice struct {
 // ChooseAllReduce sets every replicated stage's all-reduce algorithm in p
 // to the cheaper of ring and direct under cluster c, as Run prices them
 // (ties go to ring, which moves the fewest bytes), and clears it on
-// stages with a single replica. A stage whose gradients c does not size
+// stages with a single replica. A stage the plan reduces in order
+// (scheduler.AllReduceOrdered, for exactness) keeps it. A stage whose gradients c does not size
 // (no gradient bytes: the all-reduce is free) keeps what it has. It
 // returns both prices per stage and changes nothing else in p. Every
 // plan worker's node must be in c (or c must accept any node).
@@ -161,8 +208,10 @@ func ChooseAllReduce(p *scheduler.Plan, c *Cluster) ([]AllReduceChoice, error) {
 		switch {
 		case len(rs) < 2:
 			p.Stages[s].AllReduce = ""
-		case bytes == 0:
-			ch.Algorithm = p.Stages[s].AllReduce // not priced: nothing to choose on
+		case bytes == 0 || p.Stages[s].AllReduce == scheduler.AllReduceOrdered:
+			// Not priced, nothing to choose on; or ordered, which the
+			// plan asks for exactness, not speed.
+			ch.Algorithm = p.Stages[s].AllReduce
 		default:
 			ch.RingS = ringAllReduceTime(c, rs, bytes)
 			ch.DirectS = directAllReduceTime(c, rs, bytes)
@@ -190,5 +239,5 @@ func AllReduceTime(p *scheduler.Plan, c *Cluster, stage int) (float64, error) {
 	if err != nil {
 		return 0, err
 	}
-	return allReduceTimeOf(c, p.Stages[stage].AllReduceAlgorithm(), reps[stage], stageGradientBytes(c, p, stage)), nil
+	return allReduceTimeOf(c, p, stage, reps[stage], stageGradientBytes(c, p, stage)), nil
 }

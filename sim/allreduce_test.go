@@ -34,6 +34,7 @@ func replicatedPlan(t *testing.T, nodes ...string) *scheduler.Plan {
 	if err != nil {
 		t.Fatal(err)
 	}
+	p.Stages[0].AllReduce = "" // GPipe reduces in order; these tests choose
 	return p
 }
 
@@ -261,4 +262,40 @@ func skipGeoPlan(t *testing.T, c *Cluster) *scheduler.Plan {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// The ordered all-reduce on two replicas a, b with four microbatches dealt
+// a, b, a, b: the running sum hops a->b, b->a, a->b (three sequential
+// hops of the whole gradient), then b sends the total to a: four hops in
+// all. The chooser leaves it alone (it is there for exactness).
+func TestOrderedAllReducePrice(t *testing.T) {
+	c := &Cluster{Name: "two", Compute: Compute{LayerForwardS: 1e-3, GradientBytesPerLayer: 1 << 20},
+		Nodes:     []Node{{Name: "a", Region: "x"}, {Name: "b", Region: "y"}},
+		Links:     []RegionLink{{A: "x", B: "y", Link: Link{LatencyMS: 10, BandwidthGiBs: 1.0 / 1024}}},
+		LocalLink: &Link{LatencyMS: 0.1, BandwidthGiBs: 10}}
+	p, err := scheduler.Generate("gpipe", scheduler.Spec{Stages: 1, Replicas: 2, Microbatches: 4, Layers: 1, Nodes: []string{"a", "b"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Stages[0].AllReduce != scheduler.AllReduceOrdered {
+		t.Fatalf("gpipe with replicas reduces %q, want %q", p.Stages[0].AllReduce, scheduler.AllReduceOrdered)
+	}
+	if segs := p.OrderedSegments(0); len(segs) != 4 {
+		t.Fatalf("segments %+v, want four runs of one microbatch", segs)
+	}
+	// 1 MiB at 1 MiB/s plus 10 ms, four times.
+	got, err := AllReduceTime(p, c, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := 4 * (1 + 0.010); !near(got, want) {
+		t.Errorf("ordered all-reduce priced %v s, want %v", got, want)
+	}
+	ch, err := ChooseAllReduce(p, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Stages[0].AllReduce != scheduler.AllReduceOrdered || ch[0].Algorithm != scheduler.AllReduceOrdered {
+		t.Errorf("the chooser replaced the ordered all-reduce with %q", p.Stages[0].AllReduce)
+	}
 }

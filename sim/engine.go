@@ -366,5 +366,5 @@ func (e *engine) allReduceTime(stage int) float64 {
 	for i, w := range rs {
 		nodes[i] = arNode{e.ws[w].nodeIdx, e.ws[w].node}
 	}
-	return allReduceTimeOf(e.c, e.plan.Stages[stage].AllReduceAlgorithm(), nodes, stageGradientBytes(e.c, e.plan, stage))
+	return allReduceTimeOf(e.c, e.plan, stage, nodes, stageGradientBytes(e.c, e.plan, stage))
 }
