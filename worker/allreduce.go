@@ -20,7 +20,11 @@ import (
 //     destination's link of the outbox, so the n-1 sends travel
 //     concurrently, as the simulator prices them), then sums all n
 //     itself. One hop instead of 2(n-1), at n-1 times the ring's bytes
-//     per replica.
+//     per replica;
+//   - ordered (ordered.go): the running sum of per-microbatch
+//     contributions travels through the replicas in microbatch order.
+//     The classic schedules use it: it is the only one of the three that
+//     reproduces the single-process trainer bit for bit.
 //
 // Exactness rules. Ring: chunk c is summed in ring order starting at
 // replica c, always "received partial sum + own gradient", and then copied
@@ -31,35 +35,15 @@ import (
 // group the additions differently (chunk c of the ring starts at replica
 // c), so a ring and a direct all-reduce of the same gradients agree to
 // float32 rounding; with two replicas they agree bit for bit (a + b =
-// b + a). The sum is then divided by the stage's visit count
-// over all replicas (model.Shard's FinishGrad, with the same float32
+// b + a). The sum is then divided by the stage's visit count over all
+// replicas (as model.Shard's FinishGrad does, with the same float32
 // reciprocal), as the single-process trainer divides by m. With one
-// replica the result equals the trainer bit for bit; with R > 1 each
-// replica first sums its own microbatches, so the float32 additions are
-// regrouped (S_even + S_odd instead of one ascending sum): results agree
-// to float32 rounding, not bit for bit.
-//
-// Why replicas are not made bit-identical to the single-process trainer
-// by reducing per-microbatch contributions in global microbatch order:
-// the trainer has no per-microbatch contribution to reorder. Its backward
-// accumulates straight into the gradient buffer (model.gemm with beta 1;
-// gonum's Sgemm kernels add alpha*a_il*B_l into C one l at a time, and the
-// embedding backward adds token rows in place), so the reference value is
-// (((G + t_1) + t_2) + ...) over the individual products of every
-// microbatch in turn, interleaved with the running sum. An all-gather of
-// per-microbatch gradients g_mb, summed in order as ((g_0 + g_1) + ...),
-// rounds differently: each g_mb is first summed on its own. The only
-// order-preserving alternative is to pass the running gradient buffer
-// from replica to replica before every microbatch's backward in global
-// order, which serialises the stage's backwards across its replicas and
-// moves a whole gradient per microbatch: data parallelism would be gone.
-// Making it possible needs a change of the reference itself (backward
-// into a per-microbatch scratch with beta 0, then G += scratch element
-// by element, in model/), after which an in-order reduction at one
-// replica costs (microbatches per replica) x the stage's gradient in
-// memory (at most 3.3 MiB each, the default model's whole gradient) and the
-// all-gather 2(n-1)/n x that much traffic per microbatch instead of per
-// step. That trade is not made here.
+// replica the result equals the trainer bit for bit. With R > 1, ring and
+// direct add partial sums (each replica's own microbatches summed first:
+// S_even + S_odd instead of one ascending sum), so they agree with the
+// trainer to float32 rounding only; ordered adds each microbatch's
+// contribution to one running sum in microbatch order, exactly as the
+// trainer does (model.Shard's exactness contract), and agrees bit for bit.
 
 // ringChunk is chunk c's range of a flat gradient of total elements.
 func ringChunk(c, n, total int) (lo, hi int) {
@@ -83,8 +67,10 @@ func ringChunkLen(st *stage, pos, step, n int) int {
 // gradLen is the element count of the stage's flattened gradient.
 func gradLen(st *stage) int {
 	total := 0
+	// W, not G: peer goroutines call this while a backward swaps each G
+	// for its scratch (model.Shard.contribute); W's length is the same.
 	for _, p := range st.shard.Params() {
-		total += len(p.G)
+		total += len(p.W)
 	}
 	return total
 }
@@ -99,9 +85,12 @@ func (r *run) allReduce(id int) error {
 	}
 	params := st.shard.Params()
 	if len(st.replicas) > 1 {
-		if j.plan.Stages[id].AllReduceAlgorithm() == scheduler.AllReduceDirect {
+		switch {
+		case st.ordered != nil:
+			err = r.orderedAllReduce(st, params)
+		case j.plan.Stages[id].AllReduceAlgorithm() == scheduler.AllReduceDirect:
 			err = r.directAllReduce(st, params)
-		} else {
+		default:
 			err = r.ringAllReduce(st, params)
 		}
 		if err != nil {
@@ -203,6 +192,9 @@ func (j *job) checkAllReduce(h *pb.TensorHeader, st *stage) error {
 	from, step, shape := int(h.GetFrom()), int(h.GetStep()), h.GetShape()
 	if n < 2 || len(shape) != 1 {
 		return fmt.Errorf("%w: all-reduce tensor for stage %d of shape %v with %d replicas", ErrBadInput, st.id, shape, n)
+	}
+	if st.ordered != nil {
+		return j.checkOrdered(from, step, shape[0], st)
 	}
 	if j.plan.Stages[st.id].AllReduceAlgorithm() == scheduler.AllReduceDirect {
 		q := indexOf(st.replicas, from)

@@ -186,13 +186,43 @@ func TestDirectAllReduceSendsToEveryReplica(t *testing.T) {
 // A worker refuses a direct all-reduce tensor that the plan does not
 // send it: the sender's own position, a wrong size.
 func TestDirectAllReduceRejectsStrayTensors(t *testing.T) {
+	refusesAllReduceTensors(t, scheduler.AllReduceDirect, []strayTensor{
+		{"wrong step", 1, 2, 1, "not another replica's gradient"},
+		{"from itself", 0, 0, 1, "not another replica's gradient"},
+		{"a ring chunk", 1, 1, 3, "elements"},
+	})
+}
+
+// The ordered all-reduce on one stage of three replicas, microbatches
+// 0, 1, 2 dealt to workers 0, 1, 2: worker 0 holds the first run, so the
+// only tensor it takes is the total (step 3) from worker 2.
+func TestOrderedAllReduceRejectsOutOfOrderTensors(t *testing.T) {
+	refusesAllReduceTensors(t, scheduler.AllReduceOrdered, []strayTensor{
+		{"another replica's running sum", 1, 2, 1, "does not follow the microbatch order"},
+		{"a total not from the last run", 1, 3, 1, "does not follow the microbatch order"},
+		{"a step past the total", 2, 4, 1, "does not follow the microbatch order"},
+		{"a ring chunk as the total", 2, 3, 3, "elements"},
+	})
+}
+
+// strayTensor is an all-reduce tensor sent to worker 0 of a one-stage,
+// three-replica GPipe plan, carrying 1/div of the stage's gradient, and
+// the refusal expected.
+type strayTensor struct {
+	name            string
+	from, step, div int
+	want            string
+}
+
+func refusesAllReduceTensors(t *testing.T, alg string, cases []strayTensor) {
+	t.Helper()
 	su := setup{schedule: "gpipe", stages: 1, replicas: 3, mbs: 3, size: 1, layers: 2}
 	cfg := trainConfig(su.layers, su.mbs, su.size)
 	ref, err := model.NewTrainer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	plan := withAllReduce(t, su, scheduler.AllReduceDirect)
+	plan := withAllReduce(t, su, alg)
 	c := workertest.Start(t, len(plan.Workers), testJob, nil)
 	d := &workertest.Driver{Clients: workertest.Dial(t, c.Addrs), Peers: c.Addrs, Plan: plan, Train: ref.Cfg,
 		Fence: &pb.Fence{Job: testJob, LeaderRev: 3, Epoch: 1}}
@@ -206,24 +236,17 @@ func TestDirectAllReduceRejectsStrayTensors(t *testing.T) {
 		total += len(st.T.W)
 	}
 	r := rand.New(rand.NewPCG(1, 2))
-	for _, tc := range []struct {
-		name             string
-		from, step, size int
-		want             string
-	}{
-		{"wrong step", 1, 2, total, "not another replica's gradient"},
-		{"from itself", 0, 0, total, "not another replica's gradient"},
-		{"a ring chunk", 1, 1, total / 3, "elements"},
-	} {
-		data := make([]float32, tc.size)
+	for _, tc := range cases {
+		size := total / tc.div
+		data := make([]float32, size)
 		for i := range data {
 			data[i] = r.Float32()
 		}
 		h := &pb.TensorHeader{Fence: d.Fence, Iteration: 1, Kind: pb.TensorKind_TENSOR_KIND_ALLREDUCE, Microbatch: -1,
-			Stage: 0, Step: int32(tc.step), From: int32(tc.from), To: 0, Shape: []int32{int32(tc.size)}}
+			Stage: 0, Step: int32(tc.step), From: int32(tc.from), To: 0, Shape: []int32{int32(size)}}
 		err := transport.Send(ctx, peerClient(t, c.Addrs[0]), h, transport.EncodeFloat32s(data), 0)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%s: got %v, want a refusal saying %q", tc.name, err, tc.want)
+			t.Errorf("%s %s: got %v, want a refusal saying %q", alg, tc.name, err, tc.want)
 		}
 	}
 }

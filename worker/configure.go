@@ -45,6 +45,9 @@ type stage struct {
 	// exactness contract); local counts those visiting it here.
 	visits, local int
 	reduced       bool // gradients finished this iteration
+	// ordered is set when the stage reduces in microbatch order
+	// (ordered.go).
+	ordered *orderedState
 }
 
 // ModelConfig is the JSON a coordinator sends as model_json. It is the
@@ -158,6 +161,7 @@ func (s *Server) configure(req *pb.ConfigureRequest) (*pb.ConfigureResponse, err
 				}
 			}
 		}
+		setupOrdered(st, plan)
 		for _, p := range st.shard.Params() {
 			nparams += int64(len(p.W))
 		}

@@ -61,10 +61,16 @@ type setup struct {
 	schedule                    string
 	stages, replicas, mbs, size int
 	layers                      int
+	// allReduce, when set, replaces the plan's all-reduce algorithm.
+	allReduce string
 }
 
 func (s setup) String() string {
-	return fmt.Sprintf("%s/p%d-r%d-m%d", s.schedule, s.stages, s.replicas, s.mbs)
+	name := fmt.Sprintf("%s/p%d-r%d-m%d", s.schedule, s.stages, s.replicas, s.mbs)
+	if s.allReduce != "" {
+		name += "-" + s.allReduce
+	}
+	return name
 }
 
 // distributed runs the same training on real workers and in the
@@ -79,6 +85,11 @@ func distributed(t *testing.T, su setup, steps int, check func(step int, got *wo
 	plan, err := scheduler.Generate(su.schedule, scheduler.Spec{Stages: su.stages, Replicas: su.replicas, Microbatches: su.mbs, Layers: su.layers, Samples: su.size})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if su.allReduce != "" {
+		for i := range plan.Stages {
+			plan.Stages[i].AllReduce = su.allReduce
+		}
 	}
 	c := workertest.Start(t, len(plan.Workers), testJob, nil)
 	d := &workertest.Driver{Clients: workertest.Dial(t, c.Addrs), Peers: c.Addrs, Plan: plan, Train: ref.Cfg,
@@ -149,6 +160,13 @@ func TestPipelineMatchesTrainerBitForBit(t *testing.T) {
 		{schedule: "zb-h1", stages: 3, replicas: 1, mbs: 6, size: 2, layers: 6},
 		{schedule: "zb-h2", stages: 2, replicas: 1, mbs: 4, size: 2, layers: 4},
 		{schedule: "gpipe-recompute", stages: 2, replicas: 1, mbs: 3, size: 1, layers: 2},
+		// Replicated stages reduce in microbatch order (ordered.go).
+		{schedule: "gpipe", stages: 2, replicas: 2, mbs: 4, size: 2, layers: 4},
+		{schedule: "1f1b", stages: 2, replicas: 2, mbs: 6, size: 2, layers: 4},
+		{schedule: "gpipe", stages: 1, replicas: 3, mbs: 6, size: 1, layers: 2},
+		{schedule: "gpipe", stages: 2, replicas: 3, mbs: 4, size: 1, layers: 2},
+		{schedule: "interleaved", stages: 2, replicas: 2, mbs: 4, size: 2, layers: 4},
+		{schedule: "zb-h1", stages: 2, replicas: 2, mbs: 5, size: 2, layers: 4},
 	} {
 		t.Run(su.String(), func(t *testing.T) {
 			const steps = 4
@@ -174,6 +192,9 @@ func TestPipelineMatchesTrainerBitForBit(t *testing.T) {
 						t.Fatalf("%s[%d] = %v, trainer %v (not bit-identical)", name, i, g[i], w[i])
 					}
 				}
+			}
+			if su.replicas > 1 {
+				sameAcrossReplicas(t, c, d, steps)
 			}
 		})
 	}

@@ -67,6 +67,9 @@ func (s *Server) runIteration(ctx context.Context, req *pb.RunIterationRequest) 
 	for _, st := range j.stages {
 		st.shard.ZeroGrad()
 		st.reduced = false
+		if st.ordered != nil {
+			clear(st.ordered.contrib) // an aborted attempt's
+		}
 	}
 	s.mbox.dropBefore(r.slot)
 	r.t0 = time.Now()
