@@ -64,7 +64,8 @@ func TestPlansChooseAllReduce(t *testing.T) {
 		}
 	}
 
-	// No cost model: a classic plan keeps the ring (the field unset).
+	// A classic plan keeps the ordered all-reduce its generator gives
+	// replicated stages (exactness); checkPlan's chooser leaves it.
 	var plain []etcdx.Member
 	for i := range 4 {
 		plain = append(plain, etcdx.Member{Name: fmt.Sprintf("w%d", i), Addr: "127.0.0.1:1"})
@@ -75,8 +76,8 @@ func TestPlansChooseAllReduce(t *testing.T) {
 		t.Fatal(err)
 	}
 	for s, st := range p.Stages {
-		if st.AllReduce != "" {
-			t.Errorf("no cost model: stage %d all-reduces by %q, want the default", s, st.AllReduce)
+		if st.AllReduce != scheduler.AllReduceOrdered {
+			t.Errorf("1f1b, 2 replicas per stage: stage %d all-reduces by %q, want %q", s, st.AllReduce, scheduler.AllReduceOrdered)
 		}
 	}
 }

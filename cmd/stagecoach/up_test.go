@@ -51,7 +51,8 @@ func jsonLosses(t *testing.T, out string) []float64 {
 // TestUpGPipeMatchesTrain runs `stagecoach up` with real worker processes,
 // real embedded etcd and real gRPC over loopback, and checks that it
 // prints the same losses, bit for bit, as `stagecoach train` with the same
-// model, seed and microbatch split.
+// model, seed and microbatch split: GPipe, 1F1B, and GPipe with two
+// replicas per stage.
 func TestUpGPipeMatchesTrain(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts worker processes")
@@ -65,10 +66,15 @@ func TestUpGPipeMatchesTrain(t *testing.T) {
 		t.Fatalf("train exited %d: %s", code, errOut)
 	}
 	want := jsonLosses(t, out)
-	for _, workers := range []string{"2", "3"} {
-		t.Run(workers, func(t *testing.T) {
-			runDir := filepath.Join(dir, "up"+workers)
-			out, errOut, code := runCLI(t, dir, append([]string{"up", "--workers", workers, "--schedule", "gpipe", "--ttl", "2", "--out", runDir}, model...)...)
+	for _, tc := range []struct{ workers, stages, schedule string }{
+		{"2", "0", "gpipe"}, {"3", "0", "gpipe"}, {"3", "0", "1f1b"},
+		{"4", "2", "gpipe"}, // 2 replicas per stage, reduced in microbatch order
+	} {
+		name := tc.schedule + "-" + tc.workers + "w-" + tc.stages + "s"
+		t.Run(name, func(t *testing.T) {
+			runDir := filepath.Join(dir, "up-"+name)
+			out, errOut, code := runCLI(t, dir, append([]string{"up", "--workers", tc.workers, "--stages", tc.stages,
+				"--schedule", tc.schedule, "--ttl", "2", "--out", runDir}, model...)...)
 			if code != 0 {
 				t.Fatalf("up exited %d: %s", code, errOut)
 			}
