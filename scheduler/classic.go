@@ -90,10 +90,23 @@ func classicPlan(s Spec, name string, defaultChunks int, order rankOrder) (*Plan
 			}
 		}
 	}
-	// Microbatch mb goes to replica mb % nr as its (mb / nr)-th local one.
+	// Replica k takes a contiguous block of microbatches, starting at
+	// first[k]: the ordered all-reduce then hops once per replica, not
+	// once per microbatch.
+	first := make([]int, nr+1)
+	for k := range nr {
+		local := s.Microbatches / nr
+		if k < s.Microbatches%nr {
+			local++
+		}
+		first[k+1] = first[k] + local
+	}
 	plan.Microbatches = make([]Microbatch, s.Microbatches)
+	k := 0
 	for mb := range plan.Microbatches {
-		k := mb % nr
+		for mb >= first[k+1] {
+			k++
+		}
 		path := make([]Hop, ns)
 		for st := range ns {
 			path[st] = Hop{Worker: (st%p)*nr + k, Stage: st}
@@ -102,16 +115,13 @@ func classicPlan(s Spec, name string, defaultChunks int, order rankOrder) (*Plan
 	}
 	plan.Programs = make([][]Action, len(plan.Workers))
 	for k := range nr {
-		local := s.Microbatches / nr
-		if k < s.Microbatches%nr {
-			local++
-		}
+		local := first[k+1] - first[k]
 		for r := range p {
 			w := r*nr + k
 			prog := make([]Action, 0, 3*local*v+v+1)
 			for _, a := range order(r, p, v, local) {
 				if a.Microbatch >= 0 {
-					a.Microbatch = a.Microbatch*nr + k
+					a.Microbatch += first[k]
 				}
 				if a.Stage >= 0 {
 					a.Stage = a.Stage*p + r

@@ -14,7 +14,7 @@ type Spec struct {
 	// Microbatches is m, the microbatches of one iteration (all replicas).
 	Microbatches int
 	// Replicas is the data-parallel width: each rank has this many workers,
-	// and microbatches are dealt round-robin over the replicas of stage 0.
+	// and each replica takes a contiguous block of the microbatches.
 	// 0 means 1.
 	Replicas int
 	// Chunks is v, the model chunks per worker for interleaved schedules.

@@ -264,10 +264,11 @@ func skipGeoPlan(t *testing.T, c *Cluster) *scheduler.Plan {
 	return p
 }
 
-// The ordered all-reduce on two replicas a, b with four microbatches dealt
-// a, b, a, b: the running sum hops a->b, b->a, a->b (three sequential
-// hops of the whole gradient), then b sends the total to a: four hops in
-// all. The chooser leaves it alone (it is there for exactness).
+// The ordered all-reduce on two replicas a, b with four microbatches in
+// blocks (0 and 1 on a, 2 and 3 on b): the running sum hops a->b once,
+// then b sends the total to a: two sequential hops of the whole gradient.
+// With the microbatches dealt a, b, a, b it would take four. The chooser
+// leaves it alone (it is there for exactness).
 func TestOrderedAllReducePrice(t *testing.T) {
 	c := &Cluster{Name: "two", Compute: Compute{LayerForwardS: 1e-3, GradientBytesPerLayer: 1 << 20},
 		Nodes:     []Node{{Name: "a", Region: "x"}, {Name: "b", Region: "y"}},
@@ -280,16 +281,26 @@ func TestOrderedAllReducePrice(t *testing.T) {
 	if p.Stages[0].AllReduce != scheduler.AllReduceOrdered {
 		t.Fatalf("gpipe with replicas reduces %q, want %q", p.Stages[0].AllReduce, scheduler.AllReduceOrdered)
 	}
-	if segs := p.OrderedSegments(0); len(segs) != 4 {
-		t.Fatalf("segments %+v, want four runs of one microbatch", segs)
+	if segs := p.OrderedSegments(0); len(segs) != 2 {
+		t.Fatalf("segments %+v, want two runs of two microbatches", segs)
 	}
-	// 1 MiB at 1 MiB/s plus 10 ms, four times.
+	// 1 MiB at 1 MiB/s plus 10 ms, twice.
 	got, err := AllReduceTime(p, c, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := 4 * (1 + 0.010); !near(got, want) {
+	if want := 2 * (1 + 0.010); !near(got, want) {
 		t.Errorf("ordered all-reduce priced %v s, want %v", got, want)
+	}
+	// Dealt a, b, a, b: four hops.
+	for mb := range p.Microbatches {
+		w := mb % 2
+		for i := range p.Microbatches[mb].Path {
+			p.Microbatches[mb].Path[i].Worker = w
+		}
+	}
+	if got, _ := AllReduceTime(p, c, 0); !near(got, 4*(1+0.010)) {
+		t.Errorf("ordered all-reduce over alternating replicas priced %v s, want %v", got, 4*(1+0.010))
 	}
 	ch, err := ChooseAllReduce(p, c)
 	if err != nil {
