@@ -14,6 +14,7 @@ import (
 	"stagecoach/internal/tlsx"
 	"stagecoach/model"
 	pb "stagecoach/proto"
+	"stagecoach/scheduler"
 	"stagecoach/sim"
 )
 
@@ -36,6 +37,12 @@ type Config struct {
 	// Schedule names a scheduler generator ("gpipe", "1f1b", ...) or
 	// "skippipe".
 	Schedule string
+	// AllReduce overrides the plan's all-reduce algorithm on replicated
+	// stages (scheduler.OverrideAllReduce): "" keeps the schedule's own
+	// (ordered, exact, for the classic schedules; the cheaper of ring and
+	// direct for SkipPipe), "auto" picks the cheaper under the planning
+	// cost model, or "ring", "direct", "ordered".
+	AllReduce string
 	// Stages is the pipeline depth; 0 means Workers (one stage each).
 	// Workers must be a multiple of it: the rest are stage replicas.
 	Stages int
@@ -155,6 +162,9 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("coordinator: workers is %d, want >= 1", c.Workers)
 	}
 	if err := knownSchedule(c.Schedule); err != nil {
+		return fmt.Errorf("coordinator: %w", err)
+	}
+	if err := scheduler.OverrideAllReduce(&scheduler.Plan{}, c.AllReduce); err != nil {
 		return fmt.Errorf("coordinator: %w", err)
 	}
 	if c.Stages == 0 {

@@ -135,6 +135,9 @@ func checkPlan(cfg *Config, p *scheduler.Plan, members []etcdx.Member, epoch int
 			return nil, nil, 0, fmt.Errorf("coordinator: plan microbatch %d has %d samples, want %d", mb, m.Samples, cfg.Train.MicrobatchSize)
 		}
 	}
+	if err := scheduler.OverrideAllReduce(p, cfg.AllReduce); err != nil {
+		return nil, nil, 0, fmt.Errorf("coordinator: %w", err)
+	}
 	if err := chooseAllReduce(cfg, p); err != nil {
 		return nil, nil, 0, err
 	}

@@ -80,4 +80,19 @@ func TestPlansChooseAllReduce(t *testing.T) {
 			t.Errorf("1f1b, 2 replicas per stage: stage %d all-reduces by %q, want %q", s, st.AllReduce, scheduler.AllReduceOrdered)
 		}
 	}
+	// Config.AllReduce trades that for speed: direct as asked, or auto
+	// (no cost model here: the default ring).
+	for alg, want := range map[string]string{scheduler.AllReduceDirect: scheduler.AllReduceDirect, scheduler.AllReduceAuto: ""} {
+		c := *cfg
+		c.AllReduce = alg
+		p, _, _, err := buildPlan(&c, plain, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for s, st := range p.Stages {
+			if st.AllReduce != want {
+				t.Errorf("--all-reduce %s: stage %d all-reduces by %q, want %q", alg, s, st.AllReduce, want)
+			}
+		}
+	}
 }

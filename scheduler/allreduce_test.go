@@ -68,3 +68,37 @@ func TestAllReduceFieldJSON(t *testing.T) {
 		t.Errorf("error %q does not name the stage, the value and the rule", msg)
 	}
 }
+
+func TestOverrideAllReduce(t *testing.T) {
+	p, err := Generate("gpipe", Spec{Stages: 2, Replicas: 2, Microbatches: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	one, err := Generate("gpipe", Spec{Stages: 2, Microbatches: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ alg, want string }{
+		{"", AllReduceOrdered}, {AllReduceAuto, ""}, {AllReduceDirect, AllReduceDirect},
+		{AllReduceRing, AllReduceRing}, {AllReduceOrdered, AllReduceOrdered},
+	} {
+		if err := OverrideAllReduce(p, tc.alg); err != nil {
+			t.Fatalf("%q: %v", tc.alg, err)
+		}
+		for s, st := range p.Stages {
+			if st.AllReduce != tc.want {
+				t.Errorf("override %q: stage %d all-reduces by %q, want %q", tc.alg, s, st.AllReduce, tc.want)
+			}
+		}
+		if err := Validate(p); err != nil {
+			t.Errorf("override %q: %v", tc.alg, err)
+		}
+		// Stages with one replica have nothing to reduce: left alone.
+		if err := OverrideAllReduce(one, tc.alg); err != nil || one.Stages[0].AllReduce != "" {
+			t.Errorf("override %q on single replicas: %v, stage 0 says %q", tc.alg, err, one.Stages[0].AllReduce)
+		}
+	}
+	if err := OverrideAllReduce(p, "tree"); err == nil {
+		t.Error(`override "tree" accepted`)
+	}
+}

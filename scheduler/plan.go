@@ -333,3 +333,32 @@ func (p *Plan) TotalActions() int {
 	}
 	return n
 }
+
+// AllReduceAuto, given to OverrideAllReduce, leaves every replicated
+// stage's algorithm unset, for a chooser with a cost model to fill in
+// (sim.ChooseAllReduce: the cheaper of ring and direct).
+const AllReduceAuto = "auto"
+
+// OverrideAllReduce sets the all-reduce of every stage with more than one
+// replica to alg: AllReduceRing, AllReduceDirect, AllReduceOrdered, or
+// AllReduceAuto (unset). The empty string keeps what the plan says (the
+// classic schedules' ordered, exact reduction). It is how a user trades
+// the classic schedules' exactness for speed, or asks for it elsewhere.
+func OverrideAllReduce(p *Plan, alg string) error {
+	set := alg
+	switch alg {
+	case "":
+		return nil
+	case AllReduceAuto:
+		set = ""
+	case AllReduceRing, AllReduceDirect, AllReduceOrdered:
+	default:
+		return fmt.Errorf("all-reduce %q: want %s, %s, %s or %s", alg, AllReduceAuto, AllReduceOrdered, AllReduceDirect, AllReduceRing)
+	}
+	for s, ws := range p.StageWorkers() {
+		if len(ws) > 1 {
+			p.Stages[s].AllReduce = set
+		}
+	}
+	return nil
+}

@@ -135,7 +135,7 @@ func (e *emulationFlags) config(j *jobFlags, endpoints []string) (coordinator.Co
 	cfg := coordinator.Config{
 		Job: j.job, Endpoints: endpoints, TTL: j.ttl, Workers: j.workers, Stages: j.stages,
 		Schedule: j.schedule, Train: tc, Steps: j.steps, CorpusDir: j.corpus, MaxCorpusBytes: j.maxBytes,
-		OutDir: j.out, Checkpoint: j.ckpt, CheckpointEvery: j.ckptEvery, TLS: tlsConf,
+		OutDir: j.out, Checkpoint: j.ckpt, CheckpointEvery: j.ckptEvery, TLS: tlsConf, AllReduce: j.allReduce,
 	}
 	return cfg, e.apply(&cfg)
 }

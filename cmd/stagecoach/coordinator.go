@@ -35,6 +35,7 @@ type jobFlags struct {
 	workers   int
 	stages    int
 	schedule  string
+	allReduce string
 	steps     int
 	train     model.TrainConfig
 	lr        float64
@@ -69,6 +70,7 @@ func (j *jobFlags) register(f *pflag.FlagSet, defaultJob string) {
 	f.Uint64Var(&j.train.Model.Seed, "seed", 1, "seed for initialisation and data order")
 	f.Float64Var(&j.lr, "lr", 0, "peak learning rate (0: 3e-3 for adamw, 3e-2 for lamb)")
 	f.StringVar(&j.optimizer, "optimizer", "adamw", "adamw or lamb")
+	f.StringVar(&j.allReduce, "all-reduce", "", "replicas' gradient all-reduce: ordered (exact; the classic schedules' default), auto (cheaper of ring and direct under the cost model; SkipPipe's default), ring or direct")
 	f.StringVar(&j.corpus, "corpus", "", "directory of text files (default $(go env GOROOT)/src)")
 	f.Int64Var(&j.maxBytes, "max-bytes", data.DefaultMaxBytes, "load at most this many bytes of the corpus")
 	f.BoolVar(&j.asJSON, "json", false, "print one JSON object per step on stdout")
@@ -100,7 +102,7 @@ func (j *jobFlags) config(endpoints []string) (coordinator.Config, error) {
 		Job: j.job, Endpoints: endpoints, TTL: j.ttl, Workers: j.workers, Stages: j.stages,
 		Schedule: j.schedule, Train: tc, Steps: j.steps, CorpusDir: j.corpus, MaxCorpusBytes: j.maxBytes,
 		OutDir: j.out, Checkpoint: j.ckpt, CheckpointEvery: j.ckptEvery, Retain: j.retain, Name: j.name,
-		TLS: tlsConf,
+		TLS: tlsConf, AllReduce: j.allReduce,
 	}
 	if err := cfg.Validate(); err != nil {
 		return cfg, badInput("%v", err)

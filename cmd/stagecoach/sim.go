@@ -24,11 +24,14 @@ type simEnv struct {
 	Spec       scheduler.Spec
 	Cluster    *sim.Cluster
 	PresetName string
-	Options    sim.Options
-	Seed       int64
-	OutDir     string
-	Stdout     io.Writer
-	Stderr     io.Writer
+	// AllReduce overrides generated plans' all-reduce algorithm
+	// (scheduler.OverrideAllReduce); "" keeps each schedule's own.
+	AllReduce string
+	Options   sim.Options
+	Seed      int64
+	OutDir    string
+	Stdout    io.Writer
+	Stderr    io.Writer
 }
 
 // simJob is one plan to simulate on one cluster.
@@ -81,6 +84,7 @@ type simFlags struct {
 	sweepMBs     string
 	outDir       string
 	progress     bool
+	allReduce    string
 }
 
 func newSimCmd() *cobra.Command {
@@ -123,6 +127,7 @@ extensions, e.g. skippipe). Clusters: --preset homogeneous|skippipe-geo or
 	fs.StringVar(&f.sweepMBs, "sweep-microbatches", "1,2,4,8,16,32,64", "microbatches for --sweep")
 	fs.StringVar(&f.outDir, "out", "out", "directory for sweep outputs")
 	fs.BoolVar(&f.progress, "progress", true, "show a progress bar on long runs when stderr is a terminal")
+	fs.StringVar(&f.allReduce, "all-reduce", "", "replicated stages' all-reduce in generated plans: ordered (exact; the classic schedules' default), auto (cheaper of ring and direct; SkipPipe's default), ring or direct")
 	for _, x := range simExtensions {
 		if x.AddFlags != nil {
 			x.AddFlags(fs)
@@ -141,8 +146,12 @@ func runSim(cmd *cobra.Command, f *simFlags) error {
 		Seed:       f.seed,
 		OutDir:     f.outDir,
 		PresetName: f.preset,
+		AllReduce:  f.allReduce,
 		Stdout:     cmd.OutOrStdout(),
 		Stderr:     cmd.ErrOrStderr(),
+	}
+	if err := scheduler.OverrideAllReduce(&scheduler.Plan{}, f.allReduce); err != nil {
+		return badInput("--all-reduce: %v", err)
 	}
 	if f.iterations < 1 {
 		return badInput("--iterations is %d, want >= 1", f.iterations)
@@ -236,7 +245,11 @@ func buildSimJob(env *simEnv, name string) (*simJob, error) {
 		return nil, fmt.Errorf("schedule %s produced an invalid plan: %w", name, err)
 	}
 	// Each replicated stage all-reduces by the cheaper algorithm under
-	// the cluster (a plan file keeps the ones it names).
+	// the cluster, unless the schedule (or --all-reduce) says otherwise;
+	// a plan file keeps the ones it names.
+	if err := scheduler.OverrideAllReduce(pl, env.AllReduce); err != nil {
+		return nil, badInput("%v", err)
+	}
 	if _, err := sim.ChooseAllReduce(pl, env.Cluster); err != nil {
 		return nil, badInput("schedule %s: %v", name, err)
 	}

@@ -68,6 +68,7 @@ func TestSimBadInputExitsTwo(t *testing.T) {
 		{[]string{"sim", "--cluster", negative}, "compute.layer_forward_s is -0.5"},
 		{[]string{"sim", "--plan", deadlock}, "deadlock"},
 		{[]string{"sim", "--preset", "mars"}, `unknown preset "mars"`},
+		{[]string{"sim", "--all-reduce", "tree"}, `all-reduce "tree"`},
 		{[]string{"sim", "--no-such-flag"}, "unknown flag"},
 	} {
 		out, errOut, code := runCLI(t, dir, tc.args...)

@@ -105,6 +105,7 @@ func TestUpBadInputExitsTwo(t *testing.T) {
 		{"up", "--workers", "3", "--stages", "2"},
 		{"up", "--schedule", "nope"},
 		{"up", "--job", "a/b"},
+		{"up", "--all-reduce", "tree"},
 		{"worker", "--etcd", "x:1", "--job", "j", "--name", "bad name"},
 		{"coordinator", "--job", "j", "--workers", "0"},
 		{"etcd", "--listen-client-urls", "ftp://x"},
