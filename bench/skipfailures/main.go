@@ -44,11 +44,17 @@ func main() {
 		corpus   = flag.String("corpus", "", "training text (default $(go env GOROOT)/src)")
 		maxBytes = flag.Int64("max-bytes", 4<<20, "corpus bytes to load")
 		windows  = flag.Int("eval-windows", 256, "validation windows")
+		vacate   = flag.Bool("vacate", false, "crash every worker of one stage (stage 3), which then goes vacant (default -crash-after 8,11,14)")
 	)
 	flag.Parse()
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "crash-after" })
+	if *vacate && !set {
+		*crashes = "8,11,14"
+	}
 	after, err := parseSteps(*crashes, *steps)
 	if err == nil {
-		err = run(*scale, *steps, *every, after, *margin, *out, *corpus, *maxBytes, *windows)
+		err = run(*scale, *steps, *every, after, *vacate, *margin, *out, *corpus, *maxBytes, *windows)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "skipfailures:", err)
@@ -86,15 +92,27 @@ type result struct {
 	crashed  []string
 }
 
+// vacatedStage is the stage -vacate empties.
+const vacatedStage = 3
+
 // pickVictim chooses whom to crash: the first worker (by name) of the
 // stage with the most workers left outside stage 0, so every stage keeps
-// a replica and the losses spread over the stages.
-func pickVictim(plan []coordinator.PlanWorker, crashed []string) string {
+// a replica and the losses spread over the stages; with vacate, the next
+// worker of vacatedStage, the last one included.
+func pickVictim(plan []coordinator.PlanWorker, crashed []string, vacate bool) string {
 	byStage := map[int][]string{}
 	for _, w := range plan {
 		if len(w.Stages) == 1 && w.Stages[0] > 0 && !slices.Contains(crashed, w.Name) {
 			byStage[w.Stages[0]] = append(byStage[w.Stages[0]], w.Name)
 		}
+	}
+	if vacate {
+		ws := byStage[vacatedStage]
+		if len(ws) == 0 {
+			return ""
+		}
+		slices.Sort(ws)
+		return ws[0]
 	}
 	best := -1
 	for s, ws := range byStage {
@@ -109,7 +127,7 @@ func pickVictim(plan []coordinator.PlanWorker, crashed []string) string {
 	return byStage[best][0]
 }
 
-func run(scale float64, steps, every int, after []int64, margin float64, out, corpus string, maxBytes int64, windows int) error {
+func run(scale float64, steps, every int, after []int64, vacate bool, margin float64, out, corpus string, maxBytes int64, windows int) error {
 	tc := trainConfig()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute)
 	defer cancel()
@@ -134,7 +152,7 @@ func run(scale float64, steps, every int, after []int64, margin float64, out, co
 				if !slices.Contains(after, step) {
 					return nil
 				}
-				v := pickVictim(plan, r.crashed)
+				v := pickVictim(plan, r.crashed, vacate)
 				if v == "" {
 					return nil
 				}
@@ -170,6 +188,9 @@ func run(scale float64, steps, every int, after []int64, margin float64, out, co
 		series = append(series, sim.Series{Name: "training, " + r.name, X: x, Y: y})
 	}
 	title := fmt.Sprintf("SkipPipe, %s emulated: %d of 15 workers outside stage 0 crash (steps %s)", cl.Name, len(after), joinSteps(plusOne(after)))
+	if vacate {
+		title = fmt.Sprintf("SkipPipe, %s emulated: stage %d loses all %d workers (steps %s) and goes vacant", cl.Name, vacatedStage, len(after), joinSteps(plusOne(after)))
+	}
 	if err := sim.WriteLinePlot(plot, title, "step", "loss (nats/byte)", series); err != nil {
 		return err
 	}
