@@ -17,6 +17,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"stagecoach/coordinator"
 	"stagecoach/data"
 	"stagecoach/internal/etcdx"
 	"stagecoach/model"
@@ -321,4 +322,36 @@ func countStale(log string) int {
 		}
 	}
 	return n
+}
+
+// wanLatencyMS is the one-way latency of every emulated link between two
+// workers in the fault tests that run over slow links.
+const wanLatencyMS = 10
+
+// slowLinks is a cluster cost model with each named worker in a region of
+// its own and every two regions joined by a wanLatencyMS, 50 MiB/s link.
+// Given as coordinator.Config.Cluster, the workers emulate these links
+// (the transport's shaping holds every message for its hop time), so the
+// faults strike a pipeline running over slow links, as across regions.
+func slowLinks(names ...string) []byte {
+	var b strings.Builder
+	b.WriteString("name: faulttest-wan\ncompute:\n  layer_forward_s: 0.001\n  backward_ratio: 2\n  activation_bytes_per_sample: 2048\n  gradient_bytes_per_layer: 20000\nnodes:\n")
+	for i, n := range names {
+		fmt.Fprintf(&b, "  - {name: %s, region: r%d}\n", n, i)
+	}
+	fmt.Fprintf(&b, "default_link: {latency_ms: %d, bandwidth_gib_s: 0.05}\nlocal_link: {latency_ms: 0.1, bandwidth_gib_s: 10}\n", wanLatencyMS)
+	return []byte(b.String())
+}
+
+// checkSlowLinks checks that every committed step paid the emulated links:
+// a pipeline of two or more stages sends at least one activation forward
+// and one gradient back, each held for wanLatencyMS.
+func checkSlowLinks(t *testing.T, sum *coordinator.Summary) {
+	t.Helper()
+	floor := 2 * wanLatencyMS * time.Millisecond
+	for _, st := range sum.Steps {
+		if d := time.Duration(st.ComputeS * float64(time.Second)); d < floor {
+			t.Errorf("step %d ran its programs in %v, under the %v two emulated hops take: links not shaped", st.Step, d, floor)
+		}
+	}
 }

@@ -64,7 +64,7 @@ func TestSkipPipeStageWithoutWorkersIsSkipped(t *testing.T) {
 	})
 	cfg := coordinator.Config{Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 6, Stages: stages, Schedule: coordinator.SkipPipe,
 		Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), Checkpoint: true, CheckpointEvery: 2,
-		RPCTimeout: 30 * time.Second, OnRecovery: clock.onRecovery,
+		RPCTimeout: 30 * time.Second, OnRecovery: clock.onRecovery, Cluster: slowLinks("w0", "w1", "w2", "w3", "w4", "w5", "w9"),
 		OnStep: func(r coordinator.StepReport) {
 			switch r.Step {
 			case 3:
@@ -80,6 +80,7 @@ func TestSkipPipeStageWithoutWorkersIsSkipped(t *testing.T) {
 			}
 		}}
 	sum := runCoordinator(t, cfg, 120*time.Second)
+	checkSlowLinks(t, sum)
 	puts := stop()
 	recs := clock.report(t, "kill -9 both workers of a SkipPipe stage")
 	e.checkCommits(t, steps)

@@ -104,6 +104,7 @@ func TestKillWorkerGPipe(t *testing.T) {
 			cfg := coordinator.Config{Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: tt.workers, Stages: tt.stages,
 				Schedule: "gpipe", Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), Checkpoint: true,
 				CheckpointEvery: 4, RPCTimeout: 30 * time.Second, ReplaceWait: time.Second, OnRecovery: clock.onRecovery,
+				Cluster: slowLinks(names...),
 				OnStep: func(r coordinator.StepReport) {
 					if r.Step == tt.killAfter {
 						// Killed right after a commit, while the next
@@ -112,6 +113,7 @@ func TestKillWorkerGPipe(t *testing.T) {
 					}
 				}}
 			sum := runCoordinator(t, cfg, 90*time.Second)
+			checkSlowLinks(t, sum)
 			recs := clock.report(t, "kill -9 GPipe worker ("+tt.name+")")
 			e.checkCommits(t, steps)
 			if len(recs) == 0 || recs[0].Kind != "restore" || !slices.Contains(recs[0].Lost, "w2") || recs[0].FromCheckpoint != tt.from {
@@ -138,7 +140,7 @@ func TestKillWorkerSkipPipe(t *testing.T) {
 	var victim string
 	cfg := coordinator.Config{Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 6, Stages: 3, Schedule: coordinator.SkipPipe,
 		Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), Checkpoint: true, CheckpointEvery: 5,
-		RPCTimeout: 30 * time.Second, OnRecovery: clock.onRecovery,
+		RPCTimeout: 30 * time.Second, OnRecovery: clock.onRecovery, Cluster: slowLinks("w0", "w1", "w2", "w3", "w4", "w5"),
 		OnStep: func(r coordinator.StepReport) {
 			if r.Step == 3 {
 				victim = stageWorker(t, e, 1, 1)
@@ -146,6 +148,7 @@ func TestKillWorkerSkipPipe(t *testing.T) {
 			}
 		}}
 	sum := runCoordinator(t, cfg, 90*time.Second)
+	checkSlowLinks(t, sum)
 	recs := clock.report(t, "kill -9 SkipPipe worker")
 	e.checkCommits(t, steps)
 	if len(recs) == 0 || recs[0].Kind != "repath" || !slices.Contains(recs[0].Lost, victim) {
