@@ -41,7 +41,8 @@ and not measured.`
 	return cmd
 }
 
-// emulationFlags are `up`'s network emulation and replanning flags.
+// emulationFlags are the network emulation and replanning flags of `up`,
+// `calibrate` and `coordinator`.
 type emulationFlags struct {
 	cluster, preset, costs string
 	linkScale, drift       float64
@@ -125,6 +126,9 @@ func (e *emulationFlags) config(j *jobFlags, endpoints []string) (coordinator.Co
 	if j.lr < 0 {
 		return coordinator.Config{}, badInput("--lr must not be negative")
 	}
+	if err := checkMetricsAddr(j.metricsAddr); err != nil {
+		return coordinator.Config{}, err
+	}
 	tc := j.train
 	tc.Optim = model.OptimConfig{Kind: j.optimizer, LR: j.lr}
 	tc.Model = tc.Model.WithDefaults()
@@ -136,6 +140,7 @@ func (e *emulationFlags) config(j *jobFlags, endpoints []string) (coordinator.Co
 		Job: j.job, Endpoints: endpoints, TTL: j.ttl, Workers: j.workers, Stages: j.stages,
 		Schedule: j.schedule, Train: tc, Steps: j.steps, CorpusDir: j.corpus, MaxCorpusBytes: j.maxBytes,
 		OutDir: j.out, Checkpoint: j.ckpt, CheckpointEvery: j.ckptEvery, TLS: tlsConf, AllReduce: j.allReduce,
+		Retain: j.retain, Name: j.name,
 	}
 	return cfg, e.apply(&cfg)
 }

@@ -112,6 +112,7 @@ func (j *jobFlags) config(endpoints []string) (coordinator.Config, error) {
 
 func newCoordinatorCmd() *cobra.Command {
 	var j jobFlags
+	var emu emulationFlags
 	var embedURL string
 	cmd := &cobra.Command{
 		Use:   "coordinator",
@@ -124,11 +125,13 @@ serves an embedded single-node etcd (data in --out/etcd) for the workers to
 join. Writes the plan (by content hash), summary.json, trace.json and
 loss.png into --out. With --tls-cert, --tls-key and --tls-ca it talks
 mutual TLS to the workers and to etcd (the embedded one then serves https
-and requires client certificates of the same CA).`,
+and requires client certificates of the same CA). With --cluster or
+--preset the workers, matched to the cluster's nodes by name, emulate its
+links, and the planner prices hops with it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			eps := etcdx.ParseEndpoints(j.etcd)
-			cfg, err := j.config([]string{"pending"})
+			cfg, err := emu.config(&j, []string{"pending"})
 			if err != nil {
 				return err
 			}
@@ -159,6 +162,7 @@ and requires client certificates of the same CA).`,
 	f.StringVar(&embedURL, "embed-etcd-url", "http://127.0.0.1:2379", "client URL of the embedded etcd when --etcd is empty")
 	f.StringVar(&j.out, "out", "run-coordinator", "directory for plans, summary, trace, loss plot and checkpoints")
 	j.tls.register(f)
+	emu.register(f)
 	_ = cmd.MarkFlagRequired("job")
 	return cmd
 }

@@ -283,6 +283,12 @@ func TestComposeTrainsThroughFaults(t *testing.T) {
 		t.Errorf("the plan after killing %s still holds it: %v", victim, names)
 	}
 
+	// The workers run over the emulated links of deploy/compose-links.yaml.
+	// (Log lines quote the cluster's name, escaped.)
+	if wl := c.mustCompose(ctx, 30*time.Second, "logs", "--no-color", "worker-1", "worker-2", "worker-3", "worker-4", "worker-5"); strings.Count(wl, `emulating the links of cluster \"compose-two-regions`) < 4 {
+		t.Errorf("fewer than 4 worker configurations emulated the compose links; worker logs:\n%s", wl)
+	}
+
 	// The leader must have survived the loss in-process, saying so, rather
 	// than by exiting and being restarted by Docker.
 	logs := c.mustCompose(ctx, 30*time.Second, "logs", "--no-color", "coordinator-1", "coordinator-2")
