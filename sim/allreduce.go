@@ -9,7 +9,8 @@ import (
 // All-reduce pricing. A stage's all-reduce starts when all its replicas
 // have reached it (the engine's barrier) and ends for all of them at once,
 // after the time priced here for the algorithm the plan names
-// (scheduler.Stage.AllReduce). Both prices follow what the workers do
+// (scheduler.Stage.AllReduce): ring, direct or ordered. The prices follow
+// what the workers do
 // (worker/allreduce.go) over the transport (internal/transport): every
 // directed worker pair is its own link, a transfer holds it for its busy
 // time (transfers on one link queue) and arrives a latency later, and
