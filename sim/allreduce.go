@@ -10,8 +10,8 @@ import (
 // have reached it (the engine's barrier) and ends for all of them at once,
 // after the time priced here for the algorithm the plan names
 // (scheduler.Stage.AllReduce): ring, direct or ordered. The prices follow
-// what the workers do
-// (worker/allreduce.go) over the transport (internal/transport): every
+// what the workers do (worker/allreduce.go, worker/ordered.go) over the
+// transport (internal/transport): every
 // directed worker pair is its own link, a transfer holds it for its busy
 // time (transfers on one link queue) and arrives a latency later, and
 // every message carries the cluster's framing bytes on top of its
