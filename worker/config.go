@@ -43,6 +43,9 @@ type Config struct {
 	MaxControlBytes int
 	// Logf receives rejections and failures; nil means log.Printf.
 	Logf func(format string, args ...any)
+	// Infof receives notable events that are not failures (which links
+	// the worker emulates); nil means Logf.
+	Infof func(format string, args ...any)
 }
 
 // Defaults for Config.
@@ -76,6 +79,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Logf == nil {
 		c.Logf = log.Printf
+	}
+	if c.Infof == nil {
+		c.Infof = c.Logf
 	}
 	abs, err := filepath.Abs(c.DataDir)
 	if err != nil {

@@ -132,7 +132,7 @@ func (s *Server) configure(req *pb.ConfigureRequest) (*pb.ConfigureResponse, err
 		if shaper, err = transport.NewClusterShaper(c, nodes, me); err != nil {
 			return nil, fmt.Errorf("%w: link shaping: %v", ErrBadInput, err)
 		}
-		s.cfg.Logf("worker %s: epoch %d: emulating the links of cluster %q to its %d peers", s.cfg.Name, epoch, c.Name, len(nodes)-1)
+		s.cfg.Infof("worker %s: epoch %d: emulating the links of cluster %q to its %d peers", s.cfg.Name, epoch, c.Name, len(nodes)-1)
 	}
 	j := &job{plan: plan, ix: scheduler.NewIndex(plan), me: me, epoch: epoch, train: tc, by: map[int]*stage{}}
 	held := append([]int(nil), plan.Workers[me].Stages...)

@@ -72,15 +72,18 @@ and the worker presents its own to its peers and to etcd (https). With
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			log := slog.Default().With("role", "worker", "job", job, "worker", name)
-			// The library's lines are rejections and failures.
+			// The library's Logf lines are rejections and failures; its
+			// Infof lines are not.
 			var w *worker.Server
-			libLogf := logfTo(log, slog.LevelWarn, "worker "+name+": ", func() []any {
+			epoch := func() []any {
 				if e := w.Epoch(); e > 0 {
 					return []any{"epoch", e}
 				}
 				return nil
-			})
-			w, err = worker.New(worker.Config{Name: name, Listen: listen, Job: job, DataDir: dataDir, Logf: libLogf, TLS: tc})
+			}
+			libLogf := logfTo(log, slog.LevelWarn, "worker "+name+": ", epoch)
+			infof := logfTo(log, slog.LevelInfo, "worker "+name+": ", epoch)
+			w, err = worker.New(worker.Config{Name: name, Listen: listen, Job: job, DataDir: dataDir, Logf: libLogf, Infof: infof, TLS: tc})
 			if err != nil {
 				return badInput("%v", err)
 			}
