@@ -135,7 +135,9 @@ type Shard struct {
 	// sink, when set, takes contributions instead of G.
 	scratch map[*Tensor][]float32
 	sink    func(mb int, ps []*Tensor, contrib [][]float32)
-	held    [][]float32
+	// held keeps the gradients swapped out during a call; contrib
+	// gathers the scratch buffers for the sink.
+	held, contrib [][]float32
 
 	// backward and loss scratch, reused across microbatches
 	sN                         int
@@ -178,14 +180,14 @@ func NewShard(cfg Config, spec ShardSpec) (*Shard, error) {
 		bp.w2 = add(newTensor(cfg, n, i, []int{Hd, D}, initResidualOut))
 		s.blocks = append(s.blocks, bp)
 	}
-	s.bodyParams = s.params
+	nBody := len(s.params)
 	if spec.Head {
 		last := 2 + cfg.Layers*perBlock
 		s.normF = add(newTensor(cfg, "norm_f", last, []int{D}, initOnes))
 		s.head = add(newTensor(cfg, "head", last+1, []int{D, cfg.Vocab}, initNormal))
 		s.lossParams = []*Tensor{s.normF, s.head}
 	}
-	s.bodyParams = s.params[:len(s.bodyParams):len(s.bodyParams)]
+	s.bodyParams = s.params[:nBody:nBody]
 	s.scratch = map[*Tensor][]float32{}
 	for _, p := range s.params {
 		s.scratch[p] = make([]float32, len(p.G))
@@ -216,19 +218,20 @@ func (s *Shard) contribute(mb int, ps []*Tensor, fn func()) {
 		p.G = sc
 	}
 	fn()
-	contrib := make([][]float32, len(ps))
+	s.contrib = s.contrib[:0]
 	for i, p := range ps {
-		contrib[i] = p.G
+		c := p.G
 		p.G = s.held[i]
-		if s.sink == nil {
-			g := p.G
-			for j, v := range contrib[i] {
-				g[j] += v
-			}
+		if s.sink != nil {
+			s.contrib = append(s.contrib, c)
+			continue
+		}
+		for j, v := range c {
+			p.G[j] += v
 		}
 	}
 	if s.sink != nil {
-		s.sink(mb, ps, contrib)
+		s.sink(mb, ps, s.contrib)
 	}
 }
 
