@@ -159,8 +159,8 @@ func (r *run) directAllReduce(st *stage, params []*model.Tensor) error {
 	payload := encode(own) // one encoding, read by every send
 	for k := 1; k < n; k++ {
 		to := st.replicas[(pos+k)%n]
-		if err := j.out.Send(r.ctx, to, r.allReduceHeader(st, pos, to, len(own)), payload); err != nil {
-			return fmt.Errorf("%w: %v", ErrPeer, err)
+		if err := r.sendEncoded(to, r.allReduceHeader(st, pos, to, len(own)), payload); err != nil {
+			return err
 		}
 	}
 	grads := make([][]float32, n)

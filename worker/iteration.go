@@ -68,7 +68,7 @@ func (s *Server) runIteration(ctx context.Context, req *pb.RunIterationRequest) 
 		st.shard.ZeroGrad()
 		st.reduced = false
 		if st.ordered != nil {
-			clear(st.ordered.contrib) // an aborted attempt's
+			st.ordered.reset() // an aborted attempt's
 		}
 	}
 	s.mbox.dropBefore(r.slot)
@@ -299,10 +299,16 @@ func (r *run) route(a scheduler.Action, out *model.Activations) error {
 }
 
 func (r *run) send(to int, h *pb.TensorHeader, data []float32) error {
-	if err := r.j.out.Send(r.ctx, to, h, encode(data)); err != nil {
+	return r.sendEncoded(to, h, encode(data))
+}
+
+// sendEncoded sends a payload already encoded (one encoding can serve
+// several sends of the same tensor).
+func (r *run) sendEncoded(to int, h *pb.TensorHeader, payload []byte) error {
+	if err := r.j.out.Send(r.ctx, to, h, payload); err != nil {
 		return fmt.Errorf("%w: %v", ErrPeer, err)
 	}
-	r.s.metrics.Load().TensorSent(4 * len(data))
+	r.s.metrics.Load().TensorSent(len(payload))
 	return nil
 }
 

@@ -27,8 +27,14 @@ import (
 type orderedState struct {
 	segments []scheduler.Segment
 	offset   map[*model.Tensor]int // the parameter's place in the flat gradient
-	contrib  map[int][]float32     // this iteration's contributions by microbatch
+	// contrib holds a buffer per local microbatch, reused from one
+	// iteration to the next; got marks those filled this iteration.
+	contrib map[int][]float32
+	got     map[int]bool
 }
+
+// reset forgets the contributions of an earlier (or aborted) iteration.
+func (o *orderedState) reset() { clear(o.got) }
 
 // setupOrdered switches st to the ordered all-reduce when the plan asks
 // for it on a replicated stage, and back to plain accumulation otherwise
@@ -39,7 +45,8 @@ func setupOrdered(st *stage, plan *scheduler.Plan) {
 		st.shard.SetContributionSink(nil)
 		return
 	}
-	o := &orderedState{segments: plan.OrderedSegments(st.id), offset: map[*model.Tensor]int{}, contrib: map[int][]float32{}}
+	o := &orderedState{segments: plan.OrderedSegments(st.id), offset: map[*model.Tensor]int{},
+		contrib: map[int][]float32{}, got: map[int]bool{}}
 	n := 0
 	for _, p := range st.shard.Params() {
 		o.offset[p] = n
@@ -55,6 +62,7 @@ func setupOrdered(st *stage, plan *scheduler.Plan) {
 		for i, p := range ps {
 			copy(buf[o.offset[p]:], contrib[i])
 		}
+		o.got[mb] = true
 	})
 }
 
@@ -67,12 +75,14 @@ func (r *run) orderedAllReduce(st *stage, params []*model.Tensor) error {
 	if last < 0 {
 		return fmt.Errorf("%w: ordered all-reduce of stage %d with no microbatch", ErrBadInput, st.id)
 	}
-	sum := make([]float32, gradLen(st))
+	var sum []float32
 	for k, sg := range segs {
 		if sg.Worker != me {
 			continue
 		}
-		if k > 0 {
+		if k == 0 {
+			sum = make([]float32, gradLen(st))
+		} else {
 			got, err := r.await(st.id, k)
 			if err != nil {
 				return err
@@ -80,8 +90,8 @@ func (r *run) orderedAllReduce(st *stage, params []*model.Tensor) error {
 			sum = got
 		}
 		for _, mb := range sg.Microbatches {
-			c, ok := o.contrib[mb]
-			if !ok {
+			c := o.contrib[mb]
+			if !o.got[mb] {
 				return fmt.Errorf("%w: ordered all-reduce of stage %d: no gradient of microbatch %d here", ErrBadInput, st.id, mb)
 			}
 			for i, v := range c {
@@ -95,11 +105,13 @@ func (r *run) orderedAllReduce(st *stage, params []*model.Tensor) error {
 			}
 			continue
 		}
+		payload := encode(sum) // one encoding, read by every send
 		for _, w := range st.replicas {
-			if w != me {
-				if err := r.send(w, r.allReduceHeader(st, last+1, w, len(sum)), sum); err != nil {
-					return err
-				}
+			if w == me {
+				continue
+			}
+			if err := r.sendEncoded(w, r.allReduceHeader(st, last+1, w, len(sum)), payload); err != nil {
+				return err
 			}
 		}
 	}
@@ -111,7 +123,7 @@ func (r *run) orderedAllReduce(st *stage, params []*model.Tensor) error {
 		sum = got
 	}
 	unflatten(sum, params)
-	clear(o.contrib)
+	o.reset()
 	return nil
 }
 
