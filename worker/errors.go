@@ -3,10 +3,12 @@ package worker
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"stagecoach/internal/metrics"
 	"stagecoach/internal/transport"
 )
 
@@ -38,7 +40,39 @@ var (
 	// ErrBadInput: a request or tensor that is malformed or inconsistent
 	// with the plan.
 	ErrBadInput = errors.New("bad input")
+	// ErrBadShape: bad input of a particular kind, a tensor whose shape
+	// disagrees with its payload or with what the plan and model expect.
+	ErrBadShape = fmt.Errorf("%w: wrong shape", ErrBadInput)
 )
+
+// rejectReason classifies a refused peer tensor for the rejection metric
+// by the error that refused it; "" for a stream the sender abandoned,
+// which is not a refusal.
+func rejectReason(err error) string {
+	if c := status.Code(err); c == codes.Canceled || c == codes.DeadlineExceeded ||
+		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return ""
+	}
+	switch {
+	case errors.Is(err, transport.ErrTooLarge):
+		return metrics.RejectOversize
+	case errors.Is(err, ErrWrongJob):
+		return metrics.RejectWrongJob
+	case errors.Is(err, ErrStaleEpoch):
+		return metrics.RejectStaleEpoch
+	case errors.Is(err, ErrDeposed):
+		return metrics.RejectStaleLeader
+	case errors.Is(err, ErrNoFence):
+		return metrics.RejectNoFence
+	case errors.Is(err, transport.ErrMalformed):
+		return metrics.RejectMalformed
+	case errors.Is(err, ErrBadShape):
+		return metrics.RejectBadShape
+	case errors.Is(err, ErrBadInput):
+		return metrics.RejectBadInput
+	}
+	return metrics.RejectOther
+}
 
 // toStatus turns an internal error into a gRPC status error.
 func toStatus(err error) error {

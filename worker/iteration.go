@@ -190,7 +190,7 @@ func (r *run) receive() error {
 	if err := r.j.checkTensor(h); err != nil {
 		// Admitted for a newer epoch than ours, found wrong once
 		// configured for it.
-		r.s.metrics.Load().TensorRejected(rejectReason(toStatus(err)))
+		r.s.metrics.Load().TensorRejected(rejectReason(err))
 		return err
 	}
 	r.s.metrics.Load().TensorReceived(4 * len(a.data))

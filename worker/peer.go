@@ -42,6 +42,9 @@ func (s *Server) SendTensor(stream pb.Peer_SendTensorServer) error {
 		desc = fmt.Sprintf("%v mb %d stage %d from worker %d (iteration %d, epoch %d)", hdr.GetKind(), hdr.GetMicrobatch(), hdr.GetStage(), hdr.GetFrom(), hdr.GetIteration(), hdr.GetFence().GetEpoch())
 	}
 	s.cfg.Logf("worker %s: rejected %s: %v", s.cfg.Name, desc, err)
+	if reason := rejectReason(err); reason != "" {
+		s.metrics.Load().TensorRejected(reason)
+	}
 	fenced := errors.Is(err, ErrWrongJob) || errors.Is(err, ErrDeposed) || errors.Is(err, ErrStaleEpoch) || errors.Is(err, ErrNoFence)
 	if hdr != nil && j != nil && !fenced && hdr.GetFence().GetEpoch() == j.epoch {
 		// A current-epoch tensor we cannot use: fail the iteration now.
@@ -54,17 +57,17 @@ func (s *Server) SendTensor(stream pb.Peer_SendTensorServer) error {
 // size agrees with the shape.
 func checkShape(h *pb.TensorHeader) error {
 	if len(h.GetShape()) == 0 || len(h.GetShape()) > 4 {
-		return fmt.Errorf("%w: tensor rank %d", ErrBadInput, len(h.GetShape()))
+		return fmt.Errorf("%w: tensor rank %d", ErrBadShape, len(h.GetShape()))
 	}
 	n := int64(1)
 	for _, d := range h.GetShape() {
 		if d < 0 || (d > 0 && n > (1<<40)/int64(d)) {
-			return fmt.Errorf("%w: tensor shape %v", ErrBadInput, h.GetShape())
+			return fmt.Errorf("%w: tensor shape %v", ErrBadShape, h.GetShape())
 		}
 		n *= int64(d)
 	}
 	if 4*n != h.GetTotalBytes() {
-		return fmt.Errorf("%w: shape %v needs %d bytes, stream declares %d", ErrBadInput, h.GetShape(), 4*n, h.GetTotalBytes())
+		return fmt.Errorf("%w: shape %v needs %d bytes, stream declares %d", ErrBadShape, h.GetShape(), 4*n, h.GetTotalBytes())
 	}
 	return nil
 }
@@ -101,7 +104,7 @@ func (j *job) checkTensor(h *pb.TensorHeader) error {
 	cfg := j.train.Model
 	samples := j.plan.Microbatches[mb].Samples
 	if len(shape) != 3 || shape[0] < 1 || (samples > 0 && int(shape[0]) != samples) || shape[1] < 1 || int(shape[1]) > cfg.Ctx || int(shape[2]) != cfg.Dim {
-		return fmt.Errorf("%w: %s for mb %d has shape %v, want [%d, <=%d, %d]", ErrBadInput, kind, mb, shape, samples, cfg.Ctx, cfg.Dim)
+		return fmt.Errorf("%w: %s for mb %d has shape %v, want [%d, <=%d, %d]", ErrBadShape, kind, mb, shape, samples, cfg.Ctx, cfg.Dim)
 	}
 	return nil
 }

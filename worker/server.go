@@ -6,13 +6,11 @@ import (
 	"fmt"
 	"net"
 	"path"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"stagecoach/internal/metrics"
@@ -61,7 +59,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, mbox: newMailbox(cfg.MailboxBytes)}
 	opts := append(cfg.Transport.ServerOptions(), grpc.MaxRecvMsgSize(max(cfg.MaxControlBytes, cfg.Transport.ChunkBytes+(64<<10))))
 	opts = append(opts, tlsx.ServerOption(cfg.TLS),
-		grpc.ChainUnaryInterceptor(s.measureRPC), grpc.ChainStreamInterceptor(s.countRejections))
+		grpc.ChainUnaryInterceptor(s.measureRPC))
 	s.srv = grpc.NewServer(opts...)
 	pb.RegisterWorkerServer(s.srv, s)
 	pb.RegisterPeerServer(s.srv, s)
@@ -92,50 +90,6 @@ func (s *Server) measureRPC(ctx context.Context, req any, info *grpc.UnaryServer
 	resp, err := h(ctx, req)
 	m.RPC(path.Base(info.FullMethod), status.Code(err).String(), time.Since(t0))
 	return resp, err
-}
-
-// countRejections counts every peer tensor SendTensor refuses, by the
-// reason its status gives (peer.go decides; this only classifies).
-func (s *Server) countRejections(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-	err := h(srv, ss)
-	if err != nil && path.Base(info.FullMethod) == "SendTensor" {
-		if reason := rejectReason(err); reason != "" {
-			s.metrics.Load().TensorRejected(reason)
-		}
-	}
-	return err
-}
-
-// rejectReason classifies a refusal by its gRPC status; "" for a stream
-// the sender abandoned, which is not a refusal.
-func rejectReason(err error) string {
-	st := status.Convert(err)
-	msg := st.Message()
-	switch st.Code() {
-	case codes.Canceled, codes.DeadlineExceeded:
-		return ""
-	case codes.ResourceExhausted:
-		return metrics.RejectOversize
-	case codes.PermissionDenied:
-		return metrics.RejectWrongJob
-	}
-	switch {
-	case strings.Contains(msg, ErrStaleEpoch.Error()):
-		return metrics.RejectStaleEpoch
-	case strings.Contains(msg, ErrDeposed.Error()):
-		return metrics.RejectStaleLeader
-	case strings.Contains(msg, ErrNoFence.Error()):
-		return metrics.RejectNoFence
-	case strings.Contains(msg, ErrWrongJob.Error()):
-		return metrics.RejectWrongJob
-	case st.Code() == codes.InvalidArgument && strings.Contains(msg, "malformed"):
-		return metrics.RejectMalformed
-	case st.Code() == codes.InvalidArgument && (strings.Contains(msg, "shape") || strings.Contains(msg, "rank")):
-		return metrics.RejectBadShape
-	case st.Code() == codes.InvalidArgument:
-		return metrics.RejectBadInput
-	}
-	return metrics.RejectOther
 }
 
 // Start listens on Config.Listen and serves in the background. It returns
