@@ -103,10 +103,5 @@ func (r *run) seededShard(s int) ([]model.STensor, map[string]string, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("coordinator: seeded stage %d: %w", s, err)
 	}
-	var buf bytes.Buffer
-	meta := map[string]string{model.MetaFormat: model.FormatV1, metaRestoredFrom: "0"}
-	if err := model.WriteStates(&buf, opt.States, meta); err != nil {
-		return nil, nil, err
-	}
-	return model.ReadSafetensors(buf.Bytes())
+	return model.StateTensors(opt.States), map[string]string{model.MetaFormat: model.FormatV1, metaRestoredFrom: "0"}, nil
 }

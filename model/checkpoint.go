@@ -38,15 +38,17 @@ func sortStates(s []ParamState) {
 // SaveStates writes parameters (and their optimizer moments when M is set)
 // to path with meta.
 func SaveStates(path string, states []ParamState, meta map[string]string) error {
-	return WriteSafetensorsFile(path, stateTensors(states), meta)
+	return WriteSafetensorsFile(path, StateTensors(states), meta)
 }
 
 // WriteStates writes what SaveStates writes to w.
 func WriteStates(w io.Writer, states []ParamState, meta map[string]string) error {
-	return WriteSafetensors(w, stateTensors(states), meta)
+	return WriteSafetensors(w, StateTensors(states), meta)
 }
 
-func stateTensors(states []ParamState) []STensor {
+// StateTensors lists what a checkpoint file of states holds: every
+// parameter, then the optimizer moments of those that have them.
+func StateTensors(states []ParamState) []STensor {
 	var ts []STensor
 	for _, st := range states {
 		ts = append(ts, STensor{Name: st.T.Name, Shape: st.T.Shape, Data: st.T.W})
