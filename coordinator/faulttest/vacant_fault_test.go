@@ -160,3 +160,74 @@ func TestSkipPipeStageWithoutWorkersIsSkipped(t *testing.T) {
 		}
 	}
 }
+
+// TestVacantBeforeAnyCheckpointCarriesTheSeed empties a SkipPipe stage
+// before the first checkpoint: the checkpoint taken during the vacancy
+// must hold that stage as a freshly configured worker holds it (seeded
+// parameters, zero optimizer moments), marked restored from step 0.
+func TestVacantBeforeAnyCheckpointCarriesTheSeed(t *testing.T) {
+	const job, steps, stages = "vacant-seed", 3, 3
+	e := newEnv(t, job)
+	e.startWorkers(t, "w0", "w1", "w2", "w3", "w4", "w5")
+	tc := tiny(3, 4)
+	var carried []model.STensor
+	var from string
+	stop := e.watchCheckpoints(t, stages, func(m coordinator.CheckpointManifest) {
+		if m.Step != steps {
+			return
+		}
+		ts, meta, err := model.ReadSafetensorsFile(filepath.Join(worker.StepDir(m.Base, m.Step), model.ShardFile(2)))
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		carried, from = ts, meta["restored_from_step"]
+	})
+	cfg := coordinator.Config{Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 6, Stages: stages, Schedule: coordinator.SkipPipe,
+		Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), Checkpoint: true, CheckpointEvery: steps,
+		RPCTimeout: 30 * time.Second,
+		OnStep: func(r coordinator.StepReport) {
+			if r.Step == 1 {
+				for _, v := range []string{stageWorker(t, e, 2, 0), stageWorker(t, e, 2, 1)} {
+					e.workers[v].signal(syscall.SIGKILL)
+					<-e.workers[v].done
+				}
+			}
+		}}
+	runCoordinator(t, cfg, 90*time.Second)
+	stop()
+	if from != "0" {
+		t.Fatalf("checkpoint of step %d: stage 2 restored from %q, want the seed (0)", steps, from)
+	}
+	// The seeded stage 2, as a worker configured for this model has it.
+	specs, err := model.Split(tc.Model.Layers, stages, model.HeadFirst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sh, err := model.NewShard(tc.Model, specs[2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt, err := model.NewOptimizer(tc.Optim, sh.Params())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]float32{}
+	for _, st := range model.StateTensors(opt.States) {
+		want[st.Name] = st.Data
+	}
+	if len(carried) != len(want) {
+		t.Fatalf("carried shard holds %d tensors, the seeded one %d", len(carried), len(want))
+	}
+	for _, c := range carried {
+		w, ok := want[c.Name]
+		if !ok || len(w) != len(c.Data) {
+			t.Fatalf("carried tensor %s has no seeded counterpart of its size", c.Name)
+		}
+		for i := range w {
+			if math.Float32bits(w[i]) != math.Float32bits(c.Data[i]) {
+				t.Fatalf("carried %s[%d] = %v, seeded %v", c.Name, i, c.Data[i], w[i])
+			}
+		}
+	}
+}
