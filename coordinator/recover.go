@@ -340,12 +340,6 @@ func (r *run) installSkipPipe(ctx context.Context, parts [][]etcdx.Member, fresh
 // skipPipeOnPartition plans cfg's SkipPipe variant with parts[s] holding
 // stage s (stages may be short of their configured size after a loss).
 func skipPipeOnPartition(cfg *Config, parts [][]etcdx.Member, epoch int64) (*scheduler.Plan, []etcdx.Member, model.Layout, error) {
-	var names []string
-	var members []etcdx.Member
-	// A stand-in previous plan carries the partition into the planner's
-	// input (skipPipeInput keeps a previous plan's placement).
-	prev := &scheduler.Plan{Stages: make([]scheduler.Stage, len(parts))}
-	idx := make([][]int, len(parts))
 	// A stage with no worker left is vacant (scheduler.ExpandStages):
 	// the planner sees only the occupied stages, numbered in order.
 	var keep []int
@@ -361,8 +355,12 @@ func skipPipeOnPartition(cfg *Config, parts [][]etcdx.Member, epoch int64) (*sch
 	if len(keep) < 2 {
 		return nil, nil, 0, fmt.Errorf("coordinator: only stage 0 has workers; SkipPipe needs another stage")
 	}
-	prev.Stages = prev.Stages[:len(keep)]
-	idx = idx[:len(keep)]
+	var names []string
+	var members []etcdx.Member
+	// A stand-in previous plan carries the partition into the planner's
+	// input (skipPipeInput keeps a previous plan's placement).
+	prev := &scheduler.Plan{Stages: make([]scheduler.Stage, len(keep))}
+	idx := make([][]int, len(keep))
 	for c, s := range keep {
 		for _, m := range parts[s] {
 			idx[c] = append(idx[c], len(names))
@@ -587,12 +585,14 @@ func (r *run) partitionFor(members []etcdx.Member) [][]etcdx.Member {
 	}
 	want := r.stageSizes
 	for _, m := range fresh {
-		best := -1
-		for s := range parts {
-			// A vacant stage first (its layers are missing from every
-			// path), then the stage furthest below its size.
-			if best < 0 || (len(parts[s]) == 0) != (len(parts[best]) == 0) && len(parts[s]) == 0 ||
-				(len(parts[s]) == 0) == (len(parts[best]) == 0) && want[s]-len(parts[s]) > want[best]-len(parts[best]) {
+		// A vacant stage first (its layers are missing from every path),
+		// then the stage furthest below its size.
+		rank := func(s int) (bool, int) { return len(parts[s]) == 0, want[s] - len(parts[s]) }
+		best := 0
+		for s := 1; s < len(parts); s++ {
+			vs, ds := rank(s)
+			vb, db := rank(best)
+			if vs && !vb || vs == vb && ds > db {
 				best = s
 			}
 		}
