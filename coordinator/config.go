@@ -164,7 +164,7 @@ func (c *Config) Validate() error {
 	if err := knownSchedule(c.Schedule); err != nil {
 		return fmt.Errorf("coordinator: %w", err)
 	}
-	if err := scheduler.OverrideAllReduce(&scheduler.Plan{}, c.AllReduce); err != nil {
+	if err := scheduler.CheckAllReduceOverride(c.AllReduce); err != nil {
 		return fmt.Errorf("coordinator: %w", err)
 	}
 	if c.Stages == 0 {

@@ -339,21 +339,28 @@ func (p *Plan) TotalActions() int {
 // (sim.ChooseAllReduce: the cheaper of ring and direct).
 const AllReduceAuto = "auto"
 
+// CheckAllReduceOverride reports whether alg is a value OverrideAllReduce
+// takes.
+func CheckAllReduceOverride(alg string) error {
+	switch alg {
+	case "", AllReduceAuto, AllReduceRing, AllReduceDirect, AllReduceOrdered:
+		return nil
+	}
+	return fmt.Errorf("all-reduce %q: want %s, %s, %s or %s", alg, AllReduceAuto, AllReduceOrdered, AllReduceDirect, AllReduceRing)
+}
+
 // OverrideAllReduce sets the all-reduce of every stage with more than one
 // replica to alg: AllReduceRing, AllReduceDirect, AllReduceOrdered, or
 // AllReduceAuto (unset). The empty string keeps what the plan says (the
 // classic schedules' ordered, exact reduction). It is how a user trades
 // the classic schedules' exactness for speed, or asks for it elsewhere.
 func OverrideAllReduce(p *Plan, alg string) error {
+	if err := CheckAllReduceOverride(alg); err != nil || alg == "" {
+		return err
+	}
 	set := alg
-	switch alg {
-	case "":
-		return nil
-	case AllReduceAuto:
+	if alg == AllReduceAuto {
 		set = ""
-	case AllReduceRing, AllReduceDirect, AllReduceOrdered:
-	default:
-		return fmt.Errorf("all-reduce %q: want %s, %s, %s or %s", alg, AllReduceAuto, AllReduceOrdered, AllReduceDirect, AllReduceRing)
 	}
 	for s, ws := range p.StageWorkers() {
 		if len(ws) > 1 {

@@ -150,7 +150,7 @@ func runSim(cmd *cobra.Command, f *simFlags) error {
 		Stdout:     cmd.OutOrStdout(),
 		Stderr:     cmd.ErrOrStderr(),
 	}
-	if err := scheduler.OverrideAllReduce(&scheduler.Plan{}, f.allReduce); err != nil {
+	if err := scheduler.CheckAllReduceOverride(f.allReduce); err != nil {
 		return badInput("--all-reduce: %v", err)
 	}
 	if f.iterations < 1 {
