@@ -71,10 +71,8 @@ func ExpandStages(p *Plan, stages []Stage, keep []int) (*Plan, error) {
 			q.Programs[w][i].Stage = remap(q.Programs[w][i].Stage)
 		}
 	}
-	if p.Skip != nil {
-		r := *p.Skip
-		q.Skip = &r
-	}
+	r := *p.Skip
+	q.Skip = &r
 	return &q, nil
 }
 

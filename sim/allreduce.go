@@ -11,11 +11,10 @@ import (
 // after the time priced here for the algorithm the plan names
 // (scheduler.Stage.AllReduce): ring, direct or ordered. The prices follow
 // what the workers do (worker/allreduce.go, worker/ordered.go) over the
-// transport (internal/transport): every
-// directed worker pair is its own link, a transfer holds it for its busy
-// time (transfers on one link queue) and arrives a latency later, and
-// every message carries the cluster's framing bytes on top of its
-// payload. A node's sends to different peers do not wait for each other
+// transport (internal/transport): every directed worker pair is its own
+// link, a transfer holds it for its busy time (transfers on one link
+// queue) and arrives a latency later, and every message carries the
+// cluster's framing bytes on top of its payload. A node's sends to different peers do not wait for each other
 // unless the cost model gives the node an egress limit (Node.EgressGiBs),
 // which the engine's pipeline sends obey too.
 
@@ -114,8 +113,9 @@ func orderedAllReduceTime(c *Cluster, p *scheduler.Plan, stage int, rs []arNode,
 		return 0
 	}
 	msg := bytes + c.Compute.MessageHeaderBytes
+	ws := p.StageWorkers()[stage]
 	at := map[int]arNode{}
-	for i, w := range p.StageWorkers()[stage] {
+	for i, w := range ws {
 		if i < len(rs) {
 			at[w] = rs[i]
 		}
@@ -132,7 +132,7 @@ func orderedAllReduceTime(c *Cluster, p *scheduler.Plan, stage int, rs []arNode,
 	}
 	last := segs[len(segs)-1].Worker
 	end, out := t, t
-	for _, w := range p.StageWorkers()[stage] {
+	for _, w := range ws {
 		if w == last {
 			continue
 		}
