@@ -67,11 +67,7 @@ HOST:P+1+i; the workers log in the --log-format given to up.`,
 			if tlsDir != "" {
 				hosts := []string{"etcd", "coordinator"}
 				for i := range j.workers {
-					if i < len(names) {
-						hosts = append(hosts, names[i])
-					} else {
-						hosts = append(hosts, "w"+strconv.Itoa(i))
-					}
+					hosts = append(hosts, upWorkerName(i, names))
 				}
 				if _, err := tlsx.Generate(tlsDir, hosts, 0); err != nil {
 					return badInput("--tls-dir: %v", err)
@@ -161,6 +157,15 @@ type workerProc struct {
 // startWorkers starts j.workers copies of this binary as `stagecoach
 // worker`, each with its own data directory and log file, named names[i]
 // (an emulated cluster's nodes) or w<i>.
+// upWorkerName names up's worker i: after the emulated cluster's node
+// when there is one, else w<i>.
+func upWorkerName(i int, names []string) string {
+	if i < len(names) {
+		return names[i]
+	}
+	return "w" + strconv.Itoa(i)
+}
+
 func startWorkers(eps []string, j *jobFlags, names []string) ([]*workerProc, error) {
 	exe, err := os.Executable()
 	if err != nil {
@@ -172,10 +177,7 @@ func startWorkers(eps []string, j *jobFlags, names []string) ([]*workerProc, err
 	}
 	var procs []*workerProc
 	for i := range j.workers {
-		name := "w" + strconv.Itoa(i)
-		if i < len(names) {
-			name = names[i]
-		}
+		name := upWorkerName(i, names)
 		logPath := filepath.Join(wdir, name+".log")
 		logf, err := os.Create(logPath)
 		if err != nil {
