@@ -5,16 +5,19 @@ import (
 
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/blas32"
+
+	"stagecoach/internal/sgemm"
 )
 
 // The layer kernels below work on row-major float32 slices. Every buffer is
 // supplied by the caller so the hot path never allocates; the shard owns and
-// reuses them. Matrix products go through gonum's Sgemm, whose parallel
-// kernel gives each output block to one goroutine and sums along k in a
-// fixed order, so results are bit-identical run to run and independent of
-// GOMAXPROCS.
+// reuses them. Matrix products go through gonum's blas32 interface, with
+// Sgemm served by internal/sgemm (AVX2/FMA assembly; gonum's pure Go on
+// other CPUs or under STAGECOACH_GEMM=go). Both give each output element to
+// one goroutine and sum along k in a fixed order, so results are
+// bit-identical run to run and independent of GOMAXPROCS.
 
-var impl = blas32.Implementation()
+func init() { blas32.Use(sgemm.Implementation{}) }
 
 const rmsEps = 1e-5
 
@@ -32,7 +35,7 @@ func gemm(tA, tB bool, m, n, k int, a []float32, lda int, b []float32, ldb int, 
 	if accumulate {
 		beta = 1
 	}
-	impl.Sgemm(ta, tb, m, n, k, 1, a, lda, b, ldb, beta, c, ldc)
+	blas32.Implementation().Sgemm(ta, tb, m, n, k, 1, a, lda, b, ldb, beta, c, ldc)
 }
 
 // rmsnormForward: out[i,:] = x[i,:] * rinv[i] * g, rinv[i] = 1/sqrt(mean(x²)+eps).
