@@ -7,6 +7,7 @@ import (
 	"gonum.org/v1/gonum/blas/blas32"
 
 	"stagecoach/internal/sgemm"
+	"stagecoach/internal/vecf32"
 )
 
 // The layer kernels below work on row-major float32 slices. Every buffer is
@@ -80,9 +81,15 @@ func rmsnormBackward(x, g, rinv, dout, dx, dg []float32, n, d int) {
 const geluC = 0.7978845608028654 // sqrt(2/π)
 
 // geluForward uses the tanh approximation; th keeps tanh(...) for backward.
+// tanh(y) = 1 − 2/(e^{2y}+1), with the exponentials computed eight at a
+// time by vecf32 (the float64 math.Tanh was a tenth of a training step).
 func geluForward(u, a, th []float32) {
 	for i, x := range u {
-		t := float32(math.Tanh(geluC * float64(x+0.044715*x*x*x)))
+		th[i] = 2 * geluC * (x + 0.044715*x*x*x)
+	}
+	vecf32.ExpSub(th, 0)
+	for i, x := range u {
+		t := 1 - 2/(th[i]+1)
 		th[i] = t
 		a[i] = 0.5 * x * (1 + t)
 	}
@@ -122,10 +129,9 @@ func attnForward(qkv, p, out []float32, b, t, d, h int) {
 						mx = row[j]
 					}
 				}
+				vecf32.ExpSub(row[:i+1], mx)
 				var sum float32
-				for j := 0; j <= i; j++ {
-					e := float32(math.Exp(float64(row[j] - mx)))
-					row[j] = e
+				for _, e := range row[:i+1] {
 					sum += e
 				}
 				inv := 1 / sum
@@ -198,10 +204,9 @@ func crossEntropy(logits []float32, targets []int32, n, v int) float64 {
 		}
 		tg := targets[i]
 		zt := row[tg] - mx
+		vecf32.ExpSub(row, mx)
 		var sum float32
-		for j, x := range row {
-			e := float32(math.Exp(float64(x - mx)))
-			row[j] = e
+		for _, e := range row {
 			sum += e
 		}
 		total += math.Log(float64(sum)) - float64(zt)
