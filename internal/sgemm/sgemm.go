@@ -244,17 +244,27 @@ func (p *problem) packA(dst []float32, ic, mc, pc, kc int) {
 			}
 			continue
 		}
-		for r := 0; r < mr; r++ {
-			if r >= rows {
-				for q := 0; q < kc; q++ {
-					d[q*mr+r] = 0
+		if rows < mr {
+			for r := 0; r < mr; r++ {
+				if r >= rows {
+					for q := 0; q < kc; q++ {
+						d[q*mr+r] = 0
+					}
+					continue
 				}
-				continue
+				src := p.a[(r0+r)*p.lda+pc : (r0+r)*p.lda+pc+kc]
+				for q, v := range src {
+					d[q*mr+r] = v
+				}
 			}
-			src := p.a[(r0+r)*p.lda+pc : (r0+r)*p.lda+pc+kc]
-			for q, v := range src {
-				d[q*mr+r] = v
-			}
+			continue
+		}
+		// A full panel reads six rows side by side and writes d in order.
+		row := func(r int) []float32 { return p.a[(r0+r)*p.lda+pc : (r0+r)*p.lda+pc+kc] }
+		s0, s1, s2, s3, s4, s5 := row(0), row(1), row(2), row(3), row(4), row(5)
+		for q := range s0 {
+			o := d[q*mr : q*mr+mr : q*mr+mr]
+			o[0], o[1], o[2], o[3], o[4], o[5] = s0[q], s1[q], s2[q], s3[q], s4[q], s5[q]
 		}
 	}
 }
