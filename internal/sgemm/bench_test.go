@@ -3,6 +3,7 @@ package sgemm
 import (
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"testing"
 
 	"gonum.org/v1/gonum/blas"
@@ -17,6 +18,8 @@ func BenchmarkSquare(b *testing.B) {
 					name = "gonum"
 				}
 				b.Run(fmt.Sprintf("%d/%s/threads=%d", size, name, threads), func(b *testing.B) {
+					// gonum's Sgemm uses GOMAXPROCS goroutines.
+					defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(threads))
 					r := rand.New(rand.NewPCG(1, 1))
 					a, lda, bb, ldb, c, ldc := operands(r, blas.NoTrans, blas.NoTrans, size, size, size, 0)
 					im := Implementation{Threads: threads, PureGo: pure}
