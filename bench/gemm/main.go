@@ -24,6 +24,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"gonum.org/v1/gonum/blas"
@@ -104,18 +105,22 @@ func run(sizeList, threadList string, minTime time.Duration, steps int, torch bo
 	shapes = append(shapes, modelShapes("default", defaultModel)...)
 	shapes = append(shapes, modelShapes("d512", wideModel)...)
 
-	fmt.Printf("\n%-24s %-16s %3s %10s %10s %7s %8s\n", "shape", "m×n×k", "thr", "asm GF/s", "gonum GF/s", "ratio", "% peak")
+	fmt.Println("\nGFLOP/s per wall second, and per CPU second (process user+system time: what the")
+	fmt.Println("cores did while this process ran, unaffected by time other processes took); % of")
+	fmt.Println("peak is the asm kernel's per-CPU-second rate over the single-core peak")
+	fmt.Printf("\n%-24s %-16s %3s %9s %9s %6s | %9s %9s %6s %7s\n", "shape", "m×n×k", "thr", "asm wall", "gonum", "ratio", "asm cpu", "gonum", "ratio", "% peak")
 	for _, s := range shapes {
 		for _, th := range ths {
-			a, g := timeShape(s, th, minTime)
-			fmt.Printf("%-24s %-16s %3d %10.1f %10.1f %6.1fx %7.0f%%\n", s.name, fmt.Sprintf("%d×%d×%d", s.m, s.n, s.k), th, a, g, a/g, 100*a/(peak*float64(th)))
+			w, c := timeShape(s, th, minTime)
+			fmt.Printf("%-24s %-16s %3d %9.1f %9.1f %5.1fx | %9.1f %9.1f %5.1fx %6.0f%%\n", s.name, fmt.Sprintf("%d×%d×%d", s.m, s.n, s.k), th,
+				w[0], w[1], w[0]/w[1], c[0], c[1], c[0]/c[1], 100*c[0]/peak)
 		}
 	}
 	if steps <= 0 {
 		return nil
 	}
 	fmt.Printf("\ntraining tokens/s (%d timed steps after one warm-up, random tokens; default model 4×8 sequences a step, d512 1×8)\n", steps)
-	fmt.Printf("%-36s %3s %10s %10s %7s %10s\n", "model", "thr", "asm", "gonum", "ratio", "pytorch")
+	fmt.Printf("%-36s %3s %9s %9s %6s | %9s %9s %6s | %9s\n", "model", "thr", "asm wall", "gonum", "ratio", "asm cpu", "gonum", "ratio", "pytorch")
 	for _, mc := range []struct {
 		name string
 		cfg  model.TrainConfig
@@ -133,15 +138,16 @@ func run(sizeList, threadList string, minTime time.Duration, steps int, torch bo
 			if torch {
 				pt = torchRate(mc.cfg, th, steps)
 			}
-			fmt.Printf("%-36s %3d %10.0f %10.0f %6.1fx %10s\n", mc.name, th, a, g, a/g, pt)
+			fmt.Printf("%-36s %3d %9.0f %9.0f %5.1fx | %9.0f %9.0f %5.1fx | %9s\n", mc.name, th, a.wall, g.wall, a.wall/g.wall, a.cpu, g.cpu, a.cpu/g.cpu, pt)
 		}
 	}
 	return nil
 }
 
-// timeShape returns GFLOP/s of the kernel and of gonum, alternating short
-// rounds of each until both have run for minTime.
-func timeShape(s shape, threads int, minTime time.Duration) (asm, gonum float64) {
+// timeShape returns GFLOP/s of the kernel ([0]) and of gonum ([1]) per
+// wall second and per CPU second, alternating short rounds of each until
+// both have run for minTime.
+func timeShape(s shape, threads int, minTime time.Duration) (wall, cpu [2]float64) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(threads))
 	r := rand.New(rand.NewPCG(1, uint64(s.m*s.n+s.k)))
 	rows, cols := s.m, s.k
@@ -165,34 +171,48 @@ func timeShape(s shape, threads int, minTime time.Duration) (asm, gonum float64)
 		tb = blas.Trans
 	}
 	impls := []sgemm.Implementation{{Threads: threads}, {PureGo: true}}
-	var spent [2]time.Duration
+	var spent, used [2]time.Duration
 	var calls [2]int
 	for spent[0] < minTime || spent[1] < minTime {
 		for i, im := range impls {
-			t0 := time.Now()
+			t0, c0 := time.Now(), cpuTime()
 			n := 0
 			for time.Since(t0) < minTime/8 || n == 0 {
 				im.Sgemm(ta, tb, s.m, s.n, s.k, 1, a, lda, b, ldb, 0, c, s.n)
 				n++
 			}
 			spent[i] += time.Since(t0)
+			used[i] += cpuTime() - c0
 			calls[i] += n
 		}
 	}
 	fl := 2 * float64(s.m) * float64(s.n) * float64(s.k)
-	return fl * float64(calls[0]) / spent[0].Seconds() / 1e9, fl * float64(calls[1]) / spent[1].Seconds() / 1e9
+	for i := range wall {
+		wall[i] = fl * float64(calls[i]) / spent[i].Seconds() / 1e9
+		cpu[i] = fl * float64(calls[i]) / used[i].Seconds() / 1e9
+	}
+	return wall, cpu
+}
+
+// cpuTime is the user+system time of this process so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // trainRate times training steps of cfg on random tokens with the kernel
 // (or gonum's pure Go) under blas32, on threads cores.
-func trainRate(cfg model.TrainConfig, threads, steps int, pureGo bool) (float64, error) {
+func trainRate(cfg model.TrainConfig, threads, steps int, pureGo bool) (rate, error) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(threads))
 	blas32.Use(sgemm.Implementation{PureGo: pureGo})
 	defer blas32.Use(sgemm.Implementation{})
 	cfg.Optim = model.OptimConfig{Kind: "adamw", LR: 3e-3, TotalSteps: steps + 1}
 	tr, err := model.NewTrainer(cfg)
 	if err != nil {
-		return 0, err
+		return rate{}, err
 	}
 	r := rand.New(rand.NewPCG(1, 2))
 	sample := func(dst []int32) error {
@@ -202,19 +222,23 @@ func trainRate(cfg model.TrainConfig, threads, steps int, pureGo bool) (float64,
 		return nil
 	}
 	if _, err := tr.TrainStep(sample); err != nil { // warm-up: buffers, caches
-		return 0, err
+		return rate{}, err
 	}
-	t0 := time.Now()
+	t0, c0 := time.Now(), cpuTime()
 	for i := 0; i < steps; i++ {
 		if _, err := tr.TrainStep(sample); err != nil {
-			return 0, err
+			return rate{}, err
 		}
 	}
-	tokens := steps * cfg.Microbatches * cfg.MicrobatchSize * cfg.Model.Ctx
-	return float64(tokens) / time.Since(t0).Seconds(), nil
+	tokens := float64(steps * cfg.Microbatches * cfg.MicrobatchSize * cfg.Model.Ctx)
+	return rate{tokens / time.Since(t0).Seconds(), tokens / (cpuTime() - c0).Seconds()}, nil
 }
 
-// torchRate runs the same model in PyTorch, or says why not.
+// rate is tokens per wall second and per CPU second.
+type rate struct{ wall, cpu float64 }
+
+// torchRate runs the same model in PyTorch (tokens per wall second), or
+// says why not.
 func torchRate(cfg model.TrainConfig, threads, steps int) string {
 	c := cfg.Model.WithDefaults()
 	cmd := exec.Command("/usr/bin/python3", "-c", torchScript,
