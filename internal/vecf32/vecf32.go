@@ -1,6 +1,7 @@
 // Package vecf32 has the element-wise float32 math of the model's hot
 // loops: an exponential over a slice, eight lanes at a time with AVX2 and
-// FMA on amd64 (Go assembly), the same polynomial in plain Go elsewhere.
+// FMA on amd64 (Go assembly), the same polynomial in plain Go elsewhere
+// and under STAGECOACH_GEMM=go.
 //
 // The exponential is Cephes' expf: n = round(x·log2 e), r = x − n·ln 2 in
 // two parts, a degree-7 polynomial for e^r, times 2^n. Inputs are clamped

@@ -2,9 +2,16 @@
 
 package vecf32
 
-import "golang.org/x/sys/cpu"
+import (
+	"os"
 
-var hasAVX2 = cpu.X86.HasAVX2 && cpu.X86.HasFMA
+	"golang.org/x/sys/cpu"
+)
+
+// hasAVX2 selects the assembly. STAGECOACH_GEMM=go, which forces the
+// pure-Go matrix multiply, forces the Go exponential too, so that
+// processes on amd64 CPUs with and without AVX2+FMA compute alike.
+var hasAVX2 = cpu.X86.HasAVX2 && cpu.X86.HasFMA && os.Getenv("STAGECOACH_GEMM") != "go"
 
 // expSubAVX2 sets x[i] = e^(x[i] − sub) for the n elements at x; n must be
 // a positive multiple of 8.
