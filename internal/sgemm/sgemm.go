@@ -235,6 +235,14 @@ func (p *problem) packA(dst []float32, ic, mc, pc, kc int) {
 		r0 := ic + ip*mr
 		rows := min(mr, mc-ip*mr)
 		d := dst[ip*kc*mr : (ip+1)*kc*mr]
+		if p.aT && rows == mr {
+			for q := 0; q < kc; q++ {
+				src := p.a[(pc+q)*p.lda+r0 : (pc+q)*p.lda+r0+mr : (pc+q)*p.lda+r0+mr]
+				o := d[q*mr : q*mr+mr : q*mr+mr]
+				o[0], o[1], o[2], o[3], o[4], o[5] = src[0], src[1], src[2], src[3], src[4], src[5]
+			}
+			continue
+		}
 		if p.aT {
 			for q := 0; q < kc; q++ {
 				src := p.a[(pc+q)*p.lda+r0 : (pc+q)*p.lda+r0+rows]
