@@ -43,7 +43,7 @@ func BenchmarkKernel(b *testing.B) {
 	bp := make([]float32, kcBlock*nr)
 	var c [mr * nr]float32
 	for b.Loop() {
-		kernel6x16(kcBlock, &ap[0], &bp[0], &c[0], nr, 1, true)
+		kernel6x16(kcBlock, &ap[0], 1, mr, &bp[0], nr, &c[0], nr, 1, true)
 	}
 	b.ReportMetric(2*mr*nr*kcBlock*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
 }

@@ -2,30 +2,34 @@
 
 #include "textflag.h"
 
-// One step along k: two 8-wide loads of the B row, six broadcasts of the A
-// column, twelve FMAs into the accumulators Y4..Y15 (row r in Y(4+2r),
-// Y(5+2r)). SI walks A (24 bytes a step), DI walks B (64 bytes a step).
-#define STEP(ao, bo) \
-	VMOVUPS bo(DI), Y0; \
-	VMOVUPS bo+32(DI), Y1; \
-	VBROADCASTSS ao(SI), Y2; \
-	VBROADCASTSS ao+4(SI), Y3; \
+// One step along k: two 8-wide loads of the B row at DI, six broadcasts of
+// the A column (rows at SI, SI+rs, SI+2rs, R10 = SI+3rs, R10+rs, R10+2rs;
+// R9 = rs in bytes), twelve FMAs into the accumulators Y4..Y15 (row r in
+// Y(4+2r), Y(5+2r)); then A advances by ps bytes (R12), B by bs (R13).
+#define STEP \
+	VMOVUPS (DI), Y0; \
+	VMOVUPS 32(DI), Y1; \
+	VBROADCASTSS (SI), Y2; \
+	VBROADCASTSS (SI)(R9*1), Y3; \
 	VFMADD231PS Y0, Y2, Y4; \
 	VFMADD231PS Y1, Y2, Y5; \
 	VFMADD231PS Y0, Y3, Y6; \
 	VFMADD231PS Y1, Y3, Y7; \
-	VBROADCASTSS ao+8(SI), Y2; \
-	VBROADCASTSS ao+12(SI), Y3; \
+	VBROADCASTSS (SI)(R9*2), Y2; \
+	VBROADCASTSS (R10), Y3; \
 	VFMADD231PS Y0, Y2, Y8; \
 	VFMADD231PS Y1, Y2, Y9; \
 	VFMADD231PS Y0, Y3, Y10; \
 	VFMADD231PS Y1, Y3, Y11; \
-	VBROADCASTSS ao+16(SI), Y2; \
-	VBROADCASTSS ao+20(SI), Y3; \
+	VBROADCASTSS (R10)(R9*1), Y2; \
+	VBROADCASTSS (R10)(R9*2), Y3; \
 	VFMADD231PS Y0, Y2, Y12; \
 	VFMADD231PS Y1, Y2, Y13; \
 	VFMADD231PS Y0, Y3, Y14; \
-	VFMADD231PS Y1, Y3, Y15
+	VFMADD231PS Y1, Y3, Y15; \
+	ADDQ R12, SI; \
+	ADDQ R12, R10; \
+	ADDQ R13, DI
 
 // Row r of the tile: C = alpha·acc + C (load) or alpha·acc.
 #define STORELOAD(lo, hi) \
@@ -44,14 +48,22 @@
 	VMOVUPS Y2, 32(DX); \
 	ADDQ R8, DX
 
-// func kernel6x16(kc int, a, b, c *float32, ldc int, alpha float32, load bool)
-TEXT ·kernel6x16(SB), NOSPLIT, $0-45
+// func kernel6x16(kc int, a *float32, rs, ps int, b *float32, bs int, c *float32, ldc int, alpha float32, load bool)
+TEXT ·kernel6x16(SB), NOSPLIT, $0-69
 	MOVQ kc+0(FP), CX
 	MOVQ a+8(FP), SI
-	MOVQ b+16(FP), DI
-	MOVQ c+24(FP), DX
-	MOVQ ldc+32(FP), R8
+	MOVQ rs+16(FP), R9
+	SHLQ $2, R9
+	MOVQ ps+24(FP), R12
+	SHLQ $2, R12
+	MOVQ b+32(FP), DI
+	MOVQ bs+40(FP), R13
+	SHLQ $2, R13
+	MOVQ c+48(FP), DX
+	MOVQ ldc+56(FP), R8
 	SHLQ $2, R8
+	LEAQ (SI)(R9*2), R10
+	ADDQ R9, R10
 
 	VXORPS Y4, Y4, Y4
 	VXORPS Y5, Y5, Y5
@@ -73,15 +85,10 @@ TEXT ·kernel6x16(SB), NOSPLIT, $0-45
 	JZ   tail
 
 loop4:
-	PREFETCHT0 384(SI)
-	STEP(0, 0)
-	PREFETCHT0 512(DI)
-	STEP(24, 64)
-	PREFETCHT0 576(DI)
-	STEP(48, 128)
-	STEP(72, 192)
-	ADDQ $96, SI
-	ADDQ $256, DI
+	STEP
+	STEP
+	STEP
+	STEP
 	DECQ BX
 	JNZ  loop4
 
@@ -90,15 +97,13 @@ tail:
 	JZ    done
 
 loop1:
-	STEP(0, 0)
-	ADDQ $24, SI
-	ADDQ $64, DI
+	STEP
 	DECQ CX
 	JNZ  loop1
 
 done:
-	VBROADCASTSS alpha+40(FP), Y0
-	MOVBLZX load+44(FP), AX
+	VBROADCASTSS alpha+64(FP), Y0
+	MOVBLZX load+68(FP), AX
 	TESTQ AX, AX
 	JZ    overwrite
 	STORELOAD(Y4, Y5)

@@ -35,7 +35,7 @@ const EnvVar = "STAGECOACH_GEMM"
 
 var (
 	modeErr   error
-	useKernel = hasKernel && envMode() != "go"
+	useKernel = envMode() != "go" && hasKernel // envMode first: it checks the value on every CPU
 )
 
 func envMode() string {
@@ -172,7 +172,9 @@ func (p *problem) run(threads int) {
 			load := pc > 0 || p.beta != 0
 			parallel(threads, panels, func(lo, hi int) {
 				for jp := lo; jp < hi; jp++ {
-					p.packB((*bp)[jp*kc*nr:(jp+1)*kc*nr], pc, kc, jc+jp*nr, min(nr, nc-jp*nr))
+					if cols := min(nr, nc-jp*nr); cols < nr || !p.directB() {
+						p.packB((*bp)[jp*kc*nr:(jp+1)*kc*nr], pc, kc, jc+jp*nr, cols)
+					}
 				}
 			})
 			mBlocks := (p.m + mcBlock - 1) / mcBlock
@@ -186,34 +188,60 @@ func (p *problem) run(threads int) {
 					ic := ib * mcBlock
 					mc := min(mcBlock, p.m-ic)
 					if ib != packed {
-						p.packA(*ap, ic, mc, pc, kc)
+						p.packA(*ap, ic, mc, pc, kc, p.directA(nc))
 						packed = ib
 					}
 					jp0 := jt * (ncTile / nr)
 					jp1 := min(panels, jp0+ncTile/nr)
-					p.macro(*ap, *bp, ic, mc, jc, nc, jp0, jp1, kc, load)
+					p.macro(*ap, *bp, ic, mc, jc, nc, jp0, jp1, pc, kc, load)
 				}
 			})
 		}
 	}
 }
 
-// macro multiplies the packed A block (rows ic..ic+mc) by the packed B
-// panels jp0..jp1 of the slab starting at column jc, into C.
-func (p *problem) macro(ap, bp []float32, ic, mc, jc, nc, jp0, jp1, kc int, load bool) {
+// directA reports whether full A micro-panels are read in place instead
+// of packed: for a narrow slab (nc columns) each packed element would be
+// used by too few kernel calls to repay its copy. directB likewise for B
+// (untransposed only) when C has at most one block of rows. Either choice
+// changes where the kernel reads, never the arithmetic.
+func (p *problem) directA(nc int) bool { return nc <= ncTile }
+func (p *problem) directB() bool       { return !p.bT && p.m <= mcBlock }
+
+// aPanel returns the kernel's view of A micro-panel ip of the block at
+// rows ic (its first element and strides): in place, or packed in ap.
+func (p *problem) aPanel(ap []float32, ic, ip, pc, kc int, direct bool) (*float32, int, int) {
+	if !direct {
+		return &ap[ip*kc*mr], 1, mr
+	}
+	r0 := ic + ip*mr
+	if p.aT {
+		return &p.a[pc*p.lda+r0], 1, p.lda
+	}
+	return &p.a[r0*p.lda+pc], p.lda, 1
+}
+
+// macro multiplies the A block (rows ic..ic+mc, packed in ap unless read
+// in place) by the B panels jp0..jp1 of the slab starting at column jc,
+// into C.
+func (p *problem) macro(ap, bp []float32, ic, mc, jc, nc, jp0, jp1, pc, kc int, load bool) {
+	dA, dB := p.directA(nc), p.directB()
 	for jp := jp0; jp < jp1; jp++ {
 		cols := min(nr, nc-jp*nr)
-		bpan := bp[jp*kc*nr:]
+		bpan, bs := &bp[jp*kc*nr], nr
+		if dB && cols == nr {
+			bpan, bs = &p.b[pc*p.ldb+jc+jp*nr], p.ldb
+		}
 		for ip := 0; ip*mr < mc; ip++ {
 			rows := min(mr, mc-ip*mr)
-			apan := ap[ip*kc*mr:]
+			apan, rs, ps := p.aPanel(ap, ic, ip, pc, kc, dA && rows == mr)
 			ci := (ic+ip*mr)*p.ldc + jc + jp*nr
 			if rows == mr && cols == nr {
-				kernel6x16(kc, &apan[0], &bpan[0], &p.c[ci], p.ldc, p.alpha, load)
+				kernel6x16(kc, apan, rs, ps, bpan, bs, &p.c[ci], p.ldc, p.alpha, load)
 				continue
 			}
 			var t [mr * nr]float32
-			kernel6x16(kc, &apan[0], &bpan[0], &t[0], nr, 1, false)
+			kernel6x16(kc, apan, rs, ps, bpan, bs, &t[0], nr, 1, false)
 			for i := 0; i < rows; i++ {
 				row := p.c[ci+i*p.ldc : ci+i*p.ldc+cols]
 				for j := range row {
@@ -229,11 +257,15 @@ func (p *problem) macro(ap, bp []float32, ic, mc, jc, nc, jp0, jp1, kc int, load
 }
 
 // packA copies op(A)[ic:ic+mc, pc:pc+kc] into micro-panels of mr rows, each
-// stored k-major (mr values per k), padding short panels with zeros.
-func (p *problem) packA(dst []float32, ic, mc, pc, kc int) {
+// stored k-major (mr values per k), padding short panels with zeros. With
+// edgeOnly it packs only a short last panel (the others are read in place).
+func (p *problem) packA(dst []float32, ic, mc, pc, kc int, edgeOnly bool) {
 	for ip := 0; ip*mr < mc; ip++ {
 		r0 := ic + ip*mr
 		rows := min(mr, mc-ip*mr)
+		if edgeOnly && rows == mr {
+			continue
+		}
 		d := dst[ip*kc*mr : (ip+1)*kc*mr]
 		if p.aT && rows == mr {
 			for q := 0; q < kc; q++ {
