@@ -178,7 +178,12 @@ func runJob(ctx context.Context, cfg coordinator.Config, asJSON bool, metricsAdd
 	reg := metrics.NewRegistry()
 	cfg.Metrics = metrics.NewCoordinator(reg)
 	metrics.RegisterLease(reg, etcdx.LeaseRenewalFailures, etcdx.LeasesLost)
+	metrics.RegisterIgnored(reg, etcdx.IgnoredKinds, etcdx.Ignored)
 	log := slog.Default().With("role", "coordinator", "job", cfg.Job, "name", cfg.Name)
+	// Forged or malformed etcd records are warnings, whether or not a
+	// progress bar is drawn.
+	etcdx.SetWarnf(logfTo(log, slog.LevelWarn, "", nil))
+	defer etcdx.SetWarnf(nil)
 	if metricsAddr != "" {
 		srv, err := metrics.Serve(metricsAddr, reg, nil)
 		if err != nil {

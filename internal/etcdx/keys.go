@@ -94,3 +94,17 @@ func pad(n int64) string {
 
 // ValidateWorkerName reports why name cannot be a member key suffix.
 func ValidateWorkerName(name string) error { return validName("worker name", name) }
+
+// commitStep parses a commit record's key: the step, and false for any
+// other key (a step key is exactly 20 digits under CommitsPrefix).
+func (k Keys) commitStep(key string) (int64, bool) {
+	s, ok := strings.CutPrefix(key, k.CommitsPrefix())
+	if !ok || len(s) != 20 {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 1 || pad(n) != s {
+		return 0, false
+	}
+	return n, true
+}
