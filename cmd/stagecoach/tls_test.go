@@ -34,7 +34,7 @@ func tlsArgs(f tlsx.Files) []string {
 func TestCertsAndTLSHealth(t *testing.T) {
 	dir := t.TempDir()
 	certs := filepath.Join(dir, "certs")
-	out, errOut, code := runCLI(t, dir, "certs", "--out", certs, "--hosts", "etcd,w1,probe")
+	out, errOut, code := runCLI(t, dir, "certs", "--out", certs, "--hosts", "etcd,probe", "--job", "tls", "--workers", "w1")
 	if code != 0 || !strings.Contains(out, "ca.pem") || !strings.Contains(out, "w1-key.pem") {
 		t.Fatalf("certs: exit %d\n%s%s", code, out, errOut)
 	}
