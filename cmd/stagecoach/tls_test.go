@@ -156,6 +156,23 @@ func TestCertsRoles(t *testing.T) {
 	if cn := c.Certificates[0].Leaf.Subject.CommonName; cn != "root" {
 		t.Errorf("root.pem has CN %q", cn)
 	}
+	// A process refuses to start under a certificate of another role:
+	// every call it made would be refused.
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{append([]string{"worker", "--etcd", "x:1", "--job", "j1", "--name", "w0"}, tlsArgs(tlsx.FilesFor(dir, "coordinator"))...), "carries the role spiffe://stagecoach/j1/coordinator, this process needs spiffe://stagecoach/j1/worker/w0"},
+		{append([]string{"worker", "--etcd", "x:1", "--job", "j1", "--name", "w0"}, tlsArgs(tlsx.FilesFor(dir, "w1"))...), "needs spiffe://stagecoach/j1/worker/w0"},
+		{append([]string{"coordinator", "--job", "j1"}, tlsArgs(tlsx.FilesFor(dir, "w0"))...), "needs spiffe://stagecoach/j1/coordinator"},
+		{append([]string{"coordinator", "--job", "other"}, tlsArgs(tlsx.FilesFor(dir, "coordinator"))...), "needs spiffe://stagecoach/other/coordinator"},
+		{append([]string{"coordinator", "--job", "j1"}, tlsArgs(tlsx.FilesFor(dir, "etcd"))...), "no spiffe://stagecoach/ URI SAN"},
+	} {
+		_, errOut, code := runCLI(t, dir, tc.args...)
+		if code != 2 || !strings.Contains(errOut, tc.want) {
+			t.Errorf("%v: exit %d, want 2 with %q (%s)", tc.args[:6], code, tc.want, errOut)
+		}
+	}
 }
 
 func TestTLSBadInputExitsTwo(t *testing.T) {
@@ -168,6 +185,7 @@ func TestTLSBadInputExitsTwo(t *testing.T) {
 		{[]string{"certs", "--out", dir, "--hosts", "ca"}, "overwrite the CA"},
 		{[]string{"certs", "--out", dir, "--hosts", " , "}, "at least one name"},
 		{[]string{"certs", "--out", dir, "--coordinator"}, "need --job"},
+		{[]string{"worker", "--etcd", "x:1", "--job", "j", "--name", "w", "--listen", "0.0.0.0:0"}, "--insecure-listen"},
 		{[]string{"certs", "--out", dir, "--job", "a/b", "--coordinator"}, `job id "a/b"`},
 		{[]string{"certs", "--out", dir, "--job", "j", "--workers", "w0,w 1"}, `worker name "w 1"`},
 		{[]string{"worker", "--etcd", "x:1", "--job", "j", "--name", "w", "--tls-cert", missing, "--tls-key", missing, "--tls-ca", missing}, missing + " does not exist"},
