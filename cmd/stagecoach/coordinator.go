@@ -19,6 +19,7 @@ import (
 	"stagecoach/data"
 	"stagecoach/internal/etcdx"
 	"stagecoach/internal/metrics"
+	"stagecoach/internal/tlsx"
 	"stagecoach/model"
 	"stagecoach/sim"
 )
@@ -96,6 +97,10 @@ func (j *jobFlags) config(endpoints []string) (coordinator.Config, error) {
 	tc.Optim = model.OptimConfig{Kind: j.optimizer, LR: j.lr}
 	tlsConf, err := j.tls.load()
 	if err != nil {
+		return coordinator.Config{}, err
+	}
+	// The workers take control calls only from this role.
+	if err := checkRole(tlsConf, tlsx.Coordinator(j.job)); err != nil {
 		return coordinator.Config{}, err
 	}
 	cfg := coordinator.Config{
@@ -184,6 +189,9 @@ func runJob(ctx context.Context, cfg coordinator.Config, asJSON bool, metricsAdd
 	// progress bar is drawn.
 	etcdx.SetWarnf(logfTo(log, slog.LevelWarn, "", nil))
 	defer etcdx.SetWarnf(nil)
+	if cfg.TLS == nil {
+		log.Warn("UNAUTHENTICATED job: no mutual TLS, so the workers cannot tell this coordinator from anyone who reaches their ports; fine for one machine's loopback, use --tls-* (stagecoach certs --job) elsewhere")
+	}
 	if metricsAddr != "" {
 		srv, err := metrics.Serve(metricsAddr, reg, nil)
 		if err != nil {
