@@ -2,19 +2,9 @@ package etcdx
 
 import (
 	"context"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
-	"math/big"
-	"net"
-	"path/filepath"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -27,57 +17,13 @@ import (
 	"stagecoach/internal/tlsx"
 )
 
-// issueCN signs a client certificate with Subject CN cn by the CA that
-// tlsx.Generate wrote into dir and returns its TLS config: the etcd user
-// of a client under client-certificate auth is that CN.
-func issueCN(t *testing.T, dir, cn string) *tls.Config {
-	t.Helper()
-	ca, err := tls.LoadX509KeyPair(filepath.Join(dir, tlsx.CAFile), filepath.Join(dir, tlsx.CAKeyFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, err := x509.ParseCertificate(ca.Certificate[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sn, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	tmpl := &x509.Certificate{
-		SerialNumber: sn,
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth},
-		DNSNames:     []string{"localhost"},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, key.Public(), ca.PrivateKey.(crypto.Signer))
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pair, err := tls.X509KeyPair(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(caCert)
-	return &tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: pool, MinVersion: tls.VersionTLS13}
-}
-
 // authEtcd is an embedded etcd serving TLS with client-certificate auth
 // and a way to dial it as any user.
 type authEtcd struct {
 	t    *testing.T
 	dir  string
 	etcd *Embedded
+	n    int
 }
 
 func startAuthEtcd(t *testing.T) *authEtcd {
@@ -94,15 +40,53 @@ func startAuthEtcd(t *testing.T) *authEtcd {
 	return &authEtcd{t: t, dir: dir, etcd: e}
 }
 
-// dial connects as user cn.
-func (a *authEtcd) dial(cn string) *clientv3.Client {
+// dial connects with a certificate of the CA for cert: as etcd user
+// root, <job>/coordinator or <job>/worker/<name>.
+func (a *authEtcd) dial(cert tlsx.Cert) *clientv3.Client {
 	a.t.Helper()
-	cli, err := DialTLS(context.Background(), a.etcd.Endpoints(), 5*time.Second, issueCN(a.t, a.dir, cn))
+	cert.File = fmt.Sprintf("c%d", a.n)
+	a.n++
+	if _, err := tlsx.Issue(a.dir, []tlsx.Cert{cert}, time.Hour); err != nil {
+		a.t.Fatal(err)
+	}
+	tc, err := tlsx.Load(tlsx.FilesFor(a.dir, cert.File))
 	if err != nil {
-		a.t.Fatalf("dial as %s: %v", cn, err)
+		a.t.Fatal(err)
+	}
+	cli, err := DialTLS(context.Background(), a.etcd.Endpoints(), 5*time.Second, tc)
+	if err != nil {
+		a.t.Fatalf("dial as %s: %v", cert.ID.Path(), err)
 	}
 	a.t.Cleanup(func() { cli.Close() })
 	return cli
+}
+
+// dialRoot connects as etcd's root user (a certificate with CN root).
+func (a *authEtcd) dialRoot() *clientv3.Client {
+	a.t.Helper()
+	if _, err := tlsx.Issue(a.dir, []tlsx.Cert{{File: tlsx.RootCN}}, time.Hour); err != nil {
+		a.t.Fatal(err)
+	}
+	tc, err := tlsx.Load(tlsx.FilesFor(a.dir, tlsx.RootCN))
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	cli, err := DialTLS(context.Background(), a.etcd.Endpoints(), 5*time.Second, tc)
+	if err != nil {
+		a.t.Fatalf("dial as root: %v", err)
+	}
+	a.t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+func coordinatorCert(job string) tlsx.Cert {
+	id := tlsx.Coordinator(job)
+	return tlsx.Cert{ID: &id}
+}
+
+func workerCert(job, name string) tlsx.Cert {
+	id := tlsx.Worker(job, name)
+	return tlsx.Cert{ID: &id}
 }
 
 // denied tells etcd's permission refusal, as a call or a watch reports it.
@@ -119,7 +103,7 @@ func denied(err error) bool {
 func TestAuthPerJobAndWorker(t *testing.T) {
 	ctx := context.Background()
 	a := startAuthEtcd(t)
-	root := a.dial(RootUser)
+	root := a.dialRoot()
 	rep, err := SetupAuth(ctx, root, AuthSpec{Job: "a", Workers: []string{"w0", "w1"}})
 	if err != nil {
 		t.Fatal(err)
@@ -139,7 +123,7 @@ func TestAuthPerJobAndWorker(t *testing.T) {
 	kb, _ := NewKeys("b")
 
 	// Job a's coordinator: campaign, commit, list checkpoints in its job.
-	ca := a.dial(CoordinatorUser("a"))
+	ca := a.dial(coordinatorCert("a"))
 	sess, err := NewSession(ctx, ca, 2)
 	if err != nil {
 		t.Fatal(err)
@@ -160,7 +144,7 @@ func TestAuthPerJobAndWorker(t *testing.T) {
 		t.Fatal(err)
 	}
 	// ... and job b's keys are out of its reach.
-	cb := a.dial(CoordinatorUser("b"))
+	cb := a.dial(coordinatorCert("b"))
 	if _, err := cb.Put(ctx, kb.Iteration(), "{}"); err != nil {
 		t.Fatalf("job b's coordinator in job b: %v", err)
 	}
@@ -185,7 +169,7 @@ func TestAuthPerJobAndWorker(t *testing.T) {
 	}
 
 	// Worker w0 of job a.
-	w0 := a.dial(WorkerUser("a", "w0"))
+	w0 := a.dial(workerCert("a", "w0"))
 	ws, err := NewSession(ctx, w0, 2)
 	if err != nil {
 		t.Fatalf("a worker grants a lease: %v", err)
@@ -203,7 +187,7 @@ func TestAuthPerJobAndWorker(t *testing.T) {
 		t.Fatalf("worker reads the election: %v", err)
 	}
 	// w1 registered by its own user: w0 can neither delete nor replace it.
-	w1 := a.dial(WorkerUser("a", "w1"))
+	w1 := a.dial(workerCert("a", "w1"))
 	ws1, err := NewSession(ctx, w1, 2)
 	if err != nil {
 		t.Fatal(err)
@@ -248,7 +232,7 @@ func TestAuthPerJobAndWorker(t *testing.T) {
 		t.Errorf("worker revokes its own lease: %v", err)
 	}
 	// A certificate whose CN is no user is refused everything.
-	stranger := a.dial("a/worker/nobody")
+	stranger := a.dial(workerCert("a", "nobody"))
 	if err := get(ctx, stranger, ka.Iteration()); !denied(err) {
 		t.Errorf("unknown user reads: %v", err)
 	}
