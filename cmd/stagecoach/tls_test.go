@@ -93,8 +93,9 @@ func TestCertsAndTLSHealth(t *testing.T) {
 }
 
 // TestUpOverTLS runs `stagecoach up --tls-dir`: etcd, the coordinator and
-// the worker processes all talk mutual TLS, and the losses equal
-// `stagecoach train`'s bit for bit.
+// the worker processes all talk mutual TLS, etcd checks every process's
+// permissions (auth on), and the losses equal `stagecoach train`'s bit
+// for bit.
 func TestUpOverTLS(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts worker processes")
@@ -121,6 +122,11 @@ func TestUpOverTLS(t *testing.T) {
 		if math.Float64bits(got[i]) != math.Float64bits(want[i]) {
 			t.Fatalf("losses differ:\n up --tls-dir %v\n train        %v", got, want)
 		}
+	}
+	// ... with etcd authentication on: the same losses under per-job
+	// and per-worker etcd permissions.
+	if !strings.Contains(errOut, "etcd authentication turned on for job up; users created: root, up/coordinator, up/worker/w0, up/worker/w1") {
+		t.Errorf("up --tls-dir did not say it turned etcd auth on:\n%s", errOut)
 	}
 	if log, err := os.ReadFile(filepath.Join(dir, "up", "workers", "w1.log")); err != nil || !strings.Contains(string(log), "(mutual TLS)") {
 		t.Errorf("worker w1 did not serve mutual TLS (%v):\n%s", err, log)
