@@ -122,7 +122,7 @@ func embeddedAuth(ctx context.Context, eps []string, tc *tls.Config, spec etcdx.
 	if on, err := etcdx.AuthEnabled(ctx, cli); err != nil {
 		return err
 	} else if on && cn != etcdx.RootUser {
-		log.Info(fmt.Sprintf("etcd authentication is on already in this data directory, as set up before; to admit more workers run stagecoach etcd init-auth with the root certificate"), "role", "etcd")
+		log.Info("etcd authentication is on already in this data directory, as set up before; to admit more workers run stagecoach etcd init-auth with the root certificate", "role", "etcd")
 		return nil
 	}
 	rep, err := etcdx.SetupAuth(ctx, cli, spec)
