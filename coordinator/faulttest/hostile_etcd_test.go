@@ -2,7 +2,9 @@ package faulttest
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -12,8 +14,12 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"stagecoach/coordinator"
 	"stagecoach/internal/etcdx"
+	"stagecoach/internal/tlsx"
 )
 
 // TestForgedEtcdRecordsAreIgnored: with etcd auth off anyone reaching
@@ -113,5 +119,133 @@ func TestForgedEtcdRecordsAreIgnored(t *testing.T) {
 		if !slices.ContainsFunc(warnings, func(w string) bool { return strings.Contains(w, sub) }) {
 			t.Errorf("no warning says %q; warnings:\n%s", sub, strings.Join(warnings, "\n"))
 		}
+	}
+}
+
+// TestWorkerCertificateCannotForgeEtcdRecords: with mutual TLS and etcd
+// auth on (etcd's users and roles from etcdx.SetupAuth, as `stagecoach
+// etcd init-auth` creates them), worker processes and the coordinator
+// train while an attacker holding worker w0's certificate tries, mid-run,
+// to delete w1's registration, register a fake w1 (under its own lease
+// too), forge the iteration and a commit record, list a checkpoint,
+// campaign and read another job's keys: etcd refuses every attempt, and
+// the job trains to completion with the losses of an undisturbed run.
+func TestWorkerCertificateCannotForgeEtcdRecords(t *testing.T) {
+	const job, steps = "hostile-auth", 8
+	names := []string{"w0", "w1"}
+	dir := t.TempDir()
+	certs, err := tlsx.JobCerts(job, true, names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tlsx.Issue(dir, append(certs, tlsx.Cert{File: "etcd"}, tlsx.Cert{File: tlsx.RootCN}), time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	load := func(f string) *tls.Config {
+		c, err := tlsx.Load(tlsx.FilesFor(dir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	ctx := context.Background()
+	srv, err := etcdx.StartEmbedded(ctx, etcdx.EmbedConfig{Dir: t.TempDir(), TLS: tlsx.FilesFor(dir, "etcd")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	root, err := etcdx.DialTLS(ctx, srv.Endpoints(), 0, load(tlsx.RootCN))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { root.Close() })
+	if _, err := etcdx.SetupAuth(ctx, root, etcdx.AuthSpec{Job: job, Workers: names}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := etcdx.SetupAuth(ctx, root, etcdx.AuthSpec{Job: "other", Workers: names}); err != nil {
+		t.Fatal(err)
+	}
+	keys, _ := etcdx.NewKeys(job)
+	other, _ := etcdx.NewKeys("other")
+	if _, err := root.Put(ctx, other.Iteration(), "secret"); err != nil {
+		t.Fatal(err)
+	}
+	e := &env{job: job, endpoints: srv.Endpoints(), cli: root, keys: keys, corpus: writeCorpus(t), workers: map[string]*proc{}}
+	for _, n := range names {
+		f := tlsx.FilesFor(dir, n)
+		e.workers[n] = start(t, "worker "+n, "worker", "--etcd", strings.Join(e.endpoints, ","), "--job", job, "--name", n,
+			"--ttl", fmt.Sprint(ttl), "--data-dir", t.TempDir(), "--tls-cert", f.Cert, "--tls-key", f.Key, "--tls-ca", f.CA)
+	}
+	e.waitRegistered(t, 30*time.Second, names...)
+	tc := tiny(4, 4)
+	losses, want := reference(t, tc, e.corpus, steps)
+
+	// The attacker: w0's certificate, its own etcd client.
+	evil, err := etcdx.DialTLS(ctx, srv.Endpoints(), 0, load("w0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { evil.Close() })
+	evilLease, err := evil.Grant(ctx, 60)
+	if err != nil {
+		t.Fatalf("an authenticated worker grants a lease: %v", err)
+	}
+	fake, _ := json.Marshal(etcdx.Member{Name: "w1", Addr: "127.0.0.1:1"})
+	var attacked sync.Once
+	refusals := map[string]error{}
+	attack := func() {
+		_, rev := leaderNow(t, e)
+		forged, _ := json.Marshal(etcdx.Commit{Step: 59, Epoch: 1, LeaderRev: rev})
+		try := func(what string, f func() error) { refusals[what] = f() }
+		try("delete w1's registration", func() error { _, err := evil.Delete(ctx, keys.Member("w1")); return err })
+		try("register a fake w1", func() error { _, err := evil.Put(ctx, keys.Member("w1"), string(fake)); return err })
+		try("register a fake w1 under its lease", func() error {
+			_, err := evil.Put(ctx, keys.Member("w1"), string(fake), clientv3.WithLease(evilLease.ID))
+			return err
+		})
+		try("forge the iteration", func() error { _, err := evil.Put(ctx, keys.Iteration(), string(forged)); return err })
+		try("forge a commit record", func() error { _, err := evil.Put(ctx, keys.Commit(steps), string(forged)); return err })
+		try("list a checkpoint", func() error { _, err := evil.Put(ctx, keys.Checkpoint(steps), `{"dir":"/"}`); return err })
+		try("campaign", func() error { _, err := evil.Put(ctx, keys.ElectionPrefix()+"evil", "evil"); return err })
+		try("delete the leader key", func() error {
+			_, err := evil.Delete(ctx, keys.ElectionPrefix(), clientv3.WithPrefix())
+			return err
+		})
+		try("read the members", func() error {
+			_, err := evil.Get(ctx, keys.MembersPrefix(), clientv3.WithPrefix())
+			return err
+		})
+		try("read another job", func() error { _, err := evil.Get(ctx, other.Iteration()); return err })
+	}
+	cfg := coordinator.Config{Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 2, Stages: 2,
+		Schedule: "gpipe", Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), Checkpoint: true,
+		CheckpointEvery: 4, RPCTimeout: 30 * time.Second, TLS: load("coordinator"),
+		OnStep: func(r coordinator.StepReport) {
+			if r.Step == 3 {
+				attacked.Do(attack)
+			}
+		}}
+	sum := runCoordinator(t, cfg, 90*time.Second)
+	if len(refusals) == 0 {
+		t.Fatal("the attack never ran")
+	}
+	for what, err := range refusals {
+		if !errors.Is(err, rpctypes.ErrPermissionDenied) {
+			t.Errorf("with w0's certificate, %s: %v, want permission denied", what, err)
+		}
+	}
+	if len(sum.Recoveries) != 0 {
+		t.Errorf("recoveries %+v, want none: no attack got through", sum.Recoveries)
+	}
+	e.checkCommits(t, steps)
+	for _, s := range sum.Steps {
+		if math.Float64bits(s.Loss) != math.Float64bits(losses[s.Step-1]) {
+			t.Errorf("step %d trained to loss %v, the undisturbed run %v", s.Step, s.Loss, losses[s.Step-1])
+		}
+	}
+	checkParams(t, sum.Checkpoint, want)
+	ms, _, err := etcdx.Members(ctx, root, keys)
+	if err != nil || len(ms) != 2 || ms[1].Addr == "127.0.0.1:1" {
+		t.Errorf("members after the attack: %+v %v", ms, err)
 	}
 }
