@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"math"
 	"net"
 	"os"
@@ -204,5 +205,110 @@ func TestTLSBadInputExitsTwo(t *testing.T) {
 		if code != 2 || !strings.Contains(errOut, tc.want) {
 			t.Errorf("%v: exit %d, want 2 with %q (%s)", tc.args, code, tc.want, errOut)
 		}
+	}
+}
+
+// TestEtcdInitAuth runs `stagecoach etcd` with TLS and client
+// certificates required, turns auth on for a job with `stagecoach etcd
+// init-auth` and the root certificate, and checks that a named worker
+// registers, a worker not named yet is refused (it stops at once: it may
+// not even read the election) until init-auth runs again with its name,
+// and only root may run it once auth is on.
+func TestEtcdInitAuth(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts etcd and worker processes")
+	}
+	dir := t.TempDir()
+	certs := filepath.Join(dir, "certs")
+	if out, errOut, code := runCLI(t, dir, "certs", "--out", certs, "--hosts", "etcd,root,probe", "--job", "auth", "--coordinator", "--workers", "w1,w2"); code != 0 {
+		t.Fatalf("certs: exit %d\n%s%s", code, out, errOut)
+	}
+	etcdFiles := tlsx.FilesFor(certs, "etcd")
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	start := func(args ...string) string {
+		c := exec.Command(exe, args...)
+		c.Dir, c.Env = dir, append(os.Environ(), "STAGECOACH_TEST_MAIN=1")
+		n++
+		log := filepath.Join(dir, fmt.Sprintf("%s-%d.log", args[0], n))
+		logf, err := os.Create(log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Stdout, c.Stderr = logf, logf
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = c.Process.Kill()
+			_ = c.Wait()
+			logf.Close()
+		})
+		return log
+	}
+	etcdAddr, peerAddr := freePort(t), freePort(t)
+	start("etcd", "--name", "e1", "--data-dir", filepath.Join(dir, "e1"),
+		"--listen-client-urls", "https://"+etcdAddr, "--advertise-client-urls", "https://"+etcdAddr,
+		"--listen-peer-urls", "https://"+peerAddr, "--initial-advertise-peer-urls", "https://"+peerAddr,
+		"--cert-file", etcdFiles.Cert, "--key-file", etcdFiles.Key, "--trusted-ca-file", etcdFiles.CA, "--client-cert-auth",
+		"--peer-cert-file", etcdFiles.Cert, "--peer-key-file", etcdFiles.Key, "--peer-trusted-ca-file", etcdFiles.CA, "--peer-client-cert-auth")
+	root := tlsArgs(tlsx.FilesFor(certs, "root"))
+	initAuth := func(workers string, cert []string) (string, string, int) {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			out, errOut, code := runCLI(t, dir, append([]string{"etcd", "init-auth", "--etcd", etcdAddr, "--job", "auth", "--workers", workers}, cert...)...)
+			if code == 0 || !strings.Contains(errOut, "does not answer") || time.Now().After(deadline) {
+				return out, errOut, code
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	out, errOut, code := initAuth("w1", root)
+	if code != 0 || !strings.Contains(out, "etcd authentication turned on for job auth; users created: root, auth/coordinator, auth/worker/w1") {
+		t.Fatalf("init-auth: exit %d\n%s%s", code, out, errOut)
+	}
+	// The etcd health probe needs no permission in any job.
+	if out, errOut, code := runCLI(t, dir, append([]string{"health", "--timeout", "2s", "--etcd", etcdAddr}, tlsArgs(tlsx.FilesFor(certs, "probe"))...)...); code != 0 {
+		t.Errorf("health --etcd with auth on: exit %d\n%s%s", code, out, errOut)
+	}
+	worker := func(name string) string {
+		return start(append([]string{"worker", "--etcd", etcdAddr, "--job", "auth", "--name", name, "--listen", "127.0.0.1:0",
+			"--data-dir", filepath.Join(dir, name)}, tlsArgs(tlsx.FilesFor(certs, name))...)...)
+	}
+	waitLog := func(log, what string) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			b, _ := os.ReadFile(log)
+			if strings.Contains(string(b), what) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s never says %q:\n%s", log, what, b)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	waitLog(worker("w1"), "registered in job auth")
+	w2 := worker("w2")
+	waitLog(w2, "permission denied")
+	if b, _ := os.ReadFile(w2); strings.Contains(string(b), "registered in job auth") {
+		t.Fatalf("w2 registered before init-auth named it:\n%s", b)
+	}
+	t.Log("w2 before init-auth named it: refused")
+	// Only root changes users once auth is on.
+	if _, errOut, code := initAuth("w2", tlsArgs(tlsx.FilesFor(certs, "coordinator"))); code == 0 || !strings.Contains(errOut, "run this with the root certificate") {
+		t.Errorf("init-auth with the coordinator's certificate: exit %d: %s", code, errOut)
+	}
+	out, errOut, code = initAuth("w1,w2", root)
+	if code != 0 || !strings.Contains(out, "etcd authentication was on already for job auth; users created: auth/worker/w2") {
+		t.Fatalf("init-auth again: exit %d\n%s%s", code, out, errOut)
+	}
+	waitLog(worker("w2"), "registered in job auth")
+	if _, errOut, code := runCLI(t, dir, "etcd", "init-auth", "--etcd", etcdAddr, "--job", "auth"); code != 2 || !strings.Contains(errOut, "needs --tls-cert") {
+		t.Errorf("init-auth without TLS: exit %d: %s", code, errOut)
 	}
 }
