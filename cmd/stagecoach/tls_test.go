@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -311,4 +312,110 @@ func TestEtcdInitAuth(t *testing.T) {
 	if _, errOut, code := runCLI(t, dir, "etcd", "init-auth", "--etcd", etcdAddr, "--job", "auth"); code != 2 || !strings.Contains(errOut, "needs --tls-cert") {
 		t.Errorf("init-auth without TLS: exit %d: %s", code, errOut)
 	}
+}
+
+// TestCoordinatorEmbeddedEtcdAuth runs `stagecoach coordinator` with TLS,
+// its embedded etcd and --auth-workers, and two `stagecoach worker`
+// processes with their role certificates: etcd auth is turned on before
+// the workers join, and the job prints `stagecoach train`'s losses bit
+// for bit. --auth-workers without TLS is refused.
+func TestCoordinatorEmbeddedEtcdAuth(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts coordinator and worker processes")
+	}
+	corpus := upCorpus(t)
+	model := []string{"--steps", "2", "--seed", "3", "--layers", "2", "--dim", "16", "--heads", "2", "--ctx", "16",
+		"--microbatches", "2", "--microbatch-size", "2", "--corpus", corpus, "--json"}
+	dir := t.TempDir()
+	out, errOut, code := runCLI(t, dir, append([]string{"train", "--out", filepath.Join(dir, "train")}, model...)...)
+	if code != 0 {
+		t.Fatalf("train exited %d: %s", code, errOut)
+	}
+	want := jsonLosses(t, out)
+	certs := filepath.Join(dir, "certs")
+	if out, errOut, code := runCLI(t, dir, "certs", "--out", certs, "--job", "emb", "--coordinator", "--workers", "w0,w1"); code != 0 {
+		t.Fatalf("certs: exit %d\n%s%s", code, out, errOut)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	etcdAddr := freePort(t)
+	var cout, cerr strings.Builder
+	co := exec.Command(exe, append(append([]string{"coordinator", "--job", "emb", "--workers", "2", "--ttl", "2", "--out", filepath.Join(dir, "co"),
+		"--embed-etcd-url", "https://" + etcdAddr, "--auth-workers", "w0,w1"}, tlsArgs(tlsx.FilesFor(certs, "coordinator"))...), model...)...)
+	co.Dir, co.Env = dir, append(os.Environ(), "STAGECOACH_TEST_MAIN=1")
+	var mu sync.Mutex
+	co.Stdout, co.Stderr = lockedWriter{&mu, &cout}, lockedWriter{&mu, &cerr}
+	if err := co.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- co.Wait() }()
+	t.Cleanup(func() {
+		_ = co.Process.Kill()
+		<-done
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		mu.Lock()
+		s := cerr.String()
+		mu.Unlock()
+		if strings.Contains(s, "etcd authentication turned on for job emb; users created: root, emb/coordinator, emb/worker/w0, emb/worker/w1") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the coordinator did not turn etcd auth on:\n%s", s)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, w := range []string{"w0", "w1"} {
+		c := exec.Command(exe, append([]string{"worker", "--etcd", etcdAddr, "--job", "emb", "--name", w, "--ttl", "2",
+			"--data-dir", filepath.Join(dir, w)}, tlsArgs(tlsx.FilesFor(certs, w))...)...)
+		c.Dir, c.Env = dir, append(os.Environ(), "STAGECOACH_TEST_MAIN=1")
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = c.Process.Kill()
+			_ = c.Wait()
+		})
+	}
+	select {
+	case err := <-done:
+		done <- err
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			t.Fatalf("coordinator: %v\n%s", err, cerr.String())
+		}
+		got := jsonLosses(t, cout.String())
+		if len(got) != len(want) {
+			t.Fatalf("coordinator printed %d steps, train %d", len(got), len(want))
+		}
+		for i := range want {
+			if math.Float64bits(got[i]) != math.Float64bits(want[i]) {
+				t.Fatalf("losses differ:\n coordinator %v\n train       %v", got, want)
+			}
+		}
+	case <-time.After(60 * time.Second):
+		mu.Lock()
+		defer mu.Unlock()
+		t.Fatalf("the job did not finish in 60 s:\n%s", cerr.String())
+	}
+	if _, errOut, code := runCLI(t, dir, "coordinator", "--job", "emb", "--auth-workers", "w0"); code != 2 || !strings.Contains(errOut, "--auth-workers sets up the embedded etcd's authentication: it needs TLS") {
+		t.Errorf("--auth-workers without TLS: exit %d: %s", code, errOut)
+	}
+}
+
+// lockedWriter serializes writes to a builder shared with the test.
+type lockedWriter struct {
+	mu *sync.Mutex
+	b  *strings.Builder
+}
+
+func (w lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
 }
