@@ -26,8 +26,8 @@ import (
 // etcd can write the job's keys. Mid-run, a forger writes an iteration
 // record ahead of the commits (the record that used to kill a job:
 // "replayed step 59 has no commit record"), a commit record where the
-// next commit goes, a rewritten record of a committed step and two bogus
-// worker registrations; then a worker is killed, so the coordinator
+// next commit goes, a rewritten record of a committed step, two bogus
+// worker registrations and plan keys that are no epoch; then a worker is killed, so the coordinator
 // recovers (re-reading the iteration), restores the last checkpoint and
 // replays. The coordinator ignores every forgery with a warning and a
 // count, the job trains to completion, the committed steps run 1..n and
@@ -73,6 +73,10 @@ func TestForgedEtcdRecordsAreIgnored(t *testing.T) {
 				put(e.keys.Commit(4), etcdx.Commit{Step: 4, Epoch: 1, LeaderRev: rev, Loss: 1})
 				put(e.keys.Member("w5"), map[string]any{"name": "w5", "addr": "10.6.6.6"})
 				put(e.keys.Member("w6"), map[string]any{"name": "w0", "addr": "10.6.6.6:7000"})
+				// Plan keys that would stop or overflow the epoch
+				// numbering of the replan below.
+				put(e.keys.PlanPrefix()+"zzz", "junk")
+				put(e.keys.Plan(1<<62), map[string]any{"epoch": int64(math.MaxInt64)})
 			case 6:
 				// Right after step 6's commit: the iteration again, the
 				// record of step 5 (replayed after the restore below)
@@ -115,6 +119,8 @@ func TestForgedEtcdRecordsAreIgnored(t *testing.T) {
 		"commits/00000000000000000005: written at revision",
 		`members/w5: worker w5: address "10.6.6.6"`,
 		`members/w6: names worker "w0" under the key of "w6"`,
+		"plan/zzz: not a plan epoch's key",
+		"plan/04611686018427387904: epoch 4611686018427387904 beyond the limit",
 	} {
 		if !slices.ContainsFunc(warnings, func(w string) bool { return strings.Contains(w, sub) }) {
 			t.Errorf("no warning says %q; warnings:\n%s", sub, strings.Join(warnings, "\n"))

@@ -403,6 +403,34 @@ func CheckSequence(commits []Commit) error {
 	return nil
 }
 
+// MaxEpoch bounds a plan epoch: one epoch per plan a leader installs
+// never gets near it, so a key beyond it is a forgery (and the next
+// epoch cannot overflow).
+const MaxEpoch = 1 << 53
+
+// LastPlanEpoch is the highest plan epoch listed for job k (0: none),
+// read from the keys, not the manifests: a key that is no epoch, or one
+// beyond MaxEpoch, is ignored (counted, reported).
+func LastPlanEpoch(ctx context.Context, cli *clientv3.Client, k Keys) (int64, error) {
+	resp, err := cli.Get(ctx, k.PlanPrefix(), clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return 0, fmt.Errorf("etcdx: read plan epochs of job %s: %w", k.Job(), err)
+	}
+	var last int64
+	for _, kv := range resp.Kvs {
+		e, ok := k.PlanEpoch(string(kv.Key))
+		switch {
+		case !ok:
+			ignore(IgnoredPlan, string(kv.Key), "not a plan epoch's key")
+		case e > MaxEpoch:
+			ignore(IgnoredPlan, string(kv.Key), fmt.Sprintf("epoch %d beyond the limit of %d", e, int64(MaxEpoch)))
+		default:
+			last = max(last, e)
+		}
+	}
+	return last, nil
+}
+
 // PutJSON writes v as JSON under key, fenced by leadership. Manifests only:
 // etcd values are capped at 1.5 MiB.
 func (l *Leader) PutJSON(ctx context.Context, key string, v any) error {

@@ -21,9 +21,12 @@ const (
 	IgnoredIteration = "iteration"
 	// IgnoredCommit: a per-step commit record no leader's commit wrote.
 	IgnoredCommit = "commit"
+	// IgnoredPlan: a key under the plan prefix that names no epoch a
+	// leader could have reached.
+	IgnoredPlan = "plan"
 )
 
-var ignoredMembers, ignoredIterations, ignoredCommits atomic.Uint64
+var ignoredMembers, ignoredIterations, ignoredCommits, ignoredPlans atomic.Uint64
 
 func counter(kind string) *atomic.Uint64 {
 	switch kind {
@@ -33,12 +36,14 @@ func counter(kind string) *atomic.Uint64 {
 		return &ignoredIterations
 	case IgnoredCommit:
 		return &ignoredCommits
+	case IgnoredPlan:
+		return &ignoredPlans
 	}
 	return nil
 }
 
 // IgnoredKinds lists the kinds Ignored counts.
-var IgnoredKinds = []string{IgnoredMember, IgnoredIteration, IgnoredCommit}
+var IgnoredKinds = []string{IgnoredMember, IgnoredIteration, IgnoredCommit, IgnoredPlan}
 
 // Ignored is how many records of kind this process ignored.
 func Ignored(kind string) uint64 {

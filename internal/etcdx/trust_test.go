@@ -239,3 +239,29 @@ func TestForgedCommitsIgnored(t *testing.T) {
 		t.Errorf("no warning about a record written after the leader won: %q", warn.lines)
 	}
 }
+
+// The last plan epoch comes from well-formed keys up to MaxEpoch; other
+// keys under the plan prefix are ignored, whatever their values.
+func TestLastPlanEpochIgnoresForgedKeys(t *testing.T) {
+	cli := startEtcd(t)
+	ctx := context.Background()
+	k := mustKeys(t, "job1")
+	if e, err := LastPlanEpoch(ctx, cli, k); err != nil || e != 0 {
+		t.Fatalf("no plans: epoch %d, %v", e, err)
+	}
+	for key, v := range map[string]string{
+		k.Plan(1): `{"epoch":1}`, k.Plan(3): `not json`, k.PlanPrefix() + "zzz": `{"epoch":99}`,
+		k.PlanPrefix() + "99999999999999999999": `{}`, k.Plan(MaxEpoch + 1): `{}`, k.PlanPrefix() + "7": `{}`,
+	} {
+		if _, err := cli.Put(ctx, key, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := Ignored(IgnoredPlan)
+	if e, err := LastPlanEpoch(ctx, cli, k); err != nil || e != 3 {
+		t.Fatalf("epoch %d, %v; want 3", e, err)
+	}
+	if n := Ignored(IgnoredPlan) - before; n != 4 {
+		t.Errorf("%d plan keys ignored, want 4", n)
+	}
+}
