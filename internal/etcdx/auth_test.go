@@ -281,3 +281,68 @@ func TestAuthSpecChecked(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkCommitTLS commits steps over TLS as the job's coordinator,
+// with etcd auth off and on (every request then checked against the
+// user's permissions), for the ratio of the two.
+func BenchmarkCommitTLS(b *testing.B) {
+	for _, auth := range []bool{false, true} {
+		name := "auth-off"
+		if auth {
+			name = "auth-on"
+		}
+		b.Run(name, func(b *testing.B) {
+			ctx := context.Background()
+			dir := b.TempDir()
+			id := tlsx.Coordinator("bench")
+			if _, err := tlsx.Issue(dir, []tlsx.Cert{{File: "etcd"}, {File: tlsx.RootCN}, {File: "coordinator", ID: &id}}, time.Hour); err != nil {
+				b.Fatal(err)
+			}
+			e, err := StartEmbedded(ctx, EmbedConfig{Dir: b.TempDir(), TLS: tlsx.FilesFor(dir, "etcd")})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer e.Close()
+			dial := func(f string) *clientv3.Client {
+				tc, err := tlsx.Load(tlsx.FilesFor(dir, f))
+				if err != nil {
+					b.Fatal(err)
+				}
+				cli, err := DialTLS(ctx, e.Endpoints(), 0, tc)
+				if err != nil {
+					b.Fatal(err)
+				}
+				return cli
+			}
+			if auth {
+				root := dial(tlsx.RootCN)
+				if _, err := SetupAuth(ctx, root, AuthSpec{Job: "bench", Workers: []string{"w0"}}); err != nil {
+					b.Fatal(err)
+				}
+				root.Close()
+			}
+			cli := dial("coordinator")
+			defer cli.Close()
+			k, _ := NewKeys("bench")
+			s, err := NewSession(ctx, cli, 5)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
+			l, err := Campaign(ctx, s, k, "c")
+			if err != nil {
+				b.Fatal(err)
+			}
+			c, err := NewCommitter(ctx, l)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			for i := range b.N {
+				if err := c.Commit(ctx, Commit{Step: int64(i + 1), Epoch: 1, Loss: 1}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
