@@ -47,8 +47,9 @@ func Iteration(ctx context.Context, cli *clientv3.Client, k Keys) (Commit, int64
 // It trusts a commit only if the leader it names could have written it
 // (see trustedPair): a commit is one fenced transaction putting the
 // iteration key and the step's record, byte for byte the same, so both
-// carry one mod revision, the record is never rewritten (version 1), and
-// the leader revision it names is older than the record. Since a
+// carry one mod revision, a committed step's record is not rewritten
+// after later commits, and the leader revision it names is older than the
+// record. Since a
 // leader's writes are fenced by its key, nothing written after this
 // leader won (Leader.won) can be another leader's: such records are
 // trusted only if they are this leader's own attempts. Anything else is
@@ -320,21 +321,32 @@ func (c *Committer) trustedRun(ctx context.Context) (Commit, int64, error) {
 	return run[len(run)-1].c, run[len(run)-1].mod, nil
 }
 
-// checkNext looks at the key the next commit's record goes to: a record
-// there is no commit (a commit writes the iteration key with it), so it
-// is ignored and the next commit overwrites it.
+// checkNext looks at the key the next commit's record goes to. This
+// leader's own record there is a commit whose answer was lost (the
+// iteration key written with it may have been overwritten since): it is
+// adopted, and the key after it looked at. Any other record there is no
+// commit (a commit writes the iteration key with it), so it is ignored
+// and the next commit overwrites it.
 func (c *Committer) checkNext(ctx context.Context) error {
 	c.over = 0
-	key := c.l.keys.Commit(c.last.Step + 1)
-	resp, err := c.l.Client().Get(ctx, key)
-	if err != nil {
-		return fmt.Errorf("etcdx: read %s: %w", key, err)
-	}
-	if len(resp.Kvs) > 0 {
+	for {
+		key := c.l.keys.Commit(c.last.Step + 1)
+		resp, err := c.l.Client().Get(ctx, key)
+		if err != nil {
+			return fmt.Errorf("etcdx: read %s: %w", key, err)
+		}
+		if len(resp.Kvs) == 0 {
+			return nil
+		}
+		kv := resp.Kvs[0]
+		if cm, why := c.trustedRecord(kv, c.last.Step+1); why == "" && kv.ModRevision > c.l.won {
+			c.last, c.committed = cm, kv.ModRevision
+			continue
+		}
 		ignore(IgnoredCommit, key, fmt.Sprintf("present though step %d is the last committed", c.last.Step))
-		c.over = resp.Kvs[0].ModRevision
+		c.over = kv.ModRevision
+		return nil
 	}
-	return nil
 }
 
 // maxCommitBytes bounds a commit record; real ones are under 100 bytes.

@@ -167,6 +167,17 @@ func TestForgedCommitsIgnored(t *testing.T) {
 		t.Fatal(err)
 	}
 	commit(c, 7)
+	// A commit whose answer was lost, and the iteration key forged after
+	// it landed: re-reading finds the leader's own record and adopts it.
+	lost := *c
+	commit(c, 8)
+	forge(t, cli, k.Iteration(), Commit{Step: 1, Epoch: 1, LeaderRev: l.Rev()})
+	if err := lost.Refresh(ctx); err != nil || lost.Last().Step != 8 || lost.Last().Loss != 8 {
+		t.Fatalf("after a lost answer and a forged iteration: last %+v, %v; want step 8", lost.Last(), err)
+	}
+	if err := c.Refresh(ctx); err != nil || c.Last().Step != 8 {
+		t.Fatalf("refresh: last %d, %v; want 8", c.Last().Step, err)
+	}
 	if r, ok, err := c.Record(ctx, 6); err != nil || !ok || r.Loss != 6 {
 		t.Errorf("record of step 6: %+v %v %v, want this leader's, loss 6", r, ok, err)
 	}
@@ -191,7 +202,7 @@ func TestForgedCommitsIgnored(t *testing.T) {
 	}
 
 	// Between terms: the leader resigns; a forger writes an iteration
-	// that is no commit, a record of step 9 after a gap and a stray key.
+	// that is no commit, a record of step 10 after a gap and a stray key.
 	// The next leader continues from the end of the trusted run of
 	// records: step 1, since step 2's record was rewritten after later
 	// steps were committed and step 3's is gone.
@@ -199,8 +210,8 @@ func TestForgedCommitsIgnored(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Close()
-	b, _ = json.Marshal(Commit{Step: 9, Epoch: 1, LeaderRev: l.Rev(), Loss: 1})
-	if _, err := cli.Txn(ctx).Then(clientv3.OpPut(k.Iteration(), `{"step":100}`), clientv3.OpPut(k.Commit(9), string(b)), clientv3.OpPut(k.CommitsPrefix()+"0", "x")).Commit(); err != nil {
+	b, _ = json.Marshal(Commit{Step: 10, Epoch: 1, LeaderRev: l.Rev(), Loss: 1})
+	if _, err := cli.Txn(ctx).Then(clientv3.OpPut(k.Iteration(), `{"step":100}`), clientv3.OpPut(k.Commit(10), string(b)), clientv3.OpPut(k.CommitsPrefix()+"0", "x")).Commit(); err != nil {
 		t.Fatal(err)
 	}
 	s2, _ := NewSession(ctx, cli, testTTL)
