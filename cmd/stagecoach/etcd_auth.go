@@ -71,6 +71,9 @@ users, and no job's users can read or watch another job's keys.
 				return err
 			}
 			fmt.Fprintln(os.Stdout, describeAuth(job, rep))
+			for _, u := range rep.Unexpected {
+				fmt.Fprintf(os.Stderr, "warning: %s (not granted by init-auth; revoke it unless you granted it)\n", u)
+			}
 			return nil
 		},
 	}
@@ -128,6 +131,11 @@ func embeddedAuth(ctx context.Context, eps []string, tc *tls.Config, spec etcdx.
 	rep, err := etcdx.SetupAuth(ctx, cli, spec)
 	if err != nil {
 		return err
+	}
+	if len(rep.Unexpected) > 0 {
+		// Nobody but this process set up this etcd: a grant it did not
+		// make was made by a client that reached it before auth was on.
+		return fmt.Errorf("embedded etcd: grants this process did not make: %s", strings.Join(rep.Unexpected, "; "))
 	}
 	log.Info(describeAuth(spec.Job, rep), "role", "etcd")
 	return nil

@@ -111,6 +111,11 @@ type AuthReport struct {
 	// Enabled is true when this call turned auth on; false when it was
 	// on already.
 	Enabled bool
+	// Unexpected lists grants SetupAuth did not make and would not: a
+	// user of the job holding another role, or another user holding
+	// root or one of the job's roles (set up by hand, or by someone who
+	// reached etcd before auth was on).
+	Unexpected []string
 }
 
 // SetupAuth creates the root user, the job's coordinator role and user
@@ -192,6 +197,13 @@ func SetupAuth(ctx context.Context, cli *clientv3.Client, spec AuthSpec) (AuthRe
 			return rep, err
 		}
 	}
+	want := map[string]string{RootUser: "root", coord: CoordinatorUser(spec.Job)}
+	for _, n := range names {
+		want[spec.Users[n]] = WorkerUser(spec.Job, n)
+	}
+	if rep.Unexpected, err = unexpectedGrants(ctx, cli, spec.Job, want); err != nil {
+		return rep, wrap("list users", err)
+	}
 	st, err := cli.AuthStatus(ctx)
 	if err != nil {
 		return rep, wrap("read auth status", err)
@@ -203,6 +215,35 @@ func SetupAuth(ctx context.Context, cli *clientv3.Client, spec AuthSpec) (AuthRe
 		rep.Enabled = true
 	}
 	return rep, nil
+}
+
+// unexpectedGrants lists every user's roles that differ from want (user
+// to its one role) for the job's users, and any other user holding root
+// or a role of job.
+func unexpectedGrants(ctx context.Context, cli *clientv3.Client, job string, want map[string]string) ([]string, error) {
+	users, err := cli.UserList(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, u := range users.Users {
+		got, err := cli.UserGet(ctx, u)
+		if err != nil {
+			return nil, err
+		}
+		if role, ours := want[u]; ours {
+			if len(got.Roles) != 1 || got.Roles[0] != role {
+				out = append(out, fmt.Sprintf("user %s holds roles %v, want only %s", u, got.Roles, role))
+			}
+			continue
+		}
+		for _, r := range got.Roles {
+			if r == "root" || r == CoordinatorUser(job) || strings.HasPrefix(r, job+"/worker/") {
+				out = append(out, fmt.Sprintf("user %s holds role %s", u, r))
+			}
+		}
+	}
+	return out, nil
 }
 
 // AuthEnabled reports whether etcd checks permissions. Any client may ask.

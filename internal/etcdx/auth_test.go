@@ -108,7 +108,7 @@ func TestAuthPerJobAndWorker(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !rep.Enabled || len(rep.Created) != 4 {
+	if !rep.Enabled || len(rep.Created) != 4 || len(rep.Unexpected) != 0 {
 		t.Fatalf("first setup: %+v, want auth enabled and root, a/coordinator, a/worker/w0, a/worker/w1 created", rep)
 	}
 	if _, err := SetupAuth(ctx, root, AuthSpec{Job: "b", Workers: []string{"w0"}}); err != nil {
@@ -116,8 +116,25 @@ func TestAuthPerJobAndWorker(t *testing.T) {
 	}
 	// Idempotent, and adds a worker joining later.
 	rep, err = SetupAuth(ctx, root, AuthSpec{Job: "a", Workers: []string{"w0", "w1", "w2"}})
-	if err != nil || rep.Enabled || len(rep.Created) != 1 || rep.Created[0] != "a/worker/w2" {
+	if err != nil || rep.Enabled || len(rep.Created) != 1 || rep.Created[0] != "a/worker/w2" || len(rep.Unexpected) != 0 {
 		t.Fatalf("setup again with w2: %+v %v", rep, err)
+	}
+	// Grants made by hand are reported, not undone.
+	if _, err := root.UserGrantRole(ctx, WorkerUser("b", "w0"), CoordinatorUser("a")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := root.UserGrantRole(ctx, WorkerUser("a", "w1"), WorkerUser("a", "w0")); err != nil {
+		t.Fatal(err)
+	}
+	rep, err = SetupAuth(ctx, root, AuthSpec{Job: "a", Workers: []string{"w0", "w1", "w2"}})
+	if err != nil || len(rep.Unexpected) != 2 {
+		t.Fatalf("setup after grants by hand: %+v %v, want both reported", rep, err)
+	}
+	t.Log(rep.Unexpected)
+	for u, r := range map[string]string{WorkerUser("b", "w0"): CoordinatorUser("a"), WorkerUser("a", "w1"): WorkerUser("a", "w0")} {
+		if _, err := root.UserRevokeRole(ctx, u, r); err != nil {
+			t.Fatal(err)
+		}
 	}
 	ka, _ := NewKeys("a")
 	kb, _ := NewKeys("b")
