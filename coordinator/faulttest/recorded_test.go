@@ -9,6 +9,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"stagecoach/coordinator"
+	"stagecoach/internal/jobview"
 )
 
 // recorded reads the recovery records the coordinator kept in etcd,
@@ -31,7 +32,9 @@ func recorded(t *testing.T, e *env) []coordinator.Recovery {
 }
 
 // checkRecorded checks that etcd holds a record of every recovery the run
-// reported, as reported (its first commit stamped).
+// reported, as reported (its first commit stamped), and that `stagecoach
+// status` (jobview) reads them back: what a person watching the job sees
+// is what happened.
 func checkRecorded(t *testing.T, e *env, sum *coordinator.Summary) {
 	t.Helper()
 	recs := recorded(t, e)
@@ -45,6 +48,22 @@ func checkRecorded(t *testing.T, e *env, sum *coordinator.Summary) {
 			!got.CommittedAt.Equal(want.CommittedAt) || got.CommittedAt.IsZero() {
 			t.Errorf("recovery %d: etcd holds %+v, the run reported %+v", i, got, want)
 		}
+	}
+	snap, err := jobview.Read(context.Background(), jobview.NewEtcdSource(e.cli), e.keys, jobview.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snap.Recoveries) != len(recs) {
+		t.Fatalf("status shows %d recoveries, etcd holds %d", len(snap.Recoveries), len(recs))
+	}
+	for i, r := range snap.Recoveries {
+		if r.Kind != recs[i].Kind || r.Step != recs[i].Step || !slices.Equal(r.Lost, recs[i].Lost) || !slices.Equal(r.Vacant, recs[i].Vacant) ||
+			r.CommittedAt == nil || !r.CommittedAt.Equal(recs[i].CommittedAt) {
+			t.Errorf("status shows recovery %d as %+v, etcd holds %+v", i, r, recs[i])
+		}
+	}
+	if c := snap.Committed; c == nil || int(c.Step) != len(sum.Steps)+int(sum.Steps[0].Step)-1 {
+		t.Errorf("status shows committed %+v after a run ending at step %d", c, sum.Steps[len(sum.Steps)-1].Step)
 	}
 }
 
