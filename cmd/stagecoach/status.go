@@ -228,7 +228,7 @@ func writeStatus(w io.Writer, s *jobview.Snapshot, note string) error {
 		fmt.Fprintf(tw, "\t%s\n", note)
 	}
 	if l := s.Leader; l != nil {
-		fmt.Fprintf(tw, "leader\t%s, fencing token %d, lease %s%s\n", l.Name, l.FencingToken, l.Lease, ttlText(l.TTLS))
+		fmt.Fprintf(tw, "leader\t%s, fencing token %d, lease %s%s\n", l.Name, l.FencingToken, l.Lease, ttlText(l.TTLS, l.GrantedS))
 	} else {
 		fmt.Fprintf(tw, "leader\tnone\n")
 	}
@@ -252,7 +252,7 @@ func writeStatus(w io.Writer, s *jobview.Snapshot, note string) error {
 		fmt.Fprintf(tw, "checkpoint\tnone\n")
 	}
 	fmt.Fprintln(tw)
-	fmt.Fprintf(tw, "WORKER\tSTAGES\tREPLICA\tADDRESS\tLEASE\tTTL\n")
+	fmt.Fprintf(tw, "WORKER\tSTAGES\tREPLICA\tADDRESS\tLEASE\tTTL LEFT\n")
 	for _, m := range s.Members {
 		stages := "standby"
 		if m.InPlan {
@@ -260,7 +260,7 @@ func writeStatus(w io.Writer, s *jobview.Snapshot, note string) error {
 		}
 		ttl := "-"
 		if m.TTLS >= 0 {
-			ttl = fmt.Sprintf("%d s", m.TTLS)
+			ttl = fmt.Sprintf("%d of %d s", m.TTLS, m.GrantedS)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", m.Name, stages, m.Replica, m.Addr, m.Lease, ttl)
 	}
@@ -298,11 +298,11 @@ func writeStatus(w io.Writer, s *jobview.Snapshot, note string) error {
 	return tw.Flush()
 }
 
-func ttlText(ttl int64) string {
+func ttlText(ttl, granted int64) string {
 	if ttl < 0 {
 		return ""
 	}
-	return fmt.Sprintf(" (%d s left)", ttl)
+	return fmt.Sprintf(" (%d of %d s left)", ttl, granted)
 }
 
 func joinInts(xs []int) string {

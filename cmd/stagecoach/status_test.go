@@ -212,7 +212,7 @@ func checkAgainstEtcd(t *testing.T, cli *clientv3.Client, k etcdx.Keys, s *jobvi
 	}
 	for i, kv := range r.Kvs {
 		m := s.Members[i]
-		if k.Member(m.Name) != string(kv.Key) || m.Lease != strconv.FormatInt(kv.Lease, 16) || m.TTLS < 0 || m.TTLS > 2 {
+		if k.Member(m.Name) != string(kv.Key) || m.Lease != strconv.FormatInt(kv.Lease, 16) || m.TTLS < 0 || m.TTLS > 2 || m.GrantedS != 2 {
 			t.Errorf("status shows member %+v, etcd holds %s under lease %x", m, kv.Key, kv.Lease)
 		}
 	}

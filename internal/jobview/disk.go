@@ -26,7 +26,7 @@ var ErrEtcdRunning = errors.New("jobview: an etcd process holds the data directo
 // every live key under a prefix, as etcd's backend last stored it; etcd
 // commits its backend every 100 ms, so a killed etcd's last writes (still
 // in its write-ahead log) may be missing. Leases cannot be timed offline:
-// LeaseTTL reports -1.
+// LeaseTTL reports -1 for both.
 type DiskSource struct {
 	kvs []KV // live keys, sorted
 	rev int64
@@ -116,7 +116,7 @@ func (d *DiskSource) List(_ context.Context, prefix string, limit int) ([]KV, er
 }
 
 // LeaseTTL implements Source: unknown offline.
-func (d *DiskSource) LeaseTTL(context.Context, int64) (int64, error) { return -1, nil }
+func (d *DiskSource) LeaseTTL(context.Context, int64) (int64, int64, error) { return -1, -1, nil }
 
 // Revision implements Source: the newest revision stored.
 func (d *DiskSource) Revision() int64 { return d.rev }

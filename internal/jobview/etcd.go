@@ -66,18 +66,18 @@ func (e *EtcdSource) List(ctx context.Context, prefix string, limit int) ([]KV, 
 }
 
 // LeaseTTL implements Source.
-func (e *EtcdSource) LeaseTTL(ctx context.Context, lease int64) (int64, error) {
+func (e *EtcdSource) LeaseTTL(ctx context.Context, lease int64) (int64, int64, error) {
 	if lease == 0 {
-		return -1, nil
+		return -1, -1, nil
 	}
 	resp, err := e.cli.TimeToLive(ctx, clientv3.LeaseID(lease))
 	if err == rpctypes.ErrLeaseNotFound {
-		return -1, nil
+		return -1, -1, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("jobview: time to live of lease %x: %w", lease, err)
+		return 0, 0, fmt.Errorf("jobview: time to live of lease %x: %w", lease, err)
 	}
-	return resp.TTL, nil
+	return resp.TTL, resp.GrantedTTL, nil
 }
 
 // Revision implements Source.

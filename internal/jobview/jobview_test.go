@@ -123,7 +123,7 @@ func TestReadShowsWhatEtcdHolds(t *testing.T) {
 	if s.Job != "view" || s.Revision == 0 {
 		t.Errorf("job %q at revision %d", s.Job, s.Revision)
 	}
-	if s.Leader == nil || s.Leader.Name != "coord-a" || s.Leader.FencingToken != j.leader.Rev() || s.Leader.TTLS <= 0 || s.Leader.TTLS > 30 {
+	if s.Leader == nil || s.Leader.Name != "coord-a" || s.Leader.FencingToken != j.leader.Rev() || s.Leader.TTLS <= 0 || s.Leader.TTLS > 30 || s.Leader.GrantedS != 30 {
 		t.Errorf("leader %+v, want coord-a with token %d and a live lease", s.Leader, j.leader.Rev())
 	}
 	if c := s.Committed; c == nil || c.Step != 5 || c.Loss != 5.5 || c.Epoch != 2 || c.LeaderRev != j.leader.Rev() {
@@ -153,7 +153,7 @@ func TestReadShowsWhatEtcdHolds(t *testing.T) {
 	}{{"w0", true, []int{0}}, {"w1", true, []int{1}}, {"w9", false, []int{}}} {
 		m := s.Members[i]
 		lease := j.sessions[i].Lease()
-		if m.Name != want.name || m.InPlan != want.inPlan || !reflect.DeepEqual(m.Stages, want.stages) || m.TTLS <= 0 || m.Lease != fmt.Sprintf("%x", int64(lease)) {
+		if m.Name != want.name || m.InPlan != want.inPlan || !reflect.DeepEqual(m.Stages, want.stages) || m.TTLS <= 0 || m.GrantedS != 30 || m.Lease != fmt.Sprintf("%x", int64(lease)) {
 			t.Errorf("member %d: %+v, want %s (in plan %v, stages %v, lease %x)", i, m, want.name, want.inPlan, want.stages, lease)
 		}
 	}
@@ -184,10 +184,10 @@ func TestReadShowsWhatEtcdHolds(t *testing.T) {
 	// Offline, leases cannot be timed; everything else is the same.
 	live := *s
 	live.Leader = ptr(*s.Leader)
-	live.Leader.TTLS = -1
+	live.Leader.TTLS, live.Leader.GrantedS = -1, -1
 	live.Members = append([]jobview.Member(nil), s.Members...)
 	for i := range live.Members {
-		live.Members[i].TTLS = -1
+		live.Members[i].TTLS, live.Members[i].GrantedS = -1, -1
 	}
 	live.ReadAt, off.ReadAt = time.Time{}, time.Time{}
 	if off.Revision < s.Revision {

@@ -41,9 +41,9 @@ type Source interface {
 	// List returns the keys under prefix in key order; limit > 0 keeps
 	// only the last limit of them.
 	List(ctx context.Context, prefix string, limit int) ([]KV, error)
-	// LeaseTTL is the lease's remaining time to live in seconds, -1 when
-	// it is gone or cannot be known.
-	LeaseTTL(ctx context.Context, lease int64) (int64, error)
+	// LeaseTTL is the lease's remaining and granted time to live in
+	// seconds, -1 when it is gone or cannot be known.
+	LeaseTTL(ctx context.Context, lease int64) (ttl, granted int64, err error)
 	// Revision is the etcd revision the reads see (0 if unknown).
 	Revision() int64
 }
@@ -91,6 +91,7 @@ type Leader struct {
 	Key          string `json:"key"`
 	Lease        string `json:"lease"`
 	TTLS         int64  `json:"ttl_s"`
+	GrantedS     int64  `json:"granted_s"`
 }
 
 // Member is a registered worker and what the current plan gives it.
@@ -98,9 +99,10 @@ type Member struct {
 	Name string `json:"name"`
 	Addr string `json:"addr"`
 	// Lease is the registration's lease in hex; TTLS its remaining
-	// seconds (-1: gone or unknown).
-	Lease string `json:"lease"`
-	TTLS  int64  `json:"ttl_s"`
+	// seconds and GrantedS its full TTL (-1: gone or unknown).
+	Lease    string `json:"lease"`
+	TTLS     int64  `json:"ttl_s"`
+	GrantedS int64  `json:"granted_s"`
 	// InPlan tells whether the newest plan uses the worker; Stages and
 	// Replica are its place there.
 	InPlan  bool  `json:"in_plan"`
@@ -296,11 +298,11 @@ func readLeader(ctx context.Context, src Source, k etcdx.Keys, s *Snapshot) erro
 	if best == nil {
 		return nil
 	}
-	ttl, err := src.LeaseTTL(ctx, best.Lease)
+	ttl, granted, err := src.LeaseTTL(ctx, best.Lease)
 	if err != nil {
 		return err
 	}
-	s.Leader = &Leader{Name: string(best.Value), FencingToken: best.CreateRev, Key: best.Key, Lease: leaseHex(best.Lease), TTLS: ttl}
+	s.Leader = &Leader{Name: string(best.Value), FencingToken: best.CreateRev, Key: best.Key, Lease: leaseHex(best.Lease), TTLS: ttl, GrantedS: granted}
 	return nil
 }
 
@@ -351,11 +353,11 @@ func readMembers(ctx context.Context, src Source, k etcdx.Keys, s *Snapshot) err
 		if m.Name != name {
 			return fmt.Errorf("jobview: %s registers worker %q", kvs[i].Key, m.Name)
 		}
-		ttl, err := src.LeaseTTL(ctx, kvs[i].Lease)
+		ttl, granted, err := src.LeaseTTL(ctx, kvs[i].Lease)
 		if err != nil {
 			return err
 		}
-		mem := Member{Name: m.Name, Addr: m.Addr, Lease: leaseHex(kvs[i].Lease), TTLS: ttl, Stages: []int{}}
+		mem := Member{Name: m.Name, Addr: m.Addr, Lease: leaseHex(kvs[i].Lease), TTLS: ttl, GrantedS: granted, Stages: []int{}}
 		if pw, ok := byName[m.Name]; ok {
 			mem.InPlan, mem.Stages, mem.Replica = true, pw.Stages, pw.Replica
 			pw.Registered = pw.Addr == m.Addr

@@ -46,11 +46,12 @@ function renderFacts(s) {
   $("step").textContent = c ? String(c.step) : "0";
   $("loss").textContent = c ? c.loss.toFixed(4) : "–";
   $("epoch").textContent = s.plan ? String(s.plan.epoch) : "–";
-  $("schedule").textContent = s.plan ? s.plan.schedule + ", " + s.plan.workers.length + " workers, " + s.plan.stages + " stages" : "no plan yet";
+  $("schedule").textContent = s.plan ? s.plan.schedule + " · " + s.plan.stages + " stages" : "no plan yet";
   $("leader").textContent = s.leader ? s.leader.name : "none";
   $("token").textContent = s.leader ? "fencing token " + s.leader.fencing_token + (s.leader.ttl_s >= 0 ? ", lease " + s.leader.ttl_s + " s" : "") : "";
   $("checkpoint").textContent = s.checkpoint ? "step " + s.checkpoint.step : "none";
   $("checkpoint-dir").textContent = s.checkpoint ? s.checkpoint.files + " files in " + s.checkpoint.dir : "";
+  $("checkpoint-dir").title = s.checkpoint ? s.checkpoint.dir : "";
   $("recovery-count").textContent = String(s.recoveries.length);
   const lr = s.recoveries[s.recoveries.length - 1];
   $("recovery-last").textContent = lr ? "last: " + lr.kind + " at step " + lr.step : "none recorded";
@@ -75,11 +76,11 @@ function workerBox(name, member, planWorker) {
   box.appendChild(el("div", "meta", meta));
   if (member) {
     const ttl = member.ttl_s;
-    box.appendChild(el("div", "meta", ttl >= 0 ? "lease " + member.lease + " · " + ttl + " s left" : "lease " + member.lease));
-    if (ttl >= 0) {
+    box.appendChild(el("div", "meta", ttl >= 0 ? "lease " + member.lease + " · " + ttl + " of " + member.granted_s + " s left" : "lease " + member.lease));
+    if (ttl >= 0 && member.granted_s > 0) {
       const bar = el("div", "ttl");
       const fill = el("div");
-      fill.style.width = Math.min(100, ttl * 20) + "%";
+      fill.style.width = Math.min(100, 100 * ttl / member.granted_s) + "%";
       bar.appendChild(fill);
       box.appendChild(bar);
     }
@@ -174,7 +175,7 @@ function renderTimeline(s) {
   const g = $("timeline");
   g.replaceChildren();
   const t = s.timeline;
-  const W = 600, H = 260, pad = { l: 70, r: 12, t: 8, b: 30 };
+  const W = 600, H = 260, pad = { l: 80, r: 12, t: 8, b: 30 };
   if (!t || !t.workers || t.workers.length === 0) {
     g.appendChild(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle", fill: "#6b7280" },
       s.leader ? "served by the leading coordinator only" : "no iteration measured"));
@@ -184,11 +185,16 @@ function renderTimeline(s) {
   $("timeline-note").textContent = "(step " + t.step + ", " + fmtSeconds(t.span_s) + ")";
   const span = t.span_s || 1;
   const [sx] = axes(g, W, H, pad, 0, span, 0, 1, (v) => fmtSeconds(v), () => "", "seconds");
-  const rowH = (H - pad.t - pad.b) / t.workers.length;
+  // Rows in pipeline order: by the first stage each worker holds.
+  const stageOf = {};
+  for (const w of (s.plan ? s.plan.workers : [])) stageOf[w.name] = Math.min(...w.stages);
+  const rows = t.workers.slice().sort((a, b) => ((stageOf[a.worker] ?? 1e9) - (stageOf[b.worker] ?? 1e9)) || (a.worker < b.worker ? -1 : 1));
+  const rowH = (H - pad.t - pad.b) / rows.length;
   const seen = new Set();
-  t.workers.forEach((w, i) => {
+  rows.forEach((w, i) => {
     const y = pad.t + i * rowH;
-    g.appendChild(svg("text", { x: pad.l - 6, y: y + rowH / 2 + 4, "text-anchor": "end", "font-size": 12, fill: "#1d2330" }, w.worker));
+    const label = w.worker + (stageOf[w.worker] !== undefined ? " · s" + stageOf[w.worker] : "");
+    g.appendChild(svg("text", { x: pad.l - 6, y: y + rowH / 2 + 4, "text-anchor": "end", "font-size": 12, fill: "#1d2330" }, label));
     for (const a of w.actions) {
       const k = a.action.charAt(0);
       seen.add(k);
