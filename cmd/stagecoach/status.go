@@ -224,6 +224,9 @@ func writeStatus(w io.Writer, s *jobview.Snapshot, note string) error {
 		state = "no leader"
 	}
 	fmt.Fprintf(tw, "job\t%s (%s, etcd revision %d)\n", s.Job, state, s.Revision)
+	if s.Leader == nil && s.Plan == nil && s.Committed == nil && len(s.Members) == 0 && len(s.Recoveries) == 0 {
+		fmt.Fprintf(tw, "\tetcd holds nothing under %s%s/: is the job id right?\n", etcdx.Root, s.Job)
+	}
 	if note != "" {
 		fmt.Fprintf(tw, "\t%s\n", note)
 	}

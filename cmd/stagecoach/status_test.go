@@ -148,6 +148,17 @@ func TestStatusAndLivePageOfRunningUp(t *testing.T) {
 		}
 	}
 
+	table, _, code = runCLI(t, dir, "status", "--etcd", strings.Join(st.Endpoints, ","), "--job", "no-such-job")
+	if code != 0 || !strings.Contains(table, "etcd holds nothing under /stagecoach/no-such-job/: is the job id right?") {
+		t.Errorf("status of an unknown job exited %d:\n%s", code, table)
+	}
+	if _, errOut, code := runCLI(t, dir, "status", "--etcd", strings.Join(st.Endpoints, ","), "--job", "a/b"); code != 2 || !strings.Contains(errOut, "job id") {
+		t.Errorf("status --job a/b exited %d: %s", code, errOut)
+	}
+	if _, errOut, code := runCLI(t, dir, "status", "--out", filepath.Join(dir, "nothing")); code != 2 || !strings.Contains(errOut, "not the --out of a 'stagecoach up'") {
+		t.Errorf("status --out of an empty directory exited %d: %s", code, errOut)
+	}
+
 	checkLivePage(t, st.LiveURL, cli, keys)
 
 	errOut = stop()

@@ -206,7 +206,7 @@ func TestReadShowsWhatEtcdHolds(t *testing.T) {
 func TestReadRejectsMalformedRecords(t *testing.T) {
 	ctx := context.Background()
 	j := startJob(t, nil)
-	for _, key := range []string{j.keys.Plan(3), j.keys.Iteration(), j.keys.Member("w0")} {
+	for _, key := range []string{j.keys.Plan(3), j.keys.Iteration(), j.keys.Member("w0"), j.keys.Checkpoint(9), j.keys.Recovery(1)} {
 		t.Run(key, func(t *testing.T) {
 			old, err := j.cli.Get(ctx, key)
 			if err != nil {
@@ -347,3 +347,29 @@ func get(t *testing.T, c *http.Client, url string) (body, ctype string) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestReadPlanBounds: a manifest without a stage count (written before
+// it was recorded) shows the stages its workers hold; an absurd one is
+// refused before anything is allocated for it.
+func TestReadPlanBounds(t *testing.T) {
+	ctx := context.Background()
+	j := startJob(t, nil)
+	put := func(v string) {
+		t.Helper()
+		if _, err := j.cli.Put(ctx, j.keys.Plan(3), v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put(`{"epoch":3,"schedule":"gpipe","workers":[{"name":"w0","stages":[0]},{"name":"w1","stages":[2]}]}`)
+	s, err := jobview.Read(ctx, jobview.NewEtcdSource(j.cli), j.keys, jobview.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Plan.Stages != 3 || !reflect.DeepEqual(s.Plan.Vacant, []int{1}) {
+		t.Errorf("plan without a stage count: %d stages, vacant %v; want 3, [1]", s.Plan.Stages, s.Plan.Vacant)
+	}
+	put(`{"epoch":3,"schedule":"gpipe","stages":4000000000,"workers":[]}`)
+	if _, err := jobview.Read(ctx, jobview.NewEtcdSource(j.cli), j.keys, jobview.Options{}); err == nil || !strings.Contains(err.Error(), "stages") {
+		t.Errorf("a plan of 4e9 stages: %v, want refused", err)
+	}
+}

@@ -206,6 +206,10 @@ type Options struct {
 	Losses int
 }
 
+// maxStages bounds the stage count read from a plan manifest before the
+// view allocates for it.
+const maxStages = 1 << 16
+
 // MaxLosses caps Options.Losses: a poll reads at most this many commit
 // records.
 const MaxLosses = 2000
@@ -314,6 +318,20 @@ func readPlan(ctx context.Context, src Source, k etcdx.Keys, s *Snapshot) error 
 	var p Plan
 	if err := decode(&kvs[0], &p); err != nil {
 		return err
+	}
+	if p.Stages == 0 {
+		// A manifest from before the stage count was recorded: the
+		// stages its workers hold (a vacant last stage is not seen).
+		for _, w := range p.Workers {
+			for _, st := range w.Stages {
+				if st >= p.Stages && st < maxStages {
+					p.Stages = st + 1
+				}
+			}
+		}
+	}
+	if p.Stages < 0 || p.Stages > maxStages {
+		return fmt.Errorf("jobview: %s: %d stages, want 0 to %d", kvs[0].Key, p.Stages, maxStages)
 	}
 	held := make([]bool, p.Stages)
 	for _, w := range p.Workers {
