@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 
 	"stagecoach/internal/etcdx"
 	"stagecoach/internal/jobview"
+	"stagecoach/internal/tlsx"
 )
 
 // startUp starts `stagecoach up` in the background and returns a
@@ -337,5 +339,74 @@ func checkLivePage(t *testing.T, url string, cli *clientv3.Client, k etcdx.Keys)
 		}
 		t.Logf("the live page showed step %d (etcd: %d before the load, %d after) on load %d", step, before.Step, after.Step, attempt)
 		return
+	}
+}
+
+// TestStatusAndLivePageOverTLS runs a real `up --tls-dir`: status --out
+// finds the job with the coordinator's certificate from that directory,
+// and the live page is served over HTTPS to a client certificate of the
+// cluster CA only.
+func TestStatusAndLivePageOverTLS(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts worker processes")
+	}
+	corpus := upCorpus(t)
+	dir := t.TempDir()
+	out, certs := filepath.Join(dir, "run"), filepath.Join(dir, "certs")
+	startUp(t, "--workers", "2", "--steps", "100000", "--layers", "2", "--dim", "16", "--heads", "2", "--ctx", "16",
+		"--microbatches", "2", "--microbatch-size", "2", "--corpus", corpus, "--ttl", "2", "--tls-dir", certs,
+		"--http-addr", "127.0.0.1:0", "--out", out, "--json")
+	var st *upState
+	waitUntil(t, 60*time.Second, "up.json names the live page", func() bool {
+		var err error
+		st, err = readUpState(out)
+		return err == nil && st.LiveURL != ""
+	})
+	if !strings.HasPrefix(st.LiveURL, "https://") || st.TLSDir != certs {
+		t.Fatalf("up.json: %+v", st)
+	}
+	var s jobview.Snapshot
+	waitUntil(t, 60*time.Second, "status shows a committed step", func() bool {
+		stdout, errOut, code := runCLI(t, dir, "status", "--out", out, "--json")
+		if code != 0 {
+			t.Fatalf("status --out of a TLS up exited %d: %s", code, errOut)
+		}
+		if err := json.Unmarshal([]byte(stdout), &s); err != nil {
+			t.Fatal(err)
+		}
+		return s.Committed != nil && s.Committed.Step > 0
+	})
+	if s.Leader == nil || len(s.Members) != 2 {
+		t.Errorf("status over TLS: %+v", s)
+	}
+	// Without TLS flags and without --out, etcd refuses the client.
+	if _, _, code := runCLI(t, dir, "status", "--etcd", strings.Join(st.Endpoints, ","), "--job", "up", "--timeout", "3s"); code == 0 {
+		t.Error("status without a certificate read a TLS etcd")
+	}
+	get := func(withCert bool) error {
+		c, err := tlsx.Load(tlsx.FilesFor(certs, "w0"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !withCert {
+			c.Certificates = nil
+		}
+		hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: c}}
+		resp, err := hc.Get(st.LiveURL + "api/job")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		var live jobview.Snapshot
+		if err := json.NewDecoder(resp.Body).Decode(&live); err != nil || live.Committed == nil {
+			t.Errorf("the page's snapshot over HTTPS: %v %+v", err, live)
+		}
+		return nil
+	}
+	if err := get(true); err != nil {
+		t.Errorf("with a certificate of the cluster CA: %v", err)
+	}
+	if err := get(false); err == nil {
+		t.Error("the page was served to a client without a certificate")
 	}
 }
