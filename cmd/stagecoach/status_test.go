@@ -410,3 +410,19 @@ func TestStatusAndLivePageOverTLS(t *testing.T) {
 		t.Error("the page was served to a client without a certificate")
 	}
 }
+
+func TestStatusAndHTTPAddrBadInputExitTwo(t *testing.T) {
+	for _, args := range [][]string{
+		{"up", "--http-addr", "8080"},
+		{"coordinator", "--job", "j", "--http-addr", "127.0.0.1:99999"},
+		{"status"},
+		{"status", "--job", "j"},
+		{"status", "--etcd", "127.0.0.1:1", "--out", "x"},
+		{"status", "--etcd", "127.0.0.1:1", "--job", "j", "--timeout", "0s"},
+	} {
+		_, errOut, code := runCLI(t, t.TempDir(), args...)
+		if code != 2 {
+			t.Errorf("%v: exit %d, want 2 (%s)", args, code, errOut)
+		}
+	}
+}
