@@ -75,10 +75,10 @@ type Recovery struct {
 	// FromCheckpoint is the checkpoint step restored (restore only; 0 is
 	// the seeded initial state) and Replayed the committed steps re-run.
 	FromCheckpoint int64 `json:"from_checkpoint,omitempty"`
+	Replayed       int64 `json:"replayed,omitempty"`
 	// Vacant lists the stages a re-path left without a worker (every
 	// path skips them until a worker joins).
-	Vacant   []int `json:"vacant,omitempty"`
-	Replayed int64 `json:"replayed,omitempty"`
+	Vacant []int `json:"vacant,omitempty"`
 	// DetectedAt is when the coordinator noticed the failure; ResumedAt
 	// when the new plan was installed and the retry could start;
 	// CommittedAt when the first new step after it was committed.
