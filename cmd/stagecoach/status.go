@@ -138,6 +138,9 @@ func statusOfEtcd(ctx context.Context, eps []string, job string, tf *tlsFlags) (
 		return nil, err
 	}
 	cli, err := etcdx.DialTLS(ctx, eps, 0, tc)
+	if err != nil && tc == nil {
+		return nil, fmt.Errorf("%w (an etcd that serves TLS needs --tls-cert, --tls-key and --tls-ca)", err)
+	}
 	if err != nil {
 		return nil, err
 	}
