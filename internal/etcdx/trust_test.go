@@ -276,3 +276,30 @@ func TestLastPlanEpochIgnoresForgedKeys(t *testing.T) {
 		t.Errorf("%d plan keys ignored, want 4", n)
 	}
 }
+
+// FuzzDecodeMember: whatever a registration's key and value hold, decoding
+// neither panics nor accepts a member that CheckMember refuses or that is
+// not named by its key.
+func FuzzDecodeMember(f *testing.F) {
+	k, _ := NewKeys("job1")
+	f.Add("w0", []byte(`{"name":"w0","addr":"127.0.0.1:7000","capacity":2,"speed":3.5}`))
+	f.Add("w0", []byte(`{"name":"w0","addr":"[::1]:7000"}`))
+	f.Add("a/b", []byte(`{"name":"a/b","addr":"h:1"}`))
+	f.Add("w1", []byte(`{"name":"w1","addr":"h:99999","capacity":-1,"speed":1e400}`))
+	f.Add("w2", []byte(`{"name":`))
+	f.Fuzz(func(t *testing.T, name string, val []byte) {
+		m, ok := decodeMember(k, []byte(k.Member(name)), val, 7)
+		if !ok {
+			return
+		}
+		if m.Name != name || m.Lease != 7 {
+			t.Fatalf("accepted %+v under the key of %q", m, name)
+		}
+		if err := CheckMember(m); err != nil {
+			t.Fatalf("accepted %+v: %v", m, err)
+		}
+		if len(val) > MaxMemberBytes {
+			t.Fatalf("accepted a %d-byte value", len(val))
+		}
+	})
+}
