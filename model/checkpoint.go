@@ -1,7 +1,11 @@
 package model
 
 import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -72,35 +76,129 @@ func LoadStates(path string, states []ParamState, withOptim bool) (map[string]st
 	if err != nil {
 		return nil, err
 	}
+	return meta, FillStates(path, ts, states, withOptim)
+}
+
+// FillStates is LoadStates on tensors already read from the file named
+// name.
+func FillStates(name string, ts []STensor, states []ParamState, withOptim bool) error {
 	byName := make(map[string]STensor, len(ts))
 	for _, t := range ts {
 		byName[t.Name] = t
 	}
-	load := func(name string, shape []int, dst []float32) error {
-		t, ok := byName[name]
+	load := func(tn string, shape []int, dst []float32) error {
+		t, ok := byName[tn]
 		if !ok {
-			return fmt.Errorf("%s: tensor %q missing", path, name)
+			return fmt.Errorf("%s: tensor %q missing", name, tn)
 		}
 		if !sameShape(t.Shape, shape) {
-			return fmt.Errorf("%s: tensor %q has shape %v, model wants %v", path, name, t.Shape, shape)
+			return fmt.Errorf("%s: tensor %q has shape %v, model wants %v", name, tn, t.Shape, shape)
 		}
 		copy(dst, t.Data)
 		return nil
 	}
 	for _, st := range states {
 		if err := load(st.T.Name, st.T.Shape, st.T.W); err != nil {
-			return nil, err
+			return err
 		}
 		if withOptim {
 			if err := load("optim.m."+st.T.Name, st.T.Shape, st.M); err != nil {
-				return nil, err
+				return err
 			}
 			if err := load("optim.v."+st.T.Name, st.T.Shape, st.V); err != nil {
-				return nil, err
+				return err
 			}
 		}
 	}
-	return meta, nil
+	return nil
+}
+
+// StatesBytes is the tensor data a checkpoint of states holds (weights,
+// and both moments when withOptim), in bytes: with a header bound, the
+// most a shard file of them may weigh.
+func StatesBytes(states []ParamState, withOptim bool) int64 {
+	var n int64
+	for _, st := range states {
+		n += 4 * int64(len(st.T.W))
+	}
+	if withOptim {
+		n *= 3
+	}
+	return n
+}
+
+// Digest identifies a checkpoint file by content: its size and SHA-256.
+type Digest struct {
+	Size   int64
+	SHA256 [sha256.Size]byte
+}
+
+// DigestOf is the digest of b.
+func DigestOf(b []byte) Digest { return Digest{Size: int64(len(b)), SHA256: sha256.Sum256(b)} }
+
+// Hex is the SHA-256 in hex.
+func (d Digest) Hex() string { return hex.EncodeToString(d.SHA256[:]) }
+
+// ParseDigest builds a digest from a size and a SHA-256 in bytes.
+func ParseDigest(size int64, sum []byte) (Digest, error) {
+	var d Digest
+	if size < 0 {
+		return d, fmt.Errorf("negative size %d", size)
+	}
+	if len(sum) != sha256.Size {
+		return d, fmt.Errorf("SHA-256 of %d bytes, want %d", len(sum), sha256.Size)
+	}
+	d.Size = size
+	copy(d.SHA256[:], sum)
+	return d, nil
+}
+
+// ErrCorrupt marks a checkpoint file whose size or SHA-256 is not the one
+// its listing records, or which does not parse: a bad checkpoint, as
+// opposed to one that cannot be read at the moment.
+var ErrCorrupt = errors.New("corrupt checkpoint")
+
+// ReadVerified reads the file r names (name is for errors) and returns its
+// bytes once they match want. The size is checked before anything is
+// allocated: against limit (what the caller can have in memory for this
+// file) and against the file's own size when r is an *os.File; the bytes
+// are hashed as they are read, and never more than want.Size+1 are read.
+func ReadVerified(r io.Reader, name string, want Digest, limit int64) ([]byte, error) {
+	if want.Size > limit {
+		return nil, fmt.Errorf("%w: %s: listed size %d exceeds the %d-byte bound of this shard", ErrCorrupt, name, want.Size, limit)
+	}
+	if f, ok := r.(*os.File); ok {
+		fi, err := f.Stat()
+		if err != nil {
+			return nil, err
+		}
+		if fi.Size() != want.Size {
+			return nil, fmt.Errorf("%w: %s is %d bytes, its listing says %d", ErrCorrupt, name, fi.Size(), want.Size)
+		}
+	}
+	h := sha256.New()
+	buf := bytes.NewBuffer(make([]byte, 0, want.Size))
+	n, err := io.Copy(io.MultiWriter(buf, h), io.LimitReader(r, want.Size+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	if n != want.Size {
+		return nil, fmt.Errorf("%w: %s: read %d bytes, its listing says %d", ErrCorrupt, name, n, want.Size)
+	}
+	if got := h.Sum(nil); !bytes.Equal(got, want.SHA256[:]) {
+		return nil, fmt.Errorf("%w: %s: SHA-256 %x, its listing says %x", ErrCorrupt, name, got, want.SHA256)
+	}
+	return buf.Bytes(), nil
+}
+
+// ParseVerified parses verified bytes of a checkpoint file; a parse
+// failure is ErrCorrupt.
+func ParseVerified(b []byte, name string) ([]STensor, map[string]string, error) {
+	ts, meta, err := ReadSafetensors(b)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %s: %w", ErrCorrupt, name, err)
+	}
+	return ts, meta, nil
 }
 
 func sameShape(a, b []int) bool {
