@@ -113,6 +113,16 @@ func FillStates(name string, ts []STensor, states []ParamState, withOptim bool) 
 	return nil
 }
 
+// MaxShardHeader bounds a checkpoint file's header (names, shapes, offsets
+// and the configs in the metadata) on top of its tensor bytes, when its
+// size is checked before it is read (ShardLimit).
+const MaxShardHeader = 16 << 20
+
+// ShardLimit is the most a checkpoint file of states (with optimizer
+// moments) may weigh: its tensor bytes, the header length field and
+// MaxShardHeader.
+func ShardLimit(states []ParamState) int64 { return 8 + MaxShardHeader + StatesBytes(states, true) }
+
 // StatesBytes is the tensor data a checkpoint of states holds (weights,
 // and both moments when withOptim), in bytes: with a header bound, the
 // most a shard file of them may weigh.

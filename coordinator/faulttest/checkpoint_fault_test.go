@@ -117,7 +117,7 @@ func TestCrashDuringCheckpointWrite(t *testing.T) {
 	// Every checkpoint etcd ever lists is loaded the moment it appears.
 	stopWatch := e.watchCheckpoints(t, stages, nil)
 	cfg := coordinator.Config{Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 4, Stages: stages,
-		Schedule: "gpipe", Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: out, Checkpoint: true,
+		Schedule: "gpipe", Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: out, CheckpointDir: e.root, Checkpoint: true,
 		CheckpointEvery: 2, RPCTimeout: 30 * time.Second, ReplaceWait: time.Second, OnRecovery: clock.onRecovery,
 		OnStep: func(r coordinator.StepReport) {
 			if r.Step == crashStep-1 {
@@ -141,7 +141,7 @@ func TestCrashDuringCheckpointWrite(t *testing.T) {
 	}
 	// The torn shard stays under its temporary name in step 6's directory
 	// (retained: the newest three are 6, 8 and 10).
-	torn, _ := filepath.Glob(filepath.Join(worker.StepDir(filepath.Join(out, "checkpoints"), crashStep), ".shard-*.tmp-*"))
+	torn, _ := filepath.Glob(filepath.Join(worker.StepDir(e.root, crashStep), ".shard-*.tmp-*"))
 	if len(torn) != 1 {
 		t.Fatalf("torn temporary shards of step %d: %v, want exactly one", crashStep, torn)
 	}
