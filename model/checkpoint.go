@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 )
 
 // Checkpoints are safetensors files. Parameters keep their model names
@@ -239,9 +240,19 @@ func (t *Trainer) Meta(extra map[string]string) map[string]string {
 	return meta
 }
 
+// SumsFile, in a checkpoint directory the trainer saved, lists every
+// checkpoint file with its SHA-256 in sha256sum's format (`sha256sum -c
+// SHA256SUMS` checks them); LoadTrainer and LoadPipeline verify the file
+// they read against it.
+const SumsFile = "SHA256SUMS"
+
+// maxSumsBytes bounds a SHA256SUMS file.
+const maxSumsBytes = 1 << 20
+
 // Save writes dir/model.safetensors (whole model) and one
 // dir/shard-<i>.safetensors per shard, each with optimizer state and the
-// metadata (configs, step, plus extra such as the data position).
+// metadata (configs, step, plus extra such as the data position), then
+// dir/SHA256SUMS.
 func (t *Trainer) Save(dir string, extra map[string]string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
@@ -259,13 +270,93 @@ func (t *Trainer) Save(dir string, extra map[string]string) error {
 			return err
 		}
 	}
+	names := []string{WholeModelFile}
+	for i := range t.Opts {
+		names = append(names, ShardFile(i))
+	}
+	return writeSums(dir, names)
+}
+
+// writeSums hashes the named files of dir into dir/SHA256SUMS.
+func writeSums(dir string, names []string) error {
+	var b bytes.Buffer
+	for _, n := range names {
+		sum, err := hashFile(filepath.Join(dir, n))
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(&b, "%x  %s\n", sum, n)
+	}
+	tmp := filepath.Join(dir, SumsFile+".tmp")
+	if err := os.WriteFile(tmp, b.Bytes(), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(dir, SumsFile))
+}
+
+// hashFile streams a file through SHA-256.
+func hashFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return h.Sum(nil), nil
+}
+
+// VerifyFile checks a checkpoint file the trainer saved against the
+// SHA256SUMS beside it, hashing it as a stream: ErrCorrupt when the
+// SHA-256 differs, an error naming the fix when the file is not listed
+// or there is no SHA256SUMS.
+func VerifyFile(path string) error {
+	dir, name := filepath.Split(path)
+	sums := filepath.Join(dir, SumsFile)
+	f, err := os.Open(sums)
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("%s: no %s beside it to verify it against (a checkpoint saved before digests were written: check it and run `sha256sum *.safetensors > %s` in its directory to load it)", path, SumsFile, SumsFile)
+	}
+	if err != nil {
+		return err
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxSumsBytes+1))
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("%s: %w", sums, err)
+	}
+	if len(b) > maxSumsBytes {
+		return fmt.Errorf("%w: %s is over %d bytes", ErrCorrupt, sums, maxSumsBytes)
+	}
+	var want string
+	for _, line := range strings.Split(string(b), "\n") {
+		if sum, file, ok := strings.Cut(line, "  "); ok && strings.TrimPrefix(file, "*") == name {
+			want = sum
+		}
+	}
+	if want == "" {
+		return fmt.Errorf("%s: not listed in %s", path, sums)
+	}
+	got, err := hashFile(path)
+	if err != nil {
+		return err
+	}
+	if hex.EncodeToString(got) != strings.ToLower(want) {
+		return fmt.Errorf("%w: %s: SHA-256 %x, %s says %s", ErrCorrupt, path, got, sums, want)
+	}
 	return nil
 }
 
 // LoadTrainer restores a trainer from a checkpoint file (whole-model or,
-// for a one-shard model, a shard file) so that training resumes exactly. It
+// for a one-shard model, a shard file) so that training resumes exactly,
+// after VerifyFile. It
 // returns the metadata for the caller's own keys (data position).
 func LoadTrainer(path string) (*Trainer, map[string]string, error) {
+	if err := VerifyFile(path); err != nil {
+		return nil, nil, err
+	}
 	_, meta, err := ReadSafetensorsFile(path)
 	if err != nil {
 		return nil, nil, err
@@ -293,8 +384,11 @@ func LoadTrainer(path string) (*Trainer, map[string]string, error) {
 }
 
 // LoadPipeline loads a checkpoint's weights (no optimizer state) into a
-// model split into stages shards, for evaluation.
+// model split into stages shards, for evaluation, after VerifyFile.
 func LoadPipeline(path string, stages int, layout Layout) (*Pipeline, map[string]string, error) {
+	if err := VerifyFile(path); err != nil {
+		return nil, nil, err
+	}
 	_, meta, err := ReadSafetensorsFile(path)
 	if err != nil {
 		return nil, nil, err
