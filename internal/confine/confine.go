@@ -47,13 +47,13 @@ func (r Root) Path(p string) (string, error) {
 	if strings.ContainsRune(p, 0) {
 		return "", fmt.Errorf("%w: path %q has a NUL byte", ErrOutside, p)
 	}
-	if !filepath.IsAbs(p) {
-		p = filepath.Join(r.dir, p)
-	}
 	for _, part := range strings.Split(filepath.ToSlash(p), "/") {
 		if part == ".." {
 			return "", fmt.Errorf("%w: %s has a \"..\" element (root %s)", ErrOutside, p, r.dir)
 		}
+	}
+	if !filepath.IsAbs(p) {
+		p = filepath.Join(r.dir, p)
 	}
 	p = filepath.Clean(p)
 	if !within(r.dir, p) {
