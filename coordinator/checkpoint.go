@@ -139,6 +139,10 @@ func (r *run) saveShards(ctx context.Context, what string, base string, step int
 		}
 		return err
 	})
+	if hasCode(err, codes.PermissionDenied) {
+		// A retry would be refused the same way.
+		return nil, fmt.Errorf("%w: %w (the checkpoint directory must lie under every worker's --checkpoint-root)", errNotDeterministic, err)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -293,32 +297,35 @@ func (r *run) restoreNewest(ctx context.Context) (*CheckpointManifest, error) {
 // returns the metrics reason; "" for any other failure (a lost worker, a
 // timeout), which a retry may cure.
 func checkpointUnusable(err error) string {
-	reason := ""
-	var walk func(error)
-	walk = func(e error) {
-		if e == nil || reason == metrics.SkipCorrupt {
-			return
-		}
-		if s, ok := status.FromError(e); ok {
-			switch s.Code() {
-			case codes.DataLoss:
-				reason = metrics.SkipCorrupt
-				return
-			case codes.NotFound:
-				reason = metrics.SkipMissing
-			}
-		}
-		switch u := e.(type) {
-		case interface{ Unwrap() []error }:
-			for _, x := range u.Unwrap() {
-				walk(x)
-			}
-		case interface{ Unwrap() error }:
-			walk(u.Unwrap())
-		}
+	switch {
+	case hasCode(err, codes.DataLoss):
+		return metrics.SkipCorrupt
+	case hasCode(err, codes.NotFound):
+		return metrics.SkipMissing
 	}
-	walk(err)
-	return reason
+	return ""
+}
+
+// hasCode tells whether any error err wraps or joins is a gRPC status
+// with code (errors.As stops at the first status, often a Canceled one).
+func hasCode(err error, code codes.Code) bool {
+	if err == nil {
+		return false
+	}
+	if s, ok := status.FromError(err); ok && s.Code() == code {
+		return true
+	}
+	switch u := err.(type) {
+	case interface{ Unwrap() []error }:
+		for _, x := range u.Unwrap() {
+			if hasCode(x, code) {
+				return true
+			}
+		}
+	case interface{ Unwrap() error }:
+		return hasCode(u.Unwrap(), code)
+	}
+	return false
 }
 
 // restore loads the checkpoint into every worker and rewinds the sampler.

@@ -176,3 +176,30 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name, label, value str
 	t.Fatalf("no series %s{%s=%q}", name, label, value)
 	return 0
 }
+
+// TestCheckpointDirOutsideWorkerRootFailsFast gives the coordinator a
+// checkpoint directory outside its workers' checkpoint root: the first
+// checkpoint is refused by every worker, and the run stops at once with
+// an error saying so, rather than retrying a refusal.
+func TestCheckpointDirOutsideWorkerRootFailsFast(t *testing.T) {
+	corpus := writeCorpus(t)
+	const job = "root-mismatch"
+	cl := startCluster(t, job, 2)
+	elsewhere := t.TempDir()
+	co, err := coordinator.New(coordinator.Config{Job: job, Endpoints: cl.endpoints, TTL: 2, Workers: 2,
+		Schedule: "gpipe", Train: tinyTrain(2), Steps: 3, CorpusDir: corpus, OutDir: t.TempDir(), CheckpointDir: elsewhere,
+		CheckpointEvery: 1, Checkpoint: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	_, err = co.Run(ctx)
+	if err == nil || !strings.Contains(err.Error(), "outside the worker's checkpoint root") || !strings.Contains(err.Error(), "--checkpoint-root") {
+		t.Fatalf("run with the checkpoint dir outside the workers' root: %v", err)
+	}
+	if es, _ := os.ReadDir(elsewhere); len(es) != 0 {
+		t.Errorf("the workers wrote %d entries outside their root", len(es))
+	}
+	checkCommits(t, cl.endpoints, job, 0)
+}
