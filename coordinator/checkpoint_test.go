@@ -203,3 +203,68 @@ func TestCheckpointDirOutsideWorkerRootFailsFast(t *testing.T) {
 	}
 	checkCommits(t, cl.endpoints, job, 0)
 }
+
+// TestResumeWithEveryCheckpointCorruptReplaysFromTheSeed damages stage 1's
+// shard in every listed checkpoint, so on resume worker 0 loads each of
+// them while worker 1 refuses it: with none left, every worker is reset
+// to the seed and all committed steps are replayed. The run still ends
+// with the single-process trainer's parameters bit for bit (a worker left
+// holding a checkpoint it loaded would break the replay).
+func TestResumeWithEveryCheckpointCorruptReplaysFromTheSeed(t *testing.T) {
+	corpus := writeCorpus(t)
+	const job, steps = "resume-all-corrupt", 5
+	tc := tinyTrain(2)
+	_, wantParams := reference(t, tc, corpus, steps)
+	cl := startCluster(t, job, 2)
+	var logs strings.Builder
+	var mu sync.Mutex
+	run := func(stopAfter int64) (*coordinator.Summary, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		co, err := coordinator.New(coordinator.Config{Job: job, Endpoints: cl.endpoints, TTL: 2, Workers: 2,
+			Schedule: "gpipe", Train: tc, Steps: steps, CorpusDir: corpus, OutDir: t.TempDir(), CheckpointDir: cl.root,
+			CheckpointEvery: 1, Checkpoint: true,
+			Logf: func(f string, a ...any) {
+				mu.Lock()
+				defer mu.Unlock()
+				fmt.Fprintf(&logs, f+"\n", a...)
+			},
+			OnStep: func(r coordinator.StepReport) {
+				if r.Step == stopAfter {
+					cancel()
+				}
+			}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return co.Run(ctx)
+	}
+	if _, err := run(3); err == nil {
+		t.Fatal("stopped run reported success")
+	}
+	for step := int64(1); step <= 3; step++ {
+		path := filepath.Join(worker.StepDir(cl.root, step), model.ShardFile(1))
+		b, err := os.ReadFile(path)
+		if os.IsNotExist(err) {
+			continue // retired
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		b[len(b)-1] ^= 0x80
+		if err := os.WriteFile(path, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sum, err := run(0)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, logs.String())
+	}
+	for _, want := range []string{"no listed checkpoint loads", "replaying committed steps 1..3"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("the log does not say %q:\n%s", want, logs.String())
+		}
+	}
+	checkParams(t, sum.Checkpoint, wantParams)
+	checkCommits(t, cl.endpoints, job, steps)
+}
