@@ -15,6 +15,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
+	"stagecoach/internal/confine"
 	"stagecoach/internal/metrics"
 	"stagecoach/internal/tlsx"
 	pb "stagecoach/proto"
@@ -34,6 +35,8 @@ type Server struct {
 
 	cfg  Config
 	mbox *mailbox
+	// root confines checkpoint directories (Config.CheckpointRoot).
+	root confine.Root
 
 	// control serialises the control RPCs.
 	control sync.Mutex
@@ -58,7 +61,11 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, mbox: newMailbox(cfg.MailboxBytes)}
+	root, err := confine.New(cfg.CheckpointRoot)
+	if err != nil {
+		return nil, fmt.Errorf("worker: config: %w", err)
+	}
+	s := &Server{cfg: cfg, mbox: newMailbox(cfg.MailboxBytes), root: root}
 	opts := append(cfg.Transport.ServerOptions(), grpc.MaxRecvMsgSize(max(cfg.MaxControlBytes, cfg.Transport.ChunkBytes+(64<<10))))
 	opts = append(opts, tlsx.ServerOption(cfg.TLS),
 		grpc.ChainUnaryInterceptor(s.authorizeUnary, s.measureRPC),
