@@ -63,7 +63,7 @@ func TestForgedEtcdRecordsAreIgnored(t *testing.T) {
 	}
 	var clock faultClock
 	cfg := coordinator.Config{Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 2, Stages: 2,
-		Schedule: "gpipe", Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), Checkpoint: true,
+		Schedule: "gpipe", Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), CheckpointDir: e.root, Checkpoint: true,
 		CheckpointEvery: 4, RPCTimeout: 30 * time.Second, ReplaceWait: time.Second, OnRecovery: clock.onRecovery,
 		OnStep: func(r coordinator.StepReport) {
 			switch r.Step {
@@ -176,11 +176,11 @@ func TestWorkerCertificateCannotForgeEtcdRecords(t *testing.T) {
 	if _, err := root.Put(ctx, other.Iteration(), "secret"); err != nil {
 		t.Fatal(err)
 	}
-	e := &env{job: job, endpoints: srv.Endpoints(), cli: root, keys: keys, corpus: writeCorpus(t), workers: map[string]*proc{}}
+	e := &env{job: job, endpoints: srv.Endpoints(), cli: root, keys: keys, corpus: writeCorpus(t), root: t.TempDir(), workers: map[string]*proc{}}
 	for _, n := range names {
 		f := tlsx.FilesFor(dir, n)
 		e.workers[n] = start(t, "worker "+n, "worker", "--etcd", strings.Join(e.endpoints, ","), "--job", job, "--name", n,
-			"--ttl", fmt.Sprint(ttl), "--data-dir", t.TempDir(), "--tls-cert", f.Cert, "--tls-key", f.Key, "--tls-ca", f.CA)
+			"--ttl", fmt.Sprint(ttl), "--data-dir", t.TempDir(), "--checkpoint-root", e.root, "--tls-cert", f.Cert, "--tls-key", f.Key, "--tls-ca", f.CA)
 	}
 	e.waitRegistered(t, 30*time.Second, names...)
 	tc := tiny(4, 4)
@@ -224,7 +224,7 @@ func TestWorkerCertificateCannotForgeEtcdRecords(t *testing.T) {
 		try("read another job", func() error { _, err := evil.Get(ctx, other.Iteration()); return err })
 	}
 	cfg := coordinator.Config{Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 2, Stages: 2,
-		Schedule: "gpipe", Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), Checkpoint: true,
+		Schedule: "gpipe", Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), CheckpointDir: e.root, Checkpoint: true,
 		CheckpointEvery: 4, RPCTimeout: 30 * time.Second, TLS: load("coordinator"),
 		OnStep: func(r coordinator.StepReport) {
 			if r.Step == 3 {
