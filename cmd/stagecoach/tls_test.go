@@ -371,7 +371,7 @@ func TestCoordinatorEmbeddedEtcdAuth(t *testing.T) {
 	}
 	for _, w := range []string{"w0", "w1"} {
 		c := exec.Command(exe, append([]string{"worker", "--etcd", etcdAddr, "--job", "emb", "--name", w, "--ttl", "2",
-			"--data-dir", filepath.Join(dir, w)}, tlsArgs(tlsx.FilesFor(certs, w))...)...)
+			"--data-dir", filepath.Join(dir, w), "--checkpoint-root", filepath.Join(dir, "co")}, tlsArgs(tlsx.FilesFor(certs, w))...)...)
 		c.Dir, c.Env = dir, append(os.Environ(), "STAGECOACH_TEST_MAIN=1")
 		if err := c.Start(); err != nil {
 			t.Fatal(err)
