@@ -240,6 +240,9 @@ func greedyPlan(s Spec, name string, defaultChunks int, pl placement, cfg func(p
 	if err := n.normalise(defaultChunks); err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
+	if n.Memory > 0 && n.Memory < n.Chunks {
+		return nil, fmt.Errorf("%s: memory is %d, fewer than the %d chunk activations a microbatch holds on a worker", name, n.Memory, n.Chunks)
+	}
 	orders := map[int][][]Action{}
 	for _, local := range []int{n.Microbatches / n.Replicas, n.Microbatches/n.Replicas + 1} {
 		if local < 1 {
@@ -250,6 +253,15 @@ func greedyPlan(s Spec, name string, defaultChunks int, pl placement, cfg func(p
 		var firstErr error
 		for _, c := range cfg(n.Stages, n.Chunks, local) {
 			c.p, c.v, c.m, c.place = n.Stages, n.Chunks, local, pl
+			if n.Memory > 0 {
+				// The workers' own memory caps the schedule too.
+				c.memory = append([]int(nil), c.memory...)
+				for r := range c.memory {
+					if c.memory[r] == 0 || c.memory[r] > n.Memory {
+						c.memory[r] = n.Memory
+					}
+				}
+			}
 			o, t, err := greedySchedule(c)
 			if err != nil {
 				firstErr = cmp.Or(firstErr, err)

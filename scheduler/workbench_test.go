@@ -353,3 +353,22 @@ func clonePlan(t *testing.T, p *Plan) *Plan {
 	}
 	return q
 }
+
+// Spec.Memory (the workers' activation capacity) caps the list schedules
+// as well: the plan fits and validates, down to the v chunks a microbatch
+// holds on a worker; below that the generator says why.
+func TestWorkbenchSpecMemory(t *testing.T) {
+	for _, name := range []string{"interleaved-zb", "zb-v", "v-half", "dualpipe-v"} {
+		for mem := 2; mem <= 6; mem++ {
+			plan := mustGenerate(t, name, Spec{Stages: 4, Microbatches: 8, Memory: mem})
+			for w, pk := range unitRun(t, plan).peak {
+				if pk > mem {
+					t.Fatalf("%s memory %d: worker %d holds %d", name, mem, w, pk)
+				}
+			}
+		}
+		if _, err := Generate(name, Spec{Stages: 4, Microbatches: 8, Memory: 1}); err == nil || !strings.Contains(err.Error(), "memory is 1") {
+			t.Fatalf("%s memory 1: %v, want an error naming the memory", name, err)
+		}
+	}
+}
