@@ -29,6 +29,9 @@ type greedyConfig struct {
 	// the rank holds fewer than forwardFirst activations (a 1F1B-like
 	// warm-up); 0 always prefers the backward.
 	forwardFirst int
+	// noReserve lets a first chunk's forward take the last free slot (the
+	// run may then stall, and greedyPlan drops it).
+	noReserve bool
 	// wAt runs a pending W before a forward once the rank holds wAt or
 	// more activations (freeing memory early); 0 leaves W to the bubbles.
 	wAt int
@@ -48,12 +51,12 @@ type greedyConfig struct {
 // Forwards and backwards of a chunk run in ascending microbatch order (the
 // model's exactness contract wants backwards and losses in that order).
 // The memory cap counts chunk activations held, from forward to the
-// backward (or W) that frees them, and reserves room for the rest of a
-// microbatch's forwards on the rank when its first chunk's forward runs:
-// a microbatch once started can always finish, so the schedule cannot
-// stall when every cap is at least v. Every action starts after its
-// inputs exist, so the recorded programs are deadlock free under any
-// timing (the argument of listSchedule).
+// backward (or W) that frees them; a first chunk's forward runs only with
+// room left for the microbatch's other chunks (unless noReserve). A run
+// that stalls anyway returns an error, and greedyPlan keeps another
+// variant. Every action starts after its inputs exist, so the recorded
+// programs are deadlock free under any timing (the argument of
+// listSchedule).
 func greedySchedule(c greedyConfig) ([][]Action, int64, error) {
 	p, v, m := c.p, c.v, c.m
 	ns := p * v
@@ -108,7 +111,7 @@ func greedySchedule(c greedyConfig) ([][]Action, int64, error) {
 			return true
 		}
 		s := &st[r]
-		if chunk == 0 {
+		if chunk == 0 && !c.noReserve {
 			return s.inflight+v <= capacity
 		}
 		return s.inflight+1 <= capacity

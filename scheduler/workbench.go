@@ -25,7 +25,7 @@ import "fmt"
 //     (each a chunk above), trading some bubble. The paper builds them
 //     from repeated building blocks; here they are the memory-capped list
 //     schedule below. v-half's bubble is below 1F1B's from p = 3; v-min's
-//     is 1.3 to 3.4 times 1F1B's, more than the paper's V-Min (see
+//     is 1.5 to 3.3 times 1F1B's, more than the paper's V-Min (see
 //     workbench_test.go).
 //   - dualpipe-v (DeepSeek-V3 technical report, DualPipe, in the V-shape
 //     "cut in half" form PyTorch ships as DualPipeV): the zb-v
@@ -107,9 +107,11 @@ func policies(base greedyConfig) []greedyConfig {
 	var out []greedyConfig
 	for _, ff := range []int{0, capacity / 2, capacity} {
 		for _, w := range []int{0, 1, capacity / 2, capacity - 1} {
-			c := base
-			c.forwardFirst, c.wAt = ff, w
-			out = append(out, c)
+			for _, nr := range []bool{false, true} {
+				c := base
+				c.forwardFirst, c.wAt, c.noReserve = ff, w, nr
+				out = append(out, c)
+			}
 		}
 	}
 	return out

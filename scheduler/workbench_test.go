@@ -122,15 +122,17 @@ func TestPaperLoopedBFS(t *testing.T) {
 // 1F1B's activation memory. From an empty pipeline no schedule beats
 // 3m + (p-1)/2 stage times (the last worker cannot start before its
 // first chunk's input has crossed p-1 half-stage chunks; DESIGN section
-// 4). Our list schedule reaches it within p/2 when m >= 2p, and holds
-// at most 2p chunk activations per worker, 1F1B's p stages' worth.
+// 4). Our list schedule reaches it exactly when m >= 2p (checked for
+// p 2..12, m 2p..4p), holding at most 2p chunk activations per worker,
+// 1F1B's p stages' worth: a bubble of (p-1)/2 stage times per worker,
+// under 4% of the iteration from m = 4p.
 func TestPaperZBV(t *testing.T) {
 	for p := 2; p <= 12; p++ {
 		for _, m := range []int{2 * p, 3 * p, 4 * p} {
 			r := unitRun(t, mustGenerate(t, "zb-v", Spec{Stages: p, Microbatches: m}))
 			bound := 3*float64(m) + float64(p-1)/2
-			if r.makespan() < bound-1e-9 || r.makespan() > bound+float64(p)/2 {
-				t.Errorf("p=%d m=%d: iteration %v, want within p/2 of 3m+(p-1)/2 = %v", p, m, r.makespan(), bound)
+			if !near(r.makespan(), bound) {
+				t.Errorf("p=%d m=%d: iteration %v, want 3m+(p-1)/2 = %v", p, m, r.makespan(), bound)
 			}
 			o := unitRun(t, mustGenerate(t, "1f1b", Spec{Stages: p, Microbatches: m}))
 			if r.makespan() >= o.makespan() {
@@ -152,7 +154,7 @@ func TestPaperZBV(t *testing.T) {
 // (half plus one chunk), v-min at ceil(2p/3)+1 (a third plus one). The
 // paper's V-Half has a smaller bubble than 1F1B, and so does ours from
 // p = 3 (measured here at m = 4p). The paper's V-Min has about 1F1B's
-// bubble; ours does not reach it: 1.3 to 3.4 times 1F1B's over p = 3..12.
+// bubble; ours does not reach it: 1.5 to 3.3 times 1F1B's over p = 3..12.
 func TestPaperControllableMemory(t *testing.T) {
 	for p := 3; p <= 12; p++ {
 		m := 4 * p
@@ -247,11 +249,11 @@ func TestWorkbenchWorkedValues(t *testing.T) {
 	}{
 		{"1f1b", 117, 8},
 		{"looped-bfs", 106.5, 32},
-		{"interleaved-zb", 101.5, 11},
-		{"zb-v", 100, 8},
+		{"interleaved-zb", 101.5, 11.5},
+		{"zb-v", 99.5, 8},
 		{"v-half", 111.5, 4.5},
 		{"v-min", 130, 3.5},
-		{"dualpipe-v", 78.5, 8},
+		{"dualpipe-v", 75.5, 8},
 	} {
 		r := unitRun(t, mustGenerate(t, tc.name, Spec{Stages: 8, Microbatches: 32}))
 		if !near(r.makespan(), tc.time) || !near(float64(r.peak[0])/float64(r.v), tc.peak) {
