@@ -2,6 +2,7 @@ package sim
 
 import (
 	"bytes"
+	"image"
 	"image/png"
 	"math"
 	"os"
@@ -13,7 +14,9 @@ import (
 	"stagecoach/scheduler"
 )
 
-func decodePNG(t *testing.T, path string) {
+// decodePNG checks that path is a PNG of a plausible size and returns
+// its bounds.
+func decodePNG(t *testing.T, path string) image.Rectangle {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
@@ -24,9 +27,11 @@ func decodePNG(t *testing.T, path string) {
 	if err != nil {
 		t.Fatalf("%s does not decode as PNG: %v", path, err)
 	}
-	if b := img.Bounds(); b.Dx() < 100 || b.Dy() < 100 {
+	b := img.Bounds()
+	if b.Dx() < 100 || b.Dy() < 100 {
 		t.Fatalf("%s is only %v", path, b)
 	}
+	return b
 }
 
 func TestWriteLinePlot(t *testing.T) {
@@ -120,19 +125,7 @@ func TestLinePlotGroupsLegendOutsideAndLog2(t *testing.T) {
 	if err := (LinePlot{Series: series, LogX2: true}).Write(many); err != nil {
 		t.Fatal(err)
 	}
-	width := func(path string) int {
-		f, err := os.Open(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		img, err := png.Decode(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return img.Bounds().Dx()
-	}
-	if wf, wm := width(few), width(many); wm <= wf {
+	if wf, wm := decodePNG(t, few).Dx(), decodePNG(t, many).Dx(); wm <= wf {
 		t.Errorf("legend of %d series not beside the plot: width %d, %d with two series", len(series), wm, wf)
 	}
 	var labels []string
