@@ -497,23 +497,26 @@ func validatePrograms(p *Plan) error {
 			continue
 		}
 		n := 0
+		// held applies one action (or half of a pair) to the count.
+		held := func(h Action) bool {
+			switch h.Kind {
+			case Forward:
+				n++
+				return n <= limit
+			case Backward, BackwardWeight:
+				n--
+			case BackwardInput:
+				if sl.w[h.Microbatch*ns+h.Stage] < 0 {
+					n--
+				}
+			}
+			return true
+		}
 		for pos := range prog {
 			a := &prog[pos]
 			f, b, pair := a.Halves()
-			for _, h := range []Action{f, b}[:1+btoi(pair)] {
-				switch h.Kind {
-				case Forward:
-					n++
-					if n > limit {
-						return verr(w, a, RuleMemory, "%d activations in flight, memory holds %d", n, limit)
-					}
-				case Backward, BackwardWeight:
-					n--
-				case BackwardInput:
-					if sl.w[h.Microbatch*ns+h.Stage] < 0 {
-						n--
-					}
-				}
+			if !held(f) || pair && !held(b) {
+				return verr(w, a, RuleMemory, "%d activations in flight, memory holds %d", n, limit)
 			}
 		}
 	}
@@ -664,11 +667,4 @@ func Execute(ix *Index, ms []*Machine) (*Stuck, error) {
 		return st, nil
 	}
 	return nil, nil
-}
-
-func btoi(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }
