@@ -29,6 +29,10 @@ type greedyConfig struct {
 	// the rank holds fewer than forwardFirst activations (a 1F1B-like
 	// warm-up); 0 always prefers the backward.
 	forwardFirst int
+	// open[r], when set, caps the microbatches rank r has started (first
+	// chunk's forward run) and not yet finished (first chunk's backward
+	// run): a pace like 1F1B's warm-up, set per rank.
+	open []int
 	// noReserve lets a first chunk's forward take the last free slot (the
 	// run may then stall, and greedyPlan drops it).
 	noReserve bool
@@ -111,6 +115,9 @@ func greedySchedule(c greedyConfig) ([][]Action, int64, error) {
 			return true
 		}
 		s := &st[r]
+		if chunk == 0 && r < len(c.open) && s.fNext[0]-s.bNext[0] >= c.open[r] {
+			return false
+		}
 		if chunk == 0 && !c.noReserve {
 			return s.inflight+v <= capacity
 		}

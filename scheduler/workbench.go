@@ -24,9 +24,10 @@ import "fmt"
 //     at ceil(2p/3)+1 chunk activations, about 1/2 and 1/3 of 1F1B's peak
 //     (each a chunk above), trading some bubble. The paper builds them
 //     from repeated building blocks; here they are the memory-capped list
-//     schedule below. v-half's bubble is below 1F1B's from p = 3; v-min's
-//     is 1.5 to 3.3 times 1F1B's, more than the paper's V-Min (see
-//     workbench_test.go).
+//     schedule below, also tried paced (rank r keeping about a third of
+//     its first chunk's round trip in flight). v-half's bubble is below
+//     1F1B's from p = 3; v-min's is 1.0 to 2.1 times 1F1B's from p = 4,
+//     more than the paper's V-Min (see workbench_test.go).
 //   - dualpipe-v (DeepSeek-V3 technical report, DualPipe, in the V-shape
 //     "cut in half" form PyTorch ships as DualPipeV): the zb-v
 //     construction, but a rank that has a forward and a backward ready
@@ -74,7 +75,20 @@ func registerV(name string, capacity func(p int) int, pair bool) {
 			if pair {
 				c.pairCost = 1
 			}
-			return policies(c)
+			out := policies(c)
+			// Paced: rank r keeps about a third of its first chunk's round
+			// trip (2(2p-1-r) ticks, a microbatch every 6) in flight.
+			for extra := range 2 {
+				open := make([]int, p)
+				for r := range open {
+					open[r] = max(1, (2*p+1-r)/3+extra)
+				}
+				for _, pc := range policies(c) {
+					pc.open = open
+					out = append(out, pc)
+				}
+			}
+			return out
 		})
 	})
 }

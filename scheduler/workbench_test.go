@@ -153,20 +153,25 @@ func TestPaperZBV(t *testing.T) {
 // bubble. Ours are memory-capped list schedules: v-half at p+1 chunks
 // (half plus one chunk), v-min at ceil(2p/3)+1 (a third plus one). The
 // paper's V-Half has a smaller bubble than 1F1B, and so does ours from
-// p = 3 (measured here at m = 4p). The paper's V-Min has about 1F1B's
-// bubble; ours does not reach it: 1.5 to 3.3 times 1F1B's over p = 3..12.
+// p = 3 (measured here at m = 4p: 0.4 to 0.65 of it). The paper's V-Min
+// has about 1F1B's bubble; ours reaches it only at some depths: 1.0 to
+// 2.1 times 1F1B's over p = 4..12, 3.3 times at p = 3.
 func TestPaperControllableMemory(t *testing.T) {
 	for p := 3; p <= 12; p++ {
 		m := 4 * p
 		o := unitRun(t, mustGenerate(t, "1f1b", Spec{Stages: p, Microbatches: m}))
 		oBubble := o.makespan() - 3*float64(m)
+		vMin := 2.2
+		if p == 3 {
+			vMin = 3.4
+		}
 		for _, tc := range []struct {
 			name   string
 			cap    int
 			bubble float64 // most bubble (stage times), over 1F1B's
 		}{
-			{"v-half", p + 1, oBubble},
-			{"v-min", (2*p+2)/3 + 1, 3.4 * oBubble},
+			{"v-half", p + 1, 0.65 * oBubble},
+			{"v-min", (2*p+2)/3 + 1, vMin * oBubble},
 		} {
 			r := unitRun(t, mustGenerate(t, tc.name, Spec{Stages: p, Microbatches: m}))
 			for w, pk := range r.peak {
@@ -251,8 +256,8 @@ func TestWorkbenchWorkedValues(t *testing.T) {
 		{"looped-bfs", 106.5, 32},
 		{"interleaved-zb", 101.5, 11.5},
 		{"zb-v", 99.5, 8},
-		{"v-half", 111.5, 4.5},
-		{"v-min", 130, 3.5},
+		{"v-half", 109, 4.5},
+		{"v-min", 119.5, 3.5},
 		{"dualpipe-v", 75.5, 8},
 	} {
 		r := unitRun(t, mustGenerate(t, tc.name, Spec{Stages: 8, Microbatches: 32}))
