@@ -288,6 +288,9 @@ func TestHostileControlCalls(t *testing.T) {
 				t.Errorf("a refused SaveCheckpoint touched %s: %v", evil, err)
 			}
 			for _, n := range names {
+				if warned := strings.Contains(h.workers[n].log.String(), "UNAUTHENTICATED"); warned == secure {
+					t.Errorf("worker %s warned of an unauthenticated job: %v, under TLS: %v", n, warned, secure)
+				}
 				s := metricstest.Scrape(t, h.metrics[n])
 				var total float64
 				for _, k := range []struct{ method, reason string }{
