@@ -156,4 +156,16 @@ func TestFenceFollowsElection(t *testing.T) {
 		secret("deposed leader", err, a.Rev(), b.Rev())
 	}
 	step(3)
+
+	// No leader at all (the job ended): the last leader's fence is
+	// deposed, one never admitted is still forged.
+	if err := b.Resign(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range d.Clients {
+		_, err := w.Step(ctx, &pb.StepRequest{Fence: d.Fence, Iteration: 4, ClipScale: 1, Lr: 1})
+		wantCode(t, "the last leader's fence after it resigned", err, codes.FailedPrecondition)
+		_, err = w.Step(ctx, &pb.StepRequest{Fence: fence(d, func(f *pb.Fence) { f.LeaderRev++ }), Iteration: 4, ClipScale: 1, Lr: 1})
+		wantCode(t, "a forged fence with no leader", err, codes.PermissionDenied)
+	}
 }
