@@ -168,4 +168,10 @@ func TestFenceFollowsElection(t *testing.T) {
 		_, err = w.Step(ctx, &pb.StepRequest{Fence: fence(d, func(f *pb.Fence) { f.LeaderRev++ }), Iteration: 4, ClipScale: 1, Lr: 1})
 		wantCode(t, "a forged fence with no leader", err, codes.PermissionDenied)
 	}
+
+	// etcd gone: a fence the watched revision does not explain cannot be
+	// checked, and is refused after a bounded read.
+	e.Close()
+	_, err = d.Clients[0].Step(ctx, &pb.StepRequest{Fence: fence(d, func(f *pb.Fence) { f.LeaderRev += 2 }), Iteration: 4, ClipScale: 1, Lr: 1})
+	wantCode(t, "a fence while etcd is down", err, codes.Unavailable)
 }
