@@ -82,10 +82,10 @@ func newHostile(t *testing.T, job string, secure bool, names ...string) *hostile
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.env = &env{job: job, endpoints: e.Endpoints(), cli: cli, keys: keys, corpus: writeCorpus(t), workers: map[string]*proc{}}
+	h.env = &env{job: job, endpoints: e.Endpoints(), cli: cli, keys: keys, corpus: writeCorpus(t), root: t.TempDir(), workers: map[string]*proc{}}
 	for _, n := range names {
 		args := []string{"worker", "--etcd", strings.Join(h.endpoints, ","), "--job", job, "--name", n, "--ttl", fmt.Sprint(ttl),
-			"--data-dir", t.TempDir(), "--metrics-addr", "127.0.0.1:0"}
+			"--data-dir", t.TempDir(), "--checkpoint-root", h.root, "--metrics-addr", "127.0.0.1:0"}
 		if secure {
 			f := tlsx.FilesFor(h.certs, n)
 			args = append(args, "--tls-cert", f.Cert, "--tls-key", f.Key, "--tls-ca", f.CA)
@@ -263,7 +263,7 @@ func TestHostileControlCalls(t *testing.T) {
 			evil := filepath.Join(t.TempDir(), "evil")
 			var losses []float64
 			cfg := coordinator.Config{Job: job, Endpoints: h.endpoints, TTL: ttl, Workers: 2, Schedule: "gpipe", Train: tc,
-				Steps: steps, CorpusDir: h.corpus, OutDir: t.TempDir(), Checkpoint: true, RPCTimeout: 30 * time.Second,
+				Steps: steps, CorpusDir: h.corpus, OutDir: t.TempDir(), CheckpointDir: h.root, Checkpoint: true, RPCTimeout: 30 * time.Second,
 				OnStep: func(r coordinator.StepReport) {
 					losses = append(losses, r.Loss)
 					if r.Step == attackAfter {
