@@ -19,6 +19,7 @@ import (
 	"stagecoach/data"
 	"stagecoach/internal/etcdx"
 	"stagecoach/internal/metrics"
+	"stagecoach/internal/tlsx"
 	"stagecoach/model"
 	"stagecoach/sim"
 )
@@ -45,6 +46,7 @@ type jobFlags struct {
 	out       string
 	asJSON    bool
 	ckpt      bool
+	ckptDir   string
 	ckptEvery int
 	retain    int
 	name      string
@@ -80,6 +82,7 @@ func (j *jobFlags) register(f *pflag.FlagSet, defaultJob string) {
 	f.IntVar(&j.retain, "retain", 3, "committed checkpoints kept listed and on disk; older ones are removed (negative: keep all)")
 	f.StringVar(&j.name, "name", "coordinator", "this coordinator's name in the leader election (standbys campaign under their own)")
 	f.StringVar(&j.metricsAddr, "metrics-addr", "", "serve Prometheus /metrics and /healthz on this HOST:PORT (empty: off)")
+	f.StringVar(&j.ckptDir, "checkpoint-dir", "", "checkpoint root (default <out>/checkpoints): the workers' --checkpoint-root must contain it; only listed checkpoints under it are loaded or deleted, so every coordinator of a job names the same one")
 	f.StringVar(&j.httpAddr, "http-addr", "", "serve the job's live page on this HOST:PORT, over HTTPS requiring a client certificate of the cluster CA when TLS is on (empty: off)")
 	f.IntVar(&j.ckptEvery, "checkpoint-every", 0, "also checkpoint every N steps; a job rerun with the same --job resumes from its newest committed checkpoint and replays the committed steps after it")
 }
@@ -104,10 +107,14 @@ func (j *jobFlags) config(endpoints []string) (coordinator.Config, error) {
 	if err != nil {
 		return coordinator.Config{}, err
 	}
+	// The workers take control calls only from this role.
+	if err := checkRole(tlsConf, tlsx.Coordinator(j.job)); err != nil {
+		return coordinator.Config{}, err
+	}
 	cfg := coordinator.Config{
 		Job: j.job, Endpoints: endpoints, TTL: j.ttl, Workers: j.workers, Stages: j.stages,
 		Schedule: j.schedule, Train: tc, Steps: j.steps, CorpusDir: j.corpus, MaxCorpusBytes: j.maxBytes,
-		OutDir: j.out, Checkpoint: j.ckpt, CheckpointEvery: j.ckptEvery, Retain: j.retain, Name: j.name,
+		OutDir: j.out, CheckpointDir: j.ckptDir, Checkpoint: j.ckpt, CheckpointEvery: j.ckptEvery, Retain: j.retain, Name: j.name,
 		TLS: tlsConf, AllReduce: j.allReduce,
 	}
 	if err := cfg.Validate(); err != nil {
@@ -186,6 +193,9 @@ func runJob(ctx context.Context, cfg coordinator.Config, asJSON bool, metricsAdd
 	cfg.Metrics = metrics.NewCoordinator(reg)
 	metrics.RegisterLease(reg, etcdx.LeaseRenewalFailures, etcdx.LeasesLost)
 	log := slog.Default().With("role", "coordinator", "job", cfg.Job, "name", cfg.Name)
+	if cfg.TLS == nil {
+		log.Warn("UNAUTHENTICATED job: no mutual TLS, so the workers cannot tell this coordinator from anyone who reaches their ports; fine for one machine's loopback, use --tls-* (stagecoach certs --job) elsewhere")
+	}
 	if metricsAddr != "" {
 		srv, err := metrics.Serve(metricsAddr, reg, nil)
 		if err != nil {
