@@ -172,8 +172,9 @@ const refreshTimeout = 2 * time.Second
 // admitLeader checks a control request's job and leader revision. With a
 // LeaderSource the revision must be the current leader's as etcd shows
 // it: on a mismatch the election is read again once (the watch may lag
-// behind a new leader's first command), then an older revision is a
-// deposed leader and a newer one a forgery, refused and never adopted.
+// behind a new leader's first command), then a revision below the
+// leader's, or one admitted before whose leader is gone, is a deposed
+// leader, and any other a forgery, refused and never adopted.
 // Without one (no election: tests), a revision below the highest admitted
 // is deposed. The highest admitted revision fences peer tensors.
 func (s *Server) admitLeader(ctx context.Context, f *pb.Fence) error {
@@ -195,10 +196,16 @@ func (s *Server) admitLeader(ctx context.Context, f *pb.Fence) error {
 				return fmt.Errorf("%w: %v", ErrLeaderUnknown, err)
 			}
 		}
-		switch {
-		case rev < cur:
-			return fmt.Errorf("%w: leader revision %d, the election's is %d", ErrDeposed, rev, cur)
-		case rev > cur:
+		if rev != cur || cur == 0 {
+			s.mu.Lock()
+			seen := s.leaderRev
+			s.mu.Unlock()
+			// Below the leader, or a leader admitted before and gone
+			// since (the election may be empty): deposed. Anything else
+			// was never a leader here: forged.
+			if rev < cur || (rev > 0 && rev <= seen) {
+				return fmt.Errorf("%w: leader revision %d, the election's is %d", ErrDeposed, rev, cur)
+			}
 			s.metrics.Load().Denied("fence", metrics.DenyFutureLeader)
 			return fmt.Errorf("%w: leader revision %d, the election's is %d", ErrFutureLeader, rev, cur)
 		}

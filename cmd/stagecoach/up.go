@@ -95,6 +95,9 @@ HOST:P+1+i; the workers log in the --log-format given to up.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			if tlsDir == "" {
+				slog.Warn("UNAUTHENTICATED job: without --tls-dir anyone on this machine who reaches the workers' loopback ports can control them")
+			}
 			if err := os.MkdirAll(j.out, 0o755); err != nil {
 				return err
 			}

@@ -146,7 +146,7 @@ func IdentityOf(c *x509.Certificate) (Identity, error) {
 // spiffe://stagecoach/<job>/worker/<name>.
 func ParseIdentityURI(u *url.URL) (Identity, error) {
 	if u.Scheme != IdentityScheme || u.Host != IdentityDomain {
-		return Identity{}, fmt.Errorf("identity URI %q: want %s://%s/...", u, IdentityScheme, IdentityDomain)
+		return Identity{}, fmt.Errorf("identity URI %q: want %s://%s/<job>/<role>", u, IdentityScheme, IdentityDomain)
 	}
 	if u.User != nil || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" {
 		return Identity{}, fmt.Errorf("identity URI %q: want only a path after %s://%s", u, IdentityScheme, IdentityDomain)
