@@ -19,6 +19,7 @@ import (
 	"stagecoach/data"
 	"stagecoach/internal/etcdx"
 	"stagecoach/internal/metrics"
+	"stagecoach/internal/tlsx"
 	"stagecoach/model"
 	"stagecoach/sim"
 )
@@ -45,6 +46,7 @@ type jobFlags struct {
 	out       string
 	asJSON    bool
 	ckpt      bool
+	ckptDir   string
 	ckptEvery int
 	retain    int
 	name      string
@@ -52,6 +54,8 @@ type jobFlags struct {
 	tls tlsFlags
 	// metricsAddr serves the coordinator's Prometheus metrics.
 	metricsAddr string
+	// httpAddr serves the live page (jobview).
+	httpAddr string
 }
 
 func (j *jobFlags) register(f *pflag.FlagSet, defaultJob string) {
@@ -78,6 +82,8 @@ func (j *jobFlags) register(f *pflag.FlagSet, defaultJob string) {
 	f.IntVar(&j.retain, "retain", 3, "committed checkpoints kept listed and on disk; older ones are removed (negative: keep all)")
 	f.StringVar(&j.name, "name", "coordinator", "this coordinator's name in the leader election (standbys campaign under their own)")
 	f.StringVar(&j.metricsAddr, "metrics-addr", "", "serve Prometheus /metrics and /healthz on this HOST:PORT (empty: off)")
+	f.StringVar(&j.ckptDir, "checkpoint-dir", "", "checkpoint root (default <out>/checkpoints): the workers' --checkpoint-root must contain it; only listed checkpoints under it are loaded or deleted, so every coordinator of a job names the same one")
+	f.StringVar(&j.httpAddr, "http-addr", "", "serve the job's live page on this HOST:PORT, over HTTPS requiring a client certificate of the cluster CA when TLS is on (empty: off)")
 	f.IntVar(&j.ckptEvery, "checkpoint-every", 0, "also checkpoint every N steps; a job rerun with the same --job resumes from its newest committed checkpoint and replays the committed steps after it")
 }
 
@@ -92,16 +98,23 @@ func (j *jobFlags) config(endpoints []string) (coordinator.Config, error) {
 	if err := checkMetricsAddr(j.metricsAddr); err != nil {
 		return coordinator.Config{}, err
 	}
+	if err := checkHTTPAddr(j.httpAddr); err != nil {
+		return coordinator.Config{}, err
+	}
 	tc := j.train
 	tc.Optim = model.OptimConfig{Kind: j.optimizer, LR: j.lr}
 	tlsConf, err := j.tls.load()
 	if err != nil {
 		return coordinator.Config{}, err
 	}
+	// The workers take control calls only from this role.
+	if err := checkRole(tlsConf, tlsx.Coordinator(j.job)); err != nil {
+		return coordinator.Config{}, err
+	}
 	cfg := coordinator.Config{
 		Job: j.job, Endpoints: endpoints, TTL: j.ttl, Workers: j.workers, Stages: j.stages,
 		Schedule: j.schedule, Train: tc, Steps: j.steps, CorpusDir: j.corpus, MaxCorpusBytes: j.maxBytes,
-		OutDir: j.out, Checkpoint: j.ckpt, CheckpointEvery: j.ckptEvery, Retain: j.retain, Name: j.name,
+		OutDir: j.out, CheckpointDir: j.ckptDir, Checkpoint: j.ckpt, CheckpointEvery: j.ckptEvery, Retain: j.retain, Name: j.name,
 		TLS: tlsConf, AllReduce: j.allReduce,
 	}
 	if err := cfg.Validate(); err != nil {
@@ -114,6 +127,7 @@ func newCoordinatorCmd() *cobra.Command {
 	var j jobFlags
 	var emu emulationFlags
 	var embedURL string
+	var authWorkers []string
 	cmd := &cobra.Command{
 		Use:   "coordinator",
 		Short: "Lead a job: wait for workers in etcd, place stages, drive training",
@@ -135,6 +149,14 @@ links, and the planner prices hops with it.`,
 			if err != nil {
 				return err
 			}
+			if len(authWorkers) > 0 && (len(eps) > 0 || cfg.TLS == nil) {
+				return badInput("--auth-workers sets up the embedded etcd's authentication: it needs TLS (--tls-*) and no --etcd (for a cluster, use stagecoach etcd init-auth)")
+			}
+			for _, w := range authWorkers {
+				if err := etcdx.ValidateWorkerName(w); err != nil {
+					return badInput("--auth-workers: %v", err)
+				}
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			if len(eps) == 0 {
@@ -151,15 +173,25 @@ links, and the planner prices hops with it.`,
 				slog.Info(fmt.Sprintf("embedded etcd serving on %s (data %s); start workers with --etcd %s --job %s",
 					strings.Join(eps, ","), filepath.Join(j.out, "etcd"), strings.Join(eps, ","), j.job),
 					"role", "etcd", "endpoints", strings.Join(eps, ","))
+				switch {
+				case cfg.TLS != nil && len(authWorkers) > 0:
+					spec := etcdx.AuthSpec{Job: j.job, Coordinator: cfg.TLS.Certificates[0].Leaf.Subject.CommonName, Workers: authWorkers}
+					if err := embeddedAuth(ctx, eps, cfg.TLS, spec, slog.Default()); err != nil {
+						return err
+					}
+				case cfg.TLS != nil:
+					slog.Warn("embedded etcd WITHOUT authentication: any certificate of the CA may write this job's keys; give --auth-workers to turn it on", "role", "etcd")
+				}
 			}
 			cfg.Endpoints = eps
-			return runJob(ctx, cfg, j.asJSON, j.metricsAddr)
+			return runJob(ctx, cfg, j.asJSON, j.metricsAddr, j.httpAddr, nil)
 		},
 	}
 	f := cmd.Flags()
 	j.register(f, "")
 	f.StringVar(&j.etcd, "etcd", "", "etcd endpoints, comma-separated host:port (default: serve an embedded etcd on --embed-etcd-url)")
 	f.StringVar(&embedURL, "embed-etcd-url", "http://127.0.0.1:2379", "client URL of the embedded etcd when --etcd is empty")
+	f.StringSliceVar(&authWorkers, "auth-workers", nil, "with TLS and the embedded etcd: turn etcd authentication on, with users for the job's coordinator and these workers (certificate CNs <job>/coordinator and <job>/worker/<name>); admit more later with stagecoach etcd init-auth")
 	f.StringVar(&j.out, "out", "run-coordinator", "directory for plans, summary, trace, loss plot and checkpoints")
 	j.tls.register(f)
 	emu.register(f)
@@ -170,15 +202,24 @@ links, and the planner prices hops with it.`,
 // runJob runs a coordinator with the progress bar or JSON lines, then
 // prints the summary table and writes the summary, trace and loss plot.
 // The coordinator's lines go to slog unless a progress bar is drawn; with
-// metricsAddr it serves Prometheus metrics there while it runs.
-func runJob(ctx context.Context, cfg coordinator.Config, asJSON bool, metricsAddr string) error {
+// metricsAddr it serves Prometheus metrics there while it runs, with
+// httpAddr the live page (its URL passed to onLive).
+func runJob(ctx context.Context, cfg coordinator.Config, asJSON bool, metricsAddr, httpAddr string, onLive func(url string)) error {
 	if err := os.MkdirAll(cfg.OutDir, 0o755); err != nil {
 		return err
 	}
 	reg := metrics.NewRegistry()
 	cfg.Metrics = metrics.NewCoordinator(reg)
 	metrics.RegisterLease(reg, etcdx.LeaseRenewalFailures, etcdx.LeasesLost)
+	metrics.RegisterIgnored(reg, etcdx.IgnoredKinds, etcdx.Ignored)
 	log := slog.Default().With("role", "coordinator", "job", cfg.Job, "name", cfg.Name)
+	// Forged or malformed etcd records are warnings, whether or not a
+	// progress bar is drawn.
+	etcdx.SetWarnf(logfTo(log, slog.LevelWarn, "", nil))
+	defer etcdx.SetWarnf(nil)
+	if cfg.TLS == nil {
+		log.Warn("UNAUTHENTICATED job: no mutual TLS, so the workers cannot tell this coordinator from anyone who reaches their ports; fine for one machine's loopback, use --tls-* (stagecoach certs --job) elsewhere")
+	}
 	if metricsAddr != "" {
 		srv, err := metrics.Serve(metricsAddr, reg, nil)
 		if err != nil {
@@ -187,9 +228,22 @@ func runJob(ctx context.Context, cfg coordinator.Config, asJSON bool, metricsAdd
 		defer srv.Close()
 		log.Info("serving metrics on http://"+srv.Addr()+"/metrics", "metrics_addr", srv.Addr())
 	}
+	var live *liveServer
+	if httpAddr != "" {
+		var err error
+		if live, err = startLive(ctx, httpAddr, cfg.Job, cfg.Endpoints, cfg.TLS); err != nil {
+			return err
+		}
+		defer live.close()
+		log.Info("serving the live page on "+live.srv.URL(), "http_addr", live.srv.Addr())
+		if onLive != nil {
+			onLive(live.srv.URL())
+		}
+	}
 	prog := newProgress(os.Stderr, cfg.Steps, "train", !asJSON)
 	enc := json.NewEncoder(os.Stdout)
 	cfg.OnStep = func(r coordinator.StepReport) {
+		live.step(r)
 		if asJSON {
 			_ = enc.Encode(r)
 		}

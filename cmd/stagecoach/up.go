@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -43,8 +44,11 @@ from the workers' measured action times), and writes summary.json,
 trace.json (measured and simulated, Perfetto), loss.png and the workers'
 checkpoint into --out. Workers log to --out/workers/<name>.log. With
 --tls-dir DIR every hop runs mutual TLS: a demo CA and certificates for
-etcd, the coordinator and each worker are generated into DIR (an existing
-CA there is reused; see 'stagecoach certs'). With --metrics-addr HOST:P
+etcd, the coordinator and each worker (carrying their roles in the job)
+are generated into DIR (an existing CA there is reused; see 'stagecoach
+certs'), and the embedded etcd turns authentication on: the coordinator
+may write only the job's keys, a worker only its own registration (see
+'stagecoach etcd init-auth'). With --metrics-addr HOST:P
 the coordinator serves Prometheus metrics on HOST:P and worker i on
 HOST:P+1+i; the workers log in the --log-format given to up.`,
 		Args: cobra.NoArgs,
@@ -65,11 +69,18 @@ HOST:P+1+i; the workers log in the --log-format given to up.`,
 				}
 			}
 			if tlsDir != "" {
-				hosts := []string{"etcd", "coordinator"}
+				// etcd's server certificate carries no role; the
+				// coordinator's and the workers' carry the job's.
+				var ws []string
 				for i := range j.workers {
-					hosts = append(hosts, upWorkerName(i, names))
+					ws = append(ws, upWorkerName(i, names))
 				}
-				if _, err := tlsx.Generate(tlsDir, hosts, 0); err != nil {
+				certs, err := tlsx.JobCerts(j.job, true, ws)
+				if err != nil {
+					return badInput("--tls-dir: %v", err)
+				}
+				// root administers the embedded etcd's auth.
+				if _, err := tlsx.Issue(tlsDir, append([]tlsx.Cert{{File: "etcd"}, {File: tlsx.RootCN}}, certs...), 0); err != nil {
 					return badInput("--tls-dir: %v", err)
 				}
 				// The coordinator's files; startWorkers takes each
@@ -84,6 +95,9 @@ HOST:P+1+i; the workers log in the --log-format given to up.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			if tlsDir == "" {
+				slog.Warn("UNAUTHENTICATED job: without --tls-dir anyone on this machine who reaches the workers' loopback ports can control them")
+			}
 			if err := os.MkdirAll(j.out, 0o755); err != nil {
 				return err
 			}
@@ -109,8 +123,34 @@ HOST:P+1+i; the workers log in the --log-format given to up.`,
 				}
 				defer e.Close()
 				eps = e.Endpoints()
+				if tlsDir != "" {
+					// Every process then reaches only its own keys:
+					// the coordinator the job's, a worker its
+					// registration (etcdx.SetupAuth).
+					root, err := tlsx.Load(tlsx.FilesFor(tlsDir, tlsx.RootCN))
+					if err != nil {
+						return err
+					}
+					ws := make([]string, j.workers)
+					for i := range ws {
+						ws[i] = upWorkerName(i, names)
+					}
+					if err := embeddedAuth(ctx, eps, root, etcdx.AuthSpec{Job: j.job, Workers: ws}, slog.Default()); err != nil {
+						return err
+					}
+				}
 			}
 			cfg.Endpoints = eps
+			// What `stagecoach status --out` needs to find this job.
+			st := upState{PID: os.Getpid(), Job: j.job, Endpoints: eps, Embedded: j.etcd == "", Started: time.Now().UTC()}
+			if tlsDir != "" {
+				if st.TLSDir, err = filepath.Abs(tlsDir); err != nil {
+					return err
+				}
+			}
+			if err := st.write(j.out); err != nil {
+				return err
+			}
 			procs, err := startWorkers(eps, &j, names)
 			defer stopWorkers(procs)
 			if err != nil {
@@ -126,7 +166,12 @@ HOST:P+1+i; the workers log in the --log-format given to up.`,
 					cancel(fmt.Errorf("worker %s exited: %v (log: %s)", p.name, p.err, p.log))
 				}()
 			}
-			err = runJob(rctx, cfg, j.asJSON, j.metricsAddr)
+			err = runJob(rctx, cfg, j.asJSON, j.metricsAddr, j.httpAddr, func(url string) {
+				st.LiveURL = url
+				if err := st.write(j.out); err != nil {
+					slog.Warn("record the live page's address: " + err.Error())
+				}
+			})
 			if err != nil && ctx.Err() != nil {
 				return errors.New("interrupted; workers and etcd stopped")
 			}
@@ -175,6 +220,15 @@ func startWorkers(eps []string, j *jobFlags, names []string) ([]*workerProc, err
 	if err := os.MkdirAll(wdir, 0o755); err != nil {
 		return nil, err
 	}
+	// The workers save into the coordinator's checkpoint directory and
+	// nowhere else.
+	root := j.ckptDir
+	if root == "" {
+		root = filepath.Join(j.out, "checkpoints")
+	}
+	if root, err = filepath.Abs(root); err != nil {
+		return nil, err
+	}
 	var procs []*workerProc
 	for i := range j.workers {
 		name := upWorkerName(i, names)
@@ -184,7 +238,7 @@ func startWorkers(eps []string, j *jobFlags, names []string) ([]*workerProc, err
 			return procs, err
 		}
 		c := exec.Command(exe, "worker", "--etcd", strings.Join(eps, ","), "--job", j.job, "--name", name,
-			"--listen", "127.0.0.1:0", "--data-dir", filepath.Join(wdir, name), "--ttl", strconv.Itoa(j.ttl))
+			"--listen", "127.0.0.1:0", "--data-dir", filepath.Join(wdir, name), "--checkpoint-root", root, "--ttl", strconv.Itoa(j.ttl))
 		// The workers log as this process does; with --metrics-addr
 		// HOST:P they serve metrics on HOST:P+1, HOST:P+2, ... (port 0:
 		// each picks one and logs it).
