@@ -58,7 +58,9 @@ type ModelConfig struct {
 	Optim model.OptimConfig `json:"optim"`
 }
 
-func decodeModelConfig(b []byte) (model.TrainConfig, error) {
+// decodeModelConfig decodes and validates model_json, refusing a model
+// beyond lim before anything is allocated for it.
+func decodeModelConfig(b []byte, lim model.Limits) (model.TrainConfig, error) {
 	var tc model.TrainConfig
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
@@ -72,6 +74,9 @@ func decodeModelConfig(b []byte) (model.TrainConfig, error) {
 	}
 	if err := tc.Optim.Validate(); err != nil {
 		return tc, fmt.Errorf("%w: %v", ErrBadInput, err)
+	}
+	if err := tc.Model.CheckLimits(lim, tc.MicrobatchSize); err != nil {
+		return tc, fmt.Errorf("%w: model_json: %v", ErrBadInput, err)
 	}
 	return tc, nil
 }
@@ -109,9 +114,16 @@ func (s *Server) configure(req *pb.ConfigureRequest) (*pb.ConfigureResponse, err
 	if len(req.GetPeers()) != len(plan.Workers) {
 		return nil, fmt.Errorf("%w: %d peer addresses for %d plan workers", ErrBadInput, len(req.GetPeers()), len(plan.Workers))
 	}
-	tc, err := decodeModelConfig(req.GetModelJson())
+	tc, err := decodeModelConfig(req.GetModelJson(), s.cfg.Model)
 	if err != nil {
 		return nil, err
+	}
+	samples := 1
+	for _, mb := range plan.Microbatches {
+		samples = max(samples, mb.Samples)
+	}
+	if err := tc.Model.CheckLimits(s.cfg.Model, samples); err != nil {
+		return nil, fmt.Errorf("%w: model_json with the plan's %d samples per microbatch: %v", ErrBadInput, samples, err)
 	}
 	if req.GetSeed() != 0 {
 		tc.Model.Seed = uint64(req.GetSeed())
