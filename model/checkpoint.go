@@ -68,39 +68,46 @@ func StateTensors(states []ParamState) []STensor {
 // (and must then be present). Extra tensors are ignored so a shard can load
 // from a whole-model file. Returns the file's metadata.
 func LoadStates(path string, states []ParamState, withOptim bool) (map[string]string, error) {
-	ts, meta, err := ReadSafetensorsFile(path)
+	f, err := OpenSafetensors(path)
 	if err != nil {
 		return nil, err
 	}
-	byName := make(map[string]STensor, len(ts))
-	for _, t := range ts {
-		byName[t.Name] = t
-	}
-	load := func(name string, shape []int, dst []float32) error {
-		t, ok := byName[name]
+	defer f.Close()
+	// Every shape is checked before any tensor is read: a file that does
+	// not fit the model costs only its header.
+	check := func(name string, shape []int) error {
+		got, ok := f.Shape(name)
 		if !ok {
 			return fmt.Errorf("%s: tensor %q missing", path, name)
 		}
-		if !sameShape(t.Shape, shape) {
-			return fmt.Errorf("%s: tensor %q has shape %v, model wants %v", path, name, t.Shape, shape)
+		if !sameShape(got, shape) {
+			return fmt.Errorf("%s: tensor %q has shape %v, model wants %v", path, name, got, shape)
 		}
-		copy(dst, t.Data)
 		return nil
 	}
+	type load struct {
+		name string
+		dst  []float32
+	}
+	var loads []load
 	for _, st := range states {
-		if err := load(st.T.Name, st.T.Shape, st.T.W); err != nil {
+		mine := []load{{st.T.Name, st.T.W}}
+		if withOptim {
+			mine = append(mine, load{"optim.m." + st.T.Name, st.M}, load{"optim.v." + st.T.Name, st.V})
+		}
+		for _, l := range mine {
+			if err := check(l.name, st.T.Shape); err != nil {
+				return nil, err
+			}
+		}
+		loads = append(loads, mine...)
+	}
+	for _, l := range loads {
+		if err := f.Read(l.name, l.dst); err != nil {
 			return nil, err
 		}
-		if withOptim {
-			if err := load("optim.m."+st.T.Name, st.T.Shape, st.M); err != nil {
-				return nil, err
-			}
-			if err := load("optim.v."+st.T.Name, st.T.Shape, st.V); err != nil {
-				return nil, err
-			}
-		}
 	}
-	return meta, nil
+	return f.Meta, nil
 }
 
 func sameShape(a, b []int) bool {
@@ -158,7 +165,12 @@ func (t *Trainer) Save(dir string, extra map[string]string) error {
 // for a one-shard model, a shard file) so that training resumes exactly. It
 // returns the metadata for the caller's own keys (data position).
 func LoadTrainer(path string) (*Trainer, map[string]string, error) {
-	_, meta, err := ReadSafetensorsFile(path)
+	return loadTrainer(path, DefaultLimits)
+}
+
+// loadTrainer is LoadTrainer under lim.
+func loadTrainer(path string, lim Limits) (*Trainer, map[string]string, error) {
+	meta, err := ReadSafetensorsMeta(path)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -173,6 +185,9 @@ func LoadTrainer(path string) (*Trainer, map[string]string, error) {
 	if err != nil || step < 0 {
 		return nil, nil, fmt.Errorf("%s: bad step %q", path, meta[MetaStep])
 	}
+	if err := checkMetaModel(cfg.Model, lim, cfg.MicrobatchSize); err != nil {
+		return nil, nil, fmt.Errorf("%s: train_config: %w", path, err)
+	}
 	t, err := NewTrainer(cfg)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", path, err)
@@ -184,10 +199,21 @@ func LoadTrainer(path string) (*Trainer, map[string]string, error) {
 	return t, meta, nil
 }
 
+// checkMetaModel validates a model config read from a checkpoint's
+// metadata, and refuses one beyond lim, before anything is allocated for
+// it.
+func checkMetaModel(c Config, lim Limits, batch int) error {
+	c = c.WithDefaults()
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	return c.CheckLimits(lim, batch)
+}
+
 // LoadPipeline loads a checkpoint's weights (no optimizer state) into a
 // model split into stages shards, for evaluation.
 func LoadPipeline(path string, stages int, layout Layout) (*Pipeline, map[string]string, error) {
-	_, meta, err := ReadSafetensorsFile(path)
+	meta, err := ReadSafetensorsMeta(path)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -197,6 +223,9 @@ func LoadPipeline(path string, stages int, layout Layout) (*Pipeline, map[string
 	var cfg Config
 	if err := json.Unmarshal([]byte(meta[MetaModelConfig]), &cfg); err != nil {
 		return nil, nil, fmt.Errorf("%s: bad model_config: %w", path, err)
+	}
+	if err := checkMetaModel(cfg, DefaultLimits, 1); err != nil {
+		return nil, nil, fmt.Errorf("%s: model_config: %w", path, err)
 	}
 	p, err := NewPipeline(cfg, stages, layout)
 	if err != nil {

@@ -47,7 +47,7 @@ embedding and head) cannot be skipped.`,
 				}
 			}
 			path := train.CheckpointPath(ckpt)
-			_, meta, err := model.ReadSafetensorsFile(path)
+			meta, err := model.ReadSafetensorsMeta(path)
 			if err != nil {
 				return err
 			}

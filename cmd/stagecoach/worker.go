@@ -30,6 +30,7 @@ func newWorkerCmd() *cobra.Command {
 		ttl                                         int
 		rejoin                                      time.Duration
 		tlsf                                        tlsFlags
+		limits                                      workerLimits
 	)
 	cmd := &cobra.Command{
 		Use:   "worker",
@@ -83,7 +84,9 @@ and the worker presents its own to its peers and to etcd (https). With
 			}
 			libLogf := logfTo(log, slog.LevelWarn, "worker "+name+": ", epoch)
 			infof := logfTo(log, slog.LevelInfo, "worker "+name+": ", epoch)
-			w, err = worker.New(worker.Config{Name: name, Listen: listen, Job: job, DataDir: dataDir, Logf: libLogf, Infof: infof, TLS: tc})
+			wcfg := worker.Config{Name: name, Listen: listen, Job: job, DataDir: dataDir, Logf: libLogf, Infof: infof, TLS: tc}
+			limits.apply(&wcfg)
+			w, err = worker.New(wcfg)
 			if err != nil {
 				return badInput("%v", err)
 			}
@@ -131,6 +134,7 @@ and the worker presents its own to its peers and to etcd (https). With
 	f.DurationVar(&rejoin, "rejoin-timeout", 30*time.Second, "give up after failing to re-register this long")
 	f.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics and /healthz on this HOST:PORT (empty: off)")
 	tlsf.register(f)
+	limits.register(f)
 	for _, n := range []string{"etcd", "job", "name"} {
 		_ = cmd.MarkFlagRequired(n)
 	}
