@@ -120,10 +120,11 @@ func (j *job) checkData(in []*pb.MicrobatchData, lim model.Limits) (map[int]*pb.
 			return nil, fmt.Errorf("%w: microbatch %d: batch %d, ctx %d (model ctx %d)", ErrBadInput, mb, d.GetBatch(), d.GetCtx(), cfg.Ctx)
 		case j.plan.Microbatches[mb].Samples > 0 && int(d.GetBatch()) != j.plan.Microbatches[mb].Samples:
 			return nil, fmt.Errorf("%w: microbatch %d: batch %d, plan says %d samples", ErrBadInput, mb, d.GetBatch(), j.plan.Microbatches[mb].Samples)
-		case cfg.CheckLimits(lim, int(d.GetBatch())) != nil:
-			return nil, fmt.Errorf("%w: microbatch %d: %v", ErrBadInput, mb, cfg.CheckLimits(lim, int(d.GetBatch())))
 		case len(d.GetTokens()) != int(d.GetBatch())*int(d.GetCtx()+1):
 			return nil, fmt.Errorf("%w: microbatch %d: %d tokens, want %d windows of %d", ErrBadInput, mb, len(d.GetTokens()), d.GetBatch(), d.GetCtx()+1)
+		}
+		if err := cfg.CheckLimits(lim, int(d.GetBatch())); err != nil {
+			return nil, fmt.Errorf("%w: microbatch %d: %v", ErrBadInput, mb, err)
 		}
 		for i, t := range d.GetTokens() {
 			if t < 0 || int(t) >= cfg.Vocab {
