@@ -2,6 +2,7 @@ package faulttest
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"os"
 	"strconv"
@@ -16,6 +17,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"stagecoach/coordinator"
+	"stagecoach/internal/etcdx"
+	"stagecoach/internal/tlsx"
 	"stagecoach/internal/transport"
 	pb "stagecoach/proto"
 )
@@ -38,23 +41,47 @@ const hostileRSSBound = 768 << 20
 // its bounded queue), the job trains to completion with no recovery and
 // exactly the losses of the undisturbed single-process run, and neither
 // worker's peak RSS passes hostileRSSBound.
+//
+// With mutual TLS on, the stranger holds a certificate of the cluster CA
+// (as any worker, or anyone who obtained one, does): the same attacks
+// are refused the same way.
 func TestHostileTensors(t *testing.T) {
-	const job, steps, attackAt, waitAt = "hostile-tensors", 12, 2, 8
-	e := newEnv(t, job)
-	e.startWorkers(t, "w0", "w1")
+	for _, tlsOn := range []bool{false, true} {
+		name := "plaintext"
+		if tlsOn {
+			name = "mutual-tls"
+		}
+		t.Run(name, func(t *testing.T) { hostileTensors(t, tlsOn) })
+	}
+}
+
+func hostileTensors(t *testing.T, tlsOn bool) {
+	const steps, attackAt, waitAt = 12, 2, 8
+	job := "hostile-tensors"
+	var e *env
+	var coordTLS, strangerTLS *tls.Config
+	if tlsOn {
+		job += "-tls"
+		e, coordTLS, strangerTLS = newTLSEnv(t, job, "w0", "w1")
+	} else {
+		e = newEnv(t, job)
+		e.startWorkers(t, "w0", "w1")
+	}
 	tc := tiny(2, 4)
 	want, _ := reference(t, tc, e.corpus, steps)
 	var recoveries []coordinator.Recovery
 	var mu sync.Mutex
 	attackDone := make(chan []string, 1)
 	cfg := coordinator.Config{Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 2, Stages: 2, Schedule: "gpipe",
-		Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), RPCTimeout: 60 * time.Second,
+		Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), RPCTimeout: 60 * time.Second, TLS: coordTLS,
 		OnRecovery: func(r coordinator.Recovery) { mu.Lock(); recoveries = append(recoveries, r); mu.Unlock() },
 		OnStep: func(r coordinator.StepReport) {
 			switch r.Step {
 			case attackAt:
 				m := readPlanManifest(t, e)
-				go func() { attackDone <- attack(t, job, m, tc.MicrobatchSize, tc.Model.Ctx, tc.Model.Dim, r.Step+1) }()
+				go func() {
+					attackDone <- attack(t, job, m, strangerTLS, tc.MicrobatchSize, tc.Model.Ctx, tc.Model.Dim, r.Step+1)
+				}()
 			case waitAt:
 				// The attack overlapped the steps since attackAt; the
 				// job goes on once it is over.
@@ -89,6 +116,49 @@ func TestHostileTensors(t *testing.T) {
 	}
 }
 
+// newTLSEnv is newEnv with mutual TLS everywhere: certificates of one CA
+// for etcd, the workers, the coordinator and a stranger; an embedded
+// etcd that requires them; worker processes started with theirs. It
+// returns the coordinator's and the stranger's TLS configurations.
+func newTLSEnv(t *testing.T, job string, workers ...string) (*env, *tls.Config, *tls.Config) {
+	t.Helper()
+	dir := t.TempDir()
+	if _, err := tlsx.Generate(dir, append([]string{"etcd", "coordinator", "stranger"}, workers...), time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	load := func(host string) *tls.Config {
+		c, err := tlsx.Load(tlsx.FilesFor(dir, host))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	ctx := context.Background()
+	srv, err := etcdx.StartEmbedded(ctx, etcdx.EmbedConfig{Dir: t.TempDir(), TLS: tlsx.FilesFor(dir, "etcd")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	coord := load("coordinator")
+	cli, err := etcdx.DialTLS(ctx, srv.Endpoints(), 0, coord)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	keys, err := etcdx.NewKeys(job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{job: job, endpoints: srv.Endpoints(), cli: cli, keys: keys, corpus: writeCorpus(t), workers: map[string]*proc{}}
+	for _, n := range workers {
+		f := tlsx.FilesFor(dir, n)
+		e.workers[n] = start(t, "worker "+n, "worker", "--etcd", strings.Join(e.endpoints, ","), "--job", job, "--name", n,
+			"--ttl", fmt.Sprint(ttl), "--data-dir", t.TempDir(), "--tls-cert", f.Cert, "--tls-key", f.Key, "--tls-ca", f.CA)
+	}
+	e.waitRegistered(t, 30*time.Second, workers...)
+	return e, coord, load("stranger")
+}
+
 // readPlanManifest reads the job's current plan manifest from etcd.
 func readPlanManifest(t *testing.T, e *env) coordinator.PlanManifest {
 	t.Helper()
@@ -107,7 +177,7 @@ func readPlanManifest(t *testing.T, e *env) coordinator.PlanManifest {
 // attack sends the hostile tensors to the worker of stage 1 and returns
 // one line per attack with its outcome. Mismatched outcomes are test
 // errors.
-func attack(t *testing.T, job string, m coordinator.PlanManifest, samples, ctx, dim int, iteration int64) []string {
+func attack(t *testing.T, job string, m coordinator.PlanManifest, tc *tls.Config, samples, ctx, dim int, iteration int64) []string {
 	var target, sender = -1, -1
 	for i, w := range m.Workers {
 		for _, s := range w.Stages {
@@ -125,7 +195,11 @@ func attack(t *testing.T, job string, m coordinator.PlanManifest, samples, ctx, 
 	}
 	addr := m.Workers[target].Addr
 	dial := func() (pb.PeerClient, func()) {
-		conn, err := grpc.NewClient(addr, append(transport.Options{}.DialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+		creds := grpc.WithTransportCredentials(insecure.NewCredentials())
+		if tc != nil {
+			creds = tlsx.DialOption(tc)
+		}
+		conn, err := grpc.NewClient(addr, append(transport.Options{}.DialOptions(), creds)...)
 		if err != nil {
 			t.Error(err)
 			return nil, func() {}
