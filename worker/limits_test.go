@@ -7,9 +7,12 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
+	"stagecoach/internal/transport"
 	pb "stagecoach/proto"
 	"stagecoach/scheduler"
 	"stagecoach/worker"
@@ -75,5 +78,65 @@ func TestConfigureRefusesModelsPastTheLimits(t *testing.T) {
 	wantCode(t, "Configure past a lowered limit", err, codes.InvalidArgument)
 	if err == nil || !strings.Contains(err.Error(), "limit of 1000 parameters") {
 		t.Errorf("refusal does not name the lowered limit: %v", err)
+	}
+}
+
+// Tensors of the next epoch wait in a bounded queue: past its count they
+// are refused, a Configure that supersedes them frees the room, and
+// epochs beyond the next are refused outright.
+func TestNextEpochQueueIsBoundedAndDroppedWhenSuperseded(t *testing.T) {
+	c, d := configured(t, func(_ int, cfg *worker.Config) { cfg.NextEpochTensors = 2 })
+	ctx := context.Background()
+	peer := peerClient(t, c.Addrs[1])
+	sendAt := func(what string, epoch int64, code codes.Code) {
+		t.Helper()
+		h, p := activation(d)
+		h.Fence.Epoch = epoch
+		wantCode(t, what, transport.Send(ctx, peer, h, p, 0), code)
+	}
+	sendAt("first next-epoch tensor", 4, codes.OK)
+	sendAt("second next-epoch tensor", 4, codes.OK)
+	sendAt("third next-epoch tensor (limit 2)", 4, codes.ResourceExhausted)
+	sendAt("tensor two epochs ahead", 5, codes.FailedPrecondition)
+	// A Configure for epoch 5 supersedes epoch 4: its tensors are
+	// dropped, and epoch 6 becomes the next.
+	d.Fence = fence(d, func(f *pb.Fence) { f.Epoch = 5 })
+	if err := d.Configure(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	sendAt("next-epoch tensor after the drop", 6, codes.OK)
+	sendAt("second one", 6, codes.OK)
+	sendAt("third one (limit 2)", 6, codes.ResourceExhausted)
+}
+
+// One peer may hold only PeerStreams tensor streams open at once; others
+// are unaffected.
+func TestPeerStreamLimit(t *testing.T) {
+	c, d := configured(t, func(_ int, cfg *worker.Config) { cfg.PeerStreams = 1 })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	peer := peerClient(t, c.Addrs[1])
+	// A stream that sends its header and then stalls, holding its slot.
+	h, _ := activation(d)
+	h.TotalBytes = int64(4 * h.Shape[0] * h.Shape[1] * h.Shape[2])
+	held, err := peer.SendTensor(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := held.Send(&pb.TensorChunk{Header: h}); err != nil {
+		t.Fatal(err)
+	}
+	var err2 error
+	for range 100 { // until the server has taken the held stream
+		h2, p2 := activation(d)
+		if err2 = transport.Send(ctx, peer, h2, p2, 0); status.Code(err2) == codes.ResourceExhausted {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	wantCode(t, "second concurrent stream of one peer (limit 1)", err2, codes.ResourceExhausted)
+	h3, p3 := activation(d)
+	if err := transport.Send(ctx, peerClient(t, c.Addrs[1]), h3, p3, 0); err != nil {
+		t.Errorf("another peer's stream: %v", err)
 	}
 }
