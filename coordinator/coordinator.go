@@ -132,6 +132,7 @@ func (c *Coordinator) Run(ctx context.Context) (*Summary, error) {
 
 func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary, error) {
 	cfg := &c.cfg
+	began := time.Now()
 	keys := leader.Keys()
 	committer, err := etcdx.NewCommitter(ctx, leader)
 	if err != nil {
@@ -206,6 +207,7 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 	if last := committer.Last().Step; last > 0 {
 		// A leader taking over a job with committed steps.
 		cfg.Metrics.Recovered(metrics.RecoveryLeaderResume)
+		r.recordTakeover(ctx, began, first, last)
 		if last >= first {
 			cfg.Logf("replaying committed steps %d..%d", first, last)
 		}
@@ -256,7 +258,7 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 			continue
 		}
 		r.failures = 0
-		r.notifyRecovered()
+		r.notifyRecovered(ctx)
 		tokens += int64(tc.Microbatches * tc.MicrobatchSize * r.ctxLen)
 		rep.Tokens = tokens
 		epochBefore := r.fence.Epoch
@@ -273,7 +275,7 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 		}
 		step++
 	}
-	r.notifyRecovered()
+	r.notifyRecovered(ctx)
 	sum := &Summary{Job: cfg.Job, Schedule: r.plan.Schedule, Workers: len(r.plan.Workers), Stages: len(r.plan.Stages),
 		Microbatches: tc.Microbatches, MicrobatchSize: tc.MicrobatchSize, Params: r.params, Epoch: r.fence.Epoch,
 		LeaderRev: leader.Rev(), PlanPath: r.planPath, PlanSHA256: r.planHash, Steps: reports, ElapsedS: time.Since(start).Seconds()}
@@ -286,7 +288,7 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 
 // notifyRecovered stamps the recoveries waiting for a commit and reports
 // them.
-func (r *run) notifyRecovered() {
+func (r *run) notifyRecovered(ctx context.Context) {
 	now := time.Now()
 	for _, i := range r.pendingCommit {
 		rec := &r.recoveries[i]
@@ -295,6 +297,7 @@ func (r *run) notifyRecovered() {
 			rec.ToCommitS = now.Sub(rec.DetectedAt).Seconds()
 		}
 		r.cfg.Metrics.Recovered(rec.Kind)
+		r.record(ctx, *rec)
 		if r.cfg.OnRecovery != nil {
 			r.cfg.OnRecovery(*rec)
 		}

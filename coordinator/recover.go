@@ -61,7 +61,8 @@ import (
 type Recovery struct {
 	// Step is the step that failed (or, for a rejoin, the next step).
 	Step int64 `json:"step"`
-	// Kind is "repath", "restore" or "rejoin".
+	// Kind is "repath", "restore" or "rejoin" (or, in etcd's record
+	// only, KindTakeover).
 	Kind string `json:"kind"`
 	// Cause is the error that ended the iteration.
 	Cause string `json:"cause"`
@@ -75,6 +76,9 @@ type Recovery struct {
 	// the seeded initial state) and Replayed the committed steps re-run.
 	FromCheckpoint int64 `json:"from_checkpoint,omitempty"`
 	Replayed       int64 `json:"replayed,omitempty"`
+	// Vacant lists the stages a re-path left without a worker (every
+	// path skips them until a worker joins).
+	Vacant []int `json:"vacant,omitempty"`
 	// DetectedAt is when the coordinator noticed the failure; ResumedAt
 	// when the new plan was installed and the retry could start;
 	// CommittedAt when the first new step after it was committed.
@@ -234,7 +238,7 @@ func (r *run) recover(ctx context.Context, step int64, cause error) (int64, erro
 	if ok, why := r.canRepath(survivors, st, step); ok {
 		err = r.repath(ctx, survivors)
 		if err == nil {
-			rec.Kind = "repath"
+			rec.Kind, rec.Vacant = "repath", r.plan.VacantStages()
 		} else {
 			cfg.Logf("re-path after step %d failed: %v; restoring from the last checkpoint", step, err)
 		}
@@ -257,6 +261,7 @@ func (r *run) recover(ctx context.Context, step int64, cause error) (int64, erro
 		step, rec.Kind, rec.RecoveryS, rec.Epoch, rec.Workers, rec.Lost, next)
 	r.recoveries = append(r.recoveries, rec)
 	r.pendingCommit = append(r.pendingCommit, len(r.recoveries)-1)
+	r.record(ctx, rec)
 	return next, nil
 }
 
@@ -430,7 +435,7 @@ func (r *run) install(ctx context.Context, plan *scheduler.Plan, ordered []etcdx
 	if err != nil {
 		return err
 	}
-	man := PlanManifest{Epoch: plan.Epoch, Schedule: plan.Schedule, SHA256: planHash, Bytes: len(planJSON), Path: planPath, LeaderRev: r.leader.Rev()}
+	man := PlanManifest{Epoch: plan.Epoch, Schedule: plan.Schedule, Stages: len(plan.Stages), SHA256: planHash, Bytes: len(planJSON), Path: planPath, LeaderRev: r.leader.Rev()}
 	for i, w := range plan.Workers {
 		man.Workers = append(man.Workers, PlanWorker{Name: ordered[i].Name, Addr: ordered[i].Addr, Stages: w.Stages, Replica: w.Replica})
 	}
@@ -716,6 +721,7 @@ func (r *run) maybeRejoin(ctx context.Context, step int64) (bool, error) {
 	cfg.Logf("epoch %d: %d workers after %v joined (%.3f s)", rec.Epoch, rec.Workers, rec.Joined, rec.RecoveryS)
 	r.recoveries = append(r.recoveries, rec)
 	r.pendingCommit = append(r.pendingCommit, len(r.recoveries)-1)
+	r.record(ctx, rec)
 	return true, nil
 }
 

@@ -2,6 +2,7 @@ package sim
 
 import (
 	"container/heap"
+	"errors"
 	"fmt"
 
 	"stagecoach/scheduler"
@@ -113,6 +114,9 @@ type engine struct {
 // Run executes p against cluster c and measures it. The plan must be
 // valid (scheduler.Validate); the cluster is validated here.
 func Run(p *scheduler.Plan, c *Cluster, opt Options) (*Result, error) {
+	if p == nil || c == nil {
+		return nil, errors.New("sim: nil plan or cluster")
+	}
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}

@@ -98,3 +98,16 @@ func BenchmarkGPipe64x4096(b *testing.B) {
 	}
 	b.ReportMetric(float64(events)*float64(b.N)/b.Elapsed().Seconds(), "events/s")
 }
+
+func TestRunRefusesNilPlanOrCluster(t *testing.T) {
+	p, err := scheduler.Generate("gpipe", scheduler.Spec{Stages: 2, Microbatches: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Run(p, nil, Options{}); err == nil {
+		t.Error("nil cluster: no error")
+	}
+	if _, err := Run(nil, Homogeneous(), Options{}); err == nil {
+		t.Error("nil plan: no error")
+	}
+}

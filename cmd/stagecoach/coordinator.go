@@ -52,6 +52,8 @@ type jobFlags struct {
 	tls tlsFlags
 	// metricsAddr serves the coordinator's Prometheus metrics.
 	metricsAddr string
+	// httpAddr serves the live page (jobview).
+	httpAddr string
 }
 
 func (j *jobFlags) register(f *pflag.FlagSet, defaultJob string) {
@@ -78,6 +80,7 @@ func (j *jobFlags) register(f *pflag.FlagSet, defaultJob string) {
 	f.IntVar(&j.retain, "retain", 3, "committed checkpoints kept listed and on disk; older ones are removed (negative: keep all)")
 	f.StringVar(&j.name, "name", "coordinator", "this coordinator's name in the leader election (standbys campaign under their own)")
 	f.StringVar(&j.metricsAddr, "metrics-addr", "", "serve Prometheus /metrics and /healthz on this HOST:PORT (empty: off)")
+	f.StringVar(&j.httpAddr, "http-addr", "", "serve the job's live page on this HOST:PORT, over HTTPS requiring a client certificate of the cluster CA when TLS is on (empty: off)")
 	f.IntVar(&j.ckptEvery, "checkpoint-every", 0, "also checkpoint every N steps; a job rerun with the same --job resumes from its newest committed checkpoint and replays the committed steps after it")
 }
 
@@ -90,6 +93,9 @@ func (j *jobFlags) config(endpoints []string) (coordinator.Config, error) {
 		return coordinator.Config{}, badInput("--lr must not be negative")
 	}
 	if err := checkMetricsAddr(j.metricsAddr); err != nil {
+		return coordinator.Config{}, err
+	}
+	if err := checkHTTPAddr(j.httpAddr); err != nil {
 		return coordinator.Config{}, err
 	}
 	tc := j.train
@@ -153,7 +159,7 @@ links, and the planner prices hops with it.`,
 					"role", "etcd", "endpoints", strings.Join(eps, ","))
 			}
 			cfg.Endpoints = eps
-			return runJob(ctx, cfg, j.asJSON, j.metricsAddr)
+			return runJob(ctx, cfg, j.asJSON, j.metricsAddr, j.httpAddr, nil)
 		},
 	}
 	f := cmd.Flags()
@@ -170,8 +176,9 @@ links, and the planner prices hops with it.`,
 // runJob runs a coordinator with the progress bar or JSON lines, then
 // prints the summary table and writes the summary, trace and loss plot.
 // The coordinator's lines go to slog unless a progress bar is drawn; with
-// metricsAddr it serves Prometheus metrics there while it runs.
-func runJob(ctx context.Context, cfg coordinator.Config, asJSON bool, metricsAddr string) error {
+// metricsAddr it serves Prometheus metrics there while it runs, with
+// httpAddr the live page (its URL passed to onLive).
+func runJob(ctx context.Context, cfg coordinator.Config, asJSON bool, metricsAddr, httpAddr string, onLive func(url string)) error {
 	if err := os.MkdirAll(cfg.OutDir, 0o755); err != nil {
 		return err
 	}
@@ -187,9 +194,22 @@ func runJob(ctx context.Context, cfg coordinator.Config, asJSON bool, metricsAdd
 		defer srv.Close()
 		log.Info("serving metrics on http://"+srv.Addr()+"/metrics", "metrics_addr", srv.Addr())
 	}
+	var live *liveServer
+	if httpAddr != "" {
+		var err error
+		if live, err = startLive(ctx, httpAddr, cfg.Job, cfg.Endpoints, cfg.TLS); err != nil {
+			return err
+		}
+		defer live.close()
+		log.Info("serving the live page on "+live.srv.URL(), "http_addr", live.srv.Addr())
+		if onLive != nil {
+			onLive(live.srv.URL())
+		}
+	}
 	prog := newProgress(os.Stderr, cfg.Steps, "train", !asJSON)
 	enc := json.NewEncoder(os.Stdout)
 	cfg.OnStep = func(r coordinator.StepReport) {
+		live.step(r)
 		if asJSON {
 			_ = enc.Encode(r)
 		}

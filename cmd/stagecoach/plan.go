@@ -88,6 +88,11 @@ func runPlan(cmd *cobra.Command, f *planFlags) error {
 	if format == "json" && f.dialect != "" {
 		return badInput("--dialect applies to --format pytorch-csv")
 	}
+	if isSimExtensionSchedule(f.schedule) {
+		return badInput("schedule %s plans paths over a cluster's nodes and links, which `stagecoach plan` does not take: "+
+			"simulate it with `stagecoach sim --preset skippipe-geo --schedule %s` (or --cluster FILE), or train with `stagecoach up --schedule %s`",
+			f.schedule, f.schedule, f.schedule)
+	}
 	if _, err := scheduler.Lookup(f.schedule); err != nil {
 		return badInput("%v", err)
 	}

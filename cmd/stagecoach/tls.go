@@ -13,7 +13,7 @@ import (
 type tlsFlags struct{ files tlsx.Files }
 
 func (t *tlsFlags) register(f *pflag.FlagSet) {
-	f.StringVar(&t.files.Cert, "tls-cert", "", "this node's certificate (PEM); with --tls-key and --tls-ca turns on mutual TLS for gRPC and etcd (`stagecoach certs` makes a demo set)")
+	f.StringVar(&t.files.Cert, "tls-cert", "", "this node's certificate (PEM); with --tls-key and --tls-ca turns on mutual TLS for gRPC and etcd ('stagecoach certs' makes a demo set)")
 	f.StringVar(&t.files.Key, "tls-key", "", "this node's private key (PEM)")
 	f.StringVar(&t.files.CA, "tls-ca", "", "the cluster CA certificate (PEM): peers must present a certificate it signed")
 }

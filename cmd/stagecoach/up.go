@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -111,6 +112,16 @@ HOST:P+1+i; the workers log in the --log-format given to up.`,
 				eps = e.Endpoints()
 			}
 			cfg.Endpoints = eps
+			// What `stagecoach status --out` needs to find this job.
+			st := upState{PID: os.Getpid(), Job: j.job, Endpoints: eps, Embedded: j.etcd == "", Started: time.Now().UTC()}
+			if tlsDir != "" {
+				if st.TLSDir, err = filepath.Abs(tlsDir); err != nil {
+					return err
+				}
+			}
+			if err := st.write(j.out); err != nil {
+				return err
+			}
 			procs, err := startWorkers(eps, &j, names)
 			defer stopWorkers(procs)
 			if err != nil {
@@ -126,7 +137,12 @@ HOST:P+1+i; the workers log in the --log-format given to up.`,
 					cancel(fmt.Errorf("worker %s exited: %v (log: %s)", p.name, p.err, p.log))
 				}()
 			}
-			err = runJob(rctx, cfg, j.asJSON, j.metricsAddr)
+			err = runJob(rctx, cfg, j.asJSON, j.metricsAddr, j.httpAddr, func(url string) {
+				st.LiveURL = url
+				if err := st.write(j.out); err != nil {
+					slog.Warn("record the live page's address: " + err.Error())
+				}
+			})
 			if err != nil && ctx.Err() != nil {
 				return errors.New("interrupted; workers and etcd stopped")
 			}

@@ -142,6 +142,7 @@ func leaderFault(t *testing.T, fault string, sig syscall.Signal, withWorker bool
 			t.Logf("%s: %s", newName, l)
 		}
 	}
+	checkTakeover(t, e, newName, committedAtKill.Step)
 	cs := e.checkCommits(t, steps)
 	for i := 1; i < len(cs); i++ {
 		if cs[i].LeaderRev < cs[i-1].LeaderRev {

@@ -119,6 +119,7 @@ func TestKillWorkerGPipe(t *testing.T) {
 			if len(recs) == 0 || recs[0].Kind != "restore" || !slices.Contains(recs[0].Lost, "w2") || recs[0].FromCheckpoint != tt.from {
 				t.Fatalf("recoveries %+v, want a restore from checkpoint %d that lost w2", recs, tt.from)
 			}
+			checkRecorded(t, e, sum)
 			if tt.spare {
 				checkParams(t, sum.Checkpoint, want)
 			} else if sum.Workers != 2 {
@@ -154,6 +155,7 @@ func TestKillWorkerSkipPipe(t *testing.T) {
 	if len(recs) == 0 || recs[0].Kind != "repath" || !slices.Contains(recs[0].Lost, victim) {
 		t.Fatalf("recoveries %+v, want a re-path that lost %s", recs, victim)
 	}
+	checkRecorded(t, e, sum)
 	for _, s := range sum.Steps {
 		if math.IsNaN(s.Loss) || math.IsInf(s.Loss, 0) || s.Loss <= 0 {
 			t.Errorf("step %d loss %v", s.Step, s.Loss)

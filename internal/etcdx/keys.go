@@ -83,6 +83,15 @@ func (k Keys) CheckpointsPrefix() string { return k.Prefix() + "checkpoints/" }
 // Checkpoint is the manifest key of the checkpoint taken after step.
 func (k Keys) Checkpoint(step int64) string { return k.CheckpointsPrefix() + pad(step) }
 
+// RecoveriesPrefix is the prefix of the recent recovery records (a
+// bounded log the coordinator keeps for `stagecoach status` and the live
+// page).
+func (k Keys) RecoveriesPrefix() string { return k.Prefix() + "recoveries/" }
+
+// Recovery is the record of the recovery identified by id (its detection
+// time in Unix nanoseconds, so key order is time order).
+func (k Keys) Recovery(id int64) string { return k.RecoveriesPrefix() + pad(id) }
+
 // pad renders n zero-padded to 20 digits so lexical order is numeric.
 func pad(n int64) string {
 	s := strconv.FormatInt(n, 10)
