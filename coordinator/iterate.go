@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"os"
 	"sort"
 	"time"
 
@@ -131,11 +130,7 @@ func (r *run) iterate(ctx context.Context, step int64) (StepReport, error) {
 		extra = append(extra, ops...)
 		defer func() {
 			if r.committer.Last().Step == step {
-				for _, d := range dirs {
-					if err := os.RemoveAll(d); err != nil {
-						r.cfg.Logf("remove retired checkpoint %s: %v", d, err)
-					}
-				}
+				r.removeRetired(dirs)
 			}
 		}()
 	}

@@ -2,18 +2,12 @@ package coordinator
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
-	"os"
-	"path/filepath"
 	"sort"
-	"strings"
 	"sync"
 	"time"
-
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"stagecoach/internal/etcdx"
 	"stagecoach/model"
@@ -463,6 +457,7 @@ func (r *run) install(ctx context.Context, plan *scheduler.Plan, ordered []etcdx
 		return err
 	}
 	r.params = n
+	r.planJSON, r.planTrain = planJSON, tc
 	r.stats = newMeasurements(plan, cfg.Steps)
 	return r.startReplanner()
 }
@@ -497,17 +492,8 @@ func (r *run) restoreAll(ctx context.Context, step int64) (int64, error) {
 	if err := r.install(ctx, plan, ordered, layout, true); err != nil {
 		return 0, err
 	}
-	ck, err := latestCheckpoint(ctx, r.leader)
-	if err != nil {
-		return 0, err
-	}
-	if ck == nil {
-		if err := r.sampler.SetState(r.initialData); err != nil {
-			return 0, err
-		}
-		return 0, nil
-	}
-	if err := r.restore(ctx, ck); err != nil {
+	ck, err := r.restoreNewest(ctx)
+	if err != nil || ck == nil {
 		return 0, err
 	}
 	return ck.Step, nil
@@ -668,23 +654,15 @@ func (r *run) maybeRejoin(ctx context.Context, step int64) (bool, error) {
 	// step outside the committed ones.
 	applied := step - 1
 	var handoff string
+	var handoffShards []*pb.ShardDigest
 	if applied > 0 {
-		base, err := filepath.Abs(filepath.Join(cfg.OutDir, "handoff", fmt.Sprintf("epoch-%d", r.fence.Epoch)))
+		base := r.handoffDir()
+		shards, err := r.saveShards(ctx, "SaveCheckpoint (hand-off)", base, applied)
 		if err != nil {
 			return false, err
 		}
-		err = r.fanOut(ctx, fmt.Sprintf("SaveCheckpoint (hand-off) %d", applied), func(ctx context.Context, w *workerConn) error {
-			_, err := w.cli.SaveCheckpoint(ctx, &pb.CheckpointRequest{Fence: r.fence, Dir: base, Step: applied})
-			return err
-		})
-		if err != nil {
-			return false, err
-		}
-		if _, err := r.fillVacant(ctx, base, applied); err != nil {
-			return false, err
-		}
-		handoff = base
-		defer os.RemoveAll(base)
+		handoff, handoffShards = base, shardsPB(shards)
+		defer r.removeRetired([]string{base})
 	}
 	epoch, err := nextEpoch(ctx, r.leader.Client(), r.leader.Keys())
 	if err != nil {
@@ -708,7 +686,7 @@ func (r *run) maybeRejoin(ctx context.Context, step int64) (bool, error) {
 	}
 	if handoff != "" {
 		err = r.fanOut(ctx, fmt.Sprintf("LoadCheckpoint (hand-off) %d", applied), func(ctx context.Context, w *workerConn) error {
-			_, err := w.cli.LoadCheckpoint(ctx, &pb.CheckpointRequest{Fence: r.fence, Dir: handoff, Step: applied})
+			_, err := w.cli.LoadCheckpoint(ctx, &pb.CheckpointRequest{Fence: r.fence, Dir: handoff, Step: applied, Shards: handoffShards})
 			return err
 		})
 		if err != nil {
@@ -723,60 +701,6 @@ func (r *run) maybeRejoin(ctx context.Context, step int64) (bool, error) {
 	r.pendingCommit = append(r.pendingCommit, len(r.recoveries)-1)
 	r.record(ctx, rec)
 	return true, nil
-}
-
-// latestCheckpoint is the newest checkpoint etcd lists, nil if none.
-func latestCheckpoint(ctx context.Context, l *etcdx.Leader) (*CheckpointManifest, error) {
-	ms, err := listCheckpoints(ctx, l.Client(), l.Keys())
-	if err != nil || len(ms) == 0 {
-		return nil, err
-	}
-	return &ms[len(ms)-1], nil
-}
-
-// listCheckpoints reads every listed checkpoint manifest, oldest first.
-func listCheckpoints(ctx context.Context, cli *clientv3.Client, k etcdx.Keys) ([]CheckpointManifest, error) {
-	resp, err := cli.Get(ctx, k.CheckpointsPrefix(), clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
-	if err != nil {
-		return nil, fmt.Errorf("coordinator: read checkpoints of job %s: %w", k.Job(), err)
-	}
-	out := make([]CheckpointManifest, 0, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
-		var m CheckpointManifest
-		if err := json.Unmarshal(kv.Value, &m); err != nil {
-			return nil, fmt.Errorf("coordinator: %s: %w", kv.Key, err)
-		}
-		out = append(out, m)
-	}
-	return out, nil
-}
-
-// retire returns the etcd deletions that keep at most Config.Retain
-// checkpoints once the one of step is listed, and the directories to
-// remove after that commit. Deleting the listing first (in the commit's
-// transaction) and the files after means etcd never lists a checkpoint
-// whose files are gone; a crash in between only leaves orphaned files.
-func (r *run) retire(ctx context.Context, step int64) ([]clientv3.Op, []string, error) {
-	if r.cfg.Retain <= 0 {
-		return nil, nil, nil
-	}
-	ms, err := listCheckpoints(ctx, r.leader.Client(), r.leader.Keys())
-	if err != nil {
-		return nil, nil, err
-	}
-	var ops []clientv3.Op
-	var dirs []string
-	// The new one counts against the retention.
-	for i := 0; i < len(ms)-(r.cfg.Retain-1) && len(ops) < 100; i++ {
-		if ms[i].Step >= step {
-			break
-		}
-		ops = append(ops, clientv3.OpDelete(r.leader.Keys().Checkpoint(ms[i].Step)))
-		if d := ms[i].Dir; d != "" && d != ms[i].Base && strings.HasPrefix(d, ms[i].Base+string(filepath.Separator)) {
-			dirs = append(dirs, d)
-		}
-	}
-	return ops, dirs, nil
 }
 
 // checkReplay compares a replayed step's loss with the committed one. It

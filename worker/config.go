@@ -23,9 +23,14 @@ type Config struct {
 	// Job is the job id every fence must carry. Required: a default job id
 	// let the incumbent's jobs overwrite each other (DESIGN 7a).
 	Job string
-	// DataDir holds checkpoints; relative checkpoint directories in
-	// requests resolve under it. Required.
+	// DataDir is the worker's own directory. Required.
 	DataDir string
+	// CheckpointRoot confines checkpoints: SaveCheckpoint and
+	// LoadCheckpoint refuse a directory outside it (through symlinks
+	// too), and relative directories in requests resolve under it.
+	// Default DataDir; with a shared checkpoint directory (stagecoach up,
+	// compose) it is the coordinator's.
+	CheckpointRoot string
 	// Transport tunes tensor streaming; MaxTensorBytes is the receive
 	// limit per tensor.
 	Transport transport.Options
@@ -128,5 +133,11 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("worker: config: data dir: %w", err)
 	}
 	c.DataDir = abs
+	if c.CheckpointRoot == "" {
+		c.CheckpointRoot = abs
+	}
+	if c.CheckpointRoot, err = filepath.Abs(c.CheckpointRoot); err != nil {
+		return c, fmt.Errorf("worker: config: checkpoint root: %w", err)
+	}
 	return c, nil
 }

@@ -36,12 +36,16 @@
 //     as double), lr (OptimConfig.LRAt(iteration))} on every worker. A
 //     step is applied at most once: a repeat gets AlreadyExists, a step
 //     without completed gradients FailedPrecondition.
-//  4. SaveCheckpoint / LoadCheckpoint{fence, dir, step}: dir relative to
-//     Config.DataDir (default "checkpoints"), files
+//  4. SaveCheckpoint / LoadCheckpoint{fence, dir, step, shards}: dir
+//     relative to Config.CheckpointRoot (default "checkpoints"; an
+//     absolute dir must lie under the root, else PermissionDenied), files
 //     <dir>/step-<8 digits>/shard-<stage>.safetensors in the model's
-//     checkpoint layout. Save wants step == applied step (0 means that);
-//     Load sets the applied step; a missing file is NotFound, a bad one
-//     InvalidArgument, and a failed load changes nothing.
+//     checkpoint layout. Save wants step == applied step (0 means that)
+//     and returns each file's size and SHA-256 in shards; Load wants
+//     those back in shards for every stage it holds (InvalidArgument
+//     without), verifies each file against them before parsing and sets
+//     the applied step. A missing file is NotFound, one that does not
+//     match or parse DataLoss, and a failed load changes nothing.
 //
 // A failed RunIteration leaves parameters untouched (no Step is possible
 // for it). Retry it under a new epoch (Configure again), so no tensor of

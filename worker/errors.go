@@ -10,6 +10,7 @@ import (
 
 	"stagecoach/internal/metrics"
 	"stagecoach/internal/transport"
+	"stagecoach/model"
 )
 
 // Named errors. Internally errors wrap these; they become gRPC status
@@ -39,6 +40,13 @@ var (
 	ErrPeer = errors.New("peer transfer failed")
 	// ErrNoCheckpoint: the checkpoint asked for does not exist.
 	ErrNoCheckpoint = errors.New("no such checkpoint")
+	// ErrCorruptCheckpoint: a checkpoint file whose size or SHA-256 is
+	// not the listed one, or which does not parse. The coordinator skips
+	// such a checkpoint and falls back to the previous one.
+	ErrCorruptCheckpoint = model.ErrCorrupt
+	// ErrOutsideRoot: a checkpoint directory outside the worker's
+	// checkpoint root.
+	ErrOutsideRoot = errors.New("checkpoint directory outside the worker's checkpoint root")
 	// ErrBadInput: a request or tensor that is malformed or inconsistent
 	// with the plan.
 	ErrBadInput = errors.New("bad input")
@@ -87,8 +95,10 @@ func toStatus(err error) error {
 	}
 	code := codes.Internal
 	switch {
-	case errors.Is(err, ErrWrongJob):
+	case errors.Is(err, ErrWrongJob), errors.Is(err, ErrOutsideRoot):
 		code = codes.PermissionDenied
+	case errors.Is(err, ErrCorruptCheckpoint):
+		code = codes.DataLoss
 	case errors.Is(err, ErrDeposed), errors.Is(err, ErrStaleEpoch), errors.Is(err, ErrNotConfigured), errors.Is(err, ErrOutOfOrder):
 		code = codes.FailedPrecondition
 	case errors.Is(err, ErrStepApplied):

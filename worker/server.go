@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
+	"stagecoach/internal/confine"
 	"stagecoach/internal/metrics"
 	"stagecoach/internal/tlsx"
 	pb "stagecoach/proto"
@@ -32,6 +33,8 @@ type Server struct {
 
 	cfg  Config
 	mbox *mailbox
+	// root confines checkpoint directories (Config.CheckpointRoot).
+	root confine.Root
 
 	// control serialises the control RPCs.
 	control sync.Mutex
@@ -56,7 +59,11 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, mbox: newMailbox(mailboxLimits{bytes: cfg.MailboxBytes, futureBytes: cfg.NextEpochBytes,
+	root, err := confine.New(cfg.CheckpointRoot)
+	if err != nil {
+		return nil, fmt.Errorf("worker: config: %w", err)
+	}
+	s := &Server{cfg: cfg, root: root, mbox: newMailbox(mailboxLimits{bytes: cfg.MailboxBytes, futureBytes: cfg.NextEpochBytes,
 		futureTensors: cfg.NextEpochTensors, peerBytes: cfg.PeerBytes, peerStreams: cfg.PeerStreams})}
 	opts := append(cfg.Transport.ServerOptions(), grpc.MaxRecvMsgSize(max(cfg.MaxControlBytes, cfg.Transport.ChunkBytes+(64<<10))))
 	opts = append(opts, tlsx.ServerOption(cfg.TLS),

@@ -47,6 +47,9 @@ embedding and head) cannot be skipped.`,
 				}
 			}
 			path := train.CheckpointPath(ckpt)
+			if err := model.VerifyFile(path); err != nil {
+				return err
+			}
 			meta, err := model.ReadSafetensorsMeta(path)
 			if err != nil {
 				return err

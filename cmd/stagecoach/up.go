@@ -191,6 +191,15 @@ func startWorkers(eps []string, j *jobFlags, names []string) ([]*workerProc, err
 	if err := os.MkdirAll(wdir, 0o755); err != nil {
 		return nil, err
 	}
+	// The workers save into the coordinator's checkpoint directory and
+	// nowhere else.
+	root := j.ckptDir
+	if root == "" {
+		root = filepath.Join(j.out, "checkpoints")
+	}
+	if root, err = filepath.Abs(root); err != nil {
+		return nil, err
+	}
 	var procs []*workerProc
 	for i := range j.workers {
 		name := upWorkerName(i, names)
@@ -200,7 +209,7 @@ func startWorkers(eps []string, j *jobFlags, names []string) ([]*workerProc, err
 			return procs, err
 		}
 		c := exec.Command(exe, "worker", "--etcd", strings.Join(eps, ","), "--job", j.job, "--name", name,
-			"--listen", "127.0.0.1:0", "--data-dir", filepath.Join(wdir, name), "--ttl", strconv.Itoa(j.ttl))
+			"--listen", "127.0.0.1:0", "--data-dir", filepath.Join(wdir, name), "--checkpoint-root", root, "--ttl", strconv.Itoa(j.ttl))
 		// The workers log as this process does; with --metrics-addr
 		// HOST:P they serve metrics on HOST:P+1, HOST:P+2, ... (port 0:
 		// each picks one and logs it).

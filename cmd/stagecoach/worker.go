@@ -26,6 +26,7 @@ func init() { rootCmd.AddCommand(newWorkerCmd()) }
 func newWorkerCmd() *cobra.Command {
 	var (
 		etcd, job, name, listen, advertise, dataDir string
+		checkpointRoot                              string
 		metricsAddr                                 string
 		ttl                                         int
 		rejoin                                      time.Duration
@@ -84,7 +85,7 @@ and the worker presents its own to its peers and to etcd (https). With
 			}
 			libLogf := logfTo(log, slog.LevelWarn, "worker "+name+": ", epoch)
 			infof := logfTo(log, slog.LevelInfo, "worker "+name+": ", epoch)
-			wcfg := worker.Config{Name: name, Listen: listen, Job: job, DataDir: dataDir, Logf: libLogf, Infof: infof, TLS: tc}
+			wcfg := worker.Config{Name: name, Listen: listen, Job: job, DataDir: dataDir, CheckpointRoot: checkpointRoot, Logf: libLogf, Infof: infof, TLS: tc}
 			limits.apply(&wcfg)
 			w, err = worker.New(wcfg)
 			if err != nil {
@@ -129,7 +130,8 @@ and the worker presents its own to its peers and to etcd (https). With
 	f.StringVar(&name, "name", "", "worker name, unique in the job (required)")
 	f.StringVar(&listen, "listen", "127.0.0.1:0", "gRPC listen address (port 0 picks one)")
 	f.StringVar(&advertise, "advertise", "", "address peers and the coordinator dial (default: the bound listen address)")
-	f.StringVar(&dataDir, "data-dir", "", "checkpoint directory (default worker-<name>)")
+	f.StringVar(&dataDir, "data-dir", "", "the worker's directory (default worker-<name>)")
+	f.StringVar(&checkpointRoot, "checkpoint-root", "", "the only directory checkpoints are saved to and loaded from, with everything under it (default --data-dir; with a shared checkpoint directory, the coordinators' --checkpoint-dir or a parent of it)")
 	f.IntVar(&ttl, "ttl", etcdx.DefaultTTL, "lease TTL in seconds")
 	f.DurationVar(&rejoin, "rejoin-timeout", 30*time.Second, "give up after failing to re-register this long")
 	f.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics and /healthz on this HOST:PORT (empty: off)")

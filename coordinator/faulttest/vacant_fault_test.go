@@ -63,7 +63,7 @@ func TestSkipPipeStageWithoutWorkersIsSkipped(t *testing.T) {
 		mu.Unlock()
 	})
 	cfg := coordinator.Config{Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 6, Stages: stages, Schedule: coordinator.SkipPipe,
-		Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), Checkpoint: true, CheckpointEvery: 2,
+		Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), CheckpointDir: e.root, Checkpoint: true, CheckpointEvery: 2,
 		RPCTimeout: 30 * time.Second, OnRecovery: clock.onRecovery, Cluster: slowLinks("w0", "w1", "w2", "w3", "w4", "w5", "w9"),
 		OnStep: func(r coordinator.StepReport) {
 			switch r.Step {
@@ -188,7 +188,7 @@ func TestVacantBeforeAnyCheckpointCarriesTheSeed(t *testing.T) {
 		carried, from = ts, meta["restored_from_step"]
 	})
 	cfg := coordinator.Config{Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 6, Stages: stages, Schedule: coordinator.SkipPipe,
-		Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), Checkpoint: true, CheckpointEvery: steps,
+		Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), CheckpointDir: e.root, Checkpoint: true, CheckpointEvery: steps,
 		RPCTimeout: 30 * time.Second,
 		OnStep: func(r coordinator.StepReport) {
 			if r.Step == 1 {

@@ -102,7 +102,7 @@ func TestKillWorkerGPipe(t *testing.T) {
 			_, want := reference(t, tc, e.corpus, steps)
 			var clock faultClock
 			cfg := coordinator.Config{Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: tt.workers, Stages: tt.stages,
-				Schedule: "gpipe", Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), Checkpoint: true,
+				Schedule: "gpipe", Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), CheckpointDir: e.root, Checkpoint: true,
 				CheckpointEvery: 4, RPCTimeout: 30 * time.Second, ReplaceWait: time.Second, OnRecovery: clock.onRecovery,
 				Cluster: slowLinks(names...),
 				OnStep: func(r coordinator.StepReport) {
@@ -140,7 +140,7 @@ func TestKillWorkerSkipPipe(t *testing.T) {
 	var clock faultClock
 	var victim string
 	cfg := coordinator.Config{Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 6, Stages: 3, Schedule: coordinator.SkipPipe,
-		Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), Checkpoint: true, CheckpointEvery: 5,
+		Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), CheckpointDir: e.root, Checkpoint: true, CheckpointEvery: 5,
 		RPCTimeout: 30 * time.Second, OnRecovery: clock.onRecovery, Cluster: slowLinks("w0", "w1", "w2", "w3", "w4", "w5"),
 		OnStep: func(r coordinator.StepReport) {
 			if r.Step == 3 {
@@ -207,7 +207,7 @@ func TestPauseWorkerSkipPipe(t *testing.T) {
 	resumed := make(chan struct{})
 	var once sync.Once
 	cfg := coordinator.Config{Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 6, Stages: 3, Schedule: coordinator.SkipPipe,
-		Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), Checkpoint: true, CheckpointEvery: 10,
+		Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), CheckpointDir: e.root, Checkpoint: true, CheckpointEvery: 10,
 		RPCTimeout: 30 * time.Second,
 		OnRecovery: func(r coordinator.Recovery) {
 			clock.onRecovery(r)
