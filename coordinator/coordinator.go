@@ -393,14 +393,14 @@ func (r *run) configureWith(ctx context.Context, planJSON []byte, tc model.Train
 	if err != nil {
 		return 0, err
 	}
-	peers := make([]string, len(r.workers))
+	peers, names := make([]string, len(r.workers)), make([]string, len(r.workers))
 	for i, w := range r.workers {
-		peers[i] = w.member.Addr
+		peers[i], names[i] = w.member.Addr, w.member.Name
 	}
 	counts := make([]int64, len(r.workers))
 	err = r.fanOut(ctx, "Configure", func(ctx context.Context, w *workerConn) error {
 		resp, err := w.cli.Configure(ctx, &pb.ConfigureRequest{Fence: r.fence, PlanJson: planJSON, Worker: int32(w.idx),
-			Peers: peers, ModelJson: modelJSON, Seed: int64(tc.Model.Seed), LinkShapingYaml: r.cfg.Cluster, Fresh: fresh})
+			Peers: peers, ModelJson: modelJSON, Seed: int64(tc.Model.Seed), LinkShapingYaml: r.cfg.Cluster, Fresh: fresh, PeerNames: names})
 		if err == nil {
 			counts[w.idx] = resp.NumParams
 		}

@@ -162,7 +162,11 @@ type ConfigureRequest struct {
 	// from their seeded initial parameters and the applied step from 0, as
 	// a new job does (a recovery that rolls back to before the first
 	// checkpoint).
-	Fresh         bool `protobuf:"varint,8,opt,name=fresh,proto3" json:"fresh,omitempty"`
+	Fresh bool `protobuf:"varint,8,opt,name=fresh,proto3" json:"fresh,omitempty"`
+	// peer_names lists every plan worker's name, by worker index: under
+	// mutual TLS a peer's tensor claiming to come from worker i must be
+	// sent under the certificate of worker peer_names[i].
+	PeerNames     []string `protobuf:"bytes,9,rep,name=peer_names,json=peerNames,proto3" json:"peer_names,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -251,6 +255,13 @@ func (x *ConfigureRequest) GetFresh() bool {
 		return x.Fresh
 	}
 	return false
+}
+
+func (x *ConfigureRequest) GetPeerNames() []string {
+	if x != nil {
+		return x.PeerNames
+	}
+	return nil
 }
 
 type ConfigureResponse struct {
@@ -1200,7 +1211,7 @@ const file_proto_stagecoach_proto_rawDesc = "" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x1d\n" +
 	"\n" +
 	"leader_rev\x18\x02 \x01(\x03R\tleaderRev\x12\x14\n" +
-	"\x05epoch\x18\x03 \x01(\x03R\x05epoch\"\xfe\x01\n" +
+	"\x05epoch\x18\x03 \x01(\x03R\x05epoch\"\x9d\x02\n" +
 	"\x10ConfigureRequest\x12*\n" +
 	"\x05fence\x18\x01 \x01(\v2\x14.stagecoach.v1.FenceR\x05fence\x12\x1b\n" +
 	"\tplan_json\x18\x02 \x01(\fR\bplanJson\x12\x16\n" +
@@ -1210,7 +1221,9 @@ const file_proto_stagecoach_proto_rawDesc = "" +
 	"model_json\x18\x05 \x01(\fR\tmodelJson\x12\x12\n" +
 	"\x04seed\x18\x06 \x01(\x03R\x04seed\x12*\n" +
 	"\x11link_shaping_yaml\x18\a \x01(\fR\x0flinkShapingYaml\x12\x14\n" +
-	"\x05fresh\x18\b \x01(\bR\x05fresh\"2\n" +
+	"\x05fresh\x18\b \x01(\bR\x05fresh\x12\x1d\n" +
+	"\n" +
+	"peer_names\x18\t \x03(\tR\tpeerNames\"2\n" +
 	"\x11ConfigureResponse\x12\x1d\n" +
 	"\n" +
 	"num_params\x18\x01 \x01(\x03R\tnumParams\"p\n" +

@@ -65,17 +65,17 @@ func (s *Server) stepDir(dir string, step int64) (string, error) {
 // SaveCheckpoint implements pb.WorkerServer. step must be the last applied
 // step (0 means "the last applied step").
 func (s *Server) SaveCheckpoint(ctx context.Context, req *pb.CheckpointRequest) (*pb.CheckpointResponse, error) {
-	resp, err := s.save(req)
+	resp, err := s.save(ctx, req)
 	if err != nil {
 		s.cfg.Logf("worker %s: save checkpoint: %v", s.cfg.Name, err)
 	}
 	return resp, toStatus(err)
 }
 
-func (s *Server) save(req *pb.CheckpointRequest) (*pb.CheckpointResponse, error) {
+func (s *Server) save(ctx context.Context, req *pb.CheckpointRequest) (*pb.CheckpointResponse, error) {
 	s.control.Lock()
 	defer s.control.Unlock()
-	j, err := s.admit(req.GetFence())
+	j, err := s.admit(ctx, req.GetFence())
 	if err != nil {
 		return nil, err
 	}
@@ -144,17 +144,17 @@ func writeStates(path string, states []model.ParamState, meta map[string]string,
 // from step's directory and sets the applied step to it. Either all stages
 // load or none changes.
 func (s *Server) LoadCheckpoint(ctx context.Context, req *pb.CheckpointRequest) (*pb.CheckpointResponse, error) {
-	resp, err := s.load(req)
+	resp, err := s.load(ctx, req)
 	if err != nil {
 		s.cfg.Logf("worker %s: load checkpoint: %v", s.cfg.Name, err)
 	}
 	return resp, toStatus(err)
 }
 
-func (s *Server) load(req *pb.CheckpointRequest) (*pb.CheckpointResponse, error) {
+func (s *Server) load(ctx context.Context, req *pb.CheckpointRequest) (*pb.CheckpointResponse, error) {
 	s.control.Lock()
 	defer s.control.Unlock()
-	j, err := s.admit(req.GetFence())
+	j, err := s.admit(ctx, req.GetFence())
 	if err != nil {
 		return nil, err
 	}

@@ -5,8 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"path"
 	"sort"
 
+	"stagecoach/internal/metrics"
+	"stagecoach/internal/naming"
 	"stagecoach/internal/tlsx"
 	"stagecoach/internal/transport"
 	"stagecoach/model"
@@ -28,6 +31,9 @@ type job struct {
 	stages []*stage // held stages, ascending
 	by     map[int]*stage
 	out    *transport.Outbox
+	// names are the plan workers' names, by index (empty: not given,
+	// only without TLS).
+	names []string
 	// ready is the iteration whose gradients are complete and not yet
 	// stepped (0: none).
 	ready int64
@@ -90,12 +96,13 @@ type configureSpec struct {
 	train   model.TrainConfig
 	shaper  transport.Shaper // nil: no link emulation
 	cluster string           // the emulated cluster's name
+	names   []string         // the plan workers' names (may be empty without TLS)
 }
 
 // decodeConfigure decodes a Configure request's plan, model and link
 // shaping as the worker does, without side effects: every size that
 // drives an allocation is checked against lim first.
-func decodeConfigure(req *pb.ConfigureRequest, lim model.Limits) (*configureSpec, error) {
+func decodeConfigure(req *pb.ConfigureRequest, lim model.Limits, mutualTLS bool) (*configureSpec, error) {
 	plan, err := scheduler.DecodeBytes(req.GetPlanJson())
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadInput, err)
@@ -106,6 +113,18 @@ func decodeConfigure(req *pb.ConfigureRequest, lim model.Limits) (*configureSpec
 	}
 	if len(req.GetPeers()) != len(plan.Workers) {
 		return nil, fmt.Errorf("%w: %d peer addresses for %d plan workers", ErrBadInput, len(req.GetPeers()), len(plan.Workers))
+	}
+	names := req.GetPeerNames()
+	switch {
+	case len(names) == 0 && mutualTLS:
+		return nil, fmt.Errorf("%w: no peer names: under mutual TLS the worker checks every tensor's sender against them", ErrBadInput)
+	case len(names) != 0 && len(names) != len(plan.Workers):
+		return nil, fmt.Errorf("%w: %d peer names for %d plan workers", ErrBadInput, len(names), len(plan.Workers))
+	}
+	for i, n := range names {
+		if err := naming.Validate("worker name", n); err != nil {
+			return nil, fmt.Errorf("%w: peer %d: %v", ErrBadInput, i, err)
+		}
 	}
 	tc, err := decodeModelConfig(req.GetModelJson(), lim)
 	if err != nil {
@@ -124,7 +143,7 @@ func decodeConfigure(req *pb.ConfigureRequest, lim model.Limits) (*configureSpec
 	if plan.Layers() != tc.Model.Layers {
 		return nil, fmt.Errorf("%w: plan covers %d layers, model has %d", ErrBadInput, plan.Layers(), tc.Model.Layers)
 	}
-	spec := &configureSpec{plan: plan, me: me, train: tc}
+	spec := &configureSpec{plan: plan, me: me, train: tc, names: names}
 	if y := req.GetLinkShapingYaml(); len(y) > 0 {
 		c, err := sim.ParseCluster(y)
 		if err != nil {
@@ -144,17 +163,17 @@ func decodeConfigure(req *pb.ConfigureRequest, lim model.Limits) (*configureSpec
 
 // Configure implements pb.WorkerServer.
 func (s *Server) Configure(ctx context.Context, req *pb.ConfigureRequest) (*pb.ConfigureResponse, error) {
-	resp, err := s.configure(req)
+	resp, err := s.configure(ctx, req)
 	if err != nil {
 		s.cfg.Logf("worker %s: configure: %v", s.cfg.Name, err)
 	}
 	return resp, toStatus(err)
 }
 
-func (s *Server) configure(req *pb.ConfigureRequest) (*pb.ConfigureResponse, error) {
+func (s *Server) configure(ctx context.Context, req *pb.ConfigureRequest) (*pb.ConfigureResponse, error) {
 	s.control.Lock()
 	defer s.control.Unlock()
-	if err := s.admitLeader(req.GetFence()); err != nil {
+	if err := s.admitLeader(ctx, req.GetFence()); err != nil {
 		return nil, err
 	}
 	epoch := req.GetFence().GetEpoch()
@@ -164,7 +183,7 @@ func (s *Server) configure(req *pb.ConfigureRequest) (*pb.ConfigureResponse, err
 	if epoch < cur {
 		return nil, fmt.Errorf("%w: configure for epoch %d < %d", ErrStaleEpoch, epoch, cur)
 	}
-	spec, err := decodeConfigure(req, s.cfg.Model)
+	spec, err := decodeConfigure(req, s.cfg.Model, s.cfg.TLS != nil)
 	if err != nil {
 		return nil, err
 	}
@@ -172,7 +191,7 @@ func (s *Server) configure(req *pb.ConfigureRequest) (*pb.ConfigureResponse, err
 	if shaper != nil {
 		s.cfg.Infof("worker %s: epoch %d: emulating the links of cluster %q to its %d peers", s.cfg.Name, epoch, spec.cluster, len(plan.Workers)-1)
 	}
-	j := &job{plan: plan, ix: scheduler.NewIndex(plan), me: me, epoch: epoch, train: tc, by: map[int]*stage{}}
+	j := &job{plan: plan, ix: scheduler.NewIndex(plan), me: me, epoch: epoch, train: tc, by: map[int]*stage{}, names: spec.names}
 	held := append([]int(nil), plan.Workers[me].Stages...)
 	sort.Ints(held)
 	owners := plan.StageWorkers()
@@ -219,6 +238,15 @@ func (s *Server) configure(req *pb.ConfigureRequest) (*pb.ConfigureResponse, err
 	}
 	s.mu.Unlock()
 	s.mbox.dropBefore(slot{epoch: epoch})
+	// Tensors of this epoch that arrived before the plan named its
+	// workers were admitted on their certificate's role alone: drop
+	// those whose claimed sender is not the certificate's worker.
+	if dropped := s.mbox.dropIf(epoch, func(a arrival) bool {
+		return a.sender != nil && !j.sentBy(int(a.hdr.GetFrom()), a.sender.Name)
+	}); dropped > 0 {
+		s.metrics.Load().Denied(path.Base(pb.Peer_SendTensor_FullMethodName), metrics.DenyWrongSender)
+		s.cfg.Logf("worker %s: epoch %d: dropped %d early tensors sent under another worker's name", s.cfg.Name, epoch, dropped)
+	}
 	if old != nil {
 		old.out.Close()
 	}

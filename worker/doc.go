@@ -5,15 +5,23 @@
 //
 // # Driving a worker (the coordinator's side)
 //
+// Under mutual TLS only the job's coordinator certificate may call the
+// Worker service and only the job's workers may send tensors, each under
+// its own plan index (authz.go; PermissionDenied otherwise).
+//
 // Every request carries a Fence {job, leader_rev, epoch}. The job must be
-// the worker's Config.Job (else PermissionDenied). A leader_rev below the
-// highest the worker has seen is a deposed leader: FailedPrecondition, for
-// control RPCs and for peer tensors alike. The epoch must equal the one of
-// the last Configure (older: FailedPrecondition; newer: FailedPrecondition
-// until Configure for it).
+// the worker's Config.Job (else PermissionDenied). With Config.Leader (the
+// job's election in etcd) a control request's leader_rev must be the
+// current leader's: below it, or a leader admitted before and gone, is a
+// deposed leader (FailedPrecondition); anything else is forged
+// (PermissionDenied) and never adopted. Peer tensors below the highest
+// admitted leader_rev are a deposed leader's: FailedPrecondition. The
+// epoch must equal the one of the last Configure (older:
+// FailedPrecondition; newer: FailedPrecondition until Configure for it).
 //
 //  1. Configure{fence, plan_json (scheduler JSON), worker (index in the
 //     plan), peers (Peer address of every plan worker, by index),
+//     peer_names (every plan worker's name, by index; required under TLS),
 //     model_json (a marshalled model.TrainConfig; model and optim are
 //     used), seed (overrides model.seed when non-zero), link_shaping_yaml
 //     (optional sim cluster YAML: emulated latency and bandwidth on every

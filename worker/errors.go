@@ -20,9 +20,16 @@ var (
 	ErrNoFence = errors.New("request carries no fence")
 	// ErrWrongJob: the fence names another job.
 	ErrWrongJob = errors.New("fence names another job")
-	// ErrDeposed: the fence's leader revision is below the highest seen,
+	// ErrDeposed: the fence's leader revision is below the current
+	// leader's (or, without an election source, the highest admitted),
 	// so it comes from a deposed leader.
 	ErrDeposed = errors.New("fence from a deposed leader")
+	// ErrFutureLeader: the fence's leader revision is above the current
+	// leader's as etcd shows it: a forgery (or a leader etcd no longer
+	// knows), refused and never adopted.
+	ErrFutureLeader = errors.New("fence names no current leader")
+	// ErrLeaderUnknown: the election could not be read to check a fence.
+	ErrLeaderUnknown = errors.New("cannot read the job's election to check the fence")
 	// ErrStaleEpoch: the fence's plan epoch is older than the worker's.
 	ErrStaleEpoch = errors.New("fence from an older plan epoch")
 	// ErrFutureEpoch: a tensor of a plan epoch beyond the next one.
@@ -93,13 +100,24 @@ func toStatus(err error) error {
 	if err == nil {
 		return nil
 	}
+	// A fence's job and leader revision are the job's secrets: the caller
+	// learns which check failed, not the values (the worker logs them).
+	for _, e := range []struct {
+		err  error
+		code codes.Code
+	}{{ErrWrongJob, codes.PermissionDenied}, {ErrFutureLeader, codes.PermissionDenied},
+		{ErrDeposed, codes.FailedPrecondition}, {ErrLeaderUnknown, codes.Unavailable}} {
+		if errors.Is(err, e.err) {
+			return status.Error(e.code, e.err.Error())
+		}
+	}
 	code := codes.Internal
 	switch {
-	case errors.Is(err, ErrWrongJob), errors.Is(err, ErrOutsideRoot):
+	case errors.Is(err, ErrPermission), errors.Is(err, ErrOutsideRoot):
 		code = codes.PermissionDenied
 	case errors.Is(err, ErrCorruptCheckpoint):
 		code = codes.DataLoss
-	case errors.Is(err, ErrDeposed), errors.Is(err, ErrStaleEpoch), errors.Is(err, ErrNotConfigured), errors.Is(err, ErrOutOfOrder):
+	case errors.Is(err, ErrStaleEpoch), errors.Is(err, ErrNotConfigured), errors.Is(err, ErrOutOfOrder):
 		code = codes.FailedPrecondition
 	case errors.Is(err, ErrStepApplied):
 		code = codes.AlreadyExists

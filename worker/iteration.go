@@ -42,7 +42,7 @@ type run struct {
 func (s *Server) runIteration(ctx context.Context, req *pb.RunIterationRequest) (*pb.RunIterationResponse, error) {
 	s.control.Lock()
 	defer s.control.Unlock()
-	j, err := s.admit(req.GetFence())
+	j, err := s.admit(ctx, req.GetFence())
 	if err != nil {
 		return nil, err
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 
+	"stagecoach/internal/tlsx"
 	pb "stagecoach/proto"
 )
 
@@ -20,6 +21,10 @@ type arrival struct {
 	data []float32
 	// t is the reservation the tensor holds until it is taken or dropped.
 	t ticket
+	// sender is the certificate's worker under mutual TLS when the
+	// tensor came before its epoch's plan (its sender is checked at
+	// Configure); nil otherwise.
+	sender *tlsx.Identity
 }
 
 // slot is the (epoch, iteration) a tensor belongs to. Peers may run ahead
@@ -255,4 +260,33 @@ func (m *mailbox) held() (used int64, futureN int, futureB int64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.used, m.futureN, m.futureB
+}
+
+// dropIf discards the arrivals queued for epoch that drop reports,
+// returning their reservations, and returns how many.
+func (m *mailbox) dropIf(epoch int64, drop func(arrival) bool) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	for k, q := range m.queues {
+		if k.epoch != epoch {
+			continue
+		}
+		kept := q[:0]
+		for _, a := range q {
+			if drop(a) {
+				m.releaseLocked(a.t)
+				n++
+				continue
+			}
+			kept = append(kept, a)
+		}
+		clear(q[len(kept):])
+		if len(kept) == 0 {
+			delete(m.queues, k)
+		} else {
+			m.queues[k] = kept
+		}
+	}
+	return n
 }

@@ -22,6 +22,7 @@ import (
 // through the normal deadline.
 func (s *Server) SendTensor(stream pb.Peer_SendTensorServer) error {
 	ctx := stream.Context()
+	id := callerIdentity(ctx)
 	p := peerKey(ctx)
 	closeStream, err := s.mbox.open(p)
 	if err != nil {
@@ -31,7 +32,7 @@ func (s *Server) SendTensor(stream pb.Peer_SendTensorServer) error {
 	var t ticket
 	reserved := false
 	hdr, payload, err := transport.Receive(stream, s.cfg.Transport.MaxTensorBytes, func(h *pb.TensorHeader) error {
-		future, err := s.admitTensor(h)
+		future, err := s.admitTensor(h, id)
 		if err != nil {
 			return err
 		}
@@ -47,7 +48,11 @@ func (s *Server) SendTensor(stream pb.Peer_SendTensorServer) error {
 		data, err = transport.DecodeFloat32s(payload)
 		payload.Release()
 		if err == nil {
-			s.mbox.put(slot{hdr.GetFence().GetEpoch(), hdr.GetIteration()}, arrival{hdr: hdr, data: data, t: t})
+			a := arrival{hdr: hdr, data: data, t: t}
+			if s.cfg.TLS != nil && t.future {
+				a.sender = &id // checked when its epoch is configured
+			}
+			s.mbox.put(slot{hdr.GetFence().GetEpoch(), hdr.GetIteration()}, a)
 			return stream.SendAndClose(&pb.TensorAck{})
 		}
 	}

@@ -19,6 +19,7 @@ import (
 	"stagecoach/data"
 	"stagecoach/internal/etcdx"
 	"stagecoach/internal/metrics"
+	"stagecoach/internal/tlsx"
 	"stagecoach/model"
 	"stagecoach/sim"
 )
@@ -106,6 +107,10 @@ func (j *jobFlags) config(endpoints []string) (coordinator.Config, error) {
 	if err != nil {
 		return coordinator.Config{}, err
 	}
+	// The workers take control calls only from this role.
+	if err := checkRole(tlsConf, tlsx.Coordinator(j.job)); err != nil {
+		return coordinator.Config{}, err
+	}
 	cfg := coordinator.Config{
 		Job: j.job, Endpoints: endpoints, TTL: j.ttl, Workers: j.workers, Stages: j.stages,
 		Schedule: j.schedule, Train: tc, Steps: j.steps, CorpusDir: j.corpus, MaxCorpusBytes: j.maxBytes,
@@ -188,6 +193,9 @@ func runJob(ctx context.Context, cfg coordinator.Config, asJSON bool, metricsAdd
 	cfg.Metrics = metrics.NewCoordinator(reg)
 	metrics.RegisterLease(reg, etcdx.LeaseRenewalFailures, etcdx.LeasesLost)
 	log := slog.Default().With("role", "coordinator", "job", cfg.Job, "name", cfg.Name)
+	if cfg.TLS == nil {
+		log.Warn("UNAUTHENTICATED job: no mutual TLS, so the workers cannot tell this coordinator from anyone who reaches their ports; fine for one machine's loopback, use --tls-* (stagecoach certs --job) elsewhere")
+	}
 	if metricsAddr != "" {
 		srv, err := metrics.Serve(metricsAddr, reg, nil)
 		if err != nil {

@@ -44,8 +44,9 @@ from the workers' measured action times), and writes summary.json,
 trace.json (measured and simulated, Perfetto), loss.png and the workers'
 checkpoint into --out. Workers log to --out/workers/<name>.log. With
 --tls-dir DIR every hop runs mutual TLS: a demo CA and certificates for
-etcd, the coordinator and each worker are generated into DIR (an existing
-CA there is reused; see 'stagecoach certs'). With --metrics-addr HOST:P
+etcd, the coordinator and each worker (carrying their roles in the job)
+are generated into DIR (an existing CA there is reused; see 'stagecoach
+certs'). With --metrics-addr HOST:P
 the coordinator serves Prometheus metrics on HOST:P and worker i on
 HOST:P+1+i; the workers log in the --log-format given to up.`,
 		Args: cobra.NoArgs,
@@ -66,11 +67,17 @@ HOST:P+1+i; the workers log in the --log-format given to up.`,
 				}
 			}
 			if tlsDir != "" {
-				hosts := []string{"etcd", "coordinator"}
+				// etcd's server certificate carries no role; the
+				// coordinator's and the workers' carry the job's.
+				var ws []string
 				for i := range j.workers {
-					hosts = append(hosts, upWorkerName(i, names))
+					ws = append(ws, upWorkerName(i, names))
 				}
-				if _, err := tlsx.Generate(tlsDir, hosts, 0); err != nil {
+				certs, err := tlsx.JobCerts(j.job, true, ws)
+				if err != nil {
+					return badInput("--tls-dir: %v", err)
+				}
+				if _, err := tlsx.Issue(tlsDir, append([]tlsx.Cert{{File: "etcd"}}, certs...), 0); err != nil {
 					return badInput("--tls-dir: %v", err)
 				}
 				// The coordinator's files; startWorkers takes each
@@ -85,6 +92,9 @@ HOST:P+1+i; the workers log in the --log-format given to up.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			if tlsDir == "" {
+				slog.Warn("UNAUTHENTICATED job: without --tls-dir anyone on this machine who reaches the workers' loopback ports can control them")
+			}
 			if err := os.MkdirAll(j.out, 0o755); err != nil {
 				return err
 			}

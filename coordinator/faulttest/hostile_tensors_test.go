@@ -42,9 +42,10 @@ const hostileRSSBound = 768 << 20
 // exactly the losses of the undisturbed single-process run, and neither
 // worker's peak RSS passes hostileRSSBound.
 //
-// With mutual TLS on, the stranger holds a certificate of the cluster CA
-// (as any worker, or anyone who obtained one, does): the same attacks
-// are refused the same way.
+// With mutual TLS on, the stranger holds the certificate of a spare
+// worker of the job that no plan holds: its current-epoch tensors are
+// denied by the sender check, and its next-epoch ones meet the same
+// bounds.
 func TestHostileTensors(t *testing.T) {
 	for _, tlsOn := range []bool{false, true} {
 		name := "plaintext"
@@ -117,13 +118,18 @@ func hostileTensors(t *testing.T, tlsOn bool) {
 }
 
 // newTLSEnv is newEnv with mutual TLS everywhere: certificates of one CA
-// for etcd, the workers, the coordinator and a stranger; an embedded
+// for etcd, and the job's role certificates for the coordinator, the
+// workers and a spare worker "mallory" that no plan holds; an embedded
 // etcd that requires them; worker processes started with theirs. It
-// returns the coordinator's and the stranger's TLS configurations.
+// returns the coordinator's and mallory's TLS configurations.
 func newTLSEnv(t *testing.T, job string, workers ...string) (*env, *tls.Config, *tls.Config) {
 	t.Helper()
 	dir := t.TempDir()
-	if _, err := tlsx.Generate(dir, append([]string{"etcd", "coordinator", "stranger"}, workers...), time.Hour); err != nil {
+	certs, err := tlsx.JobCerts(job, true, append(workers, "mallory"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tlsx.Issue(dir, append(certs, tlsx.Cert{File: "etcd"}), time.Hour); err != nil {
 		t.Fatal(err)
 	}
 	load := func(host string) *tls.Config {
@@ -156,7 +162,7 @@ func newTLSEnv(t *testing.T, job string, workers ...string) (*env, *tls.Config, 
 			"--ttl", fmt.Sprint(ttl), "--data-dir", t.TempDir(), "--tls-cert", f.Cert, "--tls-key", f.Key, "--tls-ca", f.CA)
 	}
 	e.waitRegistered(t, 30*time.Second, workers...)
-	return e, coord, load("stranger")
+	return e, coord, load("mallory")
 }
 
 // readPlanManifest reads the job's current plan manifest from etcd.
@@ -230,12 +236,22 @@ func attack(t *testing.T, job string, m coordinator.PlanManifest, tc *tls.Config
 		return got
 	}
 	small := func() []byte { return make([]byte, 4*samples*ctx*dim) }
+	// Under mutual TLS the stranger is a worker of the job that no plan
+	// holds: its current-epoch tensors are refused by the sender check
+	// first; its next-epoch ones (whose sender is checked only at their
+	// Configure) meet the bounds.
+	cur := func(c codes.Code) codes.Code {
+		if tc != nil {
+			return codes.PermissionDenied
+		}
+		return c
+	}
 	ep := m.Epoch
 	send("stranger's tiny current-epoch activation (sender outside the plan)", peer,
-		header(ep, iteration, target, int32(samples), int32(ctx), int32(dim)), small(), codes.InvalidArgument)
+		header(ep, iteration, target, int32(samples), int32(ctx), int32(dim)), small(), cur(codes.InvalidArgument))
 	send("activation for an iteration that cannot run", peer,
-		header(ep, iteration+5, sender, int32(samples), int32(ctx), int32(dim)), small(), codes.InvalidArgument)
-	send("empty tensor", peer, header(ep, iteration, sender, 0, int32(ctx), int32(dim)), nil, codes.InvalidArgument)
+		header(ep, iteration+5, sender, int32(samples), int32(ctx), int32(dim)), small(), cur(codes.InvalidArgument))
+	send("empty tensor", peer, header(ep, iteration, sender, 0, int32(ctx), int32(dim)), nil, cur(codes.InvalidArgument))
 	send("empty tensor of the next epoch", peer, header(ep+1, iteration, sender, 0, int32(ctx), int32(dim)), nil, codes.InvalidArgument)
 	send("tensor two epochs ahead", peer, header(ep+2, iteration, sender, int32(samples), int32(ctx), int32(dim)), small(), codes.FailedPrecondition)
 
@@ -257,7 +273,7 @@ func attack(t *testing.T, job string, m coordinator.PlanManifest, tc *tls.Config
 			defer wg.Done()
 			epoch := ep + int64(i%2) // half current, half next epoch
 			got := send(fmt.Sprintf("256 MiB tensor %d of 40 concurrent (epoch +%d)", i, i%2), conns[i%len(conns)],
-				header(epoch, iteration, sender, bigShape...), big, codes.OK, codes.InvalidArgument, codes.ResourceExhausted)
+				header(epoch, iteration, sender, bigShape...), big, codes.OK, cur(codes.InvalidArgument), codes.ResourceExhausted)
 			mu.Lock()
 			defer mu.Unlock()
 			if got == codes.OK {
