@@ -131,7 +131,9 @@ func TestPipelinesAreBitIdenticalToSingleProcess(t *testing.T) {
 		// Replicated stages (4 workers, 2 stages) are bit-identical too:
 		// they reduce in microbatch order (worker/ordered.go).
 	}{{"gpipe", 2, 2, 3}, {"gpipe", 3, 3, 3}, {"1f1b", 3, 3, 3}, {"gpipe", 4, 2, 3},
-		{"1f1b", 4, 2, 3}, {"zb-h1", 2, 2, 3}, {"interleaved", 2, 2, 4}} {
+		{"1f1b", 4, 2, 3}, {"zb-h1", 2, 2, 3}, {"interleaved", 2, 2, 4},
+		// V placement (head and loss on worker 0) and overlapped pairs.
+		{"zb-v", 2, 2, 4}, {"dualpipe-v", 2, 2, 4}} {
 		t.Run(fmt.Sprintf("%s/%dworkers/%dstages", tt.schedule, tt.workers, tt.stages), func(t *testing.T) {
 			job := fmt.Sprintf("exact-%s-%d-%d", tt.schedule, tt.workers, tt.stages)
 			tc := tinyTrain(tt.layers)

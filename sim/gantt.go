@@ -217,6 +217,9 @@ func (g *ganttPlotter) Plot(c draw.Canvas, plt *plot.Plot) {
 			clr = color.RGBA{0xbd, 0xbd, 0xbd, 0xff}
 		case scheduler.AllReduce:
 			clr = color.RGBA{0x96, 0x96, 0x96, 0xff}
+		case scheduler.Overlapped:
+			// The forward's colour, hatched like a backward.
+			clr, hatch = base, true
 		default:
 			clr = color.RGBA{0x63, 0x63, 0x63, 0xff}
 		}
@@ -242,6 +245,13 @@ func (g *ganttPlotter) label(c *draw.Canvas, sty draw.TextStyle, box vg.Rectangl
 		text += strconv.Itoa(a.Microbatch)
 		if g.multiStage[worker] && a.Stage >= 0 {
 			text = strconv.Itoa(a.Stage) + text
+		}
+	}
+	if f, b, ok := a.Halves(); ok {
+		// "F3+I1", or with stages "4F3+3I1".
+		text = "F" + strconv.Itoa(f.Microbatch) + "+" + b.Kind.Code() + strconv.Itoa(b.Microbatch)
+		if g.multiStage[worker] {
+			text = strconv.Itoa(f.Stage) + "F" + strconv.Itoa(f.Microbatch) + "+" + strconv.Itoa(b.Stage) + b.Kind.Code() + strconv.Itoa(b.Microbatch)
 		}
 	}
 	room := box.Max.X - box.Min.X - vg.Points(2)

@@ -66,7 +66,9 @@
 // plans: with one replica per stage, losses, gradient norms, weights and
 // optimizer moments equal model.Trainer's bit for bit. The model has no
 // split backward, so BackwardInput runs the full backward and
-// BackwardWeight is a no-op. All-reduce rules: see allreduce.go.
+// BackwardWeight is a no-op. Nor can it overlap: an Overlapped pair runs
+// its forward, then its backward (and reports them as two timings).
+// All-reduce rules: see allreduce.go.
 //
 // # Concurrency
 //

@@ -57,7 +57,7 @@ Schedules: ` + strings.Join(scheduler.Names(), ", ") + `.`,
 	fs.IntVar(&f.stages, "stages", 4, "pipeline depth p (ranks)")
 	fs.IntVar(&f.microbatches, "microbatches", 8, "microbatches per iteration m")
 	fs.IntVar(&f.replicas, "replicas", 1, "data-parallel replicas of each stage")
-	fs.IntVar(&f.chunks, "chunks", 0, "model chunks per worker for interleaved schedules (0: schedule default)")
+	fs.IntVar(&f.chunks, "chunks", 0, "model chunks per worker for the looped schedules interleaved, interleaved-zb and looped-bfs (0: their default, 2; the V schedules hold 2)")
 	fs.IntVar(&f.layers, "layers", 0, "model layers (0: one per stage)")
 	fs.IntVar(&f.samples, "samples", 1, "samples per microbatch")
 	fs.IntVar(&f.memory, "memory", 0, "activation memory per worker in microbatches (0: unbounded)")

@@ -114,6 +114,40 @@ func TestUpGPipeMatchesTrain(t *testing.T) {
 	}
 }
 
+// TestUpZBVMatchesTrain runs `stagecoach up --schedule zb-v` (the V
+// placement: worker 0 holds the first and the last stage and computes
+// the loss) with real worker processes and checks its losses against
+// `stagecoach train`'s bit for bit.
+func TestUpZBVMatchesTrain(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts worker processes")
+	}
+	corpus := upCorpus(t)
+	// Four layers: the V over two workers has four stages.
+	model := []string{"--steps", "3", "--seed", "3", "--layers", "4", "--dim", "16", "--heads", "2", "--ctx", "16",
+		"--microbatches", "4", "--microbatch-size", "2", "--corpus", corpus, "--json"}
+	dir := t.TempDir()
+	out, errOut, code := runCLI(t, dir, append([]string{"train", "--out", filepath.Join(dir, "train")}, model...)...)
+	if code != 0 {
+		t.Fatalf("train exited %d: %s", code, errOut)
+	}
+	want := jsonLosses(t, out)
+	out, errOut, code = runCLI(t, dir, append([]string{"up", "--workers", "2", "--schedule", "zb-v", "--ttl", "2",
+		"--out", filepath.Join(dir, "up")}, model...)...)
+	if code != 0 {
+		t.Fatalf("up exited %d: %s", code, errOut)
+	}
+	got := jsonLosses(t, out)
+	if len(got) != len(want) {
+		t.Fatalf("up printed %d steps, train %d", len(got), len(want))
+	}
+	for i := range want {
+		if math.Float64bits(got[i]) != math.Float64bits(want[i]) {
+			t.Fatalf("losses differ:\n up    %v\n train %v", got, want)
+		}
+	}
+}
+
 func TestUpBadInputExitsTwo(t *testing.T) {
 	for _, args := range [][]string{
 		{"up", "--workers", "0"},
