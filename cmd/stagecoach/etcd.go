@@ -36,7 +36,9 @@ TLS takes etcd's flags too: --cert-file, --key-file, --trusted-ca-file and
 --client-cert-auth for clients, --peer-cert-file, --peer-key-file,
 --peer-trusted-ca-file and --peer-client-cert-auth between members, with
 https:// URLs (an http:// URL beside a certificate is refused rather than
-served in plaintext). ` + "`stagecoach certs`" + ` makes a demo CA and certificates.`,
+served in plaintext). ` + "`stagecoach certs`" + ` makes a demo CA and certificates.
+With TLS and --client-cert-auth, ` + "`stagecoach etcd init-auth`" + ` then creates a
+job's users and roles and turns etcd authentication on.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			for _, u := range []struct {
@@ -83,6 +85,7 @@ served in plaintext). ` + "`stagecoach certs`" + ` makes a demo CA and certifica
 			}
 		},
 	}
+	cmd.AddCommand(newEtcdInitAuthCmd())
 	f := cmd.Flags()
 	f.StringVar(&cfg.Name, "name", cfg.Name, "human-readable name for this member")
 	f.StringVar(&cfg.Dir, "data-dir", "", "path to the data directory (default <name>.etcd)")
