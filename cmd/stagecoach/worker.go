@@ -33,6 +33,7 @@ func newWorkerCmd() *cobra.Command {
 		ttl                                         int
 		rejoin                                      time.Duration
 		tlsf                                        tlsFlags
+		limits                                      workerLimits
 		insecureListen                              bool
 	)
 	cmd := &cobra.Command{
@@ -116,7 +117,9 @@ unless --insecure-listen allows another address. With
 			}
 			libLogf := logfTo(log, slog.LevelWarn, "worker "+name+": ", epoch)
 			infof := logfTo(log, slog.LevelInfo, "worker "+name+": ", epoch)
-			w, err = worker.New(worker.Config{Name: name, Listen: listen, Job: job, DataDir: dataDir, CheckpointRoot: checkpointRoot, Logf: libLogf, Infof: infof, TLS: tc, Leader: leader})
+			wcfg := worker.Config{Name: name, Listen: listen, Job: job, DataDir: dataDir, CheckpointRoot: checkpointRoot, Logf: libLogf, Infof: infof, TLS: tc, Leader: leader}
+			limits.apply(&wcfg)
+			w, err = worker.New(wcfg)
 			if err != nil {
 				return badInput("%v", err)
 			}
@@ -166,6 +169,7 @@ unless --insecure-listen allows another address. With
 	f.DurationVar(&rejoin, "rejoin-timeout", 30*time.Second, "give up after failing to re-register this long")
 	f.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics and /healthz on this HOST:PORT (empty: off)")
 	tlsf.register(f)
+	limits.register(f)
 	for _, n := range []string{"etcd", "job", "name"} {
 		_ = cmd.MarkFlagRequired(n)
 	}
