@@ -7,11 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
-	"os/signal"
 	"strconv"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -27,7 +24,7 @@ func newWorkerCmd() *cobra.Command {
 	var (
 		etcd, job, name, listen, advertise, dataDir string
 		metricsAddr                                 string
-		ttl                                         int
+		ttl, parentPID                              int
 		rejoin                                      time.Duration
 		tlsf                                        tlsFlags
 	)
@@ -43,7 +40,13 @@ the TTL) the worker registers again under a new lease, and exits after
 the server refuses every caller without a certificate signed by the CA,
 and the worker presents its own to its peers and to etcd (https). With
 --metrics-addr it serves Prometheus metrics on /metrics and, on /healthz,
-200 while it is registered in etcd (503 before and while re-registering).`,
+200 while it is registered in etcd (503 before and while re-registering).
+
+SIGTERM or SIGINT stops it within a second: it stops serving, revokes its
+lease (giving etcd half a second to answer) and exits 0; a second signal,
+or a stop that takes longer than 3 s, exits at once. With --parent-pid the
+worker stops the same way when that process, its parent, is gone (how
+'stagecoach up' makes sure no worker outlives it).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			eps := etcdx.ParseEndpoints(etcd)
@@ -59,6 +62,9 @@ and the worker presents its own to its peers and to etcd (https). With
 			if ttl < etcdx.MinTTL {
 				return badInput("--ttl %d is below etcd's minimum of %d s", ttl, etcdx.MinTTL)
 			}
+			if parentPID < 0 {
+				return badInput("--parent-pid must be a process id (or 0 for none), got %d", parentPID)
+			}
 			if dataDir == "" {
 				dataDir = "worker-" + name
 			}
@@ -69,9 +75,13 @@ and the worker presents its own to its peers and to etcd (https). With
 			if err != nil {
 				return err
 			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
 			log := slog.Default().With("role", "worker", "job", job, "worker", name)
+			base := cmd.Context()
+			if parentPID != 0 {
+				base = exitWithParent(base, parentPID, log)
+			}
+			ctx, stop := stopOnSignal(base, log, workerStopLimit)
+			defer stop()
 			// The library's Logf lines are rejections and failures; its
 			// Infof lines are not.
 			var w *worker.Server
@@ -108,7 +118,15 @@ and the worker presents its own to its peers and to etcd (https). With
 			if err != nil {
 				return err
 			}
-			defer w.Stop(5 * time.Second)
+			// Graceful while running; on a signal an RPC in flight gets
+			// a moment, not the 5 s a drained worker could wait.
+			defer func() {
+				grace := 5 * time.Second
+				if ctx.Err() != nil {
+					grace = 300 * time.Millisecond
+				}
+				w.Stop(grace)
+			}()
 			if advertise == "" {
 				advertise = addr
 			}
@@ -130,6 +148,7 @@ and the worker presents its own to its peers and to etcd (https). With
 	f.IntVar(&ttl, "ttl", etcdx.DefaultTTL, "lease TTL in seconds")
 	f.DurationVar(&rejoin, "rejoin-timeout", 30*time.Second, "give up after failing to re-register this long")
 	f.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics and /healthz on this HOST:PORT (empty: off)")
+	f.IntVar(&parentPID, "parent-pid", 0, "stop when the process with this id is no longer this worker's parent (0: off; set by 'stagecoach up')")
 	tlsf.register(f)
 	for _, n := range []string{"etcd", "job", "name"} {
 		_ = cmd.MarkFlagRequired(n)
@@ -141,13 +160,22 @@ and the worker presents its own to its peers and to etcd (https). With
 // whenever the session ends, until ctx ends. It fails when no
 // registration succeeds for rejoin. tc, when set, dials etcd over TLS.
 // registered is true while a registration stands.
+//
+// Every etcd call here ends with ctx and within a bound of its own (the
+// dial's probe, the grant and the registration within a TTL each, the
+// lease's revocation within etcdx.RevokeTimeout): a worker told to stop
+// while etcd does not answer stops at once.
 func keepRegistered(ctx context.Context, eps []string, tc *tls.Config, job string, m etcdx.Member, ttl int, rejoin time.Duration, log *slog.Logger, registered *atomic.Bool) error {
 	keys, err := etcdx.NewKeys(job)
 	if err != nil {
 		return err
 	}
-	cli, err := etcdx.DialTLS(ctx, eps, 0, tc)
+	bound := time.Duration(ttl) * time.Second
+	cli, err := etcdx.DialTLS(ctx, eps, bound, tc)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return err
 	}
 	defer cli.Close()
@@ -158,8 +186,15 @@ func keepRegistered(ctx context.Context, eps []string, tc *tls.Config, job strin
 			if err != nil {
 				return err
 			}
-			defer sess.Close()
-			if err := etcdx.Register(ctx, sess, keys, m); err != nil {
+			defer func() {
+				if err := etcdx.CloseSession(sess, 0); err != nil && ctx.Err() != nil {
+					log.Warn(fmt.Sprintf("lease not revoked (%v); it expires within %d s", err, ttl))
+				}
+			}()
+			rctx, cancel := context.WithTimeout(ctx, bound)
+			err = etcdx.Register(rctx, sess, keys, m)
+			cancel()
+			if err != nil {
 				return err
 			}
 			registered.Store(true)
