@@ -3,13 +3,16 @@ package composetest
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -17,6 +20,7 @@ import (
 
 	"stagecoach/coordinator"
 	"stagecoach/internal/etcdx"
+	"stagecoach/internal/tlsx"
 )
 
 const (
@@ -173,21 +177,14 @@ func planNames(m coordinator.PlanManifest) []string {
 	return names
 }
 
-// TestComposeTrainsThroughFaults brings up docker-compose.yml, stops the
-// leader coordinator and kills a plan worker mid-run, and checks that the
-// job still commits steps 1..steps exactly once, each fault answered by a
-// new plan epoch.
-//
-// The leader must survive the worker's loss in-process (a new plan epoch
-// on the remaining workers and the spare, shards restored from the last
-// checkpoint) and log it; a standby must take over from a stopped leader
-// with a larger fencing token.
-func TestComposeTrainsThroughFaults(t *testing.T) {
-	requireDocker(t)
-	ctx, cancel := context.WithTimeout(context.Background(), budget)
-	defer cancel()
+// startCluster builds an image of the working tree, brings up a compose
+// project of its own running steps steps of gpipe, and returns it with a
+// mutual-TLS etcd client (the certificate of the `coordinator` service,
+// copied out of the certs volume) and the job's keys. Cleanup tears the
+// project down and removes the image.
+func startCluster(t *testing.T, ctx context.Context, steps int) (*cluster, *clientv3.Client, etcdx.Keys, time.Time) {
+	t.Helper()
 	start := time.Now()
-
 	root, err := filepath.Abs(filepath.Join("..", ".."))
 	if err != nil {
 		t.Fatal(err)
@@ -199,7 +196,10 @@ func TestComposeTrainsThroughFaults(t *testing.T) {
 	// developer's `docker-compose up` never share containers, volumes or
 	// the image under test.
 	project := fmt.Sprintf("sct%d%d", os.Getpid(), time.Now().UnixNano()%1_000_000)
-	image := "stagecoach:" + project
+	image, prebuilt := os.LookupEnv("STAGECOACH_COMPOSE_IMAGE")
+	if !prebuilt {
+		image = "stagecoach:" + project
+	}
 	c := &cluster{t: t, root: root, project: project,
 		env: []string{"STAGECOACH_IMAGE=" + image, fmt.Sprintf("STAGECOACH_STEPS=%d", steps), "STAGECOACH_SCHEDULE=gpipe"}}
 
@@ -218,32 +218,121 @@ func TestComposeTrainsThroughFaults(t *testing.T) {
 		if _, err := c.compose(cctx, 2*time.Minute, "down", "-v", "--remove-orphans", "-t", "5"); err != nil {
 			t.Errorf("tear down: %v", err)
 		}
+		if prebuilt {
+			return
+		}
 		if out, err := exec.CommandContext(cctx, "docker", "rmi", image).CombinedOutput(); err != nil {
 			t.Logf("remove image %s: %v: %s", image, err, bytes.TrimSpace(out))
 		}
 	})
 
-	bctx, bcancel := context.WithTimeout(ctx, 4*time.Minute)
-	build := exec.CommandContext(bctx, "bash", "deploy/build-image.sh", image)
-	build.Dir = root
-	out, err := build.CombinedOutput()
-	bcancel()
-	if err != nil {
-		t.Fatalf("build the image: %v\n%s", err, out)
+	if prebuilt {
+		t.Logf("using the image %s (STAGECOACH_COMPOSE_IMAGE), not building one", image)
+	} else {
+		bctx, bcancel := context.WithTimeout(ctx, 4*time.Minute)
+		build := exec.CommandContext(bctx, "bash", "deploy/build-image.sh", image)
+		build.Dir = root
+		// The script's go build and docker build die with it when the
+		// budget runs out: its own process group, killed whole.
+		build.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		build.Cancel = func() error { return syscall.Kill(-build.Process.Pid, syscall.SIGKILL) }
+		out, err := build.CombinedOutput()
+		bcancel()
+		if err != nil {
+			t.Fatalf("build the image: %v\n%s", err, out)
+		}
+		t.Logf("built %s in %.1f s", image, time.Since(start).Seconds())
 	}
-	t.Logf("built %s in %.1f s", image, time.Since(start).Seconds())
 
 	upAt := time.Now()
 	c.mustCompose(ctx, 2*time.Minute, "up", "-d")
-	cli, err := etcdx.Dial(ctx, c.etcdEndpoints(ctx), 10*time.Second)
+	// Every hop runs mutual TLS: etcd refuses a client without a
+	// certificate of the compose CA.
+	tc := c.clientTLS(ctx)
+	cli, err := etcdx.DialTLS(ctx, c.etcdEndpoints(ctx), 10*time.Second, tc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cli.Close()
+	t.Cleanup(func() { cli.Close() })
+	if plain, err := etcdx.Dial(ctx, c.etcdEndpoints(ctx), 3*time.Second); err == nil {
+		plain.Close()
+		t.Error("etcd answered a plaintext client: compose must run etcd over mutual TLS")
+	}
 	keys, err := etcdx.NewKeys(job)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return c, cli, keys, upAt
+}
+
+// clientTLS copies the certificates out of the certs service's container
+// (it has exited; its volume holds them) and loads the coordinator's.
+func (c *cluster) clientTLS(ctx context.Context) *tls.Config {
+	c.t.Helper()
+	id := strings.TrimSpace(c.mustCompose(ctx, 30*time.Second, "ps", "-q", "certs"))
+	if id == "" {
+		c.t.Fatal("no container of the certs service")
+	}
+	dir := c.t.TempDir()
+	if out, err := exec.CommandContext(ctx, "docker", "cp", id+":/certs/.", dir).CombinedOutput(); err != nil {
+		c.t.Fatalf("copy the certificates out of %s: %v: %s", id, err, bytes.TrimSpace(out))
+	}
+	tc, err := tlsx.Load(tlsx.FilesFor(dir, "coordinator"))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return tc
+}
+
+// coordinatorsExited waits up to timeout for both coordinators to exit and
+// checks each exited 0 without being restarted: a finished job, a stopped
+// leader and a standby outliving the job all end cleanly.
+func (c *cluster) coordinatorsExited(ctx context.Context, timeout time.Duration) {
+	c.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for _, s := range []string{"coordinator-1", "coordinator-2"} {
+		id := strings.TrimSpace(c.mustCompose(ctx, 30*time.Second, "ps", "-q", s))
+		for {
+			out, err := exec.CommandContext(ctx, "docker", "inspect", "-f", "{{.State.Status}} {{.State.ExitCode}} {{.RestartCount}}", id).CombinedOutput()
+			if err != nil {
+				c.t.Fatalf("inspect %s: %v: %s", s, err, out)
+			}
+			f := strings.Fields(string(out))
+			if len(f) == 3 && f[0] == "exited" {
+				if f[1] != "0" || f[2] != "0" {
+					c.t.Errorf("%s exited with status %s after %s restarts, want 0 and 0", s, f[1], f[2])
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				c.t.Errorf("%s still %s %v after the job finished", s, f[0], timeout)
+				break
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	}
+	logs := c.mustCompose(ctx, 30*time.Second, "logs", "--no-color", "coordinator-1", "coordinator-2")
+	if n := strings.Count(logs, "context canceled"); n > 0 {
+		c.t.Errorf("the coordinators' logs say \"context canceled\" %d times:\n%s", n, logs)
+	}
+}
+
+// TestComposeTrainsThroughFaults brings up docker-compose.yml, stops the
+// leader coordinator and kills a plan worker mid-run, and checks that the
+// job still commits steps 1..steps exactly once, each fault answered by a
+// new plan epoch.
+//
+// The leader must survive the worker's loss in-process (a new plan epoch
+// on the remaining workers and the spare, shards restored from the last
+// checkpoint) and log it; a standby must take over from a stopped leader
+// with a larger fencing token. The logs must show a line per step and the
+// stage map of every plan, and both coordinators must end with status 0.
+func TestComposeTrainsThroughFaults(t *testing.T) {
+	requireDocker(t)
+	ctx, cancel := context.WithTimeout(context.Background(), budget)
+	defer cancel()
+	start := time.Now()
+	c, cli, keys, upAt := startCluster(t, ctx, steps)
 
 	// Fault 1: stop the leader coordinator a few steps in. The standby
 	// must win, resume from the last committed step and commit under a new
@@ -334,4 +423,72 @@ func TestComposeTrainsThroughFaults(t *testing.T) {
 	if err != nil || !found {
 		t.Errorf("checkpoint of step %d in etcd: found %v, %v", steps, found, err)
 	}
+
+	// What a user reads in `docker-compose logs`: a line per step and
+	// the stage map of each plan.
+	logs = c.mustCompose(ctx, 30*time.Second, "logs", "--no-color", "coordinator-1", "coordinator-2")
+	if !strings.Contains(logs, fmt.Sprintf("step %d/%d loss ", steps, steps)) {
+		t.Errorf("no line for step %d in the coordinators' logs", steps)
+	}
+	if n := strings.Count(logs, "plan installed: stage 0: "); n < 3 {
+		t.Errorf("%d stage maps in the coordinators' logs, want one per plan (3 or more)", n)
+	}
+	c.coordinatorsExited(ctx, time.Minute)
+}
+
+// TestComposeStaysUpUnderLoad saturates the host's cores with busy loops
+// (twice as many plain shell loops as cores, at the containers' own
+// priority, bounded in time) while the compose job trains, and checks
+// that starvation is not taken for a fault: one leader throughout (every
+// step committed under the same fencing token), one plan (no worker taken
+// for lost), and both coordinators exiting 0 without a restart.
+func TestComposeStaysUpUnderLoad(t *testing.T) {
+	requireDocker(t)
+	const loadSteps = 20
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	c, cli, keys, upAt := startCluster(t, ctx, loadSteps)
+	first, _ := waitCommit(ctx, t, cli, keys, 2*time.Minute, "the first step", func(c etcdx.Commit) bool { return c.Step >= 1 })
+
+	// The load: bounded by `timeout` should the test die, and killed as
+	// soon as the job is done.
+	n := 2 * runtime.NumCPU()
+	var loops []*exec.Cmd
+	stopLoad := func() {
+		for _, l := range loops {
+			_ = l.Process.Kill()
+			_ = l.Wait()
+		}
+		loops = nil
+	}
+	t.Cleanup(stopLoad)
+	for range n {
+		l := exec.Command("timeout", "300", "sh", "-c", "while :; do :; done")
+		if err := l.Start(); err != nil {
+			t.Fatal(err)
+		}
+		loops = append(loops, l)
+	}
+	loadAt := time.Now()
+	t.Logf("step %d committed %.1f s after up; %d busy loops started on %d cores", first.Step, loadAt.Sub(upAt).Seconds(), n, runtime.NumCPU())
+	last, doneAt := waitCommit(ctx, t, cli, keys, 5*time.Minute, fmt.Sprintf("step %d under load", loadSteps),
+		func(c etcdx.Commit) bool { return c.Step >= loadSteps })
+	stopLoad()
+	t.Logf("steps %d..%d under load in %.1f s (%.2f s a step)", first.Step+1, last.Step, doneAt.Sub(loadAt).Seconds(),
+		doneAt.Sub(loadAt).Seconds()/float64(last.Step-first.Step))
+
+	commits, err := etcdx.Commits(ctx, cli, keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := etcdx.CheckSequence(commits); err != nil {
+		t.Error(err)
+	}
+	for _, cm := range commits {
+		if cm.LeaderRev != first.LeaderRev || cm.Epoch != first.Epoch {
+			t.Errorf("step %d committed by fencing token %d on plan epoch %d; step %d by token %d on epoch %d: the load was taken for a fault",
+				cm.Step, cm.LeaderRev, cm.Epoch, first.Step, first.LeaderRev, first.Epoch)
+		}
+	}
+	c.coordinatorsExited(ctx, time.Minute)
 }
