@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -177,14 +178,64 @@ func planNames(m coordinator.PlanManifest) []string {
 	return names
 }
 
-// startCluster builds an image of the working tree, brings up a compose
-// project of its own running steps steps of gpipe, and returns it with a
-// mutual-TLS etcd client (the certificate of the `coordinator` service,
-// copied out of the certs volume) and the job's keys. Cleanup tears the
-// project down and removes the image.
+// The image the tests run: STAGECOACH_COMPOSE_IMAGE, or one built from
+// the working tree by the first test that needs it and removed by
+// TestMain after the last.
+var (
+	imageOnce  sync.Once
+	builtImage string
+	imageErr   error
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if builtImage != "" {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		if out, err := exec.CommandContext(ctx, "docker", "rmi", builtImage).CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "remove image %s: %v: %s\n", builtImage, err, bytes.TrimSpace(out))
+		}
+		cancel()
+	}
+	os.Exit(code)
+}
+
+func testImage(t *testing.T, ctx context.Context, root string) string {
+	t.Helper()
+	if image, ok := os.LookupEnv("STAGECOACH_COMPOSE_IMAGE"); ok {
+		t.Logf("using the image %s (STAGECOACH_COMPOSE_IMAGE), not building one", image)
+		return image
+	}
+	imageOnce.Do(func() {
+		start := time.Now()
+		image := fmt.Sprintf("stagecoach:sct%d%d", os.Getpid(), time.Now().UnixNano()%1_000_000)
+		bctx, bcancel := context.WithTimeout(ctx, 4*time.Minute)
+		defer bcancel()
+		build := exec.CommandContext(bctx, "bash", "deploy/build-image.sh", image)
+		build.Dir = root
+		// The script's go build and docker build die with it when the
+		// budget runs out: its own process group, killed whole.
+		build.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		build.Cancel = func() error { return syscall.Kill(-build.Process.Pid, syscall.SIGKILL) }
+		out, err := build.CombinedOutput()
+		if err != nil {
+			imageErr = fmt.Errorf("build the image: %v\n%s", err, out)
+			return
+		}
+		builtImage = image
+		t.Logf("built %s in %.1f s", image, time.Since(start).Seconds())
+	})
+	if imageErr != nil {
+		t.Fatal(imageErr)
+	}
+	return builtImage
+}
+
+// startCluster brings up a compose project of its own running steps steps
+// of gpipe from testImage, and returns it with a mutual-TLS etcd client
+// (the certificate of the `coordinator` service, copied out of the certs
+// volume) and the job's keys. Cleanup tears the project down.
 func startCluster(t *testing.T, ctx context.Context, steps int) (*cluster, *clientv3.Client, etcdx.Keys, time.Time) {
 	t.Helper()
-	start := time.Now()
 	root, err := filepath.Abs(filepath.Join("..", ".."))
 	if err != nil {
 		t.Fatal(err)
@@ -196,10 +247,7 @@ func startCluster(t *testing.T, ctx context.Context, steps int) (*cluster, *clie
 	// developer's `docker-compose up` never share containers, volumes or
 	// the image under test.
 	project := fmt.Sprintf("sct%d%d", os.Getpid(), time.Now().UnixNano()%1_000_000)
-	image, prebuilt := os.LookupEnv("STAGECOACH_COMPOSE_IMAGE")
-	if !prebuilt {
-		image = "stagecoach:" + project
-	}
+	image := testImage(t, ctx, root)
 	c := &cluster{t: t, root: root, project: project,
 		env: []string{"STAGECOACH_IMAGE=" + image, fmt.Sprintf("STAGECOACH_STEPS=%d", steps), "STAGECOACH_SCHEDULE=gpipe"}}
 
@@ -218,31 +266,7 @@ func startCluster(t *testing.T, ctx context.Context, steps int) (*cluster, *clie
 		if _, err := c.compose(cctx, 2*time.Minute, "down", "-v", "--remove-orphans", "-t", "5"); err != nil {
 			t.Errorf("tear down: %v", err)
 		}
-		if prebuilt {
-			return
-		}
-		if out, err := exec.CommandContext(cctx, "docker", "rmi", image).CombinedOutput(); err != nil {
-			t.Logf("remove image %s: %v: %s", image, err, bytes.TrimSpace(out))
-		}
 	})
-
-	if prebuilt {
-		t.Logf("using the image %s (STAGECOACH_COMPOSE_IMAGE), not building one", image)
-	} else {
-		bctx, bcancel := context.WithTimeout(ctx, 4*time.Minute)
-		build := exec.CommandContext(bctx, "bash", "deploy/build-image.sh", image)
-		build.Dir = root
-		// The script's go build and docker build die with it when the
-		// budget runs out: its own process group, killed whole.
-		build.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		build.Cancel = func() error { return syscall.Kill(-build.Process.Pid, syscall.SIGKILL) }
-		out, err := build.CombinedOutput()
-		bcancel()
-		if err != nil {
-			t.Fatalf("build the image: %v\n%s", err, out)
-		}
-		t.Logf("built %s in %.1f s", image, time.Since(start).Seconds())
-	}
 
 	upAt := time.Now()
 	c.mustCompose(ctx, 2*time.Minute, "up", "-d")
@@ -491,4 +515,13 @@ func TestComposeStaysUpUnderLoad(t *testing.T) {
 		}
 	}
 	c.coordinatorsExited(ctx, time.Minute)
+	// What the coordinators said, for the record.
+	var said []string
+	for _, l := range strings.Split(c.mustCompose(ctx, 30*time.Second, "logs", "--no-color", "coordinator-1", "coordinator-2"), "\n") {
+		if strings.Contains(l, "leading job") || strings.Contains(l, "plan installed") || strings.Contains(l, "/20 loss") ||
+			strings.Contains(l, "nothing to do") || strings.Contains(l, "campaign") {
+			said = append(said, strings.TrimSpace(l))
+		}
+	}
+	t.Logf("coordinators:\n%s", strings.Join(said, "\n"))
 }
