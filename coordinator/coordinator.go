@@ -24,7 +24,7 @@ import (
 // ErrJobFinished means the job already committed all its steps: a
 // coordinator that wins leadership then (a standby outliving the leader
 // that finished) has nothing to do.
-var ErrJobFinished = errors.New("coordinator: the job has finished")
+var ErrJobFinished = errors.New("coordinator: job finished")
 
 // Coordinator runs one job: it wins leadership, places stages on the
 // registered workers, hands them the plan and drives iterations.
@@ -518,7 +518,7 @@ func resumePoint(ctx context.Context, leader *etcdx.Leader, last etcdx.Commit, c
 		return nil, nil
 	}
 	if last.Step >= int64(cfg.Steps) {
-		return nil, fmt.Errorf("coordinator: job %s already committed step %d of %d; nothing to resume (use a new job id): %w", cfg.Job, last.Step, cfg.Steps, ErrJobFinished)
+		return nil, fmt.Errorf("%w: job %s already committed step %d of %d; nothing to resume (use a new job id)", ErrJobFinished, cfg.Job, last.Step, cfg.Steps)
 	}
 	return latestCheckpoint(ctx, leader)
 }

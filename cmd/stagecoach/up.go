@@ -48,7 +48,9 @@ checkpoint into --out. Workers log to --out/workers/<name>.log. With
 etcd, the coordinator and each worker are generated into DIR (an existing
 CA there is reused; see 'stagecoach certs'). With --metrics-addr HOST:P
 the coordinator serves Prometheus metrics on HOST:P and worker i on
-HOST:P+1+i; the workers log in the --log-format given to up.`,
+HOST:P+1+i; the workers log in the --log-format given to up. The workers
+never outlive up: stopped in order when it stops, killed by the kernel
+should it die (kill -9), and each watches for its parent's exit too.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if j.workers < 1 {
