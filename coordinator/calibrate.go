@@ -397,7 +397,7 @@ func (r *run) replan(ctx context.Context, step int64, k *sim.Cluster, drift floa
 	if err != nil {
 		return err
 	}
-	man := PlanManifest{Epoch: epoch, Schedule: plan.Schedule, SHA256: planHash, Bytes: len(planJSON), Path: planPath, LeaderRev: r.leader.Rev()}
+	man := PlanManifest{Epoch: epoch, Schedule: plan.Schedule, Stages: len(plan.Stages), SHA256: planHash, Bytes: len(planJSON), Path: planPath, LeaderRev: r.leader.Rev()}
 	for i, w := range plan.Workers {
 		man.Workers = append(man.Workers, PlanWorker{Name: ordered[i].Name, Addr: ordered[i].Addr, Stages: w.Stages, Replica: w.Replica})
 	}

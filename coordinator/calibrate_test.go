@@ -30,7 +30,7 @@ func TestDriftReplansOnceAndStaysExact(t *testing.T) {
 	var logs []string
 	co, err := coordinator.New(coordinator.Config{
 		Job: job, Endpoints: cl.endpoints, TTL: 2, Workers: 3, Schedule: "gpipe", Train: tc, Steps: steps,
-		CorpusDir: corpus, OutDir: t.TempDir(), Checkpoint: true, Costs: wrong,
+		CorpusDir: corpus, OutDir: t.TempDir(), CheckpointDir: cl.root, Checkpoint: true, Costs: wrong,
 		// Far above what timing noise on a loaded machine produces, far
 		// below the injected error.
 		ReplanDrift: 20, ReplanWarmup: 1,

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"time"
 
 	"google.golang.org/grpc"
@@ -73,9 +74,15 @@ type Config struct {
 	// and checkpoints. Required.
 	OutDir string
 	// Checkpoint asks every worker to save its shards after the last step
-	// under OutDir/checkpoints; the checkpoint manifest (with the data
-	// position) is committed in etcd in the same transaction as its step.
+	// under CheckpointDir; the checkpoint manifest (with the data
+	// position and every shard's size and SHA-256) is committed in etcd
+	// in the same transaction as its step.
 	Checkpoint bool
+	// CheckpointDir is the checkpoint root (default OutDir/checkpoints):
+	// the workers write there (it must be their checkpoint root or under
+	// it), and the coordinator uses and deletes only listed checkpoints
+	// under it. Coordinators of one job share it.
+	CheckpointDir string
 	// CheckpointEvery also checkpoints every that many steps (0: never).
 	// A job whose last committed step has a checkpoint resumes from it
 	// when a coordinator runs it again (after a crash or failover); a job
@@ -231,6 +238,14 @@ func (c *Config) Validate() error {
 	if c.OutDir == "" {
 		return errors.New("coordinator: no output directory")
 	}
+	if c.CheckpointDir == "" {
+		c.CheckpointDir = filepath.Join(c.OutDir, "checkpoints")
+	}
+	abs, err := filepath.Abs(c.CheckpointDir)
+	if err != nil {
+		return fmt.Errorf("coordinator: checkpoint dir: %w", err)
+	}
+	c.CheckpointDir = abs
 	if c.Retain == 0 {
 		c.Retain = 3
 	}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -79,6 +78,8 @@ type run struct {
 	planHashes    map[int64]string
 	planPath      string
 	planHash      string
+	planJSON      []byte            // the plan in force, as sent
+	planTrain     model.TrainConfig // the model config sent with it
 	params        int64
 	initialData   string // sampler state before any draw
 	stageSizes    []int  // SkipPipe: configured workers per stage
@@ -185,13 +186,13 @@ func (c *Coordinator) term(ctx context.Context, cli *clientv3.Client, keys etcdx
 
 func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary, error) {
 	cfg := &c.cfg
+	began := time.Now()
 	keys := leader.Keys()
 	committer, err := etcdx.NewCommitter(ctx, leader)
 	if err != nil {
 		return nil, err
 	}
-	resume, err := resumePoint(ctx, leader, committer.Last(), cfg)
-	if err != nil {
+	if err := checkResumable(committer.Last(), cfg); err != nil {
 		return nil, err
 	}
 	epoch, err := nextEpoch(ctx, leader.Client(), keys)
@@ -228,10 +229,16 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 		r.stageSizes = append(r.stageSizes, len(ws))
 	}
 	// Every worker starts from the seed: one that served a previous
-	// leader of this job holds its (possibly uncommitted) state.
+	// leader of this job holds its (possibly uncommitted) state. A job
+	// with committed steps restarts from its newest usable checkpoint
+	// and replays the committed steps after it.
 	first := int64(1)
-	if resume != nil {
-		first = resume.Step + 1
+	if committer.Last().Step > 0 {
+		n, err := r.newestListedStep(ctx)
+		if err != nil {
+			return nil, err
+		}
+		first = n + 1
 	}
 	// The plan in force until install succeeds (recover reads it).
 	r.plan = plan
@@ -239,9 +246,14 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 		r.workers = append(r.workers, &workerConn{idx: i, member: m})
 	}
 	err = r.install(ctx, plan, members, layout, true)
-	if err == nil && resume != nil {
-		if err = r.restore(ctx, resume); err == nil {
-			cfg.Logf("resumed job %s from the checkpoint of step %d", cfg.Job, resume.Step)
+	if err == nil && committer.Last().Step > 0 {
+		var ck *CheckpointManifest
+		if ck, err = r.restoreNewest(ctx); err == nil {
+			first = 1
+			if ck != nil {
+				first = ck.Step + 1
+				cfg.Logf("resumed job %s from the checkpoint of step %d", cfg.Job, ck.Step)
+			}
 		}
 	}
 	if err != nil {
@@ -259,6 +271,7 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 	if last := committer.Last().Step; last > 0 {
 		// A leader taking over a job with committed steps.
 		cfg.Metrics.Recovered(metrics.RecoveryLeaderResume)
+		r.recordTakeover(ctx, began, first, last)
 		if last >= first {
 			cfg.Logf("replaying committed steps %d..%d", first, last)
 		}
@@ -309,7 +322,7 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 			continue
 		}
 		r.failures = 0
-		r.notifyRecovered()
+		r.notifyRecovered(ctx)
 		tokens += int64(tc.Microbatches * tc.MicrobatchSize * r.ctxLen)
 		rep.Tokens = tokens
 		epochBefore := r.fence.Epoch
@@ -326,7 +339,7 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 		}
 		step++
 	}
-	r.notifyRecovered()
+	r.notifyRecovered(ctx)
 	sum := &Summary{Job: cfg.Job, Schedule: r.plan.Schedule, Workers: len(r.plan.Workers), Stages: len(r.plan.Stages),
 		Microbatches: tc.Microbatches, MicrobatchSize: tc.MicrobatchSize, Params: r.params, Epoch: r.fence.Epoch,
 		LeaderRev: leader.Rev(), PlanPath: r.planPath, PlanSHA256: r.planHash, Steps: reports, ElapsedS: time.Since(start).Seconds()}
@@ -339,7 +352,7 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 
 // notifyRecovered stamps the recoveries waiting for a commit and reports
 // them.
-func (r *run) notifyRecovered() {
+func (r *run) notifyRecovered(ctx context.Context) {
 	now := time.Now()
 	for _, i := range r.pendingCommit {
 		rec := &r.recoveries[i]
@@ -348,6 +361,7 @@ func (r *run) notifyRecovered() {
 			rec.ToCommitS = now.Sub(rec.DetectedAt).Seconds()
 		}
 		r.cfg.Metrics.Recovered(rec.Kind)
+		r.record(ctx, *rec)
 		if r.cfg.OnRecovery != nil {
 			r.cfg.OnRecovery(*rec)
 		}
@@ -432,14 +446,14 @@ func (r *run) configureWith(ctx context.Context, planJSON []byte, tc model.Train
 	if err != nil {
 		return 0, err
 	}
-	peers := make([]string, len(r.workers))
+	peers, names := make([]string, len(r.workers)), make([]string, len(r.workers))
 	for i, w := range r.workers {
-		peers[i] = w.member.Addr
+		peers[i], names[i] = w.member.Addr, w.member.Name
 	}
 	counts := make([]int64, len(r.workers))
 	err = r.fanOut(ctx, "Configure", func(ctx context.Context, w *workerConn) error {
 		resp, err := w.cli.Configure(ctx, &pb.ConfigureRequest{Fence: r.fence, PlanJson: planJSON, Worker: int32(w.idx),
-			Peers: peers, ModelJson: modelJSON, Seed: int64(tc.Model.Seed), LinkShapingYaml: r.cfg.Cluster, Fresh: fresh})
+			Peers: peers, ModelJson: modelJSON, Seed: int64(tc.Model.Seed), LinkShapingYaml: r.cfg.Cluster, Fresh: fresh, PeerNames: names})
 		if err == nil {
 			counts[w.idx] = resp.NumParams
 		}
@@ -454,84 +468,15 @@ func (r *run) configureWith(ctx context.Context, planJSON []byte, tc model.Train
 	return n, err
 }
 
-// CheckpointManifest is what etcd lists about a checkpoint. It is put in
-// the same transaction as its step's commit, after every worker has
-// written and synced its files, so etcd never lists a checkpoint of an
-// uncommitted step or one whose files are missing.
-type CheckpointManifest struct {
-	Step  int64 `json:"step"`
-	Epoch int64 `json:"epoch"`
-	// Base is the directory handed to the workers; Dir the step's own.
-	Base  string   `json:"base"`
-	Dir   string   `json:"dir"`
-	Files []string `json:"files"`
-	// DataPosition is the sampler state after the step's windows, so a
-	// resumed run draws exactly the windows an uninterrupted one would.
-	DataPosition string `json:"data_position"`
-}
-
-func (r *run) wantCheckpoint(step int64) bool {
-	c := r.cfg
-	return c.Checkpoint && step == int64(c.Steps) || c.CheckpointEvery > 0 && step%int64(c.CheckpointEvery) == 0
-}
-
-// saveCheckpoint asks every worker to save its shards after step.
-func (r *run) saveCheckpoint(ctx context.Context, step int64) (*CheckpointManifest, error) {
-	// Workers put each step in its own subdirectory of base.
-	base, err := filepath.Abs(filepath.Join(r.cfg.OutDir, "checkpoints"))
-	if err != nil {
-		return nil, err
-	}
-	files := make([][]string, len(r.workers))
-	err = r.fanOut(ctx, fmt.Sprintf("SaveCheckpoint %d", step), func(ctx context.Context, w *workerConn) error {
-		resp, err := w.cli.SaveCheckpoint(ctx, &pb.CheckpointRequest{Fence: r.fence, Dir: base, Step: step})
-		if err == nil {
-			files[w.idx] = resp.Files
-		}
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	m := &CheckpointManifest{Step: step, Epoch: r.fence.Epoch, Base: base, Dir: base, DataPosition: r.sampler.State()}
-	for _, f := range files {
-		m.Files = append(m.Files, f...)
-	}
-	vacant, err := r.fillVacant(ctx, base, step)
-	if err != nil {
-		return nil, err
-	}
-	m.Files = append(m.Files, vacant...)
-	if len(m.Files) > 0 {
-		m.Dir = filepath.Dir(m.Files[0])
-	}
-	return m, nil
-}
-
-// resumePoint decides where a job starts: nil for a new job (or one
-// whose committed steps all come after no checkpoint: it replays them
-// from the seed), else the newest checkpoint etcd lists. Checkpoints are
-// listed in their step's commit, so the newest is at most the last
-// committed step; the steps after it are replayed, not committed again.
-func resumePoint(ctx context.Context, leader *etcdx.Leader, last etcdx.Commit, cfg *Config) (*CheckpointManifest, error) {
-	if last.Step == 0 {
-		return nil, nil
-	}
+// checkResumable refuses a job whose steps are all committed. A job with
+// committed steps resumes from its newest usable listed checkpoint (or,
+// with none, from the seed), replaying the committed steps after it
+// without committing them again (restoreNewest).
+func checkResumable(last etcdx.Commit, cfg *Config) error {
 	if last.Step >= int64(cfg.Steps) {
-		return nil, fmt.Errorf("%w: job %s already committed step %d of %d; nothing to resume (use a new job id)", ErrJobFinished, cfg.Job, last.Step, cfg.Steps)
+		return fmt.Errorf("%w: job %s already committed step %d of %d; nothing to resume (use a new job id)", ErrJobFinished, cfg.Job, last.Step, cfg.Steps)
 	}
-	return latestCheckpoint(ctx, leader)
-}
-
-// restore loads the checkpoint into every worker and rewinds the sampler.
-func (r *run) restore(ctx context.Context, m *CheckpointManifest) error {
-	if err := r.sampler.SetState(m.DataPosition); err != nil {
-		return fmt.Errorf("coordinator: checkpoint of step %d: %w", m.Step, err)
-	}
-	return r.fanOut(ctx, fmt.Sprintf("LoadCheckpoint %d", m.Step), func(ctx context.Context, w *workerConn) error {
-		_, err := w.cli.LoadCheckpoint(ctx, &pb.CheckpointRequest{Fence: r.fence, Dir: m.Base, Step: m.Step})
-		return err
-	})
+	return nil
 }
 
 // ErrWorkerLost means a plan worker's registration vanished (its lease

@@ -45,8 +45,10 @@ func writeCorpus(t *testing.T) string {
 }
 
 // cluster is an embedded etcd plus n in-process workers serving real gRPC
-// on loopback, each registered in etcd under its own lease.
+// on loopback, each registered in etcd under its own lease. The workers'
+// checkpoint root is root, the coordinators' CheckpointDir.
 type cluster struct {
+	root      string
 	endpoints []string
 	workers   []*worker.Server
 	sessions  []*concurrency.Session
@@ -60,7 +62,7 @@ func startCluster(t *testing.T, job string, n int) *cluster {
 		t.Fatal(err)
 	}
 	t.Cleanup(e.Close)
-	c := &cluster{endpoints: e.Endpoints()}
+	c := &cluster{endpoints: e.Endpoints(), root: t.TempDir()}
 	cli, err := etcdx.Dial(ctx, c.endpoints, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -70,7 +72,7 @@ func startCluster(t *testing.T, job string, n int) *cluster {
 	for i := range n {
 		name := fmt.Sprintf("w%d", i)
 		w, err := worker.New(worker.Config{Name: name, Listen: "127.0.0.1:0", Job: job, DataDir: t.TempDir(),
-			Logf: func(string, ...any) {}})
+			CheckpointRoot: c.root, Logf: func(string, ...any) {}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -129,7 +131,9 @@ func TestPipelinesAreBitIdenticalToSingleProcess(t *testing.T) {
 		// Replicated stages (4 workers, 2 stages) are bit-identical too:
 		// they reduce in microbatch order (worker/ordered.go).
 	}{{"gpipe", 2, 2, 3}, {"gpipe", 3, 3, 3}, {"1f1b", 3, 3, 3}, {"gpipe", 4, 2, 3},
-		{"1f1b", 4, 2, 3}, {"zb-h1", 2, 2, 3}, {"interleaved", 2, 2, 4}} {
+		{"1f1b", 4, 2, 3}, {"zb-h1", 2, 2, 3}, {"interleaved", 2, 2, 4},
+		// V placement (head and loss on worker 0) and overlapped pairs.
+		{"zb-v", 2, 2, 4}, {"dualpipe-v", 2, 2, 4}} {
 		t.Run(fmt.Sprintf("%s/%dworkers/%dstages", tt.schedule, tt.workers, tt.stages), func(t *testing.T) {
 			job := fmt.Sprintf("exact-%s-%d-%d", tt.schedule, tt.workers, tt.stages)
 			tc := tinyTrain(tt.layers)
@@ -139,7 +143,7 @@ func TestPipelinesAreBitIdenticalToSingleProcess(t *testing.T) {
 			var got []float64
 			co, err := coordinator.New(coordinator.Config{
 				Job: job, Endpoints: cl.endpoints, TTL: 2, Workers: tt.workers, Stages: tt.stages, Schedule: tt.schedule,
-				Train: tc, Steps: steps, CorpusDir: corpus, OutDir: out, Checkpoint: true,
+				Train: tc, Steps: steps, CorpusDir: corpus, OutDir: out, CheckpointDir: cl.root, Checkpoint: true,
 				OnStep: func(r coordinator.StepReport) { got = append(got, r.Loss) },
 			})
 			if err != nil {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"os"
 	"sort"
 	"time"
 
@@ -41,6 +40,9 @@ type StepReport struct {
 	// minus ComputeS, StepS and CheckpointS (drawing data, the norm, RPC
 	// overheads outside the fan-outs, the commit).
 	ControlS float64 `json:"control_s"`
+	// Timeline is the step's actions as the workers timed them (for the
+	// live page; not in the JSON lines).
+	Timeline []TimedAction `json:"-"`
 	// Replayed marks a step re-run after a restore: it was committed
 	// before, so it is not committed (or reported) again.
 	Replayed bool `json:"-"`
@@ -128,11 +130,7 @@ func (r *run) iterate(ctx context.Context, step int64) (StepReport, error) {
 		extra = append(extra, ops...)
 		defer func() {
 			if r.committer.Last().Step == step {
-				for _, d := range dirs {
-					if err := os.RemoveAll(d); err != nil {
-						r.cfg.Logf("remove retired checkpoint %s: %v", d, err)
-					}
-				}
+				r.removeRetired(dirs)
 			}
 		}()
 	}
@@ -151,7 +149,8 @@ func (r *run) iterate(ctx context.Context, step int64) (StepReport, error) {
 	tokens := float64(tc.Microbatches * tc.MicrobatchSize * r.ctxLen)
 	r.cfg.Metrics.StepCommitted(step, wall, int64(tokens), loss)
 	return StepReport{Step: step, Loss: loss, GradNorm: norm, LR: lr, TokensPerS: tokens / it,
-		IterationS: it, ComputeS: runS, StepS: stepS, CheckpointS: ckptS, CommitS: commitS, ControlS: it - runS - stepS - ckptS}, nil
+		IterationS: it, ComputeS: runS, StepS: stepS, CheckpointS: ckptS, CommitS: commitS, ControlS: it - runS - stepS - ckptS,
+		Timeline: r.timeline()}, nil
 }
 
 // drawData draws every microbatch's windows in microbatch order, exactly

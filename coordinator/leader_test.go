@@ -24,7 +24,7 @@ func TestStandbyCoordinatorRefusesFinishedJob(t *testing.T) {
 	cl := startCluster(t, job, 2)
 	mk := func(name string) *coordinator.Coordinator {
 		co, err := coordinator.New(coordinator.Config{Job: job, Name: name, Endpoints: cl.endpoints, TTL: 2, Workers: 2,
-			Schedule: "gpipe", Train: tinyTrain(2), Steps: steps, CorpusDir: corpus, OutDir: t.TempDir()})
+			Schedule: "gpipe", Train: tinyTrain(2), Steps: steps, CorpusDir: corpus, OutDir: t.TempDir(), CheckpointDir: cl.root})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -74,7 +74,7 @@ func TestSkipPipeTrains(t *testing.T) {
 	tc := tinyTrain(3)
 	tc.Microbatches = 6
 	co, err := coordinator.New(coordinator.Config{Job: job, Endpoints: cl.endpoints, TTL: 2, Workers: 3,
-		Schedule: coordinator.SkipPipe, Train: tc, Steps: steps, CorpusDir: corpus, OutDir: t.TempDir()})
+		Schedule: coordinator.SkipPipe, Train: tc, Steps: steps, CorpusDir: corpus, OutDir: t.TempDir(), CheckpointDir: cl.root})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +102,7 @@ func TestLostWorkerStopsTheRun(t *testing.T) {
 	cl := startCluster(t, job, 2)
 	done := make(chan struct{})
 	co, err := coordinator.New(coordinator.Config{Job: job, Endpoints: cl.endpoints, TTL: 2, Workers: 2,
-		Schedule: "gpipe", Train: tinyTrain(2), Steps: 100000, CorpusDir: corpus, OutDir: t.TempDir(),
+		Schedule: "gpipe", Train: tinyTrain(2), Steps: 100000, CorpusDir: corpus, OutDir: t.TempDir(), CheckpointDir: cl.root,
 		RPCTimeout: time.Minute, ReplaceWait: 2 * time.Second,
 		OnStep: func(r coordinator.StepReport) {
 			if r.Step == 2 {
@@ -151,7 +151,7 @@ func TestDeposedLeaderStops(t *testing.T) {
 	keys, _ := etcdx.NewKeys(job)
 	revoked := make(chan struct{})
 	co, err := coordinator.New(coordinator.Config{Job: job, Endpoints: cl.endpoints, TTL: 2, Workers: 2,
-		Schedule: "gpipe", Train: tinyTrain(2), Steps: 100000, CorpusDir: corpus, OutDir: t.TempDir(),
+		Schedule: "gpipe", Train: tinyTrain(2), Steps: 100000, CorpusDir: corpus, OutDir: t.TempDir(), CheckpointDir: cl.root,
 		OnStep: func(r coordinator.StepReport) {
 			if r.Step != 2 {
 				return
@@ -199,7 +199,7 @@ func TestResumeFromCommittedCheckpoint(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
 		co, err := coordinator.New(coordinator.Config{Job: job, Endpoints: cl.endpoints, TTL: 2, Workers: 2,
-			Schedule: "gpipe", Train: tc, Steps: steps, CorpusDir: corpus, OutDir: out, CheckpointEvery: 1, Checkpoint: true,
+			Schedule: "gpipe", Train: tc, Steps: steps, CorpusDir: corpus, OutDir: out, CheckpointDir: cl.root, CheckpointEvery: 1, Checkpoint: true,
 			OnStep: func(r coordinator.StepReport) {
 				got = append(got, r.Loss)
 				if r.Step == stopAfter {

@@ -30,7 +30,7 @@ func TestCoordinatorMetricsAfterRealTraining(t *testing.T) {
 		url := "http://" + srv.Addr() + "/metrics"
 		co, err := coordinator.New(coordinator.Config{
 			Job: job, Endpoints: cl.endpoints, TTL: 2, Workers: 2, Schedule: "gpipe",
-			Train: tinyTrain(3), Steps: steps, CorpusDir: corpus, OutDir: out, Checkpoint: true,
+			Train: tinyTrain(3), Steps: steps, CorpusDir: corpus, OutDir: out, CheckpointDir: cl.root, Checkpoint: true,
 			Metrics: metrics.NewCoordinator(reg),
 			OnStep: func(r coordinator.StepReport) {
 				if onStep != nil {

@@ -21,6 +21,7 @@ import (
 type PlanManifest struct {
 	Epoch     int64        `json:"epoch"`
 	Schedule  string       `json:"schedule"`
+	Stages    int          `json:"stages"`
 	SHA256    string       `json:"sha256"`
 	Bytes     int          `json:"bytes"`
 	Path      string       `json:"path"`

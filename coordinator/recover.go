@@ -2,18 +2,12 @@ package coordinator
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
-	"os"
-	"path/filepath"
 	"sort"
-	"strings"
 	"sync"
 	"time"
-
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"stagecoach/internal/etcdx"
 	"stagecoach/model"
@@ -61,7 +55,8 @@ import (
 type Recovery struct {
 	// Step is the step that failed (or, for a rejoin, the next step).
 	Step int64 `json:"step"`
-	// Kind is "repath", "restore" or "rejoin".
+	// Kind is "repath", "restore" or "rejoin" (or, in etcd's record
+	// only, KindTakeover).
 	Kind string `json:"kind"`
 	// Cause is the error that ended the iteration.
 	Cause string `json:"cause"`
@@ -75,6 +70,9 @@ type Recovery struct {
 	// the seeded initial state) and Replayed the committed steps re-run.
 	FromCheckpoint int64 `json:"from_checkpoint,omitempty"`
 	Replayed       int64 `json:"replayed,omitempty"`
+	// Vacant lists the stages a re-path left without a worker (every
+	// path skips them until a worker joins).
+	Vacant []int `json:"vacant,omitempty"`
 	// DetectedAt is when the coordinator noticed the failure; ResumedAt
 	// when the new plan was installed and the retry could start;
 	// CommittedAt when the first new step after it was committed.
@@ -234,7 +232,7 @@ func (r *run) recover(ctx context.Context, step int64, cause error) (int64, erro
 	if ok, why := r.canRepath(survivors, st, step); ok {
 		err = r.repath(ctx, survivors)
 		if err == nil {
-			rec.Kind = "repath"
+			rec.Kind, rec.Vacant = "repath", r.plan.VacantStages()
 		} else {
 			cfg.Logf("re-path after step %d failed: %v; restoring from the last checkpoint", step, err)
 		}
@@ -257,6 +255,7 @@ func (r *run) recover(ctx context.Context, step int64, cause error) (int64, erro
 		step, rec.Kind, rec.RecoveryS, rec.Epoch, rec.Workers, rec.Lost, next)
 	r.recoveries = append(r.recoveries, rec)
 	r.pendingCommit = append(r.pendingCommit, len(r.recoveries)-1)
+	r.record(ctx, rec)
 	return next, nil
 }
 
@@ -430,7 +429,7 @@ func (r *run) install(ctx context.Context, plan *scheduler.Plan, ordered []etcdx
 	if err != nil {
 		return err
 	}
-	man := PlanManifest{Epoch: plan.Epoch, Schedule: plan.Schedule, SHA256: planHash, Bytes: len(planJSON), Path: planPath, LeaderRev: r.leader.Rev()}
+	man := PlanManifest{Epoch: plan.Epoch, Schedule: plan.Schedule, Stages: len(plan.Stages), SHA256: planHash, Bytes: len(planJSON), Path: planPath, LeaderRev: r.leader.Rev()}
 	for i, w := range plan.Workers {
 		man.Workers = append(man.Workers, PlanWorker{Name: ordered[i].Name, Addr: ordered[i].Addr, Stages: w.Stages, Replica: w.Replica})
 	}
@@ -459,6 +458,7 @@ func (r *run) install(ctx context.Context, plan *scheduler.Plan, ordered []etcdx
 	}
 	cfg.Logf("epoch %d plan installed: %s", plan.Epoch, StageMap(man.Workers))
 	r.params = n
+	r.planJSON, r.planTrain = planJSON, tc
 	r.stats = newMeasurements(plan, cfg.Steps)
 	return r.startReplanner()
 }
@@ -493,17 +493,8 @@ func (r *run) restoreAll(ctx context.Context, step int64) (int64, error) {
 	if err := r.install(ctx, plan, ordered, layout, true); err != nil {
 		return 0, err
 	}
-	ck, err := latestCheckpoint(ctx, r.leader)
-	if err != nil {
-		return 0, err
-	}
-	if ck == nil {
-		if err := r.sampler.SetState(r.initialData); err != nil {
-			return 0, err
-		}
-		return 0, nil
-	}
-	if err := r.restore(ctx, ck); err != nil {
+	ck, err := r.restoreNewest(ctx)
+	if err != nil || ck == nil {
 		return 0, err
 	}
 	return ck.Step, nil
@@ -664,23 +655,15 @@ func (r *run) maybeRejoin(ctx context.Context, step int64) (bool, error) {
 	// step outside the committed ones.
 	applied := step - 1
 	var handoff string
+	var handoffShards []*pb.ShardDigest
 	if applied > 0 {
-		base, err := filepath.Abs(filepath.Join(cfg.OutDir, "handoff", fmt.Sprintf("epoch-%d", r.fence.Epoch)))
+		base := r.handoffDir()
+		shards, err := r.saveShards(ctx, "SaveCheckpoint (hand-off)", base, applied)
 		if err != nil {
 			return false, err
 		}
-		err = r.fanOut(ctx, fmt.Sprintf("SaveCheckpoint (hand-off) %d", applied), func(ctx context.Context, w *workerConn) error {
-			_, err := w.cli.SaveCheckpoint(ctx, &pb.CheckpointRequest{Fence: r.fence, Dir: base, Step: applied})
-			return err
-		})
-		if err != nil {
-			return false, err
-		}
-		if _, err := r.fillVacant(ctx, base, applied); err != nil {
-			return false, err
-		}
-		handoff = base
-		defer os.RemoveAll(base)
+		handoff, handoffShards = base, shardsPB(shards)
+		defer r.removeRetired([]string{base})
 	}
 	epoch, err := nextEpoch(ctx, r.leader.Client(), r.leader.Keys())
 	if err != nil {
@@ -704,7 +687,7 @@ func (r *run) maybeRejoin(ctx context.Context, step int64) (bool, error) {
 	}
 	if handoff != "" {
 		err = r.fanOut(ctx, fmt.Sprintf("LoadCheckpoint (hand-off) %d", applied), func(ctx context.Context, w *workerConn) error {
-			_, err := w.cli.LoadCheckpoint(ctx, &pb.CheckpointRequest{Fence: r.fence, Dir: handoff, Step: applied})
+			_, err := w.cli.LoadCheckpoint(ctx, &pb.CheckpointRequest{Fence: r.fence, Dir: handoff, Step: applied, Shards: handoffShards})
 			return err
 		})
 		if err != nil {
@@ -717,61 +700,8 @@ func (r *run) maybeRejoin(ctx context.Context, step int64) (bool, error) {
 	cfg.Logf("epoch %d: %d workers after %v joined (%.3f s)", rec.Epoch, rec.Workers, rec.Joined, rec.RecoveryS)
 	r.recoveries = append(r.recoveries, rec)
 	r.pendingCommit = append(r.pendingCommit, len(r.recoveries)-1)
+	r.record(ctx, rec)
 	return true, nil
-}
-
-// latestCheckpoint is the newest checkpoint etcd lists, nil if none.
-func latestCheckpoint(ctx context.Context, l *etcdx.Leader) (*CheckpointManifest, error) {
-	ms, err := listCheckpoints(ctx, l.Client(), l.Keys())
-	if err != nil || len(ms) == 0 {
-		return nil, err
-	}
-	return &ms[len(ms)-1], nil
-}
-
-// listCheckpoints reads every listed checkpoint manifest, oldest first.
-func listCheckpoints(ctx context.Context, cli *clientv3.Client, k etcdx.Keys) ([]CheckpointManifest, error) {
-	resp, err := cli.Get(ctx, k.CheckpointsPrefix(), clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
-	if err != nil {
-		return nil, fmt.Errorf("coordinator: read checkpoints of job %s: %w", k.Job(), err)
-	}
-	out := make([]CheckpointManifest, 0, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
-		var m CheckpointManifest
-		if err := json.Unmarshal(kv.Value, &m); err != nil {
-			return nil, fmt.Errorf("coordinator: %s: %w", kv.Key, err)
-		}
-		out = append(out, m)
-	}
-	return out, nil
-}
-
-// retire returns the etcd deletions that keep at most Config.Retain
-// checkpoints once the one of step is listed, and the directories to
-// remove after that commit. Deleting the listing first (in the commit's
-// transaction) and the files after means etcd never lists a checkpoint
-// whose files are gone; a crash in between only leaves orphaned files.
-func (r *run) retire(ctx context.Context, step int64) ([]clientv3.Op, []string, error) {
-	if r.cfg.Retain <= 0 {
-		return nil, nil, nil
-	}
-	ms, err := listCheckpoints(ctx, r.leader.Client(), r.leader.Keys())
-	if err != nil {
-		return nil, nil, err
-	}
-	var ops []clientv3.Op
-	var dirs []string
-	// The new one counts against the retention.
-	for i := 0; i < len(ms)-(r.cfg.Retain-1) && len(ops) < 100; i++ {
-		if ms[i].Step >= step {
-			break
-		}
-		ops = append(ops, clientv3.OpDelete(r.leader.Keys().Checkpoint(ms[i].Step)))
-		if d := ms[i].Dir; d != "" && d != ms[i].Base && strings.HasPrefix(d, ms[i].Base+string(filepath.Separator)) {
-			dirs = append(dirs, d)
-		}
-	}
-	return ops, dirs, nil
 }
 
 // checkReplay compares a replayed step's loss with the committed one. It

@@ -16,16 +16,21 @@ import (
 
 // With TLS on everywhere (etcd serving client TLS with client
 // certificates required, every worker requiring them, the coordinator and
-// the workers presenting theirs) a GPipe job trains exactly as the
+// the workers presenting their role certificates, the workers checking
+// fences against the election) a GPipe job trains exactly as the
 // single-process trainer does.
 func TestJobOverMutualTLS(t *testing.T) {
 	const job, steps, n = "tls", 2, 2
 	dir := t.TempDir()
-	hosts := []string{"etcd", "coordinator"}
+	var names []string
 	for i := range n {
-		hosts = append(hosts, fmt.Sprintf("w%d", i))
+		names = append(names, fmt.Sprintf("w%d", i))
 	}
-	if _, err := tlsx.Generate(dir, hosts, time.Hour); err != nil {
+	certs, err := tlsx.JobCerts(job, true, names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tlsx.Issue(dir, append(certs, tlsx.Cert{File: "etcd"}), time.Hour); err != nil {
 		t.Fatal(err)
 	}
 	load := func(h string) *tls.Config {
@@ -45,8 +50,21 @@ func TestJobOverMutualTLS(t *testing.T) {
 	for i := range n {
 		name := fmt.Sprintf("w%d", i)
 		tc := load(name)
+		// Each worker registers and watches the election through its
+		// own TLS etcd client, as `stagecoach worker --tls-*` does.
+		cli, err := etcdx.DialTLS(ctx, e.Endpoints(), 0, tc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cli.Close() })
+		wctx, wcancel := context.WithCancel(ctx)
+		t.Cleanup(wcancel)
+		leader, err := etcdx.WatchLeader(wctx, cli, keys)
+		if err != nil {
+			t.Fatal(err)
+		}
 		w, err := worker.New(worker.Config{Name: name, Listen: "127.0.0.1:0", Job: job, DataDir: t.TempDir(), TLS: tc,
-			Logf: func(string, ...any) {}})
+			Leader: leader, Logf: func(string, ...any) {}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -55,13 +73,6 @@ func TestJobOverMutualTLS(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { w.Stop(time.Second) })
-		// Each worker registers through its own TLS etcd client, as
-		// `stagecoach worker --tls-*` does.
-		cli, err := etcdx.DialTLS(ctx, e.Endpoints(), 0, tc)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { cli.Close() })
 		s, err := etcdx.NewSession(ctx, cli, 2)
 		if err != nil {
 			t.Fatal(err)

@@ -4,11 +4,11 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strconv"
 
 	"stagecoach/internal/atomicfile"
+	"stagecoach/internal/metrics"
 	"stagecoach/model"
 	"stagecoach/scheduler"
 	"stagecoach/worker"
@@ -42,40 +42,33 @@ func stageList(layers, stages int) ([]scheduler.Stage, error) {
 
 // fillVacant writes, into the checkpoint directory of step under base, the
 // shard of every stage the current plan leaves vacant, taken from the
-// newest listed checkpoint (or the seeded initial state) and restamped
-// with step. It returns the files written.
-func (r *run) fillVacant(ctx context.Context, base string, step int64) ([]string, error) {
+// newest usable listed checkpoint whose copy of it verifies (or the
+// seeded initial state when none is listed) and restamped with step. It
+// returns the files written with their digests.
+func (r *run) fillVacant(ctx context.Context, base string, step int64) ([]ShardDigest, error) {
 	vacant := r.plan.VacantStages()
 	if len(vacant) == 0 {
 		return nil, nil
 	}
-	ck, err := latestCheckpoint(ctx, r.leader)
+	listed, err := r.usableCheckpoints(ctx)
 	if err != nil {
 		return nil, err
 	}
-	dir := worker.StepDir(base, step)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	root := r.root()
+	dir, err := root.MkdirAll(worker.StepDir(base, step))
+	if err != nil {
 		return nil, fmt.Errorf("coordinator: %w", err)
 	}
-	var files []string
+	var out []ShardDigest
 	for _, s := range vacant {
-		var tensors []model.STensor
-		var meta map[string]string
-		if ck != nil {
-			src := filepath.Join(worker.StepDir(ck.Base, ck.Step), model.ShardFile(s))
-			if tensors, meta, err = model.ReadSafetensorsFile(src); err != nil {
-				return nil, fmt.Errorf("coordinator: vacant stage %d: %w", s, err)
-			}
-			if meta[metaRestoredFrom] == "" {
-				meta[metaRestoredFrom] = meta[model.MetaStep]
-			}
-		} else if tensors, meta, err = r.seededShard(s); err != nil {
+		tensors, meta, err := r.vacantSource(listed, s)
+		if err != nil {
 			return nil, err
 		}
 		meta[model.MetaStep] = strconv.FormatInt(step, 10)
 		path := filepath.Join(dir, model.ShardFile(s))
 		var buf bytes.Buffer
-		err := model.WriteSafetensors(&buf, tensors, meta)
+		err = model.WriteSafetensors(&buf, tensors, meta)
 		if err == nil {
 			err = atomicfile.Write(path, buf.Bytes(), atomicfile.Options{})
 		}
@@ -83,9 +76,85 @@ func (r *run) fillVacant(ctx context.Context, base string, step int64) ([]string
 			return nil, fmt.Errorf("coordinator: vacant stage %d: %w", s, err)
 		}
 		r.cfg.Logf("stage %d is vacant: carried its state of step %s into %s", s, meta[metaRestoredFrom], path)
-		files = append(files, path)
+		d := model.DigestOf(buf.Bytes())
+		out = append(out, ShardDigest{Stage: s, File: path, Size: d.Size, SHA256: d.Hex()})
 	}
-	return files, atomicfile.SyncDir(dir)
+	return out, atomicfile.SyncDir(dir)
+}
+
+// vacantSource reads vacant stage s's state from the newest of listed
+// (newest first) whose shard of s matches its digest and parses; a
+// damaged one is skipped (logged, counted). With nothing listed it is the
+// seeded initial state.
+func (r *run) vacantSource(listed []CheckpointManifest, s int) ([]model.STensor, map[string]string, error) {
+	if len(listed) == 0 {
+		return r.seededShard(s)
+	}
+	for i := range listed {
+		ck := &listed[i]
+		tensors, meta, err := r.readListedShard(ck, s)
+		if err != nil {
+			r.skipCheckpoint(metrics.SkipCorrupt, fmt.Errorf("checkpoint of step %d for vacant stage %d: %w", ck.Step, s, err))
+			continue
+		}
+		if meta[metaRestoredFrom] == "" {
+			meta[metaRestoredFrom] = meta[model.MetaStep]
+		}
+		return tensors, meta, nil
+	}
+	return nil, nil, fmt.Errorf("coordinator: vacant stage %d: no listed checkpoint holds a copy of it that verifies", s)
+}
+
+// readListedShard reads stage s's shard of a listed checkpoint (checked
+// by checkListing) once it matches its size and SHA-256.
+func (r *run) readListedShard(ck *CheckpointManifest, s int) ([]model.STensor, map[string]string, error) {
+	var want model.Digest
+	found := false
+	for _, d := range ck.Shards {
+		if d.Stage == s {
+			dg, err := d.digest()
+			if err != nil {
+				return nil, nil, err
+			}
+			want, found = dg, true
+		}
+	}
+	if !found {
+		return nil, nil, fmt.Errorf("no digest for stage %d", s)
+	}
+	dir, err := r.stepDirOf(ck)
+	if err != nil {
+		return nil, nil, err
+	}
+	src := filepath.Join(dir, model.ShardFile(s))
+	f, err := r.root().Open(src)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer f.Close()
+	b, err := model.ReadVerified(f, src, want, maxVacantShard(r.cfg.Train.Model, len(r.plan.Stages), s))
+	if err != nil {
+		return nil, nil, err
+	}
+	return model.ParseVerified(b, src)
+}
+
+// maxVacantShard bounds stage s's shard file: its parameters and both
+// moments, plus a header allowance.
+func maxVacantShard(mc model.Config, stages, s int) int64 {
+	specs, err := model.Split(mc.Layers, stages, model.HeadFirst)
+	if err != nil || s >= len(specs) {
+		return 0
+	}
+	sh, err := model.NewShard(mc, specs[s])
+	if err != nil {
+		return 0
+	}
+	var states []model.ParamState
+	for _, p := range sh.Params() {
+		states = append(states, model.ParamState{T: p})
+	}
+	return model.ShardLimit(states)
 }
 
 // seededShard is stage s's initial state as a freshly configured worker

@@ -1,13 +1,18 @@
 package model
 
 import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 )
 
 // Checkpoints are safetensors files. Parameters keep their model names
@@ -72,35 +77,139 @@ func LoadStates(path string, states []ParamState, withOptim bool) (map[string]st
 	if err != nil {
 		return nil, err
 	}
+	return meta, FillStates(path, ts, states, withOptim)
+}
+
+// FillStates is LoadStates on tensors already read from the file named
+// name.
+func FillStates(name string, ts []STensor, states []ParamState, withOptim bool) error {
 	byName := make(map[string]STensor, len(ts))
 	for _, t := range ts {
 		byName[t.Name] = t
 	}
-	load := func(name string, shape []int, dst []float32) error {
-		t, ok := byName[name]
+	load := func(tn string, shape []int, dst []float32) error {
+		t, ok := byName[tn]
 		if !ok {
-			return fmt.Errorf("%s: tensor %q missing", path, name)
+			return fmt.Errorf("%s: tensor %q missing", name, tn)
 		}
 		if !sameShape(t.Shape, shape) {
-			return fmt.Errorf("%s: tensor %q has shape %v, model wants %v", path, name, t.Shape, shape)
+			return fmt.Errorf("%s: tensor %q has shape %v, model wants %v", name, tn, t.Shape, shape)
 		}
 		copy(dst, t.Data)
 		return nil
 	}
 	for _, st := range states {
 		if err := load(st.T.Name, st.T.Shape, st.T.W); err != nil {
-			return nil, err
+			return err
 		}
 		if withOptim {
 			if err := load("optim.m."+st.T.Name, st.T.Shape, st.M); err != nil {
-				return nil, err
+				return err
 			}
 			if err := load("optim.v."+st.T.Name, st.T.Shape, st.V); err != nil {
-				return nil, err
+				return err
 			}
 		}
 	}
-	return meta, nil
+	return nil
+}
+
+// MaxShardHeader bounds a checkpoint file's header (names, shapes, offsets
+// and the configs in the metadata) on top of its tensor bytes, when its
+// size is checked before it is read (ShardLimit).
+const MaxShardHeader = 16 << 20
+
+// ShardLimit is the most a checkpoint file of states (with optimizer
+// moments) may weigh: its tensor bytes, the header length field and
+// MaxShardHeader.
+func ShardLimit(states []ParamState) int64 { return 8 + MaxShardHeader + StatesBytes(states, true) }
+
+// StatesBytes is the tensor data a checkpoint of states holds (weights,
+// and both moments when withOptim), in bytes: with a header bound, the
+// most a shard file of them may weigh.
+func StatesBytes(states []ParamState, withOptim bool) int64 {
+	var n int64
+	for _, st := range states {
+		n += 4 * int64(len(st.T.W))
+	}
+	if withOptim {
+		n *= 3
+	}
+	return n
+}
+
+// Digest identifies a checkpoint file by content: its size and SHA-256.
+type Digest struct {
+	Size   int64
+	SHA256 [sha256.Size]byte
+}
+
+// DigestOf is the digest of b.
+func DigestOf(b []byte) Digest { return Digest{Size: int64(len(b)), SHA256: sha256.Sum256(b)} }
+
+// Hex is the SHA-256 in hex.
+func (d Digest) Hex() string { return hex.EncodeToString(d.SHA256[:]) }
+
+// ParseDigest builds a digest from a size and a SHA-256 in bytes.
+func ParseDigest(size int64, sum []byte) (Digest, error) {
+	var d Digest
+	if size < 0 {
+		return d, fmt.Errorf("negative size %d", size)
+	}
+	if len(sum) != sha256.Size {
+		return d, fmt.Errorf("SHA-256 of %d bytes, want %d", len(sum), sha256.Size)
+	}
+	d.Size = size
+	copy(d.SHA256[:], sum)
+	return d, nil
+}
+
+// ErrCorrupt marks a checkpoint file whose size or SHA-256 is not the one
+// its listing records, or which does not parse: a bad checkpoint, as
+// opposed to one that cannot be read at the moment.
+var ErrCorrupt = errors.New("corrupt checkpoint")
+
+// ReadVerified reads the file r names (name is for errors) and returns its
+// bytes once they match want. The size is checked before anything is
+// allocated: against limit (what the caller can have in memory for this
+// file) and against the file's own size when r is an *os.File; the bytes
+// are hashed as they are read, and never more than want.Size+1 are read.
+func ReadVerified(r io.Reader, name string, want Digest, limit int64) ([]byte, error) {
+	if want.Size > limit {
+		return nil, fmt.Errorf("%w: %s: listed size %d exceeds the %d-byte bound of this shard", ErrCorrupt, name, want.Size, limit)
+	}
+	if f, ok := r.(*os.File); ok {
+		fi, err := f.Stat()
+		if err != nil {
+			return nil, err
+		}
+		if fi.Size() != want.Size {
+			return nil, fmt.Errorf("%w: %s is %d bytes, its listing says %d", ErrCorrupt, name, fi.Size(), want.Size)
+		}
+	}
+	h := sha256.New()
+	buf := bytes.NewBuffer(make([]byte, 0, want.Size))
+	n, err := io.Copy(io.MultiWriter(buf, h), io.LimitReader(r, want.Size+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	if n != want.Size {
+		return nil, fmt.Errorf("%w: %s: read %d bytes, its listing says %d", ErrCorrupt, name, n, want.Size)
+	}
+	if got := h.Sum(nil); !bytes.Equal(got, want.SHA256[:]) {
+		return nil, fmt.Errorf("%w: %s: SHA-256 %x, its listing says %x", ErrCorrupt, name, got, want.SHA256)
+	}
+	return buf.Bytes(), nil
+}
+
+// ParseVerified parses verified bytes of a checkpoint file; a parse
+// failure is ErrCorrupt.
+func ParseVerified(b []byte, name string) ([]STensor, map[string]string, error) {
+	ts, meta, err := ReadSafetensors(b)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %s: %w", ErrCorrupt, name, err)
+	}
+	return ts, meta, nil
 }
 
 func sameShape(a, b []int) bool {
@@ -131,9 +240,19 @@ func (t *Trainer) Meta(extra map[string]string) map[string]string {
 	return meta
 }
 
+// SumsFile, in a checkpoint directory the trainer saved, lists every
+// checkpoint file with its SHA-256 in sha256sum's format (`sha256sum -c
+// SHA256SUMS` checks them); LoadTrainer and LoadPipeline verify the file
+// they read against it.
+const SumsFile = "SHA256SUMS"
+
+// maxSumsBytes bounds a SHA256SUMS file.
+const maxSumsBytes = 1 << 20
+
 // Save writes dir/model.safetensors (whole model) and one
 // dir/shard-<i>.safetensors per shard, each with optimizer state and the
-// metadata (configs, step, plus extra such as the data position).
+// metadata (configs, step, plus extra such as the data position), then
+// dir/SHA256SUMS.
 func (t *Trainer) Save(dir string, extra map[string]string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
@@ -151,13 +270,93 @@ func (t *Trainer) Save(dir string, extra map[string]string) error {
 			return err
 		}
 	}
+	names := []string{WholeModelFile}
+	for i := range t.Opts {
+		names = append(names, ShardFile(i))
+	}
+	return writeSums(dir, names)
+}
+
+// writeSums hashes the named files of dir into dir/SHA256SUMS.
+func writeSums(dir string, names []string) error {
+	var b bytes.Buffer
+	for _, n := range names {
+		sum, err := hashFile(filepath.Join(dir, n))
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(&b, "%x  %s\n", sum, n)
+	}
+	tmp := filepath.Join(dir, SumsFile+".tmp")
+	if err := os.WriteFile(tmp, b.Bytes(), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(dir, SumsFile))
+}
+
+// hashFile streams a file through SHA-256.
+func hashFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return h.Sum(nil), nil
+}
+
+// VerifyFile checks a checkpoint file the trainer saved against the
+// SHA256SUMS beside it, hashing it as a stream: ErrCorrupt when the
+// SHA-256 differs, an error naming the fix when the file is not listed
+// or there is no SHA256SUMS.
+func VerifyFile(path string) error {
+	dir, name := filepath.Split(path)
+	sums := filepath.Join(dir, SumsFile)
+	f, err := os.Open(sums)
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("%s: no %s beside it to verify it against (a checkpoint saved before digests were written: check it and run `sha256sum *.safetensors > %s` in its directory to load it)", path, SumsFile, SumsFile)
+	}
+	if err != nil {
+		return err
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxSumsBytes+1))
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("%s: %w", sums, err)
+	}
+	if len(b) > maxSumsBytes {
+		return fmt.Errorf("%w: %s is over %d bytes", ErrCorrupt, sums, maxSumsBytes)
+	}
+	var want string
+	for _, line := range strings.Split(string(b), "\n") {
+		if sum, file, ok := strings.Cut(line, "  "); ok && strings.TrimPrefix(file, "*") == name {
+			want = sum
+		}
+	}
+	if want == "" {
+		return fmt.Errorf("%s: not listed in %s", path, sums)
+	}
+	got, err := hashFile(path)
+	if err != nil {
+		return err
+	}
+	if hex.EncodeToString(got) != strings.ToLower(want) {
+		return fmt.Errorf("%w: %s: SHA-256 %x, %s says %s", ErrCorrupt, path, got, sums, want)
+	}
 	return nil
 }
 
 // LoadTrainer restores a trainer from a checkpoint file (whole-model or,
-// for a one-shard model, a shard file) so that training resumes exactly. It
+// for a one-shard model, a shard file) so that training resumes exactly,
+// after VerifyFile. It
 // returns the metadata for the caller's own keys (data position).
 func LoadTrainer(path string) (*Trainer, map[string]string, error) {
+	if err := VerifyFile(path); err != nil {
+		return nil, nil, err
+	}
 	_, meta, err := ReadSafetensorsFile(path)
 	if err != nil {
 		return nil, nil, err
@@ -185,8 +384,11 @@ func LoadTrainer(path string) (*Trainer, map[string]string, error) {
 }
 
 // LoadPipeline loads a checkpoint's weights (no optimizer state) into a
-// model split into stages shards, for evaluation.
+// model split into stages shards, for evaluation, after VerifyFile.
 func LoadPipeline(path string, stages int, layout Layout) (*Pipeline, map[string]string, error) {
+	if err := VerifyFile(path); err != nil {
+		return nil, nil, err
+	}
 	_, meta, err := ReadSafetensorsFile(path)
 	if err != nil {
 		return nil, nil, err

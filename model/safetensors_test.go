@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"math"
 	"os"
 	"path/filepath"
@@ -143,12 +144,25 @@ func TestCheckpointWrongShape(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "has shape") {
 		t.Fatalf("wrong shape: %v", err)
 	}
-	// truncated checkpoint file
+	// A truncated or bit-flipped file fails its SHA256SUMS entry before
+	// it is parsed; without SHA256SUMS it is not loaded either.
 	p := filepath.Join(dir, ShardFile(0))
-	b, _ := os.ReadFile(p)
-	os.WriteFile(p, b[:len(b)/2], 0o644)
-	if _, _, err := LoadTrainer(p); err == nil || !strings.Contains(err.Error(), "truncated") {
-		t.Fatalf("truncated: %v", err)
+	good, _ := os.ReadFile(p)
+	flipped := append([]byte(nil), good...)
+	flipped[len(flipped)-5] ^= 0x10
+	for name, b := range map[string][]byte{"truncated": good[:len(good)/2], "flipped": flipped} {
+		os.WriteFile(p, b, 0o644)
+		if _, _, err := LoadTrainer(p); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), SumsFile) {
+			t.Errorf("%s: %v, want ErrCorrupt against %s", name, err, SumsFile)
+		}
+	}
+	os.WriteFile(p, good, 0o644)
+	if _, _, err := LoadTrainer(p); err != nil {
+		t.Fatalf("intact file: %v", err)
+	}
+	os.Remove(filepath.Join(dir, SumsFile))
+	if _, _, err := LoadPipeline(filepath.Join(dir, WholeModelFile), 1, HeadFirst); err == nil || !strings.Contains(err.Error(), "sha256sum") {
+		t.Errorf("without %s: %v, want a refusal naming the fix", SumsFile, err)
 	}
 }
 

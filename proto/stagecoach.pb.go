@@ -162,7 +162,11 @@ type ConfigureRequest struct {
 	// from their seeded initial parameters and the applied step from 0, as
 	// a new job does (a recovery that rolls back to before the first
 	// checkpoint).
-	Fresh         bool `protobuf:"varint,8,opt,name=fresh,proto3" json:"fresh,omitempty"`
+	Fresh bool `protobuf:"varint,8,opt,name=fresh,proto3" json:"fresh,omitempty"`
+	// peer_names lists every plan worker's name, by worker index: under
+	// mutual TLS a peer's tensor claiming to come from worker i must be
+	// sent under the certificate of worker peer_names[i].
+	PeerNames     []string `protobuf:"bytes,9,rep,name=peer_names,json=peerNames,proto3" json:"peer_names,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -251,6 +255,13 @@ func (x *ConfigureRequest) GetFresh() bool {
 		return x.Fresh
 	}
 	return false
+}
+
+func (x *ConfigureRequest) GetPeerNames() []string {
+	if x != nil {
+		return x.PeerNames
+	}
+	return nil
 }
 
 type ConfigureResponse struct {
@@ -685,10 +696,14 @@ func (x *StepResponse) GetAppliedStep() int64 {
 }
 
 type CheckpointRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Fence         *Fence                 `protobuf:"bytes,1,opt,name=fence,proto3" json:"fence,omitempty"`
-	Dir           string                 `protobuf:"bytes,2,opt,name=dir,proto3" json:"dir,omitempty"`
-	Step          int64                  `protobuf:"varint,3,opt,name=step,proto3" json:"step,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Fence *Fence                 `protobuf:"bytes,1,opt,name=fence,proto3" json:"fence,omitempty"`
+	Dir   string                 `protobuf:"bytes,2,opt,name=dir,proto3" json:"dir,omitempty"`
+	Step  int64                  `protobuf:"varint,3,opt,name=step,proto3" json:"step,omitempty"`
+	// shards (LoadCheckpoint) are the expected size and SHA-256 of every
+	// shard file, from the checkpoint's listing: a worker loads a stage
+	// only from a file that matches its entry.
+	Shards        []*ShardDigest `protobuf:"bytes,4,rep,name=shards,proto3" json:"shards,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -744,9 +759,19 @@ func (x *CheckpointRequest) GetStep() int64 {
 	return 0
 }
 
+func (x *CheckpointRequest) GetShards() []*ShardDigest {
+	if x != nil {
+		return x.Shards
+	}
+	return nil
+}
+
 type CheckpointResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Files         []string               `protobuf:"bytes,1,rep,name=files,proto3" json:"files,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Files []string               `protobuf:"bytes,1,rep,name=files,proto3" json:"files,omitempty"`
+	// shards (SaveCheckpoint) are the size and SHA-256 of every file
+	// written, for the checkpoint's listing.
+	Shards        []*ShardDigest `protobuf:"bytes,2,rep,name=shards,proto3" json:"shards,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -788,6 +813,84 @@ func (x *CheckpointResponse) GetFiles() []string {
 	return nil
 }
 
+func (x *CheckpointResponse) GetShards() []*ShardDigest {
+	if x != nil {
+		return x.Shards
+	}
+	return nil
+}
+
+// ShardDigest identifies one stage's shard file by content.
+type ShardDigest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Stage int32                  `protobuf:"varint,1,opt,name=stage,proto3" json:"stage,omitempty"`
+	// file is the path the worker wrote (SaveCheckpoint); ignored on load,
+	// where the stage and the directory name the file.
+	File          string `protobuf:"bytes,2,opt,name=file,proto3" json:"file,omitempty"`
+	Size          int64  `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"`
+	Sha256        []byte `protobuf:"bytes,4,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShardDigest) Reset() {
+	*x = ShardDigest{}
+	mi := &file_proto_stagecoach_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShardDigest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShardDigest) ProtoMessage() {}
+
+func (x *ShardDigest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_stagecoach_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShardDigest.ProtoReflect.Descriptor instead.
+func (*ShardDigest) Descriptor() ([]byte, []int) {
+	return file_proto_stagecoach_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ShardDigest) GetStage() int32 {
+	if x != nil {
+		return x.Stage
+	}
+	return 0
+}
+
+func (x *ShardDigest) GetFile() string {
+	if x != nil {
+		return x.File
+	}
+	return ""
+}
+
+func (x *ShardDigest) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *ShardDigest) GetSha256() []byte {
+	if x != nil {
+		return x.Sha256
+	}
+	return nil
+}
+
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -796,7 +899,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_proto_stagecoach_proto_msgTypes[11]
+	mi := &file_proto_stagecoach_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -808,7 +911,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_stagecoach_proto_msgTypes[11]
+	mi := &file_proto_stagecoach_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -821,7 +924,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_proto_stagecoach_proto_rawDescGZIP(), []int{11}
+	return file_proto_stagecoach_proto_rawDescGZIP(), []int{12}
 }
 
 type StatusResponse struct {
@@ -836,7 +939,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_proto_stagecoach_proto_msgTypes[12]
+	mi := &file_proto_stagecoach_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -848,7 +951,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_stagecoach_proto_msgTypes[12]
+	mi := &file_proto_stagecoach_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -861,7 +964,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_proto_stagecoach_proto_rawDescGZIP(), []int{12}
+	return file_proto_stagecoach_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StatusResponse) GetName() string {
@@ -913,7 +1016,7 @@ type TensorHeader struct {
 
 func (x *TensorHeader) Reset() {
 	*x = TensorHeader{}
-	mi := &file_proto_stagecoach_proto_msgTypes[13]
+	mi := &file_proto_stagecoach_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -925,7 +1028,7 @@ func (x *TensorHeader) String() string {
 func (*TensorHeader) ProtoMessage() {}
 
 func (x *TensorHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_stagecoach_proto_msgTypes[13]
+	mi := &file_proto_stagecoach_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -938,7 +1041,7 @@ func (x *TensorHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TensorHeader.ProtoReflect.Descriptor instead.
 func (*TensorHeader) Descriptor() ([]byte, []int) {
-	return file_proto_stagecoach_proto_rawDescGZIP(), []int{13}
+	return file_proto_stagecoach_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *TensorHeader) GetFence() *Fence {
@@ -1021,7 +1124,7 @@ type TensorChunk struct {
 
 func (x *TensorChunk) Reset() {
 	*x = TensorChunk{}
-	mi := &file_proto_stagecoach_proto_msgTypes[14]
+	mi := &file_proto_stagecoach_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1033,7 +1136,7 @@ func (x *TensorChunk) String() string {
 func (*TensorChunk) ProtoMessage() {}
 
 func (x *TensorChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_stagecoach_proto_msgTypes[14]
+	mi := &file_proto_stagecoach_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1046,7 +1149,7 @@ func (x *TensorChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TensorChunk.ProtoReflect.Descriptor instead.
 func (*TensorChunk) Descriptor() ([]byte, []int) {
-	return file_proto_stagecoach_proto_rawDescGZIP(), []int{14}
+	return file_proto_stagecoach_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *TensorChunk) GetHeader() *TensorHeader {
@@ -1071,7 +1174,7 @@ type TensorAck struct {
 
 func (x *TensorAck) Reset() {
 	*x = TensorAck{}
-	mi := &file_proto_stagecoach_proto_msgTypes[15]
+	mi := &file_proto_stagecoach_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1083,7 +1186,7 @@ func (x *TensorAck) String() string {
 func (*TensorAck) ProtoMessage() {}
 
 func (x *TensorAck) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_stagecoach_proto_msgTypes[15]
+	mi := &file_proto_stagecoach_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1096,7 +1199,7 @@ func (x *TensorAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TensorAck.ProtoReflect.Descriptor instead.
 func (*TensorAck) Descriptor() ([]byte, []int) {
-	return file_proto_stagecoach_proto_rawDescGZIP(), []int{15}
+	return file_proto_stagecoach_proto_rawDescGZIP(), []int{16}
 }
 
 var File_proto_stagecoach_proto protoreflect.FileDescriptor
@@ -1108,7 +1211,7 @@ const file_proto_stagecoach_proto_rawDesc = "" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x1d\n" +
 	"\n" +
 	"leader_rev\x18\x02 \x01(\x03R\tleaderRev\x12\x14\n" +
-	"\x05epoch\x18\x03 \x01(\x03R\x05epoch\"\xfe\x01\n" +
+	"\x05epoch\x18\x03 \x01(\x03R\x05epoch\"\x9d\x02\n" +
 	"\x10ConfigureRequest\x12*\n" +
 	"\x05fence\x18\x01 \x01(\v2\x14.stagecoach.v1.FenceR\x05fence\x12\x1b\n" +
 	"\tplan_json\x18\x02 \x01(\fR\bplanJson\x12\x16\n" +
@@ -1118,7 +1221,9 @@ const file_proto_stagecoach_proto_rawDesc = "" +
 	"model_json\x18\x05 \x01(\fR\tmodelJson\x12\x12\n" +
 	"\x04seed\x18\x06 \x01(\x03R\x04seed\x12*\n" +
 	"\x11link_shaping_yaml\x18\a \x01(\fR\x0flinkShapingYaml\x12\x14\n" +
-	"\x05fresh\x18\b \x01(\bR\x05fresh\"2\n" +
+	"\x05fresh\x18\b \x01(\bR\x05fresh\x12\x1d\n" +
+	"\n" +
+	"peer_names\x18\t \x03(\tR\tpeerNames\"2\n" +
 	"\x11ConfigureResponse\x12\x1d\n" +
 	"\n" +
 	"num_params\x18\x01 \x01(\x03R\tnumParams\"p\n" +
@@ -1156,13 +1261,20 @@ const file_proto_stagecoach_proto_rawDesc = "" +
 	"clip_scale\x18\x03 \x01(\x01R\tclipScale\x12\x0e\n" +
 	"\x02lr\x18\x04 \x01(\x01R\x02lr\"1\n" +
 	"\fStepResponse\x12!\n" +
-	"\fapplied_step\x18\x01 \x01(\x03R\vappliedStep\"e\n" +
+	"\fapplied_step\x18\x01 \x01(\x03R\vappliedStep\"\x99\x01\n" +
 	"\x11CheckpointRequest\x12*\n" +
 	"\x05fence\x18\x01 \x01(\v2\x14.stagecoach.v1.FenceR\x05fence\x12\x10\n" +
 	"\x03dir\x18\x02 \x01(\tR\x03dir\x12\x12\n" +
-	"\x04step\x18\x03 \x01(\x03R\x04step\"*\n" +
+	"\x04step\x18\x03 \x01(\x03R\x04step\x122\n" +
+	"\x06shards\x18\x04 \x03(\v2\x1a.stagecoach.v1.ShardDigestR\x06shards\"^\n" +
 	"\x12CheckpointResponse\x12\x14\n" +
-	"\x05files\x18\x01 \x03(\tR\x05files\"\x0f\n" +
+	"\x05files\x18\x01 \x03(\tR\x05files\x122\n" +
+	"\x06shards\x18\x02 \x03(\v2\x1a.stagecoach.v1.ShardDigestR\x06shards\"c\n" +
+	"\vShardDigest\x12\x14\n" +
+	"\x05stage\x18\x01 \x01(\x05R\x05stage\x12\x12\n" +
+	"\x04file\x18\x02 \x01(\tR\x04file\x12\x12\n" +
+	"\x04size\x18\x03 \x01(\x03R\x04size\x12\x16\n" +
+	"\x06sha256\x18\x04 \x01(\fR\x06sha256\"\x0f\n" +
 	"\rStatusRequest\"u\n" +
 	"\x0eStatusResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
@@ -1219,7 +1331,7 @@ func file_proto_stagecoach_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_stagecoach_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_proto_stagecoach_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_proto_stagecoach_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_proto_stagecoach_proto_goTypes = []any{
 	(TensorKind)(0),              // 0: stagecoach.v1.TensorKind
 	(*Fence)(nil),                // 1: stagecoach.v1.Fence
@@ -1233,45 +1345,48 @@ var file_proto_stagecoach_proto_goTypes = []any{
 	(*StepResponse)(nil),         // 9: stagecoach.v1.StepResponse
 	(*CheckpointRequest)(nil),    // 10: stagecoach.v1.CheckpointRequest
 	(*CheckpointResponse)(nil),   // 11: stagecoach.v1.CheckpointResponse
-	(*StatusRequest)(nil),        // 12: stagecoach.v1.StatusRequest
-	(*StatusResponse)(nil),       // 13: stagecoach.v1.StatusResponse
-	(*TensorHeader)(nil),         // 14: stagecoach.v1.TensorHeader
-	(*TensorChunk)(nil),          // 15: stagecoach.v1.TensorChunk
-	(*TensorAck)(nil),            // 16: stagecoach.v1.TensorAck
-	nil,                          // 17: stagecoach.v1.RunIterationResponse.LossesEntry
-	nil,                          // 18: stagecoach.v1.RunIterationResponse.TensorSumSquaresEntry
+	(*ShardDigest)(nil),          // 12: stagecoach.v1.ShardDigest
+	(*StatusRequest)(nil),        // 13: stagecoach.v1.StatusRequest
+	(*StatusResponse)(nil),       // 14: stagecoach.v1.StatusResponse
+	(*TensorHeader)(nil),         // 15: stagecoach.v1.TensorHeader
+	(*TensorChunk)(nil),          // 16: stagecoach.v1.TensorChunk
+	(*TensorAck)(nil),            // 17: stagecoach.v1.TensorAck
+	nil,                          // 18: stagecoach.v1.RunIterationResponse.LossesEntry
+	nil,                          // 19: stagecoach.v1.RunIterationResponse.TensorSumSquaresEntry
 }
 var file_proto_stagecoach_proto_depIdxs = []int32{
 	1,  // 0: stagecoach.v1.ConfigureRequest.fence:type_name -> stagecoach.v1.Fence
 	1,  // 1: stagecoach.v1.RunIterationRequest.fence:type_name -> stagecoach.v1.Fence
 	4,  // 2: stagecoach.v1.RunIterationRequest.data:type_name -> stagecoach.v1.MicrobatchData
-	17, // 3: stagecoach.v1.RunIterationResponse.losses:type_name -> stagecoach.v1.RunIterationResponse.LossesEntry
+	18, // 3: stagecoach.v1.RunIterationResponse.losses:type_name -> stagecoach.v1.RunIterationResponse.LossesEntry
 	6,  // 4: stagecoach.v1.RunIterationResponse.timings:type_name -> stagecoach.v1.ActionTiming
-	18, // 5: stagecoach.v1.RunIterationResponse.tensor_sum_squares:type_name -> stagecoach.v1.RunIterationResponse.TensorSumSquaresEntry
+	19, // 5: stagecoach.v1.RunIterationResponse.tensor_sum_squares:type_name -> stagecoach.v1.RunIterationResponse.TensorSumSquaresEntry
 	1,  // 6: stagecoach.v1.StepRequest.fence:type_name -> stagecoach.v1.Fence
 	1,  // 7: stagecoach.v1.CheckpointRequest.fence:type_name -> stagecoach.v1.Fence
-	1,  // 8: stagecoach.v1.TensorHeader.fence:type_name -> stagecoach.v1.Fence
-	0,  // 9: stagecoach.v1.TensorHeader.kind:type_name -> stagecoach.v1.TensorKind
-	14, // 10: stagecoach.v1.TensorChunk.header:type_name -> stagecoach.v1.TensorHeader
-	2,  // 11: stagecoach.v1.Worker.Configure:input_type -> stagecoach.v1.ConfigureRequest
-	5,  // 12: stagecoach.v1.Worker.RunIteration:input_type -> stagecoach.v1.RunIterationRequest
-	8,  // 13: stagecoach.v1.Worker.Step:input_type -> stagecoach.v1.StepRequest
-	10, // 14: stagecoach.v1.Worker.SaveCheckpoint:input_type -> stagecoach.v1.CheckpointRequest
-	10, // 15: stagecoach.v1.Worker.LoadCheckpoint:input_type -> stagecoach.v1.CheckpointRequest
-	12, // 16: stagecoach.v1.Worker.Status:input_type -> stagecoach.v1.StatusRequest
-	15, // 17: stagecoach.v1.Peer.SendTensor:input_type -> stagecoach.v1.TensorChunk
-	3,  // 18: stagecoach.v1.Worker.Configure:output_type -> stagecoach.v1.ConfigureResponse
-	7,  // 19: stagecoach.v1.Worker.RunIteration:output_type -> stagecoach.v1.RunIterationResponse
-	9,  // 20: stagecoach.v1.Worker.Step:output_type -> stagecoach.v1.StepResponse
-	11, // 21: stagecoach.v1.Worker.SaveCheckpoint:output_type -> stagecoach.v1.CheckpointResponse
-	11, // 22: stagecoach.v1.Worker.LoadCheckpoint:output_type -> stagecoach.v1.CheckpointResponse
-	13, // 23: stagecoach.v1.Worker.Status:output_type -> stagecoach.v1.StatusResponse
-	16, // 24: stagecoach.v1.Peer.SendTensor:output_type -> stagecoach.v1.TensorAck
-	18, // [18:25] is the sub-list for method output_type
-	11, // [11:18] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	12, // 8: stagecoach.v1.CheckpointRequest.shards:type_name -> stagecoach.v1.ShardDigest
+	12, // 9: stagecoach.v1.CheckpointResponse.shards:type_name -> stagecoach.v1.ShardDigest
+	1,  // 10: stagecoach.v1.TensorHeader.fence:type_name -> stagecoach.v1.Fence
+	0,  // 11: stagecoach.v1.TensorHeader.kind:type_name -> stagecoach.v1.TensorKind
+	15, // 12: stagecoach.v1.TensorChunk.header:type_name -> stagecoach.v1.TensorHeader
+	2,  // 13: stagecoach.v1.Worker.Configure:input_type -> stagecoach.v1.ConfigureRequest
+	5,  // 14: stagecoach.v1.Worker.RunIteration:input_type -> stagecoach.v1.RunIterationRequest
+	8,  // 15: stagecoach.v1.Worker.Step:input_type -> stagecoach.v1.StepRequest
+	10, // 16: stagecoach.v1.Worker.SaveCheckpoint:input_type -> stagecoach.v1.CheckpointRequest
+	10, // 17: stagecoach.v1.Worker.LoadCheckpoint:input_type -> stagecoach.v1.CheckpointRequest
+	13, // 18: stagecoach.v1.Worker.Status:input_type -> stagecoach.v1.StatusRequest
+	16, // 19: stagecoach.v1.Peer.SendTensor:input_type -> stagecoach.v1.TensorChunk
+	3,  // 20: stagecoach.v1.Worker.Configure:output_type -> stagecoach.v1.ConfigureResponse
+	7,  // 21: stagecoach.v1.Worker.RunIteration:output_type -> stagecoach.v1.RunIterationResponse
+	9,  // 22: stagecoach.v1.Worker.Step:output_type -> stagecoach.v1.StepResponse
+	11, // 23: stagecoach.v1.Worker.SaveCheckpoint:output_type -> stagecoach.v1.CheckpointResponse
+	11, // 24: stagecoach.v1.Worker.LoadCheckpoint:output_type -> stagecoach.v1.CheckpointResponse
+	14, // 25: stagecoach.v1.Worker.Status:output_type -> stagecoach.v1.StatusResponse
+	17, // 26: stagecoach.v1.Peer.SendTensor:output_type -> stagecoach.v1.TensorAck
+	20, // [20:27] is the sub-list for method output_type
+	13, // [13:20] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_proto_stagecoach_proto_init() }
@@ -1285,7 +1400,7 @@ func file_proto_stagecoach_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_stagecoach_proto_rawDesc), len(file_proto_stagecoach_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   18,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -5,9 +5,41 @@ import "fmt"
 // rankOrder returns the program of pipeline rank r of p for m local
 // microbatches, before loss, all-reduce and optimizer actions are added.
 // Actions use local microbatch indices and the chunk index (0..v-1) in
-// Stage; classicPlan maps them to global microbatches and stages
-// (stage = chunk*p + rank).
+// Stage (and in Back.Stage for an overlapped pair); classicPlan maps them
+// to global microbatches and stages through the schedule's placement.
 type rankOrder func(rank, p, v, m int) []Action
+
+// placement says which stage each rank's chunks are: stage(rank, chunk)
+// and its inverse rankOf(stage). Either way stage 0 is on rank 0, every
+// microbatch visits the stages in order, and the head (loss) is on the
+// rank holding the last stage.
+type placement uint8
+
+const (
+	// looped: chunk c of rank r is stage c*p + r (Megatron-LM's
+	// interleaving; one chunk is the plain pipeline). The head stage
+	// p*v-1 is on rank p-1.
+	looped placement = iota
+	// vShape folds the chunks in a V (ZB-V, V-Half, V-Min, DualPipeV):
+	// even chunks run down the ranks, odd ones back up, so with two
+	// chunks rank r holds stages r and 2p-1-r, a microbatch turns round
+	// on rank p-1 without a message, and the head stage 2p-1 is on rank 0.
+	vShape
+)
+
+func (pl placement) stage(rank, chunk, p int) int {
+	if pl == vShape && chunk%2 == 1 {
+		return chunk*p + p - 1 - rank
+	}
+	return chunk*p + rank
+}
+
+func (pl placement) rankOf(stage, p int) int {
+	if pl == vShape && (stage/p)%2 == 1 {
+		return p - 1 - stage%p
+	}
+	return stage % p
+}
 
 func init() {
 	Register("gpipe", func(s Spec) (*Plan, error) { return classicPlan(s, "gpipe", 1, gpipeOrder) })
@@ -53,6 +85,11 @@ func oneFOneBOrder(rank, p, v, m int) []Action {
 // order, rank r of every replica holding stages r, r+p, ..., and the loss
 // computed on the worker holding the last stage.
 func classicPlan(s Spec, name string, defaultChunks int, order rankOrder) (*Plan, error) {
+	return classicPlanAt(s, name, defaultChunks, looped, order)
+}
+
+// classicPlanAt is classicPlan with the chunks placed by pl.
+func classicPlanAt(s Spec, name string, defaultChunks int, pl placement, order rankOrder) (*Plan, error) {
 	if err := s.normalise(defaultChunks); err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
@@ -86,7 +123,7 @@ func classicPlan(s Spec, name string, defaultChunks int, order rankOrder) (*Plan
 				w.Node = s.Nodes[r*nr+k]
 			}
 			for c := range v {
-				w.Stages = append(w.Stages, c*p+r)
+				w.Stages = append(w.Stages, pl.stage(r, c, p))
 			}
 		}
 	}
@@ -109,7 +146,7 @@ func classicPlan(s Spec, name string, defaultChunks int, order rankOrder) (*Plan
 		}
 		path := make([]Hop, ns)
 		for st := range ns {
-			path[st] = Hop{Worker: (st%p)*nr + k, Stage: st}
+			path[st] = Hop{Worker: pl.rankOf(st, p)*nr + k, Stage: st}
 		}
 		plan.Microbatches[mb] = Microbatch{Samples: s.Samples, Path: path, LossWorker: path[ns-1].Worker}
 	}
@@ -124,16 +161,20 @@ func classicPlan(s Spec, name string, defaultChunks int, order rankOrder) (*Plan
 					a.Microbatch += first[k]
 				}
 				if a.Stage >= 0 {
-					a.Stage = a.Stage*p + r
+					a.Stage = pl.stage(r, a.Stage, p)
+				}
+				if a.Kind == Overlapped {
+					a.Back.Microbatch += first[k]
+					a.Back.Stage = pl.stage(r, a.Back.Stage, p)
 				}
 				prog = append(prog, a)
-				if a.Kind == Forward && a.Stage == ns-1 {
+				if (a.Kind == Forward || a.Kind == Overlapped) && a.Stage == ns-1 {
 					prog = append(prog, L(a.Microbatch, ns-1))
 				}
 			}
 			if nr > 1 {
 				for c := v - 1; c >= 0; c-- {
-					prog = append(prog, R(c*p+r))
+					prog = append(prog, R(pl.stage(r, c, p)))
 				}
 			}
 			plan.Programs[w] = append(prog, Step())

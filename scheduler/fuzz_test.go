@@ -15,7 +15,7 @@ import (
 // FuzzDecode: whatever Decode accepts re-encodes to a plan that decodes to
 // the same encoding.
 func FuzzDecode(f *testing.F) {
-	for _, name := range []string{"gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "gpipe-recompute"} {
+	for _, name := range []string{"gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "gpipe-recompute", "looped-bfs", "zb-v", "dualpipe-v"} {
 		plan, err := Generate(name, Spec{Stages: 2, Microbatches: 3, Replicas: 2})
 		if err != nil {
 			f.Fatal(err)
@@ -63,7 +63,7 @@ func FuzzDecode(f *testing.F) {
 // FuzzPyTorchCSV: whatever the importer accepts exports, in both
 // dialects, to a CSV that imports to the same plan and exports the same.
 func FuzzPyTorchCSV(f *testing.F) {
-	for _, name := range []string{"gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2"} {
+	for _, name := range []string{"gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "interleaved-zb", "zb-v", "dualpipe-v"} {
 		plan, err := Generate(name, Spec{Stages: 3, Microbatches: 4})
 		if err != nil {
 			f.Fatal(err)

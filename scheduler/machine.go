@@ -98,7 +98,8 @@ func (ix *Index) hopOf(mb, stage int) int {
 	return int(ix.hop[mb*ix.ns+stage])
 }
 
-// Input is the message an action needs before it may start, if any.
+// Input is the message an action needs before it may start, if any. An
+// Overlapped pair needs two: see Inputs.
 func (ix *Index) Input(worker int, a Action) (Tag, bool) {
 	switch a.Kind {
 	case Forward:
@@ -113,7 +114,8 @@ func (ix *Index) Input(worker int, a Action) (Tag, bool) {
 	return Tag{}, false
 }
 
-// Output is the message an action sends when it finishes, if any.
+// Output is the message an action sends when it finishes, if any. An
+// Overlapped pair may send two: see Outputs.
 func (ix *Index) Output(worker int, a Action) (Message, bool) {
 	p := ix.plan
 	switch a.Kind {
@@ -138,6 +140,38 @@ func (ix *Index) Output(worker int, a Action) (Message, bool) {
 		}
 	}
 	return Message{}, false
+}
+
+// Inputs lists the messages a needs before it may start: Input's, or both
+// halves' for an Overlapped pair.
+func (ix *Index) Inputs(worker int, a Action) []Tag {
+	var out []Tag
+	f, b, pair := a.Halves()
+	if t, ok := ix.Input(worker, f); ok {
+		out = append(out, t)
+	}
+	if pair {
+		if t, ok := ix.Input(worker, b); ok {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// Outputs lists the messages a sends when it finishes, sends to the worker
+// itself included: Output's, or both halves' for an Overlapped pair.
+func (ix *Index) Outputs(worker int, a Action) []Message {
+	var out []Message
+	f, b, pair := a.Halves()
+	if m, ok := ix.Output(worker, f); ok {
+		out = append(out, m)
+	}
+	if pair {
+		if m, ok := ix.Output(worker, b); ok {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 // Machine interprets one worker's program. It is the single definition of
@@ -191,12 +225,29 @@ func (m *Machine) Peek() (a Action, ready bool, ok bool) {
 		return Action{}, false, false
 	}
 	a = m.prog[m.pc]
-	if t, need := m.ix.Input(m.worker, a); need {
-		if _, have := m.inbox[t]; !have {
-			return a, false, true
-		}
+	if _, missing := m.missing(a); missing {
+		return a, false, true
 	}
 	return a, true, true
+}
+
+// missing returns the first input of a (of either half of an overlapped
+// pair) that has not arrived.
+func (m *Machine) missing(a Action) (Tag, bool) {
+	f, b, pair := a.Halves()
+	if t, need := m.ix.Input(m.worker, f); need {
+		if _, have := m.inbox[t]; !have {
+			return t, true
+		}
+	}
+	if pair {
+		if t, need := m.ix.Input(m.worker, b); need {
+			if _, have := m.inbox[t]; !have {
+				return t, true
+			}
+		}
+	}
+	return Tag{}, false
 }
 
 // Waiting returns what the next action waits for, if it waits on a message.
@@ -205,7 +256,7 @@ func (m *Machine) Waiting() (Action, Tag, bool) {
 	if !ok || ready {
 		return Action{}, Tag{}, false
 	}
-	t, _ := m.ix.Input(m.worker, a)
+	t, _ := m.missing(a)
 	return a, t, true
 }
 
@@ -215,8 +266,14 @@ func (m *Machine) Start() (Action, bool) {
 	if !ok || !ready {
 		return Action{}, false
 	}
-	if t, need := m.ix.Input(m.worker, a); need {
+	f, b, pair := a.Halves()
+	if t, need := m.ix.Input(m.worker, f); need {
 		delete(m.inbox, t)
+	}
+	if pair {
+		if t, need := m.ix.Input(m.worker, b); need {
+			delete(m.inbox, t)
+		}
 	}
 	m.running = true
 	return a, true
@@ -231,6 +288,17 @@ func (m *Machine) Finish() []Message {
 	a := m.prog[m.pc]
 	m.running = false
 	m.pc++
+	f, b, pair := a.Halves()
+	out := m.finishHalf(f, nil)
+	if pair {
+		out = m.finishHalf(b, out)
+	}
+	return out
+}
+
+// finishHalf accounts for one finished action (or half of a pair) and
+// appends the message it sends to another worker to out.
+func (m *Machine) finishHalf(a Action, out []Message) []Message {
 	switch a.Kind {
 	case Forward:
 		m.inflight++
@@ -246,15 +314,15 @@ func (m *Machine) Finish() []Message {
 			m.inflight--
 		}
 	}
-	out, ok := m.ix.Output(m.worker, a)
+	msg, ok := m.ix.Output(m.worker, a)
 	if !ok {
-		return nil
+		return out
 	}
-	if out.To == m.worker {
-		m.inbox[out.Tag()] = struct{}{}
-		return nil
+	if msg.To == m.worker {
+		m.inbox[msg.Tag()] = struct{}{}
+		return out
 	}
-	return []Message{out}
+	return append(out, msg)
 }
 
 // Done reports whether the whole program has run.

@@ -31,7 +31,12 @@ func (r unitResult) bubbleFraction() float64 {
 // unitCost prices an action in ticks: forward 1, full backward 2 (3 with
 // recomputation), input and weight gradients 1 each, loss, all-reduce and
 // optimizer step free. Communication is free too.
+//
+// An overlapped pair costs the longer of its halves (full overlap).
 func unitCost(plan *Plan, a Action) int64 {
+	if f, b, ok := a.Halves(); ok {
+		return max(unitCost(plan, f), unitCost(plan, b))
+	}
 	switch a.Kind {
 	case Forward, BackwardInput, BackwardWeight:
 		if a.Kind == BackwardInput && plan.Recompute {

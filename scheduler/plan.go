@@ -189,14 +189,21 @@ const (
 	Loss                                 // head and loss on the loss worker
 	AllReduce                            // sum gradients among a stage's replicas
 	OptimizerStep                        // apply the optimizer to every held stage
+	// Overlapped is one microbatch's forward run together with another
+	// microbatch's backward (DualPipe's overlapped chunk pair): the
+	// action's own fields are the forward, Back the backward (B or I).
+	// It starts when both inputs are present and sends both outputs when
+	// it finishes. The simulator prices the overlap; a runtime that
+	// cannot overlap runs the forward, then the backward.
+	Overlapped
 )
 
-var kindCodes = [...]string{Forward: "F", Backward: "B", BackwardInput: "I", BackwardWeight: "W", Loss: "L", AllReduce: "R", OptimizerStep: "S"}
+var kindCodes = [...]string{Forward: "F", Backward: "B", BackwardInput: "I", BackwardWeight: "W", Loss: "L", AllReduce: "R", OptimizerStep: "S", Overlapped: "O"}
 
-var kindNames = [...]string{Forward: "Forward", Backward: "Backward", BackwardInput: "BackwardInput", BackwardWeight: "BackwardWeight", Loss: "Loss", AllReduce: "AllReduce", OptimizerStep: "OptimizerStep"}
+var kindNames = [...]string{Forward: "Forward", Backward: "Backward", BackwardInput: "BackwardInput", BackwardWeight: "BackwardWeight", Loss: "Loss", AllReduce: "AllReduce", OptimizerStep: "OptimizerStep", Overlapped: "Overlapped"}
 
 // Valid reports whether k is a known kind.
-func (k ActionKind) Valid() bool { return k >= Forward && k <= OptimizerStep }
+func (k ActionKind) Valid() bool { return k >= Forward && k <= Overlapped }
 
 // Code is the one-letter code used in JSON and traces.
 func (k ActionKind) Code() string {
@@ -215,12 +222,12 @@ func (k ActionKind) String() string {
 
 // ParseActionKind parses a one-letter code or a full name.
 func ParseActionKind(s string) (ActionKind, error) {
-	for k := Forward; k <= OptimizerStep; k++ {
+	for k := Forward; k <= Overlapped; k++ {
 		if s == kindCodes[k] || s == kindNames[k] {
 			return k, nil
 		}
 	}
-	return 0, fmt.Errorf("unknown action kind %q (want one of F B I W L R S)", s)
+	return 0, fmt.Errorf("unknown action kind %q (want one of F B I W L R S O)", s)
 }
 
 // MarshalText encodes the kind as its one-letter code.
@@ -247,10 +254,36 @@ type Action struct {
 	Kind       ActionKind `json:"op"`
 	Microbatch int        `json:"mb"`
 	Stage      int        `json:"stage"`
+	// Back is the backward half of an Overlapped action (whose own
+	// microbatch and stage are the forward's); zero, and absent from the
+	// JSON, for every other kind.
+	Back Half `json:"back,omitzero"`
 }
 
-// String renders the action as in errors and traces, e.g. "F3@s1".
+// Half is the backward half of an Overlapped action: a Backward or a
+// BackwardInput of another microbatch.
+type Half struct {
+	Kind       ActionKind `json:"op"`
+	Microbatch int        `json:"mb"`
+	Stage      int        `json:"stage"`
+}
+
+// Halves splits an Overlapped action into its forward and its backward,
+// in the order a runtime that cannot overlap runs them. Any other action
+// is its own single half (ok false).
+func (a Action) Halves() (fwd, bwd Action, ok bool) {
+	if a.Kind != Overlapped {
+		return a, Action{}, false
+	}
+	return F(a.Microbatch, a.Stage), Action{Kind: a.Back.Kind, Microbatch: a.Back.Microbatch, Stage: a.Back.Stage}, true
+}
+
+// String renders the action as in errors and traces, e.g. "F3@s1"; an
+// overlapped pair is its halves joined by "+", e.g. "F3@s1+I1@s6".
 func (a Action) String() string {
+	if f, b, ok := a.Halves(); ok {
+		return f.String() + "+" + b.String()
+	}
 	var b strings.Builder
 	b.WriteString(a.Kind.Code())
 	if a.Microbatch >= 0 {
@@ -282,6 +315,12 @@ func L(mb, headStage int) Action { return Action{Kind: Loss, Microbatch: mb, Sta
 
 // R is AllReduce among the replicas of stage.
 func R(stage int) Action { return Action{Kind: AllReduce, Microbatch: -1, Stage: stage} }
+
+// FB is Forward(fmb) on fstage overlapped with b, a Backward or
+// BackwardInput of another microbatch.
+func FB(fmb, fstage int, b Action) Action {
+	return Action{Kind: Overlapped, Microbatch: fmb, Stage: fstage, Back: Half{Kind: b.Kind, Microbatch: b.Microbatch, Stage: b.Stage}}
+}
 
 // Step is OptimizerStep.
 func Step() Action { return Action{Kind: OptimizerStep, Microbatch: -1, Stage: -1} }

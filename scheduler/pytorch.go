@@ -24,7 +24,8 @@ import (
 // (SEND_F, RECV_F, SEND_B, RECV_B, and the old batched "1SEND_F0_2RECV_B1"),
 // UNSHARD, RESHARD and REDUCE_GRAD; they are accepted and skipped, since a
 // Plan's sends follow from its paths. "(0F1;1B0)OVERLAP_F_B" runs its
-// sub-actions in order.
+// sub-actions in order, except that a group of one forward and one
+// backward of different microbatches is one Overlapped action.
 //
 // A PyTorch CSV has no loss, all-reduce or optimizer step and no
 // topology: the import builds them as the classic schedules do (one worker
@@ -139,6 +140,9 @@ type pyTok struct {
 	kind     string // "F", "I", "W", "B", "BW" as written
 	stage    int
 	mb       int
+	// group counts the compute actions of the OVERLAP_F_B group the
+	// token stands in (0 outside a group).
+	group int
 }
 
 func (t *pyTok) where() string {
@@ -355,17 +359,42 @@ func pytorchPlan(rows [][]pyTok, rankOf []int, m int, opts PyTorchCSVOptions, ki
 	plan.Programs = make([][]Action, p)
 	for r, row := range rows {
 		prog := make([]Action, 0, len(row)+1)
-		for i := range row {
+		for i := 0; i < len(row); i++ {
 			t := &row[i]
 			a := Action{Kind: kindOf(t), Microbatch: t.mb, Stage: t.stage}
+			if b, ok := overlapPair(row, i, kindOf); ok {
+				a = FB(t.mb, t.stage, b)
+				i++
+			}
 			prog = append(prog, a)
-			if a.Kind == Forward && a.Stage == ns-1 {
+			if (a.Kind == Forward || a.Kind == Overlapped) && a.Stage == ns-1 {
 				prog = append(prog, L(a.Microbatch, ns-1))
 			}
 		}
 		plan.Programs[r] = append(prog, Step())
 	}
 	return plan
+}
+
+// overlapPair reports whether row[i] opens an OVERLAP_F_B group of a
+// forward and a backward (B or I) of another microbatch, which is one
+// Overlapped action; it returns the backward. Other groups (a
+// microbatch's own forward and backward, more than two actions) run
+// their actions in order.
+func overlapPair(row []pyTok, i int, kindOf func(*pyTok) ActionKind) (Action, bool) {
+	t := &row[i]
+	if t.group != 2 || i+1 >= len(row) {
+		return Action{}, false
+	}
+	n := &row[i+1]
+	if n.row != t.row || n.col != t.col || kindOf(t) != Forward || n.mb == t.mb {
+		return Action{}, false
+	}
+	k := kindOf(n)
+	if k != Backward && k != BackwardInput {
+		return Action{}, false
+	}
+	return Action{Kind: k, Microbatch: n.mb, Stage: n.stage}, true
 }
 
 // locateValidationError adds the CSV cell of the action a validation error
@@ -476,6 +505,9 @@ func parsePyTorchCell(cell string, row, col int) ([]pyTok, error) {
 			}
 			t.row, t.col, t.text = row, col, text
 			out = append(out, t)
+		}
+		for i := range out {
+			out[i].group = len(out)
 		}
 		return out, nil
 	}
@@ -626,7 +658,9 @@ func detectDialect(rows [][]pyTok) (Dialect, error) {
 // ExportPyTorchCSV writes p as PyTorch's per-rank action CSV in dialect d:
 // one row per worker in worker order, its forwards and backwards in
 // program order. Loss, all-reduce and optimizer step have no token and
-// are left out; the rows are compact (no idle cells). The plan must be one
+// are left out; the rows are compact (no idle cells). An Overlapped pair
+// is PyTorch's "(4F3;3I1)OVERLAP_F_B", which the import reads back as one
+// overlapped action. The plan must be one
 // pipeline without skips: every stage on exactly one worker and every
 // microbatch through every stage in order.
 func ExportPyTorchCSV(w io.Writer, p *Plan, d Dialect) error {
@@ -648,19 +682,30 @@ func ExportPyTorchCSV(w io.Writer, p *Plan, d Dialect) error {
 		}
 	}
 	var b strings.Builder
+	token := func(a Action) {
+		b.WriteString(strconv.Itoa(a.Stage))
+		b.WriteString(pytorchCode(a.Kind, d))
+		b.WriteString(strconv.Itoa(a.Microbatch))
+	}
 	for wk, prog := range p.Programs {
 		n := 0
 		for _, a := range prog {
-			code := pytorchCode(a.Kind, d)
-			if code == "" {
+			f, bk, pair := a.Halves()
+			if !pair && pytorchCode(a.Kind, d) == "" {
 				continue
 			}
 			if n > 0 {
 				b.WriteByte(',')
 			}
-			b.WriteString(strconv.Itoa(a.Stage))
-			b.WriteString(code)
-			b.WriteString(strconv.Itoa(a.Microbatch))
+			if pair {
+				b.WriteByte('(')
+				token(f)
+				b.WriteByte(';')
+				token(bk)
+				b.WriteString(")OVERLAP_F_B")
+			} else {
+				token(a)
+			}
 			n++
 		}
 		if n == 0 {

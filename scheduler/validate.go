@@ -319,6 +319,48 @@ func validatePrograms(p *Plan) error {
 	}
 	ix := NewIndex(p)
 	sw := p.StageWorkers()
+	// slot records where a compute action (or half of an overlapped one)
+	// stands in worker w's program.
+	slot := func(w, pos int, a *Action) error {
+		if a.Microbatch < 0 || a.Microbatch >= nm {
+			return verr(w, a, RuleStructure, "microbatch %d does not exist (0..%d)", a.Microbatch, nm-1)
+		}
+		if a.Stage < 0 || a.Stage >= ns {
+			return verr(w, a, RuleStructure, "stage %d does not exist (0..%d)", a.Stage, ns-1)
+		}
+		mbp := &p.Microbatches[a.Microbatch]
+		if a.Kind == Loss {
+			if w != mbp.LossWorker || a.Stage != p.HeadStage {
+				return verr(w, a, RuleCoverage, "loss of microbatch %d belongs on worker %d stage %d", a.Microbatch, mbp.LossWorker, p.HeadStage)
+			}
+			if lossAt[a.Microbatch] >= 0 {
+				return verr(w, a, RuleCoverage, "loss of microbatch %d computed twice", a.Microbatch)
+			}
+			lossAt[a.Microbatch] = int32(pos)
+			return nil
+		}
+		h := ix.hopOf(a.Microbatch, a.Stage)
+		if h < 0 || mbp.Path[h].Worker != w {
+			return verr(w, a, RuleCoverage, "microbatch %d does not visit this worker for stage %d", a.Microbatch, a.Stage)
+		}
+		cell := a.Microbatch*ns + a.Stage
+		var at []int32
+		switch a.Kind {
+		case Forward:
+			at = sl.f
+		case Backward:
+			at = sl.b
+		case BackwardInput:
+			at = sl.i
+		case BackwardWeight:
+			at = sl.w
+		}
+		if at[cell] >= 0 {
+			return verr(w, a, RuleCoverage, "appears twice in the program")
+		}
+		at[cell] = int32(pos)
+		return nil
+	}
 	for w, prog := range p.Programs {
 		wk := &p.Workers[w]
 		reduced := map[int]int{}
@@ -327,6 +369,9 @@ func validatePrograms(p *Plan) error {
 			a := &prog[pos]
 			if !a.Kind.Valid() {
 				return verr(w, nil, RuleStructure, "programs[%d][%d] has unknown kind %d", w, pos, a.Kind)
+			}
+			if a.Back != (Half{}) && a.Kind != Overlapped {
+				return verr(w, a, RuleStructure, "only an overlapped action has a back half")
 			}
 			switch a.Kind {
 			case AllReduce:
@@ -348,43 +393,23 @@ func validatePrograms(p *Plan) error {
 				steps++
 				continue
 			}
-			if a.Microbatch < 0 || a.Microbatch >= nm {
-				return verr(w, a, RuleStructure, "microbatch %d does not exist (0..%d)", a.Microbatch, nm-1)
-			}
-			if a.Stage < 0 || a.Stage >= ns {
-				return verr(w, a, RuleStructure, "stage %d does not exist (0..%d)", a.Stage, ns-1)
-			}
-			mbp := &p.Microbatches[a.Microbatch]
-			if a.Kind == Loss {
-				if w != mbp.LossWorker || a.Stage != p.HeadStage {
-					return verr(w, a, RuleCoverage, "loss of microbatch %d belongs on worker %d stage %d", a.Microbatch, mbp.LossWorker, p.HeadStage)
+			if f, b, pair := a.Halves(); pair {
+				if b.Kind != Backward && b.Kind != BackwardInput {
+					return verr(w, a, RuleStructure, "the back half of an overlapped action is %v, want Backward or BackwardInput", b.Kind)
 				}
-				if lossAt[a.Microbatch] >= 0 {
-					return verr(w, a, RuleCoverage, "loss of microbatch %d computed twice", a.Microbatch)
+				if b.Microbatch == f.Microbatch {
+					return verr(w, a, RuleStructure, "an overlapped action pairs two microbatches; both halves are microbatch %d", f.Microbatch)
 				}
-				lossAt[a.Microbatch] = int32(pos)
+				for _, h := range []Action{f, b} {
+					if err := slot(w, pos, &h); err != nil {
+						return err
+					}
+				}
 				continue
 			}
-			h := ix.hopOf(a.Microbatch, a.Stage)
-			if h < 0 || mbp.Path[h].Worker != w {
-				return verr(w, a, RuleCoverage, "microbatch %d does not visit this worker for stage %d", a.Microbatch, a.Stage)
+			if err := slot(w, pos, a); err != nil {
+				return err
 			}
-			cell := a.Microbatch*ns + a.Stage
-			var slot []int32
-			switch a.Kind {
-			case Forward:
-				slot = sl.f
-			case Backward:
-				slot = sl.b
-			case BackwardInput:
-				slot = sl.i
-			case BackwardWeight:
-				slot = sl.w
-			}
-			if slot[cell] >= 0 {
-				return verr(w, a, RuleCoverage, "appears twice in the program")
-			}
-			slot[cell] = int32(pos)
 		}
 		if steps != 1 {
 			return verr(w, nil, RuleAllReduce, "program must end with exactly one optimizer step (has %d)", steps)
@@ -398,7 +423,7 @@ func validatePrograms(p *Plan) error {
 				// Every backward of the stage must come before the all-reduce.
 				for pos := at + 1; pos < len(prog); pos++ {
 					b := prog[pos]
-					if b.Stage == s && (b.Kind == Backward || b.Kind == BackwardInput || b.Kind == BackwardWeight || b.Kind == Forward) {
+					if b.Stage == s && (b.Kind == Backward || b.Kind == BackwardInput || b.Kind == BackwardWeight || b.Kind == Forward || b.Kind == Overlapped) || b.Kind == Overlapped && b.Back.Stage == s {
 						a := R(s)
 						return verr(w, &a, RuleAllReduce, "comes before %s", b)
 					}
@@ -472,20 +497,26 @@ func validatePrograms(p *Plan) error {
 			continue
 		}
 		n := 0
-		for pos := range prog {
-			a := &prog[pos]
-			switch a.Kind {
+		// held applies one action (or half of a pair) to the count.
+		held := func(h Action) bool {
+			switch h.Kind {
 			case Forward:
 				n++
-				if n > limit {
-					return verr(w, a, RuleMemory, "%d activations in flight, memory holds %d", n, limit)
-				}
+				return n <= limit
 			case Backward, BackwardWeight:
 				n--
 			case BackwardInput:
-				if sl.w[a.Microbatch*ns+a.Stage] < 0 {
+				if sl.w[h.Microbatch*ns+h.Stage] < 0 {
 					n--
 				}
+			}
+			return true
+		}
+		for pos := range prog {
+			a := &prog[pos]
+			f, b, pair := a.Halves()
+			if !held(f) || pair && !held(b) {
+				return verr(w, a, RuleMemory, "%d activations in flight, memory holds %d", n, limit)
 			}
 		}
 	}

@@ -50,6 +50,12 @@ type Compute struct {
 	// InputGradRatio and WeightGradRatio price the split backward (1, 1).
 	InputGradRatio  float64 `yaml:"input_grad_ratio"`
 	WeightGradRatio float64 `yaml:"weight_grad_ratio"`
+	// FBOverlap is the fraction of the shorter half of an overlapped
+	// forward+backward pair (scheduler.Overlapped, DualPipe) hidden under
+	// the longer: the pair costs F + B - FBOverlap*min(F, B). 0, the
+	// default, runs the halves back to back, as Stagecoach's workers do;
+	// 1 is perfect overlap, max(F, B).
+	FBOverlap float64 `yaml:"fb_overlap,omitempty"`
 	// LossLayers prices the head and loss in layer-forwards (0).
 	LossLayers float64 `yaml:"loss_layers,omitempty"`
 	// OptimizerLayerS is the optimizer time per layer held.
@@ -136,6 +142,9 @@ func (c *Cluster) Validate() error {
 		if v < 0 || math.IsNaN(v) || math.IsInf(v, 0) {
 			return fmt.Errorf("cluster %q: %s is %v, want a finite number >= 0", c.Name, name, v)
 		}
+	}
+	if k.FBOverlap < 0 || k.FBOverlap > 1 || math.IsNaN(k.FBOverlap) {
+		return fmt.Errorf("cluster %q: compute.fb_overlap is %v, want a fraction in [0, 1]", c.Name, k.FBOverlap)
 	}
 	for i, v := range k.StageGradientBytes {
 		if v < 0 || math.IsNaN(v) || math.IsInf(v, 0) {

@@ -2,6 +2,7 @@ package sim
 
 import (
 	"container/heap"
+	"errors"
 	"fmt"
 
 	"stagecoach/scheduler"
@@ -113,6 +114,9 @@ type engine struct {
 // Run executes p against cluster c and measures it. The plan must be
 // valid (scheduler.Validate); the cluster is validated here.
 func Run(p *scheduler.Plan, c *Cluster, opt Options) (*Result, error) {
+	if p == nil || c == nil {
+		return nil, errors.New("sim: nil plan or cluster")
+	}
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
@@ -203,10 +207,13 @@ func (e *engine) tryStart(w int) {
 	}
 	st.cause = st.lastSl
 	if e.opt.Detail {
-		if t, need := e.ix.Input(w, a); need {
+		// The latest arrival that came after the worker's previous
+		// action ended is what held this one back.
+		latest := st.lastEnd
+		for _, t := range e.ix.Inputs(w, a) {
 			if arr, ok := st.arrivals[arrivalKey{st.iter, t}]; ok {
-				if arr.t >= st.lastEnd {
-					st.cause = arr.sender
+				if arr.t >= latest {
+					st.cause, latest = arr.sender, arr.t
 				}
 				delete(st.arrivals, arrivalKey{st.iter, t})
 			}
@@ -316,6 +323,10 @@ func (e *engine) send(w, iter int, msg scheduler.Message, sl int) {
 // computeTime prices action a on worker w.
 func (e *engine) computeTime(w int, a scheduler.Action) float64 {
 	k := &e.c.Compute
+	if f, b, ok := a.Halves(); ok {
+		tf, tb := e.computeTime(w, f), e.computeTime(w, b)
+		return tf + tb - k.FBOverlap*min(tf, tb)
+	}
 	st := e.ws[w]
 	layerF := func(stage int) float64 {
 		if len(k.StageForwardS) > 0 {

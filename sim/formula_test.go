@@ -2,6 +2,7 @@ package sim
 
 import (
 	"math"
+	"strings"
 	"testing"
 
 	"stagecoach/scheduler"
@@ -97,4 +98,59 @@ func BenchmarkGPipe64x4096(b *testing.B) {
 		events = r.Events
 	}
 	b.ReportMetric(float64(events)*float64(b.N)/b.Elapsed().Seconds(), "events/s")
+}
+
+func TestRunRefusesNilPlanOrCluster(t *testing.T) {
+	p, err := scheduler.Generate("gpipe", scheduler.Spec{Stages: 2, Microbatches: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Run(p, nil, Options{}); err == nil {
+		t.Error("nil cluster: no error")
+	}
+	if _, err := Run(nil, Homogeneous(), Options{}); err == nil {
+		t.Error("nil plan: no error")
+	}
+}
+
+// An overlapped forward+backward pair (dualpipe-v) costs F + B -
+// fb_overlap*min(F, B): back to back by default (as Stagecoach's workers
+// run it), the longer half alone at fb_overlap 1. With F = I = W (input
+// and weight gradient ratios 1, a forward of 1 per stage) the simulator
+// agrees with the scheduler's unit-cost construction: zb-v at p=8, m=32
+// takes 99.5 stage times and dualpipe-v 75.5 with full overlap (the
+// worked values of scheduler/workbench_test.go); without overlap
+// dualpipe-v is no faster than running its halves in sequence.
+func TestOverlappedPairPricing(t *testing.T) {
+	spec := scheduler.Spec{Stages: 8, Microbatches: 32}
+	run := func(name string, overlap float64) float64 {
+		plan, err := scheduler.Generate(name, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := unitCluster()
+		c.Compute.FBOverlap = overlap
+		r, err := Run(plan, c, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Stage times: the V's chunks are half a stage each (one layer
+		// per chunk at 1 s), so a stage time is 2 s.
+		return r.IterationTimeS / 2
+	}
+	if got := run("zb-v", 0); math.Abs(got-99.5) > 1e-9 {
+		t.Errorf("zb-v: %v stage times, want 99.5", got)
+	}
+	if got := run("dualpipe-v", 1); math.Abs(got-75.5) > 1e-9 {
+		t.Errorf("dualpipe-v, full overlap: %v stage times, want 75.5", got)
+	}
+	none, half := run("dualpipe-v", 0), run("dualpipe-v", 0.5)
+	if !(none > half && half > 75.5) {
+		t.Errorf("dualpipe-v: %v with no overlap, %v with half, want both above 75.5 and decreasing", none, half)
+	}
+	c := unitCluster()
+	c.Compute.FBOverlap = 1.5
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "fb_overlap") {
+		t.Errorf("fb_overlap 1.5: %v, want an error naming it", err)
+	}
 }

@@ -3,6 +3,7 @@ package sim
 import (
 	"fmt"
 	"image/color"
+	"math"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -69,8 +70,12 @@ func WriteGantt(path string, r *Result, opts GanttOptions) error {
 		ticks[w] = plot.Tick{Value: ganttRow(w, workers), Label: workerLabel(w, wk)}
 	}
 	p.Y.Tick.Marker = ticks
+	p.X.Tick.Marker = timeTicks{}
 
-	g := &ganttPlotter{r: r, opts: opts, workers: workers}
+	g := &ganttPlotter{r: r, opts: opts, workers: workers, multiStage: map[int]bool{}}
+	for w, wk := range r.Plan.Workers {
+		g.multiStage[w] = len(wk.Stages) > 1
+	}
 	grid := plotter.NewGrid()
 	grid.Horizontal.Color = nil // rows already separate workers
 	p.Add(grid, g)
@@ -122,6 +127,40 @@ type ganttPlotter struct {
 	r       *Result
 	opts    GanttOptions
 	workers int
+	// multiStage marks workers holding several stages (interleaved and V
+	// schedules), whose labels must say which stage an action ran.
+	multiStage map[int]bool
+}
+
+// timeTicks marks round times (1, 2 or 5 times a power of ten) about ten
+// to an axis, every label with the decimals its step needs, so charts of
+// different schedules read alike.
+type timeTicks struct{}
+
+func (timeTicks) Ticks(lo, hi float64) []plot.Tick {
+	span := hi - lo
+	if !(span > 0) || math.IsInf(span, 0) {
+		return []plot.Tick{{Value: lo, Label: strconv.FormatFloat(lo, 'g', 4, 64)}}
+	}
+	raw := span / 10
+	mag := math.Pow(10, math.Floor(math.Log10(raw)))
+	step := mag
+	for _, f := range []float64{1, 2, 5, 10} {
+		if f*mag >= raw {
+			step = f * mag
+			break
+		}
+	}
+	decimals := max(0, int(-math.Floor(math.Log10(step)+1e-9)))
+	var ts []plot.Tick
+	for v := math.Ceil(lo/step) * step; v <= hi+step*1e-9; v += step {
+		ts = append(ts, plot.Tick{Value: v, Label: strconv.FormatFloat(v, 'f', decimals, 64)})
+		// Minor ticks halfway, unlabelled.
+		if m := v + step/2; m <= hi {
+			ts = append(ts, plot.Tick{Value: m})
+		}
+	}
+	return ts
 }
 
 // DataRange implements plot.DataRanger.
@@ -178,6 +217,9 @@ func (g *ganttPlotter) Plot(c draw.Canvas, plt *plot.Plot) {
 			clr = color.RGBA{0xbd, 0xbd, 0xbd, 0xff}
 		case scheduler.AllReduce:
 			clr = color.RGBA{0x96, 0x96, 0x96, 0xff}
+		case scheduler.Overlapped:
+			// The forward's colour, hatched like a backward.
+			clr, hatch = base, true
 		default:
 			clr = color.RGBA{0x63, 0x63, 0x63, 0xff}
 		}
@@ -186,7 +228,7 @@ func (g *ganttPlotter) Plot(c draw.Canvas, plt *plot.Plot) {
 			hatchRect(&c, box, draw.LineStyle{Color: withAlpha(color.White, 110), Width: vg.Points(0.6)}, vg.Points(4))
 		}
 		c.StrokeLines(outline, []vg.Point{box.Min, {X: box.Max.X, Y: box.Min.Y}, box.Max, {X: box.Min.X, Y: box.Max.Y}, box.Min})
-		g.label(&c, label, box, s.Action, clr)
+		g.label(&c, label, box, s.Worker, s.Action, clr)
 	}
 	if g.opts.Paths || g.r.Plan.Skip != nil || g.r.Plan.Skips() {
 		g.paths(&c, trX, trY)
@@ -194,11 +236,23 @@ func (g *ganttPlotter) Plot(c draw.Canvas, plt *plot.Plot) {
 }
 
 // label writes the action into its box when it fits, else the bare
-// microbatch number, else nothing.
-func (g *ganttPlotter) label(c *draw.Canvas, sty draw.TextStyle, box vg.Rectangle, a scheduler.Action, bg color.Color) {
+// microbatch number, else nothing. On a worker that holds several stages
+// the stage leads, as in PyTorch's action names ("4F0": stage 4, forward,
+// microbatch 0), so its chunks tell apart.
+func (g *ganttPlotter) label(c *draw.Canvas, sty draw.TextStyle, box vg.Rectangle, worker int, a scheduler.Action, bg color.Color) {
 	text := a.Kind.Code()
 	if a.Microbatch >= 0 {
 		text += strconv.Itoa(a.Microbatch)
+		if g.multiStage[worker] && a.Stage >= 0 {
+			text = strconv.Itoa(a.Stage) + text
+		}
+	}
+	if f, b, ok := a.Halves(); ok {
+		// "F3+I1", or with stages "4F3+3I1".
+		text = "F" + strconv.Itoa(f.Microbatch) + "+" + b.Kind.Code() + strconv.Itoa(b.Microbatch)
+		if g.multiStage[worker] {
+			text = strconv.Itoa(f.Stage) + "F" + strconv.Itoa(f.Microbatch) + "+" + strconv.Itoa(b.Stage) + b.Kind.Code() + strconv.Itoa(b.Microbatch)
+		}
 	}
 	room := box.Max.X - box.Min.X - vg.Points(2)
 	if sty.Width(text) > room {

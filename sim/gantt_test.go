@@ -120,3 +120,50 @@ func TestWriteGanttErrors(t *testing.T) {
 		t.Fatalf("no timeline: err %v", err)
 	}
 }
+
+// An interleaved worker holds two stages: its labels name the stage, so
+// chunks tell apart, while a worker of one stage keeps the short label.
+func TestGanttLabelsNameTheStageOnMultiStageWorkers(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		schedule   string
+		want, lack string
+	}{
+		{"interleaved", ">4F0<", ">F0<"},
+		{"1f1b", ">F0<", ">0F0<"},
+	} {
+		r := detailRun(t, Homogeneous(), tc.schedule, scheduler.Spec{Stages: 4, Microbatches: 8, Layers: 8})
+		path := filepath.Join(dir, tc.schedule+".svg")
+		if err := WriteGantt(path, r, GanttOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		svg, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Contains(svg, []byte(tc.want)) || bytes.Contains(svg, []byte(tc.lack)) {
+			t.Errorf("%s: want a label %s and none %s", tc.schedule, tc.want, tc.lack)
+		}
+	}
+}
+
+func TestTimeTicksAreRoundAndAlike(t *testing.T) {
+	for _, tc := range []struct {
+		lo, hi float64
+		labels []string
+	}{
+		{0, 57, []string{"0", "10", "20", "30", "40", "50"}},
+		{0, 0.33, []string{"0.00", "0.05", "0.10", "0.15", "0.20", "0.25", "0.30"}},
+		{0, 1, []string{"0.0", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "1.0"}},
+	} {
+		var labels []string
+		for _, tk := range (timeTicks{}).Ticks(tc.lo, tc.hi) {
+			if tk.Label != "" {
+				labels = append(labels, tk.Label)
+			}
+		}
+		if strings.Join(labels, " ") != strings.Join(tc.labels, " ") {
+			t.Errorf("ticks of [%v, %v] = %v, want %v", tc.lo, tc.hi, labels, tc.labels)
+		}
+	}
+}

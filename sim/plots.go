@@ -2,7 +2,12 @@ package sim
 
 import (
 	"fmt"
+	"io"
 	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -11,10 +16,15 @@ import (
 	"gonum.org/v1/plot/vg/draw"
 )
 
-// Series is one named line of a line plot: Y[i] at X[i].
+// Series is one named line of a line plot: Y[i] at X[i]. Series with the
+// same Group share a colour and differ by Variant (dash and marker), so a
+// sweep reads as one colour per schedule and one style per depth; with no
+// Group every series gets its own colour.
 type Series struct {
-	Name string
-	X, Y []float64
+	Name    string
+	X, Y    []float64
+	Group   string
+	Variant int
 }
 
 // Bars is one named group member of a bar chart: Values[i] belongs to the
@@ -24,22 +34,44 @@ type Bars struct {
 	Values []float64
 }
 
+// LinePlot is a line plot with markers and a legend.
+type LinePlot struct {
+	Title, XLabel, YLabel string
+	Series                []Series
+	// LogX2 puts x on a log-2 scale with a tick at every power of two
+	// (all x must be positive): microbatch counts double along a sweep.
+	LogX2 bool
+}
+
+// legendOutside is the series count from which the legend moves to the
+// right of the plot, where it cannot hide the data.
+const legendOutside = 5
+
 // WriteLinePlot draws series as lines with markers and a legend to path
-// (PNG, SVG or PDF by extension); sweeps use it for bubble fraction
-// against microbatches per schedule, or iteration time against skip ratio
-// per variant. Series keep their order, colour and dash by position.
+// (PNG, SVG or PDF by extension); loss curves and sweeps use it.
 func WriteLinePlot(path, title, xlabel, ylabel string, series []Series) error {
+	return LinePlot{Title: title, XLabel: xlabel, YLabel: ylabel, Series: series}.Write(path)
+}
+
+// Write draws the plot to path (PNG, SVG or PDF by extension).
+func (lp LinePlot) Write(path string) error {
 	if err := checkImagePath(path); err != nil {
 		return fmt.Errorf("line plot: %w", err)
 	}
-	if len(series) == 0 {
+	if len(lp.Series) == 0 {
 		return fmt.Errorf("line plot %s: no series", path)
 	}
 	p := plot.New()
-	p.Title.Text, p.X.Label.Text, p.Y.Label.Text = title, xlabel, ylabel
+	p.Title.Text, p.X.Label.Text, p.Y.Label.Text = lp.Title, lp.XLabel, lp.YLabel
 	p.Add(plotter.NewGrid())
-	p.Legend.Top = true
-	for i, s := range series {
+	if lp.LogX2 {
+		p.X.Scale = plot.LogScale{}
+		p.X.Tick.Marker = pow2Ticks{}
+	}
+	legend := plot.NewLegend()
+	legend.Top = true
+	groups := map[string]int{}
+	for i, s := range lp.Series {
 		if len(s.X) != len(s.Y) {
 			return fmt.Errorf("line plot %s: series %q has %d x values and %d y values", path, s.Name, len(s.X), len(s.Y))
 		}
@@ -51,24 +83,87 @@ func WriteLinePlot(path, title, xlabel, ylabel string, series []Series) error {
 			if !finite(s.X[j]) || !finite(s.Y[j]) {
 				return fmt.Errorf("line plot %s: series %q point %d is (%v, %v), want finite numbers", path, s.Name, j, s.X[j], s.Y[j])
 			}
+			if lp.LogX2 && s.X[j] <= 0 {
+				return fmt.Errorf("line plot %s: series %q point %d has x %v, want > 0 on a log scale", path, s.Name, j, s.X[j])
+			}
 			xys[j].X, xys[j].Y = s.X[j], s.Y[j]
 		}
 		line, points, err := plotter.NewLinePoints(xys)
 		if err != nil {
 			return fmt.Errorf("line plot %s: series %q: %w", path, s.Name, err)
 		}
-		line.Color = plotutil.Color(i)
-		line.Dashes = plotutil.Dashes(i / len(plotutil.DefaultColors))
+		colour, variant := i, i/len(plotutil.DefaultColors)
+		if s.Group != "" {
+			g, ok := groups[s.Group]
+			if !ok {
+				g = len(groups)
+				groups[s.Group] = g
+			}
+			colour, variant = g, s.Variant
+		}
+		line.Color = plotutil.Color(colour)
+		line.Dashes = plotutil.Dashes(variant)
 		points.Color = line.Color
-		points.Shape = plotutil.Shape(i)
+		points.Shape = plotutil.Shape(variant)
 		p.Add(line, points)
-		p.Legend.Add(s.Name, line, points)
+		legend.Add(s.Name, line, points)
 	}
 	headroom(p)
-	if err := p.Save(7*vg.Inch, 4.5*vg.Inch, path); err != nil {
+	w, h := 7*vg.Inch, 4.5*vg.Inch
+	if len(lp.Series) < legendOutside {
+		p.Legend = legend
+		if err := p.Save(w, h, path); err != nil {
+			return fmt.Errorf("line plot %s: %w", path, err)
+		}
+		return nil
+	}
+	// The legend gets a column of its own, right of the plot.
+	legendW := 1.9 * vg.Inch
+	img, err := draw.NewFormattedCanvas(w+legendW, h, strings.TrimPrefix(strings.ToLower(filepath.Ext(path)), "."))
+	if err != nil {
+		return fmt.Errorf("line plot %s: %w", path, err)
+	}
+	dc := draw.New(img)
+	plotArea := dc
+	plotArea.Max.X = dc.Min.X + w
+	legendArea := dc
+	legendArea.Min.X = dc.Min.X + w
+	p.Draw(plotArea)
+	legend.Draw(legendArea)
+	if err := writeCanvas(img, path); err != nil {
 		return fmt.Errorf("line plot %s: %w", path, err)
 	}
 	return nil
+}
+
+// writeCanvas writes a drawn canvas to path.
+func writeCanvas(c io.WriterTo, path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := c.WriteTo(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// pow2Ticks marks every power of two in range, labelling them plainly.
+type pow2Ticks struct{}
+
+func (pow2Ticks) Ticks(lo, hi float64) []plot.Tick {
+	var ts []plot.Tick
+	for e := math.Floor(math.Log2(lo)); ; e++ {
+		v := math.Exp2(e)
+		if v > hi*(1+1e-9) {
+			break
+		}
+		if v >= lo*(1-1e-9) {
+			ts = append(ts, plot.Tick{Value: v, Label: strconv.FormatFloat(v, 'g', -1, 64)})
+		}
+	}
+	return ts
 }
 
 // WriteBarChart draws one bar per label, grouped side by side when several

@@ -67,11 +67,18 @@ type PathStep struct {
 // (Megatron-LM), SpanS is the longest first-start-to-last-end span of any
 // worker (Zero Bubble).
 type Result struct {
-	Schedule       string  `json:"schedule"`
-	Workers        int     `json:"workers"`
-	Stages         int     `json:"stages"`
-	Microbatches   int     `json:"microbatches"`
-	Iterations     int     `json:"iterations"`
+	Schedule     string `json:"schedule"`
+	Workers      int    `json:"workers"`
+	Stages       int    `json:"stages"`
+	Microbatches int    `json:"microbatches"`
+	// Layers is the model's layer count the plan spreads over its stages:
+	// schedules compared side by side must simulate the same model.
+	Layers     int `json:"layers"`
+	Iterations int `json:"iterations"`
+	// Infeasible, when set, says why the schedule cannot run under the
+	// given limits (its plan breaks the memory bound): no figure below
+	// it is meaningful.
+	Infeasible     string  `json:"infeasible,omitempty"`
 	IterationTimeS float64 `json:"iteration_time_s"`
 	// PlanTimeS is how long building the plan took (set by callers).
 	PlanTimeS       float64       `json:"plan_time_s,omitempty"`
@@ -96,7 +103,7 @@ func (e *engine) result() *Result {
 	p := e.plan
 	r := &Result{
 		Schedule: p.Schedule, Workers: len(p.Workers), Stages: len(p.Stages),
-		Microbatches: len(p.Microbatches), Iterations: e.opt.Iterations,
+		Microbatches: len(p.Microbatches), Layers: p.Layers(), Iterations: e.opt.Iterations,
 		Events: e.events, Timeline: e.slices, Plan: p,
 	}
 	for _, st := range e.ws {

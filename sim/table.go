@@ -27,17 +27,24 @@ func WriteTable(w io.Writer, results []*Result) error {
 	pad := func(s string) string { return s + strings.Repeat(" ", nameWidth-len(s)) }
 	var buf bytes.Buffer
 	tw := tabwriter.NewWriter(&buf, 0, 0, colGap, ' ', tabwriter.AlignRight)
-	head := []string{pad("schedule"), "workers", "stages", "microbatches", "iteration_time_s", "bubble_fraction",
+	head := []string{pad("schedule"), "workers", "stages", "layers", "microbatches", "iteration_time_s", "bubble_fraction",
 		"bubble_over_ideal", "span_s", "utilization", "peak_activations", "bytes_sent"}
 	if planTime {
 		head = append(head, "plan_time_s")
 	}
 	row := func(cells []string) { fmt.Fprint(tw, strings.Join(cells, "\t")+"\t\n") }
 	row(head)
+	var notes []string
 	for _, r := range results {
-		cells := []string{pad(r.Schedule), strconv.Itoa(r.Workers), strconv.Itoa(r.Stages), strconv.Itoa(r.Microbatches),
+		cells := []string{pad(r.Schedule), strconv.Itoa(r.Workers), strconv.Itoa(r.Stages), strconv.Itoa(r.Layers), strconv.Itoa(r.Microbatches),
 			fixed(r.IterationTimeS, 4), fixed(r.BubbleFraction, 4), fixed(r.BubbleOverIdeal, 4), fixed(r.SpanS, 4),
 			fixed(r.Utilization, 4), strconv.Itoa(r.PeakActivations), HumanBytes(r.BytesSent)}
+		if r.Infeasible != "" {
+			for i := 5; i < len(cells); i++ {
+				cells[i] = "-"
+			}
+			notes = append(notes, r.Schedule+": infeasible: "+r.Infeasible+"\n")
+		}
 		if planTime {
 			cells = append(cells, strconv.FormatFloat(r.PlanTimeS, 'g', 3, 64))
 		}
@@ -50,6 +57,11 @@ func WriteTable(w io.Writer, results []*Result) error {
 	// drop that margin, which is the same on every line.
 	for _, line := range strings.SplitAfter(buf.String(), "\n") {
 		if _, err := io.WriteString(w, strings.TrimPrefix(line, strings.Repeat(" ", colGap))); err != nil {
+			return err
+		}
+	}
+	for _, n := range notes {
+		if _, err := io.WriteString(w, n); err != nil {
 			return err
 		}
 	}

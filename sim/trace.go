@@ -101,7 +101,7 @@ func (tw *traceWriter) result(r *Result, base int, prefix string) {
 	for i, s := range r.Timeline {
 		switch s.Track {
 		case TrackCompute:
-			if t, need := ix.Input(s.Worker, s.Action); need {
+			for _, t := range ix.Inputs(s.Worker, s.Action) {
 				consumer[consumerKey{s.Worker, s.Iteration, t}] = i
 			}
 		case TrackComm:
@@ -139,8 +139,10 @@ func (tw *traceWriter) result(r *Result, base int, prefix string) {
 			if !sent[i] {
 				// A message over a free link has no send slice: draw its
 				// arrow from the producing action.
-				if msg, ok := ix.Output(s.Worker, a); ok && msg.To != s.Worker {
-					flow(s, traceTidCompute, s.Start, msg.To, msg.Tag(), s.Iteration)
+				for _, msg := range ix.Outputs(s.Worker, a) {
+					if msg.To != s.Worker {
+						flow(s, traceTidCompute, s.Start, msg.To, msg.Tag(), s.Iteration)
+					}
 				}
 			}
 		case TrackComm:
@@ -163,7 +165,12 @@ func (tw *traceWriter) meta(pid, tid int, name, key, value string) {
 // _Action does (stage, computation type, microbatch: "1F3", "0B2"), which
 // its profiler ranges wrap as "PP:1F3". Loss, all-reduce and optimizer
 // step have no PyTorch counterpart and keep our codes ("3L0", "1R", "S").
+//
+// An overlapped pair is PyTorch's "(4F3;3I1)OVERLAP_F_B".
 func pytorchAction(a scheduler.Action) string {
+	if f, bk, ok := a.Halves(); ok {
+		return "(" + pytorchAction(f) + ";" + pytorchAction(bk) + ")OVERLAP_F_B"
+	}
 	var b strings.Builder
 	if a.Stage >= 0 {
 		b.WriteString(strconv.Itoa(a.Stage))

@@ -1,13 +1,14 @@
 package sim
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 
 	"go.yaml.in/yaml/v3"
+
+	"stagecoach/internal/yamlx"
 )
 
 // maxClusterBytes bounds a cluster file.
@@ -16,23 +17,33 @@ const maxClusterBytes = 64 << 20
 // ParseCluster reads a cluster cost model from YAML, refusing unknown
 // fields, and validates it.
 func ParseCluster(data []byte) (*Cluster, error) {
-	if len(data) > maxClusterBytes {
-		return nil, fmt.Errorf("cluster file is larger than %d bytes", maxClusterBytes)
-	}
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	var c Cluster
-	if err := dec.Decode(&c); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, errors.New("cluster file is empty")
-		}
+	c, err := parseCluster(data)
+	var inv invalidError
+	if err != nil && !errors.As(err, &inv) {
 		return nil, fmt.Errorf("cluster YAML: %w", err)
+	}
+	return c, err
+}
+
+// invalidError marks an error of a cluster that decoded but does not
+// validate: it names its own field.
+type invalidError struct{ error }
+
+func (e invalidError) Unwrap() error { return e.error }
+
+func parseCluster(data []byte) (*Cluster, error) {
+	if len(data) > maxClusterBytes {
+		return nil, fmt.Errorf("larger than %d bytes", maxClusterBytes)
+	}
+	var c Cluster
+	if err := yamlx.Strict(data, &c); err != nil {
+		return nil, err
 	}
 	if c.Name == "" {
 		c.Name = "cluster"
 	}
 	if err := c.Validate(); err != nil {
-		return nil, err
+		return nil, invalidError{err}
 	}
 	return &c, nil
 }
@@ -43,7 +54,7 @@ func LoadCluster(path string) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := ParseCluster(data)
+	c, err := parseCluster(data)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}

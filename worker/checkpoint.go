@@ -12,6 +12,7 @@ import (
 	"strconv"
 
 	"stagecoach/internal/atomicfile"
+	"stagecoach/internal/confine"
 	"stagecoach/internal/failpoint"
 	"stagecoach/model"
 	pb "stagecoach/proto"
@@ -24,6 +25,15 @@ import (
 // sharing a directory is harmless. Every file is written under a unique
 // temporary name, synced and renamed: a crash never leaves a half-written
 // file under the final name.
+//
+// Every directory lies under the worker's checkpoint root
+// (Config.CheckpointRoot), checked lexically and through symlinks, so
+// whoever can call the worker cannot make it write or read elsewhere.
+// SaveCheckpoint returns each file's size and SHA-256; LoadCheckpoint
+// loads a stage only from a file with the size and SHA-256 the request
+// lists for it, read through the hash before anything is parsed (a
+// mismatch or a file that does not parse is ErrCorruptCheckpoint, so the
+// coordinator can fall back to an older checkpoint).
 
 // Metadata keys added to the model's.
 const (
@@ -38,30 +48,34 @@ func StepDir(dir string, step int64) string {
 	return filepath.Join(dir, fmt.Sprintf("step-%08d", step))
 }
 
-func (s *Server) checkpointDir(dir string) string {
+// stepDir is step's checkpoint directory under dir, confined to the
+// checkpoint root: dir empty means "checkpoints", a relative dir
+// resolves under the root.
+func (s *Server) stepDir(dir string, step int64) (string, error) {
 	if dir == "" {
-		return filepath.Join(s.cfg.DataDir, "checkpoints")
+		dir = "checkpoints"
 	}
-	if filepath.IsAbs(dir) {
-		return dir
+	p, err := s.root.Path(StepDir(dir, step))
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrOutsideRoot, err)
 	}
-	return filepath.Join(s.cfg.DataDir, dir)
+	return p, nil
 }
 
 // SaveCheckpoint implements pb.WorkerServer. step must be the last applied
 // step (0 means "the last applied step").
 func (s *Server) SaveCheckpoint(ctx context.Context, req *pb.CheckpointRequest) (*pb.CheckpointResponse, error) {
-	resp, err := s.save(req)
+	resp, err := s.save(ctx, req)
 	if err != nil {
 		s.cfg.Logf("worker %s: save checkpoint: %v", s.cfg.Name, err)
 	}
 	return resp, toStatus(err)
 }
 
-func (s *Server) save(req *pb.CheckpointRequest) (*pb.CheckpointResponse, error) {
+func (s *Server) save(ctx context.Context, req *pb.CheckpointRequest) (*pb.CheckpointResponse, error) {
 	s.control.Lock()
 	defer s.control.Unlock()
-	j, err := s.admit(req.GetFence())
+	j, err := s.admit(ctx, req.GetFence())
 	if err != nil {
 		return nil, err
 	}
@@ -73,8 +87,14 @@ func (s *Server) save(req *pb.CheckpointRequest) (*pb.CheckpointResponse, error)
 	if step != applied {
 		return nil, fmt.Errorf("%w: checkpoint of step %d asked, the worker holds step %d", ErrOutOfOrder, step, applied)
 	}
-	dir := StepDir(s.checkpointDir(req.GetDir()), step)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	dir, err := s.stepDir(req.GetDir(), step)
+	if err != nil {
+		return nil, err
+	}
+	if dir, err = s.root.MkdirAll(dir); err != nil {
+		if errors.Is(err, confine.ErrOutside) {
+			err = fmt.Errorf("%w: %w", ErrOutsideRoot, err)
+		}
 		return nil, err
 	}
 	mc, _ := json.Marshal(j.train.Model)
@@ -87,10 +107,12 @@ func (s *Server) save(req *pb.CheckpointRequest) (*pb.CheckpointResponse, error)
 			metaFirstLayer: strconv.Itoa(st.spec.Lo), metaLayers: strconv.Itoa(st.spec.Hi - st.spec.Lo),
 		}
 		path := filepath.Join(dir, model.ShardFile(st.id))
-		if err := writeStates(path, st.opt.States, meta, step); err != nil {
+		d, err := writeStates(path, st.opt.States, meta, step)
+		if err != nil {
 			return nil, fmt.Errorf("stage %d: %w", st.id, err)
 		}
 		resp.Files = append(resp.Files, path)
+		resp.Shards = append(resp.Shards, &pb.ShardDigest{Stage: int32(st.id), File: path, Size: d.Size, Sha256: d.SHA256[:]})
 	}
 	if err := atomicfile.SyncDir(dir); err != nil {
 		return nil, err
@@ -98,13 +120,14 @@ func (s *Server) save(req *pb.CheckpointRequest) (*pb.CheckpointResponse, error)
 	return resp, nil
 }
 
-// writeStates encodes a shard and writes it atomically. The
-// checkpoint-write failpoint (for fault tests) kills the process after
-// half the bytes of step's shard reached the temporary file.
-func writeStates(path string, states []model.ParamState, meta map[string]string, step int64) error {
+// writeStates encodes a shard, writes it atomically and returns its
+// digest. The checkpoint-write failpoint (for fault tests) kills the
+// process after half the bytes of step's shard reached the temporary
+// file.
+func writeStates(path string, states []model.ParamState, meta map[string]string, step int64) (model.Digest, error) {
 	var buf bytes.Buffer
 	if err := model.WriteStates(&buf, states, meta); err != nil {
-		return err
+		return model.Digest{}, err
 	}
 	var opt atomicfile.Options
 	if v, ok := failpoint.Value(failpoint.CheckpointWrite); ok && v == strconv.FormatInt(step, 10) {
@@ -114,24 +137,24 @@ func writeStates(path string, states []model.ParamState, meta map[string]string,
 			failpoint.Crash()
 		}
 	}
-	return atomicfile.Write(path, buf.Bytes(), opt)
+	return model.DigestOf(buf.Bytes()), atomicfile.Write(path, buf.Bytes(), opt)
 }
 
 // LoadCheckpoint implements pb.WorkerServer: it restores every held stage
 // from step's directory and sets the applied step to it. Either all stages
 // load or none changes.
 func (s *Server) LoadCheckpoint(ctx context.Context, req *pb.CheckpointRequest) (*pb.CheckpointResponse, error) {
-	resp, err := s.load(req)
+	resp, err := s.load(ctx, req)
 	if err != nil {
 		s.cfg.Logf("worker %s: load checkpoint: %v", s.cfg.Name, err)
 	}
 	return resp, toStatus(err)
 }
 
-func (s *Server) load(req *pb.CheckpointRequest) (*pb.CheckpointResponse, error) {
+func (s *Server) load(ctx context.Context, req *pb.CheckpointRequest) (*pb.CheckpointResponse, error) {
 	s.control.Lock()
 	defer s.control.Unlock()
-	j, err := s.admit(req.GetFence())
+	j, err := s.admit(ctx, req.GetFence())
 	if err != nil {
 		return nil, err
 	}
@@ -139,7 +162,18 @@ func (s *Server) load(req *pb.CheckpointRequest) (*pb.CheckpointResponse, error)
 	if step < 1 {
 		return nil, fmt.Errorf("%w: checkpoint step %d", ErrBadInput, step)
 	}
-	dir := StepDir(s.checkpointDir(req.GetDir()), step)
+	dir, err := s.stepDir(req.GetDir(), step)
+	if err != nil {
+		return nil, err
+	}
+	want := map[int]model.Digest{}
+	for _, d := range req.GetShards() {
+		dg, err := model.ParseDigest(d.GetSize(), d.GetSha256())
+		if err != nil {
+			return nil, fmt.Errorf("%w: stage %d's digest: %v", ErrBadInput, d.GetStage(), err)
+		}
+		want[int(d.GetStage())] = dg
+	}
 	staged := make([][]model.ParamState, len(j.stages))
 	resp := &pb.CheckpointResponse{}
 	for i, st := range j.stages {
@@ -150,15 +184,16 @@ func (s *Server) load(req *pb.CheckpointRequest) (*pb.CheckpointResponse, error)
 			staged[i] = append(staged[i], model.ParamState{T: &t, M: make([]float32, len(ps.M)), V: make([]float32, len(ps.V))})
 		}
 		path := filepath.Join(dir, model.ShardFile(st.id))
-		meta, err := model.LoadStates(path, staged[i], true)
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("%w: %v", ErrNoCheckpoint, err)
+		d, ok := want[st.id]
+		if !ok {
+			return nil, fmt.Errorf("%w: no size and SHA-256 given for stage %d's shard %s", ErrBadInput, st.id, path)
 		}
+		meta, err := s.loadShard(path, d, staged[i])
 		if err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrBadInput, err)
+			return nil, fmt.Errorf("stage %d: %w", st.id, err)
 		}
 		if meta[model.MetaFormat] != model.FormatV1 || meta[model.MetaStep] != strconv.FormatInt(step, 10) {
-			return nil, fmt.Errorf("%w: %s: format %q step %q, want %q step %d", ErrBadInput, path, meta[model.MetaFormat], meta[model.MetaStep], model.FormatV1, step)
+			return nil, fmt.Errorf("%w: %s: format %q step %q, want %q step %d", ErrCorruptCheckpoint, path, meta[model.MetaFormat], meta[model.MetaStep], model.FormatV1, step)
 		}
 		resp.Files = append(resp.Files, path)
 	}
@@ -173,4 +208,32 @@ func (s *Server) load(req *pb.CheckpointRequest) (*pb.CheckpointResponse, error)
 	j.ready = 0
 	s.setApplied(step)
 	return resp, nil
+}
+
+// loadShard fills states from the shard file at path once its bytes match
+// d (model.ReadVerified, bounded by what states can hold).
+func (s *Server) loadShard(path string, d model.Digest, states []model.ParamState) (map[string]string, error) {
+	f, err := s.root.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %v", ErrNoCheckpoint, err)
+	}
+	if errors.Is(err, confine.ErrOutside) {
+		return nil, fmt.Errorf("%w: %w", ErrOutsideRoot, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := model.ReadVerified(f, path, d, model.ShardLimit(states))
+	if err == nil {
+		var ts []model.STensor
+		var meta map[string]string
+		if ts, meta, err = model.ParseVerified(b, path); err == nil {
+			if err = model.FillStates(path, ts, states, true); err == nil {
+				return meta, nil
+			}
+			err = fmt.Errorf("%w: %w", ErrCorruptCheckpoint, err)
+		}
+	}
+	return nil, err
 }

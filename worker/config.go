@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -22,9 +23,14 @@ type Config struct {
 	// Job is the job id every fence must carry. Required: a default job id
 	// let the incumbent's jobs overwrite each other (DESIGN 7a).
 	Job string
-	// DataDir holds checkpoints; relative checkpoint directories in
-	// requests resolve under it. Required.
+	// DataDir is the worker's own directory. Required.
 	DataDir string
+	// CheckpointRoot confines checkpoints: SaveCheckpoint and
+	// LoadCheckpoint refuse a directory outside it (through symlinks
+	// too), and relative directories in requests resolve under it.
+	// Default DataDir; with a shared checkpoint directory (stagecoach up,
+	// compose) it is the coordinator's.
+	CheckpointRoot string
 	// Transport tunes tensor streaming; MaxTensorBytes is the receive
 	// limit per tensor.
 	Transport transport.Options
@@ -34,6 +40,13 @@ type Config struct {
 	// the worker presents its certificate when it streams tensors to its
 	// peers. nil serves and dials plaintext.
 	TLS *tls.Config
+	// Leader, when set, is the job's election as etcd shows it
+	// (etcdx.WatchLeader): a control request is admitted only under the
+	// current leader's revision. nil is the mode without an election
+	// (tests that drive workers directly): the highest revision admitted
+	// so far wins, so a forged larger one would be adopted. The CLI
+	// always sets it.
+	Leader LeaderSource
 	// MailboxBytes bounds the tensors received but not yet consumed
 	// (1 GiB). A full mailbox stalls the senders' streams (back-pressure);
 	// one tensor is always admitted so progress is possible.
@@ -88,5 +101,23 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("worker: config: data dir: %w", err)
 	}
 	c.DataDir = abs
+	if c.CheckpointRoot == "" {
+		c.CheckpointRoot = abs
+	}
+	if c.CheckpointRoot, err = filepath.Abs(c.CheckpointRoot); err != nil {
+		return c, fmt.Errorf("worker: config: checkpoint root: %w", err)
+	}
 	return c, nil
+}
+
+// LeaderSource tells a worker which coordinator leads its job, as the
+// election says; etcdx.LeaderWatch is the production one. Implementations
+// are safe for concurrent use.
+type LeaderSource interface {
+	// LeaderRev is the revision of the current leader's key as last
+	// seen (0: no leader).
+	LeaderRev() int64
+	// Refresh reads the election again and returns the current leader's
+	// revision, for a fence LeaderRev does not explain.
+	Refresh(ctx context.Context) (int64, error)
 }

@@ -5,8 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"path"
 	"sort"
 
+	"stagecoach/internal/metrics"
+	"stagecoach/internal/naming"
 	"stagecoach/internal/tlsx"
 	"stagecoach/internal/transport"
 	"stagecoach/model"
@@ -28,6 +31,9 @@ type job struct {
 	stages []*stage // held stages, ascending
 	by     map[int]*stage
 	out    *transport.Outbox
+	// names are the plan workers' names, by index (empty: not given,
+	// only without TLS).
+	names []string
 	// ready is the iteration whose gradients are complete and not yet
 	// stepped (0: none).
 	ready int64
@@ -78,17 +84,17 @@ func decodeModelConfig(b []byte) (model.TrainConfig, error) {
 
 // Configure implements pb.WorkerServer.
 func (s *Server) Configure(ctx context.Context, req *pb.ConfigureRequest) (*pb.ConfigureResponse, error) {
-	resp, err := s.configure(req)
+	resp, err := s.configure(ctx, req)
 	if err != nil {
 		s.cfg.Logf("worker %s: configure: %v", s.cfg.Name, err)
 	}
 	return resp, toStatus(err)
 }
 
-func (s *Server) configure(req *pb.ConfigureRequest) (*pb.ConfigureResponse, error) {
+func (s *Server) configure(ctx context.Context, req *pb.ConfigureRequest) (*pb.ConfigureResponse, error) {
 	s.control.Lock()
 	defer s.control.Unlock()
-	if err := s.admitLeader(req.GetFence()); err != nil {
+	if err := s.admitLeader(ctx, req.GetFence()); err != nil {
 		return nil, err
 	}
 	epoch := req.GetFence().GetEpoch()
@@ -108,6 +114,18 @@ func (s *Server) configure(req *pb.ConfigureRequest) (*pb.ConfigureResponse, err
 	}
 	if len(req.GetPeers()) != len(plan.Workers) {
 		return nil, fmt.Errorf("%w: %d peer addresses for %d plan workers", ErrBadInput, len(req.GetPeers()), len(plan.Workers))
+	}
+	names := req.GetPeerNames()
+	switch {
+	case len(names) == 0 && s.cfg.TLS != nil:
+		return nil, fmt.Errorf("%w: no peer names: under mutual TLS the worker checks every tensor's sender against them", ErrBadInput)
+	case len(names) != 0 && len(names) != len(plan.Workers):
+		return nil, fmt.Errorf("%w: %d peer names for %d plan workers", ErrBadInput, len(names), len(plan.Workers))
+	}
+	for i, n := range names {
+		if err := naming.Validate("worker name", n); err != nil {
+			return nil, fmt.Errorf("%w: peer %d: %v", ErrBadInput, i, err)
+		}
 	}
 	tc, err := decodeModelConfig(req.GetModelJson())
 	if err != nil {
@@ -134,7 +152,7 @@ func (s *Server) configure(req *pb.ConfigureRequest) (*pb.ConfigureResponse, err
 		}
 		s.cfg.Infof("worker %s: epoch %d: emulating the links of cluster %q to its %d peers", s.cfg.Name, epoch, c.Name, len(nodes)-1)
 	}
-	j := &job{plan: plan, ix: scheduler.NewIndex(plan), me: me, epoch: epoch, train: tc, by: map[int]*stage{}}
+	j := &job{plan: plan, ix: scheduler.NewIndex(plan), me: me, epoch: epoch, train: tc, by: map[int]*stage{}, names: names}
 	held := append([]int(nil), plan.Workers[me].Stages...)
 	sort.Ints(held)
 	owners := plan.StageWorkers()
@@ -181,6 +199,15 @@ func (s *Server) configure(req *pb.ConfigureRequest) (*pb.ConfigureResponse, err
 	}
 	s.mu.Unlock()
 	s.mbox.dropBefore(slot{epoch: epoch})
+	// Tensors of this epoch that arrived before the plan named its
+	// workers were admitted on their certificate's role alone: drop
+	// those whose claimed sender is not the certificate's worker.
+	if dropped := s.mbox.dropIf(epoch, func(a arrival) bool {
+		return a.sender != nil && !j.sentBy(int(a.hdr.GetFrom()), a.sender.Name)
+	}); dropped > 0 {
+		s.metrics.Load().Denied(path.Base(pb.Peer_SendTensor_FullMethodName), metrics.DenyWrongSender)
+		s.cfg.Logf("worker %s: epoch %d: dropped %d early tensors sent under another worker's name", s.cfg.Name, epoch, dropped)
+	}
 	if old != nil {
 		old.out.Close()
 	}

@@ -5,15 +5,23 @@
 //
 // # Driving a worker (the coordinator's side)
 //
+// Under mutual TLS only the job's coordinator certificate may call the
+// Worker service and only the job's workers may send tensors, each under
+// its own plan index (authz.go; PermissionDenied otherwise).
+//
 // Every request carries a Fence {job, leader_rev, epoch}. The job must be
-// the worker's Config.Job (else PermissionDenied). A leader_rev below the
-// highest the worker has seen is a deposed leader: FailedPrecondition, for
-// control RPCs and for peer tensors alike. The epoch must equal the one of
-// the last Configure (older: FailedPrecondition; newer: FailedPrecondition
-// until Configure for it).
+// the worker's Config.Job (else PermissionDenied). With Config.Leader (the
+// job's election in etcd) a control request's leader_rev must be the
+// current leader's: below it, or a leader admitted before and gone, is a
+// deposed leader (FailedPrecondition); anything else is forged
+// (PermissionDenied) and never adopted. Peer tensors below the highest
+// admitted leader_rev are a deposed leader's: FailedPrecondition. The
+// epoch must equal the one of the last Configure (older:
+// FailedPrecondition; newer: FailedPrecondition until Configure for it).
 //
 //  1. Configure{fence, plan_json (scheduler JSON), worker (index in the
 //     plan), peers (Peer address of every plan worker, by index),
+//     peer_names (every plan worker's name, by index; required under TLS),
 //     model_json (a marshalled model.TrainConfig; model and optim are
 //     used), seed (overrides model.seed when non-zero), link_shaping_yaml
 //     (optional sim cluster YAML: emulated latency and bandwidth on every
@@ -36,12 +44,16 @@
 //     as double), lr (OptimConfig.LRAt(iteration))} on every worker. A
 //     step is applied at most once: a repeat gets AlreadyExists, a step
 //     without completed gradients FailedPrecondition.
-//  4. SaveCheckpoint / LoadCheckpoint{fence, dir, step}: dir relative to
-//     Config.DataDir (default "checkpoints"), files
+//  4. SaveCheckpoint / LoadCheckpoint{fence, dir, step, shards}: dir
+//     relative to Config.CheckpointRoot (default "checkpoints"; an
+//     absolute dir must lie under the root, else PermissionDenied), files
 //     <dir>/step-<8 digits>/shard-<stage>.safetensors in the model's
-//     checkpoint layout. Save wants step == applied step (0 means that);
-//     Load sets the applied step; a missing file is NotFound, a bad one
-//     InvalidArgument, and a failed load changes nothing.
+//     checkpoint layout. Save wants step == applied step (0 means that)
+//     and returns each file's size and SHA-256 in shards; Load wants
+//     those back in shards for every stage it holds (InvalidArgument
+//     without), verifies each file against them before parsing and sets
+//     the applied step. A missing file is NotFound, one that does not
+//     match or parse DataLoss, and a failed load changes nothing.
 //
 // A failed RunIteration leaves parameters untouched (no Step is possible
 // for it). Retry it under a new epoch (Configure again), so no tensor of
@@ -54,7 +66,9 @@
 // plans: with one replica per stage, losses, gradient norms, weights and
 // optimizer moments equal model.Trainer's bit for bit. The model has no
 // split backward, so BackwardInput runs the full backward and
-// BackwardWeight is a no-op. All-reduce rules: see allreduce.go.
+// BackwardWeight is a no-op. Nor can it overlap: an Overlapped pair runs
+// its forward, then its backward (and reports them as two timings).
+// All-reduce rules: see allreduce.go.
 //
 // # Concurrency
 //

@@ -10,6 +10,7 @@ import (
 
 	"stagecoach/internal/metrics"
 	"stagecoach/internal/transport"
+	"stagecoach/model"
 )
 
 // Named errors. Internally errors wrap these; they become gRPC status
@@ -19,9 +20,16 @@ var (
 	ErrNoFence = errors.New("request carries no fence")
 	// ErrWrongJob: the fence names another job.
 	ErrWrongJob = errors.New("fence names another job")
-	// ErrDeposed: the fence's leader revision is below the highest seen,
+	// ErrDeposed: the fence's leader revision is below the current
+	// leader's (or, without an election source, the highest admitted),
 	// so it comes from a deposed leader.
 	ErrDeposed = errors.New("fence from a deposed leader")
+	// ErrFutureLeader: the fence's leader revision is above the current
+	// leader's as etcd shows it: a forgery (or a leader etcd no longer
+	// knows), refused and never adopted.
+	ErrFutureLeader = errors.New("fence names no current leader")
+	// ErrLeaderUnknown: the election could not be read to check a fence.
+	ErrLeaderUnknown = errors.New("cannot read the job's election to check the fence")
 	// ErrStaleEpoch: the fence's plan epoch is older than the worker's.
 	ErrStaleEpoch = errors.New("fence from an older plan epoch")
 	// ErrNotConfigured: no plan for the fence's epoch yet.
@@ -37,6 +45,13 @@ var (
 	ErrPeer = errors.New("peer transfer failed")
 	// ErrNoCheckpoint: the checkpoint asked for does not exist.
 	ErrNoCheckpoint = errors.New("no such checkpoint")
+	// ErrCorruptCheckpoint: a checkpoint file whose size or SHA-256 is
+	// not the listed one, or which does not parse. The coordinator skips
+	// such a checkpoint and falls back to the previous one.
+	ErrCorruptCheckpoint = model.ErrCorrupt
+	// ErrOutsideRoot: a checkpoint directory outside the worker's
+	// checkpoint root.
+	ErrOutsideRoot = errors.New("checkpoint directory outside the worker's checkpoint root")
 	// ErrBadInput: a request or tensor that is malformed or inconsistent
 	// with the plan.
 	ErrBadInput = errors.New("bad input")
@@ -79,11 +94,24 @@ func toStatus(err error) error {
 	if err == nil {
 		return nil
 	}
+	// A fence's job and leader revision are the job's secrets: the caller
+	// learns which check failed, not the values (the worker logs them).
+	for _, e := range []struct {
+		err  error
+		code codes.Code
+	}{{ErrWrongJob, codes.PermissionDenied}, {ErrFutureLeader, codes.PermissionDenied},
+		{ErrDeposed, codes.FailedPrecondition}, {ErrLeaderUnknown, codes.Unavailable}} {
+		if errors.Is(err, e.err) {
+			return status.Error(e.code, e.err.Error())
+		}
+	}
 	code := codes.Internal
 	switch {
-	case errors.Is(err, ErrWrongJob):
+	case errors.Is(err, ErrPermission), errors.Is(err, ErrOutsideRoot):
 		code = codes.PermissionDenied
-	case errors.Is(err, ErrDeposed), errors.Is(err, ErrStaleEpoch), errors.Is(err, ErrNotConfigured), errors.Is(err, ErrOutOfOrder):
+	case errors.Is(err, ErrCorruptCheckpoint):
+		code = codes.DataLoss
+	case errors.Is(err, ErrStaleEpoch), errors.Is(err, ErrNotConfigured), errors.Is(err, ErrOutOfOrder):
 		code = codes.FailedPrecondition
 	case errors.Is(err, ErrStepApplied):
 		code = codes.AlreadyExists

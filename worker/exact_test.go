@@ -160,6 +160,16 @@ func TestPipelineMatchesTrainerBitForBit(t *testing.T) {
 		{schedule: "zb-h1", stages: 3, replicas: 1, mbs: 6, size: 2, layers: 6},
 		{schedule: "zb-h2", stages: 2, replicas: 1, mbs: 4, size: 2, layers: 4},
 		{schedule: "gpipe-recompute", stages: 2, replicas: 1, mbs: 3, size: 1, layers: 2},
+		// The workbench schedules: looped and V placements (the V puts
+		// the head stage on worker 0, beside stage 0), split backwards,
+		// and dualpipe-v's overlapped pairs, run forward then backward.
+		{schedule: "looped-bfs", stages: 2, replicas: 1, mbs: 4, size: 1, layers: 4},
+		{schedule: "interleaved-zb", stages: 2, replicas: 1, mbs: 4, size: 1, layers: 4},
+		{schedule: "zb-v", stages: 2, replicas: 1, mbs: 4, size: 1, layers: 4},
+		{schedule: "v-half", stages: 3, replicas: 1, mbs: 4, size: 1, layers: 6},
+		{schedule: "v-min", stages: 3, replicas: 1, mbs: 4, size: 1, layers: 6},
+		{schedule: "dualpipe-v", stages: 2, replicas: 1, mbs: 6, size: 1, layers: 4},
+		{schedule: "zb-v", stages: 2, replicas: 2, mbs: 4, size: 1, layers: 4},
 		// Replicated stages reduce in microbatch order (ordered.go).
 		{schedule: "gpipe", stages: 2, replicas: 2, mbs: 4, size: 2, layers: 4},
 		{schedule: "1f1b", stages: 2, replicas: 2, mbs: 6, size: 2, layers: 4},

@@ -42,7 +42,7 @@ type run struct {
 func (s *Server) runIteration(ctx context.Context, req *pb.RunIterationRequest) (*pb.RunIterationResponse, error) {
 	s.control.Lock()
 	defer s.control.Unlock()
-	j, err := s.admit(req.GetFence())
+	j, err := s.admit(ctx, req.GetFence())
 	if err != nil {
 		return nil, err
 	}
@@ -131,8 +131,8 @@ func (j *job) checkData(in []*pb.MicrobatchData) (map[int]*pb.MicrobatchData, er
 		out[mb] = d
 	}
 	for _, a := range j.plan.Programs[j.me] {
-		if j.needsData(a) && out[a.Microbatch] == nil {
-			return nil, fmt.Errorf("%w: no data for microbatch %d, needed by %s", ErrBadInput, a.Microbatch, a)
+		if f, _, _ := a.Halves(); j.needsData(f) && out[f.Microbatch] == nil {
+			return nil, fmt.Errorf("%w: no data for microbatch %d, needed by %s", ErrBadInput, f.Microbatch, a)
 		}
 	}
 	return out, nil
@@ -166,6 +166,14 @@ func (r *run) program() error {
 		}
 		r.m.Start()
 		start := time.Since(r.t0)
+		if f, b, pair := a.Halves(); pair {
+			// An overlapped pair: this runtime cannot overlap, so it runs
+			// the forward, then the backward, and sends both outputs.
+			if err := r.pair(f, b, start); err != nil {
+				return fmt.Errorf("%s: %w", a, err)
+			}
+			continue
+		}
 		out, err := r.exec(a)
 		if err != nil {
 			return fmt.Errorf("%s: %w", a, err)
@@ -177,6 +185,45 @@ func (r *run) program() error {
 			return fmt.Errorf("%s: %w", a, err)
 		}
 	}
+}
+
+// pair runs the overlapped action a (started at start) as its forward f
+// then its backward b, finishes it in the Machine and routes both outputs.
+// Timings and metrics report the halves as they ran, one after the other.
+func (r *run) pair(f, b scheduler.Action, start time.Duration) error {
+	fo, err := r.exec(f)
+	if err != nil {
+		return err
+	}
+	mid := time.Since(r.t0)
+	bo, err := r.exec(b)
+	if err != nil {
+		return err
+	}
+	end := time.Since(r.t0)
+	r.s.metrics.Load().Action(f.Kind.String(), mid-start)
+	r.s.metrics.Load().Action(b.Kind.String(), end-mid)
+	r.resp.Timings = append(r.resp.Timings,
+		&pb.ActionTiming{Action: f.String(), StartS: start.Seconds(), EndS: mid.Seconds()},
+		&pb.ActionTiming{Action: b.String(), StartS: mid.Seconds(), EndS: end.Seconds()})
+	sent := r.m.Finish()
+	want := 0
+	for _, h := range []struct {
+		a   scheduler.Action
+		out *model.Activations
+	}{{f, fo}, {b, bo}} {
+		remote, err := r.deliver(h.a, h.out)
+		if err != nil {
+			return err
+		}
+		if remote {
+			want++
+		}
+	}
+	if len(sent) != want {
+		return fmt.Errorf("machine and index disagree on the outputs (%d vs %d)", len(sent), want)
+	}
+	return nil
 }
 
 // receive takes one arrival from the mailbox and files it: pipeline
@@ -275,19 +322,28 @@ func (r *run) take(t scheduler.Tag) *model.Activations {
 func (r *run) route(a scheduler.Action, out *model.Activations) error {
 	j := r.j
 	sent := r.m.Finish()
+	if msg, has := j.ix.Output(j.me, a); has && msg.To != j.me && (len(sent) != 1 || sent[0] != msg) {
+		return fmt.Errorf("machine and index disagree on the output (%v vs %v)", sent, msg)
+	}
+	_, err := r.deliver(a, out)
+	return err
+}
+
+// deliver puts the output of a, finished in the Machine, where the plan
+// says: kept locally for a self-send, otherwise queued to the peer
+// (remote true).
+func (r *run) deliver(a scheduler.Action, out *model.Activations) (remote bool, err error) {
+	j := r.j
 	msg, has := j.ix.Output(j.me, a)
 	if !has {
-		return nil
+		return false, nil
 	}
 	if out == nil {
-		return fmt.Errorf("produced no tensor for %s", msg.Tag())
+		return false, fmt.Errorf("produced no tensor for %s", msg.Tag())
 	}
 	if msg.To == j.me {
 		r.store[msg.Tag()] = out
-		return nil
-	}
-	if len(sent) != 1 || sent[0] != msg {
-		return fmt.Errorf("machine and index disagree on the output (%v vs %v)", sent, msg)
+		return false, nil
 	}
 	shape := make([]int32, len(out.Shape))
 	for i, d := range out.Shape {
@@ -295,7 +351,7 @@ func (r *run) route(a scheduler.Action, out *model.Activations) error {
 	}
 	h := &pb.TensorHeader{Fence: r.fence, Iteration: r.slot.iteration, Kind: wireKind(msg.Kind),
 		Microbatch: int32(msg.Microbatch), Stage: int32(msg.Stage), From: int32(msg.From), To: int32(msg.To), Shape: shape}
-	return r.send(msg.To, h, out.Data)
+	return true, r.send(msg.To, h, out.Data)
 }
 
 func (r *run) send(to int, h *pb.TensorHeader, data []float32) error {

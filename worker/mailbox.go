@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 
+	"stagecoach/internal/tlsx"
 	pb "stagecoach/proto"
 )
 
@@ -11,6 +12,10 @@ import (
 type arrival struct {
 	hdr  *pb.TensorHeader
 	data []float32
+	// sender is the certificate's worker under mutual TLS when the
+	// tensor came before its epoch's plan (its sender is checked at
+	// Configure); nil otherwise.
+	sender *tlsx.Identity
 }
 
 func (a arrival) bytes() int64 { return 4 * int64(len(a.data)) }
@@ -140,4 +145,36 @@ func (m *mailbox) dropBefore(s slot) {
 		}
 	}
 	m.freed()
+}
+
+// dropIf discards the arrivals queued for epoch that drop reports, and
+// returns how many.
+func (m *mailbox) dropIf(epoch int64, drop func(arrival) bool) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	for k, q := range m.queues {
+		if k.epoch != epoch {
+			continue
+		}
+		kept := q[:0]
+		for _, a := range q {
+			if drop(a) {
+				m.used -= a.bytes()
+				n++
+				continue
+			}
+			kept = append(kept, a)
+		}
+		clear(q[len(kept):])
+		if len(kept) == 0 {
+			delete(m.queues, k)
+		} else {
+			m.queues[k] = kept
+		}
+	}
+	if n > 0 {
+		m.freed()
+	}
+	return n
 }

@@ -16,9 +16,13 @@ import (
 // worker's current iteration instead of leaving it waiting.
 func (s *Server) SendTensor(stream pb.Peer_SendTensorServer) error {
 	var j *job
+	id := callerIdentity(stream.Context())
 	hdr, payload, err := transport.Receive(stream, s.cfg.Transport.MaxTensorBytes, func(h *pb.TensorHeader) error {
 		var err error
 		if j, err = s.admitTensor(h.GetFence()); err != nil {
+			return err
+		}
+		if err := s.checkSender(id, j, h); err != nil {
 			return err
 		}
 		if j != nil && h.GetFence().GetEpoch() == j.epoch {
@@ -32,7 +36,11 @@ func (s *Server) SendTensor(stream pb.Peer_SendTensorServer) error {
 		payload.Release()
 		if err == nil {
 			sl := slot{hdr.GetFence().GetEpoch(), hdr.GetIteration()}
-			if err = s.mbox.put(stream.Context(), sl, arrival{hdr: hdr, data: data}); err == nil {
+			a := arrival{hdr: hdr, data: data}
+			if s.cfg.TLS != nil && (j == nil || sl.epoch != j.epoch) {
+				a.sender = &id // checked when its epoch is configured
+			}
+			if err = s.mbox.put(stream.Context(), sl, a); err == nil {
 				return stream.SendAndClose(&pb.TensorAck{})
 			}
 		}
@@ -45,7 +53,9 @@ func (s *Server) SendTensor(stream pb.Peer_SendTensorServer) error {
 	if reason := rejectReason(err); reason != "" {
 		s.metrics.Load().TensorRejected(reason)
 	}
-	fenced := errors.Is(err, ErrWrongJob) || errors.Is(err, ErrDeposed) || errors.Is(err, ErrStaleEpoch) || errors.Is(err, ErrNoFence)
+	// A refused sender, like a stale fence, says nothing about the
+	// iteration: the real tensor may still come.
+	fenced := errors.Is(err, ErrPermission) || errors.Is(err, ErrWrongJob) || errors.Is(err, ErrDeposed) || errors.Is(err, ErrStaleEpoch) || errors.Is(err, ErrNoFence)
 	if hdr != nil && j != nil && !fenced && hdr.GetFence().GetEpoch() == j.epoch {
 		// A current-epoch tensor we cannot use: fail the iteration now.
 		s.mbox.fail(slot{j.epoch, hdr.GetIteration()}, fmt.Errorf("%w: rejected %s: %v", ErrBadInput, desc, err))

@@ -11,8 +11,11 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
+	"stagecoach/internal/confine"
 	"stagecoach/internal/metrics"
 	"stagecoach/internal/tlsx"
 	pb "stagecoach/proto"
@@ -32,12 +35,14 @@ type Server struct {
 
 	cfg  Config
 	mbox *mailbox
+	// root confines checkpoint directories (Config.CheckpointRoot).
+	root confine.Root
 
 	// control serialises the control RPCs.
 	control sync.Mutex
 
 	mu        sync.Mutex // guards the fields below
-	leaderRev int64      // highest leader revision seen
+	leaderRev int64      // highest leader revision admitted
 	epoch     int64      // plan epoch of job
 	job       *job       // nil until configured
 	applied   int64      // last optimizer step applied (iteration number)
@@ -56,13 +61,22 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, mbox: newMailbox(cfg.MailboxBytes)}
+	root, err := confine.New(cfg.CheckpointRoot)
+	if err != nil {
+		return nil, fmt.Errorf("worker: config: %w", err)
+	}
+	s := &Server{cfg: cfg, mbox: newMailbox(cfg.MailboxBytes), root: root}
 	opts := append(cfg.Transport.ServerOptions(), grpc.MaxRecvMsgSize(max(cfg.MaxControlBytes, cfg.Transport.ChunkBytes+(64<<10))))
 	opts = append(opts, tlsx.ServerOption(cfg.TLS),
-		grpc.ChainUnaryInterceptor(s.measureRPC))
+		grpc.ChainUnaryInterceptor(s.authorizeUnary, s.measureRPC),
+		grpc.ChainStreamInterceptor(s.authorizeStream))
 	s.srv = grpc.NewServer(opts...)
 	pb.RegisterWorkerServer(s.srv, s)
 	pb.RegisterPeerServer(s.srv, s)
+	// Probes (stagecoach health, container healthchecks) ask the
+	// standard health service, which any certificate of the CA may call;
+	// Status is the coordinator's.
+	healthpb.RegisterHealthServer(s.srv, health.NewServer())
 	return s, nil
 }
 
@@ -151,29 +165,64 @@ func Run(ctx context.Context, cfg Config) error {
 	return nil
 }
 
-// admitLeader checks a control request's job and leader revision and
-// records a newer revision, so every later command of an older leader is
-// refused.
-func (s *Server) admitLeader(f *pb.Fence) error {
+// refreshTimeout bounds the etcd read a fence the watched leader does
+// not explain triggers.
+const refreshTimeout = 2 * time.Second
+
+// admitLeader checks a control request's job and leader revision. With a
+// LeaderSource the revision must be the current leader's as etcd shows
+// it: on a mismatch the election is read again once (the watch may lag
+// behind a new leader's first command), then a revision below the
+// leader's, or one admitted before whose leader is gone, is a deposed
+// leader, and any other a forgery, refused and never adopted.
+// Without one (no election: tests), a revision below the highest admitted
+// is deposed. The highest admitted revision fences peer tensors.
+func (s *Server) admitLeader(ctx context.Context, f *pb.Fence) error {
 	if f == nil {
 		return ErrNoFence
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if f.GetJob() != s.cfg.Job {
 		return fmt.Errorf("%w: %q, this worker serves %q", ErrWrongJob, f.GetJob(), s.cfg.Job)
 	}
-	if f.GetLeaderRev() < s.leaderRev {
-		return fmt.Errorf("%w: leader revision %d < %d", ErrDeposed, f.GetLeaderRev(), s.leaderRev)
+	rev := f.GetLeaderRev()
+	if src := s.cfg.Leader; src != nil {
+		cur := src.LeaderRev()
+		if rev != cur {
+			rctx, cancel := context.WithTimeout(ctx, refreshTimeout)
+			var err error
+			cur, err = src.Refresh(rctx)
+			cancel()
+			if err != nil {
+				return fmt.Errorf("%w: %v", ErrLeaderUnknown, err)
+			}
+		}
+		if rev != cur || cur == 0 {
+			s.mu.Lock()
+			seen := s.leaderRev
+			s.mu.Unlock()
+			// Below the leader, or a leader admitted before and gone
+			// since (the election may be empty): deposed. Anything else
+			// was never a leader here: forged.
+			if rev < cur || (rev > 0 && rev <= seen) {
+				return fmt.Errorf("%w: leader revision %d, the election's is %d", ErrDeposed, rev, cur)
+			}
+			s.metrics.Load().Denied("fence", metrics.DenyFutureLeader)
+			return fmt.Errorf("%w: leader revision %d, the election's is %d", ErrFutureLeader, rev, cur)
+		}
 	}
-	s.leaderRev = f.GetLeaderRev()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if rev < s.leaderRev {
+		return fmt.Errorf("%w: leader revision %d < %d", ErrDeposed, rev, s.leaderRev)
+	}
+	s.leaderRev = rev
 	return nil
 }
 
 // admit is admitLeader plus the epoch check of every control RPC but
 // Configure; it returns the configured job.
-func (s *Server) admit(f *pb.Fence) (*job, error) {
-	if err := s.admitLeader(f); err != nil {
+func (s *Server) admit(ctx context.Context, f *pb.Fence) (*job, error) {
+	if err := s.admitLeader(ctx, f); err != nil {
 		return nil, err
 	}
 	s.mu.Lock()
@@ -222,7 +271,9 @@ func (s *Server) setApplied(n int64) {
 	s.mu.Unlock()
 }
 
-// Status implements pb.WorkerServer. It needs no fence: it changes nothing.
+// Status implements pb.WorkerServer. It needs no fence (it changes
+// nothing), but under mutual TLS only the job's coordinator may call it;
+// probes use the health service.
 func (s *Server) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusResponse, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

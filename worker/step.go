@@ -15,17 +15,17 @@ import (
 // applied at most once: repeating it is refused with ErrStepApplied
 // (AlreadyExists), which a retrying coordinator may read as "done".
 func (s *Server) Step(ctx context.Context, req *pb.StepRequest) (*pb.StepResponse, error) {
-	resp, err := s.step(req)
+	resp, err := s.step(ctx, req)
 	if err != nil {
 		s.cfg.Logf("worker %s: step %d: %v", s.cfg.Name, req.GetIteration(), err)
 	}
 	return resp, toStatus(err)
 }
 
-func (s *Server) step(req *pb.StepRequest) (*pb.StepResponse, error) {
+func (s *Server) step(ctx context.Context, req *pb.StepRequest) (*pb.StepResponse, error) {
 	s.control.Lock()
 	defer s.control.Unlock()
-	j, err := s.admit(req.GetFence())
+	j, err := s.admit(ctx, req.GetFence())
 	if err != nil {
 		return nil, err
 	}

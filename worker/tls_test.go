@@ -29,11 +29,26 @@ import (
 )
 
 // clusterTLS generates a CA and certificates for hosts in a temporary
-// directory and loads each host's config.
+// directory and loads each host's config. "coordinator" carries testJob's
+// coordinator role, w<i> the role of testJob's worker w<i>, any other
+// host none.
 func clusterTLS(t *testing.T, hosts ...string) map[string]*tls.Config {
 	t.Helper()
 	dir := t.TempDir()
-	if _, err := tlsx.Generate(dir, hosts, time.Hour); err != nil {
+	var certs []tlsx.Cert
+	for _, h := range hosts {
+		c := tlsx.Cert{File: h}
+		switch {
+		case h == "coordinator":
+			id := tlsx.Coordinator(testJob)
+			c.ID = &id
+		case strings.HasPrefix(h, "w"):
+			id := tlsx.Worker(testJob, h)
+			c.ID = &id
+		}
+		certs = append(certs, c)
+	}
+	if _, err := tlsx.Issue(dir, certs, time.Hour); err != nil {
 		t.Fatal(err)
 	}
 	out := map[string]*tls.Config{}
@@ -167,7 +182,7 @@ func TestPipelineOverMutualTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := workertest.Start(t, 2, testJob, func(i int, cfg *worker.Config) { cfg.TLS = certs[[]string{"w0", "w1"}[i]] })
-	d := &workertest.Driver{Clients: workertest.DialTLS(t, c.Addrs, certs["coordinator"]), Peers: c.Addrs, Plan: plan, Train: ref.Cfg,
+	d := &workertest.Driver{Clients: workertest.DialTLS(t, c.Addrs, certs["coordinator"]), Peers: c.Addrs, Names: []string{"w0", "w1"}, Plan: plan, Train: ref.Cfg,
 		Fence: &pb.Fence{Job: testJob, LeaderRev: 7, Epoch: 1}}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

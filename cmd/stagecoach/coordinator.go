@@ -18,6 +18,7 @@ import (
 	"stagecoach/data"
 	"stagecoach/internal/etcdx"
 	"stagecoach/internal/metrics"
+	"stagecoach/internal/tlsx"
 	"stagecoach/model"
 	"stagecoach/sim"
 )
@@ -44,6 +45,7 @@ type jobFlags struct {
 	out       string
 	asJSON    bool
 	ckpt      bool
+	ckptDir   string
 	ckptEvery int
 	retain    int
 	name      string
@@ -51,6 +53,8 @@ type jobFlags struct {
 	tls tlsFlags
 	// metricsAddr serves the coordinator's Prometheus metrics.
 	metricsAddr string
+	// httpAddr serves the live page (jobview).
+	httpAddr string
 }
 
 func (j *jobFlags) register(f *pflag.FlagSet, defaultJob string) {
@@ -77,6 +81,8 @@ func (j *jobFlags) register(f *pflag.FlagSet, defaultJob string) {
 	f.IntVar(&j.retain, "retain", 3, "committed checkpoints kept listed and on disk; older ones are removed (negative: keep all)")
 	f.StringVar(&j.name, "name", "coordinator", "this coordinator's name in the leader election (standbys campaign under their own)")
 	f.StringVar(&j.metricsAddr, "metrics-addr", "", "serve Prometheus /metrics and /healthz on this HOST:PORT (empty: off)")
+	f.StringVar(&j.ckptDir, "checkpoint-dir", "", "checkpoint root (default <out>/checkpoints): the workers' --checkpoint-root must contain it; only listed checkpoints under it are loaded or deleted, so every coordinator of a job names the same one")
+	f.StringVar(&j.httpAddr, "http-addr", "", "serve the job's live page on this HOST:PORT, over HTTPS requiring a client certificate of the cluster CA when TLS is on (empty: off)")
 	f.IntVar(&j.ckptEvery, "checkpoint-every", 0, "also checkpoint every N steps; a job rerun with the same --job resumes from its newest committed checkpoint and replays the committed steps after it")
 }
 
@@ -91,16 +97,23 @@ func (j *jobFlags) config(endpoints []string) (coordinator.Config, error) {
 	if err := checkMetricsAddr(j.metricsAddr); err != nil {
 		return coordinator.Config{}, err
 	}
+	if err := checkHTTPAddr(j.httpAddr); err != nil {
+		return coordinator.Config{}, err
+	}
 	tc := j.train
 	tc.Optim = model.OptimConfig{Kind: j.optimizer, LR: j.lr}
 	tlsConf, err := j.tls.load()
 	if err != nil {
 		return coordinator.Config{}, err
 	}
+	// The workers take control calls only from this role.
+	if err := checkRole(tlsConf, tlsx.Coordinator(j.job)); err != nil {
+		return coordinator.Config{}, err
+	}
 	cfg := coordinator.Config{
 		Job: j.job, Endpoints: endpoints, TTL: j.ttl, Workers: j.workers, Stages: j.stages,
 		Schedule: j.schedule, Train: tc, Steps: j.steps, CorpusDir: j.corpus, MaxCorpusBytes: j.maxBytes,
-		OutDir: j.out, Checkpoint: j.ckpt, CheckpointEvery: j.ckptEvery, Retain: j.retain, Name: j.name,
+		OutDir: j.out, CheckpointDir: j.ckptDir, Checkpoint: j.ckpt, CheckpointEvery: j.ckptEvery, Retain: j.retain, Name: j.name,
 		TLS: tlsConf, AllReduce: j.allReduce,
 	}
 	if err := cfg.Validate(); err != nil {
@@ -165,7 +178,7 @@ leader is replaced, and a longer one rides out CPU starvation.`,
 					"role", "etcd", "endpoints", strings.Join(eps, ","))
 			}
 			cfg.Endpoints = eps
-			err = runJob(ctx, cfg, j.asJSON, j.metricsAddr)
+			err = runJob(ctx, cfg, j.asJSON, j.metricsAddr, j.httpAddr, nil)
 			switch {
 			case err != nil && stoppedBySignal(ctx):
 				// Asked to stop, and stopped: leadership resigned,
@@ -194,8 +207,9 @@ leader is replaced, and a longer one rides out CPU starvation.`,
 // runJob runs a coordinator with the progress bar or JSON lines, then
 // prints the summary table and writes the summary, trace and loss plot.
 // The coordinator's lines go to slog unless a progress bar is drawn; with
-// metricsAddr it serves Prometheus metrics there while it runs.
-func runJob(ctx context.Context, cfg coordinator.Config, asJSON bool, metricsAddr string) error {
+// metricsAddr it serves Prometheus metrics there while it runs, with
+// httpAddr the live page (its URL passed to onLive).
+func runJob(ctx context.Context, cfg coordinator.Config, asJSON bool, metricsAddr, httpAddr string, onLive func(url string)) error {
 	if err := os.MkdirAll(cfg.OutDir, 0o755); err != nil {
 		return err
 	}
@@ -203,6 +217,9 @@ func runJob(ctx context.Context, cfg coordinator.Config, asJSON bool, metricsAdd
 	cfg.Metrics = metrics.NewCoordinator(reg)
 	metrics.RegisterLease(reg, etcdx.LeaseRenewalFailures, etcdx.LeasesLost)
 	log := slog.Default().With("role", "coordinator", "job", cfg.Job, "name", cfg.Name)
+	if cfg.TLS == nil {
+		log.Warn("UNAUTHENTICATED job: no mutual TLS, so the workers cannot tell this coordinator from anyone who reaches their ports; fine for one machine's loopback, use --tls-* (stagecoach certs --job) elsewhere")
+	}
 	if metricsAddr != "" {
 		srv, err := metrics.Serve(metricsAddr, reg, nil)
 		if err != nil {
@@ -211,9 +228,22 @@ func runJob(ctx context.Context, cfg coordinator.Config, asJSON bool, metricsAdd
 		defer srv.Close()
 		log.Info("serving metrics on http://"+srv.Addr()+"/metrics", "metrics_addr", srv.Addr())
 	}
+	var live *liveServer
+	if httpAddr != "" {
+		var err error
+		if live, err = startLive(ctx, httpAddr, cfg.Job, cfg.Endpoints, cfg.TLS); err != nil {
+			return err
+		}
+		defer live.close()
+		log.Info("serving the live page on "+live.srv.URL(), "http_addr", live.srv.Addr())
+		if onLive != nil {
+			onLive(live.srv.URL())
+		}
+	}
 	prog := newProgress(os.Stderr, cfg.Steps, "train", !asJSON)
 	enc := json.NewEncoder(os.Stdout)
 	cfg.OnStep = func(r coordinator.StepReport) {
+		live.step(r)
 		if asJSON {
 			_ = enc.Encode(r)
 		} else if prog.bar == nil {

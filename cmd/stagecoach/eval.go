@@ -47,6 +47,9 @@ embedding and head) cannot be skipped.`,
 				}
 			}
 			path := train.CheckpointPath(ckpt)
+			if err := model.VerifyFile(path); err != nil {
+				return err
+			}
 			_, meta, err := model.ReadSafetensorsFile(path)
 			if err != nil {
 				return err

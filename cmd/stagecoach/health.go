@@ -11,6 +11,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"stagecoach/internal/tlsx"
 	pb "stagecoach/proto"
@@ -30,7 +31,10 @@ func newHealthCmd() *cobra.Command {
 		Short: "Probe a worker or an etcd member; exit 0 when it answers (for container healthchecks)",
 		Long: `Probe one service and exit 0 if it is healthy, 1 if not:
 
-  --worker HOST:PORT  the worker answers its Status RPC
+  --worker HOST:PORT  the worker's gRPC health service answers SERVING (any
+                      certificate of the CA may ask; with the job's
+                      coordinator certificate the probe also prints the
+                      worker's Status, which only the coordinator may read)
   --etcd HOST:PORT    the etcd member answers Status and knows a cluster leader
                       (a member cut off from quorum is not healthy)
 
@@ -69,11 +73,20 @@ func probeWorker(ctx context.Context, addr string, tc *tls.Config) error {
 		return fmt.Errorf("health: worker %s: %w", addr, err)
 	}
 	defer conn.Close()
-	// Status does not wait for the control lock, so a worker busy in a
-	// long iteration still answers at once.
-	st, err := pb.NewWorkerClient(conn).Status(ctx, &pb.StatusRequest{})
+	// The health service answers whatever the worker is doing; Status is
+	// authorized for the job's coordinator only, so it is shown when
+	// allowed and its refusal is not a health failure.
+	hr, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
 	if err != nil {
 		return fmt.Errorf("health: worker %s: %w", addr, err)
+	}
+	if hr.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		return fmt.Errorf("health: worker %s: %v", addr, hr.GetStatus())
+	}
+	st, err := pb.NewWorkerClient(conn).Status(ctx, &pb.StatusRequest{})
+	if err != nil {
+		fmt.Fprintf(os.Stdout, "worker at %s: serving\n", addr)
+		return nil
 	}
 	fmt.Fprintf(os.Stdout, "worker %s at %s: epoch %d, applied step %d, stages %v\n", st.Name, addr, st.Epoch, st.AppliedStep, st.Stages)
 	return nil

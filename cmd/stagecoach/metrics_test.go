@@ -81,7 +81,8 @@ func TestWorkerMetricsAndJSONLogsAfterTraining(t *testing.T) {
 			t.Fatal(err)
 		}
 		p.cmd = exec.Command(exe, "worker", "--etcd", ep, "--job", "metrics", "--name", name, "--ttl", "2",
-			"--data-dir", filepath.Join(dir, name), "--metrics-addr", "127.0.0.1:0", "--log-format", "json")
+			"--data-dir", filepath.Join(dir, name), "--checkpoint-root", filepath.Join(dir, "co", "checkpoints"),
+			"--metrics-addr", "127.0.0.1:0", "--log-format", "json")
 		p.cmd.Env = append(os.Environ(), "STAGECOACH_TEST_MAIN=1")
 		p.cmd.Stdout, p.cmd.Stderr = f, f
 		if err := p.cmd.Start(); err != nil {

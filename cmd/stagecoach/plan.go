@@ -57,7 +57,7 @@ Schedules: ` + strings.Join(scheduler.Names(), ", ") + `.`,
 	fs.IntVar(&f.stages, "stages", 4, "pipeline depth p (ranks)")
 	fs.IntVar(&f.microbatches, "microbatches", 8, "microbatches per iteration m")
 	fs.IntVar(&f.replicas, "replicas", 1, "data-parallel replicas of each stage")
-	fs.IntVar(&f.chunks, "chunks", 0, "model chunks per worker for interleaved schedules (0: schedule default)")
+	fs.IntVar(&f.chunks, "chunks", 0, "model chunks per worker for the looped schedules interleaved, interleaved-zb and looped-bfs (0: their default, 2; the V schedules hold 2)")
 	fs.IntVar(&f.layers, "layers", 0, "model layers (0: one per stage)")
 	fs.IntVar(&f.samples, "samples", 1, "samples per microbatch")
 	fs.IntVar(&f.memory, "memory", 0, "activation memory per worker in microbatches (0: unbounded)")
@@ -87,6 +87,11 @@ func runPlan(cmd *cobra.Command, f *planFlags) error {
 	}
 	if format == "json" && f.dialect != "" {
 		return badInput("--dialect applies to --format pytorch-csv")
+	}
+	if isSimExtensionSchedule(f.schedule) {
+		return badInput("schedule %s plans paths over a cluster's nodes and links, which `stagecoach plan` does not take: "+
+			"simulate it with `stagecoach sim --preset skippipe-geo --schedule %s` (or --cluster FILE), or train with `stagecoach up --schedule %s`",
+			f.schedule, f.schedule, f.schedule)
 	}
 	if _, err := scheduler.Lookup(f.schedule); err != nil {
 		return badInput("%v", err)

@@ -52,3 +52,14 @@ func TestPlanCheckRejectsBadFiles(t *testing.T) {
 		t.Fatalf("plan --check bad.csv: exit %d, stderr %q; want status 2 and one line naming the token", code, errOut)
 	}
 }
+
+// SkipPipe schedules are listed among the simulator's schedules but need
+// a cluster: plan says so and where to go instead of "unknown schedule".
+func TestPlanSaysWhereSkipPipeSchedulesAre(t *testing.T) {
+	for _, name := range []string{"skippipe", "skippipe-nonca"} {
+		_, errOut, code := runCLI(t, t.TempDir(), "plan", "--schedule", name)
+		if code != 2 || strings.Contains(errOut, "unknown schedule") || !strings.Contains(errOut, "stagecoach sim --preset skippipe-geo --schedule "+name) {
+			t.Errorf("plan --schedule %s: exit %d, stderr %q", name, code, errOut)
+		}
+	}
+}

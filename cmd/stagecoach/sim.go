@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/csv"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -40,6 +41,9 @@ type simJob struct {
 	Plan      *scheduler.Plan
 	Cluster   *sim.Cluster
 	PlanTimeS float64
+	// Infeasible says why the plan cannot run under the limits asked for
+	// (it breaks the memory bound); the job is reported, not simulated.
+	Infeasible string
 }
 
 // simExtension lets another file of this command add flags, schedules or
@@ -109,7 +113,7 @@ extensions, e.g. skippipe). Clusters: --preset homogeneous|skippipe-geo or
 	fs.IntVar(&f.stages, "stages", 4, "pipeline depth p (ranks)")
 	fs.IntVar(&f.microbatches, "microbatches", 8, "microbatches per iteration m")
 	fs.IntVar(&f.replicas, "replicas", 1, "data-parallel replicas of each stage")
-	fs.IntVar(&f.chunks, "chunks", 0, "model chunks per worker for interleaved schedules (0: schedule default)")
+	fs.IntVar(&f.chunks, "chunks", 0, "model chunks per worker for the looped schedules interleaved, interleaved-zb and looped-bfs (0: their default, 2; the V schedules hold 2)")
 	fs.IntVar(&f.layers, "layers", 0, "model layers (0: one per stage)")
 	fs.IntVar(&f.samples, "samples", 1, "samples per microbatch")
 	fs.IntVar(&f.memory, "memory", 0, "activation memory per worker in microbatches (0: unbounded)")
@@ -156,6 +160,12 @@ func runSim(cmd *cobra.Command, f *simFlags) error {
 	if f.iterations < 1 {
 		return badInput("--iterations is %d, want >= 1", f.iterations)
 	}
+	if f.planFile != "" {
+		if err := refuseWithPlan(cmd.Flags(), "plan", "schedule", "stages", "microbatches", "replicas", "chunks",
+			"layers", "samples", "memory", "all-reduce", "sweep", "sweep-stages", "sweep-microbatches"); err != nil {
+			return err
+		}
+	}
 	for _, s := range strings.Split(f.schedules, ",") {
 		if s = strings.TrimSpace(s); s != "" {
 			env.Schedules = append(env.Schedules, s)
@@ -181,6 +191,9 @@ func runSim(cmd *cobra.Command, f *simFlags) error {
 	}
 	if f.sweep {
 		return runSweep(env, f)
+	}
+	if f.planFile == "" && env.Spec.Layers == 0 {
+		env.Spec.Layers = commonLayers(env)
 	}
 	jobs, err := buildSimJobs(env, f.planFile)
 	if err != nil {
@@ -242,6 +255,12 @@ func buildSimJob(env *simEnv, name string) (*simJob, error) {
 	}
 	planTime := time.Since(start).Seconds()
 	if err := scheduler.Validate(pl); err != nil {
+		var ve *scheduler.ValidationError
+		if errors.As(err, &ve) && ve.Rule == scheduler.RuleMemory {
+			// The schedule needs more memory than --memory gives: a row
+			// of the comparison, not a failure of the whole table.
+			return &simJob{Name: name, Plan: pl, Cluster: env.Cluster, PlanTimeS: planTime, Infeasible: err.Error()}, nil
+		}
 		return nil, fmt.Errorf("schedule %s produced an invalid plan: %w", name, err)
 	}
 	// Each replicated stage all-reduces by the cheaper algorithm under
@@ -266,7 +285,16 @@ func readPlanFile(path string) (*scheduler.Plan, error) {
 func runSimJobs(env *simEnv, jobs []*simJob) ([]*sim.Result, error) {
 	bar := newProgress(env.Stderr, len(jobs), "simulating", len(jobs) > 3)
 	var out []*sim.Result
+	feasible := 0
 	for _, j := range jobs {
+		if j.Infeasible != "" {
+			p := j.Plan
+			out = append(out, &sim.Result{Schedule: j.Name, Workers: len(p.Workers), Stages: len(p.Stages), Layers: p.Layers(),
+				Microbatches: len(p.Microbatches), Iterations: env.Options.Iterations, PlanTimeS: j.PlanTimeS, Infeasible: j.Infeasible, Plan: p})
+			bar.Add(1)
+			continue
+		}
+		feasible++
 		r, err := sim.Run(j.Plan, j.Cluster, env.Options)
 		if err != nil {
 			return nil, badInput("schedule %s: %v", j.Name, err)
@@ -277,17 +305,90 @@ func runSimJobs(env *simEnv, jobs []*simJob) ([]*sim.Result, error) {
 		bar.Add(1)
 	}
 	bar.Finish()
+	if feasible == 0 {
+		why := make([]string, len(out))
+		for i, r := range out {
+			why[i] = r.Schedule + ": " + r.Infeasible
+		}
+		return nil, badInput("no schedule fits under --memory %d: %s", env.Spec.Memory, strings.Join(why, "; "))
+	}
 	return out, nil
 }
 
+// feasibleResults drops the rows that were not simulated.
+func feasibleResults(results []*sim.Result) []*sim.Result {
+	var out []*sim.Result
+	for _, r := range results {
+		if r.Infeasible == "" {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// refuseWithPlan names the first of flags set beside --plan: a plan file
+// fixes the schedule, its shape and its all-reduce, so they would be
+// silently ignored.
+func refuseWithPlan(fs *pflag.FlagSet, planFlag string, flags ...string) error {
+	for _, name := range flags {
+		if fs.Changed(name) {
+			return badInput("--%s conflicts with --%s: the plan file fixes the schedule and its shape", name, planFlag)
+		}
+	}
+	return nil
+}
+
+// commonLayers picks one layer count for every classic schedule compared,
+// so that each simulates the same model: the least common multiple of
+// their stage counts (an interleaved schedule has chunks x ranks stages),
+// which spreads evenly over every one of them.
+func commonLayers(env *simEnv) int {
+	layers := 1
+	for _, name := range env.Schedules {
+		if isSimExtensionSchedule(name) {
+			continue
+		}
+		probe := env.Spec
+		probe.Microbatches = min(probe.Microbatches, 2*max(probe.Stages, 1))
+		pl, err := scheduler.Generate(name, probe)
+		if err != nil {
+			continue // the real generation reports it
+		}
+		layers = lcm(layers, len(pl.Stages))
+		if layers > scheduler.MaxStages*4 {
+			return 0 // no sensible common count: each keeps its own
+		}
+	}
+	return layers
+}
+
+func isSimExtensionSchedule(name string) bool {
+	for _, x := range simExtensions {
+		if _, ok := x.Schedules[name]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+func lcm(a, b int) int {
+	g, y := a, b
+	for y != 0 {
+		g, y = y, g%y
+	}
+	return a / g * b
+}
+
 func writeSimOutputs(env *simEnv, results []*sim.Result, jsonOut bool, trace, gantt string) error {
+	simulated := feasibleResults(results)
 	if trace != "" {
-		if err := writeFileWith(trace, func(w io.Writer) error { return sim.WriteChromeTrace(w, results...) }); err != nil {
+		if err := writeFileWith(trace, func(w io.Writer) error { return sim.WriteChromeTrace(w, simulated...) }); err != nil {
 			return err
 		}
 	}
 	if gantt != "" {
-		for _, r := range results {
+		var written []string
+		for _, r := range simulated {
 			path := gantt
 			if len(results) > 1 {
 				ext := filepath.Ext(gantt)
@@ -299,6 +400,12 @@ func writeSimOutputs(env *simEnv, results []*sim.Result, jsonOut bool, trace, ga
 			if err := sim.WriteGantt(path, r, sim.GanttOptions{}); err != nil {
 				return err
 			}
+			written = append(written, path)
+		}
+		if len(results) > 1 {
+			// One chart per schedule: say where they went, since
+			// the name given was not used as it stands.
+			fmt.Fprintf(env.Stderr, "wrote Gantt charts %s\n", strings.Join(written, ", "))
 		}
 	}
 	if jsonOut {
@@ -375,16 +482,26 @@ func runSweep(env *simEnv, f *simFlags) error {
 	_ = cw.Write([]string{"schedule", "stages", "microbatches", "iteration_time_s", "bubble_fraction", "bubble_over_ideal", "span_s", "peak_activations"})
 	bar := newProgress(env.Stderr, len(env.Schedules)*len(stages)*len(mbs), "sweeping", f.progress)
 	var series []sim.Series
+	var skipped []string
 	for _, name := range env.Schedules {
-		for _, p := range stages {
-			s := sim.Series{Name: fmt.Sprintf("%s p=%d", name, p)}
+		for pi, p := range stages {
+			s := sim.Series{Name: fmt.Sprintf("%s p=%d", name, p), Group: name, Variant: pi}
 			for _, m := range mbs {
 				e := *env
 				e.Spec.Stages, e.Spec.Microbatches = p, m
 				e.Options.Detail = false
+				if env.Spec.Layers == 0 {
+					e.Spec.Layers = commonLayers(&e)
+				}
 				j, err := buildSimJob(&e, name)
 				if err != nil {
 					return err
+				}
+				bar.Add(1)
+				if j.Infeasible != "" {
+					_ = cw.Write([]string{name, strconv.Itoa(p), strconv.Itoa(m), "infeasible", "", "", "", ""})
+					skipped = append(skipped, fmt.Sprintf("%s p=%d m=%d", name, p, m))
+					continue
 				}
 				r, err := sim.Run(j.Plan, j.Cluster, e.Options)
 				if err != nil {
@@ -393,9 +510,10 @@ func runSweep(env *simEnv, f *simFlags) error {
 				_ = cw.Write([]string{name, strconv.Itoa(p), strconv.Itoa(m), fmtF(r.IterationTimeS), fmtF(r.BubbleFraction), fmtF(r.BubbleOverIdeal), fmtF(r.SpanS), strconv.Itoa(r.PeakActivations)})
 				s.X = append(s.X, float64(m))
 				s.Y = append(s.Y, r.BubbleFraction)
-				bar.Add(1)
 			}
-			series = append(series, s)
+			if len(s.X) > 0 {
+				series = append(series, s)
+			}
 		}
 	}
 	bar.Finish()
@@ -403,8 +521,15 @@ func runSweep(env *simEnv, f *simFlags) error {
 	if err := cw.Error(); err != nil {
 		return err
 	}
+	if len(skipped) > 0 {
+		fmt.Fprintf(env.Stderr, "infeasible under --memory %d (left out of the plot): %s\n", env.Spec.Memory, strings.Join(skipped, ", "))
+	}
+	if len(series) == 0 {
+		return badInput("no point of the sweep fits under --memory %d", env.Spec.Memory)
+	}
 	pngPath := filepath.Join(env.OutDir, "sweep.png")
-	if err := sim.WriteLinePlot(pngPath, "Bubble fraction vs microbatches", "microbatches m", "bubble fraction", series); err != nil {
+	lp := sim.LinePlot{Title: "Bubble fraction vs microbatches", XLabel: "microbatches m", YLabel: "bubble fraction", Series: series, LogX2: true}
+	if err := lp.Write(pngPath); err != nil {
 		return err
 	}
 	fmt.Fprintf(env.Stdout, "wrote %s and %s\n", csvPath, pngPath)

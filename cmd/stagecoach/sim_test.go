@@ -132,3 +132,104 @@ const deadlockPlanJSON = `{
   [{"op": "F", "mb": 1, "stage": 1}, {"op": "L", "mb": 1, "stage": 1}, {"op": "B", "mb": 1, "stage": 1}, {"op": "F", "mb": 0, "stage": 1}, {"op": "L", "mb": 0, "stage": 1}, {"op": "B", "mb": 0, "stage": 1}, {"op": "S", "mb": -1, "stage": -1}]
  ]
 }`
+
+// Every schedule in one comparison simulates the same model: interleaved
+// splits the same layers into more, smaller stages, and so beats GPipe.
+func TestSimComparesSchedulesOnTheSameModel(t *testing.T) {
+	out, errOut, code := runCLI(t, t.TempDir(), "sim", "--schedule", "gpipe,1f1b,interleaved,zb-h1", "--stages", "4", "--microbatches", "8", "--json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	var rows []struct {
+		Schedule       string  `json:"schedule"`
+		Layers         int     `json:"layers"`
+		IterationTimeS float64 `json:"iteration_time_s"`
+	}
+	if err := json.Unmarshal([]byte(out), &rows); err != nil {
+		t.Fatal(err)
+	}
+	times := map[string]float64{}
+	for _, r := range rows {
+		if r.Layers != 8 {
+			t.Errorf("%s simulates %d layers, want 8 (4 ranks x 2 chunks for every schedule)", r.Schedule, r.Layers)
+		}
+		times[r.Schedule] = r.IterationTimeS
+	}
+	if times["interleaved"] >= times["gpipe"] {
+		t.Errorf("interleaved %v s not below gpipe %v s on the same model", times["interleaved"], times["gpipe"])
+	}
+	// Alone, a schedule keeps one layer per stage.
+	out, _, _ = runCLI(t, t.TempDir(), "sim", "--schedule", "gpipe", "--stages", "4", "--json")
+	if !strings.Contains(out, `"layers": 4`) {
+		t.Errorf("gpipe alone: want 4 layers:\n%s", out)
+	}
+}
+
+// A schedule that does not fit the memory limit is a row of the table,
+// marked infeasible with the validator's reason; the others still print.
+func TestSimMarksInfeasibleSchedules(t *testing.T) {
+	dir := t.TempDir()
+	out, errOut, code := runCLI(t, dir, "sim", "--schedule", "gpipe,1f1b", "--stages", "4", "--microbatches", "8", "--memory", "4")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	if !regexp.MustCompile(`(?m)^gpipe .* - .*$`).MatchString(out) || !strings.Contains(out, "gpipe: infeasible: invalid plan: worker 0") {
+		t.Errorf("gpipe not marked infeasible:\n%s", out)
+	}
+	if !regexp.MustCompile(`(?m)^1f1b\s+4\s+4\s+4\s+8\s+33\.0000\s`).MatchString(out) {
+		t.Errorf("1f1b row missing or wrong:\n%s", out)
+	}
+	_, errOut, code = runCLI(t, dir, "sim", "--schedule", "gpipe,1f1b", "--stages", "4", "--microbatches", "8", "--memory", "2")
+	if code != 2 || !strings.Contains(errOut, "no schedule fits under --memory 2: gpipe:") || !strings.Contains(errOut, "; 1f1b:") {
+		t.Errorf("nothing fits: exit %d, stderr %q", code, errOut)
+	}
+}
+
+func TestSimRefusesFlagsAPlanFileOverrides(t *testing.T) {
+	dir := t.TempDir()
+	out, errOut, code := runCLI(t, dir, "plan", "--schedule", "1f1b", "--stages", "2", "--microbatches", "2")
+	if code != 0 {
+		t.Fatalf("plan: exit %d: %s", code, errOut)
+	}
+	plan := filepath.Join(dir, "p.json")
+	if err := os.WriteFile(plan, []byte(out), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, flag := range []string{"--schedule=zb-h1", "--stages=8", "--memory=1", "--sweep"} {
+		_, errOut, code := runCLI(t, dir, "sim", "--plan", plan, flag)
+		name := strings.TrimPrefix(strings.SplitN(flag, "=", 2)[0], "--")
+		if code != 2 || !strings.Contains(errOut, "--"+name+" conflicts with --plan") {
+			t.Errorf("%s beside --plan: exit %d, stderr %q", flag, code, errOut)
+		}
+	}
+	if _, errOut, code := runCLI(t, dir, "sim", "--plan", plan); code != 0 {
+		t.Errorf("--plan alone: exit %d: %s", code, errOut)
+	}
+}
+
+func TestSimClusterTypoNamesFileLineAndKey(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c.yaml")
+	yaml := "name: x\nnodes: [{name: a, region: r1}, {name: b, region: r2}]\nlinks:\n  - {a: r1, b: r2, latency_ms: 1, bandwith_gib_s: 1}\n"
+	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code := runCLI(t, dir, "sim", "--cluster", path)
+	want := path + `: line 4: unknown key "bandwith_gib_s" in links[0] (did you mean "bandwidth_gib_s"?)`
+	if code != 2 || strings.TrimSpace(errOut) != "stagecoach: "+want {
+		t.Errorf("exit %d, stderr %q, want the one line %q", code, errOut, want)
+	}
+}
+
+func TestSimGanttOfSeveralSchedulesSaysWhereItWrote(t *testing.T) {
+	dir := t.TempDir()
+	_, errOut, code := runCLI(t, dir, "sim", "--schedule", "gpipe,1f1b", "--stages", "2", "--microbatches", "2", "--gantt", "g.png")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	for _, f := range []string{"g-gpipe.png", "g-1f1b.png"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil || !strings.Contains(errOut, f) {
+			t.Errorf("%s: %v; stderr %q", f, err, errOut)
+		}
+	}
+}

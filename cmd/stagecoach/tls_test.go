@@ -34,7 +34,7 @@ func tlsArgs(f tlsx.Files) []string {
 func TestCertsAndTLSHealth(t *testing.T) {
 	dir := t.TempDir()
 	certs := filepath.Join(dir, "certs")
-	out, errOut, code := runCLI(t, dir, "certs", "--out", certs, "--hosts", "etcd,w1,probe")
+	out, errOut, code := runCLI(t, dir, "certs", "--out", certs, "--hosts", "etcd,probe", "--job", "tls", "--workers", "w1")
 	if code != 0 || !strings.Contains(out, "ca.pem") || !strings.Contains(out, "w1-key.pem") {
 		t.Fatalf("certs: exit %d\n%s%s", code, out, errOut)
 	}
@@ -132,6 +132,49 @@ func TestUpOverTLS(t *testing.T) {
 	}
 }
 
+// TestCertsRoles: `stagecoach certs --job` issues the job's role
+// certificates beside role-less ones, all signed by one CA.
+func TestCertsRoles(t *testing.T) {
+	dir := t.TempDir()
+	out, errOut, code := runCLI(t, dir, "certs", "--out", dir, "--hosts", "etcd,root", "--job", "j1", "--coordinator", "--workers", "w0,w1")
+	if code != 0 {
+		t.Fatalf("certs: exit %d\n%s%s", code, out, errOut)
+	}
+	for file, want := range map[string]tlsx.Identity{"coordinator": tlsx.Coordinator("j1"), "w0": tlsx.Worker("j1", "w0"), "w1": tlsx.Worker("j1", "w1")} {
+		c, err := tlsx.Load(tlsx.FilesFor(dir, file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if id, err := tlsx.IdentityOf(c.Certificates[0].Leaf); err != nil || id != want {
+			t.Errorf("%s.pem: %+v, %v; want %+v", file, id, err, want)
+		}
+	}
+	c, err := tlsx.Load(tlsx.FilesFor(dir, "root"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cn := c.Certificates[0].Leaf.Subject.CommonName; cn != "root" {
+		t.Errorf("root.pem has CN %q", cn)
+	}
+	// A process refuses to start under a certificate of another role:
+	// every call it made would be refused.
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{append([]string{"worker", "--etcd", "x:1", "--job", "j1", "--name", "w0"}, tlsArgs(tlsx.FilesFor(dir, "coordinator"))...), "carries the role spiffe://stagecoach/j1/coordinator, this process needs spiffe://stagecoach/j1/worker/w0"},
+		{append([]string{"worker", "--etcd", "x:1", "--job", "j1", "--name", "w0"}, tlsArgs(tlsx.FilesFor(dir, "w1"))...), "needs spiffe://stagecoach/j1/worker/w0"},
+		{append([]string{"coordinator", "--job", "j1"}, tlsArgs(tlsx.FilesFor(dir, "w0"))...), "needs spiffe://stagecoach/j1/coordinator"},
+		{append([]string{"coordinator", "--job", "other"}, tlsArgs(tlsx.FilesFor(dir, "coordinator"))...), "needs spiffe://stagecoach/other/coordinator"},
+		{append([]string{"coordinator", "--job", "j1"}, tlsArgs(tlsx.FilesFor(dir, "etcd"))...), "no spiffe://stagecoach/ URI SAN"},
+	} {
+		_, errOut, code := runCLI(t, dir, tc.args...)
+		if code != 2 || !strings.Contains(errOut, tc.want) {
+			t.Errorf("%v: exit %d, want 2 with %q (%s)", tc.args[:6], code, tc.want, errOut)
+		}
+	}
+}
+
 func TestTLSBadInputExitsTwo(t *testing.T) {
 	dir := t.TempDir()
 	missing := filepath.Join(dir, "missing.pem")
@@ -141,6 +184,10 @@ func TestTLSBadInputExitsTwo(t *testing.T) {
 	}{
 		{[]string{"certs", "--out", dir, "--hosts", "ca"}, "overwrite the CA"},
 		{[]string{"certs", "--out", dir, "--hosts", " , "}, "at least one name"},
+		{[]string{"certs", "--out", dir, "--coordinator"}, "need --job"},
+		{[]string{"worker", "--etcd", "x:1", "--job", "j", "--name", "w", "--listen", "0.0.0.0:0"}, "--insecure-listen"},
+		{[]string{"certs", "--out", dir, "--job", "a/b", "--coordinator"}, `job id "a/b"`},
+		{[]string{"certs", "--out", dir, "--job", "j", "--workers", "w0,w 1"}, `worker name "w 1"`},
 		{[]string{"worker", "--etcd", "x:1", "--job", "j", "--name", "w", "--tls-cert", missing, "--tls-key", missing, "--tls-ca", missing}, missing + " does not exist"},
 		{[]string{"worker", "--etcd", "x:1", "--job", "j", "--name", "w", "--tls-cert", missing}, "missing the key (--tls-key)"},
 		{[]string{"coordinator", "--job", "j", "--tls-ca", missing}, "missing the certificate (--tls-cert)"},

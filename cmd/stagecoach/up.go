@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -45,8 +46,9 @@ from the workers' measured action times), and writes summary.json,
 trace.json (measured and simulated, Perfetto), loss.png and the workers'
 checkpoint into --out. Workers log to --out/workers/<name>.log. With
 --tls-dir DIR every hop runs mutual TLS: a demo CA and certificates for
-etcd, the coordinator and each worker are generated into DIR (an existing
-CA there is reused; see 'stagecoach certs'). With --metrics-addr HOST:P
+etcd, the coordinator and each worker (carrying their roles in the job)
+are generated into DIR (an existing CA there is reused; see 'stagecoach
+certs'). With --metrics-addr HOST:P
 the coordinator serves Prometheus metrics on HOST:P and worker i on
 HOST:P+1+i; the workers log in the --log-format given to up. The workers
 never outlive up: stopped in order when it stops, killed by the kernel
@@ -69,11 +71,17 @@ should it die (kill -9), and each watches for its parent's exit too.`,
 				}
 			}
 			if tlsDir != "" {
-				hosts := []string{"etcd", "coordinator"}
+				// etcd's server certificate carries no role; the
+				// coordinator's and the workers' carry the job's.
+				var ws []string
 				for i := range j.workers {
-					hosts = append(hosts, upWorkerName(i, names))
+					ws = append(ws, upWorkerName(i, names))
 				}
-				if _, err := tlsx.Generate(tlsDir, hosts, 0); err != nil {
+				certs, err := tlsx.JobCerts(j.job, true, ws)
+				if err != nil {
+					return badInput("--tls-dir: %v", err)
+				}
+				if _, err := tlsx.Issue(tlsDir, append([]tlsx.Cert{{File: "etcd"}}, certs...), 0); err != nil {
 					return badInput("--tls-dir: %v", err)
 				}
 				// The coordinator's files; startWorkers takes each
@@ -88,6 +96,9 @@ should it die (kill -9), and each watches for its parent's exit too.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			if tlsDir == "" {
+				slog.Warn("UNAUTHENTICATED job: without --tls-dir anyone on this machine who reaches the workers' loopback ports can control them")
+			}
 			if err := os.MkdirAll(j.out, 0o755); err != nil {
 				return err
 			}
@@ -115,6 +126,16 @@ should it die (kill -9), and each watches for its parent's exit too.`,
 				eps = e.Endpoints()
 			}
 			cfg.Endpoints = eps
+			// What `stagecoach status --out` needs to find this job.
+			st := upState{PID: os.Getpid(), Job: j.job, Endpoints: eps, Embedded: j.etcd == "", Started: time.Now().UTC()}
+			if tlsDir != "" {
+				if st.TLSDir, err = filepath.Abs(tlsDir); err != nil {
+					return err
+				}
+			}
+			if err := st.write(j.out); err != nil {
+				return err
+			}
 			procs, err := startWorkers(eps, &j, names)
 			defer stopWorkers(procs)
 			if err != nil {
@@ -130,7 +151,12 @@ should it die (kill -9), and each watches for its parent's exit too.`,
 					cancel(fmt.Errorf("worker %s exited: %v (log: %s)", p.name, p.err, p.log))
 				}()
 			}
-			err = runJob(rctx, cfg, j.asJSON, j.metricsAddr)
+			err = runJob(rctx, cfg, j.asJSON, j.metricsAddr, j.httpAddr, func(url string) {
+				st.LiveURL = url
+				if err := st.write(j.out); err != nil {
+					slog.Warn("record the live page's address: " + err.Error())
+				}
+			})
 			if err != nil && ctx.Err() != nil {
 				return errors.New("interrupted; workers and etcd stopped")
 			}
@@ -179,6 +205,15 @@ func startWorkers(eps []string, j *jobFlags, names []string) ([]*workerProc, err
 	if err := os.MkdirAll(wdir, 0o755); err != nil {
 		return nil, err
 	}
+	// The workers save into the coordinator's checkpoint directory and
+	// nowhere else.
+	root := j.ckptDir
+	if root == "" {
+		root = filepath.Join(j.out, "checkpoints")
+	}
+	if root, err = filepath.Abs(root); err != nil {
+		return nil, err
+	}
 	var procs []*workerProc
 	for i := range j.workers {
 		name := upWorkerName(i, names)
@@ -188,7 +223,7 @@ func startWorkers(eps []string, j *jobFlags, names []string) ([]*workerProc, err
 			return procs, err
 		}
 		c := exec.Command(exe, "worker", "--etcd", strings.Join(eps, ","), "--job", j.job, "--name", name,
-			"--listen", "127.0.0.1:0", "--data-dir", filepath.Join(wdir, name), "--ttl", strconv.Itoa(j.ttl),
+			"--listen", "127.0.0.1:0", "--data-dir", filepath.Join(wdir, name), "--checkpoint-root", root, "--ttl", strconv.Itoa(j.ttl),
 			"--parent-pid", strconv.Itoa(os.Getpid()))
 		// The workers log as this process does; with --metrics-addr
 		// HOST:P they serve metrics on HOST:P+1, HOST:P+2, ... (port 0:

@@ -9,6 +9,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"stagecoach/internal/failpoint"
+	stmodel "stagecoach/model"
+	"stagecoach/worker"
 )
 
 // upCorpus writes a small text tree with a validation split.
@@ -110,6 +114,40 @@ func TestUpGPipeMatchesTrain(t *testing.T) {
 	}
 }
 
+// TestUpZBVMatchesTrain runs `stagecoach up --schedule zb-v` (the V
+// placement: worker 0 holds the first and the last stage and computes
+// the loss) with real worker processes and checks its losses against
+// `stagecoach train`'s bit for bit.
+func TestUpZBVMatchesTrain(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts worker processes")
+	}
+	corpus := upCorpus(t)
+	// Four layers: the V over two workers has four stages.
+	model := []string{"--steps", "3", "--seed", "3", "--layers", "4", "--dim", "16", "--heads", "2", "--ctx", "16",
+		"--microbatches", "4", "--microbatch-size", "2", "--corpus", corpus, "--json"}
+	dir := t.TempDir()
+	out, errOut, code := runCLI(t, dir, append([]string{"train", "--out", filepath.Join(dir, "train")}, model...)...)
+	if code != 0 {
+		t.Fatalf("train exited %d: %s", code, errOut)
+	}
+	want := jsonLosses(t, out)
+	out, errOut, code = runCLI(t, dir, append([]string{"up", "--workers", "2", "--schedule", "zb-v", "--ttl", "2",
+		"--out", filepath.Join(dir, "up")}, model...)...)
+	if code != 0 {
+		t.Fatalf("up exited %d: %s", code, errOut)
+	}
+	got := jsonLosses(t, out)
+	if len(got) != len(want) {
+		t.Fatalf("up printed %d steps, train %d", len(got), len(want))
+	}
+	for i := range want {
+		if math.Float64bits(got[i]) != math.Float64bits(want[i]) {
+			t.Fatalf("losses differ:\n up    %v\n train %v", got, want)
+		}
+	}
+}
+
 func TestUpBadInputExitsTwo(t *testing.T) {
 	for _, args := range [][]string{
 		{"up", "--workers", "0"},
@@ -124,6 +162,90 @@ func TestUpBadInputExitsTwo(t *testing.T) {
 		_, errOut, code := runCLI(t, t.TempDir(), args...)
 		if code != 2 {
 			t.Errorf("%v: exit %d, want 2 (%s)", args, code, errOut)
+		}
+	}
+}
+
+// stepLosses reads the step and loss of every JSON line, by step.
+func stepLosses(t *testing.T, out string) map[int]float64 {
+	t.Helper()
+	got := map[int]float64{}
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		var ev struct {
+			Step int     `json:"step"`
+			Loss float64 `json:"loss"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			t.Fatalf("bad JSON line %q: %v", sc.Text(), err)
+		}
+		got[ev.Step] = ev.Loss
+	}
+	return got
+}
+
+// TestUpResumeSkipsCorruptCheckpoint runs `stagecoach up` until its workers
+// crash writing the checkpoint of step 6 (the checkpoint-write failpoint),
+// corrupts the header of a shard of the newest listed checkpoint (step 4),
+// and runs `up --resume`: it detects the damage, resumes from step 2's
+// checkpoint, replays steps 3 to 5 and finishes; the losses of both runs
+// together are `stagecoach train`'s, bit for bit.
+func TestUpResumeSkipsCorruptCheckpoint(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts worker processes")
+	}
+	corpus := upCorpus(t)
+	model := []string{"--steps", "8", "--seed", "3", "--layers", "2", "--dim", "16", "--heads", "2", "--ctx", "16",
+		"--microbatches", "2", "--microbatch-size", "2", "--corpus", corpus, "--json"}
+	dir := t.TempDir()
+	out, errOut, code := runCLI(t, dir, append([]string{"train", "--out", filepath.Join(dir, "train")}, model...)...)
+	if code != 0 {
+		t.Fatalf("train exited %d: %s", code, errOut)
+	}
+	want := jsonLosses(t, out)
+	runDir := filepath.Join(dir, "up")
+	up := append([]string{"up", "--workers", "2", "--ttl", "2", "--out", runDir, "--job", "resume", "--checkpoint-every", "2"}, model...)
+	t.Setenv(failpoint.EnvVar, failpoint.CheckpointWrite+"=6")
+	out1, errOut, code := runCLI(t, dir, up...)
+	if code == 0 {
+		t.Fatalf("up survived its workers' crash at step 6: %s", errOut)
+	}
+	t.Setenv(failpoint.EnvVar, "")
+	first := stepLosses(t, out1)
+	if len(first) != 5 {
+		t.Fatalf("the crashed run committed steps %v, want 1..5", first)
+	}
+	ckpts := filepath.Join(runDir, "checkpoints")
+	shard := filepath.Join(worker.StepDir(ckpts, 4), stmodel.ShardFile(1))
+	b, err := os.ReadFile(shard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(b[8:], "#garbage#")
+	if err := os.WriteFile(shard, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out2, errOut, code := runCLI(t, dir, append(up, "--resume")...)
+	if code != 0 {
+		t.Fatalf("up --resume exited %d: %s", code, errOut)
+	}
+	// The crashed run's workers may still be registered: the resumed run
+	// then restores after failing on them, from the same checkpoint.
+	for _, s := range []string{"skipping listed checkpoint of step 4", "DataLoss", "replaying committed steps 3..5"} {
+		if !strings.Contains(errOut, s) {
+			t.Errorf("up --resume does not say %q:\n%s", s, errOut)
+		}
+	}
+	second := stepLosses(t, out2)
+	for step, l := range second {
+		first[step] = l
+	}
+	if len(second) != 3 || len(first) != len(want) {
+		t.Fatalf("the runs printed steps %v then %v, want 1..5 then 6..8", stepLosses(t, out1), second)
+	}
+	for i, w := range want {
+		if math.Float64bits(first[i+1]) != math.Float64bits(w) {
+			t.Fatalf("losses of the crashed and resumed runs differ from train's at step %d:\n got %v\nwant %v", i+1, first, want)
 		}
 	}
 }

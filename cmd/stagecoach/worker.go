@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,8 +12,11 @@ import (
 
 	"github.com/spf13/cobra"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"stagecoach/internal/etcdx"
 	"stagecoach/internal/metrics"
+	"stagecoach/internal/tlsx"
 	"stagecoach/worker"
 )
 
@@ -23,10 +25,12 @@ func init() { rootCmd.AddCommand(newWorkerCmd()) }
 func newWorkerCmd() *cobra.Command {
 	var (
 		etcd, job, name, listen, advertise, dataDir string
+		checkpointRoot                              string
 		metricsAddr                                 string
 		ttl, parentPID                              int
 		rejoin                                      time.Duration
 		tlsf                                        tlsFlags
+		insecureListen                              bool
 	)
 	cmd := &cobra.Command{
 		Use:   "worker",
@@ -38,7 +42,13 @@ coordinator sees it gone. If the lease is lost (etcd unreachable longer than
 the TTL) the worker registers again under a new lease, and exits after
 --rejoin-timeout without success. With --tls-cert, --tls-key and --tls-ca
 the server refuses every caller without a certificate signed by the CA,
-and the worker presents its own to its peers and to etcd (https). With
+accepts control calls only from the job's coordinator certificate and
+tensors only from the job's worker certificates (stagecoach certs --job),
+and presents its own (which must be this job's worker --name) to its peers
+and to etcd (https). Every control call's fence must name the leader the
+job's election in etcd shows. Without TLS the worker is unauthenticated:
+anyone who reaches its port can control it, so it listens on loopback only
+unless --insecure-listen allows another address. With
 --metrics-addr it serves Prometheus metrics on /metrics and, on /healthz,
 200 while it is registered in etcd (503 before and while re-registering).
 
@@ -75,6 +85,12 @@ worker stops the same way when that process, its parent, is gone (how
 			if err != nil {
 				return err
 			}
+			if err := checkRole(tc, tlsx.Worker(job, name)); err != nil {
+				return err
+			}
+			if err := checkPlaintextListen(tc, listen, insecureListen); err != nil {
+				return err
+			}
 			log := slog.Default().With("role", "worker", "job", job, "worker", name)
 			base := cmd.Context()
 			if parentPID != 0 {
@@ -82,6 +98,31 @@ worker stops the same way when that process, its parent, is gone (how
 			}
 			ctx, stop := stopOnSignal(base, log, workerStopLimit)
 			defer stop()
+			if tc == nil {
+				log.Warn("UNAUTHENTICATED: no --tls-cert: anyone who reaches " + listen + " can control this worker and feed it tensors; use mutual TLS (stagecoach certs --job) beyond a single machine")
+			}
+			keys, err := etcdx.NewKeys(job)
+			if err != nil {
+				return badInput("--job: %v", err)
+			}
+			// Every etcd call ends with ctx (a signal) and within a bound
+			// of its own.
+			cli, err := etcdx.DialTLS(ctx, eps, time.Duration(ttl)*time.Second, tc)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+			defer cli.Close()
+			// Fences are checked against the election itself.
+			leader, err := etcdx.WatchLeader(ctx, cli, keys)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
 			// The library's Logf lines are rejections and failures; its
 			// Infof lines are not.
 			var w *worker.Server
@@ -93,7 +134,7 @@ worker stops the same way when that process, its parent, is gone (how
 			}
 			libLogf := logfTo(log, slog.LevelWarn, "worker "+name+": ", epoch)
 			infof := logfTo(log, slog.LevelInfo, "worker "+name+": ", epoch)
-			w, err = worker.New(worker.Config{Name: name, Listen: listen, Job: job, DataDir: dataDir, Logf: libLogf, Infof: infof, TLS: tc})
+			w, err = worker.New(worker.Config{Name: name, Listen: listen, Job: job, DataDir: dataDir, CheckpointRoot: checkpointRoot, Logf: libLogf, Infof: infof, TLS: tc, Leader: leader})
 			if err != nil {
 				return badInput("%v", err)
 			}
@@ -135,16 +176,18 @@ worker stops the same way when that process, its parent, is gone (how
 				security = "mutual TLS"
 			}
 			log.Info(fmt.Sprintf("serving job %s on %s (%s)", job, addr, security), "addr", addr)
-			return keepRegistered(ctx, eps, tc, job, etcdx.Member{Name: name, Addr: advertise}, ttl, rejoin, log, &registered)
+			return keepRegistered(ctx, cli, keys, etcdx.Member{Name: name, Addr: advertise}, ttl, rejoin, log, &registered)
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&etcd, "etcd", "", "etcd endpoints, comma-separated host:port (required)")
 	f.StringVar(&job, "job", "", "job id (required)")
 	f.StringVar(&name, "name", "", "worker name, unique in the job (required)")
-	f.StringVar(&listen, "listen", "127.0.0.1:0", "gRPC listen address (port 0 picks one)")
+	f.StringVar(&listen, "listen", "127.0.0.1:0", "gRPC listen address (port 0 picks one); without TLS only a loopback address unless --insecure-listen")
+	f.BoolVar(&insecureListen, "insecure-listen", false, "allow a non-loopback --listen without TLS: anyone who reaches the port can control the worker")
 	f.StringVar(&advertise, "advertise", "", "address peers and the coordinator dial (default: the bound listen address)")
-	f.StringVar(&dataDir, "data-dir", "", "checkpoint directory (default worker-<name>)")
+	f.StringVar(&dataDir, "data-dir", "", "the worker's directory (default worker-<name>)")
+	f.StringVar(&checkpointRoot, "checkpoint-root", "", "the only directory checkpoints are saved to and loaded from, with everything under it (default --data-dir; with a shared checkpoint directory, the coordinators' --checkpoint-dir or a parent of it)")
 	f.IntVar(&ttl, "ttl", etcdx.DefaultTTL, "lease TTL in seconds")
 	f.DurationVar(&rejoin, "rejoin-timeout", 30*time.Second, "give up after failing to re-register this long")
 	f.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics and /healthz on this HOST:PORT (empty: off)")
@@ -162,23 +205,11 @@ worker stops the same way when that process, its parent, is gone (how
 // registered is true while a registration stands.
 //
 // Every etcd call here ends with ctx and within a bound of its own (the
-// dial's probe, the grant and the registration within a TTL each, the
-// lease's revocation within etcdx.RevokeTimeout): a worker told to stop
-// while etcd does not answer stops at once.
-func keepRegistered(ctx context.Context, eps []string, tc *tls.Config, job string, m etcdx.Member, ttl int, rejoin time.Duration, log *slog.Logger, registered *atomic.Bool) error {
-	keys, err := etcdx.NewKeys(job)
-	if err != nil {
-		return err
-	}
-	bound := time.Duration(ttl) * time.Second
-	cli, err := etcdx.DialTLS(ctx, eps, bound, tc)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return err
-	}
-	defer cli.Close()
+// grant and the registration within a TTL each, the lease's revocation
+// within etcdx.RevokeTimeout): a worker told to stop while etcd does not
+// answer stops at once.
+func keepRegistered(ctx context.Context, cli *clientv3.Client, keys etcdx.Keys, m etcdx.Member, ttl int, rejoin time.Duration, log *slog.Logger, registered *atomic.Bool) error {
+	job := keys.Job()
 	failingSince := time.Time{}
 	for ctx.Err() == nil {
 		err := func() error {
@@ -191,7 +222,7 @@ func keepRegistered(ctx context.Context, eps []string, tc *tls.Config, job strin
 					log.Warn(fmt.Sprintf("lease not revoked (%v); it expires within %d s", err, ttl))
 				}
 			}()
-			rctx, cancel := context.WithTimeout(ctx, bound)
+			rctx, cancel := context.WithTimeout(ctx, time.Duration(ttl)*time.Second)
 			err = etcdx.Register(rctx, sess, keys, m)
 			cancel()
 			if err != nil {

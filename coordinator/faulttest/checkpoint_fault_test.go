@@ -2,16 +2,22 @@ package faulttest
 
 import (
 	"context"
+	"encoding/binary"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"stagecoach/coordinator"
 	"stagecoach/internal/failpoint"
+	"stagecoach/internal/metrics"
 	"stagecoach/model"
 	"stagecoach/worker"
 )
@@ -117,7 +123,7 @@ func TestCrashDuringCheckpointWrite(t *testing.T) {
 	// Every checkpoint etcd ever lists is loaded the moment it appears.
 	stopWatch := e.watchCheckpoints(t, stages, nil)
 	cfg := coordinator.Config{Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 4, Stages: stages,
-		Schedule: "gpipe", Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: out, Checkpoint: true,
+		Schedule: "gpipe", Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: out, CheckpointDir: e.root, Checkpoint: true,
 		CheckpointEvery: 2, RPCTimeout: 30 * time.Second, ReplaceWait: time.Second, OnRecovery: clock.onRecovery,
 		OnStep: func(r coordinator.StepReport) {
 			if r.Step == crashStep-1 {
@@ -141,7 +147,7 @@ func TestCrashDuringCheckpointWrite(t *testing.T) {
 	}
 	// The torn shard stays under its temporary name in step 6's directory
 	// (retained: the newest three are 6, 8 and 10).
-	torn, _ := filepath.Glob(filepath.Join(worker.StepDir(filepath.Join(out, "checkpoints"), crashStep), ".shard-*.tmp-*"))
+	torn, _ := filepath.Glob(filepath.Join(worker.StepDir(e.root, crashStep), ".shard-*.tmp-*"))
 	if len(torn) != 1 {
 		t.Fatalf("torn temporary shards of step %d: %v, want exactly one", crashStep, torn)
 	}
@@ -158,4 +164,112 @@ func TestCrashDuringCheckpointWrite(t *testing.T) {
 		t.Errorf("final listed checkpoints %+v, want the last at step %d", final, steps)
 	}
 	checkParams(t, sum.Checkpoint, want)
+}
+
+// flipFloatBits flips one mantissa bit in each of n float32 values of a
+// shard's tensor data, leaving its size and header intact.
+func flipFloatBits(t *testing.T, path string, n int) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := 8 + int(binary.LittleEndian.Uint64(b))
+	if data+4*n > len(b) {
+		t.Fatalf("%s has %d data bytes, fewer than %d floats", path, len(b)-data, n)
+	}
+	for i := range n {
+		b[data+4*i+1] ^= 0x08
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// corruptHeader overwrites the start of a shard's JSON header, so it no
+// longer parses; the size stays the same.
+func corruptHeader(t *testing.T, path string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(b[8:], "#garbage#")
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// counter reads one labelled counter from a registry.
+func counter(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == label && l.GetValue() == value {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no series %s{%s=%q}", name, label, value)
+	return 0
+}
+
+// TestCorruptCheckpointIsSkipped damages the newest checkpoint (64 float
+// bits flipped in one shard's data, or its header overwritten; sizes
+// unchanged) and then kills -9 a worker, so the coordinator restores onto
+// a spare. The damaged checkpoint is detected by the worker that loads the
+// shard (its SHA-256 is not the listed one), skipped and counted; the
+// previous listed checkpoint is restored, the longer replay matches every
+// committed loss bit for bit, and the final parameters equal the
+// fault-free run's.
+func TestCorruptCheckpointIsSkipped(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		corrupt func(t *testing.T, path string)
+	}{
+		{"64-bits-flipped", func(t *testing.T, path string) { flipFloatBits(t, path, 64) }},
+		{"corrupt-header", corruptHeader},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			const steps, corruptAt, stages = 10, 6, 4
+			job := "corrupt-" + tt.name
+			e := newEnv(t, job)
+			e.startWorkers(t, "w0", "w1", "w2", "w3", "w9")
+			tc := tiny(4, 4)
+			_, want := reference(t, tc, e.corpus, steps)
+			reg := prometheus.NewRegistry()
+			var clock faultClock
+			damaged := filepath.Join(worker.StepDir(e.root, corruptAt), model.ShardFile(2))
+			cfg := coordinator.Config{Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 4, Stages: stages,
+				Schedule: "gpipe", Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), CheckpointDir: e.root,
+				Checkpoint: true, CheckpointEvery: 2, RPCTimeout: 30 * time.Second, ReplaceWait: time.Second,
+				OnRecovery: clock.onRecovery, Metrics: metrics.NewCoordinator(reg),
+				OnStep: func(r coordinator.StepReport) {
+					if r.Step == corruptAt {
+						// The checkpoint of this step is listed now.
+						tt.corrupt(t, damaged)
+						go clock.inject(func() { e.workers["w2"].signal(syscall.SIGKILL) })
+					}
+				}}
+			sum := runCoordinator(t, cfg, 120*time.Second)
+			recs := clock.report(t, "corrupt newest checkpoint ("+tt.name+") and kill -9 a worker")
+			e.checkCommits(t, steps)
+			if len(recs) == 0 || recs[0].Kind != "restore" || recs[0].FromCheckpoint != corruptAt-2 || recs[0].Replayed != 2 {
+				t.Fatalf("recoveries %+v, want a restore from checkpoint %d replaying 2 steps (the damaged %d skipped)", recs, corruptAt-2, corruptAt)
+			}
+			if n := counter(t, reg, "stagecoach_coordinator_checkpoints_skipped_total", "reason", metrics.SkipCorrupt); n < 1 {
+				t.Errorf("checkpoints skipped as corrupt: %v, want at least 1", n)
+			}
+			checkParams(t, sum.Checkpoint, want)
+		})
+	}
 }

@@ -51,7 +51,7 @@ func TestStopEtcdLeaderMember(t *testing.T) {
 	var commits []time.Time
 	out := t.TempDir()
 	cfg := coordinator.Config{Job: job, Endpoints: eps, TTL: ttl, Workers: 4, Schedule: "gpipe", Train: tc, Steps: steps,
-		CorpusDir: e.corpus, OutDir: out, Checkpoint: true, CheckpointEvery: 5, RPCTimeout: 30 * time.Second,
+		CorpusDir: e.corpus, OutDir: out, CheckpointDir: e.root, Checkpoint: true, CheckpointEvery: 5, RPCTimeout: 30 * time.Second,
 		OnStep: func(r coordinator.StepReport) {
 			commits = append(commits, time.Now())
 			if r.Step == 5 {

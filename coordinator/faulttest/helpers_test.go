@@ -130,7 +130,10 @@ type env struct {
 	cli       *clientv3.Client
 	keys      etcdx.Keys
 	corpus    string
-	workers   map[string]*proc
+	// root is the workers' checkpoint root and the coordinators'
+	// checkpoint directory.
+	root    string
+	workers map[string]*proc
 }
 
 func newEnv(t *testing.T, job string) *env {
@@ -150,7 +153,7 @@ func newEnv(t *testing.T, job string) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &env{job: job, endpoints: e.Endpoints(), cli: cli, keys: keys, corpus: writeCorpus(t), workers: map[string]*proc{}}
+	return &env{job: job, endpoints: e.Endpoints(), cli: cli, keys: keys, corpus: writeCorpus(t), root: t.TempDir(), workers: map[string]*proc{}}
 }
 
 // startWorkers runs `stagecoach worker` processes named names and waits
@@ -165,7 +168,7 @@ func (e *env) startWorkersEnv(t *testing.T, env []string, names ...string) {
 	t.Helper()
 	for _, n := range names {
 		e.workers[n] = startEnv(t, "worker "+n, env, "worker", "--etcd", strings.Join(e.endpoints, ","), "--job", e.job,
-			"--name", n, "--ttl", fmt.Sprint(ttl), "--data-dir", t.TempDir())
+			"--name", n, "--ttl", fmt.Sprint(ttl), "--data-dir", t.TempDir(), "--checkpoint-root", e.root)
 	}
 	e.waitRegistered(t, 30*time.Second, names...)
 }

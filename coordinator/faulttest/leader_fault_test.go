@@ -83,7 +83,7 @@ func leaderFault(t *testing.T, fault string, sig syscall.Signal, withWorker bool
 		coords[name] = start(t, name, "coordinator", "--etcd", strings.Join(e.endpoints, ","), "--job", job, "--name", name,
 			"--ttl", fmt.Sprint(ttl), "--workers", "4", "--schedule", "gpipe", "--steps", fmt.Sprint(steps),
 			"--layers", "4", "--dim", "16", "--heads", "2", "--ctx", "16", "--microbatches", "4", "--microbatch-size", "2",
-			"--seed", "7", "--corpus", e.corpus, "--checkpoint-every", "3", "--out", outs[name])
+			"--seed", "7", "--corpus", e.corpus, "--checkpoint-every", "3", "--out", outs[name], "--checkpoint-dir", e.root)
 		if name == "coord-a" {
 			// coord-a campaigns first and leads.
 			poll(t, 30*time.Second, "coord-a leads", func() bool { n, _ := leaderNow(t, e); return n == "coord-a" })
@@ -142,13 +142,14 @@ func leaderFault(t *testing.T, fault string, sig syscall.Signal, withWorker bool
 			t.Logf("%s: %s", newName, l)
 		}
 	}
+	checkTakeover(t, e, newName, committedAtKill.Step)
 	cs := e.checkCommits(t, steps)
 	for i := 1; i < len(cs); i++ {
 		if cs[i].LeaderRev < cs[i-1].LeaderRev {
 			t.Errorf("step %d committed under token %d after step %d under %d", cs[i].Step, cs[i].LeaderRev, cs[i-1].Step, cs[i-1].LeaderRev)
 		}
 	}
-	checkParams(t, worker.StepDir(filepath.Join(outs[newName], "checkpoints"), steps), want)
+	checkParams(t, worker.StepDir(e.root, steps), want)
 	checkRetention(t, e, 3)
 }
 

@@ -61,7 +61,7 @@ func startEtcdCluster(t *testing.T, job string) ([]*etcdMember, *env) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return ms, &env{job: job, endpoints: eps, cli: cli, keys: keys, corpus: writeCorpus(t), workers: map[string]*proc{}}
+	return ms, &env{job: job, endpoints: eps, cli: cli, keys: keys, corpus: writeCorpus(t), root: t.TempDir(), workers: map[string]*proc{}}
 }
 
 // runTerms runs coordinator terms in turn (each as a standby taking over
@@ -133,7 +133,7 @@ func TestLoseEtcdQuorum(t *testing.T) {
 	var killed, restarted time.Time
 	back := make(chan struct{})
 	cfg := coordinator.Config{Job: job, Endpoints: eps, TTL: ttl, Workers: 4, Schedule: "gpipe", Train: tc, Steps: steps,
-		CorpusDir: e.corpus, OutDir: t.TempDir(), Checkpoint: true, CheckpointEvery: 5, RPCTimeout: 30 * time.Second,
+		CorpusDir: e.corpus, OutDir: t.TempDir(), CheckpointDir: e.root, Checkpoint: true, CheckpointEvery: 5, RPCTimeout: 30 * time.Second,
 		OnStep: func(r coordinator.StepReport) {
 			mu.Lock()
 			defer mu.Unlock()

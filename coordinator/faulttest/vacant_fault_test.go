@@ -63,7 +63,7 @@ func TestSkipPipeStageWithoutWorkersIsSkipped(t *testing.T) {
 		mu.Unlock()
 	})
 	cfg := coordinator.Config{Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 6, Stages: stages, Schedule: coordinator.SkipPipe,
-		Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), Checkpoint: true, CheckpointEvery: 2,
+		Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), CheckpointDir: e.root, Checkpoint: true, CheckpointEvery: 2,
 		RPCTimeout: 30 * time.Second, OnRecovery: clock.onRecovery, Cluster: slowLinks("w0", "w1", "w2", "w3", "w4", "w5", "w9"),
 		OnStep: func(r coordinator.StepReport) {
 			switch r.Step {
@@ -101,6 +101,9 @@ func TestSkipPipeStageWithoutWorkersIsSkipped(t *testing.T) {
 			if r.Workers != 4 {
 				t.Errorf("re-path continued on %d workers, want 4", r.Workers)
 			}
+			if !slices.Equal(r.Vacant, []int{2}) {
+				t.Errorf("re-path reports vacant stages %v, want [2]", r.Vacant)
+			}
 			vacatedAt = r.Step
 		}
 		if r.Kind == "rejoin" && slices.Contains(r.Joined, "w9") {
@@ -110,6 +113,7 @@ func TestSkipPipeStageWithoutWorkersIsSkipped(t *testing.T) {
 	if vacatedAt != 4 || joinedAt == 0 {
 		t.Fatalf("recoveries %+v: want a re-path at step 4 leaving stage 2 vacant, then w9 rejoining", recs)
 	}
+	checkRecorded(t, e, sum)
 	// The re-pathed plan left stage 2 to nobody; the rejoin gave it to w9.
 	for epoch, want := range map[int64]string{2: "", 3: "w9"} {
 		var m coordinator.PlanManifest
@@ -184,7 +188,7 @@ func TestVacantBeforeAnyCheckpointCarriesTheSeed(t *testing.T) {
 		carried, from = ts, meta["restored_from_step"]
 	})
 	cfg := coordinator.Config{Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 6, Stages: stages, Schedule: coordinator.SkipPipe,
-		Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), Checkpoint: true, CheckpointEvery: steps,
+		Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), CheckpointDir: e.root, Checkpoint: true, CheckpointEvery: steps,
 		RPCTimeout: 30 * time.Second,
 		OnStep: func(r coordinator.StepReport) {
 			if r.Step == 1 {

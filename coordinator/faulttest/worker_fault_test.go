@@ -102,7 +102,7 @@ func TestKillWorkerGPipe(t *testing.T) {
 			_, want := reference(t, tc, e.corpus, steps)
 			var clock faultClock
 			cfg := coordinator.Config{Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: tt.workers, Stages: tt.stages,
-				Schedule: "gpipe", Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), Checkpoint: true,
+				Schedule: "gpipe", Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), CheckpointDir: e.root, Checkpoint: true,
 				CheckpointEvery: 4, RPCTimeout: 30 * time.Second, ReplaceWait: time.Second, OnRecovery: clock.onRecovery,
 				Cluster: slowLinks(names...),
 				OnStep: func(r coordinator.StepReport) {
@@ -119,6 +119,7 @@ func TestKillWorkerGPipe(t *testing.T) {
 			if len(recs) == 0 || recs[0].Kind != "restore" || !slices.Contains(recs[0].Lost, "w2") || recs[0].FromCheckpoint != tt.from {
 				t.Fatalf("recoveries %+v, want a restore from checkpoint %d that lost w2", recs, tt.from)
 			}
+			checkRecorded(t, e, sum)
 			if tt.spare {
 				checkParams(t, sum.Checkpoint, want)
 			} else if sum.Workers != 2 {
@@ -139,7 +140,7 @@ func TestKillWorkerSkipPipe(t *testing.T) {
 	var clock faultClock
 	var victim string
 	cfg := coordinator.Config{Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 6, Stages: 3, Schedule: coordinator.SkipPipe,
-		Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), Checkpoint: true, CheckpointEvery: 5,
+		Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), CheckpointDir: e.root, Checkpoint: true, CheckpointEvery: 5,
 		RPCTimeout: 30 * time.Second, OnRecovery: clock.onRecovery, Cluster: slowLinks("w0", "w1", "w2", "w3", "w4", "w5"),
 		OnStep: func(r coordinator.StepReport) {
 			if r.Step == 3 {
@@ -154,6 +155,7 @@ func TestKillWorkerSkipPipe(t *testing.T) {
 	if len(recs) == 0 || recs[0].Kind != "repath" || !slices.Contains(recs[0].Lost, victim) {
 		t.Fatalf("recoveries %+v, want a re-path that lost %s", recs, victim)
 	}
+	checkRecorded(t, e, sum)
 	for _, s := range sum.Steps {
 		if math.IsNaN(s.Loss) || math.IsInf(s.Loss, 0) || s.Loss <= 0 {
 			t.Errorf("step %d loss %v", s.Step, s.Loss)
@@ -205,7 +207,7 @@ func TestPauseWorkerSkipPipe(t *testing.T) {
 	resumed := make(chan struct{})
 	var once sync.Once
 	cfg := coordinator.Config{Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 6, Stages: 3, Schedule: coordinator.SkipPipe,
-		Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), Checkpoint: true, CheckpointEvery: 10,
+		Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), CheckpointDir: e.root, Checkpoint: true, CheckpointEvery: 10,
 		RPCTimeout: 30 * time.Second,
 		OnRecovery: func(r coordinator.Recovery) {
 			clock.onRecovery(r)

@@ -14,6 +14,7 @@
 //	/stagecoach/<job>/iteration          last committed step (JSON Commit)
 //	/stagecoach/<job>/commits/<step>     one record per committed step
 //	/stagecoach/<job>/checkpoints/<step> checkpoint manifest (JSON)
+//	/stagecoach/<job>/recoveries/<time>  recent recoveries (JSON, capped)
 //
 // Numbers in keys are zero-padded to 20 digits so that lexical order is
 // numeric order.

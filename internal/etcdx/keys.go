@@ -1,16 +1,17 @@
 package etcdx
 
 import (
-	"fmt"
 	"strconv"
 	"strings"
+
+	"stagecoach/internal/naming"
 )
 
 // Root is the prefix under which every job keeps its keys.
 const Root = "/stagecoach/"
 
 // MaxJobLen bounds a job id so keys stay short.
-const MaxJobLen = 64
+const MaxJobLen = naming.MaxLen
 
 // Keys builds the etcd keys of one job. The zero value is invalid; use
 // NewKeys.
@@ -29,23 +30,8 @@ func NewKeys(job string) (Keys, error) {
 // ValidateJob reports why job is not a usable job id.
 func ValidateJob(job string) error { return validName("job id", job) }
 
-// validName accepts 1 to MaxJobLen characters from [A-Za-z0-9._-], not "."
-// or "..".
-func validName(what, s string) error {
-	if s == "" || len(s) > MaxJobLen {
-		return fmt.Errorf("%s %q: want 1 to %d characters", what, s, MaxJobLen)
-	}
-	if s == "." || s == ".." {
-		return fmt.Errorf("%s %q is reserved", what, s)
-	}
-	for i, r := range s {
-		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.'
-		if !ok {
-			return fmt.Errorf("%s %q: character %q at %d is not one of [A-Za-z0-9._-]", what, s, r, i)
-		}
-	}
-	return nil
-}
+// validName is the shared rule of internal/naming.
+func validName(what, s string) error { return naming.Validate(what, s) }
 
 // Job is the job id.
 func (k Keys) Job() string { return k.job }
@@ -82,6 +68,15 @@ func (k Keys) CheckpointsPrefix() string { return k.Prefix() + "checkpoints/" }
 
 // Checkpoint is the manifest key of the checkpoint taken after step.
 func (k Keys) Checkpoint(step int64) string { return k.CheckpointsPrefix() + pad(step) }
+
+// RecoveriesPrefix is the prefix of the recent recovery records (a
+// bounded log the coordinator keeps for `stagecoach status` and the live
+// page).
+func (k Keys) RecoveriesPrefix() string { return k.Prefix() + "recoveries/" }
+
+// Recovery is the record of the recovery identified by id (its detection
+// time in Unix nanoseconds, so key order is time order).
+func (k Keys) Recovery(id int64) string { return k.RecoveriesPrefix() + pad(id) }
 
 // pad renders n zero-padded to 20 digits so lexical order is numeric.
 func pad(n int64) string {

@@ -25,6 +25,21 @@ const (
 	RecoveryReplanDrift = "replan_drift"
 )
 
+// Reasons a listed checkpoint is skipped, the reason label of
+// stagecoach_coordinator_checkpoints_skipped_total.
+const (
+	// SkipCorrupt: a shard's size or SHA-256 is not the listed one, or it
+	// does not parse; the previous listed checkpoint is used.
+	SkipCorrupt = "corrupt"
+	// SkipMissing: a shard file of the listed checkpoint is gone.
+	SkipMissing = "missing"
+	// SkipOutsideRoot: the listing names a directory outside the
+	// coordinator's checkpoint root; it is neither loaded nor deleted.
+	SkipOutsideRoot = "outside_root"
+	// SkipUnverifiable: the listing has no digest for some stage's shard.
+	SkipUnverifiable = "unverifiable"
+)
+
 // Coordinator is a coordinator's instruments. A nil *Coordinator records
 // nothing.
 type Coordinator struct {
@@ -34,6 +49,7 @@ type Coordinator struct {
 	loss       prometheus.Gauge
 	iteration  prometheus.Histogram
 	recoveries *prometheus.CounterVec
+	skipped    *prometheus.CounterVec
 	epoch      prometheus.Gauge
 	leader     prometheus.Gauge
 	token      prometheus.Gauge
@@ -50,6 +66,7 @@ type Coordinator struct {
 //	stagecoach_coordinator_loss                       training loss of the last committed step (nats/byte)
 //	stagecoach_coordinator_iteration_duration_seconds wall time of a committed step (data, RunIteration, Step, checkpoint, commit)
 //	stagecoach_coordinator_recoveries_total{kind}     repath, restore, rejoin, leader_resume, replan_drift
+//	stagecoach_coordinator_checkpoints_skipped_total{reason} listed checkpoints not used: corrupt, missing, outside_root, unverifiable
 //	stagecoach_coordinator_plan_epoch                 plan epoch in force
 //	stagecoach_coordinator_is_leader                  1 while this process leads the job
 //	stagecoach_coordinator_fencing_token              the leader's fencing token (election revision)
@@ -80,6 +97,10 @@ func NewCoordinator(reg prometheus.Registerer) *Coordinator {
 			Name: "stagecoach_coordinator_recoveries_total",
 			Help: "Recoveries by kind: repath, restore and rejoin (counted at their first committed step), leader_resume (a leader taking over committed steps), replan_drift (a new plan for drifted costs).",
 		}, []string{"kind"}),
+		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stagecoach_coordinator_checkpoints_skipped_total",
+			Help: "Listed checkpoints not used, by reason: corrupt (a shard fails its size, SHA-256 or parse), missing (a shard file is gone), outside_root (the listing names a directory outside the checkpoint root), unverifiable (no digest for a shard).",
+		}, []string{"reason"}),
 		epoch: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "stagecoach_coordinator_plan_epoch",
 			Help: "Plan epoch in force (bumped on every membership change or replan).",
@@ -96,7 +117,10 @@ func NewCoordinator(reg prometheus.Registerer) *Coordinator {
 	for _, k := range []string{RecoveryRepath, RecoveryRestore, RecoveryRejoin, RecoveryLeaderResume, RecoveryReplanDrift} {
 		c.recoveries.WithLabelValues(k)
 	}
-	reg.MustRegister(c.steps, c.step, c.tokens, c.loss, c.iteration, c.recoveries, c.epoch, c.leader, c.token)
+	for _, r := range []string{SkipCorrupt, SkipMissing, SkipOutsideRoot, SkipUnverifiable} {
+		c.skipped.WithLabelValues(r)
+	}
+	reg.MustRegister(c.steps, c.step, c.tokens, c.loss, c.iteration, c.recoveries, c.skipped, c.epoch, c.leader, c.token)
 	return c
 }
 
@@ -119,6 +143,14 @@ func (c *Coordinator) Recovered(kind string) {
 		return
 	}
 	c.recoveries.WithLabelValues(kind).Inc()
+}
+
+// CheckpointSkipped counts one listed checkpoint not used, for reason.
+func (c *Coordinator) CheckpointSkipped(reason string) {
+	if c == nil {
+		return
+	}
+	c.skipped.WithLabelValues(reason).Inc()
 }
 
 // SetEpoch records the plan epoch in force.

@@ -31,6 +31,27 @@ const (
 	RejectOther = "other"
 )
 
+// Reasons a worker refuses a call by authorization, the reason label of
+// stagecoach_worker_calls_denied_total.
+const (
+	// DenyNoCertificate: the caller presented no verified certificate
+	// (only under mutual TLS; a plaintext worker authorizes nobody).
+	DenyNoCertificate = "no_certificate"
+	// DenyNoRole: the certificate carries no stagecoach role.
+	DenyNoRole = "no_role"
+	// DenyOtherJob: the certificate's role is in another job.
+	DenyOtherJob = "other_job"
+	// DenyWrongRole: a worker calling a control method, or a coordinator
+	// sending tensors.
+	DenyWrongRole = "wrong_role"
+	// DenyWrongSender: a worker's tensor claims to come from another
+	// worker of the plan.
+	DenyWrongSender = "wrong_sender"
+	// DenyFutureLeader: a control call whose fence names a leader
+	// revision etcd does not show (yet): never adopted.
+	DenyFutureLeader = "future_leader"
+)
+
 // Worker is a worker's instruments. A nil *Worker records nothing.
 type Worker struct {
 	actions   *prometheus.HistogramVec
@@ -40,6 +61,7 @@ type Worker struct {
 	recvBytes prometheus.Counter
 	rejected  *prometheus.CounterVec
 	rpcs      *prometheus.HistogramVec
+	denied    *prometheus.CounterVec
 }
 
 // NewWorker registers a worker's metrics in reg:
@@ -51,6 +73,7 @@ type Worker struct {
 //	stagecoach_worker_tensor_received_bytes_total       their payload bytes
 //	stagecoach_worker_tensors_rejected_total{reason}    peer tensors refused (stale_epoch, stale_leader, bad_shape, oversize, ...)
 //	stagecoach_worker_rpc_duration_seconds{method,code} control RPCs served (Configure, RunIteration, Step, ...)
+//	stagecoach_worker_calls_denied_total{method,reason} calls refused with PermissionDenied (no_certificate, wrong_role, ...)
 func NewWorker(reg prometheus.Registerer) *Worker {
 	w := &Worker{
 		actions: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -83,12 +106,16 @@ func NewWorker(reg prometheus.Registerer) *Worker {
 			Help:    "Wall time of the control RPCs this worker served, by method and gRPC status code.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
 		}, []string{"method", "code"}),
+		denied: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stagecoach_worker_calls_denied_total",
+			Help: "Calls this worker refused with PermissionDenied (authorization or an unverifiable fence), by method and reason.",
+		}, []string{"method", "reason"}),
 	}
 	for _, r := range []string{RejectStaleEpoch, RejectStaleLeader, RejectWrongJob, RejectNoFence, RejectBadShape,
 		RejectBadInput, RejectOversize, RejectMalformed, RejectOther} {
 		w.rejected.WithLabelValues(r)
 	}
-	reg.MustRegister(w.actions, w.sent, w.sentBytes, w.recv, w.recvBytes, w.rejected, w.rpcs)
+	reg.MustRegister(w.actions, w.sent, w.sentBytes, w.recv, w.recvBytes, w.rejected, w.rpcs, w.denied)
 	return w
 }
 
@@ -132,4 +159,12 @@ func (w *Worker) RPC(method, code string, d time.Duration) {
 		return
 	}
 	w.rpcs.WithLabelValues(method, code).Observe(d.Seconds())
+}
+
+// Denied counts one call refused with PermissionDenied.
+func (w *Worker) Denied(method, reason string) {
+	if w == nil {
+		return
+	}
+	w.denied.WithLabelValues(method, reason).Inc()
 }

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -36,23 +37,75 @@ func FilesFor(dir, host string) Files {
 
 var hostRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:-]*$`)
 
-// Generate writes a cluster CA (ca.pem, ca-key.pem) into dir, or reuses
-// the one already there, and for every host a certificate and key
-// (<host>.pem, <host>-key.pem) signed by it: ECDSA P-256, valid for
+// Cert is one certificate Issue writes.
+type Cert struct {
+	// File names its files, <File>.pem and <File>-key.pem, and is the
+	// DNS name or IP address it is valid for besides localhost,
+	// 127.0.0.1 and ::1.
+	File string
+	// ID, when set, is the role it carries: the identity's URI SAN, and
+	// its Path as the Subject CN. Without, the CN is File (an etcd
+	// server's certificate, or RootCN for etcd's administrator).
+	ID *Identity
+}
+
+// JobCerts are the certificates of job's roles: with coordinator, one
+// for the coordinator (file "coordinator"), and one per worker named
+// after it. Every coordinator of the job (a leader and its standbys)
+// may share the coordinator's.
+func JobCerts(job string, coordinator bool, workers []string) ([]Cert, error) {
+	var certs []Cert
+	add := func(file string, id Identity) error {
+		if err := id.Validate(); err != nil {
+			return err
+		}
+		certs = append(certs, Cert{File: file, ID: &id})
+		return nil
+	}
+	if coordinator {
+		if err := add("coordinator", Coordinator(job)); err != nil {
+			return nil, err
+		}
+	}
+	for _, w := range workers {
+		if err := add(w, Worker(job, w)); err != nil {
+			return nil, err
+		}
+	}
+	if len(certs) == 0 {
+		return nil, fmt.Errorf("tlsx: job %q: no role to issue a certificate for (want the coordinator or a worker)", job)
+	}
+	return certs, nil
+}
+
+// Generate issues a certificate without a role for every host (Issue
+// with Cert{File: host}).
+func Generate(dir string, hosts []string, validFor time.Duration) ([]string, error) {
+	certs := make([]Cert, len(hosts))
+	for i, h := range hosts {
+		certs[i] = Cert{File: h}
+	}
+	return Issue(dir, certs, validFor)
+}
+
+// Issue writes a cluster CA (ca.pem, ca-key.pem) into dir, or reuses the
+// one already there, and for every cert a certificate and key
+// (<File>.pem, <File>-key.pem) signed by it: ECDSA P-256, valid for
 // validFor (DefaultValidity when 0), usable as both server and client
-// certificate, with the host (a DNS name, or an IP address) and localhost,
-// 127.0.0.1 and ::1 as subject alternative names. Keys are written with
-// mode 0600. It returns the files written.
+// certificate, with File (a DNS name, or an IP address) and localhost,
+// 127.0.0.1 and ::1 as subject alternative names, and the role of ID if
+// set. Keys are written with mode 0600. It returns the files written.
 //
 // This is a convenience for tests, demos and docker-compose: the CA key
 // lies next to the certificates it signs and nothing can be revoked. Use a
-// real PKI for anything else.
-func Generate(dir string, hosts []string, validFor time.Duration) ([]string, error) {
-	if len(hosts) == 0 {
+// real PKI for anything else (issuing the same URI SANs and CNs).
+func Issue(dir string, certs []Cert, validFor time.Duration) ([]string, error) {
+	if len(certs) == 0 {
 		return nil, errors.New("tlsx: no hosts to issue certificates for")
 	}
 	seen := map[string]bool{}
-	for _, h := range hosts {
+	for _, c := range certs {
+		h := c.File
 		switch {
 		case !hostRE.MatchString(h):
 			return nil, fmt.Errorf("tlsx: host %q: want a DNS name or an IP address (letters, digits, '.', '-', '_', ':')", h)
@@ -60,6 +113,11 @@ func Generate(dir string, hosts []string, validFor time.Duration) ([]string, err
 			return nil, fmt.Errorf("tlsx: host %q would overwrite the CA's files", h)
 		case seen[h]:
 			return nil, fmt.Errorf("tlsx: host %q given twice", h)
+		}
+		if c.ID != nil {
+			if err := c.ID.Validate(); err != nil {
+				return nil, fmt.Errorf("tlsx: certificate %s: %w", h, err)
+			}
 		}
 		seen[h] = true
 	}
@@ -87,12 +145,12 @@ func Generate(dir string, hosts []string, validFor time.Duration) ([]string, err
 		}
 		written = append(written, filepath.Join(dir, CAFile), filepath.Join(dir, CAKeyFile))
 	}
-	for _, h := range hosts {
-		certPEM, keyPEM, err := ca.issue(h, now.Add(-time.Hour), now.Add(validFor))
+	for _, c := range certs {
+		certPEM, keyPEM, err := ca.issue(c.File, c.ID, now.Add(-time.Hour), now.Add(validFor))
 		if err != nil {
 			return nil, err
 		}
-		f := FilesFor(dir, h)
+		f := FilesFor(dir, c.File)
 		if err := writeFile(f.Cert, certPEM, 0o644); err != nil {
 			return nil, err
 		}
@@ -190,9 +248,9 @@ func (a *authority) write(dir string) error {
 	return writeFile(filepath.Join(dir, CAFile), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.cert.Raw}), 0o644)
 }
 
-// issue signs a new ECDSA P-256 node certificate for host and returns it
-// and its key as PEM.
-func (a *authority) issue(host string, notBefore, notAfter time.Time) (certPEM, keyPEM []byte, err error) {
+// issue signs a new ECDSA P-256 node certificate for host, carrying id's
+// role when id is not nil, and returns it and its key as PEM.
+func (a *authority) issue(host string, id *Identity, notBefore, notAfter time.Time) (certPEM, keyPEM []byte, err error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, fmt.Errorf("tlsx: key for %s: %w", host, err)
@@ -206,6 +264,10 @@ func (a *authority) issue(host string, notBefore, notAfter time.Time) (certPEM, 
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		DNSNames:     []string{"localhost"},
 		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+	}
+	if id != nil {
+		tmpl.Subject.CommonName = id.Path()
+		tmpl.URIs = []*url.URL{id.URI()}
 	}
 	if ip := net.ParseIP(host); ip != nil {
 		if !ip.IsLoopback() {

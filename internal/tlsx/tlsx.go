@@ -3,9 +3,12 @@
 // *tls.Config that serves (client certificates required and verified
 // against the CA) and dials (the node's certificate presented, the peer's
 // verified against the CA), turns such a config into gRPC server and dial
-// options (nil meaning plaintext), and generates a small CA with node
-// certificates for tests, demos and docker-compose (Generate; `stagecoach
-// certs`), which is a convenience, not a replacement for a real PKI.
+// options (nil meaning plaintext), reads the role a certificate carries in
+// a job (Identity: spiffe://stagecoach/<job>/coordinator or
+// .../worker/<name> as a URI SAN; IdentityOf, PeerIdentity), and
+// generates a small CA with node and role certificates for tests, demos
+// and docker-compose (Issue, JobCerts; `stagecoach certs`), which is a
+// convenience, not a replacement for a real PKI.
 //
 // Every node of a cluster (coordinator, worker, etcd member, health probe)
 // uses the same shape of configuration: TLS 1.3 at least, one certificate

@@ -94,12 +94,12 @@ func TestLoadErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	expCert, expKey, err := ca.issue("old", time.Now().Add(-48*time.Hour), time.Now().Add(-24*time.Hour))
+	expCert, expKey, err := ca.issue("old", nil, time.Now().Add(-48*time.Hour), time.Now().Add(-24*time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
 	expired := Files{Cert: write("old.pem", string(expCert)), Key: write("old-key.pem", string(expKey)), CA: w0.CA}
-	futCert, futKey, err := ca.issue("new", time.Now().Add(24*time.Hour), time.Now().Add(48*time.Hour))
+	futCert, futKey, err := ca.issue("new", nil, time.Now().Add(24*time.Hour), time.Now().Add(48*time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}

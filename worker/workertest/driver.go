@@ -18,9 +18,12 @@ import (
 type Driver struct {
 	Clients []pb.WorkerClient
 	Peers   []string
-	Fence   *pb.Fence
-	Plan    *scheduler.Plan
-	Train   model.TrainConfig
+	// Names are the workers' names by plan index (Configure's
+	// peer_names); required when the workers serve mutual TLS.
+	Names []string
+	Fence *pb.Fence
+	Plan  *scheduler.Plan
+	Train model.TrainConfig
 }
 
 // Result is one finished iteration.
@@ -48,7 +51,7 @@ func (d *Driver) Configure(ctx context.Context, shapingYAML []byte) error {
 	}
 	return d.all(func(i int) error {
 		_, err := d.Clients[i].Configure(ctx, &pb.ConfigureRequest{Fence: d.Fence, PlanJson: pj.Bytes(), Worker: int32(i),
-			Peers: d.Peers, ModelJson: mj, LinkShapingYaml: shapingYAML})
+			Peers: d.Peers, ModelJson: mj, LinkShapingYaml: shapingYAML, PeerNames: d.Names})
 		return err
 	})
 }

@@ -1,0 +1,177 @@
+package worker_test
+
+import (
+	"context"
+	"math"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	"stagecoach/internal/etcdx"
+	"stagecoach/model"
+	pb "stagecoach/proto"
+	"stagecoach/scheduler"
+	"stagecoach/worker"
+	"stagecoach/worker/workertest"
+)
+
+// TestFenceFollowsElection: workers check fences against the job's
+// election in a real etcd. A fence from the future (MaxInt64, or one
+// above the leader) is refused and not adopted, so the real leader goes
+// on; a deposed leader is refused; a new leader's first command is
+// admitted even when the worker's watch has not delivered its key yet
+// (here the watch is stopped, so only the re-read can see it). Refusals
+// echo neither the job nor a revision.
+func TestFenceFollowsElection(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	e, err := etcdx.StartEmbedded(ctx, etcdx.EmbedConfig{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	cli, err := etcdx.Dial(ctx, e.Endpoints(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	keys, err := etcdx.NewKeys(testJob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sa, err := etcdx.NewSession(ctx, cli, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := etcdx.Campaign(ctx, sa, keys, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Worker 0 follows the election; worker 1's watch stops after its
+	// first read, as a watch lagging behind a new leader would.
+	stalled, stop := context.WithCancel(ctx)
+	c := workertest.Start(t, 2, testJob, func(i int, cfg *worker.Config) {
+		wctx := ctx
+		if i == 1 {
+			wctx = stalled
+		}
+		lw, err := etcdx.WatchLeader(wctx, cli, keys)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Leader = lw
+	})
+	stop()
+
+	cfg := trainConfig(2, 2, 2)
+	ref, err := model.NewTrainer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := scheduler.Generate("gpipe", scheduler.Spec{Stages: 2, Microbatches: 2, Layers: 2, Samples: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &workertest.Driver{Clients: workertest.Dial(t, c.Addrs), Peers: c.Addrs, Plan: plan, Train: ref.Cfg,
+		Fence: &pb.Fence{Job: testJob, LeaderRev: a.Rev(), Epoch: 1}}
+	if err := d.Configure(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	step := func(n int) {
+		t.Helper()
+		w := stepWindows(5, n, cfg.Microbatches, cfg.MicrobatchSize, cfg.Model.Ctx, ref.Pipe.Cfg.Vocab)
+		got, err := d.Iterate(ctx, int64(n), w)
+		if err != nil {
+			t.Fatalf("step %d: %v", n, err)
+		}
+		want, err := ref.TrainStep(feed(w))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if math.Float64bits(got.Loss) != math.Float64bits(want.Loss) {
+			t.Fatalf("step %d: loss %v, trainer %v", n, got.Loss, want.Loss)
+		}
+	}
+	step(1)
+
+	secret := func(what string, err error, revs ...int64) {
+		t.Helper()
+		if err == nil {
+			return
+		}
+		msg := err.Error()
+		if strings.Contains(msg, testJob) {
+			t.Errorf("%s: refusal names the job: %v", what, err)
+		}
+		for _, r := range revs {
+			if strings.Contains(msg, strconv.FormatInt(r, 10)) {
+				t.Errorf("%s: refusal echoes revision %d: %v", what, r, err)
+			}
+		}
+	}
+	for i, w := range d.Clients {
+		_, err := w.Step(ctx, &pb.StepRequest{Fence: fence(d, func(f *pb.Fence) { f.LeaderRev = math.MaxInt64 }), Iteration: 2, ClipScale: 1, Lr: 1})
+		wantCode(t, "Step from the future", err, codes.PermissionDenied)
+		secret("Step from the future", err, a.Rev(), math.MaxInt64)
+		_, err = w.Configure(ctx, &pb.ConfigureRequest{Fence: fence(d, func(f *pb.Fence) { f.LeaderRev = a.Rev() + 1; f.Epoch = 9 }),
+			PlanJson: []byte("{}"), Worker: int32(i), Peers: c.Addrs})
+		wantCode(t, "Configure one revision above the leader", err, codes.PermissionDenied)
+		secret("Configure above the leader", err, a.Rev(), a.Rev()+1)
+		_, err = w.SaveCheckpoint(ctx, &pb.CheckpointRequest{Fence: fence(d, func(f *pb.Fence) { f.LeaderRev = a.Rev() - 1 })})
+		wantCode(t, "SaveCheckpoint of an older revision", err, codes.FailedPrecondition)
+		secret("older revision", err, a.Rev(), a.Rev()-1)
+		_, err = w.Status(ctx, &pb.StatusRequest{})
+		if err != nil {
+			t.Errorf("worker %d: Status without TLS: %v", i, err)
+		}
+	}
+	// Nothing was adopted: the real leader goes on.
+	step(2)
+
+	// A new leader: the old one is refused, the new one admitted on both
+	// workers, including the one whose watch stopped before the change.
+	sb, err := etcdx.NewSession(ctx, cli, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sb.Close() })
+	if err := a.Resign(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b, err := etcdx.Campaign(ctx, sb, keys, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := d.Fence
+	d.Fence = &pb.Fence{Job: testJob, LeaderRev: b.Rev(), Epoch: 2}
+	if err := d.Configure(ctx, nil); err != nil {
+		t.Fatalf("new leader's Configure: %v", err)
+	}
+	for _, w := range d.Clients {
+		_, err := w.RunIteration(ctx, &pb.RunIterationRequest{Fence: old, Iteration: 3})
+		wantCode(t, "deposed leader", err, codes.FailedPrecondition)
+		secret("deposed leader", err, a.Rev(), b.Rev())
+	}
+	step(3)
+
+	// No leader at all (the job ended): the last leader's fence is
+	// deposed, one never admitted is still forged.
+	if err := b.Resign(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range d.Clients {
+		_, err := w.Step(ctx, &pb.StepRequest{Fence: d.Fence, Iteration: 4, ClipScale: 1, Lr: 1})
+		wantCode(t, "the last leader's fence after it resigned", err, codes.FailedPrecondition)
+		_, err = w.Step(ctx, &pb.StepRequest{Fence: fence(d, func(f *pb.Fence) { f.LeaderRev++ }), Iteration: 4, ClipScale: 1, Lr: 1})
+		wantCode(t, "a forged fence with no leader", err, codes.PermissionDenied)
+	}
+
+	// etcd gone: a fence the watched revision does not explain cannot be
+	// checked, and is refused after a bounded read.
+	e.Close()
+	_, err = d.Clients[0].Step(ctx, &pb.StepRequest{Fence: fence(d, func(f *pb.Fence) { f.LeaderRev += 2 }), Iteration: 4, ClipScale: 1, Lr: 1})
+	wantCode(t, "a fence while etcd is down", err, codes.Unavailable)
+}
