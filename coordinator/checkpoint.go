@@ -191,6 +191,12 @@ func (r *run) saveCheckpoint(ctx context.Context, step int64) (*CheckpointManife
 // stage of the current plan has a well-formed digest. It returns the
 // metrics reason with the error.
 func (r *run) checkListing(m *CheckpointManifest) (string, error) {
+	// A checkpoint is listed in its step's commit: one past the last
+	// trusted commit was not listed by a leader (etcdx.Committer), and
+	// restoring it would resume after steps never committed.
+	if last := r.committer.Last().Step; m.Step > last {
+		return metrics.SkipUnverifiable, fmt.Errorf("checkpoint of step %d: listed past the last committed step %d", m.Step, last)
+	}
 	if _, err := r.stepDirOf(m); err != nil {
 		return metrics.SkipOutsideRoot, err
 	}

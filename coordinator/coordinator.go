@@ -376,20 +376,18 @@ func corpusDir(cfg *Config) (string, error) {
 	return data.DefaultCorpusDir()
 }
 
-// nextEpoch is one above the highest plan epoch recorded for the job.
+// nextEpoch is one above the highest plan epoch recorded for the job
+// (etcdx.LastPlanEpoch: from the keys, so a forged manifest cannot stop
+// or steer the numbering).
 func nextEpoch(ctx context.Context, cli *clientv3.Client, k etcdx.Keys) (int64, error) {
-	resp, err := cli.Get(ctx, k.PlanPrefix(), clientv3.WithLastKey()...)
+	last, err := etcdx.LastPlanEpoch(ctx, cli, k)
 	if err != nil {
-		return 0, fmt.Errorf("coordinator: read plan epochs: %w", err)
+		return 0, fmt.Errorf("coordinator: %w", err)
 	}
-	if len(resp.Kvs) == 0 {
-		return 1, nil
+	if last >= etcdx.MaxEpoch {
+		return 0, fmt.Errorf("coordinator: job %s has used every plan epoch up to %d", k.Job(), int64(etcdx.MaxEpoch))
 	}
-	var m PlanManifest
-	if err := json.Unmarshal(resp.Kvs[0].Value, &m); err != nil {
-		return 0, fmt.Errorf("coordinator: %s: %w", resp.Kvs[0].Key, err)
-	}
-	return m.Epoch + 1, nil
+	return last + 1, nil
 }
 
 func (r *run) closeWorkers() {

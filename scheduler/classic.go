@@ -42,12 +42,21 @@ func (pl placement) rankOf(stage, p int) int {
 }
 
 func init() {
-	Register("gpipe", func(s Spec) (*Plan, error) { return classicPlan(s, "gpipe", 1, gpipeOrder) })
-	Register("gpipe-recompute", func(s Spec) (*Plan, error) {
-		s.Recompute = true
-		return classicPlan(s, "gpipe-recompute", 1, gpipeOrder)
-	})
-	Register("1f1b", func(s Spec) (*Plan, error) { return classicPlan(s, "1f1b", 1, oneFOneBOrder) })
+	Register("gpipe", oneStagePerWorker("gpipe", gpipeOrder, false))
+	Register("gpipe-recompute", oneStagePerWorker("gpipe-recompute", gpipeOrder, true))
+	Register("1f1b", oneStagePerWorker("1f1b", oneFOneBOrder, false))
+}
+
+// oneStagePerWorker is a classic schedule whose workers each hold one
+// stage: it refuses more chunks, which its order would leave unrun.
+func oneStagePerWorker(name string, order rankOrder, recompute bool) Generator {
+	return func(s Spec) (*Plan, error) {
+		if s.Chunks > 1 {
+			return nil, fmt.Errorf("%s: chunks is %d, the schedule holds one stage per worker (interleaved schedules hold several)", name, s.Chunks)
+		}
+		s.Recompute = s.Recompute || recompute
+		return classicPlan(s, name, 1, order)
+	}
 }
 
 // gpipeOrder: all forwards, then all backwards, both in ascending

@@ -126,6 +126,7 @@ func newCoordinatorCmd() *cobra.Command {
 	var j jobFlags
 	var emu emulationFlags
 	var embedURL string
+	var authWorkers []string
 	cmd := &cobra.Command{
 		Use:   "coordinator",
 		Short: "Lead a job: wait for workers in etcd, place stages, drive training",
@@ -156,6 +157,14 @@ leader is replaced, and a longer one rides out CPU starvation.`,
 			if err != nil {
 				return err
 			}
+			if len(authWorkers) > 0 && (len(eps) > 0 || cfg.TLS == nil) {
+				return badInput("--auth-workers sets up the embedded etcd's authentication: it needs TLS (--tls-*) and no --etcd (for a cluster, use stagecoach etcd init-auth)")
+			}
+			for _, w := range authWorkers {
+				if err := etcdx.ValidateWorkerName(w); err != nil {
+					return badInput("--auth-workers: %v", err)
+				}
+			}
 			log := slog.Default().With("role", "coordinator", "job", j.job, "name", j.name)
 			ctx, stop := stopOnSignal(cmd.Context(), log, coordinatorStopLimit)
 			defer stop()
@@ -176,6 +185,15 @@ leader is replaced, and a longer one rides out CPU starvation.`,
 				slog.Info(fmt.Sprintf("embedded etcd serving on %s (data %s); start workers with --etcd %s --job %s",
 					strings.Join(eps, ","), filepath.Join(j.out, "etcd"), strings.Join(eps, ","), j.job),
 					"role", "etcd", "endpoints", strings.Join(eps, ","))
+				switch {
+				case cfg.TLS != nil && len(authWorkers) > 0:
+					spec := etcdx.AuthSpec{Job: j.job, Coordinator: cfg.TLS.Certificates[0].Leaf.Subject.CommonName, Workers: authWorkers}
+					if err := embeddedAuth(ctx, eps, cfg.TLS, spec, slog.Default()); err != nil {
+						return err
+					}
+				case cfg.TLS != nil:
+					slog.Warn("embedded etcd WITHOUT authentication: any certificate of the CA may write this job's keys; give --auth-workers to turn it on", "role", "etcd")
+				}
 			}
 			cfg.Endpoints = eps
 			err = runJob(ctx, cfg, j.asJSON, j.metricsAddr, j.httpAddr, nil)
@@ -197,6 +215,7 @@ leader is replaced, and a longer one rides out CPU starvation.`,
 	j.register(f, "")
 	f.StringVar(&j.etcd, "etcd", "", "etcd endpoints, comma-separated host:port (default: serve an embedded etcd on --embed-etcd-url)")
 	f.StringVar(&embedURL, "embed-etcd-url", "http://127.0.0.1:2379", "client URL of the embedded etcd when --etcd is empty")
+	f.StringSliceVar(&authWorkers, "auth-workers", nil, "with TLS and the embedded etcd: turn etcd authentication on, with users for the job's coordinator and these workers (certificate CNs <job>/coordinator and <job>/worker/<name>); admit more later with stagecoach etcd init-auth")
 	f.StringVar(&j.out, "out", "run-coordinator", "directory for plans, summary, trace, loss plot and checkpoints")
 	j.tls.register(f)
 	emu.register(f)
@@ -216,7 +235,12 @@ func runJob(ctx context.Context, cfg coordinator.Config, asJSON bool, metricsAdd
 	reg := metrics.NewRegistry()
 	cfg.Metrics = metrics.NewCoordinator(reg)
 	metrics.RegisterLease(reg, etcdx.LeaseRenewalFailures, etcdx.LeasesLost)
+	metrics.RegisterIgnored(reg, etcdx.IgnoredKinds, etcdx.Ignored)
 	log := slog.Default().With("role", "coordinator", "job", cfg.Job, "name", cfg.Name)
+	// Forged or malformed etcd records are warnings, whether or not a
+	// progress bar is drawn.
+	etcdx.SetWarnf(logfTo(log, slog.LevelWarn, "", nil))
+	defer etcdx.SetWarnf(nil)
 	if cfg.TLS == nil {
 		log.Warn("UNAUTHENTICATED job: no mutual TLS, so the workers cannot tell this coordinator from anyone who reaches their ports; fine for one machine's loopback, use --tls-* (stagecoach certs --job) elsewhere")
 	}

@@ -37,6 +37,8 @@ TLS takes etcd's flags too: --cert-file, --key-file, --trusted-ca-file and
 --peer-trusted-ca-file and --peer-client-cert-auth between members, with
 https:// URLs (an http:// URL beside a certificate is refused rather than
 served in plaintext). ` + "`stagecoach certs`" + ` makes a demo CA and certificates.
+With TLS and --client-cert-auth, ` + "`stagecoach etcd init-auth`" + ` then creates a
+job's users and roles and turns etcd authentication on.
 
 On a busy host raise --heartbeat-interval and --election-timeout (etcd's
 defaults, 100 and 1000 ms, depose a leader starved for a second; compose
@@ -87,6 +89,7 @@ uses 250 and 2500). SIGTERM stops the member cleanly.`,
 			}
 		},
 	}
+	cmd.AddCommand(newEtcdInitAuthCmd())
 	f := cmd.Flags()
 	f.StringVar(&cfg.Name, "name", cfg.Name, "human-readable name for this member")
 	f.StringVar(&cfg.Dir, "data-dir", "", "path to the data directory (default <name>.etcd)")

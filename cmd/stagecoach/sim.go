@@ -251,6 +251,11 @@ func buildSimJob(env *simEnv, name string) (*simJob, error) {
 	start := time.Now()
 	pl, err := scheduler.Generate(name, spec)
 	if err != nil {
+		if len(env.Schedules) > 1 {
+			// One schedule refusing the shape asked for (a V schedule
+			// with --chunks 3, say) is a row of the comparison.
+			return &simJob{Name: name, Cluster: env.Cluster, Infeasible: err.Error()}, nil
+		}
 		return nil, badInput("%v", err)
 	}
 	planTime := time.Since(start).Seconds()
@@ -288,9 +293,13 @@ func runSimJobs(env *simEnv, jobs []*simJob) ([]*sim.Result, error) {
 	feasible := 0
 	for _, j := range jobs {
 		if j.Infeasible != "" {
-			p := j.Plan
-			out = append(out, &sim.Result{Schedule: j.Name, Workers: len(p.Workers), Stages: len(p.Stages), Layers: p.Layers(),
-				Microbatches: len(p.Microbatches), Iterations: env.Options.Iterations, PlanTimeS: j.PlanTimeS, Infeasible: j.Infeasible, Plan: p})
+			r := &sim.Result{Schedule: j.Name, Workers: env.Spec.Stages * max(env.Spec.Replicas, 1), Stages: env.Spec.Stages,
+				Layers: env.Spec.Layers, Microbatches: env.Spec.Microbatches, Iterations: env.Options.Iterations,
+				PlanTimeS: j.PlanTimeS, Infeasible: j.Infeasible}
+			if p := j.Plan; p != nil {
+				r.Workers, r.Stages, r.Layers, r.Microbatches, r.Plan = len(p.Workers), len(p.Stages), p.Layers(), len(p.Microbatches), p
+			}
+			out = append(out, r)
 			bar.Add(1)
 			continue
 		}
@@ -310,7 +319,7 @@ func runSimJobs(env *simEnv, jobs []*simJob) ([]*sim.Result, error) {
 		for i, r := range out {
 			why[i] = r.Schedule + ": " + r.Infeasible
 		}
-		return nil, badInput("no schedule fits under --memory %d: %s", env.Spec.Memory, strings.Join(why, "; "))
+		return nil, badInput("no schedule can run: %s", strings.Join(why, "; "))
 	}
 	return out, nil
 }

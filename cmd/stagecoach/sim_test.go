@@ -180,8 +180,29 @@ func TestSimMarksInfeasibleSchedules(t *testing.T) {
 		t.Errorf("1f1b row missing or wrong:\n%s", out)
 	}
 	_, errOut, code = runCLI(t, dir, "sim", "--schedule", "gpipe,1f1b", "--stages", "4", "--microbatches", "8", "--memory", "2")
-	if code != 2 || !strings.Contains(errOut, "no schedule fits under --memory 2: gpipe:") || !strings.Contains(errOut, "; 1f1b:") {
+	if code != 2 || !strings.Contains(errOut, "no schedule can run: gpipe: invalid plan") || !strings.Contains(errOut, "; 1f1b: invalid plan") {
 		t.Errorf("nothing fits: exit %d, stderr %q", code, errOut)
+	}
+}
+
+// A schedule that refuses the shape asked for is a row too: --chunks 4
+// suits interleaved, not 1f1b or a V schedule.
+func TestSimMarksSchedulesRefusingTheShape(t *testing.T) {
+	out, errOut, code := runCLI(t, t.TempDir(), "sim", "--schedule", "1f1b,interleaved,zb-v", "--stages", "4", "--microbatches", "8", "--chunks", "4")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	for _, want := range []string{"1f1b: infeasible: 1f1b: chunks is 4", "zb-v: infeasible: zb-v: chunks is 4"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if !regexp.MustCompile(`(?m)^interleaved\s+4\s+16\s+16\s+8\s+\d`).MatchString(out) {
+		t.Errorf("interleaved row missing:\n%s", out)
+	}
+	_, errOut, code = runCLI(t, t.TempDir(), "sim", "--schedule", "1f1b", "--chunks", "3")
+	if code != 2 || !strings.Contains(errOut, "1f1b: chunks is 3, the schedule holds one stage per worker") {
+		t.Errorf("1f1b alone with --chunks 3: exit %d, stderr %q", code, errOut)
 	}
 }
 

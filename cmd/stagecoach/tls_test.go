@@ -1,12 +1,14 @@
 package main
 
 import (
+	"fmt"
 	"math"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -93,8 +95,9 @@ func TestCertsAndTLSHealth(t *testing.T) {
 }
 
 // TestUpOverTLS runs `stagecoach up --tls-dir`: etcd, the coordinator and
-// the worker processes all talk mutual TLS, and the losses equal
-// `stagecoach train`'s bit for bit.
+// the worker processes all talk mutual TLS, etcd checks every process's
+// permissions (auth on), and the losses equal `stagecoach train`'s bit
+// for bit.
 func TestUpOverTLS(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts worker processes")
@@ -121,6 +124,11 @@ func TestUpOverTLS(t *testing.T) {
 		if math.Float64bits(got[i]) != math.Float64bits(want[i]) {
 			t.Fatalf("losses differ:\n up --tls-dir %v\n train        %v", got, want)
 		}
+	}
+	// ... with etcd authentication on: the same losses under per-job
+	// and per-worker etcd permissions.
+	if !strings.Contains(errOut, "etcd authentication turned on for job up; users created: root, up/coordinator, up/worker/w0, up/worker/w1") {
+		t.Errorf("up --tls-dir did not say it turned etcd auth on:\n%s", errOut)
 	}
 	if log, err := os.ReadFile(filepath.Join(dir, "up", "workers", "w1.log")); err != nil || !strings.Contains(string(log), "(mutual TLS)") {
 		t.Errorf("worker w1 did not serve mutual TLS (%v):\n%s", err, log)
@@ -199,4 +207,215 @@ func TestTLSBadInputExitsTwo(t *testing.T) {
 			t.Errorf("%v: exit %d, want 2 with %q (%s)", tc.args, code, tc.want, errOut)
 		}
 	}
+}
+
+// TestEtcdInitAuth runs `stagecoach etcd` with TLS and client
+// certificates required, turns auth on for a job with `stagecoach etcd
+// init-auth` and the root certificate, and checks that a named worker
+// registers, a worker not named yet is refused (it stops at once: it may
+// not even read the election) until init-auth runs again with its name,
+// and only root may run it once auth is on.
+func TestEtcdInitAuth(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts etcd and worker processes")
+	}
+	dir := t.TempDir()
+	certs := filepath.Join(dir, "certs")
+	if out, errOut, code := runCLI(t, dir, "certs", "--out", certs, "--hosts", "etcd,root,probe", "--job", "auth", "--coordinator", "--workers", "w1,w2"); code != 0 {
+		t.Fatalf("certs: exit %d\n%s%s", code, out, errOut)
+	}
+	etcdFiles := tlsx.FilesFor(certs, "etcd")
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	start := func(args ...string) string {
+		c := exec.Command(exe, args...)
+		c.Dir, c.Env = dir, append(os.Environ(), "STAGECOACH_TEST_MAIN=1")
+		n++
+		log := filepath.Join(dir, fmt.Sprintf("%s-%d.log", args[0], n))
+		logf, err := os.Create(log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Stdout, c.Stderr = logf, logf
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = c.Process.Kill()
+			_ = c.Wait()
+			logf.Close()
+		})
+		return log
+	}
+	etcdAddr, peerAddr := freePort(t), freePort(t)
+	start("etcd", "--name", "e1", "--data-dir", filepath.Join(dir, "e1"),
+		"--listen-client-urls", "https://"+etcdAddr, "--advertise-client-urls", "https://"+etcdAddr,
+		"--listen-peer-urls", "https://"+peerAddr, "--initial-advertise-peer-urls", "https://"+peerAddr,
+		"--cert-file", etcdFiles.Cert, "--key-file", etcdFiles.Key, "--trusted-ca-file", etcdFiles.CA, "--client-cert-auth",
+		"--peer-cert-file", etcdFiles.Cert, "--peer-key-file", etcdFiles.Key, "--peer-trusted-ca-file", etcdFiles.CA, "--peer-client-cert-auth")
+	root := tlsArgs(tlsx.FilesFor(certs, "root"))
+	initAuth := func(workers string, cert []string) (string, string, int) {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			out, errOut, code := runCLI(t, dir, append([]string{"etcd", "init-auth", "--etcd", etcdAddr, "--job", "auth", "--workers", workers}, cert...)...)
+			if code == 0 || !strings.Contains(errOut, "does not answer") || time.Now().After(deadline) {
+				return out, errOut, code
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	out, errOut, code := initAuth("w1", root)
+	if code != 0 || !strings.Contains(out, "etcd authentication turned on for job auth; users created: root, auth/coordinator, auth/worker/w1") {
+		t.Fatalf("init-auth: exit %d\n%s%s", code, out, errOut)
+	}
+	// The etcd health probe needs no permission in any job.
+	if out, errOut, code := runCLI(t, dir, append([]string{"health", "--timeout", "2s", "--etcd", etcdAddr}, tlsArgs(tlsx.FilesFor(certs, "probe"))...)...); code != 0 {
+		t.Errorf("health --etcd with auth on: exit %d\n%s%s", code, out, errOut)
+	}
+	worker := func(name string) string {
+		return start(append([]string{"worker", "--etcd", etcdAddr, "--job", "auth", "--name", name, "--listen", "127.0.0.1:0",
+			"--data-dir", filepath.Join(dir, name)}, tlsArgs(tlsx.FilesFor(certs, name))...)...)
+	}
+	waitLog := func(log, what string) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			b, _ := os.ReadFile(log)
+			if strings.Contains(string(b), what) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s never says %q:\n%s", log, what, b)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	waitLog(worker("w1"), "registered in job auth")
+	w2 := worker("w2")
+	waitLog(w2, "permission denied")
+	if b, _ := os.ReadFile(w2); strings.Contains(string(b), "registered in job auth") {
+		t.Fatalf("w2 registered before init-auth named it:\n%s", b)
+	}
+	t.Log("w2 before init-auth named it: refused")
+	// Only root changes users once auth is on.
+	if _, errOut, code := initAuth("w2", tlsArgs(tlsx.FilesFor(certs, "coordinator"))); code == 0 || !strings.Contains(errOut, "run this with the root certificate") {
+		t.Errorf("init-auth with the coordinator's certificate: exit %d: %s", code, errOut)
+	}
+	out, errOut, code = initAuth("w1,w2", root)
+	if code != 0 || !strings.Contains(out, "etcd authentication was on already for job auth; users created: auth/worker/w2") {
+		t.Fatalf("init-auth again: exit %d\n%s%s", code, out, errOut)
+	}
+	waitLog(worker("w2"), "registered in job auth")
+	if _, errOut, code := runCLI(t, dir, "etcd", "init-auth", "--etcd", etcdAddr, "--job", "auth"); code != 2 || !strings.Contains(errOut, "needs --tls-cert") {
+		t.Errorf("init-auth without TLS: exit %d: %s", code, errOut)
+	}
+}
+
+// TestCoordinatorEmbeddedEtcdAuth runs `stagecoach coordinator` with TLS,
+// its embedded etcd and --auth-workers, and two `stagecoach worker`
+// processes with their role certificates: etcd auth is turned on before
+// the workers join, and the job prints `stagecoach train`'s losses bit
+// for bit. --auth-workers without TLS is refused.
+func TestCoordinatorEmbeddedEtcdAuth(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts coordinator and worker processes")
+	}
+	corpus := upCorpus(t)
+	model := []string{"--steps", "2", "--seed", "3", "--layers", "2", "--dim", "16", "--heads", "2", "--ctx", "16",
+		"--microbatches", "2", "--microbatch-size", "2", "--corpus", corpus, "--json"}
+	dir := t.TempDir()
+	out, errOut, code := runCLI(t, dir, append([]string{"train", "--out", filepath.Join(dir, "train")}, model...)...)
+	if code != 0 {
+		t.Fatalf("train exited %d: %s", code, errOut)
+	}
+	want := jsonLosses(t, out)
+	certs := filepath.Join(dir, "certs")
+	if out, errOut, code := runCLI(t, dir, "certs", "--out", certs, "--job", "emb", "--coordinator", "--workers", "w0,w1"); code != 0 {
+		t.Fatalf("certs: exit %d\n%s%s", code, out, errOut)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	etcdAddr := freePort(t)
+	var cout, cerr strings.Builder
+	co := exec.Command(exe, append(append([]string{"coordinator", "--job", "emb", "--workers", "2", "--ttl", "2", "--out", filepath.Join(dir, "co"),
+		"--embed-etcd-url", "https://" + etcdAddr, "--auth-workers", "w0,w1"}, tlsArgs(tlsx.FilesFor(certs, "coordinator"))...), model...)...)
+	co.Dir, co.Env = dir, append(os.Environ(), "STAGECOACH_TEST_MAIN=1")
+	var mu sync.Mutex
+	co.Stdout, co.Stderr = lockedWriter{&mu, &cout}, lockedWriter{&mu, &cerr}
+	if err := co.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- co.Wait() }()
+	t.Cleanup(func() {
+		_ = co.Process.Kill()
+		<-done
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		mu.Lock()
+		s := cerr.String()
+		mu.Unlock()
+		if strings.Contains(s, "etcd authentication turned on for job emb; users created: root, emb/coordinator, emb/worker/w0, emb/worker/w1") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the coordinator did not turn etcd auth on:\n%s", s)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, w := range []string{"w0", "w1"} {
+		c := exec.Command(exe, append([]string{"worker", "--etcd", etcdAddr, "--job", "emb", "--name", w, "--ttl", "2",
+			"--data-dir", filepath.Join(dir, w), "--checkpoint-root", filepath.Join(dir, "co")}, tlsArgs(tlsx.FilesFor(certs, w))...)...)
+		c.Dir, c.Env = dir, append(os.Environ(), "STAGECOACH_TEST_MAIN=1")
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = c.Process.Kill()
+			_ = c.Wait()
+		})
+	}
+	select {
+	case err := <-done:
+		done <- err
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			t.Fatalf("coordinator: %v\n%s", err, cerr.String())
+		}
+		got := jsonLosses(t, cout.String())
+		if len(got) != len(want) {
+			t.Fatalf("coordinator printed %d steps, train %d", len(got), len(want))
+		}
+		for i := range want {
+			if math.Float64bits(got[i]) != math.Float64bits(want[i]) {
+				t.Fatalf("losses differ:\n coordinator %v\n train       %v", got, want)
+			}
+		}
+	case <-time.After(60 * time.Second):
+		mu.Lock()
+		defer mu.Unlock()
+		t.Fatalf("the job did not finish in 60 s:\n%s", cerr.String())
+	}
+	if _, errOut, code := runCLI(t, dir, "coordinator", "--job", "emb", "--auth-workers", "w0"); code != 2 || !strings.Contains(errOut, "--auth-workers sets up the embedded etcd's authentication: it needs TLS") {
+		t.Errorf("--auth-workers without TLS: exit %d: %s", code, errOut)
+	}
+}
+
+// lockedWriter serializes writes to a builder shared with the test.
+type lockedWriter struct {
+	mu *sync.Mutex
+	b  *strings.Builder
+}
+
+func (w lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
 }

@@ -48,7 +48,9 @@ checkpoint into --out. Workers log to --out/workers/<name>.log. With
 --tls-dir DIR every hop runs mutual TLS: a demo CA and certificates for
 etcd, the coordinator and each worker (carrying their roles in the job)
 are generated into DIR (an existing CA there is reused; see 'stagecoach
-certs'). With --metrics-addr HOST:P
+certs'), and the embedded etcd turns authentication on: the coordinator
+may write only the job's keys, a worker only its own registration (see
+'stagecoach etcd init-auth'). With --metrics-addr HOST:P
 the coordinator serves Prometheus metrics on HOST:P and worker i on
 HOST:P+1+i; the workers log in the --log-format given to up. The workers
 never outlive up: stopped in order when it stops, killed by the kernel
@@ -81,7 +83,8 @@ should it die (kill -9), and each watches for its parent's exit too.`,
 				if err != nil {
 					return badInput("--tls-dir: %v", err)
 				}
-				if _, err := tlsx.Issue(tlsDir, append([]tlsx.Cert{{File: "etcd"}}, certs...), 0); err != nil {
+				// root administers the embedded etcd's auth.
+				if _, err := tlsx.Issue(tlsDir, append([]tlsx.Cert{{File: "etcd"}, {File: tlsx.RootCN}}, certs...), 0); err != nil {
 					return badInput("--tls-dir: %v", err)
 				}
 				// The coordinator's files; startWorkers takes each
@@ -124,6 +127,22 @@ should it die (kill -9), and each watches for its parent's exit too.`,
 				}
 				defer e.Close()
 				eps = e.Endpoints()
+				if tlsDir != "" {
+					// Every process then reaches only its own keys:
+					// the coordinator the job's, a worker its
+					// registration (etcdx.SetupAuth).
+					root, err := tlsx.Load(tlsx.FilesFor(tlsDir, tlsx.RootCN))
+					if err != nil {
+						return err
+					}
+					ws := make([]string, j.workers)
+					for i := range ws {
+						ws[i] = upWorkerName(i, names)
+					}
+					if err := embeddedAuth(ctx, eps, root, etcdx.AuthSpec{Job: j.job, Workers: ws}, slog.Default()); err != nil {
+						return err
+					}
+				}
 			}
 			cfg.Endpoints = eps
 			// What `stagecoach status --out` needs to find this job.

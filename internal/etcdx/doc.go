@@ -3,7 +3,10 @@
 // an explicit lease TTL, the key layout of a job, lease-bound worker
 // membership with a watch that survives compaction and reconnects, and
 // leader election whose every write is fenced by the leader's election
-// revision.
+// revision, the etcd users and roles that confine each job's processes to
+// their own keys (SetupAuth), and checks that make readers ignore records
+// their legitimate writer could not have written (forged registrations,
+// iteration and commit records, plan keys), counting and reporting them.
 //
 // Key layout, one prefix per job so that jobs sharing an etcd never see
 // each other's keys:

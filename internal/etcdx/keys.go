@@ -89,3 +89,24 @@ func pad(n int64) string {
 
 // ValidateWorkerName reports why name cannot be a member key suffix.
 func ValidateWorkerName(name string) error { return validName("worker name", name) }
+
+// commitStep parses a commit record's key: the step, and false for any
+// other key.
+func (k Keys) commitStep(key string) (int64, bool) { return numbered(k.CommitsPrefix(), key) }
+
+// PlanEpoch parses a plan manifest's key: the epoch, and false for any
+// other key.
+func (k Keys) PlanEpoch(key string) (int64, bool) { return numbered(k.PlanPrefix(), key) }
+
+// numbered parses prefix + pad(n) for n >= 1: exactly 20 digits.
+func numbered(prefix, key string) (int64, bool) {
+	s, ok := strings.CutPrefix(key, prefix)
+	if !ok || len(s) != 20 {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 1 || pad(n) != s {
+		return 0, false
+	}
+	return n, true
+}

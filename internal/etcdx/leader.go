@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -35,6 +36,15 @@ type Leader struct {
 	// key and rev are copied at the win: Resign clears the election's.
 	key string
 	rev int64
+	// won is a revision at which the leader key was the election's
+	// lowest: every earlier leader's key was gone, so no write of theirs
+	// can carry a later revision. Records written after it are ours.
+	won int64
+	// attempts are the commit records this leader tried to write, by
+	// step, so that a record found later can be told ours (a commit
+	// whose answer was lost) from one somebody else wrote.
+	mu       sync.Mutex
+	attempts map[int64]string
 	// done closes when the lease is gone for good (Lifeline).
 	done <-chan struct{}
 }
@@ -61,12 +71,14 @@ func Campaign(ctx context.Context, s *concurrency.Session, k Keys, value string)
 		}
 		return nil, fmt.Errorf("etcdx: campaign for job %s: %w", k.Job(), err)
 	}
-	l := &Leader{keys: k, sess: s, elec: e, key: e.Key(), rev: e.Rev(), done: Lifeline(s)}
+	l := &Leader{keys: k, sess: s, elec: e, key: e.Key(), rev: e.Rev(), done: Lifeline(s), attempts: map[int64]string{}}
 	// The session may have died between winning and here; a leader key
 	// that is already gone must not be reported as a win.
-	if err := l.Check(ctx); err != nil {
+	won, err := l.check(ctx)
+	if err != nil {
 		return nil, err
 	}
+	l.won = won
 	return l, nil
 }
 
@@ -93,14 +105,20 @@ func (l *Leader) guard() clientv3.Cmp {
 
 // Check returns ErrDeposed unless our leader key still exists.
 func (l *Leader) Check(ctx context.Context) error {
+	_, err := l.check(ctx)
+	return err
+}
+
+// check is Check, also returning the revision etcd answered at.
+func (l *Leader) check(ctx context.Context) (int64, error) {
 	resp, err := l.Client().Txn(ctx).If(l.guard()).Commit()
 	if err != nil {
-		return fmt.Errorf("etcdx: check leadership of job %s: %w", l.keys.Job(), err)
+		return 0, fmt.Errorf("etcdx: check leadership of job %s: %w", l.keys.Job(), err)
 	}
 	if !resp.Succeeded {
-		return ErrDeposed
+		return 0, ErrDeposed
 	}
-	return nil
+	return resp.Header.Revision, nil
 }
 
 // Txn applies ops when cmps hold and we are still the leader. It returns

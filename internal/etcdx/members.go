@@ -4,7 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
+	"net"
 	"sort"
+	"strconv"
 	"strings"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -35,8 +38,8 @@ func Register(ctx context.Context, s *concurrency.Session, k Keys, m Member) err
 	if err := ValidateWorkerName(m.Name); err != nil {
 		return err
 	}
-	if m.Addr == "" {
-		return fmt.Errorf("etcdx: worker %s has no address", m.Name)
+	if err := CheckMember(m); err != nil {
+		return fmt.Errorf("etcdx: %w", err)
 	}
 	b, err := json.Marshal(m)
 	if err != nil {
@@ -64,16 +67,63 @@ func Members(ctx context.Context, cli *clientv3.Client, k Keys) ([]Member, int64
 	return sorted(set), resp.Header.Revision, nil
 }
 
-// decodeMember parses one registration; a malformed value is skipped so a
-// stray key cannot stop the coordinator.
+// Bounds on a registration: a worker writes a few dozen bytes, one
+// stage or a few, and a speed in GFLOP/s far below these.
+const (
+	MaxMemberBytes = 1 << 10
+	MaxCapacity    = 1024
+	MaxSpeed       = 1e9
+)
+
+// decodeMember parses one registration. One that is not what a worker
+// writes (see CheckMember) is ignored, counted and reported (SetWarnf),
+// so a stray or forged key cannot stop or steer the coordinator.
 func decodeMember(k Keys, key, val []byte, lease int64) (Member, bool) {
 	name := strings.TrimPrefix(string(key), k.MembersPrefix())
 	var m Member
-	if err := json.Unmarshal(val, &m); err != nil || m.Name != name {
+	var why string
+	switch {
+	case len(val) > MaxMemberBytes:
+		why = fmt.Sprintf("%d bytes, over the %d-byte limit", len(val), MaxMemberBytes)
+	case json.Unmarshal(val, &m) != nil:
+		why = "not a registration: " + quote(val)
+	case m.Name != name:
+		why = fmt.Sprintf("names worker %q under the key of %q", m.Name, name)
+	default:
+		if err := CheckMember(m); err != nil {
+			why = err.Error()
+		}
+	}
+	if why != "" {
+		ignore(IgnoredMember, string(key), why)
 		return Member{}, false
 	}
 	m.Lease = lease
 	return m, true
+}
+
+// CheckMember reports what is wrong with a registration: the name must
+// be a valid worker name, the address host:port with a port in 1..65535,
+// the capacity within 0..MaxCapacity and the speed a finite number within
+// 0..MaxSpeed.
+func CheckMember(m Member) error {
+	if err := ValidateWorkerName(m.Name); err != nil {
+		return err
+	}
+	host, port, err := net.SplitHostPort(m.Addr)
+	if err != nil {
+		return fmt.Errorf("worker %s: address %q: %v", m.Name, m.Addr, err)
+	}
+	if p, err := strconv.Atoi(port); host == "" || err != nil || p < 1 || p > 65535 {
+		return fmt.Errorf("worker %s: address %q: want host:port with a port in 1..65535", m.Name, m.Addr)
+	}
+	if m.Capacity < 0 || m.Capacity > MaxCapacity {
+		return fmt.Errorf("worker %s: capacity %d outside 0..%d", m.Name, m.Capacity, MaxCapacity)
+	}
+	if math.IsNaN(m.Speed) || m.Speed < 0 || m.Speed > MaxSpeed {
+		return fmt.Errorf("worker %s: speed %v GFLOP/s outside 0..%g", m.Name, m.Speed, MaxSpeed)
+	}
+	return nil
 }
 
 func sorted(set map[string]Member) []Member {

@@ -52,6 +52,21 @@ func RegisterLease(reg prometheus.Registerer, failures, lost func() uint64) {
 	)
 }
 
+// RegisterIgnored exposes the etcd records the process ignored because
+// their writer could not have been legitimate (etcdx's Ignored, passed in
+// so this package needs no etcd client), one series per kind:
+//
+//	stagecoach_etcd_records_ignored_total{kind}  member, iteration, commit
+func RegisterIgnored(reg prometheus.Registerer, kinds []string, count func(kind string) uint64) {
+	for _, k := range kinds {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name:        "stagecoach_etcd_records_ignored_total",
+			Help:        "etcd records this process read and ignored as not written by their legitimate writer (a forged or malformed worker registration, iteration or commit record).",
+			ConstLabels: prometheus.Labels{"kind": k},
+		}, func() float64 { return float64(count(k)) }))
+	}
+}
+
 // Server serves one registry over HTTP.
 type Server struct {
 	srv  *http.Server

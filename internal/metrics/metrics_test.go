@@ -18,6 +18,7 @@ func TestServeMetricsAndHealth(t *testing.T) {
 	w := metrics.NewWorker(reg)
 	var failures, lost uint64 = 3, 1
 	metrics.RegisterLease(reg, func() uint64 { return failures }, func() uint64 { return lost })
+	metrics.RegisterIgnored(reg, []string{"member", "iteration"}, func(kind string) uint64 { return uint64(len(kind)) })
 	var unhealthy error
 	srv, err := metrics.Serve("127.0.0.1:0", reg, func() error { return unhealthy })
 	if err != nil {
@@ -58,6 +59,8 @@ func TestServeMetricsAndHealth(t *testing.T) {
 		`stagecoach_worker_rpc_duration_seconds_count{code="OK",method="RunIteration"}`: 1,
 		"stagecoach_lease_renewal_failures_total":                                       3,
 		"stagecoach_lease_lost_total":                                                   1,
+		`stagecoach_etcd_records_ignored_total{kind="member"}`:                          6,
+		`stagecoach_etcd_records_ignored_total{kind="iteration"}`:                       9,
 	}
 	for k, v := range want {
 		got, ok := s[k]
