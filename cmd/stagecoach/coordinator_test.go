@@ -38,7 +38,7 @@ func TestCoordinatorLogsAndExitsCleanly(t *testing.T) {
 	for _, job := range []string{"done", "stopped"} {
 		for _, name := range []string{"w0", "w1"} {
 			w := exec.Command(exe, "worker", "--etcd", ep, "--job", job, "--name", name, "--ttl", "2",
-				"--data-dir", filepath.Join(dir, job, name))
+				"--data-dir", filepath.Join(dir, job, name), "--checkpoint-root", filepath.Join(dir, job, "co"))
 			w.Env = append(os.Environ(), "STAGECOACH_TEST_MAIN=1")
 			if err := w.Start(); err != nil {
 				t.Fatal(err)
