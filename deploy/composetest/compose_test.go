@@ -339,9 +339,13 @@ func (c *cluster) coordinatorsExited(ctx context.Context, timeout time.Duration)
 			time.Sleep(500 * time.Millisecond)
 		}
 	}
+	// A stop or a finished job ends without a trail of cancellations; a
+	// failed step's report may name the RPCs it cancelled.
 	logs := c.mustCompose(ctx, 2*time.Minute, "logs", "--no-color", "coordinator-1", "coordinator-2")
-	if n := strings.Count(logs, "context canceled"); n > 0 {
-		c.t.Errorf("the coordinators' logs say \"context canceled\" %d times:\n%s", n, logs)
+	for _, l := range strings.Split(logs, "\n") {
+		if strings.Contains(l, "context canceled") && !strings.Contains(l, " failed: ") {
+			c.t.Errorf("a coordinator's log says \"context canceled\" outside a failed step's report:\n%s", l)
+		}
 	}
 }
 
