@@ -72,12 +72,44 @@ func StateTensors(states []ParamState) []STensor {
 // present with its exact shape; moments are loaded when withOptim is set
 // (and must then be present). Extra tensors are ignored so a shard can load
 // from a whole-model file. Returns the file's metadata.
+//
+// The file is read by its header and then by the spans of the tensors the
+// states need, each shape checked against the model before any tensor is
+// read: a file that does not fit the model costs only its header, and a
+// large (even sparse) one is never read whole.
 func LoadStates(path string, states []ParamState, withOptim bool) (map[string]string, error) {
-	ts, meta, err := ReadSafetensorsFile(path)
+	f, err := OpenSafetensors(path)
 	if err != nil {
 		return nil, err
 	}
-	return meta, FillStates(path, ts, states, withOptim)
+	defer f.Close()
+	type load struct {
+		name string
+		dst  []float32
+	}
+	var loads []load
+	for _, st := range states {
+		mine := []load{{st.T.Name, st.T.W}}
+		if withOptim {
+			mine = append(mine, load{"optim.m." + st.T.Name, st.M}, load{"optim.v." + st.T.Name, st.V})
+		}
+		for _, l := range mine {
+			got, ok := f.Shape(l.name)
+			if !ok {
+				return nil, fmt.Errorf("%s: tensor %q missing", path, l.name)
+			}
+			if !sameShape(got, st.T.Shape) {
+				return nil, fmt.Errorf("%s: tensor %q has shape %v, model wants %v", path, l.name, got, st.T.Shape)
+			}
+		}
+		loads = append(loads, mine...)
+	}
+	for _, l := range loads {
+		if err := f.Read(l.name, l.dst); err != nil {
+			return nil, err
+		}
+	}
+	return f.Meta, nil
 }
 
 // FillStates is LoadStates on tensors already read from the file named
@@ -357,7 +389,12 @@ func LoadTrainer(path string) (*Trainer, map[string]string, error) {
 	if err := VerifyFile(path); err != nil {
 		return nil, nil, err
 	}
-	_, meta, err := ReadSafetensorsFile(path)
+	return loadTrainer(path, DefaultLimits)
+}
+
+// loadTrainer is LoadTrainer, verification aside, under lim.
+func loadTrainer(path string, lim Limits) (*Trainer, map[string]string, error) {
+	meta, err := ReadSafetensorsMeta(path)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -371,6 +408,9 @@ func LoadTrainer(path string) (*Trainer, map[string]string, error) {
 	step, err := strconv.Atoi(meta[MetaStep])
 	if err != nil || step < 0 {
 		return nil, nil, fmt.Errorf("%s: bad step %q", path, meta[MetaStep])
+	}
+	if err := checkMetaModel(cfg.Model, lim, cfg.MicrobatchSize); err != nil {
+		return nil, nil, fmt.Errorf("%s: train_config: %w", path, err)
 	}
 	t, err := NewTrainer(cfg)
 	if err != nil {
@@ -389,7 +429,7 @@ func LoadPipeline(path string, stages int, layout Layout) (*Pipeline, map[string
 	if err := VerifyFile(path); err != nil {
 		return nil, nil, err
 	}
-	_, meta, err := ReadSafetensorsFile(path)
+	meta, err := ReadSafetensorsMeta(path)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -399,6 +439,9 @@ func LoadPipeline(path string, stages int, layout Layout) (*Pipeline, map[string
 	var cfg Config
 	if err := json.Unmarshal([]byte(meta[MetaModelConfig]), &cfg); err != nil {
 		return nil, nil, fmt.Errorf("%s: bad model_config: %w", path, err)
+	}
+	if err := checkMetaModel(cfg, DefaultLimits, 1); err != nil {
+		return nil, nil, fmt.Errorf("%s: model_config: %w", path, err)
 	}
 	p, err := NewPipeline(cfg, stages, layout)
 	if err != nil {
@@ -412,4 +455,15 @@ func LoadPipeline(path string, stages int, layout Layout) (*Pipeline, map[string
 		return nil, nil, err
 	}
 	return p, meta, nil
+}
+
+// checkMetaModel validates a model config read from a checkpoint's
+// metadata, and refuses one beyond lim, before anything is allocated for
+// it.
+func checkMetaModel(c Config, lim Limits, batch int) error {
+	c = c.WithDefaults()
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	return c.CheckLimits(lim, batch)
 }

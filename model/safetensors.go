@@ -92,23 +92,25 @@ var knownDtypes = map[string]bool{
 	"F64": true, "I64": true, "U64": true,
 }
 
-// ReadSafetensors parses a whole safetensors file held in memory. It
-// validates everything (header length, JSON, dtypes, shapes, offsets) and
-// returns an error, never panics, on malformed input. Tensors come back in
-// data-offset order.
-func ReadSafetensors(b []byte) ([]STensor, map[string]string, error) {
-	if len(b) < 8 {
-		return nil, nil, fmt.Errorf("safetensors: file is %d bytes, shorter than the 8-byte header length", len(b))
-	}
-	hl := binary.LittleEndian.Uint64(b)
-	if hl > MaxHeaderLen {
-		return nil, nil, fmt.Errorf("safetensors: header length %d exceeds the %d limit", hl, MaxHeaderLen)
-	}
-	if hl > uint64(len(b)-8) {
-		return nil, nil, fmt.Errorf("safetensors: truncated: header length %d but only %d bytes follow", hl, len(b)-8)
-	}
-	hj := b[8 : 8+hl]
-	body := b[8+hl:]
+// MaxTensorDataBytes bounds the tensor bytes ReadSafetensorsFile loads
+// into memory (4 GiB: the weights and moments of a model at
+// DefaultMaxParams); readers that know the shapes they want read only
+// those, through OpenSafetensors.
+const MaxTensorDataBytes = 4 << 30
+
+// stSpan is one tensor's place in the data section.
+type stSpan struct {
+	name       string
+	shape      []int
+	begin, end int64
+}
+
+// parseHeader validates a safetensors JSON header against the size of
+// the data section that follows it (dataLen bytes): known dtypes, F32
+// only, shapes whose byte size equals their offsets' span, offsets inside
+// the data, no overlaps. Spans come back in data-offset order. Nothing it
+// allocates is larger than the header itself.
+func parseHeader(hj []byte, dataLen int64) ([]stSpan, map[string]string, error) {
 	if len(bytes.TrimSpace(hj)) == 0 || bytes.TrimSpace(hj)[0] != '{' {
 		return nil, nil, errors.New("safetensors: header is not a JSON object")
 	}
@@ -123,12 +125,7 @@ func ReadSafetensors(b []byte) ([]STensor, map[string]string, error) {
 		}
 		delete(raw, "__metadata__")
 	}
-	type span struct {
-		name       string
-		shape      []int
-		begin, end int64
-	}
-	spans := make([]span, 0, len(raw))
+	spans := make([]stSpan, 0, len(raw))
 	for name, r := range raw {
 		if name == "" {
 			return nil, nil, errors.New("safetensors: empty tensor name")
@@ -152,20 +149,20 @@ func ReadSafetensors(b []byte) ([]STensor, map[string]string, error) {
 			if d < 0 {
 				return nil, nil, fmt.Errorf("safetensors: tensor %q: negative dimension %d", name, d)
 			}
-			if d > 0 && n > (int64(len(body))/4+1)/d {
+			if d > 0 && n > (dataLen/4+1)/d {
 				return nil, nil, fmt.Errorf("safetensors: tensor %q: shape %v is larger than the file", name, e.Shape)
 			}
 			n *= d
 			shape[i] = int(d)
 		}
 		begin, end := e.DataOffsets[0], e.DataOffsets[1]
-		if begin < 0 || end < begin || end > int64(len(body)) {
-			return nil, nil, fmt.Errorf("safetensors: tensor %q: data_offsets [%d,%d] outside the %d data bytes (truncated file?)", name, begin, end, len(body))
+		if begin < 0 || end < begin || end > dataLen {
+			return nil, nil, fmt.Errorf("safetensors: tensor %q: data_offsets [%d,%d] outside the %d data bytes (truncated file?)", name, begin, end, dataLen)
 		}
 		if end-begin != 4*n {
 			return nil, nil, fmt.Errorf("safetensors: tensor %q: shape %v needs %d bytes, offsets span %d", name, e.Shape, 4*n, end-begin)
 		}
-		spans = append(spans, span{name, shape, begin, end})
+		spans = append(spans, stSpan{name, shape, begin, end})
 	}
 	sort.Slice(spans, func(i, j int) bool {
 		if spans[i].begin != spans[j].begin {
@@ -178,29 +175,207 @@ func ReadSafetensors(b []byte) ([]STensor, map[string]string, error) {
 			return nil, nil, fmt.Errorf("safetensors: tensors %q and %q overlap", spans[i-1].name, spans[i].name)
 		}
 	}
+	return spans, meta, nil
+}
+
+// ReadSafetensors parses a whole safetensors file held in memory. It
+// validates everything (header length, JSON, dtypes, shapes, offsets) and
+// returns an error, never panics, on malformed input. Tensors come back in
+// data-offset order.
+func ReadSafetensors(b []byte) ([]STensor, map[string]string, error) {
+	if len(b) < 8 {
+		return nil, nil, fmt.Errorf("safetensors: file is %d bytes, shorter than the 8-byte header length", len(b))
+	}
+	hl := binary.LittleEndian.Uint64(b)
+	if hl > MaxHeaderLen {
+		return nil, nil, fmt.Errorf("safetensors: header length %d exceeds the %d limit", hl, MaxHeaderLen)
+	}
+	if hl > uint64(len(b)-8) {
+		return nil, nil, fmt.Errorf("safetensors: truncated: header length %d but only %d bytes follow", hl, len(b)-8)
+	}
+	body := b[8+hl:]
+	spans, meta, err := parseHeader(b[8:8+hl], int64(len(body)))
+	if err != nil {
+		return nil, nil, err
+	}
 	out := make([]STensor, len(spans))
 	for i, s := range spans {
 		d := make([]float32, (s.end-s.begin)/4)
-		src := body[s.begin:s.end]
-		for j := range d {
-			d[j] = math.Float32frombits(binary.LittleEndian.Uint32(src[4*j:]))
-		}
+		decodeF32(d, body[s.begin:s.end])
 		out[i] = STensor{Name: s.name, Shape: s.shape, Data: d}
 	}
 	return out, meta, nil
 }
 
-// ReadSafetensorsFile reads and parses a safetensors file.
+func decodeF32(dst []float32, src []byte) {
+	for j := range dst {
+		dst[j] = math.Float32frombits(binary.LittleEndian.Uint32(src[4*j:]))
+	}
+}
+
+// SafetensorsFile is an open safetensors file whose header has been read
+// and checked against the file's size (os.Stat), without reading any
+// tensor: a hostile header cannot make it allocate more than the header's
+// own bytes, and a large (even sparse) file costs nothing until a tensor
+// of it is read, by exactly its span.
+type SafetensorsFile struct {
+	path   string
+	f      *os.File
+	data   *io.SectionReader
+	spans  []stSpan
+	byName map[string]int
+	// Meta is the header's __metadata__ (nil when absent).
+	Meta map[string]string
+}
+
+// OpenSafetensors opens path and validates its header. Close it.
+func OpenSafetensors(path string) (*SafetensorsFile, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	st, err := parseFile(path, f)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return st, nil
+}
+
+func parseFile(path string, f *os.File) (*SafetensorsFile, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: safetensors: not a regular file", path)
+	}
+	size := fi.Size()
+	var lb [8]byte
+	if _, err := f.ReadAt(lb[:], 0); err != nil || size < 8 {
+		return nil, fmt.Errorf("%s: safetensors: file is %d bytes, shorter than the 8-byte header length", path, size)
+	}
+	hl := binary.LittleEndian.Uint64(lb[:])
+	if hl > MaxHeaderLen {
+		return nil, fmt.Errorf("%s: safetensors: header length %d exceeds the %d limit", path, hl, MaxHeaderLen)
+	}
+	if hl > uint64(size-8) {
+		return nil, fmt.Errorf("%s: safetensors: truncated: header length %d but only %d bytes follow", path, hl, size-8)
+	}
+	hj := make([]byte, hl)
+	if _, err := f.ReadAt(hj, 8); err != nil {
+		return nil, fmt.Errorf("%s: safetensors: reading the header: %w", path, err)
+	}
+	dataLen := size - 8 - int64(hl)
+	spans, meta, err := parseHeader(hj, dataLen)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	s := &SafetensorsFile{path: path, f: f, data: io.NewSectionReader(f, 8+int64(hl), dataLen), spans: spans,
+		byName: make(map[string]int, len(spans)), Meta: meta}
+	for i, sp := range spans {
+		s.byName[sp.name] = i
+	}
+	return s, nil
+}
+
+// Close closes the file.
+func (s *SafetensorsFile) Close() error { return s.f.Close() }
+
+// Names lists the tensors in data-offset order.
+func (s *SafetensorsFile) Names() []string {
+	out := make([]string, len(s.spans))
+	for i, sp := range s.spans {
+		out[i] = sp.name
+	}
+	return out
+}
+
+// Shape is a tensor's shape; ok is false when the file has no such tensor.
+func (s *SafetensorsFile) Shape(name string) (shape []int, ok bool) {
+	i, ok := s.byName[name]
+	if !ok {
+		return nil, false
+	}
+	return s.spans[i].shape, true
+}
+
+// DataBytes is the total size of the tensors the header lists.
+func (s *SafetensorsFile) DataBytes() int64 {
+	var n int64
+	for _, sp := range s.spans {
+		n += sp.end - sp.begin
+	}
+	return n
+}
+
+// Read decodes tensor name into dst, whose length must be its element
+// count: the caller, which knows the shape it wants, allocates.
+func (s *SafetensorsFile) Read(name string, dst []float32) error {
+	i, ok := s.byName[name]
+	if !ok {
+		return fmt.Errorf("%s: tensor %q missing", s.path, name)
+	}
+	sp := s.spans[i]
+	if int64(len(dst))*4 != sp.end-sp.begin {
+		return fmt.Errorf("%s: tensor %q holds %d values, %d asked", s.path, name, (sp.end-sp.begin)/4, len(dst))
+	}
+	// Decode in pieces: no copy of the whole tensor's bytes.
+	const piece = 1 << 20
+	buf := make([]byte, min(piece, sp.end-sp.begin))
+	for off := sp.begin; off < sp.end; {
+		n := min(int64(len(buf)), sp.end-off)
+		if _, err := s.data.ReadAt(buf[:n], off); err != nil {
+			return fmt.Errorf("%s: tensor %q: %w", s.path, name, err)
+		}
+		decodeF32(dst[(off-sp.begin)/4:], buf[:n])
+		off += n
+	}
+	return nil
+}
+
+// ReadAll reads every tensor, refusing files whose tensors exceed
+// maxBytes before reading any.
+func (s *SafetensorsFile) ReadAll(maxBytes int64) ([]STensor, error) {
+	if n := s.DataBytes(); n > maxBytes {
+		return nil, fmt.Errorf("%s: safetensors: tensors of %d bytes exceed the %d-byte limit", s.path, n, maxBytes)
+	}
+	out := make([]STensor, len(s.spans))
+	for i, sp := range s.spans {
+		d := make([]float32, (sp.end-sp.begin)/4)
+		if err := s.Read(sp.name, d); err != nil {
+			return nil, err
+		}
+		out[i] = STensor{Name: sp.name, Shape: sp.shape, Data: d}
+	}
+	return out, nil
+}
+
+// ReadSafetensorsFile reads and parses a safetensors file: the header
+// checked against the file's size, then every tensor, at most
+// MaxTensorDataBytes of them.
 func ReadSafetensorsFile(path string) ([]STensor, map[string]string, error) {
-	b, err := os.ReadFile(path)
+	s, err := OpenSafetensors(path)
 	if err != nil {
 		return nil, nil, err
 	}
-	ts, meta, err := ReadSafetensors(b)
+	defer s.Close()
+	ts, err := s.ReadAll(MaxTensorDataBytes)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", path, err)
+		return nil, nil, err
 	}
-	return ts, meta, nil
+	return ts, s.Meta, nil
+}
+
+// ReadSafetensorsMeta reads only a file's header and returns its
+// metadata.
+func ReadSafetensorsMeta(path string) (map[string]string, error) {
+	s, err := OpenSafetensors(path)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	return s.Meta, nil
 }
 
 // WriteSafetensorsFile writes atomically (temp file + rename) so a crash

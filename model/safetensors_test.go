@@ -241,3 +241,42 @@ func FuzzReadSafetensors(f *testing.F) {
 		}
 	})
 }
+
+// FuzzOpenSafetensors checks the file reader (header checked against the
+// file's size, tensors read by their spans) against the in-memory one:
+// both accept or refuse the same bytes and read the same tensors.
+func FuzzOpenSafetensors(f *testing.F) {
+	var buf bytes.Buffer
+	WriteSafetensors(&buf, sampleTensors(), map[string]string{"a": "b"})
+	f.Add(buf.Bytes())
+	f.Add(stFile(`{"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}`, make([]byte, 4)))
+	f.Add(stFile(`{"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}`, make([]byte, 3)))
+	f.Add(binary.LittleEndian.AppendUint64(nil, 1<<40))
+	path := filepath.Join(f.TempDir(), "f.safetensors")
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if err := os.WriteFile(path, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		want, wantMeta, errMem := ReadSafetensors(b)
+		got, meta, errFile := ReadSafetensorsFile(path)
+		if (errMem == nil) != (errFile == nil) {
+			t.Fatalf("readers disagree: in memory %v, from the file %v", errMem, errFile)
+		}
+		if errMem != nil {
+			return
+		}
+		if len(got) != len(want) || len(meta) != len(wantMeta) {
+			t.Fatalf("readers disagree: %d vs %d tensors, %d vs %d metadata keys", len(got), len(want), len(meta), len(wantMeta))
+		}
+		for i := range got {
+			if got[i].Name != want[i].Name || !sameShape(got[i].Shape, want[i].Shape) || len(got[i].Data) != len(want[i].Data) {
+				t.Fatalf("tensor %d: %q %v vs %q %v", i, got[i].Name, got[i].Shape, want[i].Name, want[i].Shape)
+			}
+			for j := range got[i].Data {
+				if math.Float32bits(got[i].Data[j]) != math.Float32bits(want[i].Data[j]) {
+					t.Fatalf("tensor %q value %d differs", got[i].Name, j)
+				}
+			}
+		}
+	})
+}

@@ -78,6 +78,24 @@ func Generate(name string, s Spec) (*Plan, error) {
 	return g(s)
 }
 
+// EstimateActions bounds from above the actions a schedule generates
+// for s, before generating it: at most three per microbatch and virtual
+// stage (forward, and backward split in two), a loss per microbatch, an
+// all-reduce and an optimizer step per worker and virtual stage. Zero
+// Replicas count as one, zero Chunks as MaxDefaultChunks.
+func (s Spec) EstimateActions() int64 {
+	v, r := int64(s.Chunks), int64(max(s.Replicas, 1))
+	if v < 1 {
+		v = MaxDefaultChunks
+	}
+	ns, m := int64(max(s.Stages, 0))*v, int64(max(s.Microbatches, 0))
+	return 3*ns*m + m + 2*ns*r
+}
+
+// MaxDefaultChunks is the most model chunks per worker a schedule takes
+// when Spec.Chunks is zero (interleaved's 2).
+const MaxDefaultChunks = 2
+
 func (s *Spec) normalise(defaultChunks int) error {
 	if s.Stages < 1 {
 		return fmt.Errorf("stages is %d, want >= 1", s.Stages)
@@ -106,6 +124,9 @@ func (s *Spec) normalise(defaultChunks int) error {
 	}
 	if s.Stages > MaxStages || ns > MaxStages || s.Stages*s.Replicas > MaxWorkers || s.Microbatches > MaxMicrobatches {
 		return fmt.Errorf("pipeline too large (stages %d, chunks %d, replicas %d, microbatches %d)", s.Stages, s.Chunks, s.Replicas, s.Microbatches)
+	}
+	if n := s.EstimateActions(); n > MaxActions {
+		return fmt.Errorf("pipeline too large: about %d actions (stages %d x chunks %d x microbatches %d), max %d", n, s.Stages, s.Chunks, s.Microbatches, MaxActions)
 	}
 	if s.Nodes != nil && len(s.Nodes) != s.Stages*s.Replicas {
 		return fmt.Errorf("nodes names %d workers, want %d", len(s.Nodes), s.Stages*s.Replicas)

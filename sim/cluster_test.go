@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -74,5 +75,27 @@ func TestClusterYAMLRoundTrip(t *testing.T) {
 	}
 	if len(c.Nodes) != 20 || len(c.Links) != 66 || c.Workload == nil || c.Workload.Layers != 24 {
 		t.Fatalf("round trip lost data: %d nodes, %d links, workload %+v", len(c.Nodes), len(c.Links), c.Workload)
+	}
+}
+
+// A cluster file larger than the bound (here a sparse 10 GB one) is
+// refused after reading one byte past the bound, not read whole.
+func TestLoadClusterRefusesHugeFiles(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "huge.yaml")
+	if err := os.WriteFile(path, []byte("name: x\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, 10<<30); err != nil {
+		t.Skipf("no sparse files here: %v", err)
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, err := LoadCluster(path)
+	runtime.ReadMemStats(&after)
+	if err == nil || !strings.Contains(err.Error(), "larger than") {
+		t.Fatalf("10 GB cluster file: %v", err)
+	}
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 4*maxClusterBytes {
+		t.Errorf("refusing it allocated %d bytes", grew)
 	}
 }

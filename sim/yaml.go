@@ -50,7 +50,13 @@ func parseCluster(data []byte) (*Cluster, error) {
 
 // LoadCluster reads a cluster file.
 func LoadCluster(path string) (*Cluster, error) {
-	data, err := os.ReadFile(path)
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	// Read one byte past the bound, never the whole of a larger file.
+	data, err := io.ReadAll(io.LimitReader(f, maxClusterBytes+1))
 	if err != nil {
 		return nil, err
 	}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 
 	"stagecoach/internal/transport"
+	"stagecoach/model"
 )
 
 // Config is one worker's static configuration. New validates it; zero
@@ -54,6 +55,20 @@ type Config struct {
 	// MaxControlBytes bounds one control message such as a plan or an
 	// iteration's data (64 MiB).
 	MaxControlBytes int
+	// NextEpochBytes and NextEpochTensors bound the tensors of the next
+	// plan epoch waiting for their Configure (256 MiB, 64): past them a
+	// next-epoch tensor is refused, and a Configure drops the ones of
+	// epochs it supersedes. Tensors of later epochs are always refused.
+	NextEpochBytes   int64
+	NextEpochTensors int
+	// PeerBytes bounds the bytes one peer's tensors may hold in the
+	// mailbox (512 MiB); PeerStreams its concurrent tensor streams (8; a
+	// worker sends to each peer one tensor at a time). A peer is the
+	// worker identity in its certificate's URI SAN, else its connection.
+	PeerBytes   int64
+	PeerStreams int
+	// Model bounds the model a Configure may build (model.DefaultLimits).
+	Model model.Limits
 	// Logf receives rejections and failures; nil means log.Printf.
 	Logf func(format string, args ...any)
 	// Infof receives notable events that are not failures (which links
@@ -63,8 +78,12 @@ type Config struct {
 
 // Defaults for Config.
 const (
-	DefaultMailboxBytes    = 1 << 30
-	DefaultMaxControlBytes = 64 << 20
+	DefaultMailboxBytes     = 1 << 30
+	DefaultMaxControlBytes  = 64 << 20
+	DefaultNextEpochBytes   = 256 << 20
+	DefaultNextEpochTensors = 64
+	DefaultPeerBytes        = 512 << 20
+	DefaultPeerStreams      = 8
 )
 
 func (c Config) withDefaults() (Config, error) {
@@ -77,8 +96,9 @@ func (c Config) withDefaults() (Config, error) {
 		return c, errors.New("worker: config: job id is required")
 	case c.DataDir == "":
 		return c, errors.New("worker: config: data dir is required")
-	case c.MailboxBytes < 0 || c.MaxControlBytes < 0:
-		return c, fmt.Errorf("worker: config: negative limits (mailbox %d, control %d)", c.MailboxBytes, c.MaxControlBytes)
+	case c.MailboxBytes < 0 || c.MaxControlBytes < 0 || c.NextEpochBytes < 0 || c.NextEpochTensors < 0 || c.PeerBytes < 0 || c.PeerStreams < 0:
+		return c, fmt.Errorf("worker: config: negative limits (mailbox %d, control %d, next epoch %d bytes %d tensors, peer %d bytes %d streams)",
+			c.MailboxBytes, c.MaxControlBytes, c.NextEpochBytes, c.NextEpochTensors, c.PeerBytes, c.PeerStreams)
 	}
 	c.Transport = c.Transport.WithDefaults()
 	if err := c.Transport.Validate(); err != nil {
@@ -90,6 +110,26 @@ func (c Config) withDefaults() (Config, error) {
 	if c.MaxControlBytes == 0 {
 		c.MaxControlBytes = DefaultMaxControlBytes
 	}
+	if c.NextEpochBytes == 0 {
+		c.NextEpochBytes = DefaultNextEpochBytes
+	}
+	if c.NextEpochTensors == 0 {
+		c.NextEpochTensors = DefaultNextEpochTensors
+	}
+	if c.PeerBytes == 0 {
+		c.PeerBytes = DefaultPeerBytes
+	}
+	if c.PeerStreams == 0 {
+		c.PeerStreams = DefaultPeerStreams
+	}
+	if c.PeerBytes < c.Transport.MaxTensorBytes {
+		return c, fmt.Errorf("worker: config: peer bytes %d below the largest tensor (%d): no tensor could ever be received", c.PeerBytes, c.Transport.MaxTensorBytes)
+	}
+	lim, err := c.Model.WithDefaults()
+	if err != nil {
+		return c, fmt.Errorf("worker: config: %w", err)
+	}
+	c.Model = lim
 	if c.Logf == nil {
 		c.Logf = log.Printf
 	}

@@ -64,7 +64,9 @@ type ModelConfig struct {
 	Optim model.OptimConfig `json:"optim"`
 }
 
-func decodeModelConfig(b []byte) (model.TrainConfig, error) {
+// decodeModelConfig decodes and validates model_json, refusing a model
+// beyond lim before anything is allocated for it.
+func decodeModelConfig(b []byte, lim model.Limits) (model.TrainConfig, error) {
 	var tc model.TrainConfig
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
@@ -79,7 +81,84 @@ func decodeModelConfig(b []byte) (model.TrainConfig, error) {
 	if err := tc.Optim.Validate(); err != nil {
 		return tc, fmt.Errorf("%w: %v", ErrBadInput, err)
 	}
+	if err := tc.Model.CheckLimits(lim, tc.MicrobatchSize); err != nil {
+		return tc, fmt.Errorf("%w: model_json: %v", ErrBadInput, err)
+	}
 	return tc, nil
+}
+
+// configureSpec is what a Configure request asks for, decoded and checked
+// (against the plan, the model limits and the link emulation) before
+// anything is built for it.
+type configureSpec struct {
+	plan    *scheduler.Plan
+	me      int
+	train   model.TrainConfig
+	shaper  transport.Shaper // nil: no link emulation
+	cluster string           // the emulated cluster's name
+	names   []string         // the plan workers' names (may be empty without TLS)
+}
+
+// decodeConfigure decodes a Configure request's plan, model and link
+// shaping as the worker does, without side effects: every size that
+// drives an allocation is checked against lim first.
+func decodeConfigure(req *pb.ConfigureRequest, lim model.Limits, mutualTLS bool) (*configureSpec, error) {
+	plan, err := scheduler.DecodeBytes(req.GetPlanJson())
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadInput, err)
+	}
+	me := int(req.GetWorker())
+	if me < 0 || me >= len(plan.Workers) {
+		return nil, fmt.Errorf("%w: worker %d outside the plan's 0..%d", ErrBadInput, me, len(plan.Workers)-1)
+	}
+	if len(req.GetPeers()) != len(plan.Workers) {
+		return nil, fmt.Errorf("%w: %d peer addresses for %d plan workers", ErrBadInput, len(req.GetPeers()), len(plan.Workers))
+	}
+	names := req.GetPeerNames()
+	switch {
+	case len(names) == 0 && mutualTLS:
+		return nil, fmt.Errorf("%w: no peer names: under mutual TLS the worker checks every tensor's sender against them", ErrBadInput)
+	case len(names) != 0 && len(names) != len(plan.Workers):
+		return nil, fmt.Errorf("%w: %d peer names for %d plan workers", ErrBadInput, len(names), len(plan.Workers))
+	}
+	for i, n := range names {
+		if err := naming.Validate("worker name", n); err != nil {
+			return nil, fmt.Errorf("%w: peer %d: %v", ErrBadInput, i, err)
+		}
+	}
+	tc, err := decodeModelConfig(req.GetModelJson(), lim)
+	if err != nil {
+		return nil, err
+	}
+	samples := 1
+	for _, mb := range plan.Microbatches {
+		samples = max(samples, mb.Samples)
+	}
+	if err := tc.Model.CheckLimits(lim, samples); err != nil {
+		return nil, fmt.Errorf("%w: model_json with the plan's %d samples per microbatch: %v", ErrBadInput, samples, err)
+	}
+	if req.GetSeed() != 0 {
+		tc.Model.Seed = uint64(req.GetSeed())
+	}
+	if plan.Layers() != tc.Model.Layers {
+		return nil, fmt.Errorf("%w: plan covers %d layers, model has %d", ErrBadInput, plan.Layers(), tc.Model.Layers)
+	}
+	spec := &configureSpec{plan: plan, me: me, train: tc, names: names}
+	if y := req.GetLinkShapingYaml(); len(y) > 0 {
+		c, err := sim.ParseCluster(y)
+		if err != nil {
+			return nil, fmt.Errorf("%w: link shaping: %v", ErrBadInput, err)
+		}
+		nodes := make([]string, len(plan.Workers))
+		for w, wk := range plan.Workers {
+			nodes[w] = wk.Node
+		}
+		if spec.shaper, err = transport.NewClusterShaper(c, nodes, me); err != nil {
+			return nil, fmt.Errorf("%w: link shaping: %v", ErrBadInput, err)
+		}
+		spec.cluster = c.Name
+	}
+	return spec, nil
 }
 
 // Configure implements pb.WorkerServer.
@@ -104,55 +183,15 @@ func (s *Server) configure(ctx context.Context, req *pb.ConfigureRequest) (*pb.C
 	if epoch < cur {
 		return nil, fmt.Errorf("%w: configure for epoch %d < %d", ErrStaleEpoch, epoch, cur)
 	}
-	plan, err := scheduler.DecodeBytes(req.GetPlanJson())
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadInput, err)
-	}
-	me := int(req.GetWorker())
-	if me < 0 || me >= len(plan.Workers) {
-		return nil, fmt.Errorf("%w: worker %d outside the plan's 0..%d", ErrBadInput, me, len(plan.Workers)-1)
-	}
-	if len(req.GetPeers()) != len(plan.Workers) {
-		return nil, fmt.Errorf("%w: %d peer addresses for %d plan workers", ErrBadInput, len(req.GetPeers()), len(plan.Workers))
-	}
-	names := req.GetPeerNames()
-	switch {
-	case len(names) == 0 && s.cfg.TLS != nil:
-		return nil, fmt.Errorf("%w: no peer names: under mutual TLS the worker checks every tensor's sender against them", ErrBadInput)
-	case len(names) != 0 && len(names) != len(plan.Workers):
-		return nil, fmt.Errorf("%w: %d peer names for %d plan workers", ErrBadInput, len(names), len(plan.Workers))
-	}
-	for i, n := range names {
-		if err := naming.Validate("worker name", n); err != nil {
-			return nil, fmt.Errorf("%w: peer %d: %v", ErrBadInput, i, err)
-		}
-	}
-	tc, err := decodeModelConfig(req.GetModelJson())
+	spec, err := decodeConfigure(req, s.cfg.Model, s.cfg.TLS != nil)
 	if err != nil {
 		return nil, err
 	}
-	if req.GetSeed() != 0 {
-		tc.Model.Seed = uint64(req.GetSeed())
+	plan, me, tc, shaper := spec.plan, spec.me, spec.train, spec.shaper
+	if shaper != nil {
+		s.cfg.Infof("worker %s: epoch %d: emulating the links of cluster %q to its %d peers", s.cfg.Name, epoch, spec.cluster, len(plan.Workers)-1)
 	}
-	if plan.Layers() != tc.Model.Layers {
-		return nil, fmt.Errorf("%w: plan covers %d layers, model has %d", ErrBadInput, plan.Layers(), tc.Model.Layers)
-	}
-	var shaper transport.Shaper
-	if y := req.GetLinkShapingYaml(); len(y) > 0 {
-		c, err := sim.ParseCluster(y)
-		if err != nil {
-			return nil, fmt.Errorf("%w: link shaping: %v", ErrBadInput, err)
-		}
-		nodes := make([]string, len(plan.Workers))
-		for w, wk := range plan.Workers {
-			nodes[w] = wk.Node
-		}
-		if shaper, err = transport.NewClusterShaper(c, nodes, me); err != nil {
-			return nil, fmt.Errorf("%w: link shaping: %v", ErrBadInput, err)
-		}
-		s.cfg.Infof("worker %s: epoch %d: emulating the links of cluster %q to its %d peers", s.cfg.Name, epoch, c.Name, len(nodes)-1)
-	}
-	j := &job{plan: plan, ix: scheduler.NewIndex(plan), me: me, epoch: epoch, train: tc, by: map[int]*stage{}, names: names}
+	j := &job{plan: plan, ix: scheduler.NewIndex(plan), me: me, epoch: epoch, train: tc, by: map[int]*stage{}, names: spec.names}
 	held := append([]int(nil), plan.Workers[me].Stages...)
 	sort.Ints(held)
 	owners := plan.StageWorkers()

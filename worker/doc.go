@@ -77,4 +77,15 @@
 // validate tensors and queue them in a bounded mailbox (back-pressure
 // reaches the sender through gRPC flow control), and sends go through a
 // per-destination bounded queue (internal/transport.Outbox).
+//
+// # Peer tensors
+//
+// A tensor's header is checked, and its bytes reserved, before its
+// payload is read: the current epoch or the next only, an iteration that
+// can still run, the plan's sender and shape for its slot, no empty
+// tensors; per-peer stream and byte limits, a bounded queue for the next
+// epoch (Config documents each; docs/security-limits.md lists them). A
+// refused tensor gets a clear status and is counted, but never fails this
+// worker's iteration by itself: only the missing real tensor does,
+// through the coordinator's deadline.
 package worker

@@ -32,6 +32,8 @@ var (
 	ErrLeaderUnknown = errors.New("cannot read the job's election to check the fence")
 	// ErrStaleEpoch: the fence's plan epoch is older than the worker's.
 	ErrStaleEpoch = errors.New("fence from an older plan epoch")
+	// ErrFutureEpoch: a tensor of a plan epoch beyond the next one.
+	ErrFutureEpoch = errors.New("tensor from a future plan epoch")
 	// ErrNotConfigured: no plan for the fence's epoch yet.
 	ErrNotConfigured = errors.New("worker not configured for this epoch")
 	// ErrStepApplied: the optimizer step of this iteration was already
@@ -75,6 +77,10 @@ func rejectReason(err error) string {
 		return metrics.RejectWrongJob
 	case errors.Is(err, ErrStaleEpoch):
 		return metrics.RejectStaleEpoch
+	case errors.Is(err, ErrFutureEpoch):
+		return metrics.RejectFutureEpoch
+	case errors.Is(err, ErrQueueFull):
+		return metrics.RejectQueueFull
 	case errors.Is(err, ErrDeposed):
 		return metrics.RejectStaleLeader
 	case errors.Is(err, ErrNoFence):
@@ -117,8 +123,10 @@ func toStatus(err error) error {
 		code = codes.AlreadyExists
 	case errors.Is(err, ErrNoFence), errors.Is(err, ErrBadInput), errors.Is(err, transport.ErrMalformed):
 		code = codes.InvalidArgument
-	case errors.Is(err, transport.ErrTooLarge):
+	case errors.Is(err, transport.ErrTooLarge), errors.Is(err, ErrQueueFull):
 		code = codes.ResourceExhausted
+	case errors.Is(err, ErrFutureEpoch):
+		code = codes.FailedPrecondition
 	case errors.Is(err, ErrNoCheckpoint):
 		code = codes.NotFound
 	case errors.Is(err, ErrPeer):

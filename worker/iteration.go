@@ -56,7 +56,7 @@ func (s *Server) runIteration(ctx context.Context, req *pb.RunIterationRequest) 
 	r := &run{s: s, j: j, ctx: ctx, fence: req.GetFence(), slot: slot{j.epoch, it},
 		m: scheduler.NewMachine(j.ix, j.me), store: map[scheduler.Tag]*model.Activations{},
 		pieces: map[[2]int]arrival{}, resp: &pb.RunIterationResponse{Losses: map[int32]float64{}}}
-	if r.data, err = j.checkData(req.GetData()); err != nil {
+	if r.data, err = j.checkData(req.GetData(), s.cfg.Model); err != nil {
 		return nil, err
 	}
 	j.ready = 0
@@ -106,7 +106,7 @@ func (s *Server) runIteration(ctx context.Context, req *pb.RunIterationRequest) 
 // checkData validates the microbatch data against the plan and the model
 // and checks that every microbatch this worker embeds or computes the loss
 // of is present.
-func (j *job) checkData(in []*pb.MicrobatchData) (map[int]*pb.MicrobatchData, error) {
+func (j *job) checkData(in []*pb.MicrobatchData, lim model.Limits) (map[int]*pb.MicrobatchData, error) {
 	cfg := j.train.Model
 	out := make(map[int]*pb.MicrobatchData, len(in))
 	for _, d := range in {
@@ -122,6 +122,9 @@ func (j *job) checkData(in []*pb.MicrobatchData) (map[int]*pb.MicrobatchData, er
 			return nil, fmt.Errorf("%w: microbatch %d: batch %d, plan says %d samples", ErrBadInput, mb, d.GetBatch(), j.plan.Microbatches[mb].Samples)
 		case len(d.GetTokens()) != int(d.GetBatch())*int(d.GetCtx()+1):
 			return nil, fmt.Errorf("%w: microbatch %d: %d tokens, want %d windows of %d", ErrBadInput, mb, len(d.GetTokens()), d.GetBatch(), d.GetCtx()+1)
+		}
+		if err := cfg.CheckLimits(lim, int(d.GetBatch())); err != nil {
+			return nil, fmt.Errorf("%w: microbatch %d: %v", ErrBadInput, mb, err)
 		}
 		for i, t := range d.GetTokens() {
 			if t < 0 || int(t) >= cfg.Vocab {
@@ -227,20 +230,35 @@ func (r *run) pair(f, b scheduler.Action, start time.Duration) error {
 }
 
 // receive takes one arrival from the mailbox and files it: pipeline
-// tensors are delivered to the Machine, all-reduce chunks kept aside.
+// tensors are delivered to the Machine, all-reduce chunks kept aside. A
+// tensor that turns out unusable (admitted for the next epoch and wrong
+// for its plan, or a duplicate) is dropped and counted: it never fails
+// the iteration by itself.
 func (r *run) receive() error {
 	a, err := r.s.mbox.take(r.ctx, r.slot)
 	if err != nil {
 		return err
 	}
 	h := a.hdr
-	if err := r.j.checkTensor(h); err != nil {
-		// Admitted for a newer epoch than ours, found wrong once
-		// configured for it.
+	if err := r.file(a); err != nil {
+		r.s.cfg.Logf("worker %s: dropped %v mb %d stage %d from worker %d (iteration %d, epoch %d): %v", r.s.cfg.Name,
+			h.GetKind(), h.GetMicrobatch(), h.GetStage(), h.GetFrom(), h.GetIteration(), h.GetFence().GetEpoch(), err)
 		r.s.metrics.Load().TensorRejected(rejectReason(err))
-		return err
+		return nil
 	}
 	r.s.metrics.Load().TensorReceived(4 * len(a.data))
+	return nil
+}
+
+// file checks an arrival against the plan and files it.
+func (r *run) file(a arrival) error {
+	h := a.hdr
+	if a.t.future {
+		// Admitted before this epoch's Configure: checked only now.
+		if err := r.j.checkTensor(h); err != nil {
+			return err
+		}
+	}
 	if h.GetKind() == pb.TensorKind_TENSOR_KIND_ALLREDUCE {
 		k := [2]int{int(h.GetStage()), int(h.GetStep())}
 		if _, dup := r.pieces[k]; dup {

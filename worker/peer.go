@@ -1,8 +1,11 @@
 package worker
 
 import (
-	"errors"
+	"context"
 	"fmt"
+
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 
 	"stagecoach/internal/transport"
 	pb "stagecoach/proto"
@@ -10,68 +13,97 @@ import (
 )
 
 // SendTensor implements pb.PeerServer: it receives one tensor, checks its
-// fence and its consistency with the plan before buffering the payload,
-// and queues it for the iteration it belongs to. A bad tensor is refused
-// with a clear status (the sender's iteration fails) and also fails this
-// worker's current iteration instead of leaving it waiting.
+// header (fence, epoch window, plan, shape) and reserves room for it
+// before any payload is read, and queues it for the iteration it belongs
+// to. A refused tensor gets a clear status (a real sender's iteration
+// fails, and the coordinator aborts the others) but never fails this
+// worker's iteration by itself: a stranger cannot stop training by
+// sending junk; if the real tensor is missing, the iteration fails
+// through the normal deadline.
 func (s *Server) SendTensor(stream pb.Peer_SendTensorServer) error {
-	var j *job
-	id := callerIdentity(stream.Context())
+	ctx := stream.Context()
+	id := callerIdentity(ctx)
+	p := peerKey(ctx)
+	closeStream, err := s.mbox.open(p)
+	if err != nil {
+		return s.refuse(p, nil, err)
+	}
+	defer closeStream()
+	var t ticket
+	reserved := false
 	hdr, payload, err := transport.Receive(stream, s.cfg.Transport.MaxTensorBytes, func(h *pb.TensorHeader) error {
-		var err error
-		if j, err = s.admitTensor(h.GetFence()); err != nil {
+		future, err := s.admitTensor(h, id)
+		if err != nil {
 			return err
 		}
-		if err := s.checkSender(id, j, h); err != nil {
+		t = ticket{peer: p, bytes: h.GetTotalBytes(), future: future}
+		if err := s.mbox.reserve(ctx, t); err != nil {
 			return err
 		}
-		if j != nil && h.GetFence().GetEpoch() == j.epoch {
-			return j.checkTensor(h)
-		}
-		return checkShape(h)
+		reserved = true
+		return nil
 	})
 	if err == nil {
 		var data []float32
 		data, err = transport.DecodeFloat32s(payload)
 		payload.Release()
 		if err == nil {
-			sl := slot{hdr.GetFence().GetEpoch(), hdr.GetIteration()}
-			a := arrival{hdr: hdr, data: data}
-			if s.cfg.TLS != nil && (j == nil || sl.epoch != j.epoch) {
+			a := arrival{hdr: hdr, data: data, t: t}
+			if s.cfg.TLS != nil && t.future {
 				a.sender = &id // checked when its epoch is configured
 			}
-			if err = s.mbox.put(stream.Context(), sl, a); err == nil {
-				return stream.SendAndClose(&pb.TensorAck{})
-			}
+			s.mbox.put(slot{hdr.GetFence().GetEpoch(), hdr.GetIteration()}, a)
+			return stream.SendAndClose(&pb.TensorAck{})
 		}
 	}
+	if reserved {
+		s.mbox.release(t)
+	}
+	return s.refuse(p, hdr, err)
+}
+
+// refuse logs and counts a refused tensor and returns its status.
+func (s *Server) refuse(peer string, hdr *pb.TensorHeader, err error) error {
 	desc := "tensor"
 	if hdr != nil {
 		desc = fmt.Sprintf("%v mb %d stage %d from worker %d (iteration %d, epoch %d)", hdr.GetKind(), hdr.GetMicrobatch(), hdr.GetStage(), hdr.GetFrom(), hdr.GetIteration(), hdr.GetFence().GetEpoch())
 	}
-	s.cfg.Logf("worker %s: rejected %s: %v", s.cfg.Name, desc, err)
 	if reason := rejectReason(err); reason != "" {
+		s.cfg.Logf("worker %s: refused %s sent by %s: %v", s.cfg.Name, desc, peer, err)
 		s.metrics.Load().TensorRejected(reason)
-	}
-	// A refused sender, like a stale fence, says nothing about the
-	// iteration: the real tensor may still come.
-	fenced := errors.Is(err, ErrPermission) || errors.Is(err, ErrWrongJob) || errors.Is(err, ErrDeposed) || errors.Is(err, ErrStaleEpoch) || errors.Is(err, ErrNoFence)
-	if hdr != nil && j != nil && !fenced && hdr.GetFence().GetEpoch() == j.epoch {
-		// A current-epoch tensor we cannot use: fail the iteration now.
-		s.mbox.fail(slot{j.epoch, hdr.GetIteration()}, fmt.Errorf("%w: rejected %s: %v", ErrBadInput, desc, err))
 	}
 	return toStatus(err)
 }
 
-// checkShape checks what can be checked without the plan: the payload
-// size agrees with the shape.
+// peerKey names the sender of a stream for the per-peer limits: the
+// identity in its certificate's URI SAN when it has one (one per worker),
+// else its connection's remote address (each worker dials a peer once).
+func peerKey(ctx context.Context) string {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return "unknown peer"
+	}
+	if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.PeerCertificates) > 0 {
+		if c := ti.State.PeerCertificates[0]; len(c.URIs) > 0 {
+			return c.URIs[0].String()
+		}
+	}
+	if p.Addr == nil {
+		return "unknown peer"
+	}
+	return p.Addr.String()
+}
+
+// checkShape checks what can be checked without the plan: a rank of 1 to
+// 4, no empty dimension (an empty tensor is never sent), and a declared
+// size that matches the shape.
 func checkShape(h *pb.TensorHeader) error {
 	if len(h.GetShape()) == 0 || len(h.GetShape()) > 4 {
 		return fmt.Errorf("%w: tensor rank %d", ErrBadShape, len(h.GetShape()))
 	}
 	n := int64(1)
 	for _, d := range h.GetShape() {
-		if d < 0 || (d > 0 && n > (1<<40)/int64(d)) {
+		if d < 1 || n > (1<<40)/int64(d) {
 			return fmt.Errorf("%w: tensor shape %v", ErrBadShape, h.GetShape())
 		}
 		n *= int64(d)

@@ -65,7 +65,8 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("worker: config: %w", err)
 	}
-	s := &Server{cfg: cfg, mbox: newMailbox(cfg.MailboxBytes), root: root}
+	s := &Server{cfg: cfg, root: root, mbox: newMailbox(mailboxLimits{bytes: cfg.MailboxBytes, futureBytes: cfg.NextEpochBytes,
+		futureTensors: cfg.NextEpochTensors, peerBytes: cfg.PeerBytes, peerStreams: cfg.PeerStreams})}
 	opts := append(cfg.Transport.ServerOptions(), grpc.MaxRecvMsgSize(max(cfg.MaxControlBytes, cfg.Transport.ChunkBytes+(64<<10))))
 	opts = append(opts, tlsx.ServerOption(cfg.TLS),
 		grpc.ChainUnaryInterceptor(s.authorizeUnary, s.measureRPC),
@@ -238,25 +239,54 @@ func (s *Server) admit(ctx context.Context, f *pb.Fence) (*job, error) {
 	return s.job, nil
 }
 
-// admitTensor checks a peer tensor's fence: same job, not from a deposed
-// leader's run, not from an older epoch.
-func (s *Server) admitTensor(f *pb.Fence) (*job, error) {
+// admitTensor checks a peer tensor's header before its payload is read:
+// same job, not from a deposed leader's run, of the current plan epoch
+// or the next (nothing later: a worker is configured for an epoch before
+// any peer runs it, so only a slow Configure lets a tensor run one epoch
+// ahead), with a plausible shape; a current-epoch tensor must also be for
+// an iteration that can still run (the next one or, from a peer that
+// already stepped, the one after) and be what the plan has the claimed
+// sender send this worker. future reports a next-epoch tensor (or any
+// tensor before the first Configure), which waits in the bounded
+// next-epoch queue and is checked against its plan when taken.
+//
+// Under mutual TLS a current-epoch tensor's claimed sender must also be
+// the caller's certificate (checkSender) before anything else is judged;
+// a next-epoch one's is checked at its Configure.
+func (s *Server) admitTensor(h *pb.TensorHeader, id tlsx.Identity) (future bool, err error) {
+	f := h.GetFence()
 	if f == nil {
-		return nil, ErrNoFence
+		return false, ErrNoFence
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	j, cur, applied, rev := s.job, s.epoch, s.applied, s.leaderRev
+	s.mu.Unlock()
 	switch {
 	case f.GetJob() != s.cfg.Job:
-		return nil, fmt.Errorf("%w: %q, this worker serves %q", ErrWrongJob, f.GetJob(), s.cfg.Job)
-	case f.GetLeaderRev() < s.leaderRev:
-		return nil, fmt.Errorf("%w: tensor under leader revision %d < %d", ErrDeposed, f.GetLeaderRev(), s.leaderRev)
-	case f.GetEpoch() < s.epoch:
-		return nil, fmt.Errorf("%w: tensor from epoch %d < %d, dropped", ErrStaleEpoch, f.GetEpoch(), s.epoch)
+		return false, fmt.Errorf("%w: %q, this worker serves %q", ErrWrongJob, f.GetJob(), s.cfg.Job)
+	case f.GetLeaderRev() < rev:
+		return false, fmt.Errorf("%w: tensor under leader revision %d < %d", ErrDeposed, f.GetLeaderRev(), rev)
+	case f.GetEpoch() < cur:
+		return false, fmt.Errorf("%w: tensor from epoch %d < %d, dropped", ErrStaleEpoch, f.GetEpoch(), cur)
 	}
-	// A tensor of a newer epoch than ours is legal: the sender was
-	// configured first. It waits in the mailbox for our Configure.
-	return s.job, nil
+	if err := s.checkSender(id, j, h); err != nil {
+		return false, err
+	}
+	if err := checkShape(h); err != nil {
+		return false, err
+	}
+	switch e := f.GetEpoch(); {
+	case j == nil:
+		return true, nil
+	case e == cur+1:
+		return true, nil
+	case e > cur+1:
+		return false, fmt.Errorf("%w: tensor of epoch %d, this worker runs epoch %d and accepts only it and the next", ErrFutureEpoch, e, cur)
+	}
+	if it := h.GetIteration(); it <= applied || it > applied+2 {
+		return false, fmt.Errorf("%w: tensor for iteration %d, step %d is applied: only iterations %d and %d can still run", ErrBadInput, it, applied, applied+1, applied+2)
+	}
+	return false, j.checkTensor(h)
 }
 
 func (s *Server) appliedStep() int64 {

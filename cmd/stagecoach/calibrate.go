@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -62,13 +61,9 @@ func (e *emulationFlags) load() (*sim.Cluster, error) {
 	case e.cluster != "" && e.preset != "":
 		return nil, badInput("--cluster and --preset exclude each other")
 	case e.cluster != "":
-		b, err := os.ReadFile(e.cluster)
+		c, err := sim.LoadCluster(e.cluster)
 		if err != nil {
 			return nil, badInput("--cluster: %v", err)
-		}
-		c, err := sim.ParseCluster(b)
-		if err != nil {
-			return nil, badInput("--cluster %s: %v", e.cluster, err)
 		}
 		return c, nil
 	case e.preset != "":
@@ -166,12 +161,9 @@ func (e *emulationFlags) apply(cfg *coordinator.Config) error {
 		}
 	}
 	if e.costs != "" {
-		b, err := os.ReadFile(e.costs)
-		if err != nil {
+		var err error
+		if cfg.Costs, err = sim.LoadCluster(e.costs); err != nil {
 			return badInput("--costs: %v", err)
-		}
-		if cfg.Costs, err = sim.ParseCluster(b); err != nil {
-			return badInput("--costs %s: %v", e.costs, err)
 		}
 	}
 	if err := cfg.Validate(); err != nil {

@@ -50,7 +50,7 @@ embedding and head) cannot be skipped.`,
 			if err := model.VerifyFile(path); err != nil {
 				return err
 			}
-			_, meta, err := model.ReadSafetensorsFile(path)
+			meta, err := model.ReadSafetensorsMeta(path)
 			if err != nil {
 				return err
 			}

@@ -13,6 +13,8 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+
+	"stagecoach/internal/sgemm"
 )
 
 var rootCmd = &cobra.Command{
@@ -22,7 +24,13 @@ var rootCmd = &cobra.Command{
 	SilenceErrors: true,
 	// Every subcommand logs through slog as --log-format and
 	// --log-level say; no subcommand sets a PersistentPreRunE of its own.
-	PersistentPreRunE: func(*cobra.Command, []string) error { return setupLogging() },
+	// An unknown STAGECOACH_GEMM is refused here, before any work.
+	PersistentPreRunE: func(*cobra.Command, []string) error {
+		if err := sgemm.CheckEnv(); err != nil {
+			return badInput("%v", err)
+		}
+		return setupLogging()
+	},
 }
 
 // The root command's logging flags, shared by every subcommand.

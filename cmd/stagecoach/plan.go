@@ -142,9 +142,16 @@ func checkPlanFile(w io.Writer, path string, dialect scheduler.Dialect, mapping 
 // (.json, .csv), else by content (a JSON plan starts with '{'). Errors are
 // bad input.
 func readAnyPlan(path string, dialect scheduler.Dialect, mapping scheduler.StageMapping) (*scheduler.Plan, string, error) {
-	data, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, "", badInput("%v", err)
+	}
+	defer f.Close()
+	// Never more than the larger of the two decoders' bounds, plus one
+	// byte so that they see the file is too large.
+	data, err := io.ReadAll(io.LimitReader(f, max(scheduler.MaxPlanBytes, scheduler.MaxPyTorchCSVBytes)+1))
+	if err != nil {
+		return nil, "", badInput("%s: %v", path, err)
 	}
 	isJSON := strings.HasPrefix(strings.TrimSpace(string(data)), "{")
 	switch strings.ToLower(filepath.Ext(path)) {
@@ -154,7 +161,7 @@ func readAnyPlan(path string, dialect scheduler.Dialect, mapping scheduler.Stage
 		isJSON = false
 	}
 	if isJSON {
-		plan, err := scheduler.DecodeBytes(data)
+		plan, err := scheduler.Decode(bytes.NewReader(data))
 		if err != nil {
 			return nil, "", badInput("%s: %v", path, err)
 		}

@@ -28,11 +28,14 @@ type simEnv struct {
 	// AllReduce overrides generated plans' all-reduce algorithm
 	// (scheduler.OverrideAllReduce); "" keeps each schedule's own.
 	AllReduce string
-	Options   sim.Options
-	Seed      int64
-	OutDir    string
-	Stdout    io.Writer
-	Stderr    io.Writer
+	// MaxActions bounds the plan a schedule may generate (--max-actions),
+	// checked before generating it.
+	MaxActions int64
+	Options    sim.Options
+	Seed       int64
+	OutDir     string
+	Stdout     io.Writer
+	Stderr     io.Writer
 }
 
 // simJob is one plan to simulate on one cluster.
@@ -89,6 +92,7 @@ type simFlags struct {
 	outDir       string
 	progress     bool
 	allReduce    string
+	maxActions   int64
 }
 
 func newSimCmd() *cobra.Command {
@@ -131,6 +135,7 @@ extensions, e.g. skippipe). Clusters: --preset homogeneous|skippipe-geo or
 	fs.StringVar(&f.sweepMBs, "sweep-microbatches", "1,2,4,8,16,32,64", "microbatches for --sweep")
 	fs.StringVar(&f.outDir, "out", "out", "directory for sweep outputs")
 	fs.BoolVar(&f.progress, "progress", true, "show a progress bar on long runs when stderr is a terminal")
+	fs.Int64Var(&f.maxActions, "max-actions", defaultSimMaxActions, fmt.Sprintf("refuse a generated plan of more actions than this, before generating it (at most %d)", scheduler.MaxActions))
 	fs.StringVar(&f.allReduce, "all-reduce", "", "replicated stages' all-reduce in generated plans: ordered (exact; the classic schedules' default), auto (cheaper of ring and direct; SkipPipe's default), ring or direct")
 	for _, x := range simExtensions {
 		if x.AddFlags != nil {
@@ -151,6 +156,7 @@ func runSim(cmd *cobra.Command, f *simFlags) error {
 		OutDir:     f.outDir,
 		PresetName: f.preset,
 		AllReduce:  f.allReduce,
+		MaxActions: f.maxActions,
 		Stdout:     cmd.OutOrStdout(),
 		Stderr:     cmd.ErrOrStderr(),
 	}
@@ -159,6 +165,9 @@ func runSim(cmd *cobra.Command, f *simFlags) error {
 	}
 	if f.iterations < 1 {
 		return badInput("--iterations is %d, want >= 1", f.iterations)
+	}
+	if f.maxActions < 1 || f.maxActions > scheduler.MaxActions {
+		return badInput("--max-actions is %d, want 1..%d", f.maxActions, scheduler.MaxActions)
 	}
 	if f.planFile != "" {
 		if err := refuseWithPlan(cmd.Flags(), "plan", "schedule", "stages", "microbatches", "replicas", "chunks",
@@ -239,6 +248,9 @@ func buildSimJob(env *simEnv, name string) (*simJob, error) {
 		return nil, badInput("%v", err)
 	}
 	spec := env.Spec
+	if err := checkSimSize(spec, env.MaxActions); err != nil {
+		return nil, err
+	}
 	if len(env.Cluster.Nodes) > 0 && !env.Cluster.AnyNode {
 		need := spec.Stages * max(spec.Replicas, 1)
 		if need > len(env.Cluster.Nodes) {
@@ -278,6 +290,30 @@ func buildSimJob(env *simEnv, name string) (*simJob, error) {
 		return nil, badInput("schedule %s: %v", name, err)
 	}
 	return &simJob{Name: name, Plan: pl, Cluster: env.Cluster, PlanTimeS: planTime}, nil
+}
+
+// defaultSimMaxActions is --max-actions' default: the largest specs it
+// admits simulate in under half a minute within 300 MB here
+// (docs/security-limits.md), and a 64-stage x 4096-microbatch GPipe
+// plan fits.
+const defaultSimMaxActions = 1 << 22
+
+// checkSimSize refuses a spec whose plan would exceed limit actions,
+// before anything is generated: each of the flags is within its own
+// bounds, but their product is what costs time and memory.
+func checkSimSize(s scheduler.Spec, limit int64) error {
+	if limit <= 0 {
+		limit = defaultSimMaxActions
+	}
+	if n := s.EstimateActions(); n > limit {
+		chunks := "the schedule's default"
+		if s.Chunks > 0 {
+			chunks = strconv.Itoa(s.Chunks)
+		}
+		return badInput("--stages %d x --microbatches %d (--chunks %s, --replicas %d) make up to %d actions, over the limit of %d (--max-actions, at most %d): use fewer stages or microbatches",
+			s.Stages, s.Microbatches, chunks, max(s.Replicas, 1), n, limit, scheduler.MaxActions)
+	}
+	return nil
 }
 
 func readPlanFile(path string) (*scheduler.Plan, error) {
@@ -359,6 +395,9 @@ func commonLayers(env *simEnv) int {
 		}
 		probe := env.Spec
 		probe.Microbatches = min(probe.Microbatches, 2*max(probe.Stages, 1))
+		if checkSimSize(probe, env.MaxActions) != nil {
+			continue // the real generation, larger, refuses it
+		}
 		pl, err := scheduler.Generate(name, probe)
 		if err != nil {
 			continue // the real generation reports it

@@ -70,6 +70,12 @@ func TestSimBadInputExitsTwo(t *testing.T) {
 		{[]string{"sim", "--preset", "mars"}, `unknown preset "mars"`},
 		{[]string{"sim", "--all-reduce", "tree"}, `all-reduce "tree"`},
 		{[]string{"sim", "--no-such-flag"}, "unknown flag"},
+		// Each flag within its own bound, their product refused before
+		// anything is generated (it once grew to 6.9 GB).
+		{[]string{"sim", "--stages", "4096", "--microbatches", "1048576"}, "over the limit of 4194304 (--max-actions"},
+		{[]string{"sim", "--stages", "4096", "--microbatches", "4000"}, "--stages 4096 x --microbatches 4000"},
+		{[]string{"sim", "--sweep", "--sweep-stages", "2,4096", "--sweep-microbatches", "4000", "--out", dir}, "--max-actions"},
+		{[]string{"sim", "--max-actions", "0"}, "--max-actions is 0"},
 	} {
 		out, errOut, code := runCLI(t, dir, tc.args...)
 		if code != 2 {

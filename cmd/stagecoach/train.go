@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"stagecoach/data"
+	"stagecoach/internal/sgemm"
 	"stagecoach/model"
 	"stagecoach/model/train"
 )
@@ -54,8 +55,8 @@ Writes model.safetensors, shard-*.safetensors and loss.png into --out.`,
 				return err
 			}
 			tr := setup.Trainer
-			fmt.Fprintf(os.Stderr, "model: %d params (%d layers, dim %d, %d heads, ctx %d); corpus %s: %d train / %d val bytes\n",
-				tr.Pipe.NumParams(), tr.Cfg.Model.Layers, tr.Cfg.Model.Dim, tr.Cfg.Model.Heads, tr.Cfg.Model.Ctx,
+			fmt.Fprintf(os.Stderr, "model: %d params (%d layers, dim %d, %d heads, ctx %d; gemm %s); corpus %s: %d train / %d val bytes\n",
+				tr.Pipe.NumParams(), tr.Cfg.Model.Layers, tr.Cfg.Model.Dim, tr.Cfg.Model.Heads, tr.Cfg.Model.Ctx, sgemm.Kernel(),
 				setup.Opts.CorpusDir, len(setup.Corpus.Train), len(setup.Corpus.Val))
 			var bar *progressbar.ProgressBar
 			if stderrIsTTY() {

@@ -30,6 +30,7 @@ func newWorkerCmd() *cobra.Command {
 		ttl, parentPID                              int
 		rejoin                                      time.Duration
 		tlsf                                        tlsFlags
+		limits                                      workerLimits
 		insecureListen                              bool
 	)
 	cmd := &cobra.Command{
@@ -134,7 +135,9 @@ worker stops the same way when that process, its parent, is gone (how
 			}
 			libLogf := logfTo(log, slog.LevelWarn, "worker "+name+": ", epoch)
 			infof := logfTo(log, slog.LevelInfo, "worker "+name+": ", epoch)
-			w, err = worker.New(worker.Config{Name: name, Listen: listen, Job: job, DataDir: dataDir, CheckpointRoot: checkpointRoot, Logf: libLogf, Infof: infof, TLS: tc, Leader: leader})
+			wcfg := worker.Config{Name: name, Listen: listen, Job: job, DataDir: dataDir, CheckpointRoot: checkpointRoot, Logf: libLogf, Infof: infof, TLS: tc, Leader: leader}
+			limits.apply(&wcfg)
+			w, err = worker.New(wcfg)
 			if err != nil {
 				return badInput("%v", err)
 			}
@@ -193,6 +196,7 @@ worker stops the same way when that process, its parent, is gone (how
 	f.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics and /healthz on this HOST:PORT (empty: off)")
 	f.IntVar(&parentPID, "parent-pid", 0, "stop when the process with this id is no longer this worker's parent (0: off; set by 'stagecoach up')")
 	tlsf.register(f)
+	limits.register(f)
 	for _, n := range []string{"etcd", "job", "name"} {
 		_ = cmd.MarkFlagRequired(n)
 	}

@@ -11,6 +11,11 @@ import (
 const (
 	// RejectStaleEpoch: the tensor's plan epoch is older than the worker's.
 	RejectStaleEpoch = "stale_epoch"
+	// RejectFutureEpoch: the tensor's plan epoch is beyond the next one.
+	RejectFutureEpoch = "future_epoch"
+	// RejectQueueFull: a receive bound is reached (the next-epoch queue,
+	// a peer's streams or bytes).
+	RejectQueueFull = "queue_full"
 	// RejectStaleLeader: the tensor's fence carries a deposed leader's token.
 	RejectStaleLeader = "stale_leader"
 	// RejectWrongJob: the fence names another job.
@@ -111,7 +116,7 @@ func NewWorker(reg prometheus.Registerer) *Worker {
 			Help: "Calls this worker refused with PermissionDenied (authorization or an unverifiable fence), by method and reason.",
 		}, []string{"method", "reason"}),
 	}
-	for _, r := range []string{RejectStaleEpoch, RejectStaleLeader, RejectWrongJob, RejectNoFence, RejectBadShape,
+	for _, r := range []string{RejectStaleEpoch, RejectFutureEpoch, RejectQueueFull, RejectStaleLeader, RejectWrongJob, RejectNoFence, RejectBadShape,
 		RejectBadInput, RejectOversize, RejectMalformed, RejectOther} {
 		w.rejected.WithLabelValues(r)
 	}

@@ -37,13 +37,17 @@ func NewClusterShaper(c *sim.Cluster, nodes []string, from int) (*ClusterShaper,
 		return nil, fmt.Errorf("transport: worker %d outside 0..%d", from, len(nodes)-1)
 	}
 	s := &ClusterShaper{c: c, from: from, nodes: make([]*sim.Node, len(nodes)), index: make([]int, len(nodes))}
+	// One map, not a scan per worker: both lists come from the request.
+	byName := make(map[string]int, len(c.Nodes))
+	for i := range c.Nodes {
+		if _, dup := byName[c.Nodes[i].Name]; !dup {
+			byName[c.Nodes[i].Name] = i
+		}
+	}
 	for w, name := range nodes {
 		s.index[w] = -1
-		for i := range c.Nodes {
-			if c.Nodes[i].Name == name {
-				s.index[w], s.nodes[w] = i, &c.Nodes[i]
-				break
-			}
+		if i, ok := byName[name]; ok {
+			s.index[w], s.nodes[w] = i, &c.Nodes[i]
 		}
 		if s.nodes[w] == nil {
 			if !c.AnyNode {

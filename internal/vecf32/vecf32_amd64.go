@@ -1,0 +1,20 @@
+//go:build amd64 && !purego
+
+package vecf32
+
+import (
+	"os"
+
+	"golang.org/x/sys/cpu"
+)
+
+// hasAVX2 selects the assembly. STAGECOACH_GEMM=go, which forces the
+// pure-Go matrix multiply, forces the Go exponential too, so that
+// processes on amd64 CPUs with and without AVX2+FMA compute alike.
+var hasAVX2 = cpu.X86.HasAVX2 && cpu.X86.HasFMA && os.Getenv("STAGECOACH_GEMM") != "go"
+
+// expSubAVX2 sets x[i] = e^(x[i] − sub) for the n elements at x; n must be
+// a positive multiple of 8.
+//
+//go:noescape
+func expSubAVX2(x *float32, n int, sub float32)

@@ -1,0 +1,105 @@
+package model
+
+import (
+	"fmt"
+)
+
+// Limits bound a model built from untrusted input (a Configure request, a
+// checkpoint's metadata) before anything is allocated: a config whose
+// fields are each plausible can still ask for tens of gigabytes.
+type Limits struct {
+	// MaxParams bounds the whole model's parameter count. Training keeps
+	// 16 bytes per parameter (weights, gradients, two optimizer moments).
+	MaxParams int64 `json:"max_params"`
+	// MaxActivationBytes bounds ActivationBytes of one microbatch.
+	MaxActivationBytes int64 `json:"max_activation_bytes"`
+}
+
+// Defaults, sized for a machine of a few tens of GiB shared by several
+// workers: 2^28 parameters are 4 GiB of training state, and a
+// microbatch's activations may take 4 GiB.
+const (
+	DefaultMaxParams          = 1 << 28
+	DefaultMaxActivationBytes = 4 << 30
+)
+
+// Caps on single fields, far above any model this code trains, that
+// keep the size arithmetic below from overflowing.
+const (
+	MaxVocab  = 1 << 24
+	MaxLayers = 1 << 14
+	MaxDim    = 1 << 16
+	MaxHidden = 1 << 20
+	MaxCtx    = 1 << 20
+)
+
+// DefaultLimits are the limits of the readers that take no Limits
+// (LoadTrainer, LoadPipeline).
+var DefaultLimits = Limits{MaxParams: DefaultMaxParams, MaxActivationBytes: DefaultMaxActivationBytes}
+
+// WithDefaults fills zero fields and rejects negative ones.
+func (l Limits) WithDefaults() (Limits, error) {
+	if l.MaxParams < 0 || l.MaxActivationBytes < 0 {
+		return l, fmt.Errorf("model limits: negative (max params %d, max activation bytes %d)", l.MaxParams, l.MaxActivationBytes)
+	}
+	if l.MaxParams == 0 {
+		l.MaxParams = DefaultMaxParams
+	}
+	if l.MaxActivationBytes == 0 {
+		l.MaxActivationBytes = DefaultMaxActivationBytes
+	}
+	return l, nil
+}
+
+// NumParams is the parameter count of the whole model c describes (c
+// within the field caps; see CheckLimits).
+func NumParams(c Config) int64 {
+	d, h, v, l := int64(c.Dim), int64(c.Hidden), int64(c.Vocab), int64(c.Layers)
+	block := 2*d + 3*d*d + d*d + 2*d*h
+	return v*d + int64(c.Ctx)*d + l*block + d + d*v
+}
+
+// ActivationBytes estimates what the forward pass of batch sequences of
+// c.Ctx tokens keeps for the backward pass: per token and layer the
+// residual stream, norms, q/k/v, attention output and MLP (about 10 dim
+// + 2 hidden floats) and a row of attention weights per head, plus the
+// logits and their gradient. float64 so no product overflows.
+func ActivationBytes(c Config, batch int) float64 {
+	tokens := float64(batch) * float64(c.Ctx)
+	perLayer := 10*float64(c.Dim) + 2*float64(c.Hidden) + float64(c.Heads)*float64(c.Ctx)
+	return 4 * tokens * (float64(c.Layers)*perLayer + 2*float64(c.Vocab))
+}
+
+// CheckLimits refuses a model (config with defaults applied) larger than
+// l allows for microbatches of batch sequences, with an error naming the
+// field or total at fault. Validate checks everything else.
+func (c Config) CheckLimits(l Limits, batch int) error {
+	l, err := l.WithDefaults()
+	if err != nil {
+		return err
+	}
+	for _, f := range []struct {
+		name string
+		v    int
+		max  int
+	}{{"vocab", c.Vocab, MaxVocab}, {"layers", c.Layers, MaxLayers}, {"dim", c.Dim, MaxDim}, {"hidden", c.Hidden, MaxHidden}, {"ctx", c.Ctx, MaxCtx}} {
+		if f.v > f.max {
+			return fmt.Errorf("model: %s %d exceeds the limit %d", f.name, f.v, f.max)
+		}
+	}
+	if c.Heads > c.Dim {
+		return fmt.Errorf("model: heads %d exceeds dim %d", c.Heads, c.Dim)
+	}
+	if n := NumParams(c); n > l.MaxParams {
+		return fmt.Errorf("model: %d parameters (%.1f GiB of training state) exceed the limit of %d parameters (dim %d, layers %d, hidden %d, vocab %d, ctx %d)",
+			n, float64(16*n)/(1<<30), l.MaxParams, c.Dim, c.Layers, c.Hidden, c.Vocab, c.Ctx)
+	}
+	if batch < 1 {
+		batch = 1
+	}
+	if a := ActivationBytes(c, batch); a > float64(l.MaxActivationBytes) {
+		return fmt.Errorf("model: a microbatch of %d sequences of %d tokens keeps about %.0f activation bytes, over the limit of %d",
+			batch, c.Ctx, a, l.MaxActivationBytes)
+	}
+	return nil
+}
