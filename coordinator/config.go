@@ -30,8 +30,20 @@ type Config struct {
 	Endpoints []string
 	// Name identifies this coordinator in the election; default "coordinator".
 	Name string
-	// TTL is the lease TTL in seconds (etcdx.DefaultTTL when 0).
+	// TTL is the lease TTL in seconds (etcdx.DefaultTTL when 0) of the
+	// coordinator's election session. A leader is deposed when its
+	// keepalives go unanswered for a TTL, so under CPU starvation (a busy
+	// host) a longer TTL than the workers' keeps a healthy leader; it
+	// does not slow a graceful failover, where the leader resigns.
 	TTL int
+	// Recampaign makes a leader whose session expired (etcd or the
+	// process starved past the TTL) campaign again in-process when nobody
+	// else leads, instead of returning ErrDeposed; winning again, it
+	// resumes the job like any new leader (from the committed steps).
+	// With another leader in place it returns ErrDeposed as before.
+	// A standby whose session expires while it campaigns starts a new
+	// session either way.
+	Recampaign bool
 
 	// Workers is how many registered workers the job waits for and uses.
 	Workers int

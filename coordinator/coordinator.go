@@ -10,6 +10,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"stagecoach/data"
 	"stagecoach/internal/etcdx"
@@ -18,6 +19,11 @@ import (
 	pb "stagecoach/proto"
 	"stagecoach/scheduler"
 )
+
+// ErrJobFinished means the job already committed all its steps: a
+// coordinator that wins leadership then (a standby outliving the leader
+// that finished) has nothing to do.
+var ErrJobFinished = errors.New("coordinator: job finished")
 
 // Coordinator runs one job: it wins leadership, places stages on the
 // registered workers, hands them the plan and drives iterations.
@@ -83,7 +89,8 @@ type run struct {
 // and returns the run summary. A job that already committed steps (a
 // crashed or deposed leader's) resumes: from its last listed checkpoint,
 // replaying the committed steps after it without committing them again.
-// A lost worker is recovered from (recover.go).
+// A lost worker is recovered from (recover.go). A job that already
+// committed all its steps fails with ErrJobFinished.
 func (c *Coordinator) Run(ctx context.Context) (*Summary, error) {
 	cfg := &c.cfg
 	cli, err := etcdx.DialTLS(ctx, cfg.Endpoints, 0, cfg.TLS)
@@ -95,18 +102,64 @@ func (c *Coordinator) Run(ctx context.Context) (*Summary, error) {
 	if err != nil {
 		return nil, err
 	}
-	sess, err := etcdx.NewSession(ctx, cli, cfg.TTL)
-	if err != nil {
-		return nil, err
+	for {
+		sum, err := c.term(ctx, cli, keys)
+		if err == nil || !cfg.Recampaign || ctx.Err() != nil || !errors.Is(err, etcdx.ErrDeposed) {
+			return sum, err
+		}
+		// Deposed with nobody else leading: the session expired under
+		// a leader that was only slow. Another leader, or no answer,
+		// and this one steps down.
+		qctx, cancel := context.WithTimeout(ctx, time.Duration(cfg.TTL)*time.Second)
+		other, qerr := someoneLeads(qctx, cli, keys)
+		cancel()
+		if qerr != nil || other {
+			return sum, err
+		}
+		cfg.Logf("%v; nobody else leads: campaigning again", err)
 	}
-	defer sess.Close()
-	cfg.Logf("campaigning for job %s", cfg.Job)
-	leader, err := etcdx.Campaign(ctx, sess, keys, cfg.Name)
+}
+
+// someoneLeads reports whether the job's election has a leader key (the
+// oldest key under its prefix).
+func someoneLeads(ctx context.Context, cli *clientv3.Client, keys etcdx.Keys) (bool, error) {
+	resp, err := cli.Get(ctx, keys.ElectionPrefix(), clientv3.WithFirstCreate()...)
 	if err != nil {
-		return nil, err
+		return false, fmt.Errorf("coordinator: read the leader of job %s: %w", keys.Job(), err)
+	}
+	return len(resp.Kvs) > 0, nil
+}
+
+// term is one session of Run: it campaigns and, once elected, leads until
+// the job ends or the session does. A session that expires while
+// campaigning is replaced by a new one.
+func (c *Coordinator) term(ctx context.Context, cli *clientv3.Client, keys etcdx.Keys) (*Summary, error) {
+	cfg := &c.cfg
+	var leader *etcdx.Leader
+	var sess *concurrency.Session
+	// Bounded: a coordinator stopping while etcd does not answer leaves
+	// its lease to expire rather than wait a TTL to revoke it.
+	defer func() { etcdx.CloseSession(sess, time.Second) }()
+	for leader == nil {
+		var err error
+		if sess, err = etcdx.NewSession(ctx, cli, cfg.TTL); err != nil {
+			sess = nil
+			return nil, err
+		}
+		cfg.Logf("campaigning for job %s", cfg.Job)
+		leader, err = etcdx.Campaign(ctx, sess, keys, cfg.Name)
+		if err != nil {
+			if ctx.Err() != nil || !errors.Is(err, etcdx.ErrSessionExpired) {
+				return nil, err
+			}
+			// Starved or cut off from etcd longer than the TTL while
+			// waiting: nobody is hurt by campaigning anew.
+			cfg.Logf("%v; campaigning again under a new session", err)
+			etcdx.CloseSession(sess, time.Second)
+		}
 	}
 	defer func() {
-		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		rctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		leader.Resign(rctx)
 	}()
@@ -126,7 +179,7 @@ func (c *Coordinator) Run(ctx context.Context) (*Summary, error) {
 	}()
 	sum, err := c.lead(lctx, leader)
 	if cause := context.Cause(lctx); err != nil && errors.Is(cause, etcdx.ErrDeposed) {
-		err = fmt.Errorf("coordinator: job %s: lost leadership: %w", cfg.Job, err)
+		err = fmt.Errorf("coordinator: job %s: lost leadership: %w", cfg.Job, errors.Join(err, etcdx.ErrDeposed))
 	}
 	return sum, err
 }
@@ -419,7 +472,7 @@ func (r *run) configureWith(ctx context.Context, planJSON []byte, tc model.Train
 // without committing them again (restoreNewest).
 func checkResumable(last etcdx.Commit, cfg *Config) error {
 	if last.Step >= int64(cfg.Steps) {
-		return fmt.Errorf("coordinator: job %s already committed step %d of %d; nothing to resume (use a new job id)", cfg.Job, last.Step, cfg.Steps)
+		return fmt.Errorf("%w: job %s already committed step %d of %d; nothing to resume (use a new job id)", ErrJobFinished, cfg.Job, last.Step, cfg.Steps)
 	}
 	return nil
 }

@@ -456,6 +456,7 @@ func (r *run) install(ctx context.Context, plan *scheduler.Plan, ordered []etcdx
 	if err != nil {
 		return err
 	}
+	cfg.Logf("epoch %d plan installed: %s", plan.Epoch, StageMap(man.Workers))
 	r.params = n
 	r.planJSON, r.planTrain = planJSON, tc
 	r.stats = newMeasurements(plan, cfg.Steps)

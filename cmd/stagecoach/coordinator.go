@@ -3,14 +3,13 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -141,7 +140,16 @@ loss.png into --out. With --tls-cert, --tls-key and --tls-ca it talks
 mutual TLS to the workers and to etcd (the embedded one then serves https
 and requires client certificates of the same CA). With --cluster or
 --preset the workers, matched to the cluster's nodes by name, emulate its
-links, and the planner prices hops with it.`,
+links, and the planner prices hops with it.
+
+Off a terminal it logs one line per step (step, loss, time) and, whenever
+a plan is installed, which worker holds which stage. SIGTERM or SIGINT
+stops it gracefully (leadership resigned, so a standby takes over at
+once) with exit status 0; so does winning the election of a job that has
+already committed all its steps. A leader whose session expired while
+nobody else took over (a starved host) campaigns again in-process. Give
+it a longer --ttl than the workers': it bounds only how fast a crashed
+leader is replaced, and a longer one rides out CPU starvation.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			eps := etcdx.ParseEndpoints(j.etcd)
@@ -157,8 +165,12 @@ links, and the planner prices hops with it.`,
 					return badInput("--auth-workers: %v", err)
 				}
 			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			log := slog.Default().With("role", "coordinator", "job", j.job, "name", j.name)
+			ctx, stop := stopOnSignal(cmd.Context(), log, coordinatorStopLimit)
 			defer stop()
+			// A leader deposed only because it was starved past its TTL
+			// (nobody else took over) leads again in this process.
+			cfg.Recampaign = true
 			if len(eps) == 0 {
 				// No cluster given: serve an embedded single-node etcd
 				// that the workers join.
@@ -184,7 +196,19 @@ links, and the planner prices hops with it.`,
 				}
 			}
 			cfg.Endpoints = eps
-			return runJob(ctx, cfg, j.asJSON, j.metricsAddr, j.httpAddr, nil)
+			err = runJob(ctx, cfg, j.asJSON, j.metricsAddr, j.httpAddr, nil)
+			switch {
+			case err != nil && stoppedBySignal(ctx):
+				// Asked to stop, and stopped: leadership resigned,
+				// nothing failed.
+				log.Info(fmt.Sprintf("%v: stopped; leadership of job %s resigned", context.Cause(ctx), j.job))
+				return nil
+			case errors.Is(err, coordinator.ErrJobFinished):
+				// A standby outliving the leader that finished.
+				log.Info(fmt.Sprintf("nothing to do: %v", err))
+				return nil
+			}
+			return err
 		},
 	}
 	f := cmd.Flags()
@@ -246,6 +270,10 @@ func runJob(ctx context.Context, cfg coordinator.Config, asJSON bool, metricsAdd
 		live.step(r)
 		if asJSON {
 			_ = enc.Encode(r)
+		} else if prog.bar == nil {
+			// Off a terminal (docker logs, a file): a line per step.
+			log.Info(fmt.Sprintf("step %d/%d loss %.4f (%.2f s, %.0f tok/s)", r.Step, cfg.Steps, r.Loss, r.IterationS, r.TokensPerS),
+				"step", r.Step, "loss", r.Loss, "iteration_s", r.IterationS)
 		}
 		if prog.bar != nil {
 			prog.bar.Describe(fmt.Sprintf("loss %.4f  %.0f tok/s", r.Loss, r.TokensPerS))

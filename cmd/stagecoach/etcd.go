@@ -38,7 +38,11 @@ TLS takes etcd's flags too: --cert-file, --key-file, --trusted-ca-file and
 https:// URLs (an http:// URL beside a certificate is refused rather than
 served in plaintext). ` + "`stagecoach certs`" + ` makes a demo CA and certificates.
 With TLS and --client-cert-auth, ` + "`stagecoach etcd init-auth`" + ` then creates a
-job's users and roles and turns etcd authentication on.`,
+job's users and roles and turns etcd authentication on.
+
+On a busy host raise --heartbeat-interval and --election-timeout (etcd's
+defaults, 100 and 1000 ms, depose a leader starved for a second; compose
+uses 250 and 2500). SIGTERM stops the member cleanly.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			for _, u := range []struct {
@@ -96,6 +100,8 @@ job's users and roles and turns etcd authentication on.`,
 	f.StringVar(&cfg.InitialCluster, "initial-cluster", "", "initial cluster configuration for bootstrapping, name=peerURL,... (default <name>=<advertised peer URL>)")
 	f.StringVar(&cfg.ClusterState, "initial-cluster-state", cfg.ClusterState, "initial cluster state: new or existing")
 	f.StringVar(&cfg.InitialClusterToken, "initial-cluster-token", cfg.InitialClusterToken, "initial cluster token for bootstrapping")
+	f.UintVar(&cfg.TickMs, "heartbeat-interval", cfg.TickMs, "time (in milliseconds) of a heartbeat interval; raise it with --election-timeout on a busy host")
+	f.UintVar(&cfg.ElectionMs, "election-timeout", cfg.ElectionMs, "time (in milliseconds) for an election to timeout: a member starved this long calls an election")
 	f.StringVar(&cfg.LogLevel, "log-level", "warn", "log level: debug, info, warn, error, panic or fatal")
 	f.StringVar(&cfg.AutoCompactionMode, "auto-compaction-mode", "revision", "interpret auto-compaction-retention as periodic (a duration) or revision (a count)")
 	f.StringVar(&cfg.AutoCompactionRetention, "auto-compaction-retention", "1000", "auto compaction retention (0 disables)")

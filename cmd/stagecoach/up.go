@@ -10,8 +10,10 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -50,7 +52,9 @@ certs'), and the embedded etcd turns authentication on: the coordinator
 may write only the job's keys, a worker only its own registration (see
 'stagecoach etcd init-auth'). With --metrics-addr HOST:P
 the coordinator serves Prometheus metrics on HOST:P and worker i on
-HOST:P+1+i; the workers log in the --log-format given to up.`,
+HOST:P+1+i; the workers log in the --log-format given to up. The workers
+never outlive up: stopped in order when it stops, killed by the kernel
+should it die (kill -9), and each watches for its parent's exit too.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if j.workers < 1 {
@@ -238,7 +242,8 @@ func startWorkers(eps []string, j *jobFlags, names []string) ([]*workerProc, err
 			return procs, err
 		}
 		c := exec.Command(exe, "worker", "--etcd", strings.Join(eps, ","), "--job", j.job, "--name", name,
-			"--listen", "127.0.0.1:0", "--data-dir", filepath.Join(wdir, name), "--checkpoint-root", root, "--ttl", strconv.Itoa(j.ttl))
+			"--listen", "127.0.0.1:0", "--data-dir", filepath.Join(wdir, name), "--checkpoint-root", root, "--ttl", strconv.Itoa(j.ttl),
+			"--parent-pid", strconv.Itoa(os.Getpid()))
 		// The workers log as this process does; with --metrics-addr
 		// HOST:P they serve metrics on HOST:P+1, HOST:P+2, ... (port 0:
 		// each picks one and logs it).
@@ -246,6 +251,7 @@ func startWorkers(eps []string, j *jobFlags, names []string) ([]*workerProc, err
 		if j.metricsAddr != "" {
 			addr, err := workerMetricsAddr(j.metricsAddr, i)
 			if err != nil {
+				logf.Close()
 				return procs, badInput("--metrics-addr: %v", err)
 			}
 			c.Args = append(c.Args, "--metrics-addr", addr)
@@ -257,9 +263,11 @@ func startWorkers(eps []string, j *jobFlags, names []string) ([]*workerProc, err
 		}
 		c.Stdout, c.Stderr = logf, logf
 		// Own process group: a terminal's ctrl-C reaches only `up`, which
-		// then stops the workers in order.
-		c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		if err := c.Start(); err != nil {
+		// then stops the workers in order. Should `up` die without
+		// stopping them (kill -9), the kernel kills them (Pdeathsig), and
+		// each also watches for its parent's exit (--parent-pid).
+		c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+		if err := startOnLockedThread(c); err != nil {
 			logf.Close()
 			return procs, fmt.Errorf("start worker %s: %w", name, err)
 		}
@@ -272,6 +280,33 @@ func startWorkers(eps []string, j *jobFlags, names []string) ([]*workerProc, err
 		procs = append(procs, p)
 	}
 	return procs, nil
+}
+
+// launches are the process starts that launcherThread runs.
+var (
+	launchOnce sync.Once
+	launches   chan func()
+)
+
+// startOnLockedThread starts c from one OS thread that lives as long as
+// this process. The kernel sends a child's parent-death signal when the
+// thread that forked it exits, not the process; the Go runtime may end a
+// thread while the process runs on (when a goroutine locked to it
+// returns), which would kill a worker of a healthy `up`. A goroutine
+// locked to its thread for good keeps that thread alive.
+func startOnLockedThread(c *exec.Cmd) error {
+	launchOnce.Do(func() {
+		launches = make(chan func())
+		go func() {
+			runtime.LockOSThread() // never unlocked: the thread must not be reused or end
+			for f := range launches {
+				f()
+			}
+		}()
+	})
+	errc := make(chan error, 1)
+	launches <- func() { errc <- c.Start() }
+	return <-errc
 }
 
 // stopWorkers asks every worker to stop (SIGTERM), then kills those still

@@ -6,11 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
-	"os/signal"
 	"strconv"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -30,7 +27,7 @@ func newWorkerCmd() *cobra.Command {
 		etcd, job, name, listen, advertise, dataDir string
 		checkpointRoot                              string
 		metricsAddr                                 string
-		ttl                                         int
+		ttl, parentPID                              int
 		rejoin                                      time.Duration
 		tlsf                                        tlsFlags
 		limits                                      workerLimits
@@ -54,7 +51,13 @@ job's election in etcd shows. Without TLS the worker is unauthenticated:
 anyone who reaches its port can control it, so it listens on loopback only
 unless --insecure-listen allows another address. With
 --metrics-addr it serves Prometheus metrics on /metrics and, on /healthz,
-200 while it is registered in etcd (503 before and while re-registering).`,
+200 while it is registered in etcd (503 before and while re-registering).
+
+SIGTERM or SIGINT stops it within a second: it stops serving, revokes its
+lease (giving etcd half a second to answer) and exits 0; a second signal,
+or a stop that takes longer than 3 s, exits at once. With --parent-pid the
+worker stops the same way when that process, its parent, is gone (how
+'stagecoach up' makes sure no worker outlives it).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			eps := etcdx.ParseEndpoints(etcd)
@@ -69,6 +72,9 @@ unless --insecure-listen allows another address. With
 			}
 			if ttl < etcdx.MinTTL {
 				return badInput("--ttl %d is below etcd's minimum of %d s", ttl, etcdx.MinTTL)
+			}
+			if parentPID < 0 {
+				return badInput("--parent-pid must be a process id (or 0 for none), got %d", parentPID)
 			}
 			if dataDir == "" {
 				dataDir = "worker-" + name
@@ -86,9 +92,13 @@ unless --insecure-listen allows another address. With
 			if err := checkPlaintextListen(tc, listen, insecureListen); err != nil {
 				return err
 			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
 			log := slog.Default().With("role", "worker", "job", job, "worker", name)
+			base := cmd.Context()
+			if parentPID != 0 {
+				base = exitWithParent(base, parentPID, log)
+			}
+			ctx, stop := stopOnSignal(base, log, workerStopLimit)
+			defer stop()
 			if tc == nil {
 				log.Warn("UNAUTHENTICATED: no --tls-cert: anyone who reaches " + listen + " can control this worker and feed it tensors; use mutual TLS (stagecoach certs --job) beyond a single machine")
 			}
@@ -96,14 +106,22 @@ unless --insecure-listen allows another address. With
 			if err != nil {
 				return badInput("--job: %v", err)
 			}
-			cli, err := etcdx.DialTLS(ctx, eps, 0, tc)
+			// Every etcd call ends with ctx (a signal) and within a bound
+			// of its own.
+			cli, err := etcdx.DialTLS(ctx, eps, time.Duration(ttl)*time.Second, tc)
 			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
 				return err
 			}
 			defer cli.Close()
 			// Fences are checked against the election itself.
 			leader, err := etcdx.WatchLeader(ctx, cli, keys)
 			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
 				return err
 			}
 			// The library's Logf lines are rejections and failures; its
@@ -144,7 +162,15 @@ unless --insecure-listen allows another address. With
 			if err != nil {
 				return err
 			}
-			defer w.Stop(5 * time.Second)
+			// Graceful while running; on a signal an RPC in flight gets
+			// a moment, not the 5 s a drained worker could wait.
+			defer func() {
+				grace := 5 * time.Second
+				if ctx.Err() != nil {
+					grace = 300 * time.Millisecond
+				}
+				w.Stop(grace)
+			}()
 			if advertise == "" {
 				advertise = addr
 			}
@@ -168,6 +194,7 @@ unless --insecure-listen allows another address. With
 	f.IntVar(&ttl, "ttl", etcdx.DefaultTTL, "lease TTL in seconds")
 	f.DurationVar(&rejoin, "rejoin-timeout", 30*time.Second, "give up after failing to re-register this long")
 	f.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics and /healthz on this HOST:PORT (empty: off)")
+	f.IntVar(&parentPID, "parent-pid", 0, "stop when the process with this id is no longer this worker's parent (0: off; set by 'stagecoach up')")
 	tlsf.register(f)
 	limits.register(f)
 	for _, n := range []string{"etcd", "job", "name"} {
@@ -180,6 +207,11 @@ unless --insecure-listen allows another address. With
 // whenever the session ends, until ctx ends. It fails when no
 // registration succeeds for rejoin. tc, when set, dials etcd over TLS.
 // registered is true while a registration stands.
+//
+// Every etcd call here ends with ctx and within a bound of its own (the
+// grant and the registration within a TTL each, the lease's revocation
+// within etcdx.RevokeTimeout): a worker told to stop while etcd does not
+// answer stops at once.
 func keepRegistered(ctx context.Context, cli *clientv3.Client, keys etcdx.Keys, m etcdx.Member, ttl int, rejoin time.Duration, log *slog.Logger, registered *atomic.Bool) error {
 	job := keys.Job()
 	failingSince := time.Time{}
@@ -189,8 +221,15 @@ func keepRegistered(ctx context.Context, cli *clientv3.Client, keys etcdx.Keys, 
 			if err != nil {
 				return err
 			}
-			defer sess.Close()
-			if err := etcdx.Register(ctx, sess, keys, m); err != nil {
+			defer func() {
+				if err := etcdx.CloseSession(sess, 0); err != nil && ctx.Err() != nil {
+					log.Warn(fmt.Sprintf("lease not revoked (%v); it expires within %d s", err, ttl))
+				}
+			}()
+			rctx, cancel := context.WithTimeout(ctx, time.Duration(ttl)*time.Second)
+			err = etcdx.Register(rctx, sess, keys, m)
+			cancel()
+			if err != nil {
 				return err
 			}
 			registered.Store(true)

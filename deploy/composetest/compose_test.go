@@ -3,13 +3,17 @@ package composetest
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -17,19 +21,24 @@ import (
 
 	"stagecoach/coordinator"
 	"stagecoach/internal/etcdx"
+	"stagecoach/internal/tlsx"
 )
 
 const (
 	// job is the job id docker-compose.yml gives both coordinators and
 	// every worker.
 	job = "compose"
-	// steps keeps the run near 40 s on two cores (about 1.1 s a step for
-	// the default model over four containers), leaving room for two
-	// faults inside the test's budget.
-	steps = 30
+	// steps keeps the run long enough for two faults: the default model
+	// takes 0.3-0.5 s a step over four containers with the AVX2 kernel on
+	// two quiet cores (30 steps were over before the test had found the
+	// leader), 1-4 s on a busy host.
+	steps = 150
 	// budget bounds the whole test, image build included; the cleanup has
 	// its own time on top.
-	budget = 5 * time.Minute
+	budget = 10 * time.Minute
+	// queryTimeout bounds a docker-compose query (ps, port, logs): on a
+	// loaded host the Python client alone has taken over 30 s.
+	queryTimeout = 2 * time.Minute
 )
 
 // requireDocker skips the test when no Docker engine or docker-compose is
@@ -100,7 +109,7 @@ func (c *cluster) etcdEndpoints(ctx context.Context) []string {
 	c.t.Helper()
 	var eps []string
 	for _, m := range []string{"etcd-1", "etcd-2", "etcd-3"} {
-		out := strings.TrimSpace(c.mustCompose(ctx, 30*time.Second, "port", m, "2379"))
+		out := strings.TrimSpace(c.mustCompose(ctx, queryTimeout, "port", m, "2379"))
 		if !strings.HasPrefix(out, "127.0.0.1:") {
 			c.t.Fatalf("%s's client port is published as %q, want 127.0.0.1:PORT", m, out)
 		}
@@ -116,7 +125,7 @@ func (c *cluster) leader(ctx context.Context) string {
 	c.t.Helper()
 	var leaders []string
 	for _, s := range []string{"coordinator-1", "coordinator-2"} {
-		if strings.Contains(c.mustCompose(ctx, 30*time.Second, "logs", "--no-color", s), "leading job "+job) {
+		if strings.Contains(c.mustCompose(ctx, queryTimeout, "logs", "--no-color", s), "leading job "+job) {
 			leaders = append(leaders, s)
 		}
 	}
@@ -173,21 +182,64 @@ func planNames(m coordinator.PlanManifest) []string {
 	return names
 }
 
-// TestComposeTrainsThroughFaults brings up docker-compose.yml, stops the
-// leader coordinator and kills a plan worker mid-run, and checks that the
-// job still commits steps 1..steps exactly once, each fault answered by a
-// new plan epoch.
-//
-// The leader must survive the worker's loss in-process (a new plan epoch
-// on the remaining workers and the spare, shards restored from the last
-// checkpoint) and log it; a standby must take over from a stopped leader
-// with a larger fencing token.
-func TestComposeTrainsThroughFaults(t *testing.T) {
-	requireDocker(t)
-	ctx, cancel := context.WithTimeout(context.Background(), budget)
-	defer cancel()
-	start := time.Now()
+// The image the tests run: STAGECOACH_COMPOSE_IMAGE, or one built from
+// the working tree by the first test that needs it and removed by
+// TestMain after the last.
+var (
+	imageOnce  sync.Once
+	builtImage string
+	imageErr   error
+)
 
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if builtImage != "" {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		if out, err := exec.CommandContext(ctx, "docker", "rmi", builtImage).CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "remove image %s: %v: %s\n", builtImage, err, bytes.TrimSpace(out))
+		}
+		cancel()
+	}
+	os.Exit(code)
+}
+
+func testImage(t *testing.T, ctx context.Context, root string) string {
+	t.Helper()
+	if image, ok := os.LookupEnv("STAGECOACH_COMPOSE_IMAGE"); ok {
+		t.Logf("using the image %s (STAGECOACH_COMPOSE_IMAGE), not building one", image)
+		return image
+	}
+	imageOnce.Do(func() {
+		start := time.Now()
+		image := fmt.Sprintf("stagecoach:sct%d%d", os.Getpid(), time.Now().UnixNano()%1_000_000)
+		bctx, bcancel := context.WithTimeout(ctx, 4*time.Minute)
+		defer bcancel()
+		build := exec.CommandContext(bctx, "bash", "deploy/build-image.sh", image)
+		build.Dir = root
+		// The script's go build and docker build die with it when the
+		// budget runs out: its own process group, killed whole.
+		build.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		build.Cancel = func() error { return syscall.Kill(-build.Process.Pid, syscall.SIGKILL) }
+		out, err := build.CombinedOutput()
+		if err != nil {
+			imageErr = fmt.Errorf("build the image: %v\n%s", err, out)
+			return
+		}
+		builtImage = image
+		t.Logf("built %s in %.1f s", image, time.Since(start).Seconds())
+	})
+	if imageErr != nil {
+		t.Fatal(imageErr)
+	}
+	return builtImage
+}
+
+// startCluster brings up a compose project of its own running steps steps
+// of gpipe from testImage, and returns it with a mutual-TLS etcd client
+// (the certificate of the `coordinator` service, copied out of the certs
+// volume) and the job's keys. Cleanup tears the project down.
+func startCluster(t *testing.T, ctx context.Context, steps int) (*cluster, *clientv3.Client, etcdx.Keys, time.Time) {
+	t.Helper()
 	root, err := filepath.Abs(filepath.Join("..", ".."))
 	if err != nil {
 		t.Fatal(err)
@@ -199,7 +251,7 @@ func TestComposeTrainsThroughFaults(t *testing.T) {
 	// developer's `docker-compose up` never share containers, volumes or
 	// the image under test.
 	project := fmt.Sprintf("sct%d%d", os.Getpid(), time.Now().UnixNano()%1_000_000)
-	image := "stagecoach:" + project
+	image := testImage(t, ctx, root)
 	c := &cluster{t: t, root: root, project: project,
 		env: []string{"STAGECOACH_IMAGE=" + image, fmt.Sprintf("STAGECOACH_STEPS=%d", steps), "STAGECOACH_SCHEDULE=gpipe"}}
 
@@ -208,42 +260,115 @@ func TestComposeTrainsThroughFaults(t *testing.T) {
 		cctx, ccancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		defer ccancel()
 		if t.Failed() {
-			if out, err := c.compose(cctx, 30*time.Second, "ps"); err == nil {
+			if out, err := c.compose(cctx, queryTimeout, "ps"); err == nil {
 				t.Logf("containers at failure:\n%s", out)
 			}
-			if out, err := c.compose(cctx, 30*time.Second, "logs", "--no-color", "--tail", "40", "coordinator-1", "coordinator-2"); err == nil {
+			if out, err := c.compose(cctx, queryTimeout, "logs", "--no-color", "--tail", "40", "coordinator-1", "coordinator-2"); err == nil {
 				t.Logf("coordinator logs:\n%s", out)
 			}
 		}
 		if _, err := c.compose(cctx, 2*time.Minute, "down", "-v", "--remove-orphans", "-t", "5"); err != nil {
 			t.Errorf("tear down: %v", err)
 		}
-		if out, err := exec.CommandContext(cctx, "docker", "rmi", image).CombinedOutput(); err != nil {
-			t.Logf("remove image %s: %v: %s", image, err, bytes.TrimSpace(out))
-		}
 	})
 
-	bctx, bcancel := context.WithTimeout(ctx, 4*time.Minute)
-	build := exec.CommandContext(bctx, "bash", "deploy/build-image.sh", image)
-	build.Dir = root
-	out, err := build.CombinedOutput()
-	bcancel()
-	if err != nil {
-		t.Fatalf("build the image: %v\n%s", err, out)
-	}
-	t.Logf("built %s in %.1f s", image, time.Since(start).Seconds())
-
-	upAt := time.Now()
-	c.mustCompose(ctx, 2*time.Minute, "up", "-d")
-	cli, err := etcdx.Dial(ctx, c.etcdEndpoints(ctx), 10*time.Second)
+	// Everything but the coordinators first: the queries below take tens
+	// of seconds on a loaded host, longer than a fast job runs.
+	c.mustCompose(ctx, 2*time.Minute, "up", "-d", "worker-1", "worker-2", "worker-3", "worker-4", "worker-5")
+	// Every hop runs mutual TLS: etcd refuses a client without a
+	// certificate of the compose CA.
+	tc := c.clientTLS(ctx)
+	eps := c.etcdEndpoints(ctx)
+	cli, err := etcdx.DialTLS(ctx, eps, 10*time.Second, tc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cli.Close()
+	t.Cleanup(func() { cli.Close() })
+	if plain, err := etcdx.Dial(ctx, eps, 3*time.Second); err == nil {
+		plain.Close()
+		t.Error("etcd answered a plaintext client: compose must run etcd over mutual TLS")
+	}
 	keys, err := etcdx.NewKeys(job)
 	if err != nil {
 		t.Fatal(err)
 	}
+	upAt := time.Now()
+	c.mustCompose(ctx, 2*time.Minute, "up", "-d")
+	return c, cli, keys, upAt
+}
+
+// clientTLS copies the certificates out of the certs service's container
+// (it has exited; its volume holds them) and loads the coordinator's.
+func (c *cluster) clientTLS(ctx context.Context) *tls.Config {
+	c.t.Helper()
+	id := strings.TrimSpace(c.mustCompose(ctx, queryTimeout, "ps", "-q", "certs"))
+	if id == "" {
+		c.t.Fatal("no container of the certs service")
+	}
+	dir := c.t.TempDir()
+	if out, err := exec.CommandContext(ctx, "docker", "cp", id+":/certs/.", dir).CombinedOutput(); err != nil {
+		c.t.Fatalf("copy the certificates out of %s: %v: %s", id, err, bytes.TrimSpace(out))
+	}
+	tc, err := tlsx.Load(tlsx.FilesFor(dir, "coordinator"))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return tc
+}
+
+// coordinatorsExited waits up to timeout for both coordinators to exit and
+// checks each exited 0 without being restarted: a finished job, a stopped
+// leader and a standby outliving the job all end cleanly.
+func (c *cluster) coordinatorsExited(ctx context.Context, timeout time.Duration) {
+	c.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for _, s := range []string{"coordinator-1", "coordinator-2"} {
+		id := strings.TrimSpace(c.mustCompose(ctx, 2*time.Minute, "ps", "-q", s))
+		for {
+			out, err := exec.CommandContext(ctx, "docker", "inspect", "-f", "{{.State.Status}} {{.State.ExitCode}} {{.RestartCount}}", id).CombinedOutput()
+			if err != nil {
+				c.t.Fatalf("inspect %s: %v: %s", s, err, out)
+			}
+			f := strings.Fields(string(out))
+			if len(f) == 3 && f[0] == "exited" {
+				if f[1] != "0" || f[2] != "0" {
+					c.t.Errorf("%s exited with status %s after %s restarts, want 0 and 0", s, f[1], f[2])
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				c.t.Errorf("%s still %s %v after the job finished", s, f[0], timeout)
+				break
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	}
+	// A stop or a finished job ends without a trail of cancellations; a
+	// failed step's report may name the RPCs it cancelled.
+	logs := c.mustCompose(ctx, 2*time.Minute, "logs", "--no-color", "coordinator-1", "coordinator-2")
+	for _, l := range strings.Split(logs, "\n") {
+		if strings.Contains(l, "context canceled") && !strings.Contains(l, " failed: ") {
+			c.t.Errorf("a coordinator's log says \"context canceled\" outside a failed step's report:\n%s", l)
+		}
+	}
+}
+
+// TestComposeTrainsThroughFaults brings up docker-compose.yml, stops the
+// leader coordinator and kills a plan worker mid-run, and checks that the
+// job still commits steps 1..steps exactly once, each fault answered by a
+// new plan epoch.
+//
+// The leader must survive the worker's loss in-process (a new plan epoch
+// on the remaining workers and the spare, shards restored from the last
+// checkpoint) and log it; a standby must take over from a stopped leader
+// with a larger fencing token. The logs must show a line per step and the
+// stage map of every plan, and both coordinators must end with status 0.
+func TestComposeTrainsThroughFaults(t *testing.T) {
+	requireDocker(t)
+	ctx, cancel := context.WithTimeout(context.Background(), budget)
+	defer cancel()
+	start := time.Now()
+	c, cli, keys, upAt := startCluster(t, ctx, steps)
 
 	// Fault 1: stop the leader coordinator a few steps in. The standby
 	// must win, resume from the last committed step and commit under a new
@@ -285,13 +410,13 @@ func TestComposeTrainsThroughFaults(t *testing.T) {
 
 	// The workers run over the emulated links of deploy/compose-links.yaml.
 	// (Log lines quote the cluster's name, escaped.)
-	if wl := c.mustCompose(ctx, 30*time.Second, "logs", "--no-color", "worker-1", "worker-2", "worker-3", "worker-4", "worker-5"); strings.Count(wl, `emulating the links of cluster \"compose-two-regions`) < 4 {
+	if wl := c.mustCompose(ctx, queryTimeout, "logs", "--no-color", "worker-1", "worker-2", "worker-3", "worker-4", "worker-5"); strings.Count(wl, `emulating the links of cluster \"compose-two-regions`) < 4 {
 		t.Errorf("fewer than 4 worker configurations emulated the compose links; worker logs:\n%s", wl)
 	}
 
 	// The leader must have survived the loss in-process, saying so, rather
 	// than by exiting and being restarted by Docker.
-	logs := c.mustCompose(ctx, 30*time.Second, "logs", "--no-color", "coordinator-1", "coordinator-2")
+	logs := c.mustCompose(ctx, queryTimeout, "logs", "--no-color", "coordinator-1", "coordinator-2")
 	var recovered []string
 	for _, l := range strings.Split(logs, "\n") {
 		if strings.Contains(l, "recovered from the failure of step") || strings.Contains(l, "resumed job "+job) {
@@ -305,7 +430,7 @@ func TestComposeTrainsThroughFaults(t *testing.T) {
 		t.Errorf("no coordinator logged recovering in-process from the loss of %s", victim)
 	}
 
-	last, doneAt := waitCommit(ctx, t, cli, keys, 3*time.Minute, fmt.Sprintf("step %d", steps),
+	last, doneAt := waitCommit(ctx, t, cli, keys, 7*time.Minute, fmt.Sprintf("step %d", steps),
 		func(c etcdx.Commit) bool { return c.Step >= steps })
 	t.Logf("step %d committed %.1f s after up (%.1f s since the test began)", last.Step, doneAt.Sub(upAt).Seconds(), time.Since(start).Seconds())
 
@@ -334,4 +459,89 @@ func TestComposeTrainsThroughFaults(t *testing.T) {
 	if err != nil || !found {
 		t.Errorf("checkpoint of step %d in etcd: found %v, %v", steps, found, err)
 	}
+
+	// What a user reads in `docker-compose logs`: a line per step and
+	// the stage map of each plan.
+	logs = c.mustCompose(ctx, queryTimeout, "logs", "--no-color", "coordinator-1", "coordinator-2")
+	if !strings.Contains(logs, fmt.Sprintf("step %d/%d loss ", steps, steps)) {
+		t.Errorf("no line for step %d in the coordinators' logs", steps)
+	}
+	if n := strings.Count(logs, "plan installed: stage 0: "); n < 3 {
+		t.Errorf("%d stage maps in the coordinators' logs, want one per plan (3 or more)", n)
+	}
+	c.coordinatorsExited(ctx, time.Minute)
+}
+
+// TestComposeStaysUpUnderLoad saturates the host's cores with busy loops
+// (twice as many plain shell loops as cores, at the containers' own
+// priority, bounded in time) from before `up` until the compose job has
+// trained, and checks
+// that starvation is not taken for a fault: one leader throughout (every
+// step committed under the same fencing token), one plan (no worker taken
+// for lost), and both coordinators exiting 0 without a restart.
+func TestComposeStaysUpUnderLoad(t *testing.T) {
+	requireDocker(t)
+	const loadSteps = 20
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	// The image first: building it is no part of the test.
+	root, err := filepath.Abs(filepath.Join("..", ".."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testImage(t, ctx, root)
+	// The load, from before `up` (election, registration and training
+	// alike): bounded by `timeout` should the test die, and killed as
+	// soon as the job is done.
+	n := 2 * runtime.NumCPU()
+	var loops []*exec.Cmd
+	stopLoad := func() {
+		for _, l := range loops {
+			_ = l.Process.Kill()
+			_ = l.Wait()
+		}
+		loops = nil
+	}
+	t.Cleanup(stopLoad)
+	for range n {
+		l := exec.Command("timeout", "600", "sh", "-c", "while :; do :; done")
+		if err := l.Start(); err != nil {
+			t.Fatal(err)
+		}
+		loops = append(loops, l)
+	}
+	t.Logf("%d busy loops started on %d cores", n, runtime.NumCPU())
+	c, cli, keys, upAt := startCluster(t, ctx, loadSteps)
+	last, doneAt := waitCommit(ctx, t, cli, keys, 6*time.Minute, fmt.Sprintf("step %d under load", loadSteps),
+		func(c etcdx.Commit) bool { return c.Step >= loadSteps })
+	stopLoad()
+	t.Logf("step %d committed %.1f s after up, under load throughout", last.Step, doneAt.Sub(upAt).Seconds())
+
+	commits, err := etcdx.Commits(ctx, cli, keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := etcdx.CheckSequence(commits); err != nil {
+		t.Error(err)
+	}
+	if len(commits) != loadSteps {
+		t.Fatalf("%d commits, want %d", len(commits), loadSteps)
+	}
+	first := commits[0]
+	for _, cm := range commits {
+		if cm.LeaderRev != first.LeaderRev || cm.Epoch != first.Epoch {
+			t.Errorf("step %d committed by fencing token %d on plan epoch %d; step %d by token %d on epoch %d: the load was taken for a fault",
+				cm.Step, cm.LeaderRev, cm.Epoch, first.Step, first.LeaderRev, first.Epoch)
+		}
+	}
+	c.coordinatorsExited(ctx, time.Minute)
+	// What the coordinators said, for the record.
+	var said []string
+	for _, l := range strings.Split(c.mustCompose(ctx, 2*time.Minute, "logs", "--no-color", "coordinator-1", "coordinator-2"), "\n") {
+		if strings.Contains(l, "leading job") || strings.Contains(l, "plan installed") || strings.Contains(l, "/20 loss") ||
+			strings.Contains(l, "nothing to do") || strings.Contains(l, "campaign") {
+			said = append(said, strings.TrimSpace(l))
+		}
+	}
+	t.Logf("coordinators:\n%s", strings.Join(said, "\n"))
 }

@@ -116,22 +116,62 @@ func handshake(endpoint string, tc *tls.Config) error {
 }
 
 // NewSession grants a lease of ttl seconds (0 means DefaultTTL) and keeps it
-// alive until Close. The session ends (Done closes) when the lease cannot be
-// renewed before it expires; everything bound to it is then gone. The
-// session is detached from ctx's cancellation: a process stopping on a
-// signal must still revoke its lease in Close, so its keys vanish at once
-// instead of a TTL later.
+// alive until Close or CloseSession. The session ends (Done closes) when
+// the lease cannot be renewed before it expires; everything bound to it is
+// then gone.
+//
+// The grant runs under ctx, bounded by the TTL: a process told to stop
+// while etcd does not answer returns at once instead of waiting in the
+// grant. The keepalive is detached from ctx's cancellation: a process
+// stopping on a signal must still revoke its lease (CloseSession), so its
+// keys vanish at once instead of a TTL later.
 func NewSession(ctx context.Context, cli *clientv3.Client, ttl int) (*concurrency.Session, error) {
-	ctx = context.WithoutCancel(ctx)
 	if ttl == 0 {
 		ttl = DefaultTTL
 	}
 	if ttl < MinTTL {
 		return nil, fmt.Errorf("etcdx: lease TTL %d s is below etcd's minimum of %d s", ttl, MinTTL)
 	}
-	s, err := concurrency.NewSession(cli, concurrency.WithTTL(ttl), concurrency.WithContext(ctx))
+	gctx, cancel := context.WithTimeout(ctx, time.Duration(ttl)*time.Second)
+	g, err := cli.Grant(gctx, int64(ttl))
+	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("etcdx: grant a %d s lease: %w", ttl, err)
 	}
+	s, err := concurrency.NewSession(cli, concurrency.WithTTL(ttl), concurrency.WithLease(g.ID),
+		concurrency.WithContext(context.WithoutCancel(ctx)))
+	if err != nil {
+		revoke(cli, g.ID, RevokeTimeout)
+		return nil, fmt.Errorf("etcdx: keep the %d s lease %x alive: %w", ttl, g.ID, err)
+	}
 	return s, nil
+}
+
+// RevokeTimeout bounds the revocation of a stopping process's lease: past
+// it the lease is left to expire on its own.
+const RevokeTimeout = 500 * time.Millisecond
+
+// CloseSession stops keeping s's lease alive and revokes it, waiting at
+// most timeout (RevokeTimeout when 0) for etcd to answer, so that a
+// process stopping while etcd is unreachable is not held up. A nil s is
+// no session: nothing to do.
+// concurrency.Session.Close waits up to a whole TTL.
+func CloseSession(s *concurrency.Session, timeout time.Duration) error {
+	if s == nil {
+		return nil
+	}
+	if timeout <= 0 {
+		timeout = RevokeTimeout
+	}
+	s.Orphan()
+	return revoke(s.Client(), s.Lease(), timeout)
+}
+
+func revoke(cli *clientv3.Client, id clientv3.LeaseID, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(cli.Ctx(), timeout)
+	defer cancel()
+	if _, err := cli.Revoke(ctx, id); err != nil {
+		return fmt.Errorf("etcdx: revoke lease %x: %w", id, err)
+	}
+	return nil
 }

@@ -19,6 +19,10 @@ var ErrDeposed = errors.New("etcdx: no longer the leader")
 // writer was still leader (for example a commit that would leave a gap).
 var ErrConflict = errors.New("etcdx: write precondition failed")
 
+// ErrSessionExpired means a campaign ended because its session's lease
+// expired before it won.
+var ErrSessionExpired = errors.New("etcdx: session expired")
+
 const retryDelay = 200 * time.Millisecond
 
 // Leader is a won election. Rev is the fencing token: it only grows from
@@ -62,7 +66,7 @@ func Campaign(ctx context.Context, s *concurrency.Session, k Keys, value string)
 	if err := e.Campaign(cctx, value); err != nil {
 		select {
 		case <-s.Done():
-			return nil, fmt.Errorf("etcdx: campaign for job %s: session expired", k.Job())
+			return nil, fmt.Errorf("etcdx: campaign for job %s: %w", k.Job(), ErrSessionExpired)
 		default:
 		}
 		return nil, fmt.Errorf("etcdx: campaign for job %s: %w", k.Job(), err)
