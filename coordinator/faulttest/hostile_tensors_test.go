@@ -220,6 +220,7 @@ func attack(t *testing.T, job string, m coordinator.PlanManifest, tc *tls.Config
 			From: int32(from), To: int32(target), Shape: shape}
 	}
 	var out []string
+	var outMu sync.Mutex // send runs from the concurrent senders below too
 	send := func(what string, c pb.PeerClient, h *pb.TensorHeader, payload []byte, codes ...codes.Code) codes.Code {
 		t0 := time.Now()
 		err := transport.Send(context.Background(), c, h, payload, 0)
@@ -232,7 +233,9 @@ func attack(t *testing.T, job string, m coordinator.PlanManifest, tc *tls.Config
 		if !ok {
 			t.Errorf("%s, want one of %v", line, codes)
 		}
+		outMu.Lock()
 		out = append(out, line)
+		outMu.Unlock()
 		return got
 	}
 	small := func() []byte { return make([]byte, 4*samples*ctx*dim) }
