@@ -5,7 +5,10 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"stagecoach/coordinator"
@@ -74,6 +78,8 @@ type cluster struct {
 	root    string
 	project string
 	env     []string
+	// certs holds the certificates copied out of the certs volume.
+	certs string
 }
 
 // compose runs docker-compose on the project, bounded by timeout, and
@@ -277,7 +283,9 @@ func startCluster(t *testing.T, ctx context.Context, steps int) (*cluster, *clie
 	c.mustCompose(ctx, 2*time.Minute, "up", "-d", "worker-1", "worker-2", "worker-3", "worker-4", "worker-5")
 	// Every hop runs mutual TLS: etcd refuses a client without a
 	// certificate of the compose CA.
-	tc := c.clientTLS(ctx)
+	certs := c.copyCerts(ctx)
+	c.certs = certs
+	tc := loadTLS(t, certs, "coordinator")
 	eps := c.etcdEndpoints(ctx)
 	cli, err := etcdx.DialTLS(ctx, eps, 10*time.Second, tc)
 	if err != nil {
@@ -292,14 +300,84 @@ func startCluster(t *testing.T, ctx context.Context, steps int) (*cluster, *clie
 	if err != nil {
 		t.Fatal(err)
 	}
+	// etcd authentication is on (the etcd-auth service ran before the
+	// workers started): a worker's certificate may not touch the job's
+	// state, only its own registration.
+	wcli, err := etcdx.DialTLS(ctx, eps, 10*time.Second, loadTLS(t, certs, "worker-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = wcli.Put(ctx, keys.Iteration(), "forged")
+	wcli.Close()
+	if !errors.Is(err, rpctypes.ErrPermissionDenied) {
+		t.Errorf("a worker's certificate writing the job's iteration key: %v, want etcd's permission denied (auth on)", err)
+	}
 	upAt := time.Now()
 	c.mustCompose(ctx, 2*time.Minute, "up", "-d")
 	return c, cli, keys, upAt
 }
 
-// clientTLS copies the certificates out of the certs service's container
-// (it has exited; its volume holds them) and loads the coordinator's.
-func (c *cluster) clientTLS(ctx context.Context) *tls.Config {
+// checkStatusAndLivePage reads the running job as a user would: with
+// `stagecoach status` run inside the compose network (the coordinator's
+// certificate: with etcd auth on, only the job's coordinator and root may
+// read its state), and from the leader's live page over HTTPS with a
+// client certificate. Both must show a step etcd has committed.
+func (c *cluster) checkStatusAndLivePage(ctx context.Context, cli *clientv3.Client, keys etcdx.Keys, lead string) {
+	t := c.t
+	t.Helper()
+	before, _ := waitCommit(ctx, t, cli, keys, 10*time.Second, "the current step", func(etcdx.Commit) bool { return true })
+	out := c.mustCompose(ctx, 2*time.Minute, "run", "--rm", "--no-deps", lead, "status",
+		"--etcd", "etcd-1:2379,etcd-2:2379,etcd-3:2379", "--job", job, "--json",
+		"--tls-cert", "/certs/coordinator.pem", "--tls-key", "/certs/coordinator-key.pem", "--tls-ca", "/certs/ca.pem")
+	var st struct {
+		Job    string `json:"job"`
+		Leader *struct {
+			FencingToken int64 `json:"fencing_token"`
+		} `json:"leader"`
+		Members   []struct{ Name string } `json:"members"`
+		Committed *struct{ Step int64 }   `json:"committed"`
+	}
+	brace := strings.Index(out, "{")
+	if brace < 0 {
+		t.Fatalf("stagecoach status --json printed no JSON:\n%s", out)
+	}
+	if err := json.Unmarshal([]byte(out[brace:]), &st); err != nil {
+		t.Fatalf("stagecoach status --json: %v\n%s", err, out)
+	}
+	if st.Job != job || st.Leader == nil || st.Leader.FencingToken != before.LeaderRev || len(st.Members) < 4 ||
+		st.Committed == nil || st.Committed.Step < before.Step {
+		t.Errorf("stagecoach status: job %q, leader %+v, %d members, committed %+v; want job %q, token %d, 5 members, step >= %d",
+			st.Job, st.Leader, len(st.Members), st.Committed, job, before.LeaderRev, before.Step)
+	}
+	addr := strings.TrimSpace(c.mustCompose(ctx, queryTimeout, "port", lead, "8080"))
+	tc := loadTLS(t, c.certs, "coordinator")
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: tc}}
+	resp, err := hc.Get("https://" + addr + "/api/job")
+	if err != nil {
+		t.Fatalf("live page of %s at %s: %v", lead, addr, err)
+	}
+	defer resp.Body.Close()
+	var live struct {
+		Job       string                `json:"job"`
+		Committed *struct{ Step int64 } `json:"committed"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&live); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("live page of %s: %s, %v", lead, resp.Status, err)
+	}
+	if live.Job != job || live.Committed == nil || live.Committed.Step < before.Step {
+		t.Errorf("live page of %s: job %q, committed %+v; want step >= %d", lead, live.Job, live.Committed, before.Step)
+	}
+	plain := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: tc.RootCAs}}}
+	if resp, err := plain.Get("https://" + addr + "/api/job"); err == nil {
+		resp.Body.Close()
+		t.Errorf("the live page answered a client without a certificate: %s", resp.Status)
+	}
+	t.Logf("status and the live page of %s show step %d (token %d)", lead, live.Committed.Step, before.LeaderRev)
+}
+
+// copyCerts copies the certificates out of the certs service's container
+// (it has exited; its volume holds them) into a temporary directory.
+func (c *cluster) copyCerts(ctx context.Context) string {
 	c.t.Helper()
 	id := strings.TrimSpace(c.mustCompose(ctx, queryTimeout, "ps", "-q", "certs"))
 	if id == "" {
@@ -309,9 +387,15 @@ func (c *cluster) clientTLS(ctx context.Context) *tls.Config {
 	if out, err := exec.CommandContext(ctx, "docker", "cp", id+":/certs/.", dir).CombinedOutput(); err != nil {
 		c.t.Fatalf("copy the certificates out of %s: %v: %s", id, err, bytes.TrimSpace(out))
 	}
-	tc, err := tlsx.Load(tlsx.FilesFor(dir, "coordinator"))
+	return dir
+}
+
+// loadTLS loads the certificate of one service (its role's) from dir.
+func loadTLS(t *testing.T, dir, name string) *tls.Config {
+	t.Helper()
+	tc, err := tlsx.Load(tlsx.FilesFor(dir, name))
 	if err != nil {
-		c.t.Fatal(err)
+		t.Fatal(err)
 	}
 	return tc
 }
@@ -376,6 +460,7 @@ func TestComposeTrainsThroughFaults(t *testing.T) {
 	before, firstAt := waitCommit(ctx, t, cli, keys, 2*time.Minute, "training to pass step 5", func(c etcdx.Commit) bool { return c.Step >= 5 })
 	t.Logf("first 5 steps committed %.1f s after up", firstAt.Sub(upAt).Seconds())
 	lead := c.leader(ctx)
+	c.checkStatusAndLivePage(ctx, cli, keys, lead)
 	// Reading the logs took a while: note where training is right now.
 	before, _ = waitCommit(ctx, t, cli, keys, 10*time.Second, "the current step", func(etcdx.Commit) bool { return true })
 	stopAt := time.Now()
@@ -497,7 +582,9 @@ func TestComposeStaysUpUnderLoad(t *testing.T) {
 	var loops []*exec.Cmd
 	stopLoad := func() {
 		for _, l := range loops {
-			_ = l.Process.Kill()
+			// The whole group: killing `timeout` alone would orphan
+			// its busy child.
+			_ = syscall.Kill(-l.Process.Pid, syscall.SIGKILL)
 			_ = l.Wait()
 		}
 		loops = nil
@@ -505,6 +592,7 @@ func TestComposeStaysUpUnderLoad(t *testing.T) {
 	t.Cleanup(stopLoad)
 	for range n {
 		l := exec.Command("timeout", "600", "sh", "-c", "while :; do :; done")
+		l.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 		if err := l.Start(); err != nil {
 			t.Fatal(err)
 		}
