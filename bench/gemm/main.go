@@ -13,7 +13,6 @@
 package main
 
 import (
-	_ "embed"
 	"errors"
 	"flag"
 	"fmt"
@@ -34,9 +33,6 @@ import (
 	"stagecoach/model"
 )
 
-//go:embed torch_model.py
-var torchScript string
-
 func main() {
 	var (
 		sizes   = flag.String("sizes", "256,512,1024,2048", "square sizes")
@@ -45,6 +41,7 @@ func main() {
 		steps   = flag.Int("train-steps", 3, "timed training steps per model and kernel (0: skip training)")
 		torch   = flag.Bool("torch", true, "time the same model in PyTorch when /usr/bin/python3 imports torch")
 	)
+	flag.StringVar(&torchScript, "torch-model", "examples/torch/throughput_model.py", "the PyTorch model script (run from the repository's top)")
 	flag.Parse()
 	if err := run(*sizes, *threads, *minTime, *steps, *torch); err != nil {
 		fmt.Fprintln(os.Stderr, "gemm:", err)
@@ -237,11 +234,18 @@ func trainRate(cfg model.TrainConfig, threads, steps int, pureGo bool) (rate, er
 // rate is tokens per wall second and per CPU second.
 type rate struct{ wall, cpu float64 }
 
+// torchScript is the PyTorch twin of the model (Python lives under
+// examples/ and backends/ only).
+var torchScript string
+
 // torchRate runs the same model in PyTorch (tokens per wall second), or
 // says why not.
 func torchRate(cfg model.TrainConfig, threads, steps int) string {
+	if _, err := os.Stat(torchScript); err != nil {
+		return "skip:no-script"
+	}
 	c := cfg.Model.WithDefaults()
-	cmd := exec.Command("/usr/bin/python3", "-c", torchScript,
+	cmd := exec.Command("/usr/bin/python3", torchScript,
 		strconv.Itoa(c.Layers), strconv.Itoa(c.Dim), strconv.Itoa(c.Heads), strconv.Itoa(c.Ctx), strconv.Itoa(c.Hidden),
 		strconv.Itoa(cfg.Microbatches), strconv.Itoa(cfg.MicrobatchSize), strconv.Itoa(steps), strconv.Itoa(threads))
 	out, err := cmd.Output()

@@ -3,7 +3,7 @@
 # (RMSNorm, causal multi-head attention, RMSNorm, tanh-GELU MLP), final
 # RMSNorm, head, cross-entropy; no biases; AdamW. Prints tokens/s of the
 # timed steps (after one warm-up step) on random tokens; exits 3 when torch
-# cannot be imported.
+# cannot be imported. Run by `go run ./bench/gemm` (see docs/benchmarks.md).
 # argv: layers dim heads ctx hidden microbatches microbatch_size steps threads
 import sys, time
 try:
