@@ -103,16 +103,11 @@ func TestUpOverTLS(t *testing.T) {
 		t.Skip("starts worker processes")
 	}
 	corpus := upCorpus(t)
-	model := []string{"--steps", "2", "--seed", "3", "--layers", "2", "--dim", "16", "--heads", "2", "--ctx", "16",
-		"--microbatches", "2", "--microbatch-size", "2", "--corpus", corpus, "--json"}
+	model := tinyModel(corpus, 2, 2, 2)
 	dir := t.TempDir()
-	out, errOut, code := runCLI(t, dir, append([]string{"train", "--out", filepath.Join(dir, "train")}, model...)...)
-	if code != 0 {
-		t.Fatalf("train exited %d: %s", code, errOut)
-	}
-	want := jsonLosses(t, out)
+	want := trainLosses(t, dir, model)
 	certs := filepath.Join(dir, "certs")
-	out, errOut, code = runCLI(t, dir, append([]string{"up", "--workers", "2", "--ttl", "2", "--out", filepath.Join(dir, "up"), "--tls-dir", certs}, model...)...)
+	out, errOut, code := runCLI(t, dir, append([]string{"up", "--workers", "2", "--ttl", "2", "--out", filepath.Join(dir, "up"), "--tls-dir", certs}, model...)...)
 	if code != 0 {
 		t.Fatalf("up --tls-dir exited %d: %s", code, errOut)
 	}
@@ -324,14 +319,9 @@ func TestCoordinatorEmbeddedEtcdAuth(t *testing.T) {
 		t.Skip("starts coordinator and worker processes")
 	}
 	corpus := upCorpus(t)
-	model := []string{"--steps", "2", "--seed", "3", "--layers", "2", "--dim", "16", "--heads", "2", "--ctx", "16",
-		"--microbatches", "2", "--microbatch-size", "2", "--corpus", corpus, "--json"}
+	model := tinyModel(corpus, 2, 2, 2)
 	dir := t.TempDir()
-	out, errOut, code := runCLI(t, dir, append([]string{"train", "--out", filepath.Join(dir, "train")}, model...)...)
-	if code != 0 {
-		t.Fatalf("train exited %d: %s", code, errOut)
-	}
-	want := jsonLosses(t, out)
+	want := trainLosses(t, dir, model)
 	certs := filepath.Join(dir, "certs")
 	if out, errOut, code := runCLI(t, dir, "certs", "--out", certs, "--job", "emb", "--coordinator", "--workers", "w0,w1"); code != 0 {
 		t.Fatalf("certs: exit %d\n%s%s", code, out, errOut)

@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -52,6 +53,25 @@ func jsonLosses(t *testing.T, out string) []float64 {
 	return losses
 }
 
+// tinyModel is the flags of a model small enough for process tests: dim
+// 16, 2 heads, context 16, microbatches of 2 sequences, seed 3, JSON
+// output.
+func tinyModel(corpus string, steps, layers, microbatches int) []string {
+	return []string{"--steps", strconv.Itoa(steps), "--seed", "3", "--layers", strconv.Itoa(layers), "--dim", "16", "--heads", "2",
+		"--ctx", "16", "--microbatches", strconv.Itoa(microbatches), "--microbatch-size", "2", "--corpus", corpus, "--json"}
+}
+
+// trainLosses runs `stagecoach train` with model's flags in dir and
+// returns its losses: the reference the pipelined runs must equal.
+func trainLosses(t *testing.T, dir string, model []string) []float64 {
+	t.Helper()
+	out, errOut, code := runCLI(t, dir, append([]string{"train", "--out", filepath.Join(dir, "train")}, model...)...)
+	if code != 0 {
+		t.Fatalf("train exited %d: %s", code, errOut)
+	}
+	return jsonLosses(t, out)
+}
+
 // TestUpGPipeMatchesTrain runs `stagecoach up` with real worker processes,
 // real embedded etcd and real gRPC over loopback, and checks that it
 // prints the same losses, bit for bit, as `stagecoach train` with the same
@@ -62,14 +82,9 @@ func TestUpGPipeMatchesTrain(t *testing.T) {
 		t.Skip("starts worker processes")
 	}
 	corpus := upCorpus(t)
-	model := []string{"--steps", "3", "--seed", "3", "--layers", "3", "--dim", "16", "--heads", "2", "--ctx", "16",
-		"--microbatches", "4", "--microbatch-size", "2", "--corpus", corpus, "--json"}
+	model := tinyModel(corpus, 3, 3, 4)
 	dir := t.TempDir()
-	out, errOut, code := runCLI(t, dir, append([]string{"train", "--out", filepath.Join(dir, "train")}, model...)...)
-	if code != 0 {
-		t.Fatalf("train exited %d: %s", code, errOut)
-	}
-	want := jsonLosses(t, out)
+	want := trainLosses(t, dir, model)
 	for _, tc := range []struct{ workers, stages, schedule, allReduce string }{
 		{"2", "0", "gpipe", ""}, {"3", "0", "gpipe", ""}, {"3", "0", "1f1b", ""},
 		{"4", "2", "gpipe", ""}, // 2 replicas per stage, reduced in microbatch order
@@ -124,15 +139,10 @@ func TestUpZBVMatchesTrain(t *testing.T) {
 	}
 	corpus := upCorpus(t)
 	// Four layers: the V over two workers has four stages.
-	model := []string{"--steps", "3", "--seed", "3", "--layers", "4", "--dim", "16", "--heads", "2", "--ctx", "16",
-		"--microbatches", "4", "--microbatch-size", "2", "--corpus", corpus, "--json"}
+	model := tinyModel(corpus, 3, 4, 4)
 	dir := t.TempDir()
-	out, errOut, code := runCLI(t, dir, append([]string{"train", "--out", filepath.Join(dir, "train")}, model...)...)
-	if code != 0 {
-		t.Fatalf("train exited %d: %s", code, errOut)
-	}
-	want := jsonLosses(t, out)
-	out, errOut, code = runCLI(t, dir, append([]string{"up", "--workers", "2", "--schedule", "zb-v", "--ttl", "2",
+	want := trainLosses(t, dir, model)
+	out, errOut, code := runCLI(t, dir, append([]string{"up", "--workers", "2", "--schedule", "zb-v", "--ttl", "2",
 		"--out", filepath.Join(dir, "up")}, model...)...)
 	if code != 0 {
 		t.Fatalf("up exited %d: %s", code, errOut)
@@ -195,14 +205,9 @@ func TestUpResumeSkipsCorruptCheckpoint(t *testing.T) {
 		t.Skip("starts worker processes")
 	}
 	corpus := upCorpus(t)
-	model := []string{"--steps", "8", "--seed", "3", "--layers", "2", "--dim", "16", "--heads", "2", "--ctx", "16",
-		"--microbatches", "2", "--microbatch-size", "2", "--corpus", corpus, "--json"}
+	model := tinyModel(corpus, 8, 2, 2)
 	dir := t.TempDir()
-	out, errOut, code := runCLI(t, dir, append([]string{"train", "--out", filepath.Join(dir, "train")}, model...)...)
-	if code != 0 {
-		t.Fatalf("train exited %d: %s", code, errOut)
-	}
-	want := jsonLosses(t, out)
+	want := trainLosses(t, dir, model)
 	runDir := filepath.Join(dir, "up")
 	up := append([]string{"up", "--workers", "2", "--ttl", "2", "--out", runDir, "--job", "resume", "--checkpoint-every", "2"}, model...)
 	t.Setenv(failpoint.EnvVar, failpoint.CheckpointWrite+"=6")
