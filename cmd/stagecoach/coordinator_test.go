@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"os"
 	"os/exec"
@@ -10,8 +9,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"stagecoach/internal/etcdx"
 )
 
 // TestCoordinatorLogsAndExitsCleanly runs `stagecoach coordinator` with
@@ -24,16 +21,8 @@ func TestCoordinatorLogsAndExitsCleanly(t *testing.T) {
 		t.Skip("starts worker processes")
 	}
 	dir := t.TempDir()
-	e, err := etcdx.StartEmbedded(context.Background(), etcdx.EmbedConfig{Dir: filepath.Join(dir, "etcd")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
-	ep := strings.Join(e.Endpoints(), ",")
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, ep := testEtcd(t, dir)
+	exe := selfExe(t)
 	corpus := upCorpus(t)
 	for _, job := range []string{"done", "stopped"} {
 		for _, name := range []string{"w0", "w1"} {

@@ -2,14 +2,18 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+
+	"stagecoach/internal/etcdx"
 )
 
 // TestMain lets tests run the real binary: the test executable re-executes
@@ -23,20 +27,39 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// runCLI runs the binary with args in dir and returns stdout, stderr and
-// the exit status.
-func runCLI(t *testing.T, dir string, args ...string) (string, string, int) {
+// testEtcd starts an embedded etcd with its data under dir/etcd, closed
+// when the test ends, and returns it with its endpoints joined for --etcd.
+func testEtcd(t *testing.T, dir string) (*etcdx.Embedded, string) {
+	t.Helper()
+	e, err := etcdx.StartEmbedded(context.Background(), etcdx.EmbedConfig{Dir: filepath.Join(dir, "etcd")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	return e, strings.Join(e.Endpoints(), ",")
+}
+
+// selfExe is this test binary, which runs as stagecoach when
+// STAGECOACH_TEST_MAIN=1.
+func selfExe(t *testing.T) string {
 	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(exe, args...)
+	return exe
+}
+
+// runCLI runs the binary with args in dir and returns stdout, stderr and
+// the exit status.
+func runCLI(t *testing.T, dir string, args ...string) (string, string, int) {
+	t.Helper()
+	cmd := exec.Command(selfExe(t), args...)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "STAGECOACH_TEST_MAIN=1")
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
-	err = cmd.Run()
+	err := cmd.Run()
 	code := 0
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"net/http"
 	"os"
@@ -13,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"stagecoach/internal/etcdx"
 	"stagecoach/internal/metrics/metricstest"
 )
 
@@ -58,16 +56,8 @@ func TestWorkerMetricsAndJSONLogsAfterTraining(t *testing.T) {
 		t.Skip("starts worker and coordinator processes")
 	}
 	dir := t.TempDir()
-	e, err := etcdx.StartEmbedded(context.Background(), etcdx.EmbedConfig{Dir: filepath.Join(dir, "etcd")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
-	ep := strings.Join(e.Endpoints(), ",")
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, ep := testEtcd(t, dir)
+	exe := selfExe(t)
 	type proc struct {
 		cmd  *exec.Cmd
 		log  string

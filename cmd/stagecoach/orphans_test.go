@@ -154,20 +154,13 @@ func TestWorkerExitsWithItsParent(t *testing.T) {
 		t.Skip("starts worker processes")
 	}
 	dir := t.TempDir()
-	e, err := etcdx.StartEmbedded(context.Background(), etcdx.EmbedConfig{Dir: filepath.Join(dir, "etcd")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
+	e, ep := testEtcd(t, dir)
+	exe := selfExe(t)
 	log := filepath.Join(dir, "w0.log")
 	// The shell starts the worker in the background, names it its parent
 	// and waits: killing the shell orphans the worker.
 	sh := exec.Command("sh", "-c", `"$0" worker --etcd "$1" --job orphan --name w0 --ttl 2 --data-dir "$2" --parent-pid $$ >"$3" 2>&1 & echo $!; wait`,
-		exe, strings.Join(e.Endpoints(), ","), filepath.Join(dir, "w0"), log)
+		exe, ep, filepath.Join(dir, "w0"), log)
 	sh.Env = append(os.Environ(), "STAGECOACH_TEST_MAIN=1")
 	stdout, err := sh.StdoutPipe()
 	if err != nil {
@@ -221,22 +214,15 @@ func TestWorkerHonoursSIGTERMWithEtcdGone(t *testing.T) {
 		t.Skip("starts worker processes")
 	}
 	dir := t.TempDir()
-	e, err := etcdx.StartEmbedded(context.Background(), etcdx.EmbedConfig{Dir: filepath.Join(dir, "etcd")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
+	e, ep := testEtcd(t, dir)
+	exe := selfExe(t)
 	log := filepath.Join(dir, "w0.log")
 	f, err := os.Create(log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	w := exec.Command(exe, "worker", "--etcd", strings.Join(e.Endpoints(), ","), "--job", "term", "--name", "w0",
+	w := exec.Command(exe, "worker", "--etcd", ep, "--job", "term", "--name", "w0",
 		"--ttl", "2", "--rejoin-timeout", "10m", "--data-dir", filepath.Join(dir, "w0"))
 	w.Env = append(os.Environ(), "STAGECOACH_TEST_MAIN=1")
 	w.Stdout, w.Stderr = f, f
