@@ -57,6 +57,23 @@ func feed(windows [][]int32) func([]int32) error {
 	}
 }
 
+// stepBoth runs step n over the same windows (drawn from seed) on the
+// driven workers and on the single-process trainer, microbatches of
+// m x b sequences, and returns both results.
+func stepBoth(t *testing.T, ctx context.Context, d *workertest.Driver, ref *model.Trainer, seed uint64, n, m, b int) (*workertest.Result, model.StepResult) {
+	t.Helper()
+	w := stepWindows(seed, n, m, b, ref.Cfg.Model.Ctx, ref.Pipe.Cfg.Vocab)
+	got, err := d.Iterate(ctx, int64(n), w)
+	if err != nil {
+		t.Fatalf("step %d: %v", n, err)
+	}
+	want, err := ref.TrainStep(feed(w))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got, want
+}
+
 type setup struct {
 	schedule                    string
 	stages, replicas, mbs, size int
@@ -100,15 +117,7 @@ func distributed(t *testing.T, su setup, steps int, check func(step int, got *wo
 		t.Fatal(err)
 	}
 	for step := 1; step <= steps; step++ {
-		w := stepWindows(11, step, su.mbs, su.size, cfg.Model.Ctx, ref.Pipe.Cfg.Vocab)
-		got, err := d.Iterate(ctx, int64(step), w)
-		if err != nil {
-			t.Fatalf("step %d: %v", step, err)
-		}
-		want, err := ref.TrainStep(feed(w))
-		if err != nil {
-			t.Fatal(err)
-		}
+		got, want := stepBoth(t, ctx, d, ref, 11, step, su.mbs, su.size)
 		check(step, got, want)
 	}
 	return c, d, ref

@@ -82,15 +82,7 @@ func TestFenceFollowsElection(t *testing.T) {
 	}
 	step := func(n int) {
 		t.Helper()
-		w := stepWindows(5, n, cfg.Microbatches, cfg.MicrobatchSize, cfg.Model.Ctx, ref.Pipe.Cfg.Vocab)
-		got, err := d.Iterate(ctx, int64(n), w)
-		if err != nil {
-			t.Fatalf("step %d: %v", n, err)
-		}
-		want, err := ref.TrainStep(feed(w))
-		if err != nil {
-			t.Fatal(err)
-		}
+		got, want := stepBoth(t, ctx, d, ref, 5, n, cfg.Microbatches, cfg.MicrobatchSize)
 		if math.Float64bits(got.Loss) != math.Float64bits(want.Loss) {
 			t.Fatalf("step %d: loss %v, trainer %v", n, got.Loss, want.Loss)
 		}

@@ -190,15 +190,7 @@ func TestPipelineOverMutualTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	for step := 1; step <= 2; step++ {
-		w := stepWindows(11, step, cfg.Microbatches, cfg.MicrobatchSize, cfg.Model.Ctx, ref.Pipe.Cfg.Vocab)
-		got, err := d.Iterate(ctx, int64(step), w)
-		if err != nil {
-			t.Fatalf("step %d: %v", step, err)
-		}
-		want, err := ref.TrainStep(feed(w))
-		if err != nil {
-			t.Fatal(err)
-		}
+		got, want := stepBoth(t, ctx, d, ref, 11, step, cfg.Microbatches, cfg.MicrobatchSize)
 		if math.Float64bits(got.Loss) != math.Float64bits(want.Loss) || math.Float64bits(got.GradNorm) != math.Float64bits(want.GradNorm) {
 			t.Errorf("step %d: loss %v norm %v, trainer %v %v", step, got.Loss, got.GradNorm, want.Loss, want.GradNorm)
 		}
