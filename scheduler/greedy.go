@@ -64,8 +64,7 @@ type greedyConfig struct {
 func greedySchedule(c greedyConfig) ([][]Action, int64, error) {
 	p, v, m := c.p, c.v, c.m
 	ns := p * v
-	fDone := make([]bool, m*ns)
-	bDone := make([]bool, m*ns)
+	prog := newLSProgress(m, ns)
 	type rstate struct {
 		fNext, bNext []int // per chunk: next microbatch to run
 		wq           []Action
@@ -92,19 +91,14 @@ func greedySchedule(c greedyConfig) ([][]Action, int64, error) {
 		if mb >= m {
 			return false
 		}
-		s := stageOf(r, chunk)
-		return s == 0 || fDone[mb*ns+s-1]
+		return prog.forwardReady(mb, stageOf(r, chunk))
 	}
 	bReady := func(r, chunk int) bool {
 		mb := st[r].bNext[chunk]
 		if mb >= m {
 			return false
 		}
-		s := stageOf(r, chunk)
-		if s == ns-1 {
-			return fDone[mb*ns+s]
-		}
-		return bDone[mb*ns+s+1]
+		return prog.backwardReady(mb, stageOf(r, chunk))
 	}
 	fAllowed := func(r, chunk int) bool {
 		capacity := 0
@@ -197,20 +191,7 @@ func greedySchedule(c greedyConfig) ([][]Action, int64, error) {
 	}
 	finishHalf := func(r int, a Action) {
 		s := &st[r]
-		cell := a.Microbatch*ns + stageOf(r, a.Stage)
-		switch a.Kind {
-		case Forward:
-			fDone[cell] = true
-			s.inflight++
-		case Backward:
-			bDone[cell] = true
-			s.inflight--
-		case BackwardInput:
-			bDone[cell] = true
-			s.wq = append(s.wq, W(a.Microbatch, a.Stage))
-		case BackwardWeight:
-			s.inflight--
-		}
+		prog.finish(a, stageOf(r, a.Stage), &s.inflight, &s.wq)
 	}
 	for r := range p {
 		start(r)

@@ -130,6 +130,52 @@ func zbH2Orders(p, m int) ([][]Action, error) {
 // List scheduling: run per-rank queues of actions at unit costs, letting a
 // policy pick what an idle rank does next, and record the order.
 
+// lsProgress is what a list schedule knows of the work done so far: which
+// forwards and backwards (B or I) have finished, by (microbatch, stage)
+// cell, for ns stages in model order. listSchedule and greedySchedule
+// share it, so both define readiness alike.
+type lsProgress struct {
+	ns           int
+	fDone, bDone []bool
+}
+
+func newLSProgress(m, ns int) *lsProgress {
+	return &lsProgress{ns: ns, fDone: make([]bool, m*ns), bDone: make([]bool, m*ns)}
+}
+
+// forwardReady: the forward of microbatch mb on stage s has its input.
+func (p *lsProgress) forwardReady(mb, s int) bool {
+	return s == 0 || p.fDone[mb*p.ns+s-1]
+}
+
+// backwardReady: the backward of mb on stage s has its output gradient
+// (on the last stage, its own forward's output).
+func (p *lsProgress) backwardReady(mb, s int) bool {
+	if s == p.ns-1 {
+		return p.fDone[mb*p.ns+s]
+	}
+	return p.bDone[mb*p.ns+s+1]
+}
+
+// finish records a (F, B, I or W) finished on stage s by a rank holding
+// inflight activations and the weight gradients wq still to run.
+func (p *lsProgress) finish(a Action, s int, inflight *int, wq *[]Action) {
+	cell := a.Microbatch*p.ns + s
+	switch a.Kind {
+	case Forward:
+		p.fDone[cell] = true
+		*inflight++
+	case Backward:
+		p.bDone[cell] = true
+		*inflight--
+	case BackwardInput:
+		p.bDone[cell] = true
+		*wq = append(*wq, W(a.Microbatch, a.Stage))
+	case BackwardWeight:
+		*inflight--
+	}
+}
+
 // lsChoice is what an idle rank decides to do.
 type lsChoice uint8
 
@@ -196,8 +242,7 @@ func listSchedule(p, v int, ranks []lsRank, split bool, fCost, bCost, wCost int6
 	if len(ranks) > 0 {
 		m = len(ranks[0].fwd) / v
 	}
-	fDone := make([]bool, m*ns)
-	bDone := make([]bool, m*ns)
+	prog := newLSProgress(m, ns)
 	out := make([][]Action, p)
 	type rstate struct {
 		fi, bi   int
@@ -209,14 +254,10 @@ func listSchedule(p, v int, ranks []lsRank, split bool, fCost, bCost, wCost int6
 	st := make([]rstate, p)
 	stageOf := func(r int, a Action) int { return a.Stage*p + r }
 	ready := func(r int, a Action) bool {
-		s := stageOf(r, a)
 		if a.Kind == Forward {
-			return s == 0 || fDone[a.Microbatch*ns+s-1]
+			return prog.forwardReady(a.Microbatch, stageOf(r, a))
 		}
-		if s == ns-1 {
-			return fDone[a.Microbatch*ns+s]
-		}
-		return bDone[a.Microbatch*ns+s+1]
+		return prog.backwardReady(a.Microbatch, stageOf(r, a))
 	}
 	remaining := 0
 	for r := range ranks {
@@ -279,21 +320,7 @@ func listSchedule(p, v int, ranks []lsRank, split bool, fCost, bCost, wCost int6
 			s := &st[r]
 			s.busy = false
 			remaining--
-			a := s.cur
-			cell := a.Microbatch*ns + stageOf(r, a)
-			switch a.Kind {
-			case Forward:
-				fDone[cell] = true
-				s.inflight++
-			case Backward:
-				bDone[cell] = true
-				s.inflight--
-			case BackwardInput:
-				bDone[cell] = true
-				s.wq = append(s.wq, W(a.Microbatch, a.Stage))
-			case BackwardWeight:
-				s.inflight--
-			}
+			prog.finish(s.cur, stageOf(r, s.cur), &s.inflight, &s.wq)
 		}
 		for r := range p {
 			start(r)
