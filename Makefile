@@ -18,7 +18,7 @@ tools:
 # Regenerate the gRPC code (needs protoc: apt-get install protobuf-compiler).
 proto:
 	PATH="$(GOBIN):$$PATH" protoc --go_out=. --go_opt=paths=source_relative \
-		--go-grpc_out=. --go-grpc_opt=paths=source_relative proto/stagecoach.proto
+		--go-grpc_out=. --go-grpc_opt=paths=source_relative proto/stagecoach.proto proto/compute/compute.proto
 
 # Build the stagecoach:dev container image (FROM scratch, no pulls).
 image:

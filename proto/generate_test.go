@@ -9,7 +9,7 @@ import (
 )
 
 // TestGeneratedCodeIsFresh regenerates the Go code from stagecoach.proto
-// into a temporary directory and compares it with the committed files.
+// and compute/compute.proto into a temporary directory and compares it with the committed files.
 // Without protoc it skips, unless STAGECOACH_REQUIRE_PROTOC=1 (CI sets it).
 func TestGeneratedCodeIsFresh(t *testing.T) {
 	gobin := filepath.Join(goPath(t), "bin")
@@ -24,13 +24,13 @@ func TestGeneratedCodeIsFresh(t *testing.T) {
 	}
 	out := t.TempDir()
 	cmd := exec.Command("protoc", "--go_out="+out, "--go_opt=paths=source_relative",
-		"--go-grpc_out="+out, "--go-grpc_opt=paths=source_relative", "proto/stagecoach.proto")
+		"--go-grpc_out="+out, "--go-grpc_opt=paths=source_relative", "proto/stagecoach.proto", "proto/compute/compute.proto")
 	cmd.Dir = ".."
 	cmd.Env = append(os.Environ(), "PATH="+path)
 	if msg, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("protoc: %v\n%s", err, msg)
 	}
-	for _, f := range []string{"stagecoach.pb.go", "stagecoach_grpc.pb.go"} {
+	for _, f := range []string{"stagecoach.pb.go", "stagecoach_grpc.pb.go", "compute/compute.pb.go", "compute/compute_grpc.pb.go"} {
 		want, err := os.ReadFile(filepath.Join(out, "proto", f))
 		if err != nil {
 			t.Fatal(err)
