@@ -127,12 +127,7 @@ extensions, e.g. skippipe). Clusters: --preset homogeneous|skippipe-geo or
 	fs.IntVar(&f.memory, "memory", 0, "activation memory per worker in microbatches (0: unbounded); a shorthand for --memory-gib")
 	fs.Float64Var(&f.memoryGiB, "memory-gib", 0, "device memory of every node in GiB, overriding the cluster's memory_gib (0: the cluster's, or unbounded)")
 	fs.StringVar(&f.memoryPlot, "memory-plot", "", "write each worker's memory over time (.png or .svg); with several schedules, one file each")
-	fs.IntVar(&f.model.Dim, "dim", 0, "model width, for memory in bytes (0: the cluster's model, else 128)")
-	fs.IntVar(&f.model.Heads, "heads", 0, "attention heads (0: the cluster's model, else 4)")
-	fs.IntVar(&f.model.Ctx, "ctx", 0, "context length in tokens (0: the cluster's model, else 64)")
-	fs.IntVar(&f.model.Vocab, "vocab", 0, "vocabulary size (0: the cluster's model, else 256)")
-	fs.IntVar(&f.model.Hidden, "hidden", 0, "MLP width (0: the cluster's model, else 4 x dim)")
-	fs.StringVar(&f.model.Optimizer, "optimizer", "", "optimizer whose state is counted: adamw, lamb (2 moments) or sgd (none) (default: the cluster's model, else adamw)")
+	registerModelMemoryFlags(fs, &f.model, "the cluster's model, else ")
 	fs.StringVar(&f.preset, "preset", "homogeneous", "built-in cluster: "+strings.Join(sim.PresetNames(), ", "))
 	fs.StringVar(&f.clusterFile, "cluster", "", "cluster cost model YAML (overrides --preset)")
 	fs.StringVar(&f.planFile, "plan", "", "simulate this plan JSON instead of generating schedules")
@@ -249,11 +244,34 @@ func applyMemoryFlags(c *sim.Cluster, f *simFlags) error {
 	if c.Model != nil {
 		m = *c.Model
 	}
+	if err := overrideModelMemory(&m, f.model); err != nil {
+		return err
+	}
+	c.Model = &m
+	if err := c.Validate(); err != nil {
+		return badInput("%v", err)
+	}
+	return nil
+}
+
+// registerModelMemoryFlags adds the model shape and optimizer flags that
+// size memory in bytes; a zero value leaves the field to deflt's source.
+func registerModelMemoryFlags(fs *pflag.FlagSet, m *sim.ModelMemory, deflt string) {
+	fs.IntVar(&m.Dim, "dim", 0, "model width, for memory in bytes (0: "+deflt+"128)")
+	fs.IntVar(&m.Heads, "heads", 0, "attention heads (0: "+deflt+"4)")
+	fs.IntVar(&m.Ctx, "ctx", 0, "context length in tokens (0: "+deflt+"64)")
+	fs.IntVar(&m.Vocab, "vocab", 0, "vocabulary size (0: "+deflt+"256)")
+	fs.IntVar(&m.Hidden, "hidden", 0, "MLP width (0: "+deflt+"4 x dim)")
+	fs.StringVar(&m.Optimizer, "optimizer", "", "optimizer whose state is counted: adamw, lamb (2 moments) or sgd (none) (default: "+deflt+"adamw)")
+}
+
+// overrideModelMemory sets in m every field the flags set.
+func overrideModelMemory(m *sim.ModelMemory, flags sim.ModelMemory) error {
 	for _, v := range []struct {
 		flag string
 		n    int
 		dst  *int
-	}{{"dim", f.model.Dim, &m.Dim}, {"heads", f.model.Heads, &m.Heads}, {"ctx", f.model.Ctx, &m.Ctx}, {"vocab", f.model.Vocab, &m.Vocab}, {"hidden", f.model.Hidden, &m.Hidden}} {
+	}{{"dim", flags.Dim, &m.Dim}, {"heads", flags.Heads, &m.Heads}, {"ctx", flags.Ctx, &m.Ctx}, {"vocab", flags.Vocab, &m.Vocab}, {"hidden", flags.Hidden, &m.Hidden}} {
 		if v.n < 0 {
 			return badInput("--%s is %d, want >= 0", v.flag, v.n)
 		}
@@ -261,12 +279,11 @@ func applyMemoryFlags(c *sim.Cluster, f *simFlags) error {
 			*v.dst = v.n
 		}
 	}
-	if f.model.Optimizer != "" {
-		m.Optimizer = f.model.Optimizer
-	}
-	c.Model = &m
-	if err := c.Validate(); err != nil {
-		return badInput("%v", err)
+	if flags.Optimizer != "" {
+		if _, err := sim.OptimizerStates(flags.Optimizer); err != nil {
+			return badInput("--optimizer: %v", err)
+		}
+		m.Optimizer = flags.Optimizer
 	}
 	return nil
 }
