@@ -18,3 +18,12 @@ var hasAVX2 = cpu.X86.HasAVX2 && cpu.X86.HasFMA && os.Getenv("STAGECOACH_GEMM") 
 //
 //go:noescape
 func expSubAVX2(x *float32, n int, sub float32)
+
+// geluForwardAVX2 and geluBackwardAVX2 are GELUForward and GELUBackward
+// for n elements, n a positive multiple of 8.
+//
+//go:noescape
+func geluForwardAVX2(u, a, th *float32, n int)
+
+//go:noescape
+func geluBackwardAVX2(u, th, da *float32, n int)

@@ -5,3 +5,7 @@ package vecf32
 const hasAVX2 = false
 
 func expSubAVX2(x *float32, n int, sub float32) { panic("vecf32: no AVX2 kernel here") }
+
+func geluForwardAVX2(u, a, th *float32, n int) { panic("vecf32: no AVX2 kernel here") }
+
+func geluBackwardAVX2(u, th, da *float32, n int) { panic("vecf32: no AVX2 kernel here") }
