@@ -11,7 +11,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-
 	"stagecoach/internal/etcdx"
 	"stagecoach/internal/liveness"
 	"stagecoach/internal/metrics"
