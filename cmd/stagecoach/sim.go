@@ -638,7 +638,7 @@ func runSweep(env *simEnv, f *simFlags) error {
 	}
 	defer fh.Close()
 	cw := csv.NewWriter(fh)
-	_ = cw.Write([]string{"schedule", "stages", "microbatches", "iteration_time_s", "bubble_fraction", "bubble_over_ideal", "span_s", "peak_activations"})
+	_ = cw.Write([]string{"schedule", "stages", "microbatches", "iteration_time_s", "bubble_fraction", "bubble_over_ideal", "span_s", "peak_activations", "peak_bytes"})
 	bar := newProgress(env.Stderr, len(env.Schedules)*len(stages)*len(mbs), "sweeping", f.progress)
 	var series []sim.Series
 	var skipped []string
@@ -658,7 +658,7 @@ func runSweep(env *simEnv, f *simFlags) error {
 				}
 				bar.Add(1)
 				if j.Infeasible != "" {
-					_ = cw.Write([]string{name, strconv.Itoa(p), strconv.Itoa(m), "infeasible", "", "", "", ""})
+					_ = cw.Write([]string{name, strconv.Itoa(p), strconv.Itoa(m), "infeasible", "", "", "", "", ""})
 					skipped = append(skipped, fmt.Sprintf("%s p=%d m=%d", name, p, m))
 					continue
 				}
@@ -667,11 +667,11 @@ func runSweep(env *simEnv, f *simFlags) error {
 					return badInput("schedule %s p=%d m=%d: %v", name, p, m, err)
 				}
 				if r.Infeasible != "" {
-					_ = cw.Write([]string{name, strconv.Itoa(p), strconv.Itoa(m), "infeasible", "", "", "", ""})
+					_ = cw.Write([]string{name, strconv.Itoa(p), strconv.Itoa(m), "infeasible", "", "", "", "", fmtF(r.PeakBytes)})
 					skipped = append(skipped, fmt.Sprintf("%s p=%d m=%d", name, p, m))
 					continue
 				}
-				_ = cw.Write([]string{name, strconv.Itoa(p), strconv.Itoa(m), fmtF(r.IterationTimeS), fmtF(r.BubbleFraction), fmtF(r.BubbleOverIdeal), fmtF(r.SpanS), strconv.Itoa(r.PeakActivations)})
+				_ = cw.Write([]string{name, strconv.Itoa(p), strconv.Itoa(m), fmtF(r.IterationTimeS), fmtF(r.BubbleFraction), fmtF(r.BubbleOverIdeal), fmtF(r.SpanS), strconv.Itoa(r.PeakActivations), fmtF(r.PeakBytes)})
 				s.X = append(s.X, float64(m))
 				s.Y = append(s.Y, r.BubbleFraction)
 			}

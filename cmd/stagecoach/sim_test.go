@@ -306,3 +306,32 @@ func TestSimMemoryCapacityInBytes(t *testing.T) {
 		t.Errorf("--optimizer adam: exit %d, stderr %q", code, errOut)
 	}
 }
+
+// The sweep's CSV carries each point's peak bytes; a point over the
+// node's memory is an infeasible row that still says what it would need.
+func TestSimSweepPeakBytes(t *testing.T) {
+	dir := t.TempDir()
+	_, errOut, code := runCLI(t, dir, "sim", "--sweep", "--schedule", "gpipe,1f1b", "--sweep-stages", "2", "--sweep-microbatches", "2,8", "--out", dir, "--memory-gib", "0.008")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	data, err := os.ReadFile(filepath.Join(dir, "sweep.csv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Default model, one block per stage, 655,360 bytes per microbatch:
+	// stage 0 holds 3,805,184 bytes of parameters, gradients and moments
+	// (1F1B's peak with two microbatches), the last stage 3,676,160 and
+	// 131,072 of logits while a loss runs (GPipe's peak).
+	want := "schedule,stages,microbatches,iteration_time_s,bubble_fraction,bubble_over_ideal,span_s,peak_activations,peak_bytes\n" +
+		"gpipe,2,2,9,0.3333333333,0.5,9,2,5117952\n" +
+		"gpipe,2,8,infeasible,,,,,9050112\n" +
+		"1f1b,2,2,9,0.3333333333,0.5,9,2,5115904\n" +
+		"1f1b,2,8,27,0.1111111111,0.125,27,2,5115904\n"
+	if string(data) != want {
+		t.Errorf("sweep.csv:\n%s\nwant:\n%s", data, want)
+	}
+	if !strings.Contains(errOut, "infeasible under the memory limits (left out of the plot): gpipe p=2 m=8") {
+		t.Errorf("stderr %q", errOut)
+	}
+}
