@@ -85,8 +85,10 @@ type Result struct {
 	Layers     int `json:"layers"`
 	Iterations int `json:"iterations"`
 	// Infeasible, when set, says why the schedule cannot run under the
-	// given limits (its plan breaks the memory bound): no figure below
-	// it is meaningful.
+	// given limits: its plan breaks the microbatch-count memory bound
+	// (set by callers; no figure below is meaningful), or Run found a
+	// worker needing more bytes than its node has (the figures are what
+	// it would take with enough memory).
 	Infeasible     string  `json:"infeasible,omitempty"`
 	IterationTimeS float64 `json:"iteration_time_s"`
 	// PlanTimeS is how long building the plan took (set by callers).
