@@ -218,6 +218,9 @@ func runSim(cmd *cobra.Command, f *simFlags) error {
 	if err != nil {
 		return err
 	}
+	if err := balanceJobs(env, jobs); err != nil {
+		return err
+	}
 	results, err := runSimJobs(env, jobs)
 	if err != nil {
 		return err
