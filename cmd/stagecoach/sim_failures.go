@@ -248,4 +248,3 @@ func writeFailurePlot(path string, runs []*failures.Outcome, marks []float64) er
 	return sim.LinePlot{Title: "throughput through failures (dashed: failures)", XLabel: "hours", YLabel: "committed samples per second",
 		Series: series, Marks: marks}.Write(path)
 }
-

@@ -93,7 +93,10 @@ func TestCrashRestoreReplayRejoin(t *testing.T) {
 func TestPause(t *testing.T) {
 	job := gpipeJob(t, 0)
 	job.Iterations = 6
-	it := func() float64 { o, _ := Run(Job{Name: "p", Planner: job.Planner, Cluster: job.Cluster, Nodes: job.Nodes, Iterations: 1, Costs: job.Costs}, nil); return o.FailureFreeS }()
+	it := func() float64 {
+		o, _ := Run(Job{Name: "p", Planner: job.Planner, Cluster: job.Cluster, Nodes: job.Nodes, Iterations: 1, Costs: job.Costs}, nil)
+		return o.FailureFreeS
+	}()
 	short := &Trace{Events: []Event{{At: Duration(time.Duration(it/2*1e9) * time.Nanosecond), Node: "a", Kind: Pause, For: Duration(2 * time.Second)}}}
 	out, err := Run(job, short)
 	if err != nil {
