@@ -22,7 +22,7 @@ import (
 )
 
 // job is what Configure builds: the plan, this worker's place in it and
-// the shards it holds. Only the control goroutine touches it after
+// the stages it holds. Only the control goroutine touches it after
 // publication, except the read-only plan lookups used by receive
 // goroutines.
 type job struct {
@@ -54,7 +54,7 @@ type stage struct {
 	grads    int
 	replicas []int // workers holding the stage, replica order
 	// visits is the number of microbatches whose path visits the stage,
-	// over all replicas: the divisor of the gradient (see model.Shard's
+	// over all replicas: the divisor of the gradient (see the model's
 	// exactness contract); local counts those visiting it here.
 	visits, local int
 	reduced       bool // gradients finished this iteration
@@ -224,7 +224,7 @@ func (s *Server) configure(ctx context.Context, req *pb.ConfigureRequest) (*pb.C
 	fresh, reuse := false, old
 	if req.GetFresh() {
 		// A recovery rolling back to the start: nothing trained survives,
-		// so the shards are rebuilt from the seed exactly as a new job's.
+		// so the stages are rebuilt from the seed exactly as a new job's.
 		fresh, reuse = true, nil
 	}
 	// loaded are the stages this Configure loads: closed again if it

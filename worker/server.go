@@ -27,7 +27,7 @@ import (
 // the leader coordinator) and the Peer service (for other workers).
 //
 // Control RPCs (Configure, RunIteration, Step, checkpoints) run one at a
-// time: they own the model shards. RunIteration executes the worker's
+// time: they own the stages. RunIteration executes the worker's
 // program from the RPC's own goroutine, the single owner of the
 // scheduler.Machine; receive goroutines only hand tensors over through the
 // mailbox.
