@@ -36,6 +36,8 @@ type recordingBackend struct {
 	mu    sync.Mutex
 	calls map[string]int
 	fail  func(op string, spec compute.ShardSpec, mb int) error
+	// mangle, when set, changes what stages describe.
+	mangle func(d *compute.Description)
 }
 
 func newRecording(name string) *recordingBackend {
@@ -83,6 +85,9 @@ func (s *recordingStage) Describe() compute.Description {
 	d := s.Stage.Describe()
 	d.Backend = s.b.name
 	d.Caps.SplitBackward = s.b.split
+	if s.b.mangle != nil {
+		s.b.mangle(&d)
+	}
 	return d
 }
 
@@ -362,4 +367,41 @@ func TestBackendFailureFailsTheIteration(t *testing.T) {
 		t.Fatalf("status after a successful iteration: %v", err)
 	}
 	healthIs(healthpb.HealthCheckResponse_SERVING)
+}
+
+// TestImpossibleDescriptionIsABackendFailure: a backend describing a
+// stage the model cannot have (hidden states of another width, more
+// parameters than the model) fails the Configure as a backend failure,
+// before the worker sizes anything by it.
+func TestImpossibleDescriptionIsABackendFailure(t *testing.T) {
+	plan, err := scheduler.Generate("gpipe", scheduler.Spec{Stages: 1, Replicas: 1, Microbatches: 1, Layers: 2, Samples: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := trainConfig(2, 1, 1)
+	mj, _ := json.Marshal(cfg)
+	var pj bytes.Buffer
+	if err := scheduler.Encode(&pj, plan); err != nil {
+		t.Fatal(err)
+	}
+	for name, mangle := range map[string]func(d *compute.Description){
+		"width":  func(d *compute.Description) { d.Width++ },
+		"huge":   func(d *compute.Description) { d.Params[0].Shape = []int{1 << 40, 1 << 40} },
+		"excess": func(d *compute.Description) { d.Params = append(d.Params, d.Params...) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			b := newRecording("rec0")
+			b.mangle = mangle
+			c := workertest.Start(t, 1, testJob, func(_ int, wc *worker.Config) { wc.Backend = b })
+			cl := workertest.Dial(t, c.Addrs)[0]
+			_, err := cl.Configure(context.Background(), &pb.ConfigureRequest{Fence: &pb.Fence{Job: testJob, LeaderRev: 7, Epoch: 1},
+				PlanJson: pj.Bytes(), Peers: c.Addrs, ModelJson: mj})
+			if status.Code(err) != codes.Aborted || !strings.Contains(err.Error(), "backend rec0") {
+				t.Fatalf("configure with an impossible description: %v, want Aborted naming the backend", err)
+			}
+			if n := b.count("Close"); n != 1 {
+				t.Errorf("the refused stage was closed %d times, want once", n)
+			}
+		})
+	}
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"path"
 	"sort"
 
@@ -372,24 +371,26 @@ func (j *job) holds(cs compute.Stage) bool {
 }
 
 // checkDescription checks what a backend says of a stage it loaded
-// against the model: hidden states as wide as the model's, parameters
-// with non-negative shapes whose sizes add up without overflow. Anything
-// else is an impossible answer, a failure of the backend.
+// against the model: hidden states as wide as the model's, and no more
+// parameter elements than the whole model has (the worker allocates
+// gradient buffers of that size). Anything else is an impossible answer,
+// a failure of the backend.
 func checkDescription(d compute.Description, cfg model.Config) error {
 	if d.Width != cfg.Dim {
 		return fmt.Errorf("%w: stage width %d, the model's is %d", compute.ErrBackend, d.Width, cfg.Dim)
 	}
-	total := 0
+	limit := model.NumParams(cfg)
+	var total int64
 	for _, p := range d.Params {
-		n := 1
+		n := int64(1)
 		for _, dim := range p.Shape {
-			if dim < 0 || (dim > 0 && n > math.MaxInt32/dim) {
-				return fmt.Errorf("%w: parameter %q has shape %v", compute.ErrBackend, p.Name, p.Shape)
+			if dim < 0 || (dim > 0 && n > limit/int64(dim)) {
+				return fmt.Errorf("%w: parameter %q has shape %v, the model has %d parameters", compute.ErrBackend, p.Name, p.Shape, limit)
 			}
-			n *= dim
+			n *= int64(dim)
 		}
-		if total += n; total > math.MaxInt32 {
-			return fmt.Errorf("%w: parameters of more than %d elements", compute.ErrBackend, math.MaxInt32)
+		if total += n; total > limit {
+			return fmt.Errorf("%w: the stage's parameters have more than the model's %d elements", compute.ErrBackend, limit)
 		}
 	}
 	return nil
