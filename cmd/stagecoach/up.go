@@ -28,7 +28,7 @@ func init() { rootCmd.AddCommand(newUpCmd()) }
 func newUpCmd() *cobra.Command {
 	var j jobFlags
 	var emu emulationFlags
-	var resume bool
+	var resume, force bool
 	var tlsDir string
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -64,6 +64,17 @@ should it die (kill -9), and each watches for its parent's exit too.`,
 			if err != nil {
 				return err
 			}
+			if resume && force {
+				return badInput("--resume continues the run in --out and --force clears it: give one")
+			}
+			if resume && j.initFrom == "" {
+				// The job's commits run from its initial checkpoint's
+				// step: resuming it needs that checkpoint again.
+				if st, err := readUpState(j.out); err == nil && st.InitFrom != "" {
+					j.initFrom, j.initWeightsOnly = st.InitFrom, st.InitWeightsOnly
+					slog.Info(fmt.Sprintf("resuming a job started from %s", st.InitFrom))
+				}
+			}
 			if j.metricsAddr != "" {
 				if err := checkMetricsAddr(j.metricsAddr); err != nil {
 					return err
@@ -96,6 +107,11 @@ should it die (kill -9), and each watches for its parent's exit too.`,
 			cfg, err := emu.config(&j, []string{"pending"})
 			if err != nil {
 				return err
+			}
+			if !resume {
+				if err := refuseOrClear(j.out, cfg.CheckpointDir, j.etcd == "", force); err != nil {
+					return err
+				}
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -146,7 +162,12 @@ should it die (kill -9), and each watches for its parent's exit too.`,
 			}
 			cfg.Endpoints = eps
 			// What `stagecoach status --out` needs to find this job.
-			st := upState{PID: os.Getpid(), Job: j.job, Endpoints: eps, Embedded: j.etcd == "", Started: time.Now().UTC()}
+			st := upState{PID: os.Getpid(), Job: j.job, Endpoints: eps, Embedded: j.etcd == "", Started: time.Now().UTC(), InitWeightsOnly: j.initWeightsOnly}
+			if j.initFrom != "" {
+				if st.InitFrom, err = filepath.Abs(j.initFrom); err != nil {
+					return err
+				}
+			}
 			if tlsDir != "" {
 				if st.TLSDir, err = filepath.Abs(tlsDir); err != nil {
 					return err
@@ -191,6 +212,7 @@ should it die (kill -9), and each watches for its parent's exit too.`,
 	f.StringVar(&j.out, "out", "run-up", "directory for etcd data, worker logs, plans, summary, trace, loss plot and checkpoints")
 	emu.register(f)
 	f.StringVar(&tlsDir, "tls-dir", "", "run every gRPC and etcd hop over mutual TLS with a demo CA and certificates generated into this directory")
+	f.BoolVar(&force, "force", false, "run even though --out holds an earlier run: remove its checkpoint step directories, etcd data and summary files first (nothing else)")
 	f.BoolVar(&resume, "resume", false, "keep --out's embedded etcd data and resume the job from its newest committed checkpoint (use the same --out, --job and model flags; --checkpoint-every makes the resume point recent)")
 	return cmd
 }
