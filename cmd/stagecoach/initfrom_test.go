@@ -94,6 +94,12 @@ func TestUpInitFromTrainContinues(t *testing.T) {
 		t.Errorf("--init-from with another model: exit %d, %s", code, errOut)
 	}
 
+	// Weights only needs the workers to load a checkpoint as step 0.
+	_, errOut, code = runCLI(t, dir, append(append([]string{}, up...), "--init-weights-only", "--out", filepath.Join(dir, "other"))...)
+	if code != 2 || !strings.Contains(errOut, "step 0") {
+		t.Errorf("--init-weights-only: exit %d, %s", code, errOut)
+	}
+
 	// A second run into the same --out is refused; --force clears the
 	// first run's step directories but not a file it does not know.
 	_, errOut, code = runCLI(t, dir, up...)
