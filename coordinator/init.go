@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"stagecoach/internal/atomicfile"
 	"stagecoach/model"
@@ -41,7 +42,7 @@ func (c *Config) checkInit() error {
 		return nil
 	}
 	if d := model.ConfigDiff(ck.Model, c.Train.Model); len(d) > 0 {
-		return fmt.Errorf("coordinator: the initial checkpoint %s holds another model than the job's (checkpoint≠job): %v", ck.Path, d)
+		return fmt.Errorf("coordinator: the initial checkpoint %s holds another model than the job's (checkpoint≠job): %s", ck.Path, strings.Join(d, ", "))
 	}
 	if c.InitWeightsOnly {
 		// The cut is loaded as the checkpoint of step 0 (fresh moments,

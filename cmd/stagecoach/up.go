@@ -54,7 +54,11 @@ may write only the job's keys, a worker only its own registration (see
 the coordinator serves Prometheus metrics on HOST:P and worker i on
 HOST:P+1+i; the workers log in the --log-format given to up. The workers
 never outlive up: stopped in order when it stops, killed by the kernel
-should it die (kill -9), and each watches for its parent's exit too.`,
+should it die (kill -9), and each watches for its parent's exit too.
+An --out holding an earlier run is refused: continue it with --resume,
+or clear its checkpoints with --force. --init-from starts the job from a
+checkpoint (a train run, an exported file or another job's step
+directory) instead of the seed; see docs/checkpoints.md.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if j.workers < 1 {
