@@ -547,6 +547,11 @@ func (c *Checkpoint) Export(path string, withOptim bool) error {
 	if err := atomicfile.Write(path, buf.Bytes(), atomicfile.Options{}); err != nil {
 		return err
 	}
+	// Readable by others, as Trainer.Save's files: an export is made to
+	// be carried.
+	if err := os.Chmod(path, 0o644); err != nil {
+		return err
+	}
 	return AddSum(path)
 }
 
@@ -576,7 +581,10 @@ func AddSum(path string) error {
 		return err
 	}
 	keep = append(keep, fmt.Sprintf("%x  %s", sum, name))
-	return atomicfile.Write(sums, []byte(strings.Join(keep, "\n")+"\n"), atomicfile.Options{})
+	if err := atomicfile.Write(sums, []byte(strings.Join(keep, "\n")+"\n"), atomicfile.Options{}); err != nil {
+		return err
+	}
+	return os.Chmod(sums, 0o644)
 }
 
 // stepManifest is the part of a job's manifest.json a reader of the

@@ -45,6 +45,9 @@ with its SHA-256, in the SHA256SUMS of its directory; 'eval',
 			if withOptim && !ck.Moments {
 				return badInput("--with-optimizer: %s holds no optimizer moments", ckpt)
 			}
+			if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+				return err
+			}
 			if err := ck.Export(out, withOptim); err != nil {
 				return err
 			}
