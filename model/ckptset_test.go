@@ -418,3 +418,40 @@ func FuzzCheckCover(f *testing.F) {
 		}
 	})
 }
+
+// TestSpecNamesAndShapesMatchShards: the names and shapes the cut and
+// the cover check use are those of the shards the model builds, for
+// every split and both layouts.
+func TestSpecNamesAndShapesMatchShards(t *testing.T) {
+	cfg := model.Config{Layers: 5, Dim: 8, Heads: 2, Ctx: 6, Hidden: 12, Vocab: 20}
+	shapes := map[string][]int{}
+	for _, e := range model.ModelShapes(cfg) {
+		shapes[e.Name] = e.Shape
+	}
+	if want := model.TensorNames(cfg); len(want) != len(shapes) {
+		t.Fatalf("ModelShapes lists %d tensors, TensorNames %d", len(shapes), len(want))
+	}
+	for stages := 1; stages <= cfg.Layers; stages++ {
+		for _, layout := range []model.Layout{model.HeadFirst, model.HeadLast} {
+			specs, err := model.Split(cfg.Layers, stages, layout)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, sp := range specs {
+				sh, err := model.NewShard(cfg, sp)
+				if err != nil {
+					t.Fatal(err)
+				}
+				names := model.SpecTensorNames(cfg, sp)
+				if len(names) != len(sh.Params()) {
+					t.Fatalf("%+v: %d names, the shard has %d tensors", sp, len(names), len(sh.Params()))
+				}
+				for i, p := range sh.Params() {
+					if names[i] != p.Name || fmt.Sprint(shapes[p.Name]) != fmt.Sprint(p.Shape) {
+						t.Fatalf("%+v: tensor %d is %s %v, the cut says %s %v", sp, i, p.Name, p.Shape, names[i], shapes[names[i]])
+					}
+				}
+			}
+		}
+	}
+}
