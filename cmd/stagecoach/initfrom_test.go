@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"stagecoach/internal/failpoint"
 	stmodel "stagecoach/model"
 	"stagecoach/worker"
 )
@@ -122,5 +123,54 @@ func TestUpInitFromTrainContinues(t *testing.T) {
 	}
 	if b, err := os.ReadFile(mine); err != nil || string(b) != "keep" {
 		t.Errorf("up --force removed a file it does not own: %v", err)
+	}
+}
+
+// TestUpResumeOfInitFromJob crashes an `up --init-from` job (started
+// from train's step 2) while it writes the checkpoint of step 6, then
+// runs `up --resume` without --init-from: it takes the initial checkpoint
+// from up.json, restores step 4, replays step 5 and finishes; the losses
+// of both runs are train's, bit for bit.
+func TestUpResumeOfInitFromJob(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts worker processes")
+	}
+	corpus := upCorpus(t)
+	model := tinyModel(corpus, 8, 2, 2)
+	dir := t.TempDir()
+	want := trainLosses(t, dir, model)
+	half := filepath.Join(dir, "half")
+	if _, errOut, code := runCLI(t, dir, append([]string{"train", "--out", half, "--stop-at", "2"}, model...)...); code != 0 {
+		t.Fatalf("train --stop-at 2 exited %d: %s", code, errOut)
+	}
+	runDir := filepath.Join(dir, "up")
+	up := append([]string{"up", "--workers", "2", "--ttl", "2", "--out", runDir, "--checkpoint-every", "2"}, model...)
+	t.Setenv(failpoint.EnvVar, failpoint.CheckpointWrite+"=6")
+	out1, errOut, code := runCLI(t, dir, append(append([]string{}, up...), "--init-from", half)...)
+	if code == 0 {
+		t.Fatalf("up survived its workers' crash at step 6: %s", errOut)
+	}
+	t.Setenv(failpoint.EnvVar, "")
+	got := stepLosses(t, out1)
+	if len(got) != 3 {
+		t.Fatalf("the crashed run committed steps %v, want 3..5", got)
+	}
+	out2, errOut, code := runCLI(t, dir, append(up, "--resume")...)
+	if code != 0 {
+		t.Fatalf("up --resume exited %d: %s", code, errOut)
+	}
+	if !strings.Contains(errOut, "resuming a job started from") {
+		t.Errorf("up --resume does not say it resumes a job started from a checkpoint:\n%s", errOut)
+	}
+	for step, l := range stepLosses(t, out2) {
+		got[step] = l
+	}
+	if len(got) != 6 {
+		t.Fatalf("the runs printed steps %v, want 3..8", got)
+	}
+	for step := 3; step <= 8; step++ {
+		if math.Float64bits(got[step]) != math.Float64bits(want[step-1]) {
+			t.Fatalf("step %d: loss %v, train's %v", step, got[step], want[step-1])
+		}
 	}
 }
