@@ -45,10 +45,9 @@ func (c *Config) checkInit() error {
 		return fmt.Errorf("coordinator: the initial checkpoint %s holds another model than the job's (checkpoint≠job): %s", ck.Path, strings.Join(d, ", "))
 	}
 	if c.InitWeightsOnly {
-		// The cut is loaded as the checkpoint of step 0 (fresh moments,
-		// nothing applied), which the workers' LoadCheckpoint refuses
-		// so far.
-		return fmt.Errorf("coordinator: starting from the weights only of %s needs workers that load a checkpoint as step 0, which these do not yet: start from its weights and optimizer state instead", ck.Path)
+		// The cut is loaded as the checkpoint of step 0: fresh
+		// moments, nothing applied.
+		return nil
 	}
 	if !ck.Moments {
 		return fmt.Errorf("coordinator: the initial checkpoint %s holds no optimizer moments: start from its weights only, or export it with them", ck.Path)

@@ -195,7 +195,9 @@ func (s *Server) load(ctx context.Context, req *pb.CheckpointRequest) (*pb.Check
 		return nil, err
 	}
 	step := req.GetStep()
-	if step < 1 {
+	// Step 0 is a state before any step: a job started from another's
+	// weights with fresh optimizer moments.
+	if step < 0 {
 		return nil, fmt.Errorf("%w: checkpoint step %d", ErrBadInput, step)
 	}
 	dir, err := s.stepDir(req.GetDir(), step)
