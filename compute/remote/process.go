@@ -144,6 +144,14 @@ func Start(ctx context.Context, c Command, opts Options) (*Backend, error) {
 	return b, nil
 }
 
+// Pid is the started backend's process id (0 for a dialled one).
+func (b *Backend) Pid() int {
+	if b.proc == nil {
+		return 0
+	}
+	return b.proc.cmd.Process.Pid
+}
+
 // wait returns a channel closed once the process has exited.
 func (p *process) wait() <-chan struct{} { return p.done }
 

@@ -175,6 +175,9 @@ func (b *Backend) greet(ctx context.Context, waitReady bool) error {
 		} else if ctx.Err() != nil && errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
 			err = fmt.Errorf("no Hello within %v: %v", b.opts.StartTimeout, err)
 		}
+		if b.proc != nil {
+			err = fmt.Errorf("%v%s", err, b.proc.stderrNote())
+		}
 		return b.fail(err)
 	}
 	b.mu.Lock()
@@ -315,7 +318,7 @@ func (b *Backend) call(timeout time.Duration, req *pb.Request, ins []wire.Value)
 	if err := b.Err(); err != nil {
 		return nil, nil, err
 	}
-	op := opName(req.Op)
+	op := wire.OpName(req.Op)
 	req.Version = pb.Version_VERSION_1
 	for _, v := range ins {
 		if err := checkData(v); err != nil {
@@ -364,15 +367,7 @@ func checkData(v wire.Value) error {
 
 // impossible fails the backend for an answer the operation cannot give.
 func (b *Backend) impossible(op pb.Op, format string, args ...any) error {
-	return b.fail(fmt.Errorf("%s answered %s", opName(op), fmt.Sprintf(format, args...)))
-}
-
-func opName(op pb.Op) string {
-	s := op.String()
-	if len(s) > 3 && s[:3] == "OP_" {
-		return s[3:]
-	}
-	return s
+	return b.fail(fmt.Errorf("%s answered %s", wire.OpName(op), fmt.Sprintf(format, args...)))
 }
 
 // Load implements compute.Backend.
@@ -567,7 +562,7 @@ func (s *Stage) BackwardInput(mb int, grad *compute.Tensor) (*compute.Tensor, er
 
 func (s *Stage) backward(op pb.Op, mb int, grad *compute.Tensor) (*compute.Tensor, error) {
 	if grad == nil {
-		return nil, fmt.Errorf("%s: %s: no gradient", s.b.String(), opName(op))
+		return nil, fmt.Errorf("%s: %s: no gradient", s.b.String(), wire.OpName(op))
 	}
 	_, outs, err := s.b.call(s.b.opts.CallTimeout, s.req(op, mb), input("grad", grad))
 	if err != nil {

@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"strings"
 	"sync"
 
 	"google.golang.org/grpc"
@@ -152,15 +151,15 @@ func (s *Server) Call(stream pb.Compute_CallServer) error {
 		return s.refuse(stream, "protocol version %v; this server speaks %v", req.Version, pb.Version_VERSION_1)
 	}
 	if err := checkInputs(req); err != nil {
-		return s.refuse(stream, "%v: %v", opName(req.Op), err)
+		return s.refuse(stream, "%v: %v", wire.OpName(req.Op), err)
 	}
 	sizes, err := wire.Check(req.Inputs, s.opts.Limits)
 	if err != nil {
-		return s.refuse(stream, "%v inputs: %v", opName(req.Op), err)
+		return s.refuse(stream, "%v inputs: %v", wire.OpName(req.Op), err)
 	}
 	ins, err := wire.Recv(stream.Recv, req.Inputs, sizes)
 	if err != nil {
-		return s.refuse(stream, "%v inputs: %v", opName(req.Op), err)
+		return s.refuse(stream, "%v inputs: %v", wire.OpName(req.Op), err)
 	}
 	resp, outs := s.run(stream.Context(), req, ins)
 	if resp.Error != "" {
@@ -179,10 +178,6 @@ func (s *Server) Call(stream pb.Compute_CallServer) error {
 // refuse answers a call with an error and no outputs.
 func (s *Server) refuse(stream pb.Compute_CallServer, format string, args ...any) error {
 	return stream.Send(&pb.Frame{Body: &pb.Frame_Response{Response: &pb.Response{Error: fmt.Sprintf(format, args...)}}})
-}
-
-func opName(op pb.Op) string {
-	return strings.TrimPrefix(op.String(), "OP_")
 }
 
 // inputSpec is the inputs an op takes: how many, and their dtypes.
@@ -222,12 +217,12 @@ func checkInputs(req *pb.Request) error {
 func (s *Server) run(ctx context.Context, req *pb.Request, ins []wire.Value) (resp *pb.Response, outs []wire.Value) {
 	defer func() {
 		if p := recover(); p != nil {
-			resp, outs = &pb.Response{Error: fmt.Sprintf("%v: the %s backend panicked: %v", opName(req.Op), s.backend.Name(), p)}, nil
+			resp, outs = &pb.Response{Error: fmt.Sprintf("%v: the %s backend panicked: %v", wire.OpName(req.Op), s.backend.Name(), p)}, nil
 		}
 	}()
 	resp = &pb.Response{}
 	fail := func(err error) (*pb.Response, []wire.Value) {
-		resp.Error = fmt.Sprintf("%v: %v", opName(req.Op), err)
+		resp.Error = fmt.Sprintf("%v: %v", wire.OpName(req.Op), err)
 		return resp, nil
 	}
 	switch req.Op {

@@ -13,6 +13,7 @@ import (
 	"io"
 	"math"
 	"slices"
+	"strings"
 	"unsafe"
 
 	"stagecoach/compute"
@@ -330,6 +331,18 @@ func Addr(addr string) (network, address, target string, err error) {
 		return "unix", p, "unix:" + p, nil
 	}
 	return "tcp", addr, "passthrough:///" + addr, nil
+}
+
+// OpName is op as the Stage method it stands for: OP_BACKWARD_INPUT is
+// "BackwardInput".
+func OpName(op pb.Op) string {
+	var b strings.Builder
+	for _, w := range strings.Split(strings.TrimPrefix(op.String(), "OP_"), "_") {
+		if w != "" {
+			b.WriteString(w[:1] + strings.ToLower(w[1:]))
+		}
+	}
+	return b.String()
 }
 
 // Names of the optimizer moments of parameter name in State.
