@@ -315,3 +315,37 @@ func TestDialNothing(t *testing.T) {
 	_, err := remote.Dial(context.Background(), addr, remote.Options{StartTimeout: time.Second})
 	failed(t, err, addr)
 }
+
+// TestDescribeConcurrently: Describe may run beside the stage's calls
+// (run with -race).
+func TestDescribeConcurrently(t *testing.T) {
+	b := dialServer(t, builtin.Backend{}, serve.Options{}, remote.Options{})
+	st := load(t, b, blocks)
+	want := st.Describe().GradElems()
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				if d := st.Describe(); d.GradElems() != want {
+					t.Errorf("Describe changed: %d gradient elements, then %d", want, d.GradElems())
+					return
+				}
+			}
+		}()
+	}
+	for mb := range 20 {
+		if _, err := st.Forward(mb, hidden()); err != nil {
+			t.Error(err)
+		}
+	}
+	close(done)
+	wg.Wait()
+}
