@@ -105,7 +105,9 @@ func Listen(addr string) (net.Listener, error) {
 func (s *Server) Serve(lis net.Listener) error {
 	s.mu.Lock()
 	if s.grpc == nil {
-		s.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(wire.MaxMessageBytes), grpc.MaxSendMsgSize(wire.MaxMessageBytes))
+		s.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(wire.MaxMessageBytes), grpc.MaxSendMsgSize(wire.MaxMessageBytes),
+			grpc.InitialWindowSize(wire.StreamWindow), grpc.InitialConnWindowSize(wire.ConnWindow),
+			grpc.ReadBufferSize(wire.SocketBuffer), grpc.WriteBufferSize(wire.SocketBuffer))
 		pb.RegisterComputeServer(s.grpc, s)
 	}
 	g := s.grpc

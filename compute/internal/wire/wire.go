@@ -28,6 +28,18 @@ const ChunkBytes = 1 << 20
 // names tens of thousands of tensors).
 const MaxMessageBytes = 16 << 20
 
+// Flow control: a stream or connection may have this many bytes in
+// flight before the receiver acknowledges them. gRPC's default window
+// (64 KiB, grown by estimate) makes every tensor call wait for round
+// trips over a socket that has none to speak of; a window above the
+// largest chunk lets a tensor stream without stalling.
+const (
+	StreamWindow = 16 << 20
+	ConnWindow   = 64 << 20
+	// SocketBuffer sizes the reads and writes on the connection.
+	SocketBuffer = 1 << 20
+)
+
 // MaxRank bounds a tensor's rank.
 const MaxRank = 8
 
@@ -204,6 +216,7 @@ func Send(send func(*pb.Frame) error, vals []Value) error {
 		pend = pend[:0]
 		return err
 	}
+	var total int64 // bytes to send: pend need not be larger
 	for _, v := range vals {
 		n, err := Elems(v.Meta.GetShape())
 		if err != nil {
@@ -216,6 +229,9 @@ func Send(send func(*pb.Frame) error, vals []Value) error {
 		if int64(have) != n {
 			return fmt.Errorf("tensor %q of shape %v has %d elements, the shape needs %d", v.Meta.GetName(), v.Meta.GetShape(), have, n)
 		}
+		total += 4 * n
+	}
+	for _, v := range vals {
 		b := v.encode()
 		for len(b) > 0 {
 			if len(pend) == 0 && len(b) >= ChunkBytes {
@@ -226,7 +242,7 @@ func Send(send func(*pb.Frame) error, vals []Value) error {
 				continue
 			}
 			if pend == nil {
-				pend = make([]byte, 0, ChunkBytes)
+				pend = make([]byte, 0, min(total, ChunkBytes))
 			}
 			k := min(len(b), ChunkBytes-len(pend))
 			pend = append(pend, b[:k]...)
