@@ -261,6 +261,7 @@ func TestHungBackend(t *testing.T) {
 	if err := syscall.Kill(b.Pid(), syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
+	waitStopped(t, b.Pid())
 	_, err = st.Forward(1, hidden())
 	failed(t, err, `"go" backend`, "Forward did not answer within 300ms", fmt.Sprint(b.Pid()))
 	if err := st.ZeroGrad(); err == nil || err.Error() != b.Err().Error() {
@@ -272,6 +273,37 @@ func TestHungBackend(t *testing.T) {
 	}
 	if err := syscall.Kill(b.Pid(), 0); !errors.Is(err, syscall.ESRCH) {
 		t.Errorf("the hung backend (pid %d) still exists after Close: %v", b.Pid(), err)
+	}
+}
+
+// waitStopped waits until every thread of process pid is stopped: a
+// signal is delivered, not obeyed, by the time kill returns.
+func waitStopped(t *testing.T, pid int) {
+	t.Helper()
+	for {
+		tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+		if err != nil || len(tasks) == 0 {
+			t.Fatalf("threads of process %d: %v", pid, err)
+		}
+		stopped := true
+		for _, task := range tasks {
+			b, err := os.ReadFile(task)
+			if err != nil {
+				stopped = false
+				break
+			}
+			// pid (comm) state ...: comm may hold spaces, not ')'.
+			s := string(b)
+			i := strings.LastIndexByte(s, ')')
+			if i < 0 || i+2 >= len(s) || s[i+2] != 'T' {
+				stopped = false
+				break
+			}
+		}
+		if stopped {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
