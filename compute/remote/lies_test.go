@@ -300,4 +300,18 @@ func TestRefusalIsNotAFailure(t *testing.T) {
 	if _, err := st.Forward(0, hidden()); err != nil {
 		t.Fatalf("after a refusal: %v", err)
 	}
+
+	// A server refuses an input over its limits before reading it; the
+	// client, still sending, gets the refusal.
+	small := dialServer(t, builtin.Backend{}, serve.Options{Limits: serve.Limits{MaxTensorBytes: 1 << 20}}, remote.Options{})
+	st = load(t, small, blocks)
+	const batch = 8192 // [8192, 8, 16] float32: 4 MiB
+	x := &compute.Tensor{Shape: []int{batch, conformance.T, conformance.Dim}, Data: make([]float32, batch*conformance.T*conformance.Dim)}
+	_, err = st.Forward(1, x)
+	if err == nil || errors.Is(err, compute.ErrBackend) || !strings.Contains(err.Error(), "over the limit of 1048576") {
+		t.Fatalf("an input over the server's limit: %v, want a refusal naming the limit", err)
+	}
+	if _, err := st.Forward(1, hidden()); err != nil {
+		t.Fatalf("after a refusal: %v", err)
+	}
 }
