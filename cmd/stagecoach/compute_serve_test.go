@@ -29,7 +29,7 @@ func computeServeArgs(t *testing.T) ([]string, []string) {
 // model behind `stagecoach compute-serve`, started by remote.Start.
 func TestComputeServeConformance(t *testing.T) {
 	args, env := computeServeArgs(t)
-	conformance.Run(t, conformance.Command(args, env, remote.Options{}), conformance.Options{})
+	conformance.Run(t, nil, conformance.Options{Command: args, Env: env})
 }
 
 // TestComputeServeExact trains a few GPipe steps of a three-stage split

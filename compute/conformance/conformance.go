@@ -30,6 +30,12 @@ type Options struct {
 	// GradTolerance is the relative tolerance of the finite-difference
 	// checks (default 5e-2; see epsParam for what it is relative to).
 	GradTolerance float64
+	// Command, when newBackend is nil, is the backend to test: a command
+	// line started (once per backend the suite needs) by remote.Start
+	// with Env (nil: this process's) and Remote's options.
+	Command []string
+	Env     []string
+	Remote  remote.Options
 }
 
 // The test model and microbatch shape.
@@ -75,9 +81,15 @@ type suite struct {
 }
 
 // Run checks the backends newBackend makes (one per subtest that needs
-// one, two where two must agree). newBackend should close what it makes
-// when the test ends.
+// one, two where two must agree); newBackend should close what it makes
+// when the test ends. With newBackend nil, opts.Command is started.
 func Run(t *testing.T, newBackend func(t *testing.T) compute.Backend, opts Options) {
+	if newBackend == nil {
+		if len(opts.Command) == 0 {
+			t.Fatal("conformance: neither a backend nor a command to test")
+		}
+		newBackend = Command(opts.Command, opts.Env, opts.Remote)
+	}
 	if opts.Optim == nil {
 		opts.Optim = DefaultOptim
 	}
