@@ -208,6 +208,9 @@ func runSim(cmd *cobra.Command, f *simFlags) error {
 	if err != nil {
 		return err
 	}
+	if err := balanceJobs(env, jobs); err != nil {
+		return err
+	}
 	results, err := runSimJobs(env, jobs)
 	if err != nil {
 		return err
@@ -390,6 +393,11 @@ func refuseWithPlan(fs *pflag.FlagSet, planFlag string, flags ...string) error {
 func commonLayers(env *simEnv) int {
 	layers := 1
 	for _, name := range env.Schedules {
+		if name == autoSchedule {
+			// The search tries two-chunk placements too.
+			layers = lcm(layers, 2*max(env.Spec.Stages, 1))
+			continue
+		}
 		if isSimExtensionSchedule(name) {
 			continue
 		}
