@@ -30,7 +30,7 @@ func (echoStage) Describe() compute.Description {
 	return compute.Description{Backend: "echo", Width: echoWidth}
 }
 func (echoStage) Forward(_ int, x *compute.Tensor) (*compute.Tensor, error) { return x, nil }
-func (echoStage) Close() error                                             { return nil }
+func (echoStage) Close() error                                              { return nil }
 
 var hopSizes = []int{256 << 10, 1 << 20, 16 << 20}
 

@@ -95,7 +95,7 @@ func exchange(t *testing.T, c pb.ComputeClient, frames ...*pb.Frame) (*pb.Respon
 }
 
 func req(r *pb.Request) *pb.Frame { return &pb.Frame{Body: &pb.Frame_Request{Request: r}} }
-func chunk(n int) *pb.Frame     { return &pb.Frame{Body: &pb.Frame_Chunk{Chunk: make([]byte, n)}} }
+func chunk(n int) *pb.Frame       { return &pb.Frame{Body: &pb.Frame_Chunk{Chunk: make([]byte, n)}} }
 
 func hidden(shape ...int64) *pb.TensorMeta {
 	return &pb.TensorMeta{Name: "x", Shape: shape, Dtype: pb.DType_DTYPE_FLOAT32}
