@@ -231,14 +231,16 @@ func Send(send func(*pb.Frame) error, vals []Value) error {
 		}
 		total += 4 * n
 	}
-	for _, v := range vals {
+	for i, v := range vals {
 		b := v.encode()
 		for len(b) > 0 {
-			if len(pend) == 0 && len(b) >= ChunkBytes {
-				if err := send(&pb.Frame{Body: &pb.Frame_Chunk{Chunk: b[:ChunkBytes]}}); err != nil {
+			// Whole chunks, and the last tensor's end, go out in place.
+			if len(pend) == 0 && (len(b) >= ChunkBytes || i == len(vals)-1) {
+				k := min(len(b), ChunkBytes)
+				if err := send(&pb.Frame{Body: &pb.Frame_Chunk{Chunk: b[:k]}}); err != nil {
 					return err
 				}
-				b = b[ChunkBytes:]
+				b = b[k:]
 				continue
 			}
 			if pend == nil {
