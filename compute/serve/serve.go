@@ -119,7 +119,8 @@ func (s *Server) Serve(lis net.Listener) error {
 	return err
 }
 
-// Stop stops serving (calls in flight end) and closes every stage.
+// Stop stops serving (calls in flight end) and closes every stage not
+// busy in an operation.
 func (s *Server) Stop() {
 	s.mu.Lock()
 	g := s.grpc
@@ -130,7 +131,11 @@ func (s *Server) Stop() {
 		g.Stop()
 	}
 	for _, e := range stages {
-		e.mu.Lock()
+		// A stage still inside an operation (a backend that hangs)
+		// is left as it is: Stop must not wait for it.
+		if !e.mu.TryLock() {
+			continue
+		}
 		if !e.closed {
 			e.closed = true
 			_ = e.stage.Close()
