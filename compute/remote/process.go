@@ -135,7 +135,7 @@ func Start(ctx context.Context, c Command, opts Options) (*Backend, error) {
 	b.proc = p
 	go func() {
 		<-p.wait()
-		b.fail(fmt.Errorf("the process exited (%v)%s", p.err, p.stderrNote()))
+		b.fail(p.exitErr())
 	}()
 	if err := b.greet(ctx, true); err != nil {
 		_ = b.Close()
@@ -163,6 +163,11 @@ func (p *process) exitedWithin(d time.Duration) bool {
 	case <-time.After(d):
 		return false
 	}
+}
+
+// exitErr says how the process ended (once it has).
+func (p *process) exitErr() error {
+	return fmt.Errorf("the process exited (%v)%s", p.err, p.stderrNote())
 }
 
 // stderrNote quotes the end of the process's stderr, if any.

@@ -346,7 +346,7 @@ func (b *Backend) call(timeout time.Duration, req *pb.Request, ins []wire.Value)
 	}
 	if b.proc != nil && b.proc.exitedWithin(time.Second) {
 		// The stream broke because the process died: say so.
-		return nil, nil, b.Err()
+		return nil, nil, b.fail(b.proc.exitErr())
 	}
 	return nil, nil, b.fail(fmt.Errorf("%s: %v", op, err))
 }
