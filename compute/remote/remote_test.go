@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -34,6 +35,17 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "backend: cannot build the model: out of cheese")
 		os.Exit(3)
 	case "silent":
+		time.Sleep(time.Hour)
+		os.Exit(0)
+	case "parent":
+		// Start a backend, say its pid, and wait to be killed.
+		exe, _ := os.Executable()
+		b, err := remote.Start(context.Background(), remote.Command{Args: []string{exe}, Env: append(os.Environ(), backendEnv+"=go")}, remote.Options{})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		fmt.Println(b.Pid())
 		time.Sleep(time.Hour)
 		os.Exit(0)
 	case "go":
@@ -380,4 +392,55 @@ func TestDescribeConcurrently(t *testing.T) {
 	}
 	close(done)
 	wg.Wait()
+}
+
+// TestBackendDiesWithItsParent: a started backend does not outlive the
+// process that started it, even one killed by SIGKILL.
+func TestBackendDiesWithItsParent(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	parent := exec.Command(exe)
+	parent.Env = append(os.Environ(), backendEnv+"=parent")
+	out, err := parent.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := parent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = parent.Process.Kill()
+		_ = parent.Wait()
+	}()
+	var pid int
+	if _, err := fmt.Fscan(out, &pid); err != nil {
+		t.Fatalf("the parent did not say its backend's pid: %v", err)
+	}
+	if !alive(pid) {
+		t.Fatalf("backend %d is not running", pid)
+	}
+	if err := parent.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	// The kernel's parent-death signal acts at once; the bound only
+	// keeps a failure from waiting for the test binary's timeout.
+	for deadline := time.Now().Add(time.Minute); alive(pid); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			t.Fatalf("backend %d outlived its parent", pid)
+		}
+	}
+}
+
+// alive reports whether process pid exists and is not a zombie.
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i >= 0 && i+2 < len(s) && s[i+2] != 'Z' && s[i+2] != 'X'
 }
