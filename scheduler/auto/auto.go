@@ -113,6 +113,11 @@ func evaluate(cand Candidate, c *sim.Cluster) Candidate {
 		cand.Infeasible = err.Error()
 		return cand
 	}
+	if r.Infeasible != "" {
+		// Over a node's memory in bytes (memory_gib).
+		cand.Infeasible = r.Infeasible
+		return cand
+	}
 	cand.IterationS = r.IterationTimeS
 	return cand
 }

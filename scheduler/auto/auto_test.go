@@ -1,6 +1,7 @@
 package auto
 
 import (
+	"strings"
 	"testing"
 
 	"stagecoach/scheduler"
@@ -98,5 +99,43 @@ func TestAutoRefusesWhatNothingFits(t *testing.T) {
 	_, err := Search(scheduler.Spec{Stages: 4, Microbatches: 8, Layers: 8, Memory: 1, Chunks: 2}, sim.Homogeneous())
 	if err == nil {
 		t.Fatal("a search with nothing feasible returned no error")
+	}
+}
+
+// A node capacity in bytes rules candidates out as the microbatch count
+// does: with 6 GiB per node for a model whose 1F1B needs 14.7 GiB on
+// stage 0, the pick fits (gpipe-recompute's 5.2 GiB does), and it is
+// slower than the unconstrained pick.
+func TestAutoRespectsMemoryInBytes(t *testing.T) {
+	spec := scheduler.Spec{Stages: 4, Microbatches: 8, Layers: 24, Samples: 4}
+	c := sim.Homogeneous()
+	c.Model = &sim.ModelMemory{Vocab: 50304, Dim: 1024, Heads: 16, Ctx: 1024}
+	free, err := Search(spec, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.DefaultMemoryGiB = 6
+	res, err := Search(spec, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := sim.Run(res.Best.Plan, c, sim.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Infeasible != "" || r.PeakBytes > 6<<30 {
+		t.Fatalf("pick %s needs %v bytes: %s", res.Best.Label(), r.PeakBytes, r.Infeasible)
+	}
+	if res.Best.IterationS <= free.Best.IterationS {
+		t.Errorf("pick under 6 GiB %s takes %v s, no slower than the free pick %s (%v s)", res.Best.Label(), res.Best.IterationS, free.Best.Label(), free.Best.IterationS)
+	}
+	over := 0
+	for _, cand := range res.Candidates {
+		if strings.Contains(cand.Infeasible, "GiB at t=") {
+			over++
+		}
+	}
+	if over == 0 {
+		t.Error("no candidate was ruled out by the capacity")
 	}
 }
