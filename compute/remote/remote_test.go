@@ -421,6 +421,15 @@ func TestBackendDiesWithItsParent(t *testing.T) {
 	if !alive(pid) {
 		t.Fatalf("backend %d is not running", pid)
 	}
+	// Nobody is left to remove the backend's socket directory: the test
+	// does, once it is over.
+	if env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid)); err == nil {
+		for _, kv := range strings.Split(string(env), "\x00") {
+			if sock, ok := strings.CutPrefix(kv, remote.SocketEnv+"="); ok && strings.HasPrefix(filepath.Base(filepath.Dir(sock)), "stagecoach-compute-") {
+				t.Cleanup(func() { os.RemoveAll(filepath.Dir(sock)) })
+			}
+		}
+	}
 	if err := parent.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
