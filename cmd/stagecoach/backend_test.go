@@ -11,9 +11,9 @@ import (
 func TestSplitCommand(t *testing.T) {
 	for in, want := range map[string][]string{
 		`python3 -m stagecoach_torch --model examples/torch/gpt.py`: {"python3", "-m", "stagecoach_torch", "--model", "examples/torch/gpt.py"},
-		`a 'b c' "d \"e\" f" g\ h`:                                 {"a", "b c", `d "e" f`, "g h"},
-		`  x  `:                                                    {"x"},
-		`x''`:                                                      {"x"},
+		`a 'b c' "d \"e\" f" g\ h`:                                  {"a", "b c", `d "e" f`, "g h"},
+		`  x  `:                                                     {"x"},
+		`x''`:                                                       {"x"},
 	} {
 		got, err := splitCommand(in)
 		if err != nil || !reflect.DeepEqual(got, want) {
