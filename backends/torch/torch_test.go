@@ -5,10 +5,14 @@
 package torch_test
 
 import (
+	"encoding/json"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"stagecoach/model"
 )
 
 // python is the interpreter the backend runs on: Debian's, which sees the
@@ -16,10 +20,9 @@ import (
 // python3 on PATH may not).
 const python = "/usr/bin/python3"
 
-func TestPythonSuite(t *testing.T) {
-	if testing.Short() {
-		t.Skip("the Python suite takes tens of seconds; skipped with -short")
-	}
+// needPython skips (or, with STAGECOACH_REQUIRE_TORCH=1, fails) when the
+// interpreter cannot import what the backend needs.
+func needPython(t *testing.T) {
 	for _, mod := range []string{"torch", "grpc", "google.protobuf"} {
 		if out, err := exec.Command(python, "-c", "import "+mod).CombinedOutput(); err != nil {
 			msg := python + " cannot import " + mod + " (apt-get install python3-torch python3-grpcio python3-protobuf): " + lastLine(out, err)
@@ -29,6 +32,13 @@ func TestPythonSuite(t *testing.T) {
 			t.Skip(msg)
 		}
 	}
+}
+
+func TestPythonSuite(t *testing.T) {
+	if testing.Short() {
+		t.Skip("the Python suite takes tens of seconds; skipped with -short")
+	}
+	needPython(t)
 	cmd := exec.Command(python, "-m", "unittest", "discover", "-v", "-s", "tests")
 	cmd.Env = append(os.Environ(), "OMP_NUM_THREADS=1", "OPENBLAS_NUM_THREADS=1", "MKL_NUM_THREADS=1")
 	out, err := cmd.CombinedOutput()
@@ -44,4 +54,116 @@ func lastLine(out []byte, err error) string {
 		return l
 	}
 	return err.Error()
+}
+
+// compareScript loads the Go model's weights into examples/torch/gpt.py
+// with load_checkpoint, computes the loss and the gradients of the same
+// microbatch in float32, and prints the differences from Go's as JSON.
+const compareScript = `
+import json, sys, torch
+sys.path.insert(0, ".")
+from stagecoach_torch import load_checkpoint, read_safetensors
+from stagecoach_torch.stage import load_model_file
+d = sys.argv[1]
+job = json.load(open(d + "/job.json"))
+spec = load_model_file("../../examples/torch/gpt.py")(job["model"])
+mods = [spec.embed()] + [b() for b in spec.blocks] + [spec.head()]
+class M: pass
+m = M(); m.embed, m.blocks, m.head = mods[0], mods[1:-1], mods[-1]
+names = load_checkpoint(m, d + "/model.safetensors")
+ids = torch.tensor(job["tokens"]).reshape(job["b"], job["t"])
+h = mods[0](ids)
+for blk in mods[1:-1]:
+    h = blk(h)
+loss = spec.loss(mods[-1](h), torch.tensor(job["targets"]).reshape(job["b"], job["t"]))
+loss.backward()
+grads, _ = read_safetensors(d + "/grads.safetensors")
+params = dict(p for mod in [mods[0]] for p in mod.named_parameters())
+params.update(("blocks.%d.%s" % (l, n), p) for l, b in enumerate(mods[1:-1]) for n, p in b.named_parameters())
+params.update(mods[-1].named_parameters())
+worst = max(float(((params[n].grad - g).abs() / (g.abs().max() + 1e-12)).max()) for n, g in grads.items())
+print(json.dumps({"loss": loss.item(), "names": names, "worst_grad": worst}))
+`
+
+// TestGoCheckpointInTorchGPT: a checkpoint of the Go model loads by name
+// into examples/torch/gpt.py, which then computes the Go model's loss and
+// gradients (to float32 rounding): the two are one architecture.
+func TestGoCheckpointInTorchGPT(t *testing.T) {
+	needPython(t)
+	cfg := model.Config{Layers: 2, Dim: 16, Heads: 2, Ctx: 8, Seed: 5}.WithDefaults()
+	sh, err := model.NewShard(cfg, model.ShardSpec{Lo: 0, Hi: 2, Embed: true, Head: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const b, tt = 2, 8
+	tokens, targets := make([]int32, b*tt), make([]int32, b*tt)
+	for i := range tokens {
+		tokens[i] = int32((i*37 + 11) % cfg.Vocab)
+		targets[i] = int32((i*53 + 7) % cfg.Vocab)
+	}
+	sh.ZeroGrad()
+	h, err := sh.Forward(0, model.TokenActivations(tokens, b, tt))
+	if err != nil {
+		t.Fatal(err)
+	}
+	loss, g, err := sh.Loss(0, h, targets)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sh.Backward(0, g); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	var ws, gs []model.STensor
+	for _, p := range sh.Params() {
+		ws = append(ws, model.STensor{Name: p.Name, Shape: p.Shape, Data: p.W})
+		gs = append(gs, model.STensor{Name: p.Name, Shape: p.Shape, Data: p.G})
+	}
+	write := func(name string, ts []model.STensor) {
+		f, err := os.Create(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if err := model.WriteSafetensors(f, ts, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("model.safetensors", ws)
+	write("grads.safetensors", gs)
+	job, _ := json.Marshal(map[string]any{"model": cfg, "tokens": tokens, "targets": targets, "b": b, "t": tt})
+	if err := os.WriteFile(filepath.Join(dir, "job.json"), job, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(python, "-c", compareScript, dir).Output()
+	if err != nil {
+		t.Fatalf("%s comparing with the Go model: %v\n%s", python, err, exitStderr(err))
+	}
+	var got struct {
+		Loss      float64  `json:"loss"`
+		Names     []string `json:"names"`
+		WorstGrad float64  `json:"worst_grad"`
+	}
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatalf("bad output %q: %v", out, err)
+	}
+	if len(got.Names) != len(ws) {
+		t.Errorf("loaded %d tensors %v, the Go model has %d", len(got.Names), got.Names, len(ws))
+	}
+	if d := got.Loss - loss; d > 1e-5 || d < -1e-5 {
+		t.Errorf("torch loss %.7f, Go loss %.7f", got.Loss, loss)
+	}
+	// relative to each tensor's largest gradient element; float32 rounding
+	// in two summation orders stays far below this
+	if got.WorstGrad > 1e-4 {
+		t.Errorf("torch gradients differ from Go's by up to %.2g of the tensor's largest element", got.WorstGrad)
+	}
+	t.Logf("loss Go %.7f torch %.7f; worst gradient difference %.2g", loss, got.Loss, got.WorstGrad)
+}
+
+func exitStderr(err error) string {
+	if ee, ok := err.(*exec.ExitError); ok {
+		return string(ee.Stderr)
+	}
+	return ""
 }

@@ -38,8 +38,10 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     try:
         build = load_model_file(a.model)
-    except (OSError, StageError) as e:
+    except StageError as e:
         sys.exit("stagecoach_torch: %s" % e)
+    except Exception as e:  # the file itself fails to import
+        sys.exit("stagecoach_torch: model file %s: %s: %s" % (a.model, type(e).__name__, e))
     server = serve(build, a.socket, Limits(max_tensor_bytes=a.max_tensor_bytes, max_params=a.max_params))
     done = threading.Event()
     for s in (signal.SIGTERM, signal.SIGINT):
