@@ -6,7 +6,7 @@ import torch
 
 from stagecoach_torch import compute_pb2 as pb
 from stagecoach_torch import compute_pb2_grpc as pb_grpc
-from stagecoach_torch.safetensors import tensor_bytes, tensor_from_bytes
+from stagecoach_torch.safetensors import tensor_from_bytes
 from stagecoach_torch.server import MAX_CHUNK, _chunks
 
 _DT = {pb.DTYPE_FLOAT32: torch.float32, pb.DTYPE_INT32: torch.int32}

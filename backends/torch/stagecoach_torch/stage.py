@@ -334,6 +334,8 @@ class Stage:
             raise StageError("step %d: steps are 1-based" % step)
         if not (math.isfinite(lr) and lr >= 0):
             raise StageError("step: learning rate %r must be finite and non-negative" % lr)
+        if not (math.isfinite(clip) and clip >= 0):  # 0 when the norm is infinite
+            raise StageError("step: clip factor %r must be finite and non-negative" % clip)
         if clip != 1:
             self.scale_grads(clip)
         c = self.optim
