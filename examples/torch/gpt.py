@@ -89,7 +89,10 @@ class GPT:
         self.head = functools.partial(Head, dim, vocab)
 
     def loss(self, logits, targets):
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        # per-token losses in float32, their mean in float64 (as the Go
+        # model): the reported loss then carries no float32 summation error
+        per = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+        return per.double().mean()
 
     def init_param(self, name, p, gen):
         last = name.rsplit(".", 1)[-1]

@@ -65,7 +65,10 @@ class Mixer:
         self.head = lambda: Head(dim, vocab)
 
     def loss(self, logits, targets):
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        # per-token losses in float32, their mean in float64 (as the Go
+        # model): the reported loss then carries no float32 summation error
+        per = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+        return per.double().mean()
 
 
 def build(config):

@@ -199,6 +199,8 @@ class Stage:
         self.kept.clear()
 
     def forward(self, mb, x):
+        if mb in self.saved:
+            raise StageError("forward of microbatch %d: it already has a forward waiting for its backward" % mb)
         if self.has_embed:
             b, t = _shape(x, 2, "forward input (token ids)")
             ids = x.to(torch.int64)
@@ -263,12 +265,14 @@ class Stage:
         return float(loss.detach().double()), g.detach().contiguous()
 
     def backward(self, mb, grad):
-        got = self.saved.pop(mb, None)
+        got = self.saved.get(mb)
         if got is None:
             raise StageError("backward of microbatch %d: no forward of it since the last zero_grad" % mb)
         leaf, out = got
         if list(grad.shape) != list(out.shape):
+            # refused without harm: the forward stays for a good backward
             raise StageError("backward of microbatch %d: gradient shape %s, the output's is %s" % (mb, list(grad.shape), list(out.shape)))
+        del self.saved[mb]
         inputs = [p.p for p in self.body]
         if leaf is not None:
             inputs.append(leaf)

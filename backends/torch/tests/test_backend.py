@@ -57,6 +57,10 @@ class ProtocolTest(unittest.TestCase):
             st.backward(0, torch.zeros(2, 7, 16))
         with self.assertRaisesRegex(CallError, "no forward of it"):
             st.backward(5, torch.zeros_like(y))
+        with self.assertRaisesRegex(CallError, "already has a forward waiting"):
+            st.forward(0, torch.randn(2, 8, 16))
+        self.assertEqual(list(st.backward(0, torch.ones_like(y)).shape), [2, 8, 16])  # the refusals left mb 0 intact
+        y = st.forward(0, torch.randn(2, 8, 16))
         with self.assertRaisesRegex(CallError, r"targets: shape \[2, 7\], want \[2, 8\]"):
             st.loss(0, y, torch.zeros(2, 7, dtype=torch.int32))
         with self.assertRaisesRegex(CallError, "target 256 outside the 256 logits"):
