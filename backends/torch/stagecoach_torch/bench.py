@@ -67,17 +67,22 @@ def main():
         for name, stage in targets:
             for _ in range(3):
                 run(stage)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(a.iters):
                 if name == "in-process":
                     with torch.no_grad():
                         run(stage)
                 else:
                     run(stage)
-            results[name] = tokens / (time.perf_counter() - t0)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            # CPU seconds (all threads) say what the work costs on a loaded
+            # machine; only the in-process figure is this process's work
+            results[name] = (tokens / wall, tokens / cpu if name == "in-process" else None)
         c.close()
-        for name, v in results.items():
-            print("%s: %.0f tokens/s (threads %d, batch %d x %d, %d iterations, torch %s)" % (name, v, a.threads, a.batch, ctx, a.iters, torch.__version__))
+        load = os.getloadavg()[0]
+        for name, (v, per_cpu) in results.items():
+            extra = ", %.0f tokens per CPU-second" % per_cpu if per_cpu else ""
+            print("%s: %.0f tokens/s%s (threads %d, batch %d x %d, %d iterations, torch %s, load average %.1f)" % (name, v, extra, a.threads, a.batch, ctx, a.iters, torch.__version__, load))
     finally:
         p.terminate()
         p.wait()
