@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"sort"
 	"sync"
 	"time"
 
+	"stagecoach/coordinator/policy"
 	"stagecoach/internal/etcdx"
 	"stagecoach/model"
 	pb "stagecoach/proto"
@@ -216,28 +216,18 @@ func (r *run) recover(ctx context.Context, step int64, cause error) (int64, erro
 	if err != nil {
 		return 0, err
 	}
-	liveSet := map[string]etcdx.Member{}
-	for _, m := range live {
-		liveSet[m.Name] = m
-	}
-	var survivors []etcdx.Member
-	for _, w := range r.workers {
-		if m, ok := liveSet[w.member.Name]; ok {
-			survivors = append(survivors, m)
-		} else {
-			rec.Lost = append(rec.Lost, w.member.Name)
-		}
-	}
+	dec := policy.Decide(r.failure(step, live, st))
+	rec.Lost = dec.Lost
 	next := step
-	if ok, why := r.canRepath(survivors, st, step); ok {
-		err = r.repath(ctx, survivors)
+	if dec.Action == policy.Repath {
+		err = r.repath(ctx, dec.Parts, live)
 		if err == nil {
 			rec.Kind, rec.Vacant = "repath", r.plan.VacantStages()
 		} else {
 			cfg.Logf("re-path after step %d failed: %v; restoring from the last checkpoint", step, err)
 		}
-	} else if isSkipPipe(cfg.Schedule) {
-		cfg.Logf("no re-path for step %d: %s; restoring from the last checkpoint", step, why)
+	} else if dec.Why != "" {
+		cfg.Logf("no re-path for step %d: %s; restoring from the last checkpoint", step, dec.Why)
 	}
 	if rec.Kind == "" {
 		from, err := r.restoreAll(ctx, step)
@@ -259,67 +249,62 @@ func (r *run) recover(ctx context.Context, step int64, cause error) (int64, erro
 	return next, nil
 }
 
-// canRepath reports whether SkipPipe can retry step on the survivors
-// without restoring anything: no Step was sent, every survivor holds the
-// previous step, and no stage-0 worker (an origin: the microbatches it
-// starts would be lost) is gone. A stage left without a replica becomes
-// vacant: every path skips it until a worker takes it over (a rejoin,
-// which loads it from the newest checkpoint), as long as some stage
-// besides stage 0 keeps a worker. skippipe-full, which never skips, needs
-// every stage.
-func (r *run) canRepath(survivors []etcdx.Member, st map[string]*pb.StatusResponse, step int64) (bool, string) {
-	if !isSkipPipe(r.cfg.Schedule) {
-		return false, "not a SkipPipe plan"
+// family is the recovery family of the job's schedule.
+func (r *run) family() policy.Family {
+	switch {
+	case r.cfg.Schedule == SkipPipeFull:
+		return policy.SkipPipeFull
+	case isSkipPipe(r.cfg.Schedule):
+		return policy.SkipPipe
 	}
-	if r.stepping {
-		return false, "the failure hit the Step fan-out (some workers may have stepped)"
-	}
-	alive := map[string]bool{}
-	for _, m := range survivors {
-		if st[m.Name].GetAppliedStep() != step-1 {
-			return false, fmt.Sprintf("worker %s holds step %d, not %d", m.Name, st[m.Name].GetAppliedStep(), step-1)
-		}
-		alive[m.Name] = true
-	}
-	vacant := 0
-	for s, ws := range r.plan.StageWorkers() {
-		n := 0
-		for _, w := range ws {
-			if alive[r.workers[w].member.Name] {
-				n++
-			} else if s == 0 {
-				return false, fmt.Sprintf("stage-0 worker %s is lost", r.workers[w].member.Name)
-			}
-		}
-		if n == 0 {
-			vacant++
-		}
-	}
-	if vacant >= len(r.plan.Stages)-1 {
-		return false, "no stage but stage 0 has a worker left"
-	}
-	if vacant > 0 && r.cfg.Schedule == SkipPipeFull {
-		return false, "a stage has no replica left and skippipe-full visits every stage"
-	}
-	return true, ""
+	return policy.Classic
 }
 
-// repath installs a SkipPipe plan on the survivors with the current
-// placement minus the lost workers. Survivors keep their shards.
-func (r *run) repath(ctx context.Context, survivors []etcdx.Member) error {
-	alive := map[string]etcdx.Member{}
-	for _, m := range survivors {
-		alive[m.Name] = m
+// placement is the current plan's workers and stages, for the policy.
+func (r *run) placement() policy.Placement {
+	pl := policy.Placement{StageWorkers: r.plan.StageWorkers()}
+	for _, w := range r.workers {
+		pl.Workers = append(pl.Workers, w.member.Name)
 	}
-	parts := make([][]etcdx.Member, len(r.plan.Stages))
-	for s, ws := range r.plan.StageWorkers() {
-		for _, w := range ws {
-			if m, ok := alive[r.workers[w].member.Name]; ok {
-				parts[s] = append(parts[s], m)
-			}
+	return pl
+}
+
+// failure is what the policy needs to decide a recovery of step: the
+// plan, and the step each surviving plan worker holds.
+func (r *run) failure(step int64, live []etcdx.Member, st map[string]*pb.StatusResponse) policy.Failure {
+	f := policy.Failure{Family: r.family(), Step: step, Stepping: r.stepping, Placement: r.placement(), Applied: map[string]int64{}}
+	inPlan := map[string]bool{}
+	for _, n := range f.Workers {
+		inPlan[n] = true
+	}
+	for _, m := range live {
+		if inPlan[m.Name] {
+			f.Applied[m.Name] = st[m.Name].GetAppliedStep()
 		}
 	}
-	return r.installSkipPipe(ctx, parts, false)
+	return f
+}
+
+// repath installs a SkipPipe plan on the survivors (names per stage, from
+// policy.Decide) with the current placement minus the lost workers.
+// Survivors keep their shards.
+func (r *run) repath(ctx context.Context, parts [][]string, live []etcdx.Member) error {
+	return r.installSkipPipe(ctx, members(parts, live), false)
+}
+
+// members maps names per stage back to the registered members.
+func members(parts [][]string, live []etcdx.Member) [][]etcdx.Member {
+	by := map[string]etcdx.Member{}
+	for _, m := range live {
+		by[m.Name] = m
+	}
+	out := make([][]etcdx.Member, len(parts))
+	for s, names := range parts {
+		for _, n := range names {
+			out[s] = append(out[s], by[n])
+		}
+	}
+	return out
 }
 
 // installSkipPipe plans SkipPipe over a fixed partition (members per
@@ -339,83 +324,45 @@ func (r *run) installSkipPipe(ctx context.Context, parts [][]etcdx.Member, fresh
 // skipPipeOnPartition plans cfg's SkipPipe variant with parts[s] holding
 // stage s (stages may be short of their configured size after a loss).
 func skipPipeOnPartition(cfg *Config, parts [][]etcdx.Member, epoch int64) (*scheduler.Plan, []etcdx.Member, model.Layout, error) {
-	// A stage with no worker left is vacant (scheduler.ExpandStages):
-	// the planner sees only the occupied stages, numbered in order.
-	var keep []int
-	for s, ms := range parts {
-		if len(ms) == 0 {
-			if s == 0 {
-				return nil, nil, 0, fmt.Errorf("coordinator: stage 0 has no worker")
-			}
-			continue
-		}
-		keep = append(keep, s)
-	}
-	if len(keep) < 2 {
-		return nil, nil, 0, fmt.Errorf("coordinator: only stage 0 has workers; SkipPipe needs another stage")
-	}
-	var names []string
-	var members []etcdx.Member
-	// A stand-in previous plan carries the partition into the planner's
-	// input (skipPipeInput keeps a previous plan's placement).
-	prev := &scheduler.Plan{Stages: make([]scheduler.Stage, len(keep))}
-	idx := make([][]int, len(keep))
-	for c, s := range keep {
-		for _, m := range parts[s] {
-			idx[c] = append(idx[c], len(names))
-			names = append(names, m.Name)
-			members = append(members, m)
-			prev.Workers = append(prev.Workers, scheduler.Worker{Node: m.Name, Stages: []int{c}})
-		}
-	}
-	sc, err := skipPipeInput(cfg, names, prev)
+	full, err := stageList(cfg.Train.Model.Layers, len(parts))
 	if err != nil {
-		return nil, nil, 0, fmt.Errorf("coordinator: plan skippipe on %d workers: %w", len(names), err)
+		return nil, nil, 0, err
 	}
-	sc.Partition = idx
-	sc.StageSizes = make([]int, len(keep))
-	for c, s := range keep {
-		sc.StageSizes[c] = len(parts[s])
-	}
-	expand := func(p *scheduler.Plan) (*scheduler.Plan, error) { return p, nil }
-	if len(keep) < len(parts) {
-		full, err := stageList(cfg.Train.Model.Layers, len(parts))
-		if err != nil {
-			return nil, nil, 0, err
-		}
-		expand = func(p *scheduler.Plan) (*scheduler.Plan, error) { return scheduler.ExpandStages(p, full, keep) }
-		sc.Rules.PathStages = min(sc.Rules.PathStages, len(keep))
-		if obj := sc.Objective; obj != nil {
-			sc.Objective = func(p *scheduler.Plan) float64 {
-				q, err := expand(p)
-				if err != nil {
-					return math.Inf(1)
-				}
-				return obj(q)
-			}
+	names := make([][]string, len(parts))
+	for s, ms := range parts {
+		for _, m := range ms {
+			names[s] = append(names[s], m.Name)
 		}
 	}
-	if cfg.Train.Microbatches%len(parts[0]) != 0 {
-		return nil, nil, 0, fmt.Errorf("coordinator: %d microbatches do not split over %d origins", cfg.Train.Microbatches, len(parts[0]))
-	}
-	sc.MicrobatchesPerOrigin = cfg.Train.Microbatches / len(parts[0])
-	// Fewer nodes must still hold every visit.
-	others := 0
-	for _, p := range parts[1:] {
-		others += len(p)
-	}
-	need := (cfg.Train.Microbatches*(sc.Rules.PathStages-1) + others - 1) / max(others, 1)
-	sc.Memory = max(sc.Memory, need)
 	variant := scheduler.SkipPipeCA
 	if cfg.Schedule == SkipPipeFull {
 		variant = scheduler.SkipPipeFull
 	}
-	p, _, err := scheduler.PlanSkipPipeVariant(variant, sc)
-	if err == nil {
-		p, err = expand(p)
-	}
+	p, err := scheduler.PlanSkipPipeOnPartition(variant, names, full, cfg.Train.Microbatches, func(order []string) (scheduler.SkipPipeConfig, error) {
+		// A stand-in previous plan carries the partition into the
+		// planner's input (skipPipeInput keeps a previous plan's
+		// placement); order lists the occupied stages' nodes, stage by
+		// stage.
+		prev := &scheduler.Plan{}
+		c := -1
+		for s := range names {
+			if len(names[s]) == 0 {
+				continue
+			}
+			c++
+			prev.Stages = append(prev.Stages, scheduler.Stage{})
+			for _, n := range names[s] {
+				prev.Workers = append(prev.Workers, scheduler.Worker{Node: n, Stages: []int{c}})
+			}
+		}
+		return skipPipeInput(cfg, order, prev)
+	})
 	if err != nil {
-		return nil, nil, 0, fmt.Errorf("coordinator: plan skippipe on %d workers: %w", len(names), err)
+		return nil, nil, 0, fmt.Errorf("coordinator: %w", err)
+	}
+	var members []etcdx.Member
+	for _, ms := range parts {
+		members = append(members, ms...)
 	}
 	return checkPlan(cfg, p, members, epoch)
 }
@@ -517,11 +464,7 @@ func (r *run) gather(ctx context.Context) ([]etcdx.Member, error) {
 			return r.prefer(live, cfg.Workers), nil
 		}
 		if time.Now().After(deadline) {
-			n := len(live)
-			if !isSkipPipe(cfg.Schedule) {
-				n -= n % cfg.Stages
-			}
-			if n >= cfg.Stages && n > 0 {
+			if n, ok := policy.Settle(r.family(), len(live), cfg.Workers, cfg.Stages); ok {
 				cfg.Logf("no replacement after %v: continuing on %d of %d workers", cfg.ReplaceWait, n, cfg.Workers)
 				return r.prefer(live, n), nil
 			}
@@ -535,62 +478,32 @@ func (r *run) gather(ctx context.Context) ([]etcdx.Member, error) {
 	}
 }
 
-// prefer picks n of live: current plan workers first, then by name, and
-// returns them sorted by name (classic placement is by name).
+// prefer picks n of live (policy.Prefer): current plan workers first,
+// then by name, sorted by name.
 func (r *run) prefer(live []etcdx.Member, n int) []etcdx.Member {
 	inPlan := map[string]bool{}
 	for _, w := range r.workers {
 		inPlan[w.member.Name] = true
 	}
-	out := append([]etcdx.Member(nil), live...)
-	sort.SliceStable(out, func(i, j int) bool {
-		if inPlan[out[i].Name] != inPlan[out[j].Name] {
-			return inPlan[out[i].Name]
-		}
-		return out[i].Name < out[j].Name
-	})
-	out = out[:n]
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return pick(policy.Prefer(names(live), inPlan, n), live)
+}
+
+// partitionFor places members on SkipPipe stages (policy.Partition).
+func (r *run) partitionFor(ms []etcdx.Member) [][]etcdx.Member {
+	return members(policy.Partition(r.placement(), names(ms), r.stageSizes), ms)
+}
+
+func names(ms []etcdx.Member) []string {
+	out := make([]string, len(ms))
+	for i, m := range ms {
+		out[i] = m.Name
+	}
 	return out
 }
 
-// partitionFor places members on SkipPipe stages: a member keeps the stage
-// it held in the current plan; a newcomer fills a vacant stage first, else
-// the stage furthest below its configured size (stage 0 first on ties, as
-// origins carry the data).
-func (r *run) partitionFor(members []etcdx.Member) [][]etcdx.Member {
-	ns := len(r.plan.Stages)
-	parts := make([][]etcdx.Member, ns)
-	held := map[string]int{}
-	for s, ws := range r.plan.StageWorkers() {
-		for _, w := range ws {
-			held[r.workers[w].member.Name] = s
-		}
-	}
-	var fresh []etcdx.Member
-	for _, m := range members {
-		if s, ok := held[m.Name]; ok {
-			parts[s] = append(parts[s], m)
-		} else {
-			fresh = append(fresh, m)
-		}
-	}
-	want := r.stageSizes
-	for _, m := range fresh {
-		// A vacant stage first (its layers are missing from every path),
-		// then the stage furthest below its size.
-		rank := func(s int) (bool, int) { return len(parts[s]) == 0, want[s] - len(parts[s]) }
-		best := 0
-		for s := 1; s < len(parts); s++ {
-			vs, ds := rank(s)
-			vb, db := rank(best)
-			if vs && !vb || vs == vb && ds > db {
-				best = s
-			}
-		}
-		parts[best] = append(parts[best], m)
-	}
-	return parts
+// pick returns the members named, in the order of names.
+func pick(names []string, ms []etcdx.Member) []etcdx.Member {
+	return members([][]string{names}, ms)[0]
 }
 
 // maybeRejoin runs at an iteration boundary: when the plan is short of
@@ -629,21 +542,16 @@ func (r *run) maybeRejoin(ctx context.Context, step int64) (bool, error) {
 		return false, nil
 	}
 	det := time.Now()
-	members := make([]etcdx.Member, 0, len(r.workers)+len(joined))
+	all := make([]etcdx.Member, 0, len(r.workers)+len(joined))
 	for _, w := range r.workers {
-		members = append(members, w.member)
+		all = append(all, w.member)
 	}
-	members = append(members, joined...)
-	if !isSkipPipe(cfg.Schedule) {
-		n := min(len(members), cfg.Workers)
-		n -= n % cfg.Stages
-		if n <= len(r.workers) {
-			return false, nil
-		}
-		members = r.prefer(members, n)
-	} else if len(members) > cfg.Workers {
-		members = members[:cfg.Workers]
+	all = append(all, joined...)
+	chosen := policy.Rejoin(r.family(), names(all[:len(r.workers)]), names(joined), cfg.Workers, cfg.Stages)
+	if chosen == nil {
+		return false, nil
 	}
+	members := pick(chosen, all)
 	rec := Recovery{Step: step, Kind: "rejoin", Cause: "workers available", DetectedAt: det}
 	for _, m := range members {
 		if !inPlan[m.Name] {

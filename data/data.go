@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"io"
 	"io/fs"
 	"math/rand/v2"
 	"os"
@@ -115,17 +116,19 @@ func Load(dir string, opt Options) (*Corpus, error) {
 		if d.IsDir() || !d.Type().IsRegular() {
 			return nil
 		}
-		b, err := os.ReadFile(path)
+		// Read no more than the budget left (plus one byte, to know the
+		// file is larger): a huge file never lands in memory whole.
+		b, over, err := readUpTo(path, opt.MaxBytes-total)
 		if err != nil {
 			if firstErr == nil {
 				firstErr = err
 			}
 			return nil
 		}
-		if len(b) == 0 || bytes.IndexByte(b, 0) >= 0 || !utf8.Valid(b) {
+		if (len(b) == 0 && !over) || bytes.IndexByte(b, 0) >= 0 || !validPrefix(b, over) {
 			return nil
 		}
-		if total+int64(len(b)) > opt.MaxBytes {
+		if over {
 			c.Truncated = true
 			return filepath.SkipAll
 		}
@@ -244,4 +247,39 @@ func EvalWindows(text []byte, n, win int) ([]int32, error) {
 		}
 	}
 	return out, nil
+}
+
+// readUpTo reads at most limit bytes of the file; over reports that the
+// file holds more (then the bytes read are only its start).
+func readUpTo(path string, limit int64) (b []byte, over bool, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, false, err
+	}
+	defer f.Close()
+	b, err = io.ReadAll(io.LimitReader(f, max(limit, 0)+1))
+	if err != nil {
+		return nil, false, err
+	}
+	if int64(len(b)) > limit {
+		return b[:max(limit, 0)], true, nil
+	}
+	return b, false, nil
+}
+
+// validPrefix reports whether b is UTF-8, allowing an incomplete last rune
+// when b is only the start of the file.
+func validPrefix(b []byte, cut bool) bool {
+	if utf8.Valid(b) {
+		return true
+	}
+	if !cut {
+		return false
+	}
+	for i := 1; i < utf8.UTFMax && i <= len(b); i++ {
+		if utf8.Valid(b[:len(b)-i]) {
+			return true
+		}
+	}
+	return false
 }

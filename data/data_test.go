@@ -1,6 +1,8 @@
 package data
 
 import (
+	"fmt"
+	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
@@ -132,5 +134,38 @@ func TestEvalWindowsAndEntropy(t *testing.T) {
 	}
 	if h := UnigramEntropy([]byte("abab")); h < 0.693 || h > 0.694 {
 		t.Fatalf("entropy %v, want ln 2", h)
+	}
+}
+
+// A file larger than the budget left is not loaded (nor read whole): the
+// load stops there, truncated, with the files before it; a binary file
+// past the budget is skipped as binary. An exactly spent budget stops at
+// the next text file.
+func TestBudgetStopsAtALargeFile(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, b []byte) {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 8 {
+		write(fmt.Sprintf("a%d.txt", i), []byte(strings.Repeat("a", 25)))
+	}
+	write("b.bin", append(bytes.Repeat([]byte{'x'}, 10), make([]byte, 1<<20)...))
+	write("c.txt", []byte(strings.Repeat("é", 1<<20))) // 2 MiB of text
+	write("d.txt", []byte("never reached"))
+	c, err := Load(dir, Options{MaxBytes: 1000, ValPct: 50})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Truncated || c.TrainFiles+c.ValFiles != 8 || len(c.Train)+len(c.Val) != 8*27 {
+		t.Fatalf("truncated=%v files=%d bytes=%d, want the eight small files alone", c.Truncated, c.TrainFiles+c.ValFiles, len(c.Train)+len(c.Val))
+	}
+	c, err = Load(dir, Options{MaxBytes: 200, ValPct: 50})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Truncated || c.TrainFiles+c.ValFiles != 8 {
+		t.Fatalf("spent budget: truncated=%v files=%d", c.Truncated, c.TrainFiles+c.ValFiles)
 	}
 }

@@ -93,3 +93,28 @@ func BenchmarkMatMulRaw(b *testing.B) {
 	}
 	b.ReportMetric(blockFlops(B, T, D, Hd)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
 }
+
+// BenchmarkTrainStepDefault is one optimizer step of `stagecoach train`'s
+// default model (4 layers, dim 128, 4 heads, ctx 64, 4 microbatches of 8):
+// what the profile of a training run looks like, GEMM and everything else.
+func BenchmarkTrainStepDefault(b *testing.B) {
+	tr, err := NewTrainer(TrainConfig{Model: Config{Layers: 4, Dim: 128, Heads: 4, Ctx: 64, Seed: 1},
+		Microbatches: 4, MicrobatchSize: 8, Optim: OptimConfig{Kind: "adamw", TotalSteps: 1 << 30}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(3, 3))
+	sample := func(dst []int32) error {
+		for i := range dst {
+			dst[i] = int32(r.IntN(256))
+		}
+		return nil
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := tr.TrainStep(sample); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(4*8*64*b.N)/b.Elapsed().Seconds(), "tokens/s")
+}

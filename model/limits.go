@@ -54,20 +54,52 @@ func (l Limits) WithDefaults() (Limits, error) {
 // NumParams is the parameter count of the whole model c describes (c
 // within the field caps; see CheckLimits).
 func NumParams(c Config) int64 {
-	d, h, v, l := int64(c.Dim), int64(c.Hidden), int64(c.Vocab), int64(c.Layers)
-	block := 2*d + 3*d*d + d*d + 2*d*h
-	return v*d + int64(c.Ctx)*d + l*block + d + d*v
+	return EmbedParams(c) + int64(c.Layers)*BlockParams(c) + HeadParams(c)
 }
 
+// BlockParams is one transformer block's parameter count: two norm gains,
+// q/k/v and output projections, and the MLP.
+func BlockParams(c Config) int64 {
+	d, h := int64(c.Dim), int64(c.Hidden)
+	return 2*d + 3*d*d + d*d + 2*d*h
+}
+
+// EmbedParams is the token and position embeddings' parameter count
+// (held by the first stage).
+func EmbedParams(c Config) int64 { return int64(c.Vocab+c.Ctx) * int64(c.Dim) }
+
+// HeadParams is the final norm's and the output head's parameter count
+// (held by the head stage).
+func HeadParams(c Config) int64 { return int64(c.Dim) + int64(c.Dim)*int64(c.Vocab) }
+
+// BlockActivationFloats is what one block keeps per token from its forward
+// for its backward: the residual stream, norms, q/k/v, attention output and
+// MLP (about 10 dim + 2 hidden floats) and a row of attention weights per
+// head.
+func BlockActivationFloats(c Config) float64 {
+	return 10*float64(c.Dim) + 2*float64(c.Hidden) + float64(c.Heads)*float64(c.Ctx)
+}
+
+// BlockWeightGradFloats is the part of BlockActivationFloats a split
+// backward keeps per token between the input gradient and the weight
+// gradient: the inputs of the block's four matrix products (3 dim + hidden)
+// and the gradients at their outputs (5 dim + hidden). The attention
+// weights and the rest are freed by the input gradient.
+func BlockWeightGradFloats(c Config) float64 {
+	return 8*float64(c.Dim) + 2*float64(c.Hidden)
+}
+
+// HeadActivationFloats is what the head keeps per token while it computes
+// the loss: the logits and their gradient.
+func HeadActivationFloats(c Config) float64 { return 2 * float64(c.Vocab) }
+
 // ActivationBytes estimates what the forward pass of batch sequences of
-// c.Ctx tokens keeps for the backward pass: per token and layer the
-// residual stream, norms, q/k/v, attention output and MLP (about 10 dim
-// + 2 hidden floats) and a row of attention weights per head, plus the
-// logits and their gradient. float64 so no product overflows.
+// c.Ctx tokens keeps for the backward pass: BlockActivationFloats per
+// token and layer plus HeadActivationFloats per token, in float32.
+// float64 so no product overflows.
 func ActivationBytes(c Config, batch int) float64 {
 	tokens := float64(batch) * float64(c.Ctx)
-	perLayer := 10*float64(c.Dim) + 2*float64(c.Hidden) + float64(c.Heads)*float64(c.Ctx)
-	return 4 * tokens * (float64(c.Layers)*perLayer + 2*float64(c.Vocab))
+	return 4 * tokens * (float64(c.Layers)*BlockActivationFloats(c) + HeadActivationFloats(c))
 }
 
 // CheckLimits refuses a model (config with defaults applied) larger than

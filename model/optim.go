@@ -3,6 +3,8 @@ package model
 import (
 	"fmt"
 	"math"
+
+	"stagecoach/internal/vecf32"
 )
 
 // OptimConfig configures the optimizer and the learning-rate schedule.
@@ -133,23 +135,16 @@ func (o *Optimizer) Update(step int, lr float64) {
 		if p.Decay {
 			wd = c.WeightDecay
 		}
-		// moments first; the update direction is recomputed from them below
-		for i, g32 := range p.G {
-			g := float64(g32)
-			st.M[i] = float32(c.Beta1*float64(st.M[i]) + (1-c.Beta1)*g)
-			st.V[i] = float32(c.Beta2*float64(st.V[i]) + (1-c.Beta2)*g*g)
-		}
-		dir := func(i int) float64 {
-			mh := float64(st.M[i]) / bc1
-			vh := float64(st.V[i]) / bc2
-			return mh/(math.Sqrt(vh)+c.Eps) + wd*float64(p.W[i])
-		}
+		// Moments first; the update direction is recomputed from them
+		// below. Both loops run four lanes at a time (vecf32) with the
+		// same bits as scalar code.
+		vecf32.AdamMoments(p.G, st.M, st.V, c.Beta1, c.Beta2)
 		scale := lr
 		if c.Kind == "lamb" {
 			// layer-wise trust ratio ‖w‖/‖r‖ (You et al., LAMB)
 			var wn, rn float64
 			for i, w := range p.W {
-				r := dir(i)
+				r := vecf32.AdamDirection(w, st.M[i], st.V[i], bc1, bc2, c.Eps, wd)
 				wn += float64(w) * float64(w)
 				rn += r * r
 			}
@@ -157,8 +152,6 @@ func (o *Optimizer) Update(step int, lr float64) {
 				scale *= math.Sqrt(wn) / math.Sqrt(rn)
 			}
 		}
-		for i := range p.W {
-			p.W[i] = float32(float64(p.W[i]) - scale*dir(i))
-		}
+		vecf32.AdamApply(p.W, st.M, st.V, bc1, bc2, c.Eps, wd, scale)
 	}
 }

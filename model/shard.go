@@ -388,13 +388,22 @@ func (s *Shard) Forward(mb int, x *Activations) (*Activations, error) {
 	} else {
 		copy(c.res[0], x.Data)
 	}
+	// The last block writes straight into the caller's buffer: Backward
+	// needs every block's input, never the shard's output.
+	out := make([]float32, b*t*D)
+	last := len(s.blocks) - 1
 	for j := range s.blocks {
-		s.blockForward(j, c, c.res[j], c.res[j+1])
+		dst := c.res[j+1]
+		if j == last {
+			dst = out
+		}
+		s.blockForward(j, c, c.res[j], dst)
+	}
+	if last < 0 {
+		copy(out, c.res[0])
 	}
 	s.caches[mb] = c
 	s.visits++
-	out := make([]float32, b*t*D)
-	copy(out, c.res[len(s.blocks)])
 	return &Activations{Shape: []int{b, t, D}, Data: out}, nil
 }
 
@@ -415,7 +424,12 @@ func (s *Shard) Backward(mb int, grad *Activations) (*Activations, error) {
 	}
 	s.ensureScratch(b, t)
 	n := b * t * s.cfg.Dim
+	// ∂L/∂input accumulates in the buffer handed back to the caller (a
+	// scratch one on the embedding shard, which hands back nothing).
 	dx := s.dx[:n]
+	if !s.spec.Embed {
+		dx = make([]float32, n)
+	}
 	copy(dx, grad.Data)
 	s.contribute(mb, s.bodyParams, func() {
 		for j := len(s.blocks) - 1; j >= 0; j-- {
@@ -430,9 +444,7 @@ func (s *Shard) Backward(mb int, grad *Activations) (*Activations, error) {
 	if s.spec.Embed {
 		return nil, nil
 	}
-	out := make([]float32, n)
-	copy(out, dx)
-	return &Activations{Shape: []int{b, t, s.cfg.Dim}, Data: out}, nil
+	return &Activations{Shape: []int{b, t, s.cfg.Dim}, Data: dx}, nil
 }
 
 // Loss applies the final norm, head and cross-entropy to hidden (shape

@@ -33,6 +33,12 @@ type Cluster struct {
 	HopOverheadS float64 `yaml:"hop_overhead_s,omitempty"`
 	// Workload, when set, describes the job a preset was made for.
 	Workload *Workload `yaml:"workload,omitempty"`
+	// Model is the model whose memory is counted in bytes (nil: the
+	// default model of `stagecoach train`; see StageMemories).
+	Model *ModelMemory `yaml:"model,omitempty"`
+	// DefaultMemoryGiB is the device memory of nodes that give no
+	// memory_gib, and of any_node's unlisted nodes (0: unbounded).
+	DefaultMemoryGiB float64 `yaml:"default_memory_gib,omitempty"`
 
 	nodeIndex map[string]int
 	links     map[[2]string]Link
@@ -83,6 +89,10 @@ type Node struct {
 	Speed float64 `yaml:"speed"`
 	// Memory is the most microbatch activations the node holds (0: unbounded).
 	Memory int `yaml:"memory,omitempty"`
+	// MemoryGiB is the node's device memory in GiB (0: DefaultMemoryGiB,
+	// or unbounded): a schedule whose workers on it need more, counted
+	// in bytes (StageMemories), is infeasible.
+	MemoryGiB float64 `yaml:"memory_gib,omitempty"`
 	// EgressGiBs is the bandwidth of the node's network interface, shared
 	// by all its outgoing transfers: each one holds it for bytes over this
 	// bandwidth, one after another, on top of its link's busy time. 0
@@ -137,6 +147,7 @@ func (c *Cluster) Validate() error {
 		{"compute.loss_layers", k.LossLayers}, {"compute.optimizer_layer_s", k.OptimizerLayerS},
 		{"compute.activation_bytes_per_sample", k.ActivationBytesPerSample},
 		{"compute.gradient_bytes_per_layer", k.GradientBytesPerLayer}, {"compute.message_header_bytes", k.MessageHeaderBytes}, {"hop_overhead_s", c.HopOverheadS},
+		{"default_memory_gib", c.DefaultMemoryGiB},
 	} {
 		name, v := f.name, f.v
 		if v < 0 || math.IsNaN(v) || math.IsInf(v, 0) {
@@ -154,6 +165,11 @@ func (c *Cluster) Validate() error {
 	for i, v := range k.StageForwardS {
 		if v < 0 || math.IsNaN(v) || math.IsInf(v, 0) {
 			return fmt.Errorf("cluster %q: compute.stage_forward_s[%d] is %v, want >= 0", c.Name, i, v)
+		}
+	}
+	if c.Model != nil {
+		if err := c.Model.WithDefaults().check("model"); err != nil {
+			return fmt.Errorf("cluster %q: %v", c.Name, err)
 		}
 	}
 	if len(c.Nodes) == 0 && !c.AnyNode {
@@ -176,6 +192,9 @@ func (c *Cluster) Validate() error {
 		}
 		if n.Memory < 0 {
 			return fmt.Errorf("cluster %q: node %q memory is %d, want >= 0", c.Name, n.Name, n.Memory)
+		}
+		if n.MemoryGiB < 0 || math.IsNaN(n.MemoryGiB) || math.IsInf(n.MemoryGiB, 0) {
+			return fmt.Errorf("cluster %q: node %q memory_gib is %v, want a finite number >= 0", c.Name, n.Name, n.MemoryGiB)
 		}
 		if n.EgressGiBs < 0 || math.IsNaN(n.EgressGiBs) || math.IsInf(n.EgressGiBs, 0) {
 			return fmt.Errorf("cluster %q: node %q egress_gib_s is %v, want a finite number >= 0", c.Name, n.Name, n.EgressGiBs)

@@ -19,6 +19,9 @@ type Options struct {
 	// Detail records every slice of compute and communication (for traces
 	// and Gantt charts) and the critical path. It costs memory on huge runs.
 	Detail bool
+	// MemoryTimeline records every worker's bytes over time
+	// (Result.Memory, for memory plots): two points per action.
+	MemoryTimeline bool
 }
 
 type eventKind uint8
@@ -79,6 +82,12 @@ type workerState struct {
 	bytes    float64
 	arrivals map[arrivalKey]arrival
 	waiting  bool // parked at an iteration barrier
+	mem      *scheduler.MemoryUse
+	memPeakT float64 // when mem first reached its peak
+	memCap   float64 // the node's memory in bytes, 0: unbounded
+	memOver  float64 // when the bytes first went over memCap, -1: never
+	memT     []float64
+	memB     []float64
 }
 
 type arrivalKey struct {
@@ -138,13 +147,21 @@ func Run(p *scheduler.Plan, c *Cluster, opt Options) (*Result, error) {
 		bars:    map[barrierKey]*barrier{},
 		iterEnd: make([]int, opt.Iterations),
 	}
+	stageMem, err := StageMemories(p, c)
+	if err != nil {
+		return nil, err
+	}
 	e.ws = make([]*workerState, len(p.Workers))
 	for w := range p.Workers {
 		idx, nd, err := c.node(p.Workers[w].Node)
 		if err != nil {
 			return nil, fmt.Errorf("plan worker %d: %w", w, err)
 		}
-		st := &workerState{nodeIdx: idx, node: nd, cause: -1, lastSl: -1, arrivals: map[arrivalKey]arrival{}}
+		st := &workerState{nodeIdx: idx, node: nd, cause: -1, lastSl: -1, arrivals: map[arrivalKey]arrival{}, memCap: c.capacityBytes(nd), memOver: -1}
+		if st.mem, err = scheduler.NewMemoryUse(e.ix, w, stageMem); err != nil {
+			return nil, fmt.Errorf("plan worker %d: %w", w, err)
+		}
+		e.memPoint(st, st.mem.Bytes())
 		st.ms = make([]*scheduler.Machine, opt.Iterations)
 		for it := range st.ms {
 			st.ms[it] = scheduler.NewMachine(e.ix, w)
@@ -181,6 +198,18 @@ func Run(p *scheduler.Plan, c *Cluster, opt Options) (*Result, error) {
 	return e.result(), nil
 }
 
+// memPoint notes the worker's bytes now: the first time they go over the
+// node's capacity and, with Options.MemoryTimeline, a point of the curve.
+func (e *engine) memPoint(st *workerState, b float64) {
+	if st.memCap > 0 && b > st.memCap && st.memOver < 0 {
+		st.memOver = e.now
+	}
+	if e.opt.MemoryTimeline {
+		st.memT = append(st.memT, e.now)
+		st.memB = append(st.memB, b)
+	}
+}
+
 func (e *engine) push(ev event) {
 	ev.seq = e.seq
 	e.seq++
@@ -201,6 +230,13 @@ func (e *engine) tryStart(w int) {
 	st.busy = true
 	st.act = a
 	st.start = e.now
+	if a.Kind != scheduler.AllReduce && a.Kind != scheduler.OptimizerStep {
+		peak := st.mem.Peak()
+		if b := st.mem.Start(a); b > peak {
+			st.memPeakT = e.now
+		}
+		e.memPoint(st, st.mem.Bytes())
+	}
 	if !st.started {
 		st.started = true
 		st.first = e.now
@@ -259,6 +295,9 @@ func (e *engine) finish(w int) {
 	st.lastEnd = e.now
 	st.lastSl = sl
 	st.busy = false
+	if a.Kind != scheduler.AllReduce && a.Kind != scheduler.OptimizerStep {
+		e.memPoint(st, st.mem.Finish(a))
+	}
 	for _, msg := range m.Finish() {
 		e.send(w, st.iter, msg, sl)
 	}

@@ -32,6 +32,7 @@ func FuzzParseCluster(f *testing.F) {
 	f.Add([]byte("name: x\nnodes: [{name: a, region: r1}, {name: b, region: r2}]\ncompute: {layer_forward_s: 1}\n"))
 	f.Add([]byte("a: &a [*a, *a]\n"))
 	f.Add([]byte("name: x\nany_node: true\ndelays: [[0, 1], [1, 0]]\nnodes: [{name: a}, {name: b}]\n"))
+	f.Add([]byte("name: x\ndefault_memory_gib: 8\nmodel: {dim: 64, heads: 4, optimizer: sgd, stage_activation_bytes_per_sample: [1, 2]}\nnodes: [{name: a, memory_gib: 0.5}, {name: b}]\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := ParseCluster(b)
 		if err != nil {

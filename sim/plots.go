@@ -109,19 +109,25 @@ func (lp LinePlot) Write(path string) error {
 		legend.Add(s.Name, line, points)
 	}
 	headroom(p)
-	w, h := 7*vg.Inch, 4.5*vg.Inch
-	if len(lp.Series) < legendOutside {
-		p.Legend = legend
-		if err := p.Save(w, h, path); err != nil {
-			return fmt.Errorf("line plot %s: %w", path, err)
-		}
-		return nil
+	if err := saveWithLegend(p, legend, len(lp.Series), path); err != nil {
+		return fmt.Errorf("line plot %s: %w", path, err)
 	}
-	// The legend gets a column of its own, right of the plot.
+	return nil
+}
+
+// saveWithLegend writes p with legend, inside the plot for a few entries
+// and in a column of its own, right of the plot, for legendOutside or
+// more, where it cannot hide the data.
+func saveWithLegend(p *plot.Plot, legend plot.Legend, entries int, path string) error {
+	w, h := 7*vg.Inch, 4.5*vg.Inch
+	if entries < legendOutside {
+		p.Legend = legend
+		return p.Save(w, h, path)
+	}
 	legendW := 1.9 * vg.Inch
 	img, err := draw.NewFormattedCanvas(w+legendW, h, strings.TrimPrefix(strings.ToLower(filepath.Ext(path)), "."))
 	if err != nil {
-		return fmt.Errorf("line plot %s: %w", path, err)
+		return err
 	}
 	dc := draw.New(img)
 	plotArea := dc
@@ -130,10 +136,7 @@ func (lp LinePlot) Write(path string) error {
 	legendArea.Min.X = dc.Min.X + w
 	p.Draw(plotArea)
 	legend.Draw(legendArea)
-	if err := writeCanvas(img, path); err != nil {
-		return fmt.Errorf("line plot %s: %w", path, err)
-	}
-	return nil
+	return writeCanvas(img, path)
 }
 
 // writeCanvas writes a drawn canvas to path.

@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"fmt"
 	"sort"
 	"strconv"
 
@@ -43,7 +44,15 @@ type WorkerStats struct {
 	BubbleFraction  float64 `json:"bubble_fraction"`
 	SpanS           float64 `json:"span_s"`
 	PeakActivations int     `json:"peak_activations"`
-	BytesSent       float64 `json:"bytes_sent"`
+	// PeakBytes is the most memory the worker held (StageMemories), first
+	// reached at PeakAtS; StaticBytes of it are held throughout
+	// (parameters, gradients, optimizer state). CapacityBytes is its
+	// node's memory (0: unbounded).
+	PeakBytes     float64 `json:"peak_bytes"`
+	PeakAtS       float64 `json:"peak_at_s"`
+	StaticBytes   float64 `json:"static_bytes"`
+	CapacityBytes float64 `json:"capacity_bytes,omitempty"`
+	BytesSent     float64 `json:"bytes_sent"`
 }
 
 // LinkStats is the traffic over one directed worker pair.
@@ -76,25 +85,32 @@ type Result struct {
 	Layers     int `json:"layers"`
 	Iterations int `json:"iterations"`
 	// Infeasible, when set, says why the schedule cannot run under the
-	// given limits (its plan breaks the memory bound): no figure below
-	// it is meaningful.
+	// given limits: its plan breaks the microbatch-count memory bound
+	// (set by callers; no figure below is meaningful), or Run found a
+	// worker needing more bytes than its node has (the figures are what
+	// it would take with enough memory).
 	Infeasible     string  `json:"infeasible,omitempty"`
 	IterationTimeS float64 `json:"iteration_time_s"`
 	// PlanTimeS is how long building the plan took (set by callers).
-	PlanTimeS       float64       `json:"plan_time_s,omitempty"`
-	MakespanS       float64       `json:"makespan_s"`
-	BubbleFraction  float64       `json:"bubble_fraction"`
-	BubbleOverIdeal float64       `json:"bubble_over_ideal"`
-	SpanS           float64       `json:"span_s"`
-	Utilization     float64       `json:"utilization"`
-	PeakActivations int           `json:"peak_activations"`
-	BytesSent       float64       `json:"bytes_sent"`
-	Events          int64         `json:"events"`
-	PerWorker       []WorkerStats `json:"per_worker"`
-	Links           []LinkStats   `json:"links,omitempty"`
-	CriticalPath    []PathStep    `json:"critical_path,omitempty"`
+	PlanTimeS       float64 `json:"plan_time_s,omitempty"`
+	MakespanS       float64 `json:"makespan_s"`
+	BubbleFraction  float64 `json:"bubble_fraction"`
+	BubbleOverIdeal float64 `json:"bubble_over_ideal"`
+	SpanS           float64 `json:"span_s"`
+	Utilization     float64 `json:"utilization"`
+	PeakActivations int     `json:"peak_activations"`
+	// PeakBytes is the largest of the workers' peak memory.
+	PeakBytes    float64       `json:"peak_bytes"`
+	BytesSent    float64       `json:"bytes_sent"`
+	Events       int64         `json:"events"`
+	PerWorker    []WorkerStats `json:"per_worker"`
+	Links        []LinkStats   `json:"links,omitempty"`
+	CriticalPath []PathStep    `json:"critical_path,omitempty"`
 	// Timeline holds every slice when Options.Detail is set.
 	Timeline []Slice `json:"-"`
+	// Memory holds every worker's bytes over time when
+	// Options.MemoryTimeline is set.
+	Memory []MemorySeries `json:"-"`
 	// Plan is the simulated plan.
 	Plan *scheduler.Plan `json:"-"`
 }
@@ -120,6 +136,18 @@ func (e *engine) result() *Result {
 		ws := WorkerStats{
 			Worker: w, Node: p.Workers[w].Node, ComputeS: st.compute, CommS: st.comm,
 			IdleS: r.MakespanS - st.compute, PeakActivations: peak, BytesSent: st.bytes,
+			PeakBytes: st.mem.Peak(), PeakAtS: st.memPeakT, StaticBytes: st.mem.Static(), CapacityBytes: st.memCap,
+		}
+		r.PeakBytes = max(r.PeakBytes, ws.PeakBytes)
+		if st.memOver >= 0 && r.Infeasible == "" {
+			// The lowest worker over its node's memory names the
+			// reason; the figures are what the schedule would take
+			// with enough memory.
+			r.Infeasible = fmt.Sprintf("worker %d needs %s at t=%s s, node %s has %s",
+				w, scheduler.FormatBytes(ws.PeakBytes), strconv.FormatFloat(st.memPeakT, 'g', 6, 64), st.node.Name, scheduler.FormatBytes(st.memCap))
+		}
+		if e.opt.MemoryTimeline {
+			r.Memory = append(r.Memory, MemorySeries{Worker: w, Node: st.node.Name, T: st.memT, Bytes: st.memB, Capacity: st.memCap})
 		}
 		if st.started {
 			ws.SpanS = st.lastEnd - st.first

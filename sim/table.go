@@ -28,7 +28,7 @@ func WriteTable(w io.Writer, results []*Result) error {
 	var buf bytes.Buffer
 	tw := tabwriter.NewWriter(&buf, 0, 0, colGap, ' ', tabwriter.AlignRight)
 	head := []string{pad("schedule"), "workers", "stages", "layers", "microbatches", "iteration_time_s", "bubble_fraction",
-		"bubble_over_ideal", "span_s", "utilization", "peak_activations", "bytes_sent"}
+		"bubble_over_ideal", "span_s", "utilization", "peak_activations", "peak_memory", "bytes_sent"}
 	if planTime {
 		head = append(head, "plan_time_s")
 	}
@@ -38,10 +38,14 @@ func WriteTable(w io.Writer, results []*Result) error {
 	for _, r := range results {
 		cells := []string{pad(r.Schedule), strconv.Itoa(r.Workers), strconv.Itoa(r.Stages), strconv.Itoa(r.Layers), strconv.Itoa(r.Microbatches),
 			fixed(r.IterationTimeS, 4), fixed(r.BubbleFraction, 4), fixed(r.BubbleOverIdeal, 4), fixed(r.SpanS, 4),
-			fixed(r.Utilization, 4), strconv.Itoa(r.PeakActivations), HumanBytes(r.BytesSent)}
+			fixed(r.Utilization, 4), strconv.Itoa(r.PeakActivations), HumanBytes(r.PeakBytes), HumanBytes(r.BytesSent)}
 		if r.Infeasible != "" {
 			for i := 5; i < len(cells); i++ {
-				cells[i] = "-"
+				// A simulated row over a node's memory keeps the
+				// peak it would need.
+				if i != peakMemoryCol || r.PeakBytes == 0 {
+					cells[i] = "-"
+				}
 			}
 			notes = append(notes, r.Schedule+": infeasible: "+r.Infeasible+"\n")
 		}
@@ -69,6 +73,9 @@ func WriteTable(w io.Writer, results []*Result) error {
 }
 
 const colGap = 2
+
+// peakMemoryCol is the index of the peak_memory column.
+const peakMemoryCol = 11
 
 func fixed(v float64, prec int) string { return strconv.FormatFloat(v, 'f', prec, 64) }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"stagecoach/scheduler"
+	"stagecoach/sim"
 )
 
 func init() { rootCmd.AddCommand(newPlanCmd()) }
@@ -29,6 +31,8 @@ type planFlags struct {
 	dialect      string
 	mapping      string
 	check        string
+	memoryGiB    float64
+	model        sim.ModelMemory
 }
 
 func newPlanCmd() *cobra.Command {
@@ -66,6 +70,8 @@ Schedules: ` + strings.Join(scheduler.Names(), ", ") + `.`,
 	fs.StringVar(&f.dialect, "dialect", "", "PyTorch token dialect: new or old (default new; auto-detected with --check)")
 	fs.StringVar(&f.mapping, "mapping", "loop", "with --check on a CSV, stage-to-rank mapping: loop, v or infer")
 	fs.StringVar(&f.check, "check", "", "validate this plan file (JSON or PyTorch CSV) instead of generating one")
+	fs.Float64Var(&f.memoryGiB, "memory-gib", 0, "refuse a plan any of whose workers needs more device memory than this, in GiB, counted in bytes for the model below (0: no check)")
+	registerModelMemoryFlags(fs, &f.model, "")
 	return cmd
 }
 
@@ -79,7 +85,7 @@ func runPlan(cmd *cobra.Command, f *planFlags) error {
 		if err != nil {
 			return badInput("--mapping: %v", err)
 		}
-		return checkPlanFile(cmd.OutOrStdout(), f.check, dialect, mapping)
+		return checkPlanFile(cmd.OutOrStdout(), f.check, dialect, mapping, f)
 	}
 	format := strings.ToLower(f.format)
 	if format != "json" && format != "pytorch-csv" {
@@ -108,6 +114,9 @@ func runPlan(cmd *cobra.Command, f *planFlags) error {
 		// A generator bug, not the user's fault.
 		return fmt.Errorf("schedule %s produced an invalid plan: %w", f.schedule, err)
 	}
+	if err := checkPlanMemory(plan, f, ""); err != nil {
+		return err
+	}
 	var out bytes.Buffer
 	if format == "json" {
 		err = scheduler.Encode(&out, plan)
@@ -128,13 +137,48 @@ func runPlan(cmd *cobra.Command, f *planFlags) error {
 }
 
 // checkPlanFile validates a JSON or PyTorch CSV plan and prints a verdict.
-func checkPlanFile(w io.Writer, path string, dialect scheduler.Dialect, mapping scheduler.StageMapping) error {
+func checkPlanFile(w io.Writer, path string, dialect scheduler.Dialect, mapping scheduler.StageMapping, f *planFlags) error {
 	plan, kind, err := readAnyPlan(path, dialect, mapping)
 	if err != nil {
 		return err
 	}
+	if err := checkPlanMemory(plan, f, path+": "); err != nil {
+		return err
+	}
 	fmt.Fprintf(w, "ok: %s: valid %s plan %q: %d workers, %d stages, %d microbatches, %d actions\n",
 		path, kind, plan.Schedule, len(plan.Workers), len(plan.Stages), len(plan.Microbatches), plan.TotalActions())
+	return nil
+}
+
+// checkPlanMemory validates the plan's memory in bytes against
+// --memory-gib on every worker (nothing without it); where prefixes the
+// plan's own errors.
+func checkPlanMemory(p *scheduler.Plan, f *planFlags, where string) error {
+	if f.memoryGiB < 0 || math.IsNaN(f.memoryGiB) || math.IsInf(f.memoryGiB, 0) {
+		return badInput("--memory-gib is %v, want a finite number >= 0", f.memoryGiB)
+	}
+	m := sim.ModelMemory{}
+	if err := overrideModelMemory(&m, f.model); err != nil {
+		return err
+	}
+	c := &sim.Cluster{Name: "--dim/--heads/--ctx/--vocab/--hidden", AnyNode: true, Model: &m}
+	if err := c.Validate(); err != nil {
+		return badInput("%v", err)
+	}
+	if f.memoryGiB == 0 {
+		return nil
+	}
+	stages, err := sim.StageMemories(p, c)
+	if err != nil {
+		return badInput("%s%v", where, err)
+	}
+	capacity := make([]float64, len(p.Workers))
+	for w := range capacity {
+		capacity[w] = f.memoryGiB * (1 << 30)
+	}
+	if err := scheduler.ValidateMemory(p, stages, capacity); err != nil {
+		return badInput("%s%v", where, err)
+	}
 	return nil
 }
 

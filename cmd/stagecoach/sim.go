@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -93,6 +94,9 @@ type simFlags struct {
 	progress     bool
 	allReduce    string
 	maxActions   int64
+	memoryGiB    float64
+	memoryPlot   string
+	model        sim.ModelMemory
 }
 
 func newSimCmd() *cobra.Command {
@@ -120,7 +124,10 @@ extensions, e.g. skippipe). Clusters: --preset homogeneous|skippipe-geo or
 	fs.IntVar(&f.chunks, "chunks", 0, "model chunks per worker for the looped schedules interleaved, interleaved-zb and looped-bfs (0: their default, 2; the V schedules hold 2)")
 	fs.IntVar(&f.layers, "layers", 0, "model layers (0: one per stage)")
 	fs.IntVar(&f.samples, "samples", 1, "samples per microbatch")
-	fs.IntVar(&f.memory, "memory", 0, "activation memory per worker in microbatches (0: unbounded)")
+	fs.IntVar(&f.memory, "memory", 0, "activation memory per worker in microbatches (0: unbounded); a shorthand for --memory-gib")
+	fs.Float64Var(&f.memoryGiB, "memory-gib", 0, "device memory of every node in GiB, overriding the cluster's memory_gib (0: the cluster's, or unbounded)")
+	fs.StringVar(&f.memoryPlot, "memory-plot", "", "write each worker's memory over time (.png or .svg); with several schedules, one file each")
+	registerModelMemoryFlags(fs, &f.model, "the cluster's model, else ")
 	fs.StringVar(&f.preset, "preset", "homogeneous", "built-in cluster: "+strings.Join(sim.PresetNames(), ", "))
 	fs.StringVar(&f.clusterFile, "cluster", "", "cluster cost model YAML (overrides --preset)")
 	fs.StringVar(&f.planFile, "plan", "", "simulate this plan JSON instead of generating schedules")
@@ -151,7 +158,7 @@ func runSim(cmd *cobra.Command, f *simFlags) error {
 			Stages: f.stages, Microbatches: f.microbatches, Replicas: f.replicas, Chunks: f.chunks,
 			Layers: f.layers, Samples: f.samples, Memory: f.memory,
 		},
-		Options:    sim.Options{Iterations: f.iterations, Overlap: f.overlap, Detail: f.trace != "" || f.gantt != ""},
+		Options:    sim.Options{Iterations: f.iterations, Overlap: f.overlap, Detail: f.trace != "" || f.gantt != "", MemoryTimeline: f.memoryPlot != ""},
 		Seed:       f.seed,
 		OutDir:     f.outDir,
 		PresetName: f.preset,
@@ -190,6 +197,9 @@ func runSim(cmd *cobra.Command, f *simFlags) error {
 	if err != nil {
 		return badInput("%v", err)
 	}
+	if err := applyMemoryFlags(env.Cluster, f); err != nil {
+		return err
+	}
 	for _, x := range simExtensions {
 		if x.Run == nil {
 			continue
@@ -208,11 +218,107 @@ func runSim(cmd *cobra.Command, f *simFlags) error {
 	if err != nil {
 		return err
 	}
+	if err := balanceJobs(env, jobs); err != nil {
+		return err
+	}
 	results, err := runSimJobs(env, jobs)
 	if err != nil {
 		return err
 	}
+	if err := writeMemoryPlots(env, results, f.memoryPlot); err != nil {
+		return err
+	}
 	return writeSimOutputs(env, results, f.jsonOut, f.trace, f.gantt)
+}
+
+// applyMemoryFlags puts --memory-gib and the model flags into the cluster:
+// each flag set overrides the cluster file's field.
+func applyMemoryFlags(c *sim.Cluster, f *simFlags) error {
+	if f.memoryGiB < 0 || math.IsNaN(f.memoryGiB) || math.IsInf(f.memoryGiB, 0) {
+		return badInput("--memory-gib is %v, want a finite number >= 0", f.memoryGiB)
+	}
+	if f.memoryGiB > 0 {
+		c.DefaultMemoryGiB = f.memoryGiB
+		for i := range c.Nodes {
+			c.Nodes[i].MemoryGiB = f.memoryGiB
+		}
+	}
+	m := sim.ModelMemory{}
+	if c.Model != nil {
+		m = *c.Model
+	}
+	if err := overrideModelMemory(&m, f.model); err != nil {
+		return err
+	}
+	c.Model = &m
+	if err := c.Validate(); err != nil {
+		return badInput("%v", err)
+	}
+	return nil
+}
+
+// registerModelMemoryFlags adds the model shape and optimizer flags that
+// size memory in bytes; a zero value leaves the field to deflt's source.
+func registerModelMemoryFlags(fs *pflag.FlagSet, m *sim.ModelMemory, deflt string) {
+	fs.IntVar(&m.Dim, "dim", 0, "model width, for memory in bytes (0: "+deflt+"128)")
+	fs.IntVar(&m.Heads, "heads", 0, "attention heads (0: "+deflt+"4)")
+	fs.IntVar(&m.Ctx, "ctx", 0, "context length in tokens (0: "+deflt+"64)")
+	fs.IntVar(&m.Vocab, "vocab", 0, "vocabulary size (0: "+deflt+"256)")
+	fs.IntVar(&m.Hidden, "hidden", 0, "MLP width (0: "+deflt+"4 x dim)")
+	fs.StringVar(&m.Optimizer, "optimizer", "", "optimizer whose state is counted: adamw, lamb (2 moments) or sgd (none) (default: "+deflt+"adamw)")
+}
+
+// overrideModelMemory sets in m every field the flags set.
+func overrideModelMemory(m *sim.ModelMemory, flags sim.ModelMemory) error {
+	for _, v := range []struct {
+		flag string
+		n    int
+		dst  *int
+	}{{"dim", flags.Dim, &m.Dim}, {"heads", flags.Heads, &m.Heads}, {"ctx", flags.Ctx, &m.Ctx}, {"vocab", flags.Vocab, &m.Vocab}, {"hidden", flags.Hidden, &m.Hidden}} {
+		if v.n < 0 {
+			return badInput("--%s is %d, want >= 0", v.flag, v.n)
+		}
+		if v.n > 0 {
+			*v.dst = v.n
+		}
+	}
+	if flags.Optimizer != "" {
+		if _, err := sim.OptimizerStates(flags.Optimizer); err != nil {
+			return badInput("--optimizer: %v", err)
+		}
+		m.Optimizer = flags.Optimizer
+	}
+	return nil
+}
+
+// writeMemoryPlots draws each simulated schedule's memory over time: to
+// path with one schedule, else to NAME-<schedule>.EXT each.
+func writeMemoryPlots(env *simEnv, results []*sim.Result, path string) error {
+	if path == "" {
+		return nil
+	}
+	var written []string
+	for _, r := range results {
+		if len(r.Memory) == 0 {
+			continue // not simulated
+		}
+		out := path
+		if len(results) > 1 {
+			ext := filepath.Ext(path)
+			out = strings.TrimSuffix(path, ext) + "-" + r.Schedule + ext
+		}
+		if err := mkdirFor(out); err != nil {
+			return err
+		}
+		if err := sim.WriteMemoryPlot(out, r); err != nil {
+			return badInput("%v", err)
+		}
+		written = append(written, out)
+	}
+	if len(results) > 1 {
+		fmt.Fprintf(env.Stderr, "wrote memory plots %s\n", strings.Join(written, ", "))
+	}
+	return nil
 }
 
 // buildSimJobs makes the plans to simulate: a plan file, or each schedule.
@@ -346,6 +452,9 @@ func runSimJobs(env *simEnv, jobs []*simJob) ([]*sim.Result, error) {
 		}
 		r.Schedule = j.Name
 		r.PlanTimeS = j.PlanTimeS
+		if r.Infeasible != "" {
+			feasible-- // over a node's memory in bytes
+		}
 		out = append(out, r)
 		bar.Add(1)
 	}
@@ -390,6 +499,11 @@ func refuseWithPlan(fs *pflag.FlagSet, planFlag string, flags ...string) error {
 func commonLayers(env *simEnv) int {
 	layers := 1
 	for _, name := range env.Schedules {
+		if name == autoSchedule {
+			// The search tries two-chunk placements too.
+			layers = lcm(layers, 2*max(env.Spec.Stages, 1))
+			continue
+		}
 		if isSimExtensionSchedule(name) {
 			continue
 		}
@@ -527,7 +641,7 @@ func runSweep(env *simEnv, f *simFlags) error {
 	}
 	defer fh.Close()
 	cw := csv.NewWriter(fh)
-	_ = cw.Write([]string{"schedule", "stages", "microbatches", "iteration_time_s", "bubble_fraction", "bubble_over_ideal", "span_s", "peak_activations"})
+	_ = cw.Write([]string{"schedule", "stages", "microbatches", "iteration_time_s", "bubble_fraction", "bubble_over_ideal", "span_s", "peak_activations", "peak_bytes"})
 	bar := newProgress(env.Stderr, len(env.Schedules)*len(stages)*len(mbs), "sweeping", f.progress)
 	var series []sim.Series
 	var skipped []string
@@ -547,7 +661,7 @@ func runSweep(env *simEnv, f *simFlags) error {
 				}
 				bar.Add(1)
 				if j.Infeasible != "" {
-					_ = cw.Write([]string{name, strconv.Itoa(p), strconv.Itoa(m), "infeasible", "", "", "", ""})
+					_ = cw.Write([]string{name, strconv.Itoa(p), strconv.Itoa(m), "infeasible", "", "", "", "", ""})
 					skipped = append(skipped, fmt.Sprintf("%s p=%d m=%d", name, p, m))
 					continue
 				}
@@ -555,7 +669,12 @@ func runSweep(env *simEnv, f *simFlags) error {
 				if err != nil {
 					return badInput("schedule %s p=%d m=%d: %v", name, p, m, err)
 				}
-				_ = cw.Write([]string{name, strconv.Itoa(p), strconv.Itoa(m), fmtF(r.IterationTimeS), fmtF(r.BubbleFraction), fmtF(r.BubbleOverIdeal), fmtF(r.SpanS), strconv.Itoa(r.PeakActivations)})
+				if r.Infeasible != "" {
+					_ = cw.Write([]string{name, strconv.Itoa(p), strconv.Itoa(m), "infeasible", "", "", "", "", fmtF(r.PeakBytes)})
+					skipped = append(skipped, fmt.Sprintf("%s p=%d m=%d", name, p, m))
+					continue
+				}
+				_ = cw.Write([]string{name, strconv.Itoa(p), strconv.Itoa(m), fmtF(r.IterationTimeS), fmtF(r.BubbleFraction), fmtF(r.BubbleOverIdeal), fmtF(r.SpanS), strconv.Itoa(r.PeakActivations), fmtF(r.PeakBytes)})
 				s.X = append(s.X, float64(m))
 				s.Y = append(s.Y, r.BubbleFraction)
 			}
@@ -570,10 +689,10 @@ func runSweep(env *simEnv, f *simFlags) error {
 		return err
 	}
 	if len(skipped) > 0 {
-		fmt.Fprintf(env.Stderr, "infeasible under --memory %d (left out of the plot): %s\n", env.Spec.Memory, strings.Join(skipped, ", "))
+		fmt.Fprintf(env.Stderr, "infeasible under the memory limits (left out of the plot): %s\n", strings.Join(skipped, ", "))
 	}
 	if len(series) == 0 {
-		return badInput("no point of the sweep fits under --memory %d", env.Spec.Memory)
+		return badInput("no point of the sweep fits in memory (--memory %d, --memory-gib %v or the cluster's memory_gib)", env.Spec.Memory, f.memoryGiB)
 	}
 	pngPath := filepath.Join(env.OutDir, "sweep.png")
 	lp := sim.LinePlot{Title: "Bubble fraction vs microbatches", XLabel: "microbatches m", YLabel: "bubble fraction", Series: series, LogX2: true}

@@ -260,3 +260,78 @@ func TestSimGanttOfSeveralSchedulesSaysWhereItWrote(t *testing.T) {
 		}
 	}
 }
+
+// Memory in bytes: a 24-layer model of width 1024 (context 1024, vocab
+// 50304, AdamW) in microbatches of 4 sequences over 4 stages of 16 GiB.
+// GPipe holds all 8 microbatches (25.5 GiB of activations on stage 0) and
+// does not fit; 1F1B holds 4 there (14.7 GiB with the 1.9 GiB of
+// parameters, gradients and moments) and does. Both rows print, the
+// memory plots are written, and `plan` refuses the same GPipe plan.
+func TestSimMemoryCapacityInBytes(t *testing.T) {
+	dir := t.TempDir()
+	model := []string{"--stages", "4", "--microbatches", "8", "--layers", "24", "--dim", "1024", "--heads", "16", "--ctx", "1024", "--vocab", "50304", "--samples", "4", "--memory-gib", "16"}
+	out, errOut, code := runCLI(t, dir, append([]string{"sim", "--schedule", "gpipe,1f1b", "--memory-plot", "mem.png"}, model...)...)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	if !regexp.MustCompile(`(?m)^gpipe\s+4\s+4\s+24\s+8\s+-\s.*\s28\.9 GiB\s+-\s+\S+$`).MatchString(out) ||
+		!strings.Contains(out, "gpipe: infeasible: worker 0 needs 27.4 GiB at t=168 s, node node-0 has 16.0 GiB") {
+		t.Errorf("gpipe not marked infeasible in bytes:\n%s", out)
+	}
+	if !regexp.MustCompile(`(?m)^1f1b\s+4\s+4\s+24\s+8\s+\d+\.\d{4}\s.*\s14\.7 GiB\s`).MatchString(out) || strings.Contains(out, "1f1b: infeasible") {
+		t.Errorf("1f1b should fit:\n%s", out)
+	}
+	for _, f := range []string{"mem-gpipe.png", "mem-1f1b.png"} {
+		if st, err := os.Stat(filepath.Join(dir, f)); err != nil || st.Size() == 0 || !strings.Contains(errOut, f) {
+			t.Errorf("%s: %v; stderr %q", f, err, errOut)
+		}
+	}
+	out, errOut, code = runCLI(t, dir, append([]string{"sim", "--schedule", "1f1b", "--json"}, model...)...)
+	var rows []map[string]any
+	if code != 0 || json.Unmarshal([]byte(out), &rows) != nil || len(rows) != 1 {
+		t.Fatalf("exit %d: %s\n%s", code, errOut, out)
+	}
+	if pb, _ := rows[0]["peak_bytes"].(float64); math.Abs(pb/(1<<30)-14.658) > 0.001 {
+		t.Errorf("peak_bytes %v, want about 14.658 GiB", rows[0]["peak_bytes"])
+	}
+	_, errOut, code = runCLI(t, dir, append([]string{"plan", "--schedule", "gpipe"}, model...)...)
+	if code != 2 || !strings.Contains(errOut, "invalid plan: worker 0 action F4@s0: memory: needs 17.8 GiB at action 4 of its program, 1.85 GiB over its 16.0 GiB") {
+		t.Errorf("plan gpipe: exit %d, stderr %q", code, errOut)
+	}
+	if _, errOut, code = runCLI(t, dir, append([]string{"plan", "--schedule", "1f1b"}, model...)...); code != 0 {
+		t.Errorf("plan 1f1b: exit %d: %s", code, errOut)
+	}
+	_, errOut, code = runCLI(t, dir, "sim", "--optimizer", "adam")
+	if code != 2 || !strings.Contains(errOut, `--optimizer: unknown optimizer "adam" (want adamw, lamb or sgd)`) {
+		t.Errorf("--optimizer adam: exit %d, stderr %q", code, errOut)
+	}
+}
+
+// The sweep's CSV carries each point's peak bytes; a point over the
+// node's memory is an infeasible row that still says what it would need.
+func TestSimSweepPeakBytes(t *testing.T) {
+	dir := t.TempDir()
+	_, errOut, code := runCLI(t, dir, "sim", "--sweep", "--schedule", "gpipe,1f1b", "--sweep-stages", "2", "--sweep-microbatches", "2,8", "--out", dir, "--memory-gib", "0.008")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	data, err := os.ReadFile(filepath.Join(dir, "sweep.csv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Default model, one block per stage, 655,360 bytes per microbatch:
+	// stage 0 holds 3,805,184 bytes of parameters, gradients and moments
+	// (1F1B's peak with two microbatches), the last stage 3,676,160 and
+	// 131,072 of logits while a loss runs (GPipe's peak).
+	want := "schedule,stages,microbatches,iteration_time_s,bubble_fraction,bubble_over_ideal,span_s,peak_activations,peak_bytes\n" +
+		"gpipe,2,2,9,0.3333333333,0.5,9,2,5117952\n" +
+		"gpipe,2,8,infeasible,,,,,9050112\n" +
+		"1f1b,2,2,9,0.3333333333,0.5,9,2,5115904\n" +
+		"1f1b,2,8,27,0.1111111111,0.125,27,2,5115904\n"
+	if string(data) != want {
+		t.Errorf("sweep.csv:\n%s\nwant:\n%s", data, want)
+	}
+	if !strings.Contains(errOut, "infeasible under the memory limits (left out of the plot): gpipe p=2 m=8") {
+		t.Errorf("stderr %q", errOut)
+	}
+}

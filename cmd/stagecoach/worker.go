@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,9 +11,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"stagecoach/internal/etcdx"
+	"stagecoach/internal/liveness"
 	"stagecoach/internal/metrics"
 	"stagecoach/internal/tlsx"
 	"stagecoach/worker"
@@ -179,7 +177,8 @@ worker stops the same way when that process, its parent, is gone (how
 				security = "mutual TLS"
 			}
 			log.Info(fmt.Sprintf("serving job %s on %s (%s)", job, addr, security), "addr", addr)
-			return keepRegistered(ctx, cli, keys, etcdx.Member{Name: name, Addr: advertise}, ttl, rejoin, log, &registered)
+			return liveness.Keep(ctx, cli, keys, etcdx.Member{Name: name, Addr: advertise},
+				liveness.Options{TTL: ttl, Rejoin: rejoin, Log: log, Registered: &registered})
 		},
 	}
 	f := cmd.Flags()
@@ -201,67 +200,6 @@ worker stops the same way when that process, its parent, is gone (how
 		_ = cmd.MarkFlagRequired(n)
 	}
 	return cmd
-}
-
-// keepRegistered registers m under a fresh session and re-registers
-// whenever the session ends, until ctx ends. It fails when no
-// registration succeeds for rejoin. tc, when set, dials etcd over TLS.
-// registered is true while a registration stands.
-//
-// Every etcd call here ends with ctx and within a bound of its own (the
-// grant and the registration within a TTL each, the lease's revocation
-// within etcdx.RevokeTimeout): a worker told to stop while etcd does not
-// answer stops at once.
-func keepRegistered(ctx context.Context, cli *clientv3.Client, keys etcdx.Keys, m etcdx.Member, ttl int, rejoin time.Duration, log *slog.Logger, registered *atomic.Bool) error {
-	job := keys.Job()
-	failingSince := time.Time{}
-	for ctx.Err() == nil {
-		err := func() error {
-			sess, err := etcdx.NewSession(ctx, cli, ttl)
-			if err != nil {
-				return err
-			}
-			defer func() {
-				if err := etcdx.CloseSession(sess, 0); err != nil && ctx.Err() != nil {
-					log.Warn(fmt.Sprintf("lease not revoked (%v); it expires within %d s", err, ttl))
-				}
-			}()
-			rctx, cancel := context.WithTimeout(ctx, time.Duration(ttl)*time.Second)
-			err = etcdx.Register(rctx, sess, keys, m)
-			cancel()
-			if err != nil {
-				return err
-			}
-			registered.Store(true)
-			defer registered.Store(false)
-			failingSince = time.Time{}
-			log.Info(fmt.Sprintf("registered in job %s (lease %x, TTL %d s)", job, sess.Lease(), ttl), "lease", fmt.Sprintf("%x", sess.Lease()))
-			// Lifeline, not sess.Done: a keepalive the client dropped
-			// while etcd changed leaders leaves the lease alive, and
-			// registering again would look like a lost worker.
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-etcdx.Lifeline(sess):
-				return errors.New("lease lost")
-			}
-		}()
-		if ctx.Err() != nil {
-			return nil
-		}
-		if failingSince.IsZero() {
-			failingSince = time.Now()
-		}
-		if time.Since(failingSince) > rejoin {
-			return fmt.Errorf("worker %s: could not stay registered in etcd for %v: %w", m.Name, rejoin, err)
-		}
-		log.Warn(fmt.Sprintf("%v; registering again", err))
-		select {
-		case <-ctx.Done():
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
-	return nil
 }
 
 // checkMetricsAddr rejects a --metrics-addr that is not HOST:PORT.

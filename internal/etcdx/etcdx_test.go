@@ -189,6 +189,9 @@ func TestDeadLeaderIsReplacedAndFenced(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if want := fmt.Sprintf("%s%x", k.ElectionPrefix(), sa.Lease()); string(a.elec.Key()) != want {
+		t.Fatalf("election key %q, want %q", a.elec.Key(), want)
+	}
 	commA, err := NewCommitter(ctx, a)
 	if err != nil {
 		t.Fatal(err)

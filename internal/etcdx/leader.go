@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -53,7 +54,10 @@ type Leader struct {
 // expires. concurrency.Election.Campaign does not notice its session
 // expiring, so the session is watched alongside it.
 func Campaign(ctx context.Context, s *concurrency.Session, k Keys, value string) (*Leader, error) {
-	e := concurrency.NewElection(s, k.ElectionPrefix())
+	// The election adds "/<lease>" to the name it is given: name it
+	// without ElectionPrefix's trailing slash so the keys are
+	// <job>/leader/<lease>, under ElectionPrefix.
+	e := concurrency.NewElection(s, strings.TrimSuffix(k.ElectionPrefix(), "/"))
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {

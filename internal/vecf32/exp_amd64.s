@@ -67,3 +67,123 @@ loop:
 	JNZ     loop
 	VZEROUPPER
 	RET
+
+// Constants of the tanh-approximated GELU, as float32 bit patterns: the
+// values the Go code in gelu.go rounds its constants to, so the two agree
+// bit for bit (no FMA outside the exponential, same operation order).
+DATA gelc<>+0(SB)/4, $0x3d372713  // 0.044715
+DATA gelc<>+4(SB)/4, $0x3fcc422a  // 2·sqrt(2/π)
+DATA gelc<>+8(SB)/4, $0x40000000  // 2
+DATA gelc<>+12(SB)/4, $0x3f000000 // 0.5
+DATA gelc<>+16(SB)/4, $0x3f4c422a // sqrt(2/π)
+DATA gelc<>+20(SB)/4, $0x3e095d4f // 3·0.044715
+GLOBL gelc<>(SB), RODATA|NOPTR, $24
+
+// func geluForwardAVX2(u, a, th *float32, n int)
+TEXT ·geluForwardAVX2(SB), NOSPLIT, $0-32
+	MOVQ u+0(FP), SI
+	MOVQ a+8(FP), DI
+	MOVQ th+16(FP), DX
+	MOVQ n+24(FP), CX
+	VBROADCASTSS expc<>+0(SB), Y14  // hi
+	VBROADCASTSS expc<>+4(SB), Y13  // lo
+	VBROADCASTSS expc<>+8(SB), Y12  // log2e
+	VBROADCASTSS expc<>+12(SB), Y11 // ln2 hi
+	VBROADCASTSS expc<>+16(SB), Y10 // ln2 lo
+	VBROADCASTSS expc<>+44(SB), Y9  // 1
+	VPBROADCASTD expc<>+48(SB), Y8  // 127
+	VBROADCASTSS gelc<>+0(SB), Y15  // 0.044715
+	VBROADCASTSS gelc<>+4(SB), Y7   // 2c
+	SHRQ $3, CX
+
+gfloop:
+	VMOVUPS (SI), Y0        // x
+	VMULPS  Y0, Y15, Y1     // 0.044715·x
+	VMULPS  Y0, Y1, Y1      // ·x
+	VMULPS  Y0, Y1, Y1      // ·x
+	VADDPS  Y1, Y0, Y1      // x + 0.044715·x³
+	VMULPS  Y1, Y7, Y1      // y = 2c·(…)
+	// e^y, exactly as expSubAVX2 computes it.
+	VMINPS  Y14, Y1, Y1
+	VMAXPS  Y13, Y1, Y1
+	VMULPS  Y12, Y1, Y2
+	VROUNDPS $0, Y2, Y2     // n
+	VMULPS  Y11, Y2, Y3
+	VSUBPS  Y3, Y1, Y1      // r = y − n·ln2hi
+	VMULPS  Y10, Y2, Y3
+	VSUBPS  Y3, Y1, Y1      // r −= n·ln2lo
+	VBROADCASTSS expc<>+20(SB), Y3
+	VBROADCASTSS expc<>+24(SB), Y4
+	VFMADD213PS Y4, Y1, Y3
+	VBROADCASTSS expc<>+28(SB), Y4
+	VFMADD213PS Y4, Y1, Y3
+	VBROADCASTSS expc<>+32(SB), Y4
+	VFMADD213PS Y4, Y1, Y3
+	VBROADCASTSS expc<>+36(SB), Y4
+	VFMADD213PS Y4, Y1, Y3
+	VBROADCASTSS expc<>+40(SB), Y4
+	VFMADD213PS Y4, Y1, Y3
+	VMULPS  Y1, Y1, Y5      // r²
+	VADDPS  Y9, Y1, Y6      // r + 1
+	VFMADD213PS Y6, Y5, Y3  // p·r² + (r + 1)
+	VCVTPS2DQ Y2, Y2
+	VPADDD  Y8, Y2, Y2
+	VPSLLD  $23, Y2, Y2     // 2^n
+	VMULPS  Y2, Y3, Y3      // e
+	// t = 1 − 2/(e + 1)
+	VADDPS  Y9, Y3, Y3
+	VBROADCASTSS gelc<>+8(SB), Y4
+	VDIVPS  Y3, Y4, Y4
+	VSUBPS  Y4, Y9, Y4
+	VMOVUPS Y4, (DX)
+	// a = (0.5·x)·(1 + t)
+	VBROADCASTSS gelc<>+12(SB), Y5
+	VMULPS  Y0, Y5, Y5
+	VADDPS  Y9, Y4, Y6
+	VMULPS  Y6, Y5, Y5
+	VMOVUPS Y5, (DI)
+	ADDQ    $32, SI
+	ADDQ    $32, DI
+	ADDQ    $32, DX
+	DECQ    CX
+	JNZ     gfloop
+	VZEROUPPER
+	RET
+
+// func geluBackwardAVX2(u, th, da *float32, n int)
+TEXT ·geluBackwardAVX2(SB), NOSPLIT, $0-32
+	MOVQ u+0(FP), SI
+	MOVQ th+8(FP), DX
+	MOVQ da+16(FP), DI
+	MOVQ n+24(FP), CX
+	VBROADCASTSS expc<>+44(SB), Y9  // 1
+	VBROADCASTSS gelc<>+12(SB), Y10 // 0.5
+	VBROADCASTSS gelc<>+16(SB), Y11 // c
+	VBROADCASTSS gelc<>+20(SB), Y12 // 3·0.044715
+	SHRQ $3, CX
+
+gbloop:
+	VMOVUPS (SI), Y0        // x
+	VMOVUPS (DX), Y1        // t
+	VADDPS  Y1, Y9, Y2      // 1 + t
+	VMULPS  Y2, Y10, Y2     // A = 0.5·(1 + t)
+	VMULPS  Y0, Y10, Y3     // 0.5·x
+	VMULPS  Y1, Y1, Y4      // t·t
+	VSUBPS  Y4, Y9, Y4      // 1 − t·t
+	VMULPS  Y4, Y3, Y3
+	VMULPS  Y11, Y3, Y3     // ·c
+	VMULPS  Y0, Y12, Y5     // 3·0.044715·x
+	VMULPS  Y0, Y5, Y5      // ·x
+	VADDPS  Y5, Y9, Y5      // 1 + …
+	VMULPS  Y5, Y3, Y3      // B
+	VADDPS  Y3, Y2, Y2      // d = A + B
+	VMOVUPS (DI), Y6
+	VMULPS  Y2, Y6, Y6
+	VMOVUPS Y6, (DI)
+	ADDQ    $32, SI
+	ADDQ    $32, DX
+	ADDQ    $32, DI
+	DECQ    CX
+	JNZ     gbloop
+	VZEROUPPER
+	RET

@@ -18,3 +18,21 @@ var hasAVX2 = cpu.X86.HasAVX2 && cpu.X86.HasFMA && os.Getenv("STAGECOACH_GEMM") 
 //
 //go:noescape
 func expSubAVX2(x *float32, n int, sub float32)
+
+// geluForwardAVX2 and geluBackwardAVX2 are GELUForward and GELUBackward
+// for n elements, n a positive multiple of 8.
+//
+//go:noescape
+func geluForwardAVX2(u, a, th *float32, n int)
+
+//go:noescape
+func geluBackwardAVX2(u, th, da *float32, n int)
+
+// adamMomentsAVX2 and adamApplyAVX2 are AdamMoments and AdamApply for n
+// elements, n a positive multiple of 4.
+//
+//go:noescape
+func adamMomentsAVX2(grad, m, v *float32, n int, b1, c1, b2, c2 float64)
+
+//go:noescape
+func adamApplyAVX2(w, m, v *float32, n int, bc1, bc2, eps, wd, scale float64)

@@ -13,14 +13,15 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.yaml.in/yaml/v3"
 
 	"stagecoach/coordinator"
 	"stagecoach/internal/etcdx"
+	"stagecoach/internal/liveness"
 	"stagecoach/model"
 	"stagecoach/scheduler"
 	"stagecoach/sim"
@@ -92,8 +93,10 @@ func Run(ctx context.Context, j Job) (*coordinator.Summary, error) {
 	}
 	quiet := func(string, ...any) {}
 	type node struct {
-		w *worker.Server
-		s *concurrency.Session
+		w       *worker.Server
+		stop    context.CancelFunc
+		crashed atomic.Bool
+		done    chan struct{}
 	}
 	var mu sync.Mutex
 	nodes := map[string]*node{}
@@ -101,17 +104,22 @@ func Run(ctx context.Context, j Job) (*coordinator.Summary, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		for _, n := range nodes {
+			n.stop()
+			<-n.done
 			n.w.Stop(2 * time.Second)
-			n.s.Close()
 		}
 	}()
+	// crash stops a worker as a crash does: at once, leaving its lease
+	// to expire.
 	crash := func(name string) {
 		mu.Lock()
 		n := nodes[name]
 		delete(nodes, name)
 		mu.Unlock()
 		if n != nil {
-			n.s.Orphan()
+			n.crashed.Store(true)
+			n.stop()
+			<-n.done
 			n.w.Stop(0)
 		}
 	}
@@ -125,16 +133,25 @@ func Run(ctx context.Context, j Job) (*coordinator.Summary, error) {
 		if err != nil {
 			return nil, fmt.Errorf("localrun %s: worker %s: %w", j.Name, name, err)
 		}
-		s, err := etcdx.NewSession(ctx, cli, etcdx.DefaultTTL)
-		if err != nil {
-			w.Stop(0)
-			return nil, err
-		}
+		nctx, stop := context.WithCancel(ctx)
+		n := &node{w: w, stop: stop, done: make(chan struct{})}
+		registered := make(chan struct{})
+		var once sync.Once
 		mu.Lock()
-		nodes[name] = &node{w: w, s: s}
+		nodes[name] = n
 		mu.Unlock()
-		if err := etcdx.Register(ctx, s, keys, etcdx.Member{Name: name, Addr: addr}); err != nil {
-			return nil, fmt.Errorf("localrun %s: register %s: %w", j.Name, name, err)
+		var keepErr error
+		go func() {
+			defer close(n.done)
+			keepErr = liveness.Keep(nctx, cli, keys, etcdx.Member{Name: name, Addr: addr}, liveness.Options{
+				Crashed:      n.crashed.Load,
+				OnRegistered: func(int64) { once.Do(func() { close(registered) }) },
+			})
+		}()
+		select {
+		case <-registered:
+		case <-n.done:
+			return nil, fmt.Errorf("localrun %s: register %s: %v", j.Name, name, keepErr)
 		}
 	}
 	cfg := coordinator.Config{Job: j.Name, Endpoints: e.Endpoints(), Workers: len(j.Nodes), Stages: j.Stages,
