@@ -27,6 +27,10 @@ def main(argv=None):
     # Before torch is imported: its BLAS and OpenMP pools read these once.
     for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[v] = str(a.threads)
+    # Idle OpenMP threads otherwise spin between operations, taking the
+    # cores from the worker and the other stages on the machine (measured:
+    # a 2-thread stage beside an idle backend ran 15x slower).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if sys.byteorder != "little":
         sys.exit("stagecoach_torch: the compute protocol is little-endian; this machine is not")
 

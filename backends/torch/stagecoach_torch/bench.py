@@ -31,6 +31,7 @@ def main():
     a = ap.parse_args()
     for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[v] = str(a.threads)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the backend
     import torch
 
     from stagecoach_torch.client import Client, RemoteStage
