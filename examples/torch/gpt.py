@@ -83,10 +83,14 @@ class GPT:
 
     def __init__(self, vocab, layers, dim, heads, ctx, hidden, init_std):
         self.vocab, self.ctx, self.width = vocab, ctx, dim
-        self.layers, self.init_std = layers, init_std
+        self.layers, self.hidden, self.init_std = layers, hidden, init_std
         self.embed = functools.partial(Embed, vocab, dim, ctx)
         self.blocks = [functools.partial(Block, dim, heads, hidden) for _ in range(layers)]
         self.head = functools.partial(Head, dim, vocab)
+
+    def num_params(self):
+        d, h, v = self.width, self.hidden, self.vocab
+        return v * d + self.ctx * d + self.layers * (2 * d + 4 * d * d + 2 * d * h) + d + d * v
 
     def loss(self, logits, targets):
         # per-token losses in float32, their mean in float64 (as the Go

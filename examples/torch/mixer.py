@@ -60,9 +60,15 @@ class Head(nn.Module):
 class Mixer:
     def __init__(self, vocab, layers, dim, ctx, hidden, groups):
         self.vocab, self.ctx, self.width = vocab, ctx, dim
+        self.layers, self.hidden, self.groups = layers, hidden, groups
         self.embed = lambda: Embed(vocab, dim)
         self.blocks = [lambda: MixerBlock(dim, ctx, hidden, groups) for _ in range(layers)]
         self.head = lambda: Head(dim, vocab)
+
+    def num_params(self):
+        d, h = self.width, self.hidden
+        block = self.groups * self.ctx * self.ctx + 4 * d + 2 * d * h
+        return self.vocab * d + self.layers * block + 2 * d + d * self.vocab
 
     def loss(self, logits, targets):
         # per-token losses in float32, their mean in float64 (as the Go

@@ -100,6 +100,13 @@ class Stage:
         for attr in ("embed", "blocks", "head", "loss"):
             if not hasattr(spec, attr):
                 raise StageError("model: build(config) returned an object without .%s" % attr)
+        # A model that can count its parameters is refused before anything
+        # is allocated; the others when the count passes the limit.
+        declared = getattr(spec, "num_params", None)
+        if callable(declared):
+            declared = declared()
+        if isinstance(declared, int) and declared > max_params:
+            raise StageError("model: %d parameters, more than the %d allowed (the backend's --max-params)" % (declared, max_params))
         blocks = spec.blocks
         layers = len(blocks)
         if not (0 <= lo <= hi <= layers):

@@ -10,7 +10,7 @@ from harness import GPT, MIXER, TINY, Backend, batch, bits
 from stagecoach_torch import compute_pb2 as pb
 from stagecoach_torch.client import CallError, RemoteStage
 from stagecoach_torch.server import Limits
-from stagecoach_torch.stage import load_model_file
+from stagecoach_torch.stage import Stage, load_model_file
 
 
 class ProtocolTest(unittest.TestCase):
@@ -78,6 +78,15 @@ class ProtocolTest(unittest.TestCase):
             RemoteStage(self.c, TINY, lo=3, hi=5)
         with self.assertRaisesRegex(CallError, "no stage 999"):
             self.c.call(pb.OP_ZERO_GRAD, stage=999)
+
+    def test_num_params_is_the_parameter_count_and_bounds_a_load(self):
+        for f in (GPT, MIXER):
+            build = load_model_file(f)
+            st = Stage(build, TINY, {}, 0, 4, True, True, 1 << 28)
+            self.assertEqual(build(TINY).num_params(), sum(p.p.numel() for p in st.params), f)
+        huge = dict(TINY, layers=16000, dim=4096, heads=4)
+        with self.assertRaisesRegex(CallError, r"parameters, more than the 268435456 allowed"):
+            RemoteStage(self.c, huge, lo=0, hi=1)
 
     def test_oversized_tensor_is_refused_before_its_bytes(self):
         st = RemoteStage(self.c, TINY, lo=0, hi=1)
