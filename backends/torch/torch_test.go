@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"stagecoach/compute/conformance"
 	"stagecoach/model"
 )
 
@@ -265,4 +266,23 @@ func writeST(t *testing.T, path string, ts []model.STensor) {
 	if err := model.WriteSafetensors(f, ts, nil); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestConformance runs the conformance suite every backend must pass
+// (compute/conformance) on examples/torch/gpt.py, started by
+// compute/remote as the worker starts it. The suite's model is the Go
+// model's shape and names, which gpt.py has.
+func TestConformance(t *testing.T) {
+	if testing.Short() {
+		t.Skip("the conformance suite starts the backend a dozen times; skipped with -short")
+	}
+	needPython(t)
+	root, err := filepath.Abs(filepath.Join("..", ".."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conformance.Run(t, nil, conformance.Options{
+		Command: []string{python, "-m", "stagecoach_torch", "--model", filepath.Join(root, "examples", "torch", "gpt.py")},
+		Env:     append(os.Environ(), "PYTHONPATH="+filepath.Join(root, "backends", "torch")),
+	})
 }
