@@ -5,15 +5,20 @@
 package torch_test
 
 import (
+	"context"
 	"encoding/json"
 	"math"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"stagecoach/compute"
 	"stagecoach/compute/conformance"
+	"stagecoach/compute/reference"
+	"stagecoach/compute/remote"
 	"stagecoach/model"
 )
 
@@ -285,4 +290,88 @@ func TestConformance(t *testing.T) {
 		Command: []string{python, "-m", "stagecoach_torch", "--model", filepath.Join(root, "examples", "torch", "gpt.py")},
 		Env:     append(os.Environ(), "PYTHONPATH="+filepath.Join(root, "backends", "torch")),
 	})
+}
+
+// TestPipelinedEqualsSingleProcess trains both example models on the torch
+// backend, started by compute/remote, with compute/reference (the training
+// step of model.Trainer, stage by stage): split into 2 stages, head last
+// and head first, the losses, weights and moments of 3 steps equal those of
+// the whole model in one stage, bit for bit.
+func TestPipelinedEqualsSingleProcess(t *testing.T) {
+	needPython(t)
+	root, err := filepath.Abs(filepath.Join("..", ".."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, file := range []string{"gpt.py", "mixer.py"} {
+		t.Run(file, func(t *testing.T) {
+			ctx := context.Background()
+			b, err := remote.Start(ctx, remote.Command{
+				Args: []string{python, "-m", "stagecoach_torch", "--model", filepath.Join(root, "examples", "torch", file)},
+				Env:  append(os.Environ(), "PYTHONPATH="+filepath.Join(root, "backends", "torch")),
+			}, remote.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			run := func(stages int, layout model.Layout) ([]float64, []compute.ParamState) {
+				cfg := model.TrainConfig{
+					Model:        model.Config{Layers: 4, Dim: 16, Heads: 2, Ctx: 8, Seed: 3},
+					Stages:       stages,
+					Layout:       layout,
+					Microbatches: 3, MicrobatchSize: 2,
+					Optim: model.OptimConfig{Kind: "adamw", LR: 1e-2, TotalSteps: 3, ClipNorm: 0.5},
+				}
+				tr, err := reference.New(ctx, b, cfg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer tr.Close()
+				rng := rand.New(rand.NewPCG(1, 2))
+				sample := func(dst []int32) error {
+					for i := range dst {
+						dst[i] = int32(rng.IntN(256))
+					}
+					return nil
+				}
+				var losses []float64
+				for range 3 {
+					r, err := tr.TrainStep(sample)
+					if err != nil {
+						t.Fatal(err)
+					}
+					losses = append(losses, r.Loss)
+				}
+				st, err := tr.States()
+				if err != nil {
+					t.Fatal(err)
+				}
+				return losses, st
+			}
+			wantLoss, want := run(1, model.HeadLast)
+			if !(wantLoss[2] < wantLoss[0]) {
+				t.Errorf("losses %v: training does not learn", wantLoss)
+			}
+			for _, layout := range []model.Layout{model.HeadLast, model.HeadFirst} {
+				gotLoss, got := run(2, layout)
+				for i := range wantLoss {
+					if math.Float64bits(gotLoss[i]) != math.Float64bits(wantLoss[i]) {
+						t.Errorf("layout %d: step %d loss %v, one stage %v", layout, i+1, gotLoss[i], wantLoss[i])
+					}
+				}
+				if len(got) != len(want) {
+					t.Fatalf("layout %d: %d tensors, one stage %d", layout, len(got), len(want))
+				}
+				for i := range want {
+					for _, c := range [][2][]float32{{got[i].W, want[i].W}, {got[i].M, want[i].M}, {got[i].V, want[i].V}} {
+						for j := range c[1] {
+							if math.Float32bits(c[0][j]) != math.Float32bits(c[1][j]) {
+								t.Fatalf("layout %d: %s element %d: %v, one stage %v", layout, want[i].Name, j, c[0][j], c[1][j])
+							}
+						}
+					}
+				}
+			}
+		})
+	}
 }
