@@ -83,6 +83,10 @@ type Config struct {
 	// it), and the coordinator uses and deletes only listed checkpoints
 	// under it. Coordinators of one job share it.
 	CheckpointDir string
+	// Backend, when set, names the compute backend every worker must
+	// compute with (compute.Backend.Name: "go", "torch", ...); a worker
+	// with another refuses the job's Configure.
+	Backend string
 	// InitFrom, when set, is the state a new job starts from instead of
 	// the seed (model.OpenCheckpoint: a whole-model file or another job's
 	// shard set), whose model must be Train.Model's: its weights, optimizer

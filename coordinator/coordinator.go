@@ -448,7 +448,11 @@ func (r *run) configure(ctx context.Context, planJSON []byte, tc model.TrainConf
 // configureWith is configure; fresh makes every worker rebuild its shards
 // from the seed (Configure{fresh}).
 func (r *run) configureWith(ctx context.Context, planJSON []byte, tc model.TrainConfig, fresh bool) (int64, error) {
-	modelJSON, err := json.Marshal(tc)
+	// The worker reads the train config with the backend name beside it.
+	modelJSON, err := json.Marshal(struct {
+		model.TrainConfig
+		Backend string `json:"backend,omitempty"`
+	}{tc, r.cfg.Backend})
 	if err != nil {
 		return 0, err
 	}

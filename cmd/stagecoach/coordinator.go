@@ -59,6 +59,11 @@ type jobFlags struct {
 	// (coordinator.Config.InitFrom).
 	initFrom        string
 	initWeightsOnly bool
+	// backendName, when set, is the compute backend every worker must
+	// compute with (the workers refuse the job otherwise).
+	backendName string
+	// backend is how `up` starts its workers' backends.
+	backend backendFlags
 }
 
 func (j *jobFlags) register(f *pflag.FlagSet, defaultJob string) {
@@ -67,6 +72,7 @@ func (j *jobFlags) register(f *pflag.FlagSet, defaultJob string) {
 	f.IntVar(&j.workers, "workers", 2, "workers to wait for and train on")
 	f.IntVar(&j.stages, "stages", 0, "pipeline stages (0: one per worker; workers/stages replicas each)")
 	f.StringVar(&j.schedule, "schedule", "gpipe", "pipeline schedule (gpipe, 1f1b, ...)")
+	f.StringVar(&j.backendName, "backend", "", "require every worker to compute with this backend (go, torch, ...; empty: any)")
 	f.IntVar(&j.steps, "steps", 20, "optimizer steps")
 	f.IntVar(&j.train.Model.Layers, "layers", 4, "transformer blocks")
 	f.IntVar(&j.train.Model.Dim, "dim", 128, "model width")
@@ -120,7 +126,7 @@ func (j *jobFlags) config(endpoints []string) (coordinator.Config, error) {
 		Job: j.job, Endpoints: endpoints, TTL: j.ttl, Workers: j.workers, Stages: j.stages,
 		Schedule: j.schedule, Train: tc, Steps: j.steps, CorpusDir: j.corpus, MaxCorpusBytes: j.maxBytes,
 		OutDir: j.out, CheckpointDir: j.ckptDir, Checkpoint: j.ckpt, CheckpointEvery: j.ckptEvery, Retain: j.retain, Name: j.name,
-		TLS: tlsConf, AllReduce: j.allReduce,
+		TLS: tlsConf, AllReduce: j.allReduce, Backend: j.backendName,
 	}
 	switch {
 	case j.initFrom != "":

@@ -55,6 +55,8 @@ the coordinator serves Prometheus metrics on HOST:P and worker i on
 HOST:P+1+i; the workers log in the --log-format given to up. The workers
 never outlive up: stopped in order when it stops, killed by the kernel
 should it die (kill -9), and each watches for its parent's exit too.
+With --backend-cmd each worker computes its stages in a backend process
+it starts (e.g. the PyTorch backend, see docs/backends.md).
 An --out holding an earlier run is refused: continue it with --resume,
 or clear its checkpoints with --force. --init-from starts the job from a
 checkpoint (a train run, an exported file or another job's step
@@ -63,6 +65,9 @@ directory) instead of the seed; see docs/checkpoints.md.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if j.workers < 1 {
 				return badInput("--workers must be at least 1, got %d", j.workers)
+			}
+			if err := j.backend.check(); err != nil {
+				return err
 			}
 			names, err := emu.workerNames(&j, cmd.Flags())
 			if err != nil {
@@ -215,6 +220,7 @@ directory) instead of the seed; see docs/checkpoints.md.`,
 	f.StringVar(&j.etcd, "etcd", "", "etcd endpoints, comma-separated host:port (default: start an embedded etcd)")
 	f.StringVar(&j.out, "out", "run-up", "directory for etcd data, worker logs, plans, summary, trace, loss plot and checkpoints")
 	emu.register(f)
+	j.backend.register(f)
 	f.StringVar(&tlsDir, "tls-dir", "", "run every gRPC and etcd hop over mutual TLS with a demo CA and certificates generated into this directory")
 	f.BoolVar(&force, "force", false, "run even though --out holds an earlier run: remove its checkpoint step directories, etcd data and summary files first (nothing else)")
 	f.BoolVar(&resume, "resume", false, "keep --out's embedded etcd data and resume the job from its newest committed checkpoint (use the same --out, --job and model flags; --checkpoint-every makes the resume point recent)")
@@ -274,6 +280,7 @@ func startWorkers(eps []string, j *jobFlags, names []string) ([]*workerProc, err
 		// HOST:P they serve metrics on HOST:P+1, HOST:P+2, ... (port 0:
 		// each picks one and logs it).
 		c.Args = append(c.Args, logFlagArgs()...)
+		c.Args = append(c.Args, j.backend.args()...)
 		if j.metricsAddr != "" {
 			addr, err := workerMetricsAddr(j.metricsAddr, i)
 			if err != nil {
