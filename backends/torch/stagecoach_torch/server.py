@@ -7,6 +7,7 @@ byte is read.
 """
 
 import json
+import mmap
 import os
 import threading
 import traceback
@@ -51,6 +52,9 @@ class Servicer(pb_grpc.ComputeServicer):
         self.lock = threading.Lock()
         self.stages = {}  # handle -> (Stage, lock)
         self.next_handle = 1
+        # Shared-memory regions clients offered at Hello, by path (the
+        # client unlinks the file once it is mapped here).
+        self.regions = {}
 
     # --- the stream
 
@@ -78,6 +82,19 @@ class Servicer(pb_grpc.ComputeServicer):
         for name, t in outputs:
             dtype = pb.DTYPE_INT32 if t.dtype == torch.int32 else pb.DTYPE_FLOAT32
             resp.outputs.add(name=name, shape=list(t.shape), dtype=dtype)
+        region = self.regions.get(req.shm_path) if req.shm else None
+        if region is not None and outputs:
+            blobs = [tensor_bytes(t) for _, t in outputs]
+            if sum(len(b) for b in blobs) <= len(region):
+                # Outputs go back the way the inputs came: the client
+                # holds the region for this call.
+                off = 0
+                for b in blobs:
+                    region[off : off + len(b)] = b
+                    off += len(b)
+                resp.shm = True
+                yield pb.Frame(response=resp)
+                return
         yield pb.Frame(response=resp)
         yield from _chunks(t for _, t in outputs)
 
@@ -104,6 +121,20 @@ class Servicer(pb_grpc.ComputeServicer):
             if total > self.limits.max_request_bytes:
                 raise _Bad("inputs exceed the %d-byte request limit" % self.limits.max_request_bytes)
             metas.append((m.name, list(m.shape), dtype, n))
+        if req.shm:
+            region = self.regions.get(req.shm_path)
+            if region is None:
+                raise _Bad("no shared region %r was offered at Hello" % req.shm_path)
+            if total > len(region):
+                raise _Bad("inputs of %d bytes declared in a shared region of %d" % (total, len(region)))
+            for f in it:
+                raise _Bad("a %s frame after a request whose inputs are in the shared region" % f.WhichOneof("body"))
+            buf = bytearray(region[0:total])
+            out, off = [], 0
+            for name, shape, dtype, n in metas:
+                out.append((name, tensor_from_bytes(buf, off, n, dtype, shape)))
+                off += n
+            return out
         buf = bytearray(total)
         got = 0
         for f in it:
@@ -134,6 +165,7 @@ class Servicer(pb_grpc.ComputeServicer):
             resp.hello.version = VERSION
             resp.hello.backend = BACKEND
             resp.hello.version_info = "torch %s, %d threads" % (torch.__version__, torch.get_num_threads())
+            resp.hello.shm = self._offer(req.shm_path, req.shm_bytes)
             return resp, []
         if op == pb.OP_LOAD:
             _want(inputs, 0)
@@ -151,6 +183,24 @@ class Servicer(pb_grpc.ComputeServicer):
         st, lock = got
         with lock, torch.no_grad():
             return self._stage_op(st, req, inputs, resp)
+
+    def _offer(self, path, size):
+        """Map the shared region a client offered; True when it will be used."""
+        if not path:
+            return False
+        with self.lock:
+            if path in self.regions:
+                return True
+            if len(self.regions) >= 64 or size <= 0 or size > self.limits.max_request_bytes or not os.path.isabs(path):
+                return False
+            try:
+                with open(path, "r+b") as f:
+                    if os.fstat(f.fileno()).st_size < size:
+                        return False
+                    self.regions[path] = mmap.mmap(f.fileno(), size)
+            except OSError:
+                return False
+            return True
 
     def _load(self, a, resp):
         try:
