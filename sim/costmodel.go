@@ -1,0 +1,32 @@
+package sim
+
+import "stagecoach/costmodel"
+
+// The cluster description and its prices live in package costmodel, which
+// the runtime shares; these names keep the simulator's API whole.
+type (
+	Cluster         = costmodel.Cluster
+	Compute         = costmodel.Compute
+	Node            = costmodel.Node
+	Link            = costmodel.Link
+	RegionLink      = costmodel.RegionLink
+	Workload        = costmodel.Workload
+	ModelMemory     = costmodel.ModelMemory
+	AllReduceChoice = costmodel.AllReduceChoice
+)
+
+// Cost-model functions under their simulator names.
+var (
+	ParseCluster       = costmodel.ParseCluster
+	LoadCluster        = costmodel.LoadCluster
+	EncodeCluster      = costmodel.EncodeCluster
+	PresetNames        = costmodel.PresetNames
+	Preset             = costmodel.Preset
+	Homogeneous        = costmodel.Homogeneous
+	SkipPipeGeo        = costmodel.SkipPipeGeo
+	DefaultModelMemory = costmodel.DefaultModelMemory
+	OptimizerStates    = costmodel.OptimizerStates
+	StageMemories      = costmodel.StageMemories
+	ChooseAllReduce    = costmodel.ChooseAllReduce
+	AllReduceTime      = costmodel.AllReduceTime
+)
