@@ -284,4 +284,3 @@ func (c *Cluster) Lookup(name string) (int, *Node, error) {
 	}
 	return 0, nil, fmt.Errorf("cluster %q has no node %q", c.Name, name)
 }
-

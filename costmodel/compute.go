@@ -44,4 +44,3 @@ func (c *Cluster) StageSpeeds(p *scheduler.Plan) ([]float64, error) {
 	}
 	return speeds, nil
 }
-

@@ -173,4 +173,3 @@ func (c *Cluster) CapacityBytes(n *Node) float64 {
 	}
 	return g * (1 << 30)
 }
-

@@ -8,6 +8,7 @@ import (
 	"path"
 	"sort"
 
+	"stagecoach/costmodel"
 	"stagecoach/internal/metrics"
 	"stagecoach/internal/naming"
 	"stagecoach/internal/tlsx"
@@ -15,7 +16,6 @@ import (
 	"stagecoach/model"
 	pb "stagecoach/proto"
 	"stagecoach/scheduler"
-	"stagecoach/sim"
 )
 
 // job is what Configure builds: the plan, this worker's place in it and
@@ -145,7 +145,7 @@ func decodeConfigure(req *pb.ConfigureRequest, lim model.Limits, mutualTLS bool)
 	}
 	spec := &configureSpec{plan: plan, me: me, train: tc, names: names}
 	if y := req.GetLinkShapingYaml(); len(y) > 0 {
-		c, err := sim.ParseCluster(y)
+		c, err := costmodel.ParseCluster(y)
 		if err != nil {
 			return nil, fmt.Errorf("%w: link shaping: %v", ErrBadInput, err)
 		}
