@@ -324,83 +324,45 @@ func (r *run) installSkipPipe(ctx context.Context, parts [][]etcdx.Member, fresh
 // skipPipeOnPartition plans cfg's SkipPipe variant with parts[s] holding
 // stage s (stages may be short of their configured size after a loss).
 func skipPipeOnPartition(cfg *Config, parts [][]etcdx.Member, epoch int64) (*scheduler.Plan, []etcdx.Member, model.Layout, error) {
-	// A stage with no worker left is vacant (scheduler.ExpandStages):
-	// the planner sees only the occupied stages, numbered in order.
-	var keep []int
-	for s, ms := range parts {
-		if len(ms) == 0 {
-			if s == 0 {
-				return nil, nil, 0, fmt.Errorf("coordinator: stage 0 has no worker")
-			}
-			continue
-		}
-		keep = append(keep, s)
-	}
-	if len(keep) < 2 {
-		return nil, nil, 0, fmt.Errorf("coordinator: only stage 0 has workers; SkipPipe needs another stage")
-	}
-	var names []string
-	var members []etcdx.Member
-	// A stand-in previous plan carries the partition into the planner's
-	// input (skipPipeInput keeps a previous plan's placement).
-	prev := &scheduler.Plan{Stages: make([]scheduler.Stage, len(keep))}
-	idx := make([][]int, len(keep))
-	for c, s := range keep {
-		for _, m := range parts[s] {
-			idx[c] = append(idx[c], len(names))
-			names = append(names, m.Name)
-			members = append(members, m)
-			prev.Workers = append(prev.Workers, scheduler.Worker{Node: m.Name, Stages: []int{c}})
-		}
-	}
-	sc, err := skipPipeInput(cfg, names, prev)
+	full, err := stageList(cfg.Train.Model.Layers, len(parts))
 	if err != nil {
-		return nil, nil, 0, fmt.Errorf("coordinator: plan skippipe on %d workers: %w", len(names), err)
+		return nil, nil, 0, err
 	}
-	sc.Partition = idx
-	sc.StageSizes = make([]int, len(keep))
-	for c, s := range keep {
-		sc.StageSizes[c] = len(parts[s])
-	}
-	expand := func(p *scheduler.Plan) (*scheduler.Plan, error) { return p, nil }
-	if len(keep) < len(parts) {
-		full, err := stageList(cfg.Train.Model.Layers, len(parts))
-		if err != nil {
-			return nil, nil, 0, err
-		}
-		expand = func(p *scheduler.Plan) (*scheduler.Plan, error) { return scheduler.ExpandStages(p, full, keep) }
-		sc.Rules.PathStages = min(sc.Rules.PathStages, len(keep))
-		if obj := sc.Objective; obj != nil {
-			sc.Objective = func(p *scheduler.Plan) float64 {
-				q, err := expand(p)
-				if err != nil {
-					return math.Inf(1)
-				}
-				return obj(q)
-			}
+	names := make([][]string, len(parts))
+	for s, ms := range parts {
+		for _, m := range ms {
+			names[s] = append(names[s], m.Name)
 		}
 	}
-	if cfg.Train.Microbatches%len(parts[0]) != 0 {
-		return nil, nil, 0, fmt.Errorf("coordinator: %d microbatches do not split over %d origins", cfg.Train.Microbatches, len(parts[0]))
-	}
-	sc.MicrobatchesPerOrigin = cfg.Train.Microbatches / len(parts[0])
-	// Fewer nodes must still hold every visit.
-	others := 0
-	for _, p := range parts[1:] {
-		others += len(p)
-	}
-	need := (cfg.Train.Microbatches*(sc.Rules.PathStages-1) + others - 1) / max(others, 1)
-	sc.Memory = max(sc.Memory, need)
 	variant := scheduler.SkipPipeCA
 	if cfg.Schedule == SkipPipeFull {
 		variant = scheduler.SkipPipeFull
 	}
-	p, _, err := scheduler.PlanSkipPipeVariant(variant, sc)
-	if err == nil {
-		p, err = expand(p)
-	}
+	p, err := scheduler.PlanSkipPipeOnPartition(variant, names, full, cfg.Train.Microbatches, func(order []string) (scheduler.SkipPipeConfig, error) {
+		// A stand-in previous plan carries the partition into the
+		// planner's input (skipPipeInput keeps a previous plan's
+		// placement); order lists the occupied stages' nodes, stage by
+		// stage.
+		prev := &scheduler.Plan{}
+		c := -1
+		for s := range names {
+			if len(names[s]) == 0 {
+				continue
+			}
+			c++
+			prev.Stages = append(prev.Stages, scheduler.Stage{})
+			for _, n := range names[s] {
+				prev.Workers = append(prev.Workers, scheduler.Worker{Node: n, Stages: []int{c}})
+			}
+		}
+		return skipPipeInput(cfg, order, prev)
+	})
 	if err != nil {
-		return nil, nil, 0, fmt.Errorf("coordinator: plan skippipe on %d workers: %w", len(names), err)
+		return nil, nil, 0, fmt.Errorf("coordinator: %w", err)
+	}
+	var members []etcdx.Member
+	for _, ms := range parts {
+		members = append(members, ms...)
 	}
 	return checkPlan(cfg, p, members, epoch)
 }
