@@ -259,14 +259,17 @@ func costDrift(a, b *sim.Cluster, names []string, cfg *Config) float64 {
 		return 0
 	}
 	ns := max(cfg.Stages, 1)
-	fa := nodeCosts(a, names, cfg.Train.Model.Layers, ns, cfg.Train.MicrobatchSize)
-	fb := nodeCosts(b, names, cfg.Train.Model.Layers, ns, cfg.Train.MicrobatchSize)
+	fa, errA := a.NodeForwardS(names, cfg.Train.Model.Layers, ns, cfg.Train.MicrobatchSize)
+	fb, errB := b.NodeForwardS(names, cfg.Train.Model.Layers, ns, cfg.Train.MicrobatchSize)
+	if errA != nil || errB != nil {
+		return 0 // a model that cannot price these nodes planned nothing on them
+	}
 	d := 0.0
 	for i := range fa {
 		d = max(d, max(fa[i], fb[i])/min(fa[i], fb[i])-1)
 	}
 	bytes := float64(cfg.Train.MicrobatchSize) * ActivationBytes(cfg.Train.Model)
-	if delay, _, err := hopMatrix(a, names, bytes); err == nil {
+	if delay, _, err := a.HopMatrix(names, a.MessageBytes(bytes)); err == nil {
 		mean, n := 0.0, 0
 		for i := range delay {
 			for j := range delay[i] {

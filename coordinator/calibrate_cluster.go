@@ -6,6 +6,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"stagecoach/costmodel"
 	"stagecoach/model"
 	"stagecoach/scheduler"
 	"stagecoach/sim"
@@ -149,68 +150,6 @@ func (c *Config) clusterStageSizes() []int {
 	return append([]int(nil), sizes...)
 }
 
-// nodeCosts returns, per named node, one microbatch's forward through an
-// average stage of layers/stages layers on that node, from cost model k.
-func nodeCosts(k *sim.Cluster, names []string, layers, stages, samples int) []float64 {
-	out := make([]float64, len(names))
-	perStage := k.Compute.LayerForwardS * float64(layers) / float64(stages)
-	if n := len(k.Compute.StageForwardS); n > 0 {
-		s := 0.0
-		for _, v := range k.Compute.StageForwardS {
-			s += v
-		}
-		perStage = s / float64(n)
-	}
-	for i, name := range names {
-		speed := 1.0
-		for _, nd := range k.Nodes {
-			if nd.Name == name && nd.Speed > 0 {
-				speed = nd.Speed
-			}
-		}
-		out[i] = perStage * float64(samples) / speed
-		if !(out[i] > 0) {
-			out[i] = 1e-6
-		}
-	}
-	return out
-}
-
-// hopMatrix prices one microbatch's hop between every pair of named nodes
-// with k (which must list them all, or accept any node).
-func hopMatrix(k *sim.Cluster, names []string, bytes float64) (delay, busy [][]float64, err error) {
-	idx := make([]int, len(names))
-	for i, name := range names {
-		idx[i] = -1
-		for j := range k.Nodes {
-			if k.Nodes[j].Name == name {
-				idx[i] = j
-			}
-		}
-		if idx[i] < 0 && !k.AnyNode {
-			return nil, nil, fmt.Errorf("cost model %q has no node %q", k.Name, name)
-		}
-	}
-	n := len(names)
-	delay, busy = make([][]float64, n), make([][]float64, n)
-	for a := range n {
-		delay[a], busy[a] = make([]float64, n), make([]float64, n)
-		for b := range n {
-			if a == b {
-				continue
-			}
-			var bz, lat float64
-			if idx[a] >= 0 && idx[b] >= 0 {
-				bz, lat = k.HopTime(idx[a], idx[b], bytes)
-			} else {
-				bz = k.HopOverheadS // anonymous nodes: loopback, the measured overhead
-			}
-			busy[a][b], delay[a][b] = bz, bz+lat
-		}
-	}
-	return delay, busy, nil
-}
-
 // skipPipeInput builds the SkipPipe planner's input for the job over the
 // named nodes from the planning cost model: measured (or nominal) compute
 // per node, the emulated links priced for this model's microbatch, the
@@ -266,33 +205,19 @@ func skipPipeInput(cfg *Config, names []string, prev *scheduler.Plan) (scheduler
 		}
 		sc.Memory = cfg.Train.Microbatches
 	} else {
-		bytes := float64(cfg.Train.MicrobatchSize)*ActivationBytes(cfg.Train.Model) + costs.Compute.MessageHeaderBytes
-		if sc.Delay, sc.LinkBusy, err = hopMatrix(costs, names, bytes); err != nil {
-			return sc, err
-		}
-		sc.ForwardS = nodeCosts(costs, names, cfg.Train.Model.Layers, ns, cfg.Train.MicrobatchSize)
-		sc.BackwardRatio = costs.Compute.BackwardRatio
-		if costs.Compute.LossLayers > 0 && costs.Compute.LayerForwardS > 0 {
-			stageF := costs.Compute.LayerForwardS * float64(cfg.Train.Model.Layers) / float64(ns)
-			sc.LossRatio = costs.Compute.LossLayers * costs.Compute.LayerForwardS / stageF
-		}
-		// The least per-node cap that holds every visit, as `stagecoach
-		// sim` does for the preset.
-		m := cfg.Train.Microbatches
-		others, smallest := 0, n
-		for _, k := range sizes[1:] {
-			others += k
-			smallest = min(smallest, k)
-		}
-		need := (m*(sc.Rules.PathStages-1) + others - 1) / others
-		if sc.Rules.PathStages == ns {
-			need = max(need, (m+smallest-1)/smallest)
-		}
 		mem := 0
 		if costs.Workload != nil {
 			mem = costs.Workload.Memory
 		}
-		sc.Memory = max(mem, need, 1)
+		sc, err = costmodel.SkipPipeInput(costs, costmodel.SkipPipeJob{
+			Names: names, StageSizes: sizes, Microbatches: cfg.Train.Microbatches,
+			Layers: cfg.Train.Model.Layers, Samples: cfg.Train.MicrobatchSize,
+			PayloadBytes: float64(cfg.Train.MicrobatchSize) * ActivationBytes(cfg.Train.Model), Memory: mem,
+		})
+		if err != nil {
+			return sc, err
+		}
+		sc.CollisionAware, sc.Seed = true, int64(cfg.Train.Model.Seed)
 		sc.Objective = func(p *scheduler.Plan) float64 {
 			// Priced with the all-reduces the final plan will get
 			// (checkPlan chooses them the same way).

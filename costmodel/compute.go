@@ -44,3 +44,41 @@ func (c *Cluster) StageSpeeds(p *scheduler.Plan) ([]float64, error) {
 	}
 	return speeds, nil
 }
+
+// stageForwardS is one sample's forward through an average stage of
+// layers/stages layers on a node of speed 1: the calibrated stages' mean
+// when the cluster has them.
+func (c *Cluster) stageForwardS(layers, stages int) float64 {
+	k := &c.Compute
+	if n := len(k.StageForwardS); n > 0 {
+		s := 0.0
+		for _, v := range k.StageForwardS {
+			s += v
+		}
+		return s / float64(n)
+	}
+	return k.LayerForwardS * float64(layers) / float64(max(stages, 1))
+}
+
+// NodeForwardS prices, per named node, one microbatch of samples'
+// forward through an average stage (layers over stages) at the node's
+// speed; never 0, which the SkipPipe planner could not compare. c must
+// list every name or accept any node.
+func (c *Cluster) NodeForwardS(names []string, layers, stages, samples int) ([]float64, error) {
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	perStage := c.stageForwardS(layers, stages) * float64(samples)
+	out := make([]float64, len(names))
+	for i, name := range names {
+		_, nd, err := c.Lookup(name)
+		if err != nil {
+			return nil, fmt.Errorf("cost model: %w", err)
+		}
+		out[i] = perStage / nd.Speed
+		if !(out[i] > 0) {
+			out[i] = 1e-6
+		}
+	}
+	return out, nil
+}
