@@ -6,11 +6,12 @@ import (
 	"math"
 	"sort"
 
+	"stagecoach/costmodel"
 	"stagecoach/internal/etcdx"
 	"stagecoach/model"
 	pb "stagecoach/proto"
 	"stagecoach/scheduler"
-	"stagecoach/sim"
+	"stagecoach/timeline"
 )
 
 // costTracker keeps a cost model current from the workers' reported
@@ -21,7 +22,7 @@ import (
 // on loopback the emulation is the network.
 type costTracker struct {
 	plan  *scheduler.Plan
-	base  *sim.Cluster // emulated cluster, nil on plain loopback
+	base  *costmodel.Cluster // emulated cluster, nil on plain loopback
 	train model.TrainConfig
 	names []string // plan worker -> node name
 	steps int      // steps ingested
@@ -45,7 +46,7 @@ type LinkTime struct {
 	EmulatedS float64 `json:"emulated_s"`
 }
 
-func newCostTracker(p *scheduler.Plan, base *sim.Cluster, tc model.TrainConfig, warm int) *costTracker {
+func newCostTracker(p *scheduler.Plan, base *costmodel.Cluster, tc model.TrainConfig, warm int) *costTracker {
 	t := &costTracker{plan: p, base: base, train: tc, warm: warm, fwd: map[[2]int][2]float64{}, links: map[[2]int]*LinkTime{}}
 	for _, w := range p.Workers {
 		t.names = append(t.names, w.Node)
@@ -55,7 +56,7 @@ func newCostTracker(p *scheduler.Plan, base *sim.Cluster, tc model.TrainConfig, 
 
 // add ingests one step's timeline (measurements.last: per-worker slices
 // on one clock). The first warm steps of a plan are skipped.
-func (t *costTracker) add(slices []sim.Slice) {
+func (t *costTracker) add(slices []timeline.Slice) {
 	t.steps++
 	if t.steps <= t.warm {
 		return
@@ -64,7 +65,7 @@ func (t *costTracker) add(slices []sim.Slice) {
 		w int
 		a scheduler.Action
 	}
-	at := map[key]sim.Slice{}
+	at := map[key]timeline.Slice{}
 	prevEnd := map[key]float64{}
 	for i, s := range slices {
 		k := key{s.Worker, s.Action}
@@ -132,7 +133,7 @@ func (t *costTracker) emulated(a, b int, bytes float64) float64 {
 }
 
 // nodeIndex is the index of the named node in c.Nodes, -1 if absent.
-func nodeIndex(c *sim.Cluster, name string) int {
+func nodeIndex(c *costmodel.Cluster, name string) int {
 	for i := range c.Nodes {
 		if c.Nodes[i].Name == name {
 			return i
@@ -148,18 +149,18 @@ func (t *costTracker) ready() bool { return t.fwdAll > 0 && len(t.fwd) > 0 }
 // one listing the plan's nodes) with measured compute per stage and node
 // speed, backward and loss ratios, gradient sizes, and the hop overhead
 // plus the measured residual. Nil when nothing was measured yet.
-func (t *costTracker) model() (*sim.Cluster, error) {
+func (t *costTracker) model() (*costmodel.Cluster, error) {
 	if !t.ready() {
 		return nil, nil
 	}
-	var c *sim.Cluster
+	var c *costmodel.Cluster
 	if t.base != nil {
 		var err error
 		if c, err = cloneCluster(t.base); err != nil {
 			return nil, err
 		}
 	} else {
-		c = &sim.Cluster{AnyNode: true}
+		c = &costmodel.Cluster{AnyNode: true}
 	}
 	c.Name = "calibrated"
 	ns := len(t.plan.Stages)
@@ -226,7 +227,7 @@ func (t *costTracker) model() (*sim.Cluster, error) {
 			}
 		}
 		if !found {
-			c.Nodes = append(c.Nodes, sim.Node{Name: name, Speed: speed[w]})
+			c.Nodes = append(c.Nodes, costmodel.Node{Name: name, Speed: speed[w]})
 		}
 	}
 	if len(t.resid) > 0 {
@@ -254,7 +255,7 @@ func gradientBytesPerLayer(m model.Config) float64 {
 // largest relative change of a node's forward time per microbatch and
 // stage, or of the per-hop overhead against the mean planned hop (a
 // factor: 0.5 is 50% off). Missing models count as no drift.
-func costDrift(a, b *sim.Cluster, names []string, cfg *Config) float64 {
+func costDrift(a, b *costmodel.Cluster, names []string, cfg *Config) float64 {
 	if a == nil || b == nil {
 		return 0
 	}
@@ -301,10 +302,10 @@ type Replan struct {
 // replanner is the drift watch of one leadership term.
 type replanner struct {
 	tracker *costTracker
-	planned *sim.Cluster // the cost model the current plan was made with
+	planned *costmodel.Cluster // the cost model the current plan was made with
 	// last is the last calibration of a plan that was replaced: the
 	// summary's cost model when the final plan ran too few steps.
-	last    *sim.Cluster
+	last    *costmodel.Cluster
 	replans []Replan
 	// manifest fields of the current plan, for the summary
 	planPath, planHash string
@@ -330,11 +331,11 @@ func (r *run) startReplanner() error {
 	return nil
 }
 
-func emulatedCluster(cfg *Config) (*sim.Cluster, error) {
+func emulatedCluster(cfg *Config) (*costmodel.Cluster, error) {
 	if len(cfg.Cluster) == 0 {
 		return nil, nil
 	}
-	c, err := sim.ParseCluster(cfg.Cluster)
+	c, err := costmodel.ParseCluster(cfg.Cluster)
 	if err != nil {
 		return nil, fmt.Errorf("coordinator: cluster: %w", err)
 	}
@@ -377,7 +378,7 @@ func (r *run) maybeReplan(ctx context.Context, step int64) error {
 	return r.replan(ctx, step, k, drift)
 }
 
-func (r *run) replan(ctx context.Context, step int64, k *sim.Cluster, drift float64) error {
+func (r *run) replan(ctx context.Context, step int64, k *costmodel.Cluster, drift float64) error {
 	cfg := r.cfg
 	keys := r.leader.Keys()
 	epoch, err := nextEpoch(ctx, r.leader.Client(), keys)
@@ -455,8 +456,8 @@ func (r *run) finishReplans(s *Summary) {
 	})
 	if k != nil {
 		s.CostModel = k
-		if r.drift.tracker.base != nil {
-			if res, err := sim.Run(r.plan, k, sim.Options{Detail: true}); err == nil {
+		if r.drift.tracker.base != nil && r.cfg.Simulator != nil {
+			if res, err := r.cfg.Simulator.Simulate(r.plan, k, true); err == nil {
 				res.Schedule = r.plan.Schedule + " (simulated)"
 				s.Calibration, s.Simulated = k, res
 				s.SimulatedSpanS, s.SimulatedBubble = res.MakespanS, res.BubbleFraction

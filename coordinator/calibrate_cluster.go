@@ -9,7 +9,6 @@ import (
 	"stagecoach/costmodel"
 	"stagecoach/model"
 	"stagecoach/scheduler"
-	"stagecoach/sim"
 )
 
 // ActivationBytes is the payload of one sample's activations (or their
@@ -34,7 +33,7 @@ func ActivationBytes(m model.Config) float64 {
 //
 // Gradients of the all-reduce travel over the same scaled links: the
 // emulation prices every byte the workers send, not only activations.
-func ScaleLinks(c *sim.Cluster, timeScale float64, m model.Config, samples int) (*sim.Cluster, error) {
+func ScaleLinks(c *costmodel.Cluster, timeScale float64, m model.Config, samples int) (*costmodel.Cluster, error) {
 	if !(timeScale > 0) || math.IsInf(timeScale, 0) {
 		return nil, fmt.Errorf("coordinator: link scale %v, want a finite number > 0", timeScale)
 	}
@@ -55,11 +54,11 @@ func ScaleLinks(c *sim.Cluster, timeScale float64, m model.Config, samples int) 
 	if refBytes > 0 {
 		bw = bytes / refBytes / timeScale
 	}
-	scale := func(l *sim.Link) {
+	scale := func(l *costmodel.Link) {
 		l.LatencyMS *= timeScale
 		l.BandwidthGiBs *= bw
 	}
-	for _, l := range []*sim.Link{out.LocalLink, out.DefaultLink} {
+	for _, l := range []*costmodel.Link{out.LocalLink, out.DefaultLink} {
 		if l != nil {
 			scale(l)
 		}
@@ -88,12 +87,12 @@ func ScaleLinks(c *sim.Cluster, timeScale float64, m model.Config, samples int) 
 }
 
 // cloneCluster deep-copies c through its YAML form (validated).
-func cloneCluster(c *sim.Cluster) (*sim.Cluster, error) {
+func cloneCluster(c *costmodel.Cluster) (*costmodel.Cluster, error) {
 	b, err := yaml.Marshal(c)
 	if err != nil {
 		return nil, fmt.Errorf("coordinator: encode cluster %q: %w", c.Name, err)
 	}
-	out, err := sim.ParseCluster(b)
+	out, err := costmodel.ParseCluster(b)
 	if err != nil {
 		return nil, fmt.Errorf("coordinator: cluster %q does not parse back: %w", c.Name, err)
 	}
@@ -102,12 +101,12 @@ func cloneCluster(c *sim.Cluster) (*sim.Cluster, error) {
 
 // EncodeCluster is c as the YAML that workers (link_shaping_yaml) and
 // `stagecoach sim --cluster` read.
-func EncodeCluster(c *sim.Cluster) ([]byte, error) {
+func EncodeCluster(c *costmodel.Cluster) ([]byte, error) {
 	b, err := yaml.Marshal(c)
 	if err != nil {
 		return nil, fmt.Errorf("coordinator: encode cluster %q: %w", c.Name, err)
 	}
-	if _, err := sim.ParseCluster(b); err != nil {
+	if _, err := costmodel.ParseCluster(b); err != nil {
 		return nil, fmt.Errorf("coordinator: cluster %q does not parse back: %w", c.Name, err)
 	}
 	return b, nil
@@ -115,14 +114,14 @@ func EncodeCluster(c *sim.Cluster) ([]byte, error) {
 
 // planningCosts is the cost model the planner uses: the calibrated one
 // when there is one, else the emulated cluster, else nil (uniform).
-func (c *Config) planningCosts() (*sim.Cluster, error) {
+func (c *Config) planningCosts() (*costmodel.Cluster, error) {
 	if c.Costs != nil {
 		return c.Costs, nil
 	}
 	if len(c.Cluster) == 0 {
 		return nil, nil
 	}
-	cl, err := sim.ParseCluster(c.Cluster)
+	cl, err := costmodel.ParseCluster(c.Cluster)
 	if err != nil {
 		return nil, fmt.Errorf("coordinator: cluster: %w", err)
 	}
@@ -135,7 +134,7 @@ func (c *Config) clusterStageSizes() []int {
 	if len(c.Cluster) == 0 {
 		return nil
 	}
-	cl, err := sim.ParseCluster(c.Cluster)
+	cl, err := costmodel.ParseCluster(c.Cluster)
 	if err != nil || cl.Workload == nil {
 		return nil
 	}
@@ -218,17 +217,19 @@ func skipPipeInput(cfg *Config, names []string, prev *scheduler.Plan) (scheduler
 			return sc, err
 		}
 		sc.CollisionAware, sc.Seed = true, int64(cfg.Train.Model.Seed)
-		sc.Objective = func(p *scheduler.Plan) float64 {
-			// Priced with the all-reduces the final plan will get
-			// (checkPlan chooses them the same way).
-			if _, err := sim.ChooseAllReduce(p, costs); err != nil {
-				return math.Inf(1)
+		if simr := cfg.Simulator; simr != nil {
+			sc.Objective = func(p *scheduler.Plan) float64 {
+				// Priced with the all-reduces the final plan will get
+				// (checkPlan chooses them the same way).
+				if _, err := costmodel.ChooseAllReduce(p, costs); err != nil {
+					return math.Inf(1)
+				}
+				r, err := simr.Simulate(p, costs, false)
+				if err != nil {
+					return math.Inf(1)
+				}
+				return r.IterationTimeS
 			}
-			r, err := sim.Run(p, costs, sim.Options{})
-			if err != nil {
-				return math.Inf(1)
-			}
-			return r.IterationTimeS
 		}
 	}
 	if prev != nil {
@@ -316,7 +317,7 @@ func stageGradientBytes(m model.Config, stages int, layout model.Layout) ([]floa
 // ForPlan is cost model k with p's per-stage gradient sizes for model m,
 // so that a cost model calibrated on one plan simulates another's
 // all-reduces right.
-func ForPlan(k *sim.Cluster, p *scheduler.Plan, m model.Config) (*sim.Cluster, error) {
+func ForPlan(k *costmodel.Cluster, p *scheduler.Plan, m model.Config) (*costmodel.Cluster, error) {
 	c, err := cloneCluster(k)
 	if err != nil {
 		return nil, err

@@ -1,6 +1,9 @@
 package sim
 
-import "stagecoach/costmodel"
+import (
+	"stagecoach/costmodel"
+	"stagecoach/timeline"
+)
 
 // The cluster description and its prices live in package costmodel, which
 // the runtime shares; these names keep the simulator's API whole.
@@ -13,6 +16,16 @@ type (
 	Workload        = costmodel.Workload
 	ModelMemory     = costmodel.ModelMemory
 	AllReduceChoice = costmodel.AllReduceChoice
+
+	// Track and Slice are the timeline's, which the runtime records too.
+	Track = timeline.Track
+	Slice = timeline.Slice
+)
+
+// Tracks.
+const (
+	TrackCompute = timeline.TrackCompute
+	TrackComm    = timeline.TrackComm
 )
 
 // Cost-model functions under their simulator names.
