@@ -26,8 +26,9 @@ type Cluster struct {
 	// Links between regions, symmetric.
 	Links []RegionLink `yaml:"links,omitempty"`
 	// Delays, when set, gives the time of one microbatch's hop between
-	// every pair of nodes, in seconds, in the order of Nodes. It replaces
-	// Links (the SkipPipe authors' files carry such a matrix).
+	// every pair of nodes, in seconds, in the order of Nodes: link
+	// occupancy with no latency after it (see Hop). It replaces Links
+	// (the SkipPipe authors' files carry such a matrix).
 	Delays [][]float64 `yaml:"delays,omitempty"`
 	// HopOverheadS is a fixed cost added to every hop between nodes.
 	HopOverheadS float64 `yaml:"hop_overhead_s,omitempty"`
@@ -95,11 +96,10 @@ type Node struct {
 	MemoryGiB float64 `yaml:"memory_gib,omitempty"`
 	// EgressGiBs is the bandwidth of the node's network interface, shared
 	// by all its outgoing transfers: each one holds it for bytes over this
-	// bandwidth, one after another, on top of its link's busy time. 0
-	// means unlimited: every directed link is independent, as the loopback
-	// emulation (internal/transport) runs them, which does not enforce
-	// this field. It is what makes a one-shot all-reduce (n-1 whole
-	// gradients out of every node) cost more than a ring on fast links.
+	// bandwidth, one after another, on top of its link's busy time (see
+	// Hop). 0 means unlimited: every directed link is independent. It is
+	// what makes a one-shot all-reduce (n-1 whole gradients out of every
+	// node) cost more than a ring on fast links.
 	EgressGiBs float64 `yaml:"egress_gib_s,omitempty"`
 }
 
