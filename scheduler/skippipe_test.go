@@ -231,7 +231,7 @@ func TestSkipPipeVisitCap(t *testing.T) {
 		sizes         []int
 		want          int
 	}{
-		{30, 5, []int{3, 4, 4, 3, 3, 3}, 7},  // 120 visits over 17 nodes
+		{30, 5, []int{3, 4, 4, 3, 3, 3}, 8},  // 120 visits over 17 nodes
 		{30, 6, []int{3, 4, 4, 3, 3, 3}, 10}, // 30 through a stage of 3
 		{12, 2, []int{2, 1, 5}, 2},           // 12 visits over 6 nodes; the 1-node stage is skippable
 		{12, 3, []int{2, 1, 1}, 12},          // every path through both single nodes
