@@ -215,8 +215,8 @@ func (t *costTracker) model() (*costmodel.Cluster, error) {
 	}
 	k.ActivationBytesPerSample = ActivationBytes(t.train.Model)
 	k.MessageHeaderBytes = 0
-	k.GradientBytesPerLayer = gradientBytesPerLayer(t.train.Model)
-	if g, err := StageGradientBytes(t.plan, t.train.Model); err == nil {
+	k.GradientBytesPerLayer = costmodel.GradientBytesPerLayer(t.train.Model)
+	if g, err := costmodel.StageGradientBytes(t.plan, t.train.Model); err == nil {
 		k.StageGradientBytes = g
 	}
 	for w, name := range t.names {
@@ -237,18 +237,6 @@ func (t *costTracker) model() (*costmodel.Cluster, error) {
 		return nil, fmt.Errorf("coordinator: calibrated cost model: %w", err)
 	}
 	return c, nil
-}
-
-// gradientBytesPerLayer is the model's float32 gradient bytes over its
-// layers (embeddings and head spread over them): what the simulator's
-// ring all-reduce moves per layer.
-func gradientBytesPerLayer(m model.Config) float64 {
-	m = m.WithDefaults()
-	p, err := model.NewPipeline(m, 1, model.HeadFirst)
-	if err != nil || m.Layers == 0 {
-		return 0
-	}
-	return float64(p.NumParams()) * 4 / float64(m.Layers)
 }
 
 // costDrift is how far cost model b is from a for the plan's nodes: the

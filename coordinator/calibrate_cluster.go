@@ -11,12 +11,9 @@ import (
 	"stagecoach/scheduler"
 )
 
-// ActivationBytes is the payload of one sample's activations (or their
-// gradients) between two stages of m: ctx x dim float32s.
-func ActivationBytes(m model.Config) float64 {
-	m = m.WithDefaults()
-	return float64(m.Ctx) * float64(m.Dim) * 4
-}
+// ActivationBytes is costmodel.ActivationBytes: one sample's activations
+// between two stages of m.
+func ActivationBytes(m model.Config) float64 { return costmodel.ActivationBytes(m) }
 
 // ScaleLinks sizes a cluster's network for a small model on a laptop, so
 // that its 12-region table can be reproduced in minutes: every hop of one
@@ -86,15 +83,11 @@ func ScaleLinks(c *costmodel.Cluster, timeScale float64, m model.Config, samples
 	return out, nil
 }
 
-// cloneCluster deep-copies c through its YAML form (validated).
+// cloneCluster deep-copies c (costmodel.Cluster.Clone).
 func cloneCluster(c *costmodel.Cluster) (*costmodel.Cluster, error) {
-	b, err := yaml.Marshal(c)
+	out, err := c.Clone()
 	if err != nil {
-		return nil, fmt.Errorf("coordinator: encode cluster %q: %w", c.Name, err)
-	}
-	out, err := costmodel.ParseCluster(b)
-	if err != nil {
-		return nil, fmt.Errorf("coordinator: cluster %q does not parse back: %w", c.Name, err)
+		return nil, fmt.Errorf("coordinator: %w", err)
 	}
 	return out, nil
 }
@@ -186,7 +179,7 @@ func skipPipeInput(cfg *Config, names []string, prev *scheduler.Plan) (scheduler
 		if costs, err = cloneCluster(costs); err != nil {
 			return sc, err
 		}
-		if costs.Compute.StageGradientBytes, err = stageGradientBytes(cfg.Train.Model, ns, model.HeadFirst); err != nil {
+		if costs.Compute.StageGradientBytes, err = costmodel.GradientBytesOfStages(cfg.Train.Model, ns, model.HeadFirst); err != nil {
 			return sc, err
 		}
 	}
@@ -284,46 +277,8 @@ func skipPipeInput(cfg *Config, names []string, prev *scheduler.Plan) (scheduler
 	return sc, nil
 }
 
-// StageGradientBytes is the float32 gradient size of every stage of p for
-// model m: what each stage's all-reduce moves. The embeddings and the
-// head make their stages heavier than a layer-proportional share.
-func StageGradientBytes(p *scheduler.Plan, m model.Config) ([]float64, error) {
-	layout := model.HeadLast
-	if p.HeadStage == 0 && len(p.Stages) > 1 {
-		layout = model.HeadFirst
-	}
-	return stageGradientBytes(m, len(p.Stages), layout)
-}
-
-func stageGradientBytes(m model.Config, stages int, layout model.Layout) ([]float64, error) {
-	m = m.WithDefaults()
-	specs, err := model.Split(m.Layers, stages, layout)
-	if err != nil {
-		return nil, fmt.Errorf("coordinator: gradient sizes: %w", err)
-	}
-	out := make([]float64, len(specs))
-	for s, sp := range specs {
-		sh, err := model.NewShard(m, sp)
-		if err != nil {
-			return nil, fmt.Errorf("coordinator: gradient sizes of stage %d: %w", s, err)
-		}
-		for _, t := range sh.Params() {
-			out[s] += 4 * float64(len(t.W))
-		}
-	}
-	return out, nil
-}
-
-// ForPlan is cost model k with p's per-stage gradient sizes for model m,
-// so that a cost model calibrated on one plan simulates another's
-// all-reduces right.
+// ForPlan is costmodel.ForPlan: k with p's per-stage gradient sizes
+// for model m.
 func ForPlan(k *costmodel.Cluster, p *scheduler.Plan, m model.Config) (*costmodel.Cluster, error) {
-	c, err := cloneCluster(k)
-	if err != nil {
-		return nil, err
-	}
-	if c.Compute.StageGradientBytes, err = StageGradientBytes(p, m); err != nil {
-		return nil, err
-	}
-	return c, c.Validate()
+	return costmodel.ForPlan(k, p, m)
 }
