@@ -146,7 +146,9 @@ type Stage interface {
 	// Contribution returns microbatch mb's kept contribution (flat, in
 	// Params order); it is valid until the next ZeroGrad.
 	Contribution(mb int) ([]float32, error)
-	// Grads returns the flat gradient in Params order; SetGrads replaces it.
+	// Grads returns the flat gradient in Params order, in a slice the
+	// caller owns (the all-reduce sums into it); SetGrads replaces the
+	// gradient with g, which the stage does not keep.
 	Grads() ([]float32, error)
 	SetGrads(g []float32) error
 	// ScaleGrads multiplies every gradient element by f (as float32).

@@ -263,8 +263,9 @@ func (r *run) skipCheckpoint(reason string, err error) {
 
 // restoreNewest loads the newest usable listed checkpoint into every
 // worker and rewinds the sampler to it, falling back to older ones when a
-// worker finds a shard corrupt. It returns the checkpoint used, nil for
-// none: the workers then hold the seeded initial state and the sampler is
+// worker finds a shard corrupt. It returns the checkpoint used; with none,
+// the job's initial checkpoint (Config.InitFrom) when it has one, else
+// nil: the workers then hold the seeded initial state and the sampler is
 // rewound to the start. The workers must have been configured fresh.
 func (r *run) restoreNewest(ctx context.Context) (*CheckpointManifest, error) {
 	ms, err := r.usableCheckpoints(ctx)
@@ -290,7 +291,22 @@ func (r *run) restoreNewest(ctx context.Context) (*CheckpointManifest, error) {
 		if _, err := r.configureWith(ctx, r.planJSON, r.planTrain, true); err != nil {
 			return nil, err
 		}
-		r.cfg.Logf("no listed checkpoint loads: restarting from the seeded initial state")
+		if r.cfg.InitFrom == nil {
+			r.cfg.Logf("no listed checkpoint loads: restarting from the seeded initial state")
+		}
+	}
+	if r.cfg.InitFrom != nil {
+		m, err := r.initCheckpoint()
+		if err != nil {
+			return nil, err
+		}
+		if tried {
+			r.cfg.Logf("no listed checkpoint loads: restarting from the initial checkpoint %s (step %d)", r.cfg.InitFrom.Path, m.Step)
+		}
+		if err := r.restore(ctx, m); err != nil {
+			return nil, err
+		}
+		return m, nil
 	}
 	if err := r.sampler.SetState(r.initialData); err != nil {
 		return nil, err

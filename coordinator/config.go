@@ -84,6 +84,22 @@ type Config struct {
 	// it), and the coordinator uses and deletes only listed checkpoints
 	// under it. Coordinators of one job share it.
 	CheckpointDir string
+	// Backend, when set, names the compute backend every worker must
+	// compute with (compute.Backend.Name: "go", "torch", ...); a worker
+	// with another refuses the job's Configure.
+	Backend string
+	// InitFrom, when set, is the state a new job starts from instead of
+	// the seed (model.OpenCheckpoint: a whole-model file or another job's
+	// shard set), whose model must be Train.Model's: its weights, optimizer
+	// moments and step (the job then runs steps Step+1..Steps and commits
+	// from Step+1). It is cut into the plan's stages under
+	// CheckpointDir/init and loaded like any checkpoint (init.go). Every
+	// coordinator of the job, and every run resuming it, must be given the
+	// same.
+	InitFrom *model.Checkpoint
+	// InitWeightsOnly takes only InitFrom's weights: fresh optimizer
+	// moments, and the job runs steps 1..Steps.
+	InitWeightsOnly bool
 	// CheckpointEvery also checkpoints every that many steps (0: never).
 	// A job whose last committed step has a checkpoint resumes from it
 	// when a coordinator runs it again (after a crash or failover); a job
@@ -240,6 +256,9 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("coordinator: %w", err)
 	}
 	t.Stages = c.Stages
+	if err := c.checkInit(); err != nil {
+		return err
+	}
 	if c.CheckpointEvery < 0 {
 		return fmt.Errorf("coordinator: checkpoint interval %d is negative", c.CheckpointEvery)
 	}

@@ -65,6 +65,8 @@ type run struct {
 	drift *replanner
 	// lastCheckpoint is the directory of the last committed checkpoint.
 	lastCheckpoint string
+	// init is the initial checkpoint as last cut (Config.InitFrom).
+	init *CheckpointManifest
 
 	// Failure handling (recover.go).
 	conns         map[string]*workerConn // open connections by worker name
@@ -188,7 +190,8 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 	cfg := &c.cfg
 	began := time.Now()
 	keys := leader.Keys()
-	committer, err := etcdx.NewCommitter(ctx, leader)
+	base := cfg.initStep()
+	committer, err := etcdx.NewCommitterAfter(ctx, leader, base)
 	if err != nil {
 		return nil, err
 	}
@@ -232,13 +235,13 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 	// leader of this job holds its (possibly uncommitted) state. A job
 	// with committed steps restarts from its newest usable checkpoint
 	// and replays the committed steps after it.
-	first := int64(1)
-	if committer.Last().Step > 0 {
+	first := base + 1
+	if committer.Last().Step > base {
 		n, err := r.newestListedStep(ctx)
 		if err != nil {
 			return nil, err
 		}
-		first = n + 1
+		first = max(n, base) + 1
 	}
 	// The plan in force until install succeeds (recover reads it).
 	r.plan = plan
@@ -246,11 +249,16 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 		r.workers = append(r.workers, &workerConn{idx: i, member: m})
 	}
 	err = r.install(ctx, plan, members, layout, true)
-	if err == nil && committer.Last().Step > 0 {
+	if err == nil && (committer.Last().Step > base || cfg.InitFrom != nil) {
 		var ck *CheckpointManifest
 		if ck, err = r.restoreNewest(ctx); err == nil {
 			first = 1
-			if ck != nil {
+			switch {
+			case ck == nil:
+			case ck == r.init:
+				first = ck.Step + 1
+				cfg.Logf("job %s starts from %s (step %d)", cfg.Job, cfg.InitFrom.Path, ck.Step)
+			default:
 				first = ck.Step + 1
 				cfg.Logf("resumed job %s from the checkpoint of step %d", cfg.Job, ck.Step)
 			}
@@ -268,7 +276,7 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 			return nil, err
 		}
 	}
-	if last := committer.Last().Step; last > 0 {
+	if last := committer.Last().Step; last > base {
 		// A leader taking over a job with committed steps.
 		cfg.Metrics.Recovered(metrics.RecoveryLeaderResume)
 		r.recordTakeover(ctx, began, first, last)
@@ -440,7 +448,11 @@ func (r *run) configure(ctx context.Context, planJSON []byte, tc model.TrainConf
 // configureWith is configure; fresh makes every worker rebuild its shards
 // from the seed (Configure{fresh}).
 func (r *run) configureWith(ctx context.Context, planJSON []byte, tc model.TrainConfig, fresh bool) (int64, error) {
-	modelJSON, err := json.Marshal(tc)
+	// The worker reads the train config with the backend name beside it.
+	modelJSON, err := json.Marshal(struct {
+		model.TrainConfig
+		Backend string `json:"backend,omitempty"`
+	}{tc, r.cfg.Backend})
 	if err != nil {
 		return 0, err
 	}

@@ -57,6 +57,13 @@ type cluster struct {
 
 func startCluster(t *testing.T, job string, n int) *cluster {
 	t.Helper()
+	return startClusterWith(t, job, n, nil)
+}
+
+// startClusterWith is startCluster; tune, when set, adjusts worker i's
+// config before it starts.
+func startClusterWith(t *testing.T, job string, n int, tune func(i int, c *worker.Config)) *cluster {
+	t.Helper()
 	ctx := context.Background()
 	e, err := etcdx.StartEmbedded(ctx, etcdx.EmbedConfig{Dir: t.TempDir()})
 	if err != nil {
@@ -72,8 +79,12 @@ func startCluster(t *testing.T, job string, n int) *cluster {
 	keys, _ := etcdx.NewKeys(job)
 	for i := range n {
 		name := fmt.Sprintf("w%d", i)
-		w, err := worker.New(worker.Config{Name: name, Listen: "127.0.0.1:0", Job: job, DataDir: t.TempDir(),
-			CheckpointRoot: c.root, Logf: func(string, ...any) {}})
+		wc := worker.Config{Name: name, Listen: "127.0.0.1:0", Job: job, DataDir: t.TempDir(),
+			CheckpointRoot: c.root, Logf: func(string, ...any) {}}
+		if tune != nil {
+			tune(i, &wc)
+		}
+		w, err := worker.New(wc)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -141,6 +141,7 @@ func (r *run) iterate(ctx context.Context, step int64) (StepReport, error) {
 	}
 	if ckpt != nil {
 		r.lastCheckpoint = ckpt.Dir
+		r.writeManifest(ckpt)
 	}
 	commitS := time.Since(tCommit).Seconds()
 	r.stats.add(step, resps)

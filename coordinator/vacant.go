@@ -87,6 +87,9 @@ func (r *run) fillVacant(ctx context.Context, base string, step int64) ([]ShardD
 // damaged one is skipped (logged, counted). With nothing listed it is the
 // seeded initial state.
 func (r *run) vacantSource(listed []CheckpointManifest, s int) ([]model.STensor, map[string]string, error) {
+	if len(listed) == 0 && r.init != nil {
+		listed = []CheckpointManifest{*r.init}
+	}
 	if len(listed) == 0 {
 		return r.seededShard(s)
 	}

@@ -306,11 +306,11 @@ func (t *Trainer) Save(dir string, extra map[string]string) error {
 	for i := range t.Opts {
 		names = append(names, ShardFile(i))
 	}
-	return writeSums(dir, names)
+	return WriteSums(dir, names)
 }
 
-// writeSums hashes the named files of dir into dir/SHA256SUMS.
-func writeSums(dir string, names []string) error {
+// WriteSums hashes the named files of dir into dir/SHA256SUMS.
+func WriteSums(dir string, names []string) error {
 	var b bytes.Buffer
 	for _, n := range names {
 		sum, err := hashFile(filepath.Join(dir, n))

@@ -86,7 +86,7 @@ func TestHostileCheckpointMetadata(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Its digest is in order: whoever wrote the file wrote the sums too.
-	if err := writeSums(filepath.Dir(path), []string{filepath.Base(path)}); err != nil {
+	if err := WriteSums(filepath.Dir(path), []string{filepath.Base(path)}); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("hostile checkpoint: %d bytes", buf.Len())

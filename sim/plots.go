@@ -2,6 +2,7 @@ package sim
 
 import (
 	"fmt"
+	"image/color"
 	"io"
 	"math"
 	"os"
@@ -41,6 +42,8 @@ type LinePlot struct {
 	// LogX2 puts x on a log-2 scale with a tick at every power of two
 	// (all x must be positive): microbatch counts double along a sweep.
 	LogX2 bool
+	// Marks draws a thin vertical line at each x (events, e.g. failures).
+	Marks []float64
 }
 
 // legendOutside is the series count from which the legend moves to the
@@ -109,6 +112,19 @@ func (lp LinePlot) Write(path string) error {
 		legend.Add(s.Name, line, points)
 	}
 	headroom(p)
+	for _, x := range lp.Marks {
+		if !finite(x) {
+			continue
+		}
+		mark, err := plotter.NewLine(plotter.XYs{{X: x, Y: p.Y.Min}, {X: x, Y: p.Y.Max}})
+		if err != nil {
+			return fmt.Errorf("line plot %s: mark at %v: %w", path, x, err)
+		}
+		mark.Color = color.Gray{Y: 160}
+		mark.Width = vg.Points(0.5)
+		mark.Dashes = []vg.Length{vg.Points(2), vg.Points(2)}
+		p.Add(mark)
+	}
 	if err := saveWithLegend(p, legend, len(lp.Series), path); err != nil {
 		return fmt.Errorf("line plot %s: %w", path, err)
 	}

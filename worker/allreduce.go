@@ -3,7 +3,7 @@ package worker
 import (
 	"fmt"
 
-	"stagecoach/model"
+	"stagecoach/compute"
 	pb "stagecoach/proto"
 	"stagecoach/scheduler"
 )
@@ -36,14 +36,14 @@ import (
 // c), so a ring and a direct all-reduce of the same gradients agree to
 // float32 rounding; with two replicas they agree bit for bit (a + b =
 // b + a). The sum is then divided by the stage's visit count over all
-// replicas (as model.Shard's FinishGrad does, with the same float32
-// reciprocal), as the single-process trainer divides by m. With one
-// replica the result equals the trainer bit for bit. With R > 1, ring and
+// replicas (compute.Stage.ScaleGrads, with the float32 reciprocal the
+// model's FinishGrad uses), as the single-process trainer divides by m.
+// With one replica the result equals the trainer bit for bit. With R > 1, ring and
 // direct add partial sums (each replica's own microbatches summed first:
 // S_even + S_odd instead of one ascending sum), so they agree with the
 // trainer to float32 rounding only; ordered adds each microbatch's
 // contribution to one running sum in microbatch order, exactly as the
-// trainer does (model.Shard's exactness contract), and agrees bit for bit.
+// trainer does (the model's exactness contract), and agrees bit for bit.
 
 // ringChunk is chunk c's range of a flat gradient of total elements.
 func ringChunk(c, n, total int) (lo, hi int) {
@@ -60,19 +60,8 @@ func ringRecvChunk(pos, step, n int) int {
 
 // ringChunkLen is the element count replica pos receives at step.
 func ringChunkLen(st *stage, pos, step, n int) int {
-	lo, hi := ringChunk(ringRecvChunk(pos, step, n), n, gradLen(st))
+	lo, hi := ringChunk(ringRecvChunk(pos, step, n), n, st.grads)
 	return hi - lo
-}
-
-// gradLen is the element count of the stage's flattened gradient.
-func gradLen(st *stage) int {
-	total := 0
-	// W, not G: peer goroutines call this while a backward swaps each G
-	// for its scratch (model.Shard.contribute); W's length is the same.
-	for _, p := range st.shard.Params() {
-		total += len(p.W)
-	}
-	return total
 }
 
 func mod(a, n int) int { return ((a % n) + n) % n }
@@ -83,22 +72,20 @@ func (r *run) allReduce(id int) error {
 	if err != nil {
 		return err
 	}
-	params := st.shard.Params()
 	if len(st.replicas) > 1 {
 		switch {
 		case st.ordered != nil:
-			err = r.orderedAllReduce(st, params)
+			err = r.orderedAllReduce(st)
 		case j.plan.Stages[id].AllReduceAlgorithm() == scheduler.AllReduceDirect:
-			err = r.directAllReduce(st, params)
+			err = r.directAllReduce(st)
 		default:
-			err = r.ringAllReduce(st, params)
+			err = r.ringAllReduce(st)
 		}
 		if err != nil {
 			return err
 		}
 	}
-	finishGrad(st, params)
-	return nil
+	return finishGrad(st)
 }
 
 // allReduceHeader addresses one all-reduce tensor of stage st to worker to.
@@ -107,13 +94,16 @@ func (r *run) allReduceHeader(st *stage, step, to, elems int) *pb.TensorHeader {
 		Microbatch: -1, Stage: int32(st.id), Step: int32(step), From: int32(r.j.me), To: int32(to), Shape: []int32{int32(elems)}}
 }
 
-func (r *run) ringAllReduce(st *stage, params []*model.Tensor) error {
+func (r *run) ringAllReduce(st *stage) error {
 	j := r.j
 	id := st.id
 	n := len(st.replicas)
 	pos := indexOf(st.replicas, j.me)
 	next := st.replicas[(pos+1)%n]
-	flat := flatten(params)
+	flat, err := flatGrads(st)
+	if err != nil {
+		return err
+	}
 	send := func(step, c int) error {
 		lo, hi := ringChunk(c, n, len(flat))
 		return r.send(next, r.allReduceHeader(st, step, next, hi-lo), flat[lo:hi])
@@ -143,7 +133,9 @@ func (r *run) ringAllReduce(st *stage, params []*model.Tensor) error {
 		lo, _ := ringChunk(ringRecvChunk(pos, step, n), n, len(flat))
 		copy(flat[lo:], piece)
 	}
-	unflatten(flat, params)
+	if err := st.cs.SetGrads(flat); err != nil {
+		return st.fail("set gradients", err)
+	}
 	return nil
 }
 
@@ -151,11 +143,14 @@ func (r *run) ringAllReduce(st *stage, params []*model.Tensor) error {
 // (the next one first, around the ring, so that not every replica starts
 // with the same peer), all at once, then sums the n gradients in replica
 // order. The step of a direct tensor is its sender's replica position.
-func (r *run) directAllReduce(st *stage, params []*model.Tensor) error {
+func (r *run) directAllReduce(st *stage) error {
 	j := r.j
 	n := len(st.replicas)
 	pos := indexOf(st.replicas, j.me)
-	own := flatten(params)
+	own, err := flatGrads(st)
+	if err != nil {
+		return err
+	}
 	payload := encode(own) // one encoding, read by every send
 	for k := 1; k < n; k++ {
 		to := st.replicas[(pos+k)%n]
@@ -179,7 +174,9 @@ func (r *run) directAllReduce(st *stage, params []*model.Tensor) error {
 			sum[i] = sum[i] + v
 		}
 	}
-	unflatten(sum, params)
+	if err := st.cs.SetGrads(sum); err != nil {
+		return st.fail("set gradients", err)
+	}
 	return nil
 }
 
@@ -201,7 +198,7 @@ func (j *job) checkAllReduce(h *pb.TensorHeader, st *stage) error {
 		if q < 0 || q == pos || step != q {
 			return fmt.Errorf("%w: direct all-reduce tensor for stage %d from worker %d at step %d, not another replica's gradient at its position", ErrBadInput, st.id, from, step)
 		}
-		if want := gradLen(st); int(shape[0]) != want {
+		if want := st.grads; int(shape[0]) != want {
 			return fmt.Errorf("%w: direct all-reduce tensor of %d elements, stage %d has %d", ErrBadInput, shape[0], st.id, want)
 		}
 		return nil
@@ -233,20 +230,15 @@ func (r *run) await(id, step int) ([]float32, error) {
 	}
 }
 
-func flatten(params []*model.Tensor) []float32 {
-	n := 0
-	for _, p := range params {
-		n += len(p.G)
+// flatGrads returns st's flat gradient, a slice the caller owns, of the
+// length the stage described.
+func flatGrads(st *stage) ([]float32, error) {
+	g, err := st.cs.Grads()
+	if err != nil {
+		return nil, st.fail("gradients", err)
 	}
-	out := make([]float32, 0, n)
-	for _, p := range params {
-		out = append(out, p.G...)
+	if len(g) != st.grads {
+		return nil, st.fail("gradients", fmt.Errorf("%w: %d elements, the stage has %d", compute.ErrBackend, len(g), st.grads))
 	}
-	return out
-}
-
-func unflatten(flat []float32, params []*model.Tensor) {
-	for _, p := range params {
-		flat = flat[copy(p.G, flat):]
-	}
+	return g, nil
 }

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 
+	"stagecoach/compute"
 	"stagecoach/internal/atomicfile"
 	"stagecoach/internal/confine"
 	"stagecoach/internal/failpoint"
@@ -69,6 +70,7 @@ func (s *Server) SaveCheckpoint(ctx context.Context, req *pb.CheckpointRequest) 
 	if err != nil {
 		s.cfg.Logf("worker %s: save checkpoint: %v", s.cfg.Name, err)
 	}
+	s.noteBackend(err)
 	return resp, toStatus(err)
 }
 
@@ -107,7 +109,15 @@ func (s *Server) save(ctx context.Context, req *pb.CheckpointRequest) (*pb.Check
 			metaFirstLayer: strconv.Itoa(st.spec.Lo), metaLayers: strconv.Itoa(st.spec.Hi - st.spec.Lo),
 		}
 		path := filepath.Join(dir, model.ShardFile(st.id))
-		d, err := writeStates(path, st.opt.States, meta, step)
+		states, err := st.cs.State()
+		if err != nil {
+			return nil, st.fail("state", err)
+		}
+		ms, err := fileStates(st, states)
+		if err != nil {
+			return nil, st.fail("state", err)
+		}
+		d, err := writeStates(path, ms, meta, step)
 		if err != nil {
 			return nil, fmt.Errorf("stage %d: %w", st.id, err)
 		}
@@ -118,6 +128,31 @@ func (s *Server) save(ctx context.Context, req *pb.CheckpointRequest) (*pb.Check
 		return nil, err
 	}
 	return resp, nil
+}
+
+// fileStates converts a stage's state to the checkpoint format's
+// (model.ParamState, sharing the slices), checking it is the state of the
+// parameters the stage described: an answer that is not is the backend's
+// failure, and must never reach a checkpoint.
+func fileStates(st *stage, states []compute.ParamState) ([]model.ParamState, error) {
+	if len(states) != len(st.desc.Params) {
+		return nil, fmt.Errorf("%w: %d tensors, the stage has %d", compute.ErrBackend, len(states), len(st.desc.Params))
+	}
+	out := make([]model.ParamState, len(states))
+	for i, ps := range states {
+		p := st.desc.Params[i]
+		n := p.Elems()
+		if ps.Name != p.Name || len(ps.W) != n || (len(ps.M) != n && len(ps.M) != 0) || len(ps.V) != len(ps.M) {
+			return nil, fmt.Errorf("%w: state tensor %d is %q with %d/%d/%d elements (weights/moments), the stage's is %q of %d",
+				compute.ErrBackend, i, ps.Name, len(ps.W), len(ps.M), len(ps.V), p.Name, n)
+		}
+		t := &model.Tensor{Name: p.Name, Index: p.Index, Shape: p.Shape, W: ps.W, Decay: p.Decay}
+		out[i] = model.ParamState{T: t, M: ps.M, V: ps.V}
+		if len(ps.M) == 0 {
+			out[i].M, out[i].V = nil, nil // no moments: the format writes none
+		}
+	}
+	return out, nil
 }
 
 // writeStates encodes a shard, writes it atomically and returns its
@@ -148,6 +183,7 @@ func (s *Server) LoadCheckpoint(ctx context.Context, req *pb.CheckpointRequest) 
 	if err != nil {
 		s.cfg.Logf("worker %s: load checkpoint: %v", s.cfg.Name, err)
 	}
+	s.noteBackend(err)
 	return resp, toStatus(err)
 }
 
@@ -159,7 +195,9 @@ func (s *Server) load(ctx context.Context, req *pb.CheckpointRequest) (*pb.Check
 		return nil, err
 	}
 	step := req.GetStep()
-	if step < 1 {
+	// Step 0 is a state before any step: a job started from another's
+	// weights with fresh optimizer moments.
+	if step < 0 {
 		return nil, fmt.Errorf("%w: checkpoint step %d", ErrBadInput, step)
 	}
 	dir, err := s.stepDir(req.GetDir(), step)
@@ -177,11 +215,13 @@ func (s *Server) load(ctx context.Context, req *pb.CheckpointRequest) (*pb.Check
 	staged := make([][]model.ParamState, len(j.stages))
 	resp := &pb.CheckpointResponse{}
 	for i, st := range j.stages {
-		// Load into copies first so a bad file changes nothing.
-		for _, ps := range st.opt.States {
-			t := *ps.T
-			t.W = make([]float32, len(ps.T.W))
-			staged[i] = append(staged[i], model.ParamState{T: &t, M: make([]float32, len(ps.M)), V: make([]float32, len(ps.V))})
+		// Load into buffers of our own first so a bad file changes
+		// nothing: weights and both moments of every parameter (the
+		// worker's checkpoints always carry the moments).
+		for _, p := range st.desc.Params {
+			n := p.Elems()
+			t := &model.Tensor{Name: p.Name, Index: p.Index, Shape: p.Shape, W: make([]float32, n), Decay: p.Decay}
+			staged[i] = append(staged[i], model.ParamState{T: t, M: make([]float32, n), V: make([]float32, n)})
 		}
 		path := filepath.Join(dir, model.ShardFile(st.id))
 		d, ok := want[st.id]
@@ -197,15 +237,24 @@ func (s *Server) load(ctx context.Context, req *pb.CheckpointRequest) (*pb.Check
 		}
 		resp.Files = append(resp.Files, path)
 	}
+	// Every file is good. Only the backend can fail from here; if it
+	// does, the stages disagree and the worker is not to be used until a
+	// load succeeds (the applied step is not changed, and no gradients
+	// are ready).
+	j.ready = 0
 	for i, st := range j.stages {
-		for k, ps := range st.opt.States {
-			copy(ps.T.W, staged[i][k].T.W)
-			copy(ps.M, staged[i][k].M)
-			copy(ps.V, staged[i][k].V)
-			clear(ps.T.G)
+		states := make([]compute.ParamState, len(staged[i]))
+		for k, ps := range staged[i] {
+			states[k] = compute.ParamState{ParamInfo: st.desc.Params[k], W: ps.T.W, M: ps.M, V: ps.V}
+		}
+		if err := st.cs.SetState(states); err != nil {
+			return nil, st.fail("set state", err)
+		}
+		// Gradients of the past do not apply to the loaded weights.
+		if err := st.cs.ZeroGrad(); err != nil {
+			return nil, st.fail("zero gradients", err)
 		}
 	}
-	j.ready = 0
 	s.setApplied(step)
 	return resp, nil
 }

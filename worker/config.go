@@ -8,6 +8,8 @@ import (
 	"log"
 	"path/filepath"
 
+	"stagecoach/compute"
+	"stagecoach/compute/builtin"
 	"stagecoach/internal/transport"
 	"stagecoach/model"
 )
@@ -69,6 +71,11 @@ type Config struct {
 	PeerStreams int
 	// Model bounds the model a Configure may build (model.DefaultLimits).
 	Model model.Limits
+	// Backend computes the worker's stages. nil: the built-in Go model
+	// in this process (builtin.Backend bounded by Model). The worker
+	// closes the stages it loads, not the backend: whoever made it
+	// closes it after the worker stops.
+	Backend compute.Backend
 	// Logf receives rejections and failures; nil means log.Printf.
 	Logf func(format string, args ...any)
 	// Infof receives notable events that are not failures (which links
@@ -130,6 +137,9 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("worker: config: %w", err)
 	}
 	c.Model = lim
+	if c.Backend == nil {
+		c.Backend = builtin.Backend{Limits: lim}
+	}
 	if c.Logf == nil {
 		c.Logf = log.Printf
 	}

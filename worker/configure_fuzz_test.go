@@ -2,10 +2,12 @@ package worker
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"testing"
 
+	"stagecoach/compute/builtin"
 	"stagecoach/model"
 	pb "stagecoach/proto"
 	"stagecoach/scheduler"
@@ -31,6 +33,7 @@ func FuzzConfigureRequest(f *testing.F) {
 	f.Add(pj.Bytes(), []byte(`{"model":{"layers":2,"dim":65536,"heads":2,"ctx":8}}`), []byte(nil), int32(0), uint8(2), false)
 	f.Add(pj.Bytes(), mj, []byte("name: c\nany_node: true\nnodes: [{name: a, region: r1}]\ndelays: [[0]]\ncompute: {}\n"), int32(1), uint8(2), false)
 	lim := model.Limits{MaxParams: 1 << 16, MaxActivationBytes: 1 << 24}
+	s := &Server{cfg: Config{Name: "fuzz", Backend: builtin.Backend{Limits: lim}}}
 	f.Fuzz(func(t *testing.T, planJSON, modelJSON, shaping []byte, me int32, npeers uint8, mutualTLS bool) {
 		peers := make([]string, npeers)
 		req := &pb.ConfigureRequest{PlanJson: planJSON, ModelJson: modelJSON, LinkShapingYaml: shaping, Worker: me, Peers: peers}
@@ -50,9 +53,11 @@ func FuzzConfigureRequest(f *testing.F) {
 			t.Fatalf("accepted a model of %d parameters, limit %d", n, lim.MaxParams)
 		}
 		for _, id := range p.Workers[spec.me].Stages {
-			if _, _, err := buildStage(p, spec.train, id, nil); err != nil {
+			st, _, err := s.buildStage(context.Background(), p, spec.train, id, nil, &job{})
+			if err != nil {
 				t.Fatalf("accepted request does not build stage %d: %v", id, err)
 			}
+			_ = st.cs.Close()
 		}
 	})
 }

@@ -1,7 +1,14 @@
 // Package worker owns one pipeline worker: a gRPC server that holds its
-// stages' model shards, runs its program from the Plan through the
-// scheduler's Machine, streams activations and gradients to its peers and
-// steps its optimizer.
+// stages, runs its program from the Plan through the scheduler's Machine,
+// streams activations and gradients to its peers and steps its
+// optimizer.
+//
+// The worker is the runtime; what computes a stage is a compute backend
+// (Config.Backend, package compute; the built-in Go model, compute/builtin,
+// by default). The worker drives every held stage through compute.Stage:
+// forward, loss, backward (split when the backend declares it), gradients
+// for the all-reduce, sums of squares, the optimizer step, and the state
+// its checkpoints hold.
 //
 // # Driving a worker (the coordinator's side)
 //
@@ -23,7 +30,10 @@
 //     plan), peers (Peer address of every plan worker, by index),
 //     peer_names (every plan worker's name, by index; required under TLS),
 //     model_json (a marshalled model.TrainConfig; model and optim are
-//     used), seed (overrides model.seed when non-zero), link_shaping_yaml
+//     used; an optional "backend" names the compute backend the job
+//     needs, and a worker computing with another refuses the Configure
+//     with InvalidArgument), seed (overrides model.seed when non-zero),
+//     link_shaping_yaml
 //     (optional sim cluster YAML: emulated latency and bandwidth on every
 //     outgoing link, workers matched to nodes by the plan's Worker.Node)}.
 //     Stages whose layer range and model config did not change keep their
@@ -59,21 +69,30 @@
 // for it). Retry it under a new epoch (Configure again), so no tensor of
 // the failed attempt can be mistaken for one of the retry.
 //
+// A failure of the compute backend (compute.ErrBackend: it died, hung or
+// answered something impossible) fails the RPC with Aborted, like a lost
+// peer, naming the backend. The worker then reports itself unhealthy
+// (Status Unavailable, health service NOT_SERVING) until an iteration
+// succeeds again, so the coordinator's recovery counts it lost and
+// restores without it. A Step or LoadCheckpoint the backend fails part
+// way may leave stages disagreeing: only a checkpoint restore repairs it.
+//
 // # Exactness
 //
-// Actions run in program order on the model's shards, which is the
-// model's ordering contract for GPipe, 1F1B, interleaved and zero-bubble
-// plans: with one replica per stage, losses, gradient norms, weights and
-// optimizer moments equal model.Trainer's bit for bit. The model has no
-// split backward, so BackwardInput runs the full backward and
-// BackwardWeight is a no-op. Nor can it overlap: an Overlapped pair runs
-// its forward, then its backward (and reports them as two timings).
+// Actions run in program order on the stages, which is the model's
+// ordering contract for GPipe, 1F1B, interleaved and zero-bubble plans:
+// with the built-in backend and one replica per stage, losses, gradient
+// norms, weights and optimizer moments equal model.Trainer's bit for bit.
+// A backend without a split backward (the built-in one) runs the full
+// backward for BackwardInput, and BackwardWeight is a no-op. Nor can the
+// worker overlap: an Overlapped pair runs its forward, then its backward
+// (and reports them as two timings).
 // All-reduce rules: see allreduce.go.
 //
 // # Concurrency
 //
 // Control RPCs run one at a time. RunIteration's goroutine is the only
-// owner of the Machine, the shards and the tensor store; Peer streams only
+// owner of the Machine, the stages and the tensor store; Peer streams only
 // validate tensors and queue them in a bounded mailbox (back-pressure
 // reaches the sender through gRPC flow control), and sends go through a
 // per-destination bounded queue (internal/transport.Outbox).

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"stagecoach/compute"
 	"stagecoach/internal/metrics"
 	"stagecoach/internal/transport"
 	"stagecoach/model"
@@ -129,7 +130,10 @@ func toStatus(err error) error {
 		code = codes.FailedPrecondition
 	case errors.Is(err, ErrNoCheckpoint):
 		code = codes.NotFound
-	case errors.Is(err, ErrPeer):
+	case errors.Is(err, ErrPeer), errors.Is(err, compute.ErrBackend):
+		// The iteration is lost either way; a failed backend also makes
+		// the worker unhealthy (Server.noteBackend), so the coordinator's
+		// recovery counts it lost.
 		code = codes.Aborted
 	case errors.Is(err, context.DeadlineExceeded):
 		code = codes.DeadlineExceeded

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"stagecoach/compute"
 	"stagecoach/model"
 	pb "stagecoach/proto"
 	"stagecoach/scheduler"
@@ -17,11 +18,12 @@ func (s *Server) RunIteration(ctx context.Context, req *pb.RunIterationRequest) 
 	if err != nil {
 		s.cfg.Logf("worker %s: iteration %d: %v", s.cfg.Name, req.GetIteration(), err)
 	}
+	s.noteBackend(err)
 	return resp, toStatus(err)
 }
 
 // run is one iteration in progress. It lives on the RPC's goroutine, the
-// only one that touches the Machine, the shards and the tensor store.
+// only one that touches the Machine, the stages and the tensor store.
 type run struct {
 	s     *Server
 	j     *job
@@ -32,7 +34,7 @@ type run struct {
 	data  map[int]*pb.MicrobatchData
 	// store holds tensors delivered to the Machine until the action that
 	// consumes them runs, by the Machine's tag.
-	store map[scheduler.Tag]*model.Activations
+	store map[scheduler.Tag]*compute.Tensor
 	// pieces holds all-reduce chunks by (stage, ring step).
 	pieces map[[2]int]arrival
 	t0     time.Time
@@ -54,7 +56,7 @@ func (s *Server) runIteration(ctx context.Context, req *pb.RunIterationRequest) 
 		return nil, fmt.Errorf("%w: iteration %d after step %d", ErrOutOfOrder, it, applied)
 	}
 	r := &run{s: s, j: j, ctx: ctx, fence: req.GetFence(), slot: slot{j.epoch, it},
-		m: scheduler.NewMachine(j.ix, j.me), store: map[scheduler.Tag]*model.Activations{},
+		m: scheduler.NewMachine(j.ix, j.me), store: map[scheduler.Tag]*compute.Tensor{},
 		pieces: map[[2]int]arrival{}, resp: &pb.RunIterationResponse{Losses: map[int32]float64{}}}
 	if r.data, err = j.checkData(req.GetData(), s.cfg.Model); err != nil {
 		return nil, err
@@ -65,11 +67,12 @@ func (s *Server) runIteration(ctx context.Context, req *pb.RunIterationRequest) 
 	// context is gone).
 	_ = j.out.Flush(ctx)
 	for _, st := range j.stages {
-		st.shard.ZeroGrad()
-		st.reduced = false
-		if st.ordered != nil {
-			st.ordered.reset() // an aborted attempt's
+		// Also drops what an aborted attempt left (activations, kept
+		// contributions).
+		if err := st.cs.ZeroGrad(); err != nil {
+			return nil, st.fail("zero gradients", err)
 		}
+		st.reduced = false
 	}
 	s.mbox.dropBefore(r.slot)
 	r.t0 = time.Now()
@@ -85,21 +88,30 @@ func (s *Server) runIteration(ctx context.Context, req *pb.RunIterationRequest) 
 	}
 	for _, st := range j.stages {
 		if !st.reduced {
-			finishGrad(st, st.shard.Params())
+			if err := finishGrad(st); err != nil {
+				return nil, err
+			}
 		}
 		if st.replicas[0] != j.me {
 			continue // one replica reports a stage's gradient norm
 		}
+		ss, err := st.cs.SumSquares()
+		if err != nil {
+			return nil, st.fail("sums of squares", err)
+		}
+		if len(ss) != len(st.desc.Params) {
+			return nil, st.fail("sums of squares", fmt.Errorf("%w: %d of them for %d parameters", compute.ErrBackend, len(ss), len(st.desc.Params)))
+		}
 		if r.resp.TensorSumSquares == nil {
 			r.resp.TensorSumSquares = map[int32]float64{}
 		}
-		for _, p := range st.shard.Params() {
-			ss := model.SumSquares(p)
-			r.resp.TensorSumSquares[int32(p.Index)] = ss
-			r.resp.GradSumSquares += ss
+		for i, p := range st.desc.Params {
+			r.resp.TensorSumSquares[int32(p.Index)] = ss[i]
+			r.resp.GradSumSquares += ss[i]
 		}
 	}
 	j.ready = it
+	s.backendOK()
 	return r.resp, nil
 }
 
@@ -213,7 +225,7 @@ func (r *run) pair(f, b scheduler.Action, start time.Duration) error {
 	want := 0
 	for _, h := range []struct {
 		a   scheduler.Action
-		out *model.Activations
+		out *compute.Tensor
 	}{{f, fo}, {b, bo}} {
 		remote, err := r.deliver(h.a, h.out)
 		if err != nil {
@@ -275,61 +287,67 @@ func (r *run) file(a arrival) error {
 	for i, d := range h.GetShape() {
 		shape[i] = int(d)
 	}
-	r.store[msg.Tag()] = &model.Activations{Shape: shape, Data: a.data}
+	r.store[msg.Tag()] = &compute.Tensor{Shape: shape, Data: a.data}
 	return nil
 }
 
-// exec runs one action on the model and returns the tensor it produces.
-func (r *run) exec(a scheduler.Action) (*model.Activations, error) {
+// exec runs one action on its stage and returns the tensor it produces.
+func (r *run) exec(a scheduler.Action) (*compute.Tensor, error) {
 	j := r.j
+	if a.Kind == scheduler.AllReduce {
+		return nil, r.allReduce(a.Stage)
+	}
+	st, err := j.held(a.Stage)
+	if err != nil {
+		return nil, err
+	}
+	var out *compute.Tensor
 	switch a.Kind {
 	case scheduler.Forward:
-		st, err := j.held(a.Stage)
-		if err != nil {
-			return nil, err
-		}
-		var x *model.Activations
+		var x *compute.Tensor
 		if t, needs := j.ix.Input(j.me, a); needs {
 			x = r.take(t)
 		} else {
 			d := r.data[a.Microbatch]
 			x, _ = splitWindows(d)
 		}
-		return st.shard.Forward(a.Microbatch, x)
+		out, err = st.cs.Forward(a.Microbatch, x)
 	case scheduler.Loss:
-		st, err := j.held(a.Stage)
-		if err != nil {
-			return nil, err
-		}
 		t, _ := j.ix.Input(j.me, a)
 		hidden := r.take(t)
 		_, targets := splitWindows(r.data[a.Microbatch])
-		loss, g, err := st.shard.Loss(a.Microbatch, hidden, targets)
-		if err != nil {
-			return nil, err
+		var loss float64
+		if loss, out, err = st.cs.Loss(a.Microbatch, hidden, targets); err == nil {
+			r.resp.Losses[int32(a.Microbatch)] = loss
 		}
-		r.resp.Losses[int32(a.Microbatch)] = loss
-		return g, nil
-	case scheduler.Backward, scheduler.BackwardInput:
-		// The model has no split backward: BackwardInput runs the full
-		// backward (input and weight gradients) and BackwardWeight is a
-		// no-op. Gradient values and their summation order are unchanged;
-		// only the zero-bubble timing benefit is lost.
-		st, err := j.held(a.Stage)
-		if err != nil {
-			return nil, err
-		}
+	case scheduler.Backward:
 		t, _ := j.ix.Input(j.me, a)
-		return st.shard.Backward(a.Microbatch, r.take(t))
+		out, err = st.cs.Backward(a.Microbatch, r.take(t))
+	case scheduler.BackwardInput:
+		// Without a split backward BackwardInput runs the whole backward
+		// (input and weight gradients) and BackwardWeight does nothing:
+		// gradient values and their summation order are the same, only
+		// the zero-bubble timing benefit is lost.
+		t, _ := j.ix.Input(j.me, a)
+		if st.desc.Caps.SplitBackward {
+			out, err = st.cs.BackwardInput(a.Microbatch, r.take(t))
+		} else {
+			out, err = st.cs.Backward(a.Microbatch, r.take(t))
+		}
 	case scheduler.BackwardWeight:
-		return nil, nil
-	case scheduler.AllReduce:
-		return nil, r.allReduce(a.Stage)
+		if st.desc.Caps.SplitBackward {
+			err = st.cs.BackwardWeight(a.Microbatch)
+		}
+	default:
+		return nil, fmt.Errorf("%w: action kind %v not executable here", ErrBadInput, a.Kind)
 	}
-	return nil, fmt.Errorf("%w: action kind %v not executable here", ErrBadInput, a.Kind)
+	if err != nil {
+		return nil, st.fail(a.Kind.String(), err)
+	}
+	return out, nil
 }
 
-func (r *run) take(t scheduler.Tag) *model.Activations {
+func (r *run) take(t scheduler.Tag) *compute.Tensor {
 	x := r.store[t]
 	delete(r.store, t)
 	return x
@@ -337,7 +355,7 @@ func (r *run) take(t scheduler.Tag) *model.Activations {
 
 // route finishes a in the Machine and sends its output where the plan
 // says: kept locally for a self-send, otherwise queued to the peer.
-func (r *run) route(a scheduler.Action, out *model.Activations) error {
+func (r *run) route(a scheduler.Action, out *compute.Tensor) error {
 	j := r.j
 	sent := r.m.Finish()
 	if msg, has := j.ix.Output(j.me, a); has && msg.To != j.me && (len(sent) != 1 || sent[0] != msg) {
@@ -350,7 +368,7 @@ func (r *run) route(a scheduler.Action, out *model.Activations) error {
 // deliver puts the output of a, finished in the Machine, where the plan
 // says: kept locally for a self-send, otherwise queued to the peer
 // (remote true).
-func (r *run) deliver(a scheduler.Action, out *model.Activations) (remote bool, err error) {
+func (r *run) deliver(a scheduler.Action, out *compute.Tensor) (remote bool, err error) {
 	j := r.j
 	msg, has := j.ix.Output(j.me, a)
 	if !has {
@@ -395,31 +413,32 @@ func (j *job) held(id int) (*stage, error) {
 }
 
 // finishGrad divides a stage's summed gradients by its visit count over
-// all replicas, exactly as model.Shard.FinishGrad does for one process
-// (same float32 reciprocal, same element order).
-func finishGrad(st *stage, params []*model.Tensor) {
+// all replicas, exactly as the model's FinishGrad does for one process
+// (the same float32 reciprocal, applied to every element).
+func finishGrad(st *stage) error {
 	st.reduced = true
 	if st.visits <= 1 {
-		return
+		return nil
 	}
-	inv := 1 / float32(st.visits)
-	for _, p := range params {
-		for i := range p.G {
-			p.G[i] *= inv
-		}
+	if err := st.cs.ScaleGrads(1 / float32(st.visits)); err != nil {
+		return st.fail("scale gradients", err)
 	}
+	return nil
 }
 
 // splitWindows turns b windows of ctx+1 tokens into the embedding input
-// and the targets (the same cut as the model's single-process trainer).
-func splitWindows(d *pb.MicrobatchData) (*model.Activations, []int32) {
+// (the token ids as float32 [b, ctx]) and the targets (the same cut as the
+// model's single-process trainer).
+func splitWindows(d *pb.MicrobatchData) (*compute.Tensor, []int32) {
 	b, t := int(d.GetBatch()), int(d.GetCtx())
 	win := d.GetTokens()
-	in := make([]int32, b*t)
+	ids := make([]float32, b*t)
 	tg := make([]int32, b*t)
 	for i := 0; i < b; i++ {
-		copy(in[i*t:], win[i*(t+1):i*(t+1)+t])
+		for k, v := range win[i*(t+1) : i*(t+1)+t] {
+			ids[i*t+k] = float32(v)
+		}
 		copy(tg[i*t:], win[i*(t+1)+1:(i+1)*(t+1)])
 	}
-	return model.TokenActivations(in, b, t), tg
+	return &compute.Tensor{Shape: []int{b, t}, Data: ids}, tg
 }

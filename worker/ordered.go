@@ -3,7 +3,7 @@ package worker
 import (
 	"fmt"
 
-	"stagecoach/model"
+	"stagecoach/compute"
 	"stagecoach/scheduler"
 )
 
@@ -11,8 +11,8 @@ import (
 // replicas bit-identical to the single-process trainer, not only to each
 // other. The trainer adds each microbatch's gradient contribution c_mb to
 // the gradient once, in microbatch order: (((0 + c_0) + c_1) + ...) (see
-// model.Shard's exactness contract). Here each replica keeps its own
-// microbatches' contributions apart (model.Shard.SetContributionSink)
+// the model's exactness contract). Here each replica's stage keeps its own
+// microbatches' contributions apart (compute.Stage.KeepContributions)
 // instead of summing them, and at the all-reduce the running sum travels
 // through the replicas in microbatch order: the worker of each run of
 // consecutive microbatches (scheduler.Plan.OrderedSegments) receives it
@@ -26,48 +26,25 @@ import (
 // orderedState is a stage's ordered all-reduce bookkeeping.
 type orderedState struct {
 	segments []scheduler.Segment
-	offset   map[*model.Tensor]int // the parameter's place in the flat gradient
-	// contrib holds a buffer per local microbatch, reused from one
-	// iteration to the next; got marks those filled this iteration.
-	contrib map[int][]float32
-	got     map[int]bool
 }
-
-// reset forgets the contributions of an earlier (or aborted) iteration.
-func (o *orderedState) reset() { clear(o.got) }
 
 // setupOrdered switches st to the ordered all-reduce when the plan asks
 // for it on a replicated stage, and back to plain accumulation otherwise
-// (a reused shard may carry an earlier plan's sink).
-func setupOrdered(st *stage, plan *scheduler.Plan) {
-	if len(st.replicas) < 2 || plan.Stages[st.id].AllReduceAlgorithm() != scheduler.AllReduceOrdered {
-		st.ordered = nil
-		st.shard.SetContributionSink(nil)
-		return
+// (a reused stage may keep contributions for an earlier plan).
+func setupOrdered(st *stage, plan *scheduler.Plan) error {
+	on := len(st.replicas) > 1 && plan.Stages[st.id].AllReduceAlgorithm() == scheduler.AllReduceOrdered
+	st.ordered = nil
+	if on {
+		st.ordered = &orderedState{segments: plan.OrderedSegments(st.id)}
 	}
-	o := &orderedState{segments: plan.OrderedSegments(st.id), offset: map[*model.Tensor]int{},
-		contrib: map[int][]float32{}, got: map[int]bool{}}
-	n := 0
-	for _, p := range st.shard.Params() {
-		o.offset[p] = n
-		n += len(p.G)
+	if err := st.cs.KeepContributions(on); err != nil {
+		return st.fail("keep contributions", err)
 	}
-	st.ordered = o
-	st.shard.SetContributionSink(func(mb int, ps []*model.Tensor, contrib [][]float32) {
-		buf := o.contrib[mb]
-		if buf == nil {
-			buf = make([]float32, n)
-			o.contrib[mb] = buf
-		}
-		for i, p := range ps {
-			copy(buf[o.offset[p]:], contrib[i])
-		}
-		o.got[mb] = true
-	})
+	return nil
 }
 
 // orderedAllReduce runs the ordered all-reduce of st (see above).
-func (r *run) orderedAllReduce(st *stage, params []*model.Tensor) error {
+func (r *run) orderedAllReduce(st *stage) error {
 	o := st.ordered
 	me := r.j.me
 	segs := o.segments
@@ -81,7 +58,7 @@ func (r *run) orderedAllReduce(st *stage, params []*model.Tensor) error {
 			continue
 		}
 		if k == 0 {
-			sum = make([]float32, gradLen(st))
+			sum = make([]float32, st.grads)
 		} else {
 			got, err := r.await(st.id, k)
 			if err != nil {
@@ -90,9 +67,13 @@ func (r *run) orderedAllReduce(st *stage, params []*model.Tensor) error {
 			sum = got
 		}
 		for _, mb := range sg.Microbatches {
-			c := o.contrib[mb]
-			if !o.got[mb] {
-				return fmt.Errorf("%w: ordered all-reduce of stage %d: no gradient of microbatch %d here", ErrBadInput, st.id, mb)
+			c, err := st.cs.Contribution(mb)
+			if err != nil {
+				return st.fail(fmt.Sprintf("gradient contribution of microbatch %d", mb), err)
+			}
+			if len(c) != len(sum) {
+				return st.fail(fmt.Sprintf("gradient contribution of microbatch %d", mb),
+					fmt.Errorf("%w: %d elements, the stage has %d", compute.ErrBackend, len(c), len(sum)))
 			}
 			for i, v := range c {
 				sum[i] = sum[i] + v
@@ -122,8 +103,9 @@ func (r *run) orderedAllReduce(st *stage, params []*model.Tensor) error {
 		}
 		sum = got
 	}
-	unflatten(sum, params)
-	o.reset()
+	if err := st.cs.SetGrads(sum); err != nil {
+		return st.fail("set gradients", err)
+	}
 	return nil
 }
 
@@ -142,7 +124,7 @@ func (j *job) checkOrdered(from, step int, elems int32, st *stage) error {
 	if !ok {
 		return fmt.Errorf("%w: ordered all-reduce tensor for stage %d from worker %d at step %d does not follow the microbatch order", ErrBadInput, st.id, from, step)
 	}
-	if want := gradLen(st); int(elems) != want {
+	if want := st.grads; int(elems) != want {
 		return fmt.Errorf("%w: ordered all-reduce tensor of %d elements, stage %d has %d", ErrBadInput, elems, st.id, want)
 	}
 	return nil

@@ -11,10 +11,12 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
+	"stagecoach/compute"
 	"stagecoach/internal/confine"
 	"stagecoach/internal/metrics"
 	"stagecoach/internal/tlsx"
@@ -25,7 +27,7 @@ import (
 // the leader coordinator) and the Peer service (for other workers).
 //
 // Control RPCs (Configure, RunIteration, Step, checkpoints) run one at a
-// time: they own the model shards. RunIteration executes the worker's
+// time: they own the stages. RunIteration executes the worker's
 // program from the RPC's own goroutine, the single owner of the
 // scheduler.Machine; receive goroutines only hand tensors over through the
 // mailbox.
@@ -46,6 +48,13 @@ type Server struct {
 	epoch     int64      // plan epoch of job
 	job       *job       // nil until configured
 	applied   int64      // last optimizer step applied (iteration number)
+	// backendErr is the compute backend's last failure, until an
+	// iteration succeeds again (noteBackend).
+	backendErr error
+
+	// health is the standard health service: NOT_SERVING while
+	// backendErr is set.
+	health *health.Server
 
 	srv *grpc.Server
 	lis net.Listener
@@ -77,7 +86,8 @@ func New(cfg Config) (*Server, error) {
 	// Probes (stagecoach health, container healthchecks) ask the
 	// standard health service, which any certificate of the CA may call;
 	// Status is the coordinator's.
-	healthpb.RegisterHealthServer(s.srv, health.NewServer())
+	s.health = health.NewServer()
+	healthpb.RegisterHealthServer(s.srv, s.health)
 	return s, nil
 }
 
@@ -132,7 +142,7 @@ func (s *Server) Addr() string {
 }
 
 // Stop ends the server, waiting up to grace for RPCs in flight, and closes
-// peer connections.
+// peer connections and the stages it holds (not Config.Backend).
 func (s *Server) Stop(grace time.Duration) {
 	done := make(chan struct{})
 	go func() { s.srv.GracefulStop(); close(done) }()
@@ -144,8 +154,15 @@ func (s *Server) Stop(grace time.Duration) {
 	s.mu.Lock()
 	j := s.job
 	s.mu.Unlock()
-	if j != nil {
-		j.out.Close()
+	if j == nil {
+		return
+	}
+	j.out.Close()
+	// A control RPC still running (its client gone, its stage stuck in
+	// the backend) owns the stages: leave them to the backend's Close.
+	if s.control.TryLock() {
+		s.closeStages(j.stages)
+		s.control.Unlock()
 	}
 }
 
@@ -303,10 +320,16 @@ func (s *Server) setApplied(n int64) {
 
 // Status implements pb.WorkerServer. It needs no fence (it changes
 // nothing), but under mutual TLS only the job's coordinator may call it;
-// probes use the health service.
+// probes use the health service. After a failure of its compute backend
+// the worker answers Unavailable, naming the backend and the failure,
+// until an iteration succeeds again: the coordinator, which probes Status
+// after any failed iteration, then counts it lost, as if it had died.
 func (s *Server) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusResponse, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.backendErr != nil {
+		return nil, status.Errorf(codes.Unavailable, "worker %s: %v", s.cfg.Name, s.backendErr)
+	}
 	r := &pb.StatusResponse{Name: s.cfg.Name, Epoch: s.epoch, AppliedStep: s.applied}
 	if s.job != nil {
 		for _, st := range s.job.stages {
@@ -314,4 +337,29 @@ func (s *Server) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusRes
 		}
 	}
 	return r, nil
+}
+
+// noteBackend records err when it is a failure of the compute backend
+// (compute.ErrBackend): the worker reports itself unhealthy (Status,
+// health service) until an iteration succeeds again (backendOK).
+func (s *Server) noteBackend(err error) {
+	if !errors.Is(err, compute.ErrBackend) {
+		return
+	}
+	s.mu.Lock()
+	s.backendErr = fmt.Errorf("compute backend %s failed: %w", s.cfg.Backend.Name(), err)
+	s.mu.Unlock()
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+}
+
+// backendOK clears a recorded backend failure: the backend has just
+// computed a whole iteration.
+func (s *Server) backendOK() {
+	s.mu.Lock()
+	was := s.backendErr != nil
+	s.backendErr = nil
+	s.mu.Unlock()
+	if was {
+		s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	}
 }

@@ -5,12 +5,11 @@ import (
 	"fmt"
 	"math"
 
-	"stagecoach/model"
 	pb "stagecoach/proto"
 )
 
 // Step implements pb.WorkerServer: it applies optimizer step `iteration`
-// (1-based, as model.Trainer counts) to every held stage, scaling the
+// (1-based, as the model's Trainer counts) to every held stage, scaling the
 // gradients by the coordinator's global clip factor first. A step is
 // applied at most once: repeating it is refused with ErrStepApplied
 // (AlreadyExists), which a retrying coordinator may read as "done".
@@ -19,6 +18,7 @@ func (s *Server) Step(ctx context.Context, req *pb.StepRequest) (*pb.StepRespons
 	if err != nil {
 		s.cfg.Logf("worker %s: step %d: %v", s.cfg.Name, req.GetIteration(), err)
 	}
+	s.noteBackend(err)
 	return resp, toStatus(err)
 }
 
@@ -42,11 +42,15 @@ func (s *Server) step(ctx context.Context, req *pb.StepRequest) (*pb.StepRespons
 	// The trainer computes the clip factor as a float32 and the
 	// coordinator ships it as a double: the conversion back is exact.
 	f := float32(clip)
-	for _, st := range j.stages {
-		model.ScaleGrads(st.shard.Params(), f)
-		st.opt.Update(int(it), lr)
-	}
+	// Whatever happens now, these gradients are spent: a stage that
+	// failed after others stepped must not be stepped again (the
+	// coordinator restores every worker from a checkpoint instead).
 	j.ready = 0
+	for _, st := range j.stages {
+		if err := st.cs.Step(int(it), lr, f); err != nil {
+			return nil, st.fail(fmt.Sprintf("optimizer step %d", it), err)
+		}
+	}
 	s.setApplied(it)
 	return &pb.StepResponse{AppliedStep: it}, nil
 }

@@ -55,6 +55,15 @@ type jobFlags struct {
 	metricsAddr string
 	// httpAddr serves the live page (jobview).
 	httpAddr string
+	// initFrom is the checkpoint a new job starts from
+	// (coordinator.Config.InitFrom).
+	initFrom        string
+	initWeightsOnly bool
+	// backendName, when set, is the compute backend every worker must
+	// compute with (the workers refuse the job otherwise).
+	backendName string
+	// backend is how `up` starts its workers' backends.
+	backend backendFlags
 }
 
 func (j *jobFlags) register(f *pflag.FlagSet, defaultJob string) {
@@ -63,6 +72,7 @@ func (j *jobFlags) register(f *pflag.FlagSet, defaultJob string) {
 	f.IntVar(&j.workers, "workers", 2, "workers to wait for and train on")
 	f.IntVar(&j.stages, "stages", 0, "pipeline stages (0: one per worker; workers/stages replicas each)")
 	f.StringVar(&j.schedule, "schedule", "gpipe", "pipeline schedule (gpipe, 1f1b, ...)")
+	f.StringVar(&j.backendName, "backend", "", "require every worker to compute with this backend (go, torch, ...; empty: any)")
 	f.IntVar(&j.steps, "steps", 20, "optimizer steps")
 	f.IntVar(&j.train.Model.Layers, "layers", 4, "transformer blocks")
 	f.IntVar(&j.train.Model.Dim, "dim", 128, "model width")
@@ -83,6 +93,8 @@ func (j *jobFlags) register(f *pflag.FlagSet, defaultJob string) {
 	f.StringVar(&j.metricsAddr, "metrics-addr", "", "serve Prometheus /metrics and /healthz on this HOST:PORT (empty: off)")
 	f.StringVar(&j.ckptDir, "checkpoint-dir", "", "checkpoint root (default <out>/checkpoints): the workers' --checkpoint-root must contain it; only listed checkpoints under it are loaded or deleted, so every coordinator of a job names the same one")
 	f.StringVar(&j.httpAddr, "http-addr", "", "serve the job's live page on this HOST:PORT, over HTTPS requiring a client certificate of the cluster CA when TLS is on (empty: off)")
+	f.StringVar(&j.initFrom, "init-from", "", "start the job from this checkpoint instead of the seed: a train run's directory or model.safetensors, an exported file, or another job's step directory (shard-<i>.safetensors); the model flags must match it, and --steps counts its steps")
+	f.BoolVar(&j.initWeightsOnly, "init-weights-only", false, "with --init-from, take only the weights: fresh optimizer moments, steps counted from 1")
 	f.IntVar(&j.ckptEvery, "checkpoint-every", 0, "also checkpoint every N steps; a job rerun with the same --job resumes from its newest committed checkpoint and replays the committed steps after it")
 }
 
@@ -114,7 +126,20 @@ func (j *jobFlags) config(endpoints []string) (coordinator.Config, error) {
 		Job: j.job, Endpoints: endpoints, Simulator: sim.Simulator{}, TTL: j.ttl, Workers: j.workers, Stages: j.stages,
 		Schedule: j.schedule, Train: tc, Steps: j.steps, CorpusDir: j.corpus, MaxCorpusBytes: j.maxBytes,
 		OutDir: j.out, CheckpointDir: j.ckptDir, Checkpoint: j.ckpt, CheckpointEvery: j.ckptEvery, Retain: j.retain, Name: j.name,
-		TLS: tlsConf, AllReduce: j.allReduce,
+		TLS: tlsConf, AllReduce: j.allReduce, Backend: j.backendName,
+	}
+	switch {
+	case j.initFrom != "":
+		ck, err := model.OpenCheckpoint(j.initFrom)
+		if err != nil {
+			return cfg, fmt.Errorf("--init-from: %w", err)
+		}
+		if ck.Verified == "" {
+			slog.Warn(fmt.Sprintf("--init-from %s: the shards are unverified: no %s or %s beside them to check their SHA-256 against", j.initFrom, model.SumsFile, model.ManifestFile))
+		}
+		cfg.InitFrom, cfg.InitWeightsOnly = ck, j.initWeightsOnly
+	case j.initWeightsOnly:
+		return cfg, badInput("--init-weights-only needs --init-from")
 	}
 	if err := cfg.Validate(); err != nil {
 		return cfg, badInput("%v", err)

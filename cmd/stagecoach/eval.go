@@ -27,7 +27,10 @@ func newEvalCmd() *cobra.Command {
 		Use:   "eval",
 		Short: "Validation loss and perplexity of a checkpoint, optionally with stages omitted",
 		Long: `Validation loss and perplexity of a checkpoint on the validation split of its
-training corpus. With --skip-stages the model is cut into --stages contiguous
+training corpus. The checkpoint is a 'train' run's directory (or any
+whole-model file, such as 'stagecoach export' writes) or a step directory of
+a distributed job (its shard-<i>.safetensors, which must hold the model
+exactly once). With --skip-stages the model is cut into --stages contiguous
 stages and the listed ones are omitted (identity on the residual stream): the
 layer-omission robustness measurement of the SkipPipe paper. Stage 0 (the
 embedding and head) cannot be skipped.`,
@@ -46,25 +49,21 @@ embedding and head) cannot be skipped.`,
 					skip[n] = true
 				}
 			}
-			path := train.CheckpointPath(ckpt)
-			if err := model.VerifyFile(path); err != nil {
-				return err
-			}
-			meta, err := model.ReadSafetensorsMeta(path)
+			ck, err := model.OpenCheckpoint(ckpt)
 			if err != nil {
 				return err
 			}
-			var cfg model.Config
-			if err := json.Unmarshal([]byte(meta[model.MetaModelConfig]), &cfg); err != nil {
-				return fmt.Errorf("%s: not a stagecoach checkpoint: %v", path, err)
+			if ck.Verified == "" {
+				fmt.Fprintf(os.Stderr, "note: the shards in %s are unverified: no %s or %s beside them to check their SHA-256 against\n", ckpt, model.SumsFile, model.ManifestFile)
 			}
+			meta, cfg := ck.Meta, ck.Model
 			if stages == 0 {
 				stages = max(cfg.Layers, 1)
 			}
 			if stages > max(cfg.Layers, 1) {
 				return badInput("--stages %d exceeds the %d layers", stages, cfg.Layers)
 			}
-			p, _, err := model.LoadPipeline(path, stages, model.HeadFirst)
+			p, err := ck.Pipeline(stages, model.HeadFirst)
 			if err != nil {
 				return err
 			}
@@ -75,6 +74,13 @@ embedding and head) cannot be skipped.`,
 			}
 			if corpus == "" {
 				corpus = meta[train.MetaCorpus]
+			}
+			if corpus == "" {
+				// A job's shards do not name their corpus: the default
+				// one, as for up and train.
+				if corpus, err = data.DefaultCorpusDir(); err != nil {
+					return err
+				}
 			}
 			maxBytes, _ := strconv.ParseInt(meta[train.MetaMaxBytes], 10, 64)
 			c, err := data.Load(corpus, data.Options{MaxBytes: maxBytes})
@@ -90,7 +96,7 @@ embedding and head) cannot be skipped.`,
 				return err
 			}
 			out := map[string]any{"val_loss": full, "perplexity": expf(full), "stages": stages,
-				"unigram_entropy": data.UnigramEntropy(c.Val)}
+				"unigram_entropy": data.UnigramEntropy(c.Val), "step": ck.Step, "verified": ck.Verified}
 			line := fmt.Sprintf("full model (%d stages): val loss %.4f, perplexity %.3f", stages, full, expf(full))
 			if len(skip) > 0 {
 				sk, err := train.ValLoss(p, win, cfg.Ctx, skip)
@@ -111,7 +117,7 @@ embedding and head) cannot be skipped.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&ckpt, "checkpoint", "", "checkpoint directory (or model.safetensors file)")
+	f.StringVar(&ckpt, "checkpoint", "", "checkpoint: a directory holding model.safetensors or a job's shard-<i>.safetensors, or a whole-model file")
 	f.StringVar(&skipList, "skip-stages", "", "comma-separated stages to omit, e.g. 2,3")
 	f.IntVar(&stages, "stages", 0, "number of stages to cut the model into (0: one per layer)")
 	f.StringVar(&corpus, "corpus", "", "corpus directory (default: the one recorded in the checkpoint)")

@@ -36,6 +36,10 @@ type upState struct {
 	TLSDir    string    `json:"tls_dir,omitempty"`
 	LiveURL   string    `json:"live_url,omitempty"`
 	Started   time.Time `json:"started"`
+	// InitFrom and InitWeightsOnly are the run's --init-from, which
+	// `up --resume` takes again.
+	InitFrom        string `json:"init_from,omitempty"`
+	InitWeightsOnly bool   `json:"init_weights_only,omitempty"`
 }
 
 func (s *upState) write(dir string) error {

@@ -9,6 +9,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
+	"stagecoach/compute/reference"
 	"stagecoach/data"
 	"stagecoach/internal/sgemm"
 	"stagecoach/model"
@@ -24,6 +25,7 @@ func newTrainCmd() *cobra.Command {
 		lr        float64
 		optimizer string
 		asJSON    bool
+		backend   backendFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "train",
@@ -50,13 +52,31 @@ Writes model.safetensors, shard-*.safetensors and loss.png into --out.`,
 			}
 			cfg.Optim = model.OptimConfig{Kind: optimizer, LR: lr}
 			o.Train = cfg
+			if err := backend.check(); err != nil {
+				return err
+			}
+			compute := "gemm " + sgemm.Kernel()
+			if backend.cmd != "" || backend.addr != "" {
+				// The single-process reference of a backend: the same
+				// steps through the compute protocol, one process.
+				be, err := backend.open(cmd.Context(), model.Limits{}, os.Stderr)
+				if err != nil {
+					return err
+				}
+				defer be.Close()
+				compute = "backend " + be.Name()
+				o.NewEngine = func(tc model.TrainConfig) (train.Engine, error) {
+					return reference.New(cmd.Context(), be, tc)
+				}
+			}
 			setup, err := train.Prepare(o)
 			if err != nil {
 				return err
 			}
-			tr := setup.Trainer
-			fmt.Fprintf(os.Stderr, "model: %d params (%d layers, dim %d, %d heads, ctx %d; gemm %s); corpus %s: %d train / %d val bytes\n",
-				tr.Pipe.NumParams(), tr.Cfg.Model.Layers, tr.Cfg.Model.Dim, tr.Cfg.Model.Heads, tr.Cfg.Model.Ctx, sgemm.Kernel(),
+			tr := setup.Engine
+			mc := setup.Opts.Train.Model
+			fmt.Fprintf(os.Stderr, "model: %d params (%d layers, dim %d, %d heads, ctx %d; %s); corpus %s: %d train / %d val bytes\n",
+				tr.NumParams(), mc.Layers, mc.Dim, mc.Heads, mc.Ctx, compute,
 				setup.Opts.CorpusDir, len(setup.Corpus.Train), len(setup.Corpus.Val))
 			var bar *progressbar.ProgressBar
 			if stderrIsTTY() {
@@ -66,7 +86,7 @@ Writes model.safetensors, shard-*.safetensors and loss.png into --out.`,
 					progressbar.OptionSetPredictTime(true),
 					progressbar.OptionThrottle(100*time.Millisecond),
 					progressbar.OptionSetDescription("train"))
-				_ = bar.Set(tr.Step)
+				_ = bar.Set(tr.Steps())
 			}
 			enc := json.NewEncoder(os.Stdout)
 			res, err := setup.Run(func(ev train.Event) {
@@ -115,6 +135,7 @@ Writes model.safetensors, shard-*.safetensors and loss.png into --out.`,
 	f.IntVar(&o.EvalWindows, "eval-windows", 128, "validation windows")
 	f.IntVar(&cfg.Stages, "stages", 1, "split the model into this many in-process shards (same result)")
 	f.BoolVar(&asJSON, "json", false, "print one JSON object per step on stdout")
+	backend.register(f)
 	return cmd
 }
 

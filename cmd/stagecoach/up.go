@@ -28,7 +28,7 @@ func init() { rootCmd.AddCommand(newUpCmd()) }
 func newUpCmd() *cobra.Command {
 	var j jobFlags
 	var emu emulationFlags
-	var resume bool
+	var resume, force bool
 	var tlsDir string
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -54,15 +54,35 @@ may write only the job's keys, a worker only its own registration (see
 the coordinator serves Prometheus metrics on HOST:P and worker i on
 HOST:P+1+i; the workers log in the --log-format given to up. The workers
 never outlive up: stopped in order when it stops, killed by the kernel
-should it die (kill -9), and each watches for its parent's exit too.`,
+should it die (kill -9), and each watches for its parent's exit too.
+With --backend-cmd each worker computes its stages in a backend process
+it starts (e.g. the PyTorch backend, see docs/backends.md).
+An --out holding an earlier run is refused: continue it with --resume,
+or clear its checkpoints with --force. --init-from starts the job from a
+checkpoint (a train run, an exported file or another job's step
+directory) instead of the seed; see docs/checkpoints.md.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if j.workers < 1 {
 				return badInput("--workers must be at least 1, got %d", j.workers)
 			}
+			if err := j.backend.check(); err != nil {
+				return err
+			}
 			names, err := emu.workerNames(&j, cmd.Flags())
 			if err != nil {
 				return err
+			}
+			if resume && force {
+				return badInput("--resume continues the run in --out and --force clears it: give one")
+			}
+			if resume && j.initFrom == "" {
+				// The job's commits run from its initial checkpoint's
+				// step: resuming it needs that checkpoint again.
+				if st, err := readUpState(j.out); err == nil && st.InitFrom != "" {
+					j.initFrom, j.initWeightsOnly = st.InitFrom, st.InitWeightsOnly
+					slog.Info(fmt.Sprintf("resuming a job started from %s", st.InitFrom))
+				}
 			}
 			if j.metricsAddr != "" {
 				if err := checkMetricsAddr(j.metricsAddr); err != nil {
@@ -96,6 +116,11 @@ should it die (kill -9), and each watches for its parent's exit too.`,
 			cfg, err := emu.config(&j, []string{"pending"})
 			if err != nil {
 				return err
+			}
+			if !resume {
+				if err := refuseOrClear(j.out, cfg.CheckpointDir, j.etcd == "", force); err != nil {
+					return err
+				}
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -146,7 +171,12 @@ should it die (kill -9), and each watches for its parent's exit too.`,
 			}
 			cfg.Endpoints = eps
 			// What `stagecoach status --out` needs to find this job.
-			st := upState{PID: os.Getpid(), Job: j.job, Endpoints: eps, Embedded: j.etcd == "", Started: time.Now().UTC()}
+			st := upState{PID: os.Getpid(), Job: j.job, Endpoints: eps, Embedded: j.etcd == "", Started: time.Now().UTC(), InitWeightsOnly: j.initWeightsOnly}
+			if j.initFrom != "" {
+				if st.InitFrom, err = filepath.Abs(j.initFrom); err != nil {
+					return err
+				}
+			}
 			if tlsDir != "" {
 				if st.TLSDir, err = filepath.Abs(tlsDir); err != nil {
 					return err
@@ -190,7 +220,9 @@ should it die (kill -9), and each watches for its parent's exit too.`,
 	f.StringVar(&j.etcd, "etcd", "", "etcd endpoints, comma-separated host:port (default: start an embedded etcd)")
 	f.StringVar(&j.out, "out", "run-up", "directory for etcd data, worker logs, plans, summary, trace, loss plot and checkpoints")
 	emu.register(f)
+	j.backend.register(f)
 	f.StringVar(&tlsDir, "tls-dir", "", "run every gRPC and etcd hop over mutual TLS with a demo CA and certificates generated into this directory")
+	f.BoolVar(&force, "force", false, "run even though --out holds an earlier run: remove its checkpoint step directories, etcd data and summary files first (nothing else)")
 	f.BoolVar(&resume, "resume", false, "keep --out's embedded etcd data and resume the job from its newest committed checkpoint (use the same --out, --job and model flags; --checkpoint-every makes the resume point recent)")
 	return cmd
 }
@@ -248,6 +280,7 @@ func startWorkers(eps []string, j *jobFlags, names []string) ([]*workerProc, err
 		// HOST:P they serve metrics on HOST:P+1, HOST:P+2, ... (port 0:
 		// each picks one and logs it).
 		c.Args = append(c.Args, logFlagArgs()...)
+		c.Args = append(c.Args, j.backend.args()...)
 		if j.metricsAddr != "" {
 			addr, err := workerMetricsAddr(j.metricsAddr, i)
 			if err != nil {

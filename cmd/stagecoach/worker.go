@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -30,6 +31,7 @@ func newWorkerCmd() *cobra.Command {
 		tlsf                                        tlsFlags
 		limits                                      workerLimits
 		insecureListen                              bool
+		backend                                     backendFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "worker",
@@ -135,6 +137,18 @@ worker stops the same way when that process, its parent, is gone (how
 			infof := logfTo(log, slog.LevelInfo, "worker "+name+": ", epoch)
 			wcfg := worker.Config{Name: name, Listen: listen, Job: job, DataDir: dataDir, CheckpointRoot: checkpointRoot, Logf: libLogf, Infof: infof, TLS: tc, Leader: leader}
 			limits.apply(&wcfg)
+			if err := backend.check(); err != nil {
+				return err
+			}
+			be, err := backend.open(ctx, wcfg.Model, os.Stderr)
+			if err != nil {
+				return err
+			}
+			defer be.Close()
+			wcfg.Backend = be
+			if backend.cmd != "" || backend.addr != "" {
+				log.Info(fmt.Sprintf("computing with the %s backend", be.Name()), "backend", be.Name())
+			}
 			w, err = worker.New(wcfg)
 			if err != nil {
 				return badInput("%v", err)
@@ -196,6 +210,7 @@ worker stops the same way when that process, its parent, is gone (how
 	f.IntVar(&parentPID, "parent-pid", 0, "stop when the process with this id is no longer this worker's parent (0: off; set by 'stagecoach up')")
 	tlsf.register(f)
 	limits.register(f)
+	backend.register(f)
 	for _, n := range []string{"etcd", "job", "name"} {
 		_ = cmd.MarkFlagRequired(n)
 	}

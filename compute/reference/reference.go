@@ -12,7 +12,10 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
+	"path/filepath"
 	"sort"
+	"strconv"
 
 	"stagecoach/compute"
 	"stagecoach/model"
@@ -150,7 +153,8 @@ func (t *Trainer) TrainStep(sample func(dst []int32) error) (model.StepResult, e
 // microbatch runs one microbatch forward through every stage, the loss on
 // the head stage and, when train, backward in reverse order.
 func (t *Trainer) microbatch(mb int, win []int32, train bool) (float64, error) {
-	b, ctx := t.Cfg.MicrobatchSize, t.Cfg.Model.Ctx
+	ctx := t.Cfg.Model.Ctx
+	b := len(win) / (ctx + 1)
 	x, targets := SplitWindows(win, b, ctx)
 	for i, st := range t.stages {
 		y, err := st.Forward(mb, x)
@@ -228,6 +232,62 @@ func (t *Trainer) EvalLoss(windows []int32) (float64, error) {
 		}
 	}
 	return total / float64(batches), nil
+}
+
+// Steps is the optimizer steps done (train.Engine).
+func (t *Trainer) Steps() int { return t.Step }
+
+// ValLoss is the mean token loss over windows of ctx+1 tokens, evaluated
+// eight windows at a time as train.ValLoss does (train.Engine).
+func (t *Trainer) ValLoss(windows []int32, ctx int) (float64, error) {
+	w := ctx + 1
+	n := len(windows) / w
+	if n == 0 || ctx != t.Cfg.Model.Ctx {
+		return 0, fmt.Errorf("reference: %d tokens of context %d: no window to evaluate", len(windows), ctx)
+	}
+	var total float64
+	for i := 0; i < n; i += 8 {
+		b := min(8, n-i)
+		l, err := t.microbatch(i, windows[i*w:(i+b)*w], false)
+		if err != nil {
+			return 0, err
+		}
+		for _, st := range t.stages {
+			if err := st.ZeroGrad(); err != nil {
+				return 0, err
+			}
+		}
+		total += l * float64(b)
+	}
+	return total / float64(n), nil
+}
+
+// Save writes the whole model with its optimizer moments as
+// model.safetensors (train's format, global tensor names) and
+// SHA256SUMS into dir (train.Engine).
+func (t *Trainer) Save(dir string, extra map[string]string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	states, err := t.States()
+	if err != nil {
+		return err
+	}
+	ps := make([]model.ParamState, len(states))
+	for i, s := range states {
+		ps[i] = model.ParamState{T: &model.Tensor{Name: s.Name, Index: s.Index, Shape: s.Shape, W: s.W, Decay: s.Decay}, M: s.M, V: s.V}
+	}
+	mc, _ := json.Marshal(t.Cfg.Model)
+	tc, _ := json.Marshal(t.Cfg)
+	meta := map[string]string{model.MetaFormat: model.FormatV1, model.MetaModelConfig: string(mc),
+		model.MetaTrainConfig: string(tc), model.MetaStep: strconv.Itoa(t.Step)}
+	for k, v := range extra {
+		meta[k] = v
+	}
+	if err := model.SaveStates(filepath.Join(dir, model.WholeModelFile), ps, meta); err != nil {
+		return err
+	}
+	return model.WriteSums(dir, []string{model.WholeModelFile})
 }
 
 // States returns every parameter with its optimizer moments, sorted by

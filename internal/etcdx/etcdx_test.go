@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -362,4 +363,65 @@ func TestWatchRereadsAfterCompaction(t *testing.T) {
 	stale := map[string]Member{"w1": ms[0]}
 	ch := watchMembers(ctx, cli, k, stale, rev)
 	waitFor(t, ch, "w2 only after re-reading", func(ms []Member) bool { return names(ms) == "w2@b:1 " })
+}
+
+// TestCommitterAfterBase: a job started from the state after step 4
+// commits from step 5; a later leader finds its commits from there, also
+// without the iteration key (the run of records from step 5), and a
+// start past the committed steps is refused.
+func TestCommitterAfterBase(t *testing.T) {
+	cli := startEtcd(t)
+	ctx := context.Background()
+	k := mustKeys(t, "init")
+	sa, _ := NewSession(ctx, cli, testTTL)
+	a, err := Campaign(ctx, sa, k, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewCommitterAfter(ctx, a, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Last().Step != 4 {
+		t.Fatalf("a job after step 4 starts at last step %d", c.Last().Step)
+	}
+	if err := c.Commit(ctx, Commit{Step: 1, Epoch: 1}); err == nil {
+		t.Fatal("commit of step 1 after step 4 succeeded")
+	}
+	for step := int64(5); step <= 6; step++ {
+		if err := c.Commit(ctx, Commit{Step: step, Epoch: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := c.Record(ctx, 4); err == nil {
+		t.Error("the record of step 4, the job's start, read as committed")
+	}
+	if r, ok, err := c.Record(ctx, 5); err != nil || !ok || r.Step != 5 {
+		t.Errorf("record of step 5: %+v %v %v", r, ok, err)
+	}
+	if err := a.Resign(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sa.Close()
+	sb, _ := NewSession(ctx, cli, testTTL)
+	defer sb.Close()
+	b, err := Campaign(ctx, sb, k, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cb, err := NewCommitterAfter(ctx, b, 4); err != nil || cb.Last().Step != 6 {
+		t.Fatalf("the next leader: %v, last step %+v", err, cb)
+	}
+	if _, err := NewCommitterAfter(ctx, b, 6); err == nil || !strings.Contains(err.Error(), "use a new job id") {
+		t.Errorf("a start after the last committed step: %v", err)
+	}
+	if _, err := cli.Delete(ctx, k.Iteration()); err != nil {
+		t.Fatal(err)
+	}
+	if cb, err := NewCommitterAfter(ctx, b, 4); err != nil || cb.Last().Step != 6 {
+		t.Fatalf("from the records alone: %v, last step %+v", err, cb)
+	}
+	if c0, err := NewCommitter(ctx, b); err != nil || c0.Last().Step != 0 {
+		t.Fatalf("from step 0, records from step 5 are no run: %v, %+v", err, c0)
+	}
 }

@@ -70,13 +70,27 @@ type Committer struct {
 	// the next commit's record goes (0: none): the commit overwrites it
 	// instead of requiring the key to be absent.
 	over int64
+	// base is the step the job started from (NewCommitterAfter): its
+	// commits run from base+1.
+	base int64
 }
 
 // NewCommitter reads the committed iteration to continue from. When the
 // iteration key is not a trusted commit, it continues from the end of the
 // longest run of trusted commit records from step 1.
 func NewCommitter(ctx context.Context, l *Leader) (*Committer, error) {
-	c := &Committer{l: l}
+	return NewCommitterAfter(ctx, l, 0)
+}
+
+// NewCommitterAfter is NewCommitter for a job that starts from the state
+// after step base (a checkpoint it was initialised from) instead of step
+// 0: its first commit is step base+1, and with nothing committed Last is
+// step base. A job whose trusted commits end before base is refused.
+func NewCommitterAfter(ctx context.Context, l *Leader, base int64) (*Committer, error) {
+	if base < 0 {
+		return nil, fmt.Errorf("etcdx: job %s starts after step %d", l.keys.Job(), base)
+	}
+	c := &Committer{l: l, base: base, last: Commit{Step: base}}
 	it, rec, err := c.readPair(ctx)
 	if err != nil {
 		return nil, err
@@ -88,6 +102,9 @@ func NewCommitter(ctx context.Context, l *Leader) (*Committer, error) {
 	}
 	if it != nil {
 		last, why := c.trustedPair(it, rec)
+		if why == "" && base > 0 && last.Step <= base {
+			return nil, fmt.Errorf("etcdx: job %s committed step %d, not after step %d it is to start from: use a new job id", l.keys.Job(), last.Step, base)
+		}
 		if why == "" {
 			c.last, c.committed = last, it.ModRevision
 			return c, c.checkNext(ctx)
@@ -97,7 +114,7 @@ func NewCommitter(ctx context.Context, l *Leader) (*Committer, error) {
 	if c.last, c.committed, err = c.trustedRun(ctx); err != nil {
 		return nil, err
 	}
-	if it == nil && c.last.Step > 0 {
+	if it == nil && c.last.Step > base {
 		ignore(IgnoredIteration, l.keys.Iteration(), fmt.Sprintf("absent while commit records run to step %d", c.last.Step))
 	}
 	return c, c.checkNext(ctx)
@@ -187,7 +204,7 @@ func (c *Committer) Refresh(ctx context.Context) error {
 // (ignored, counted and reported).
 func (c *Committer) Record(ctx context.Context, step int64) (_ Commit, ok bool, _ error) {
 	key := c.l.keys.Commit(step)
-	if step < 1 || step > c.last.Step {
+	if step <= c.base || step > c.last.Step {
 		return Commit{}, false, fmt.Errorf("etcdx: step %d is not committed (last %d)", step, c.last.Step)
 	}
 	resp, err := c.l.Client().Get(ctx, key)
@@ -273,7 +290,7 @@ func (c *Committer) trustedRecord(kv *mvccpb.KeyValue, step int64) (Commit, stri
 }
 
 // trustedRun is the last commit of the longest run of trusted commit
-// records from step 1, each in its step's key, written after the one
+// records from step base+1 (Commit{Step: base} when there is none), each in its step's key, written after the one
 // before it by the same or a later leader, and before every record of a
 // later step (a record rewritten after later steps were committed ends
 // the run before it); and the revision it was written at.
@@ -295,7 +312,11 @@ func (c *Committer) trustedRun(ctx context.Context) (Commit, int64, error) {
 			ignore(IgnoredCommit, string(kv.Key), "not a commit record's key")
 			continue
 		}
-		if step != int64(len(run))+1 || after != math.MaxInt64 {
+		if step <= c.base {
+			ignore(IgnoredCommit, string(kv.Key), fmt.Sprintf("step %d, not after step %d the job starts from", step, c.base))
+			continue
+		}
+		if step != c.base+int64(len(run))+1 || after != math.MaxInt64 {
 			after = min(after, kv.ModRevision)
 			continue
 		}
@@ -316,7 +337,7 @@ func (c *Committer) trustedRun(ctx context.Context) (Commit, int64, error) {
 		run = run[:len(run)-1]
 	}
 	if len(run) == 0 {
-		return Commit{}, 0, nil
+		return Commit{Step: c.base}, 0, nil
 	}
 	return run[len(run)-1].c, run[len(run)-1].mod, nil
 }

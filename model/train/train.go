@@ -39,6 +39,9 @@ type Options struct {
 	OutDir      string // checkpoint and plot directory
 	Resume      string // checkpoint directory or file to continue from
 	StopAt      int    // stop (and checkpoint) after this step, 0: at Steps
+	// NewEngine, when set, builds the engine from the train config
+	// instead of the built-in model's trainer (a compute backend's).
+	NewEngine func(model.TrainConfig) (Engine, error)
 }
 
 // Event reports one step to the caller (progress bar, JSON lines).
@@ -74,7 +77,11 @@ type Result struct {
 
 // Setup is a prepared run: the trainer, the data and the sampler.
 type Setup struct {
-	Opts    Options
+	Opts Options
+	// Engine runs the steps: Trainer's, or a compute backend's.
+	Engine Engine
+	// Trainer is the built-in model's trainer (nil when a backend
+	// computes).
 	Trainer *model.Trainer
 	Corpus  *data.Corpus
 	Sampler *data.Sampler
@@ -133,14 +140,28 @@ func Prepare(o Options) (*Setup, error) {
 	if err != nil {
 		return nil, err
 	}
-	if tr == nil {
+	var engine Engine
+	switch {
+	case o.NewEngine != nil:
+		if o.Resume != "" {
+			return nil, errors.New("resuming is for the built-in model; a backend's run starts from the seed")
+		}
+		o.Train.Model = o.Train.Model.WithDefaults()
+		o.Train.Optim = o.Train.Optim.WithDefaults()
+		if engine, err = o.NewEngine(o.Train); err != nil {
+			return nil, err
+		}
+	case tr == nil:
 		if tr, err = model.NewTrainer(o.Train); err != nil {
 			return nil, err
 		}
 		o.Train = tr.Cfg
+		engine = modelEngine{tr}
+	default:
+		engine = modelEngine{tr}
 	}
 	ctx := o.Train.Model.Ctx
-	s := &Setup{Opts: o, Trainer: tr, Corpus: c, Sampler: data.NewSampler(c.Train, o.Train.Model.Seed)}
+	s := &Setup{Opts: o, Trainer: tr, Engine: engine, Corpus: c, Sampler: data.NewSampler(c.Train, o.Train.Model.Seed)}
 	if meta != nil {
 		if err := s.Sampler.SetState(meta[MetaDataPosition]); err != nil {
 			return nil, err
@@ -185,7 +206,7 @@ func ValLoss(p *model.Pipeline, windows []int32, ctx int, skip map[int]bool) (fl
 // Run trains to o.Steps, calling onStep after every step, then writes the
 // checkpoint and the plot into o.OutDir.
 func (s *Setup) Run(onStep func(Event)) (*Result, error) {
-	o, tr := s.Opts, s.Trainer
+	o, tr := s.Opts, s.Engine
 	if o.OutDir == "" {
 		return nil, errors.New("no output directory")
 	}
@@ -197,14 +218,14 @@ func (s *Setup) Run(onStep func(Event)) (*Result, error) {
 	tokensPerStep := int64(o.Train.Microbatches * o.Train.MicrobatchSize * ctx)
 	start := time.Now()
 	var tokens int64
-	res := &Result{Params: tr.Pipe.NumParams(), TrainBytes: len(s.Corpus.Train), ValBytes: len(s.Corpus.Val),
+	res := &Result{Params: tr.NumParams(), TrainBytes: len(s.Corpus.Train), ValBytes: len(s.Corpus.Val),
 		UnigramEntropy: data.UnigramEntropy(s.Corpus.Val), FinalValLoss: math.NaN()}
 	var trainTime time.Duration
 	stop := o.Steps
 	if o.StopAt > 0 && o.StopAt < stop {
 		stop = o.StopAt
 	}
-	for tr.Step < stop {
+	for tr.Steps() < stop {
 		t0 := time.Now()
 		r, err := tr.TrainStep(sample)
 		if err != nil {
@@ -216,7 +237,7 @@ func (s *Setup) Run(onStep func(Event)) (*Result, error) {
 			TokensPerS: float64(tokens) / trainTime.Seconds()}
 		s.History = append(s.History, Point{Step: r.Step, Loss: r.Loss})
 		if r.Step%o.EvalEvery == 0 || r.Step == stop {
-			v, err := ValLoss(tr.Pipe, s.ValWin, ctx, nil)
+			v, err := tr.ValLoss(s.ValWin, ctx)
 			if err != nil {
 				return nil, err
 			}
@@ -246,7 +267,7 @@ func (s *Setup) Run(onStep func(Event)) (*Result, error) {
 // Save writes the checkpoint with data position, corpus and loss history.
 func (s *Setup) Save(dir string) error {
 	hist, _ := json.Marshal(s.History)
-	return s.Trainer.Save(dir, map[string]string{
+	return s.Engine.Save(dir, map[string]string{
 		MetaDataPosition: s.Sampler.State(),
 		MetaCorpus:       s.Opts.CorpusDir,
 		MetaMaxBytes:     strconv.FormatInt(s.Opts.MaxBytes, 10),
@@ -254,3 +275,30 @@ func (s *Setup) Save(dir string) error {
 		MetaSteps:        strconv.Itoa(s.Opts.Steps),
 	})
 }
+
+// Engine is what Run drives: one optimizer step at a time, validation,
+// and the checkpoint.
+type Engine interface {
+	TrainStep(sample func(dst []int32) error) (model.StepResult, error)
+	// Steps is the optimizer steps done.
+	Steps() int
+	NumParams() int
+	// ValLoss is the mean loss over windows of ctx+1 tokens.
+	ValLoss(windows []int32, ctx int) (float64, error)
+	// Save writes the checkpoint (model.safetensors and SHA256SUMS at
+	// least) with extra metadata.
+	Save(dir string, extra map[string]string) error
+}
+
+// modelEngine is the built-in model's trainer as an Engine.
+type modelEngine struct{ t *model.Trainer }
+
+func (m modelEngine) TrainStep(sample func([]int32) error) (model.StepResult, error) {
+	return m.t.TrainStep(sample)
+}
+func (m modelEngine) Steps() int     { return m.t.Step }
+func (m modelEngine) NumParams() int { return m.t.Pipe.NumParams() }
+func (m modelEngine) ValLoss(windows []int32, ctx int) (float64, error) {
+	return ValLoss(m.t.Pipe, windows, ctx, nil)
+}
+func (m modelEngine) Save(dir string, extra map[string]string) error { return m.t.Save(dir, extra) }
