@@ -119,27 +119,20 @@ func (t *costTracker) add(slices []timeline.Slice) {
 	}
 }
 
-// emulated is the emulated cluster's price of one hop (0 without one).
+// emulated is the emulated cluster's price of one hop of a payload of
+// bytes, alone on its link, as the link emulation charges it (0 without
+// an emulated cluster).
 func (t *costTracker) emulated(a, b int, bytes float64) float64 {
 	if t.base == nil {
 		return 0
 	}
-	ia, ib := nodeIndex(t.base, t.names[a]), nodeIndex(t.base, t.names[b])
-	if ia < 0 || ib < 0 {
+	ia, na, errA := t.base.Lookup(t.names[a])
+	ib, nb, errB := t.base.Lookup(t.names[b])
+	if errA != nil || errB != nil {
 		return t.base.HopOverheadS
 	}
-	busy, lat := t.base.HopTime(ia, ib, bytes)
-	return busy + lat
-}
-
-// nodeIndex is the index of the named node in c.Nodes, -1 if absent.
-func nodeIndex(c *costmodel.Cluster, name string) int {
-	for i := range c.Nodes {
-		if c.Nodes[i].Name == name {
-			return i
-		}
-	}
-	return -1
+	h := t.base.Price(ia, ib, na, nb, t.base.MessageBytes(bytes))
+	return h.Occupancy() + h.Latency
 }
 
 // ready reports whether a cost model can be calibrated.
