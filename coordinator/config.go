@@ -137,7 +137,7 @@ type Config struct {
 	// workers and to etcd (whose endpoints are then https) and verifies
 	// theirs against the CA. nil talks plaintext.
 	TLS *tls.Config
-	// Cluster, when set, is a sim cluster YAML (see ScaleLinks): every
+	// Cluster, when set, is a cluster YAML (costmodel; see ScaleLinks): every
 	// worker emulates its links (link_shaping_yaml; workers are matched
 	// to its nodes by registered name), and the planner prices hops with
 	// it. When its workload's stage_nodes sum to Workers, SkipPipe plans

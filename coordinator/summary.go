@@ -73,7 +73,7 @@ type Summary struct {
 	Links []LinkTime   `json:"links,omitempty"`
 	Steps []StepReport `json:"steps"`
 
-	// Measured is the last step as a simulator Result (for the Chrome
+	// Measured is the last step as a timeline run (for the Chrome
 	// trace); Simulated is the calibrated simulation of the plan.
 	Measured  *timeline.Run `json:"-"`
 	Simulated *timeline.Run `json:"-"`
