@@ -50,6 +50,14 @@ type Options struct {
 	// after SIGTERM before it kills its process group (default 5 s).
 	StopTimeout time.Duration
 	Limits      Limits
+	// SharedMemoryBytes is the size of the shared-memory region offered
+	// to the backend at Hello (default 64 MiB, reserved in /dev/shm);
+	// calls whose tensors fit move them through it instead of gRPC
+	// chunks. Negative: never offer one.
+	SharedMemoryBytes int64
+	// SharedMemoryDir is where the region's file is made (default
+	// /dev/shm).
+	SharedMemoryDir string
 }
 
 // Defaults of Options.
@@ -58,6 +66,9 @@ const (
 	DefaultControlTimeout = 30 * time.Second
 	DefaultStartTimeout   = 2 * time.Minute
 	DefaultStopTimeout    = 5 * time.Second
+	// DefaultSharedMemoryBytes holds a 16 MiB activation several times
+	// over and fits Docker's default 64 MiB /dev/shm.
+	DefaultSharedMemoryBytes = 32 << 20
 )
 
 func (o Options) withDefaults() (Options, error) {
@@ -75,6 +86,12 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.StopTimeout == 0 {
 		o.StopTimeout = DefaultStopTimeout
+	}
+	if o.SharedMemoryBytes == 0 {
+		o.SharedMemoryBytes = DefaultSharedMemoryBytes
+	}
+	if o.SharedMemoryDir == "" {
+		o.SharedMemoryDir = "/dev/shm"
 	}
 	var err error
 	o.Limits, err = o.Limits.WithDefaults()
@@ -101,6 +118,11 @@ type Backend struct {
 	name    string // set once Hello answered
 	failure error
 	closed  bool
+
+	// shm is the shared region the backend mapped (nil: none); shmMu
+	// gives it to one call at a time (others use chunks).
+	shm   *wire.Region
+	shmMu sync.Mutex
 }
 
 // Dial connects to a backend serving on addr ("unix:///path" or
@@ -160,7 +182,24 @@ func (b *Backend) greet(ctx context.Context, waitReady bool) error {
 	if waitReady {
 		copts = append(copts, grpc.WaitForReady(true))
 	}
-	resp, _, err := b.exchange(ctx, &pb.Request{Version: pb.Version_VERSION_1, Op: pb.Op_OP_HELLO}, nil, copts...)
+	hello := &pb.Request{Version: pb.Version_VERSION_1, Op: pb.Op_OP_HELLO}
+	var region *wire.Region
+	if b.opts.SharedMemoryBytes > 0 {
+		// Without /dev/shm (or room in it) tensors go through gRPC.
+		if r, err := wire.CreateRegion(b.opts.SharedMemoryDir, b.opts.SharedMemoryBytes); err == nil {
+			region = r
+			hello.ShmPath, hello.ShmBytes = r.Path(), r.Size()
+			defer r.Unlink() // mapped by both ends once Hello is answered
+		}
+	}
+	resp, _, err := b.exchange(ctx, hello, nil, copts...)
+	if region != nil {
+		if err == nil && resp.GetHello().GetShm() {
+			b.shm = region
+		} else {
+			region.Close()
+		}
+	}
 	if err == nil && resp.Hello == nil {
 		err = fmt.Errorf("%w: Hello answered without a hello", wire.ErrMalformed)
 	}
@@ -256,6 +295,13 @@ func (b *Backend) Close() error {
 	if b.proc != nil {
 		b.proc.stop(b.opts.StopTimeout)
 	}
+	if b.shm != nil {
+		// Calls ended with the connection; the last one lets go of
+		// the region before it is unmapped.
+		b.shmMu.Lock()
+		b.shm.Close()
+		b.shmMu.Unlock()
+	}
 	return err
 }
 
@@ -270,12 +316,26 @@ func (r refusal) Error() string { return r.msg }
 func (b *Backend) exchange(ctx context.Context, req *pb.Request, ins []wire.Value, copts ...grpc.CallOption) (*pb.Response, []wire.Value, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // ends the stream if it is left half read
+	var region *wire.Region
+	if b.shm != nil && len(ins) > 0 && b.shm.Fits(ins) && b.shmMu.TryLock() {
+		defer b.shmMu.Unlock()
+		if err := b.shm.Put(ins); err != nil {
+			return nil, nil, err
+		}
+		region = b.shm
+		req.Shm, req.ShmPath = true, region.Path()
+	} else if b.shm != nil && len(ins) == 0 && b.shmMu.TryLock() {
+		// No inputs, but the outputs may come back through the region.
+		defer b.shmMu.Unlock()
+		region = b.shm
+		req.Shm, req.ShmPath = true, region.Path()
+	}
 	stream, err := b.client.Call(ctx, copts...)
 	if err != nil {
 		return nil, nil, err
 	}
 	err = stream.Send(&pb.Frame{Body: &pb.Frame_Request{Request: req}})
-	if err == nil {
+	if err == nil && region == nil {
 		err = wire.Send(stream.Send, ins)
 	}
 	if err == nil {
@@ -307,7 +367,17 @@ func (b *Backend) exchange(ctx context.Context, req *pb.Request, ins []wire.Valu
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: outputs: %v", wire.ErrMalformed, err)
 	}
-	outs, err := wire.Recv(stream.Recv, resp.Outputs, sizes)
+	var outs []wire.Value
+	if resp.Shm {
+		if region == nil {
+			return nil, nil, fmt.Errorf("%w: outputs in a shared region the call did not use", wire.ErrMalformed)
+		}
+		if outs, err = region.Get(resp.Outputs, sizes); err == nil {
+			_, err = wire.Recv(stream.Recv, nil, nil) // nothing follows
+		}
+	} else {
+		outs, err = wire.Recv(stream.Recv, resp.Outputs, sizes)
+	}
 	if err != nil {
 		return nil, nil, err
 	}

@@ -50,7 +50,13 @@ type Server struct {
 	stages map[int64]*entry
 	next   int64
 	grpc   *grpc.Server
+	// regions are the shared-memory regions clients offered at Hello,
+	// by path (the client unlinks the file once it is mapped here).
+	regions map[string]*wire.Region
 }
+
+// maxRegions bounds the shared regions mapped at once (one per client).
+const maxRegions = 64
 
 // entry is a loaded stage; mu runs its operations one at a time.
 type entry struct {
@@ -74,7 +80,7 @@ func New(b compute.Backend, opts Options) (*Server, error) {
 	if opts.MaxStages == 0 {
 		opts.MaxStages = 1024
 	}
-	return &Server{backend: b, opts: opts, stages: map[int64]*entry{}}, nil
+	return &Server{backend: b, opts: opts, stages: map[int64]*entry{}, regions: map[string]*wire.Region{}}, nil
 }
 
 // Listen listens on addr: "unix:///path" (a stale socket file there is
@@ -126,9 +132,14 @@ func (s *Server) Stop() {
 	g := s.grpc
 	stages := s.stages
 	s.stages = map[int64]*entry{}
+	regions := s.regions
+	s.regions = map[string]*wire.Region{}
 	s.mu.Unlock()
 	if g != nil {
 		g.Stop()
+	}
+	for _, r := range regions {
+		r.Close()
 	}
 	for _, e := range stages {
 		// A stage still inside an operation (a backend that hangs)
@@ -164,7 +175,25 @@ func (s *Server) Call(stream pb.Compute_CallServer) error {
 	if err != nil {
 		return s.refuse(stream, "%v inputs: %v", wire.OpName(req.Op), err)
 	}
-	ins, err := wire.Recv(stream.Recv, req.Inputs, sizes)
+	var region *wire.Region
+	if req.Shm {
+		s.mu.Lock()
+		region = s.regions[req.ShmPath]
+		s.mu.Unlock()
+		if region == nil {
+			return s.refuse(stream, "%v: no shared region %q was offered at Hello", wire.OpName(req.Op), req.ShmPath)
+		}
+	}
+	var ins []wire.Value
+	if region != nil {
+		ins, err = region.Get(req.Inputs, sizes)
+		if err == nil {
+			// Nothing may follow the request.
+			_, err = wire.Recv(stream.Recv, nil, nil)
+		}
+	} else {
+		ins, err = wire.Recv(stream.Recv, req.Inputs, sizes)
+	}
 	if err != nil {
 		return s.refuse(stream, "%v inputs: %v", wire.OpName(req.Op), err)
 	}
@@ -176,10 +205,43 @@ func (s *Server) Call(stream pb.Compute_CallServer) error {
 	for _, o := range outs {
 		resp.Outputs = append(resp.Outputs, o.Meta)
 	}
+	// Outputs go back the way the inputs came, when they fit: the
+	// client holds the region for this call.
+	if region != nil && len(outs) > 0 && region.Fits(outs) {
+		if err := region.Put(outs); err != nil {
+			// The backend's own outputs are wrong: the call fails, as
+			// it does when they cannot be sent as chunks.
+			return fmt.Errorf("%v outputs: %v", wire.OpName(req.Op), err)
+		}
+		resp.Shm = true
+		return stream.Send(&pb.Frame{Body: &pb.Frame_Response{Response: resp}})
+	}
 	if err := stream.Send(&pb.Frame{Body: &pb.Frame_Response{Response: resp}}); err != nil {
 		return err
 	}
 	return wire.Send(stream.Send, outs)
+}
+
+// offer maps the shared region a client offered at Hello; it reports
+// whether the server will use it.
+func (s *Server) offer(path string, size int64) bool {
+	if path == "" {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.regions[path]; ok {
+		return true
+	}
+	if len(s.regions) >= maxRegions || size > s.opts.Limits.MaxTotalBytes {
+		return false
+	}
+	r, err := wire.OpenRegion(path, size)
+	if err != nil {
+		return false
+	}
+	s.regions[path] = r
+	return true
 }
 
 // refuse answers a call with an error and no outputs.
@@ -234,7 +296,8 @@ func (s *Server) run(ctx context.Context, req *pb.Request, ins []wire.Value) (re
 	}
 	switch req.Op {
 	case pb.Op_OP_HELLO:
-		resp.Hello = &pb.Hello{Version: pb.Version_VERSION_1, Backend: s.backend.Name(), VersionInfo: s.opts.VersionInfo}
+		resp.Hello = &pb.Hello{Version: pb.Version_VERSION_1, Backend: s.backend.Name(), VersionInfo: s.opts.VersionInfo,
+			Shm: s.offer(req.ShmPath, req.ShmBytes)}
 		return resp, nil
 	case pb.Op_OP_LOAD:
 		h, d, err := s.load(ctx, req.Load)
