@@ -30,9 +30,7 @@ func scalingCluster(n, ns, perOrigin int) scheduler.SkipPipeConfig {
 	}
 	cfg := scheduler.SkipPipeConfig{StageSizes: sizes, MicrobatchesPerOrigin: perOrigin, Seed: 1, CollisionAware: true, RefinePlacement: true}
 	cfg.Rules = scheduler.DefaultSkipRules(ns)
-	m := sizes[0] * perOrigin
-	others := n - sizes[0]
-	cfg.Memory = (m*(cfg.Rules.PathStages-1)+others-1)/others + 1
+	cfg.Memory = scheduler.SkipPipeVisitCap(sizes[0]*perOrigin, cfg.Rules.PathStages, sizes) + 1
 	for i := range n {
 		cfg.NodeNames = append(cfg.NodeNames, fmt.Sprintf("h%d", i))
 		cfg.ForwardS = append(cfg.ForwardS, 0.3+rng.Float64())

@@ -6,11 +6,12 @@ import (
 	"math"
 	"sort"
 
+	"stagecoach/costmodel"
 	"stagecoach/internal/etcdx"
 	"stagecoach/model"
 	pb "stagecoach/proto"
 	"stagecoach/scheduler"
-	"stagecoach/sim"
+	"stagecoach/timeline"
 )
 
 // costTracker keeps a cost model current from the workers' reported
@@ -21,7 +22,7 @@ import (
 // on loopback the emulation is the network.
 type costTracker struct {
 	plan  *scheduler.Plan
-	base  *sim.Cluster // emulated cluster, nil on plain loopback
+	base  *costmodel.Cluster // emulated cluster, nil on plain loopback
 	train model.TrainConfig
 	names []string // plan worker -> node name
 	steps int      // steps ingested
@@ -45,7 +46,7 @@ type LinkTime struct {
 	EmulatedS float64 `json:"emulated_s"`
 }
 
-func newCostTracker(p *scheduler.Plan, base *sim.Cluster, tc model.TrainConfig, warm int) *costTracker {
+func newCostTracker(p *scheduler.Plan, base *costmodel.Cluster, tc model.TrainConfig, warm int) *costTracker {
 	t := &costTracker{plan: p, base: base, train: tc, warm: warm, fwd: map[[2]int][2]float64{}, links: map[[2]int]*LinkTime{}}
 	for _, w := range p.Workers {
 		t.names = append(t.names, w.Node)
@@ -55,7 +56,7 @@ func newCostTracker(p *scheduler.Plan, base *sim.Cluster, tc model.TrainConfig, 
 
 // add ingests one step's timeline (measurements.last: per-worker slices
 // on one clock). The first warm steps of a plan are skipped.
-func (t *costTracker) add(slices []sim.Slice) {
+func (t *costTracker) add(slices []timeline.Slice) {
 	t.steps++
 	if t.steps <= t.warm {
 		return
@@ -64,7 +65,7 @@ func (t *costTracker) add(slices []sim.Slice) {
 		w int
 		a scheduler.Action
 	}
-	at := map[key]sim.Slice{}
+	at := map[key]timeline.Slice{}
 	prevEnd := map[key]float64{}
 	for i, s := range slices {
 		k := key{s.Worker, s.Action}
@@ -118,27 +119,20 @@ func (t *costTracker) add(slices []sim.Slice) {
 	}
 }
 
-// emulated is the emulated cluster's price of one hop (0 without one).
+// emulated is the emulated cluster's price of one hop of a payload of
+// bytes, alone on its link, as the link emulation charges it (0 without
+// an emulated cluster).
 func (t *costTracker) emulated(a, b int, bytes float64) float64 {
 	if t.base == nil {
 		return 0
 	}
-	ia, ib := nodeIndex(t.base, t.names[a]), nodeIndex(t.base, t.names[b])
-	if ia < 0 || ib < 0 {
+	ia, na, errA := t.base.Lookup(t.names[a])
+	ib, nb, errB := t.base.Lookup(t.names[b])
+	if errA != nil || errB != nil {
 		return t.base.HopOverheadS
 	}
-	busy, lat := t.base.HopTime(ia, ib, bytes)
-	return busy + lat
-}
-
-// nodeIndex is the index of the named node in c.Nodes, -1 if absent.
-func nodeIndex(c *sim.Cluster, name string) int {
-	for i := range c.Nodes {
-		if c.Nodes[i].Name == name {
-			return i
-		}
-	}
-	return -1
+	h := t.base.Price(ia, ib, na, nb, t.base.MessageBytes(bytes))
+	return h.Occupancy() + h.Latency
 }
 
 // ready reports whether a cost model can be calibrated.
@@ -148,18 +142,18 @@ func (t *costTracker) ready() bool { return t.fwdAll > 0 && len(t.fwd) > 0 }
 // one listing the plan's nodes) with measured compute per stage and node
 // speed, backward and loss ratios, gradient sizes, and the hop overhead
 // plus the measured residual. Nil when nothing was measured yet.
-func (t *costTracker) model() (*sim.Cluster, error) {
+func (t *costTracker) model() (*costmodel.Cluster, error) {
 	if !t.ready() {
 		return nil, nil
 	}
-	var c *sim.Cluster
+	var c *costmodel.Cluster
 	if t.base != nil {
 		var err error
 		if c, err = cloneCluster(t.base); err != nil {
 			return nil, err
 		}
 	} else {
-		c = &sim.Cluster{AnyNode: true}
+		c = &costmodel.Cluster{AnyNode: true}
 	}
 	c.Name = "calibrated"
 	ns := len(t.plan.Stages)
@@ -214,8 +208,8 @@ func (t *costTracker) model() (*sim.Cluster, error) {
 	}
 	k.ActivationBytesPerSample = ActivationBytes(t.train.Model)
 	k.MessageHeaderBytes = 0
-	k.GradientBytesPerLayer = gradientBytesPerLayer(t.train.Model)
-	if g, err := StageGradientBytes(t.plan, t.train.Model); err == nil {
+	k.GradientBytesPerLayer = costmodel.GradientBytesPerLayer(t.train.Model)
+	if g, err := costmodel.StageGradientBytes(t.plan, t.train.Model); err == nil {
 		k.StageGradientBytes = g
 	}
 	for w, name := range t.names {
@@ -226,7 +220,7 @@ func (t *costTracker) model() (*sim.Cluster, error) {
 			}
 		}
 		if !found {
-			c.Nodes = append(c.Nodes, sim.Node{Name: name, Speed: speed[w]})
+			c.Nodes = append(c.Nodes, costmodel.Node{Name: name, Speed: speed[w]})
 		}
 	}
 	if len(t.resid) > 0 {
@@ -238,35 +232,26 @@ func (t *costTracker) model() (*sim.Cluster, error) {
 	return c, nil
 }
 
-// gradientBytesPerLayer is the model's float32 gradient bytes over its
-// layers (embeddings and head spread over them): what the simulator's
-// ring all-reduce moves per layer.
-func gradientBytesPerLayer(m model.Config) float64 {
-	m = m.WithDefaults()
-	p, err := model.NewPipeline(m, 1, model.HeadFirst)
-	if err != nil || m.Layers == 0 {
-		return 0
-	}
-	return float64(p.NumParams()) * 4 / float64(m.Layers)
-}
-
 // costDrift is how far cost model b is from a for the plan's nodes: the
 // largest relative change of a node's forward time per microbatch and
 // stage, or of the per-hop overhead against the mean planned hop (a
 // factor: 0.5 is 50% off). Missing models count as no drift.
-func costDrift(a, b *sim.Cluster, names []string, cfg *Config) float64 {
+func costDrift(a, b *costmodel.Cluster, names []string, cfg *Config) float64 {
 	if a == nil || b == nil {
 		return 0
 	}
 	ns := max(cfg.Stages, 1)
-	fa := nodeCosts(a, names, cfg.Train.Model.Layers, ns, cfg.Train.MicrobatchSize)
-	fb := nodeCosts(b, names, cfg.Train.Model.Layers, ns, cfg.Train.MicrobatchSize)
+	fa, errA := a.NodeForwardS(names, cfg.Train.Model.Layers, ns, cfg.Train.MicrobatchSize)
+	fb, errB := b.NodeForwardS(names, cfg.Train.Model.Layers, ns, cfg.Train.MicrobatchSize)
+	if errA != nil || errB != nil {
+		return 0 // a model that cannot price these nodes planned nothing on them
+	}
 	d := 0.0
 	for i := range fa {
 		d = max(d, max(fa[i], fb[i])/min(fa[i], fb[i])-1)
 	}
 	bytes := float64(cfg.Train.MicrobatchSize) * ActivationBytes(cfg.Train.Model)
-	if delay, _, err := hopMatrix(a, names, bytes); err == nil {
+	if delay, _, err := a.HopMatrix(names, a.MessageBytes(bytes)); err == nil {
 		mean, n := 0.0, 0
 		for i := range delay {
 			for j := range delay[i] {
@@ -298,10 +283,10 @@ type Replan struct {
 // replanner is the drift watch of one leadership term.
 type replanner struct {
 	tracker *costTracker
-	planned *sim.Cluster // the cost model the current plan was made with
+	planned *costmodel.Cluster // the cost model the current plan was made with
 	// last is the last calibration of a plan that was replaced: the
 	// summary's cost model when the final plan ran too few steps.
-	last    *sim.Cluster
+	last    *costmodel.Cluster
 	replans []Replan
 	// manifest fields of the current plan, for the summary
 	planPath, planHash string
@@ -327,11 +312,11 @@ func (r *run) startReplanner() error {
 	return nil
 }
 
-func emulatedCluster(cfg *Config) (*sim.Cluster, error) {
+func emulatedCluster(cfg *Config) (*costmodel.Cluster, error) {
 	if len(cfg.Cluster) == 0 {
 		return nil, nil
 	}
-	c, err := sim.ParseCluster(cfg.Cluster)
+	c, err := costmodel.ParseCluster(cfg.Cluster)
 	if err != nil {
 		return nil, fmt.Errorf("coordinator: cluster: %w", err)
 	}
@@ -374,7 +359,7 @@ func (r *run) maybeReplan(ctx context.Context, step int64) error {
 	return r.replan(ctx, step, k, drift)
 }
 
-func (r *run) replan(ctx context.Context, step int64, k *sim.Cluster, drift float64) error {
+func (r *run) replan(ctx context.Context, step int64, k *costmodel.Cluster, drift float64) error {
 	cfg := r.cfg
 	keys := r.leader.Keys()
 	epoch, err := nextEpoch(ctx, r.leader.Client(), keys)
@@ -452,8 +437,8 @@ func (r *run) finishReplans(s *Summary) {
 	})
 	if k != nil {
 		s.CostModel = k
-		if r.drift.tracker.base != nil {
-			if res, err := sim.Run(r.plan, k, sim.Options{Detail: true}); err == nil {
+		if r.drift.tracker.base != nil && r.cfg.Simulator != nil {
+			if res, err := r.cfg.Simulator.Simulate(r.plan, k, true); err == nil {
 				res.Schedule = r.plan.Schedule + " (simulated)"
 				s.Calibration, s.Simulated = k, res
 				s.SimulatedSpanS, s.SimulatedBubble = res.MakespanS, res.BubbleFraction

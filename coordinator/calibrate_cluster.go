@@ -6,17 +6,14 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"stagecoach/costmodel"
 	"stagecoach/model"
 	"stagecoach/scheduler"
-	"stagecoach/sim"
 )
 
-// ActivationBytes is the payload of one sample's activations (or their
-// gradients) between two stages of m: ctx x dim float32s.
-func ActivationBytes(m model.Config) float64 {
-	m = m.WithDefaults()
-	return float64(m.Ctx) * float64(m.Dim) * 4
-}
+// ActivationBytes is costmodel.ActivationBytes: one sample's activations
+// between two stages of m.
+func ActivationBytes(m model.Config) float64 { return costmodel.ActivationBytes(m) }
 
 // ScaleLinks sizes a cluster's network for a small model on a laptop, so
 // that its 12-region table can be reproduced in minutes: every hop of one
@@ -33,7 +30,7 @@ func ActivationBytes(m model.Config) float64 {
 //
 // Gradients of the all-reduce travel over the same scaled links: the
 // emulation prices every byte the workers send, not only activations.
-func ScaleLinks(c *sim.Cluster, timeScale float64, m model.Config, samples int) (*sim.Cluster, error) {
+func ScaleLinks(c *costmodel.Cluster, timeScale float64, m model.Config, samples int) (*costmodel.Cluster, error) {
 	if !(timeScale > 0) || math.IsInf(timeScale, 0) {
 		return nil, fmt.Errorf("coordinator: link scale %v, want a finite number > 0", timeScale)
 	}
@@ -54,11 +51,11 @@ func ScaleLinks(c *sim.Cluster, timeScale float64, m model.Config, samples int) 
 	if refBytes > 0 {
 		bw = bytes / refBytes / timeScale
 	}
-	scale := func(l *sim.Link) {
+	scale := func(l *costmodel.Link) {
 		l.LatencyMS *= timeScale
 		l.BandwidthGiBs *= bw
 	}
-	for _, l := range []*sim.Link{out.LocalLink, out.DefaultLink} {
+	for _, l := range []*costmodel.Link{out.LocalLink, out.DefaultLink} {
 		if l != nil {
 			scale(l)
 		}
@@ -86,27 +83,23 @@ func ScaleLinks(c *sim.Cluster, timeScale float64, m model.Config, samples int) 
 	return out, nil
 }
 
-// cloneCluster deep-copies c through its YAML form (validated).
-func cloneCluster(c *sim.Cluster) (*sim.Cluster, error) {
-	b, err := yaml.Marshal(c)
+// cloneCluster deep-copies c (costmodel.Cluster.Clone).
+func cloneCluster(c *costmodel.Cluster) (*costmodel.Cluster, error) {
+	out, err := c.Clone()
 	if err != nil {
-		return nil, fmt.Errorf("coordinator: encode cluster %q: %w", c.Name, err)
-	}
-	out, err := sim.ParseCluster(b)
-	if err != nil {
-		return nil, fmt.Errorf("coordinator: cluster %q does not parse back: %w", c.Name, err)
+		return nil, fmt.Errorf("coordinator: %w", err)
 	}
 	return out, nil
 }
 
 // EncodeCluster is c as the YAML that workers (link_shaping_yaml) and
 // `stagecoach sim --cluster` read.
-func EncodeCluster(c *sim.Cluster) ([]byte, error) {
+func EncodeCluster(c *costmodel.Cluster) ([]byte, error) {
 	b, err := yaml.Marshal(c)
 	if err != nil {
 		return nil, fmt.Errorf("coordinator: encode cluster %q: %w", c.Name, err)
 	}
-	if _, err := sim.ParseCluster(b); err != nil {
+	if _, err := costmodel.ParseCluster(b); err != nil {
 		return nil, fmt.Errorf("coordinator: cluster %q does not parse back: %w", c.Name, err)
 	}
 	return b, nil
@@ -114,14 +107,14 @@ func EncodeCluster(c *sim.Cluster) ([]byte, error) {
 
 // planningCosts is the cost model the planner uses: the calibrated one
 // when there is one, else the emulated cluster, else nil (uniform).
-func (c *Config) planningCosts() (*sim.Cluster, error) {
+func (c *Config) planningCosts() (*costmodel.Cluster, error) {
 	if c.Costs != nil {
 		return c.Costs, nil
 	}
 	if len(c.Cluster) == 0 {
 		return nil, nil
 	}
-	cl, err := sim.ParseCluster(c.Cluster)
+	cl, err := costmodel.ParseCluster(c.Cluster)
 	if err != nil {
 		return nil, fmt.Errorf("coordinator: cluster: %w", err)
 	}
@@ -134,7 +127,7 @@ func (c *Config) clusterStageSizes() []int {
 	if len(c.Cluster) == 0 {
 		return nil
 	}
-	cl, err := sim.ParseCluster(c.Cluster)
+	cl, err := costmodel.ParseCluster(c.Cluster)
 	if err != nil || cl.Workload == nil {
 		return nil
 	}
@@ -147,68 +140,6 @@ func (c *Config) clusterStageSizes() []int {
 		return nil
 	}
 	return append([]int(nil), sizes...)
-}
-
-// nodeCosts returns, per named node, one microbatch's forward through an
-// average stage of layers/stages layers on that node, from cost model k.
-func nodeCosts(k *sim.Cluster, names []string, layers, stages, samples int) []float64 {
-	out := make([]float64, len(names))
-	perStage := k.Compute.LayerForwardS * float64(layers) / float64(stages)
-	if n := len(k.Compute.StageForwardS); n > 0 {
-		s := 0.0
-		for _, v := range k.Compute.StageForwardS {
-			s += v
-		}
-		perStage = s / float64(n)
-	}
-	for i, name := range names {
-		speed := 1.0
-		for _, nd := range k.Nodes {
-			if nd.Name == name && nd.Speed > 0 {
-				speed = nd.Speed
-			}
-		}
-		out[i] = perStage * float64(samples) / speed
-		if !(out[i] > 0) {
-			out[i] = 1e-6
-		}
-	}
-	return out
-}
-
-// hopMatrix prices one microbatch's hop between every pair of named nodes
-// with k (which must list them all, or accept any node).
-func hopMatrix(k *sim.Cluster, names []string, bytes float64) (delay, busy [][]float64, err error) {
-	idx := make([]int, len(names))
-	for i, name := range names {
-		idx[i] = -1
-		for j := range k.Nodes {
-			if k.Nodes[j].Name == name {
-				idx[i] = j
-			}
-		}
-		if idx[i] < 0 && !k.AnyNode {
-			return nil, nil, fmt.Errorf("cost model %q has no node %q", k.Name, name)
-		}
-	}
-	n := len(names)
-	delay, busy = make([][]float64, n), make([][]float64, n)
-	for a := range n {
-		delay[a], busy[a] = make([]float64, n), make([]float64, n)
-		for b := range n {
-			if a == b {
-				continue
-			}
-			var bz, lat float64
-			if idx[a] >= 0 && idx[b] >= 0 {
-				bz, lat = k.HopTime(idx[a], idx[b], bytes)
-			} else {
-				bz = k.HopOverheadS // anonymous nodes: loopback, the measured overhead
-			}
-			busy[a][b], delay[a][b] = bz, bz+lat
-		}
-	}
-	return delay, busy, nil
 }
 
 // skipPipeInput builds the SkipPipe planner's input for the job over the
@@ -248,7 +179,7 @@ func skipPipeInput(cfg *Config, names []string, prev *scheduler.Plan) (scheduler
 		if costs, err = cloneCluster(costs); err != nil {
 			return sc, err
 		}
-		if costs.Compute.StageGradientBytes, err = stageGradientBytes(cfg.Train.Model, ns, model.HeadFirst); err != nil {
+		if costs.Compute.StageGradientBytes, err = costmodel.GradientBytesOfStages(cfg.Train.Model, ns, model.HeadFirst); err != nil {
 			return sc, err
 		}
 	}
@@ -266,44 +197,32 @@ func skipPipeInput(cfg *Config, names []string, prev *scheduler.Plan) (scheduler
 		}
 		sc.Memory = cfg.Train.Microbatches
 	} else {
-		bytes := float64(cfg.Train.MicrobatchSize)*ActivationBytes(cfg.Train.Model) + costs.Compute.MessageHeaderBytes
-		if sc.Delay, sc.LinkBusy, err = hopMatrix(costs, names, bytes); err != nil {
-			return sc, err
-		}
-		sc.ForwardS = nodeCosts(costs, names, cfg.Train.Model.Layers, ns, cfg.Train.MicrobatchSize)
-		sc.BackwardRatio = costs.Compute.BackwardRatio
-		if costs.Compute.LossLayers > 0 && costs.Compute.LayerForwardS > 0 {
-			stageF := costs.Compute.LayerForwardS * float64(cfg.Train.Model.Layers) / float64(ns)
-			sc.LossRatio = costs.Compute.LossLayers * costs.Compute.LayerForwardS / stageF
-		}
-		// The least per-node cap that holds every visit, as `stagecoach
-		// sim` does for the preset.
-		m := cfg.Train.Microbatches
-		others, smallest := 0, n
-		for _, k := range sizes[1:] {
-			others += k
-			smallest = min(smallest, k)
-		}
-		need := (m*(sc.Rules.PathStages-1) + others - 1) / others
-		if sc.Rules.PathStages == ns {
-			need = max(need, (m+smallest-1)/smallest)
-		}
 		mem := 0
 		if costs.Workload != nil {
 			mem = costs.Workload.Memory
 		}
-		sc.Memory = max(mem, need, 1)
-		sc.Objective = func(p *scheduler.Plan) float64 {
-			// Priced with the all-reduces the final plan will get
-			// (checkPlan chooses them the same way).
-			if _, err := sim.ChooseAllReduce(p, costs); err != nil {
-				return math.Inf(1)
+		sc, err = costmodel.SkipPipeInput(costs, costmodel.SkipPipeJob{
+			Names: names, StageSizes: sizes, Microbatches: cfg.Train.Microbatches,
+			Layers: cfg.Train.Model.Layers, Samples: cfg.Train.MicrobatchSize,
+			PayloadBytes: float64(cfg.Train.MicrobatchSize) * ActivationBytes(cfg.Train.Model), Memory: mem,
+		})
+		if err != nil {
+			return sc, err
+		}
+		sc.CollisionAware, sc.Seed = true, int64(cfg.Train.Model.Seed)
+		if simr := cfg.Simulator; simr != nil {
+			sc.Objective = func(p *scheduler.Plan) float64 {
+				// Priced with the all-reduces the final plan will get
+				// (checkPlan chooses them the same way).
+				if _, err := costmodel.ChooseAllReduce(p, costs); err != nil {
+					return math.Inf(1)
+				}
+				r, err := simr.Simulate(p, costs, false)
+				if err != nil {
+					return math.Inf(1)
+				}
+				return r.IterationTimeS
 			}
-			r, err := sim.Run(p, costs, sim.Options{})
-			if err != nil {
-				return math.Inf(1)
-			}
-			return r.IterationTimeS
 		}
 	}
 	if prev != nil {
@@ -358,46 +277,8 @@ func skipPipeInput(cfg *Config, names []string, prev *scheduler.Plan) (scheduler
 	return sc, nil
 }
 
-// StageGradientBytes is the float32 gradient size of every stage of p for
-// model m: what each stage's all-reduce moves. The embeddings and the
-// head make their stages heavier than a layer-proportional share.
-func StageGradientBytes(p *scheduler.Plan, m model.Config) ([]float64, error) {
-	layout := model.HeadLast
-	if p.HeadStage == 0 && len(p.Stages) > 1 {
-		layout = model.HeadFirst
-	}
-	return stageGradientBytes(m, len(p.Stages), layout)
-}
-
-func stageGradientBytes(m model.Config, stages int, layout model.Layout) ([]float64, error) {
-	m = m.WithDefaults()
-	specs, err := model.Split(m.Layers, stages, layout)
-	if err != nil {
-		return nil, fmt.Errorf("coordinator: gradient sizes: %w", err)
-	}
-	out := make([]float64, len(specs))
-	for s, sp := range specs {
-		sh, err := model.NewShard(m, sp)
-		if err != nil {
-			return nil, fmt.Errorf("coordinator: gradient sizes of stage %d: %w", s, err)
-		}
-		for _, t := range sh.Params() {
-			out[s] += 4 * float64(len(t.W))
-		}
-	}
-	return out, nil
-}
-
-// ForPlan is cost model k with p's per-stage gradient sizes for model m,
-// so that a cost model calibrated on one plan simulates another's
-// all-reduces right.
-func ForPlan(k *sim.Cluster, p *scheduler.Plan, m model.Config) (*sim.Cluster, error) {
-	c, err := cloneCluster(k)
-	if err != nil {
-		return nil, err
-	}
-	if c.Compute.StageGradientBytes, err = StageGradientBytes(p, m); err != nil {
-		return nil, err
-	}
-	return c, c.Validate()
+// ForPlan is costmodel.ForPlan: k with p's per-stage gradient sizes
+// for model m.
+func ForPlan(k *costmodel.Cluster, p *scheduler.Plan, m model.Config) (*costmodel.Cluster, error) {
+	return costmodel.ForPlan(k, p, m)
 }

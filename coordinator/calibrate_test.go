@@ -28,7 +28,7 @@ func TestDriftReplansOnceAndStaysExact(t *testing.T) {
 	}
 	var got []float64
 	var logs []string
-	co, err := coordinator.New(coordinator.Config{
+	co, err := coordinator.New(coordinator.Config{Simulator: sim.Simulator{},
 		Job: job, Endpoints: cl.endpoints, TTL: 2, Workers: 3, Schedule: "gpipe", Train: tc, Steps: steps,
 		CorpusDir: corpus, OutDir: t.TempDir(), CheckpointDir: cl.root, Checkpoint: true, Costs: wrong,
 		// Far above what timing noise on a loaded machine produces, far

@@ -19,6 +19,7 @@ import (
 	"stagecoach/internal/etcdx"
 	"stagecoach/internal/metrics"
 	"stagecoach/model"
+	"stagecoach/sim"
 	"stagecoach/worker"
 )
 
@@ -46,7 +47,7 @@ func TestResumeSkipsForgedAndCorruptCheckpoints(t *testing.T) {
 	run := func(stopAfter int64, m *metrics.Coordinator) (*coordinator.Summary, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
-		co, err := coordinator.New(coordinator.Config{Job: job, Endpoints: cl.endpoints, TTL: 2, Workers: 2,
+		co, err := coordinator.New(coordinator.Config{Simulator: sim.Simulator{}, Job: job, Endpoints: cl.endpoints, TTL: 2, Workers: 2,
 			Schedule: "gpipe", Train: tc, Steps: steps, CorpusDir: corpus, OutDir: out, CheckpointDir: cl.root,
 			CheckpointEvery: 1, Checkpoint: true, Metrics: m,
 			Logf: func(f string, a ...any) {
@@ -186,7 +187,7 @@ func TestCheckpointDirOutsideWorkerRootFailsFast(t *testing.T) {
 	const job = "root-mismatch"
 	cl := startCluster(t, job, 2)
 	elsewhere := t.TempDir()
-	co, err := coordinator.New(coordinator.Config{Job: job, Endpoints: cl.endpoints, TTL: 2, Workers: 2,
+	co, err := coordinator.New(coordinator.Config{Simulator: sim.Simulator{}, Job: job, Endpoints: cl.endpoints, TTL: 2, Workers: 2,
 		Schedule: "gpipe", Train: tinyTrain(2), Steps: 3, CorpusDir: corpus, OutDir: t.TempDir(), CheckpointDir: elsewhere,
 		CheckpointEvery: 1, Checkpoint: true})
 	if err != nil {
@@ -221,7 +222,7 @@ func TestResumeWithEveryCheckpointCorruptReplaysFromTheSeed(t *testing.T) {
 	run := func(stopAfter int64) (*coordinator.Summary, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
-		co, err := coordinator.New(coordinator.Config{Job: job, Endpoints: cl.endpoints, TTL: 2, Workers: 2,
+		co, err := coordinator.New(coordinator.Config{Simulator: sim.Simulator{}, Job: job, Endpoints: cl.endpoints, TTL: 2, Workers: 2,
 			Schedule: "gpipe", Train: tc, Steps: steps, CorpusDir: corpus, OutDir: t.TempDir(), CheckpointDir: cl.root,
 			CheckpointEvery: 1, Checkpoint: true,
 			Logf: func(f string, a ...any) {

@@ -10,13 +10,14 @@ import (
 
 	"google.golang.org/grpc"
 
+	"stagecoach/costmodel"
 	"stagecoach/internal/etcdx"
 	"stagecoach/internal/metrics"
 	"stagecoach/internal/tlsx"
 	"stagecoach/model"
 	pb "stagecoach/proto"
 	"stagecoach/scheduler"
-	"stagecoach/sim"
+	"stagecoach/timeline"
 )
 
 // Config is one training job as the coordinator runs it. Validate fills
@@ -136,7 +137,7 @@ type Config struct {
 	// workers and to etcd (whose endpoints are then https) and verifies
 	// theirs against the CA. nil talks plaintext.
 	TLS *tls.Config
-	// Cluster, when set, is a sim cluster YAML (see ScaleLinks): every
+	// Cluster, when set, is a cluster YAML (costmodel; see ScaleLinks): every
 	// worker emulates its links (link_shaping_yaml; workers are matched
 	// to its nodes by registered name), and the planner prices hops with
 	// it. When its workload's stage_nodes sum to Workers, SkipPipe plans
@@ -146,7 +147,14 @@ type Config struct {
 	// e.g. from `stagecoach calibrate`); nil means Cluster's nominal
 	// costs, or uniform ones without a Cluster. The coordinator replaces
 	// it with its own calibration when it replans.
-	Costs *sim.Cluster
+	Costs *costmodel.Cluster
+	// Simulator runs plans against cost models (sim.Simulator; the
+	// coordinator does not link the simulator itself). With one, SkipPipe
+	// candidates are judged by their simulated iteration and the summary
+	// carries the calibrated simulation beside the measured run (span and
+	// bubble, trace.json); nil leaves both out: the planner judges
+	// candidates by its own estimate.
+	Simulator timeline.Simulator
 	// ReplanDrift, when > 0, makes the coordinator keep a cost model
 	// calibrated from the workers' reported timings and replan (a new
 	// epoch, between two steps) when it drifts from the one the current
@@ -206,7 +214,7 @@ func (c *Config) Validate() error {
 		c.Stages = c.Workers
 	}
 	if len(c.Cluster) > 0 {
-		if _, err := sim.ParseCluster(c.Cluster); err != nil {
+		if _, err := costmodel.ParseCluster(c.Cluster); err != nil {
 			return fmt.Errorf("coordinator: cluster: %w", err)
 		}
 	}

@@ -353,7 +353,7 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 		LeaderRev: leader.Rev(), PlanPath: r.planPath, PlanSHA256: r.planHash, Steps: reports, ElapsedS: time.Since(start).Seconds()}
 	sum.Checkpoint = r.lastCheckpoint
 	sum.Recoveries = r.recoveries
-	sum.finish(r.stats)
+	sum.finish(r.stats, cfg.Simulator)
 	r.finishReplans(sum)
 	return sum, nil
 }

@@ -16,6 +16,7 @@ import (
 	"stagecoach/data"
 	"stagecoach/internal/etcdx"
 	"stagecoach/model"
+	"stagecoach/sim"
 	"stagecoach/worker"
 )
 
@@ -152,7 +153,7 @@ func TestPipelinesAreBitIdenticalToSingleProcess(t *testing.T) {
 			cl := startCluster(t, job, tt.workers)
 			out := t.TempDir()
 			var got []float64
-			co, err := coordinator.New(coordinator.Config{
+			co, err := coordinator.New(coordinator.Config{Simulator: sim.Simulator{},
 				Job: job, Endpoints: cl.endpoints, TTL: 2, Workers: tt.workers, Stages: tt.stages, Schedule: tt.schedule,
 				Train: tc, Steps: steps, CorpusDir: corpus, OutDir: out, CheckpointDir: cl.root, Checkpoint: true,
 				OnStep: func(r coordinator.StepReport) { got = append(got, r.Loss) },

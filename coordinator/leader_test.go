@@ -12,6 +12,7 @@ import (
 
 	"stagecoach/coordinator"
 	"stagecoach/internal/etcdx"
+	"stagecoach/sim"
 )
 
 // TestStandbyCoordinatorRefusesFinishedJob runs two coordinators for one
@@ -23,7 +24,7 @@ func TestStandbyCoordinatorRefusesFinishedJob(t *testing.T) {
 	const job, steps = "standby", 2
 	cl := startCluster(t, job, 2)
 	mk := func(name string) *coordinator.Coordinator {
-		co, err := coordinator.New(coordinator.Config{Job: job, Name: name, Endpoints: cl.endpoints, TTL: 2, Workers: 2,
+		co, err := coordinator.New(coordinator.Config{Simulator: sim.Simulator{}, Job: job, Name: name, Endpoints: cl.endpoints, TTL: 2, Workers: 2,
 			Schedule: "gpipe", Train: tinyTrain(2), Steps: steps, CorpusDir: corpus, OutDir: t.TempDir(), CheckpointDir: cl.root})
 		if err != nil {
 			t.Fatal(err)
@@ -73,7 +74,7 @@ func TestSkipPipeTrains(t *testing.T) {
 	cl := startCluster(t, job, 3)
 	tc := tinyTrain(3)
 	tc.Microbatches = 6
-	co, err := coordinator.New(coordinator.Config{Job: job, Endpoints: cl.endpoints, TTL: 2, Workers: 3,
+	co, err := coordinator.New(coordinator.Config{Simulator: sim.Simulator{}, Job: job, Endpoints: cl.endpoints, TTL: 2, Workers: 3,
 		Schedule: coordinator.SkipPipe, Train: tc, Steps: steps, CorpusDir: corpus, OutDir: t.TempDir(), CheckpointDir: cl.root})
 	if err != nil {
 		t.Fatal(err)
@@ -101,7 +102,7 @@ func TestLostWorkerStopsTheRun(t *testing.T) {
 	const job = "lost"
 	cl := startCluster(t, job, 2)
 	done := make(chan struct{})
-	co, err := coordinator.New(coordinator.Config{Job: job, Endpoints: cl.endpoints, TTL: 2, Workers: 2,
+	co, err := coordinator.New(coordinator.Config{Simulator: sim.Simulator{}, Job: job, Endpoints: cl.endpoints, TTL: 2, Workers: 2,
 		Schedule: "gpipe", Train: tinyTrain(2), Steps: 100000, CorpusDir: corpus, OutDir: t.TempDir(), CheckpointDir: cl.root,
 		RPCTimeout: time.Minute, ReplaceWait: 2 * time.Second,
 		OnStep: func(r coordinator.StepReport) {
@@ -150,7 +151,7 @@ func TestDeposedLeaderStops(t *testing.T) {
 	defer cli.Close()
 	keys, _ := etcdx.NewKeys(job)
 	revoked := make(chan struct{})
-	co, err := coordinator.New(coordinator.Config{Job: job, Endpoints: cl.endpoints, TTL: 2, Workers: 2,
+	co, err := coordinator.New(coordinator.Config{Simulator: sim.Simulator{}, Job: job, Endpoints: cl.endpoints, TTL: 2, Workers: 2,
 		Schedule: "gpipe", Train: tinyTrain(2), Steps: 100000, CorpusDir: corpus, OutDir: t.TempDir(), CheckpointDir: cl.root,
 		OnStep: func(r coordinator.StepReport) {
 			if r.Step != 2 {
@@ -198,7 +199,7 @@ func TestResumeFromCommittedCheckpoint(t *testing.T) {
 	run := func(stopAfter int64) (*coordinator.Summary, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
-		co, err := coordinator.New(coordinator.Config{Job: job, Endpoints: cl.endpoints, TTL: 2, Workers: 2,
+		co, err := coordinator.New(coordinator.Config{Simulator: sim.Simulator{}, Job: job, Endpoints: cl.endpoints, TTL: 2, Workers: 2,
 			Schedule: "gpipe", Train: tc, Steps: steps, CorpusDir: corpus, OutDir: out, CheckpointDir: cl.root, CheckpointEvery: 1, Checkpoint: true,
 			OnStep: func(r coordinator.StepReport) {
 				got = append(got, r.Loss)

@@ -6,9 +6,10 @@ import (
 	"strconv"
 	"strings"
 
+	"stagecoach/costmodel"
 	pb "stagecoach/proto"
 	"stagecoach/scheduler"
-	"stagecoach/sim"
+	"stagecoach/timeline"
 )
 
 // measurements turns the workers' reported action timings into what the
@@ -17,7 +18,7 @@ import (
 type measurements struct {
 	plan *scheduler.Plan
 	// last is the timeline of the most recent step.
-	last     []sim.Slice
+	last     []timeline.Slice
 	lastSpan float64
 	spans    []float64 // per step: first action start to last action end
 	bubbles  []float64 // per step: idle worker time over workers x span
@@ -67,7 +68,7 @@ func parseAction(s string) (scheduler.Action, error) {
 // loopback; on real clusters the spans stay right per worker while the
 // cross-worker alignment is only as good as the hosts' clock sync.
 func (m *measurements) add(step int64, resps []*pb.RunIterationResponse) {
-	var slices []sim.Slice
+	var slices []timeline.Slice
 	base := 0.0
 	first := true
 	for _, resp := range resps {
@@ -86,7 +87,7 @@ func (m *measurements) add(step int64, resps []*pb.RunIterationResponse) {
 				m.unparsed++
 				continue
 			}
-			s := sim.Slice{Worker: w, Track: sim.TrackCompute, Action: a, Start: resp.GetStartedUnixS() + t.GetStartS() - base,
+			s := timeline.Slice{Worker: w, Track: timeline.TrackCompute, Action: a, Start: resp.GetStartedUnixS() + t.GetStartS() - base,
 				End: resp.GetStartedUnixS() + t.GetEndS() - base, Pred: -1, To: -1}
 			if s.End < s.Start {
 				m.unparsed++
@@ -124,12 +125,12 @@ func (m *measurements) add(step int64, resps []*pb.RunIterationResponse) {
 // delays: for a forward hop whose receiver sat idle, the gap between the
 // sender's forward ending and the receiver's forward starting is the
 // transfer.
-func (m *measurements) calibrate(slices []sim.Slice) {
+func (m *measurements) calibrate(slices []timeline.Slice) {
 	type key struct {
 		w int
 		a scheduler.Action
 	}
-	at := map[key]sim.Slice{}
+	at := map[key]timeline.Slice{}
 	prevEnd := map[key]float64{} // end of the slice before this one on its worker
 	for i, s := range slices {
 		k := key{s.Worker, s.Action}
@@ -177,7 +178,7 @@ func (m *measurements) calibrate(slices []sim.Slice) {
 
 // cluster is the cost model calibrated from the measurements, or nil
 // when nothing was measured.
-func (m *measurements) cluster() *sim.Cluster {
+func (m *measurements) cluster() *costmodel.Cluster {
 	layers := 0
 	fwd, samples := 0.0, 0.0
 	stageF := make([]float64, len(m.plan.Stages))
@@ -197,7 +198,7 @@ func (m *measurements) cluster() *sim.Cluster {
 			stageF[s] = perLayer * float64(st.Layers)
 		}
 	}
-	c := &sim.Cluster{Name: "calibrated", AnyNode: true, Compute: sim.Compute{
+	c := &costmodel.Cluster{Name: "calibrated", AnyNode: true, Compute: costmodel.Compute{
 		LayerForwardS: perLayer, StageForwardS: stageF,
 	}}
 	if m.bwdS > 0 && m.fwdAll > 0 {

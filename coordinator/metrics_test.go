@@ -8,6 +8,7 @@ import (
 	"stagecoach/coordinator"
 	"stagecoach/internal/metrics"
 	"stagecoach/internal/metrics/metricstest"
+	"stagecoach/sim"
 )
 
 // TestCoordinatorMetricsAfterRealTraining trains 3 real steps on two
@@ -28,7 +29,7 @@ func TestCoordinatorMetricsAfterRealTraining(t *testing.T) {
 		}
 		defer srv.Close()
 		url := "http://" + srv.Addr() + "/metrics"
-		co, err := coordinator.New(coordinator.Config{
+		co, err := coordinator.New(coordinator.Config{Simulator: sim.Simulator{},
 			Job: job, Endpoints: cl.endpoints, TTL: 2, Workers: 2, Schedule: "gpipe",
 			Train: tinyTrain(3), Steps: steps, CorpusDir: corpus, OutDir: out, CheckpointDir: cl.root, Checkpoint: true,
 			Metrics: metrics.NewCoordinator(reg),

@@ -8,11 +8,11 @@ import (
 	"os"
 	"path/filepath"
 
+	"stagecoach/costmodel"
 	"stagecoach/internal/atomicfile"
 	"stagecoach/internal/etcdx"
 	"stagecoach/model"
 	"stagecoach/scheduler"
-	"stagecoach/sim"
 )
 
 // PlanManifest is what etcd keeps about a plan epoch: small enough for one
@@ -147,7 +147,7 @@ func checkPlan(cfg *Config, p *scheduler.Plan, members []etcdx.Member, epoch int
 
 // chooseAllReduce sets each replicated stage's all-reduce algorithm to
 // the cheaper of ring and direct under the planning cost model, with the
-// plan's per-stage gradient sizes for the model trained (sim.ChooseAllReduce:
+// plan's per-stage gradient sizes for the model trained (costmodel.ChooseAllReduce:
 // the simulator's prices, which the emulated links reproduce). Without a
 // cost model, or with one that does not know the plan's nodes, the plan
 // keeps the ring.
@@ -171,7 +171,7 @@ func chooseAllReduce(cfg *Config, p *scheduler.Plan) error {
 	if err != nil {
 		return err
 	}
-	if _, err := sim.ChooseAllReduce(p, k); err != nil {
+	if _, err := costmodel.ChooseAllReduce(p, k); err != nil {
 		return fmt.Errorf("coordinator: choose all-reduce algorithms: %w", err)
 	}
 	return nil

@@ -30,7 +30,7 @@ func TestPlansChooseAllReduce(t *testing.T) {
 		members = append(members, etcdx.Member{Name: n.Name, Addr: "127.0.0.1:1"})
 	}
 	for _, schedule := range []string{SkipPipe, SkipPipeFull} {
-		cfg := &Config{Workers: len(members), Stages: 6, Schedule: schedule, Train: tc, Cluster: yaml}
+		cfg := &Config{Simulator: sim.Simulator{}, Workers: len(members), Stages: 6, Schedule: schedule, Train: tc, Cluster: yaml}
 		p, _, _, err := buildPlan(cfg, members, 1)
 		if err != nil {
 			t.Fatal(err)
@@ -70,7 +70,7 @@ func TestPlansChooseAllReduce(t *testing.T) {
 	for i := range 4 {
 		plain = append(plain, etcdx.Member{Name: fmt.Sprintf("w%d", i), Addr: "127.0.0.1:1"})
 	}
-	cfg := &Config{Workers: 4, Stages: 2, Schedule: "1f1b", Train: model.TrainConfig{Model: tc.Model, Microbatches: 4, MicrobatchSize: 2}}
+	cfg := &Config{Simulator: sim.Simulator{}, Workers: 4, Stages: 2, Schedule: "1f1b", Train: model.TrainConfig{Model: tc.Model, Microbatches: 4, MicrobatchSize: 2}}
 	p, _, _, err := buildPlan(cfg, plain, 1)
 	if err != nil {
 		t.Fatal(err)

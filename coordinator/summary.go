@@ -10,7 +10,8 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"stagecoach/sim"
+	"stagecoach/costmodel"
+	"stagecoach/timeline"
 )
 
 // Summary is what a finished run reports.
@@ -48,11 +49,11 @@ type Summary struct {
 	// (warm-up) when there are several.
 	MeasuredSpanS  float64 `json:"measured_span_s"`
 	MeasuredBubble float64 `json:"measured_bubble"`
-	// Simulated* come from sim.Run of the same plan against the cost model
+	// Simulated* come from Config.Simulator's run of the same plan against the cost model
 	// calibrated from the measured action times (Calibration).
-	SimulatedSpanS  float64      `json:"simulated_span_s,omitempty"`
-	SimulatedBubble float64      `json:"simulated_bubble,omitempty"`
-	Calibration     *sim.Cluster `json:"-"`
+	SimulatedSpanS  float64            `json:"simulated_span_s,omitempty"`
+	SimulatedBubble float64            `json:"simulated_bubble,omitempty"`
+	Calibration     *costmodel.Cluster `json:"-"`
 	// UnparsedTimings counts worker timings whose action the coordinator
 	// could not read (left out of the trace).
 	UnparsedTimings int `json:"unparsed_timings,omitempty"`
@@ -66,21 +67,24 @@ type Summary struct {
 	// after warm-up (Config.ReplanWarmup): measured compute per stage
 	// and node, the emulated links with the measured per-hop overhead.
 	// Planning (Config.Costs) and `stagecoach sim --cluster` read it.
-	CostModel *sim.Cluster `json:"-"`
+	CostModel *costmodel.Cluster `json:"-"`
 	// Links are the per-link hop times measured over the last plan's
 	// steps after warm-up, beside the emulated link's price.
 	Links []LinkTime   `json:"links,omitempty"`
 	Steps []StepReport `json:"steps"`
 
-	// Measured is the last step as a simulator Result (for the Chrome
+	// Measured is the last step as a timeline run (for the Chrome
 	// trace); Simulated is the calibrated simulation of the plan.
-	Measured  *sim.Result `json:"-"`
-	Simulated *sim.Result `json:"-"`
+	Measured  *timeline.Run `json:"-"`
+	Simulated *timeline.Run `json:"-"`
 	// SimError says why there is no simulation, if there is none.
 	SimError string `json:"sim_error,omitempty"`
+
+	sim timeline.Simulator // simulates the calibration, writes the trace
 }
 
-func (s *Summary) finish(m *measurements) {
+func (s *Summary) finish(m *measurements, simr timeline.Simulator) {
+	s.sim = simr
 	var it, ctl, comp, st, com float64
 	var tokens int64
 	for _, r := range s.Steps {
@@ -109,16 +113,20 @@ func (s *Summary) finish(m *measurements) {
 	s.MeasuredBubble = median(m.bubbles)
 	p := m.plan
 	if len(m.last) > 0 {
-		s.Measured = &sim.Result{Schedule: p.Schedule + " (measured)", Workers: len(p.Workers), Stages: len(p.Stages),
+		s.Measured = &timeline.Run{Schedule: p.Schedule + " (measured)", Workers: len(p.Workers), Stages: len(p.Stages),
 			Microbatches: len(p.Microbatches), Iterations: 1, IterationTimeS: m.lastSpan, MakespanS: m.lastSpan,
 			Timeline: m.last, Plan: p}
+	}
+	if simr == nil {
+		s.SimError = "no simulator given"
+		return
 	}
 	c := m.cluster()
 	if c == nil {
 		s.SimError = "workers reported no forward timings"
 		return
 	}
-	res, err := sim.Run(p, c, sim.Options{Detail: true})
+	res, err := simr.Simulate(p, c, true)
 	if err != nil {
 		s.SimError = err.Error()
 		return
@@ -145,7 +153,10 @@ func (s *Summary) WriteTrace(path string) error {
 	if s.Measured == nil {
 		return fmt.Errorf("coordinator: no measured timeline to trace")
 	}
-	rs := []*sim.Result{s.Measured}
+	if s.sim == nil {
+		return fmt.Errorf("coordinator: no simulator to write the trace with")
+	}
+	rs := []*timeline.Run{s.Measured}
 	if s.Simulated != nil {
 		rs = append(rs, s.Simulated)
 	}
@@ -156,7 +167,7 @@ func (s *Summary) WriteTrace(path string) error {
 	if err != nil {
 		return err
 	}
-	if err := sim.WriteChromeTrace(f, rs...); err != nil {
+	if err := s.sim.WriteTrace(f, rs...); err != nil {
 		f.Close()
 		return err
 	}
@@ -173,7 +184,7 @@ func (s *Summary) WriteCalibration(path string) error {
 	if err != nil {
 		return fmt.Errorf("coordinator: encode calibration: %w", err)
 	}
-	if _, err := sim.ParseCluster(b); err != nil {
+	if _, err := costmodel.ParseCluster(b); err != nil {
 		return fmt.Errorf("coordinator: calibration does not parse back: %w", err)
 	}
 	hdr := fmt.Sprintf("# Cost model calibrated by stagecoach from a %s run over %d workers\n# (measured forward per sample per stage and node speeds; links as emulated, or\n# free on plain loopback, plus the measured per-hop overhead).\n", s.Schedule, s.Workers)

@@ -11,6 +11,7 @@ import (
 	"stagecoach/coordinator"
 	"stagecoach/internal/etcdx"
 	"stagecoach/internal/tlsx"
+	"stagecoach/sim"
 	"stagecoach/worker"
 )
 
@@ -87,7 +88,7 @@ func TestJobOverMutualTLS(t *testing.T) {
 	tc := tinyTrain(3)
 	want, _ := reference(t, tc, corpus, steps)
 	var got []float64
-	co, err := coordinator.New(coordinator.Config{
+	co, err := coordinator.New(coordinator.Config{Simulator: sim.Simulator{},
 		Job: job, Endpoints: e.Endpoints(), TTL: 2, Workers: n, Schedule: "gpipe", Train: tc, Steps: steps,
 		CorpusDir: corpus, OutDir: t.TempDir(), TLS: load("coordinator"),
 		OnStep: func(r coordinator.StepReport) { got = append(got, r.Loss) },

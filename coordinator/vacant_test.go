@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"stagecoach/model"
+	"stagecoach/sim"
 	"stagecoach/worker"
 )
 
@@ -22,7 +23,7 @@ func TestVacantSourceSkipsDamagedCopies(t *testing.T) {
 	mc := model.Config{Layers: 2, Dim: 16, Heads: 2, Ctx: 16, Seed: 7}.WithDefaults()
 	r := testRun(t)
 	var logs strings.Builder
-	r.cfg = &Config{CheckpointDir: root, Train: model.TrainConfig{Model: mc},
+	r.cfg = &Config{Simulator: sim.Simulator{}, CheckpointDir: root, Train: model.TrainConfig{Model: mc},
 		Logf: func(f string, a ...any) { logs.WriteString(f + "\n") }}
 	specs, err := model.Split(mc.Layers, 2, model.HeadFirst)
 	if err != nil {

@@ -69,12 +69,7 @@ func PlanSkipPipeOnPartition(variant string, parts [][]string, stages []Stage, m
 	}
 	sc.MicrobatchesPerOrigin = microbatches / len(parts[0])
 	// Fewer nodes must still hold every visit.
-	others := 0
-	for _, p := range parts[1:] {
-		others += len(p)
-	}
-	need := (microbatches*(sc.Rules.PathStages-1) + others - 1) / max(others, 1)
-	sc.Memory = max(sc.Memory, need)
+	sc.Memory = max(sc.Memory, SkipPipeVisitCap(microbatches, sc.Rules.PathStages, sc.StageSizes))
 	p, _, err := PlanSkipPipeVariant(variant, sc)
 	if err == nil {
 		p, err = expand(p)
@@ -83,4 +78,26 @@ func PlanSkipPipeOnPartition(variant string, parts [][]string, stages []Stage, m
 		return nil, fmt.Errorf("skippipe on %d nodes: %w", len(names), err)
 	}
 	return p, nil
+}
+
+// SkipPipeVisitCap is the least per-node cap, in microbatches held at
+// once, that lets every SkipPipe path visit its stages: microbatches
+// paths each visit pathStages-1 stages past stage 0, spread over those
+// stages' nodes (sizes[1:]); and when the paths visit every stage, the
+// smallest of them holds all the microbatches. Every planning input (the
+// coordinator's, `stagecoach sim`'s, recovery's) takes its cap from here.
+func SkipPipeVisitCap(microbatches, pathStages int, sizes []int) int {
+	if len(sizes) < 2 {
+		return 1
+	}
+	others, smallest := 0, sizes[1]
+	for _, k := range sizes[1:] {
+		others += k
+		smallest = min(smallest, k)
+	}
+	need := (microbatches*(pathStages-1) + others - 1) / max(others, 1)
+	if pathStages == len(sizes) && smallest > 0 {
+		need = max(need, (microbatches+smallest-1)/smallest)
+	}
+	return max(need, 1)
 }

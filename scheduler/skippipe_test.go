@@ -221,3 +221,24 @@ func TestSkipPipeValidatorCatchesBrokenPlan(t *testing.T) {
 		t.Fatalf("cap of 1: got %v, want a %s error", err, RuleSkipCap)
 	}
 }
+
+// The per-node cap holds every visit; when paths visit every stage, the
+// smallest stage's nodes hold all the microbatches between them (the
+// clause recovery's copy of the formula once lacked).
+func TestSkipPipeVisitCap(t *testing.T) {
+	for _, tc := range []struct {
+		m, pathStages int
+		sizes         []int
+		want          int
+	}{
+		{30, 5, []int{3, 4, 4, 3, 3, 3}, 8},  // 120 visits over 17 nodes
+		{30, 6, []int{3, 4, 4, 3, 3, 3}, 10}, // 30 through a stage of 3
+		{12, 2, []int{2, 1, 5}, 2},           // 12 visits over 6 nodes; the 1-node stage is skippable
+		{12, 3, []int{2, 1, 1}, 12},          // every path through both single nodes
+		{4, 2, []int{4}, 1},
+	} {
+		if got := SkipPipeVisitCap(tc.m, tc.pathStages, tc.sizes); got != tc.want {
+			t.Errorf("SkipPipeVisitCap(%d, %d, %v) = %d, want %d", tc.m, tc.pathStages, tc.sizes, got, tc.want)
+		}
+	}
+}

@@ -6,45 +6,6 @@ import (
 	"stagecoach/scheduler"
 )
 
-// LayerCosts prices a plan's parts for scheduler.BalanceLayers from the
-// cluster's compute costs: a block's forward and backward per sample,
-// and the head's loss (compute.loss_layers). The embedding is priced
-// inside the first stage's layers here, as the simulator prices it.
-func (c *Cluster) LayerCosts() scheduler.LayerCosts {
-	k := c.Compute
-	return scheduler.LayerCosts{Block: k.LayerForwardS * (1 + k.BackwardRatio), Head: k.LossLayers * k.LayerForwardS}
-}
-
-// StageSpeeds gives each stage of p the speed of the slowest node holding
-// it (replicas wait for each other at the all-reduce; a worker holding
-// several stages runs each at its node's speed).
-func (c *Cluster) StageSpeeds(p *scheduler.Plan) ([]float64, error) {
-	if err := c.Validate(); err != nil {
-		return nil, err
-	}
-	speeds := make([]float64, len(p.Stages))
-	for w, wk := range p.Workers {
-		_, n, err := c.node(wk.Node)
-		if err != nil {
-			return nil, fmt.Errorf("worker %d: %w", w, err)
-		}
-		for _, s := range wk.Stages {
-			if s < 0 || s >= len(speeds) {
-				return nil, fmt.Errorf("worker %d holds stage %d of %d", w, s, len(speeds))
-			}
-			if speeds[s] == 0 || n.Speed < speeds[s] {
-				speeds[s] = n.Speed
-			}
-		}
-	}
-	for s, v := range speeds {
-		if v == 0 {
-			return nil, fmt.Errorf("stage %d is held by no worker", s)
-		}
-	}
-	return speeds, nil
-}
-
 // Balanced is the outcome of Balance.
 type Balanced struct {
 	// Plan is the faster of the balanced plan and the original.

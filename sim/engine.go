@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"stagecoach/costmodel"
 	"stagecoach/scheduler"
 )
 
@@ -153,11 +154,11 @@ func Run(p *scheduler.Plan, c *Cluster, opt Options) (*Result, error) {
 	}
 	e.ws = make([]*workerState, len(p.Workers))
 	for w := range p.Workers {
-		idx, nd, err := c.node(p.Workers[w].Node)
+		idx, nd, err := c.Lookup(p.Workers[w].Node)
 		if err != nil {
 			return nil, fmt.Errorf("plan worker %d: %w", w, err)
 		}
-		st := &workerState{nodeIdx: idx, node: nd, cause: -1, lastSl: -1, arrivals: map[arrivalKey]arrival{}, memCap: c.capacityBytes(nd), memOver: -1}
+		st := &workerState{nodeIdx: idx, node: nd, cause: -1, lastSl: -1, arrivals: map[arrivalKey]arrival{}, memCap: c.CapacityBytes(nd), memOver: -1}
 		if st.mem, err = scheduler.NewMemoryUse(e.ix, w, stageMem); err != nil {
 			return nil, fmt.Errorf("plan worker %d: %w", w, err)
 		}
@@ -331,23 +332,12 @@ func (e *engine) endIteration(w int) {
 
 func (e *engine) send(w, iter int, msg scheduler.Message, sl int) {
 	mb := &e.plan.Microbatches[msg.Microbatch]
-	bytes := float64(mb.Samples)*e.c.Compute.ActivationBytesPerSample + e.c.Compute.MessageHeaderBytes
+	bytes := e.c.MessageBytes(float64(mb.Samples) * e.c.Compute.ActivationBytesPerSample)
 	from, to := e.ws[w], e.ws[msg.To]
-	busy, lat := e.c.hop(from.nodeIdx, to.nodeIdx, from.node, to.node, bytes)
-	nic := egress(from.node, to.node, bytes)
-	start := e.now
 	key := [2]int{w, msg.To}
-	if busy > 0 {
-		start = max(start, e.links[key])
-	}
-	if nic > 0 {
-		start = max(start, e.nics[from.node.Name])
-		e.nics[from.node.Name] = start + nic
-	}
-	if busy > 0 {
-		e.links[key] = start + busy
-	}
-	arrive := start + max(busy, nic) + lat
+	link, nic := e.links[key], e.nics[from.node.Name]
+	start, arrive := e.c.Price(from.nodeIdx, to.nodeIdx, from.node, to.node, bytes).Schedule(e.now, &link, &nic)
+	e.links[key], e.nics[from.node.Name] = link, nic
 	if from.node.Name != to.node.Name {
 		e.sent[key] += bytes
 		from.bytes += bytes
@@ -412,9 +402,9 @@ func (e *engine) allReduceTime(stage int) float64 {
 	if len(rs) < 2 {
 		return 0
 	}
-	nodes := make([]arNode, len(rs))
+	nodes := make([]costmodel.Place, len(rs))
 	for i, w := range rs {
-		nodes[i] = arNode{e.ws[w].nodeIdx, e.ws[w].node}
+		nodes[i] = costmodel.Place{Index: e.ws[w].nodeIdx, Node: e.ws[w].node}
 	}
-	return allReduceTimeOf(e.c, e.plan, stage, nodes, stageGradientBytes(e.c, e.plan, stage))
+	return e.c.AllReducePlaced(e.plan, stage, nodes)
 }

@@ -202,10 +202,10 @@ func TestClusterMemoryFieldsAreChecked(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, a, _ := c.node("a")
-	_, other, _ := c.node("elsewhere")
-	if c.capacityBytes(a) != 1<<30 || c.capacityBytes(other) != 2<<30 {
-		t.Errorf("capacities %v and %v, want 1 GiB (its own) and 2 GiB (the default)", c.capacityBytes(a), c.capacityBytes(other))
+	_, a, _ := c.Lookup("a")
+	_, other, _ := c.Lookup("elsewhere")
+	if c.CapacityBytes(a) != 1<<30 || c.CapacityBytes(other) != 2<<30 {
+		t.Errorf("capacities %v and %v, want 1 GiB (its own) and 2 GiB (the default)", c.CapacityBytes(a), c.CapacityBytes(other))
 	}
 }
 

@@ -8,32 +8,6 @@ import (
 	"stagecoach/scheduler"
 )
 
-// Track separates a worker's compute from its communication in timelines.
-type Track uint8
-
-// Tracks.
-const (
-	TrackCompute Track = iota + 1
-	TrackComm
-)
-
-// Slice is one stretch of a worker's time: an action it computed, or a
-// tensor it sent (Track == TrackComm, from Start on its link to arrival).
-type Slice struct {
-	Worker    int
-	Track     Track
-	Action    scheduler.Action // for sends: the microbatch and receiving stage
-	Tensor    scheduler.TensorKind
-	Iteration int
-	Start     float64
-	End       float64
-	// Pred is the slice whose end let this one start (critical-path
-	// predecessor), -1 if none.
-	Pred  int
-	To    int // receiving worker of a send, -1 for compute
-	Bytes float64
-}
-
 // WorkerStats are the measurements of one worker.
 type WorkerStats struct {
 	Worker          int     `json:"worker"`

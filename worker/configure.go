@@ -10,6 +10,7 @@ import (
 	"sort"
 
 	"stagecoach/compute"
+	"stagecoach/costmodel"
 	"stagecoach/internal/metrics"
 	"stagecoach/internal/naming"
 	"stagecoach/internal/tlsx"
@@ -17,7 +18,6 @@ import (
 	"stagecoach/model"
 	pb "stagecoach/proto"
 	"stagecoach/scheduler"
-	"stagecoach/sim"
 )
 
 // job is what Configure builds: the plan, this worker's place in it and
@@ -166,7 +166,7 @@ func decodeConfigure(req *pb.ConfigureRequest, lim model.Limits, mutualTLS bool)
 	}
 	spec := &configureSpec{plan: plan, me: me, train: tc, names: names, backend: backend}
 	if y := req.GetLinkShapingYaml(); len(y) > 0 {
-		c, err := sim.ParseCluster(y)
+		c, err := costmodel.ParseCluster(y)
 		if err != nil {
 			return nil, fmt.Errorf("%w: link shaping: %v", ErrBadInput, err)
 		}

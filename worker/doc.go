@@ -34,7 +34,7 @@
 //     needs, and a worker computing with another refuses the Configure
 //     with InvalidArgument), seed (overrides model.seed when non-zero),
 //     link_shaping_yaml
-//     (optional sim cluster YAML: emulated latency and bandwidth on every
+//     (optional cluster YAML, package costmodel: emulated latency and bandwidth on every
 //     outgoing link, workers matched to nodes by the plan's Worker.Node)}.
 //     Stages whose layer range and model config did not change keep their
 //     trained weights across a reconfigure; fresh ones reset the applied

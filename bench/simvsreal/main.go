@@ -147,7 +147,7 @@ func run(scale float64, steps int, out, corpus string, maxBytes int64, schedules
 			return fmt.Errorf("%s: simulate with the calibration: %w", s, err)
 		}
 		r := row{schedule: s, measured: sum.MeasuredSpanS, sim: res.MakespanS,
-			pipeMeas: localrun.PipelineTime(sum.Measured), pipeSim: localrun.PipelineTime(res), allReduce: allReduces(p)}
+			pipeMeas: localrun.PipelineTime(sum.Measured), pipeSim: localrun.PipelineTime(res.Run()), allReduce: allReduces(p)}
 		if sum.CostModel != nil {
 			if self, err := sim.Run(p, sum.CostModel, sim.Options{}); err == nil {
 				r.self = self.MakespanS

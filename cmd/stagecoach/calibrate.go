@@ -132,7 +132,7 @@ func (e *emulationFlags) config(j *jobFlags, endpoints []string) (coordinator.Co
 		return coordinator.Config{}, err
 	}
 	cfg := coordinator.Config{
-		Job: j.job, Endpoints: endpoints, TTL: j.ttl, Workers: j.workers, Stages: j.stages,
+		Job: j.job, Endpoints: endpoints, Simulator: sim.Simulator{}, TTL: j.ttl, Workers: j.workers, Stages: j.stages,
 		Schedule: j.schedule, Train: tc, Steps: j.steps, CorpusDir: j.corpus, MaxCorpusBytes: j.maxBytes,
 		OutDir: j.out, Checkpoint: j.ckpt, CheckpointEvery: j.ckptEvery, TLS: tlsConf, AllReduce: j.allReduce,
 		Retain: j.retain, Name: j.name,

@@ -123,7 +123,7 @@ func (j *jobFlags) config(endpoints []string) (coordinator.Config, error) {
 		return coordinator.Config{}, err
 	}
 	cfg := coordinator.Config{
-		Job: j.job, Endpoints: endpoints, TTL: j.ttl, Workers: j.workers, Stages: j.stages,
+		Job: j.job, Endpoints: endpoints, Simulator: sim.Simulator{}, TTL: j.ttl, Workers: j.workers, Stages: j.stages,
 		Schedule: j.schedule, Train: tc, Steps: j.steps, CorpusDir: j.corpus, MaxCorpusBytes: j.maxBytes,
 		OutDir: j.out, CheckpointDir: j.ckptDir, Checkpoint: j.ckpt, CheckpointEvery: j.ckptEvery, Retain: j.retain, Name: j.name,
 		TLS: tlsConf, AllReduce: j.allReduce, Backend: j.backendName,

@@ -20,6 +20,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"stagecoach/costmodel"
 	"stagecoach/scheduler"
 	"stagecoach/sim"
 )
@@ -188,63 +189,23 @@ func skipConfigFromCluster(c *sim.Cluster, seed int64, pathStages int) (schedule
 	}
 	samples := max(w.SamplesPerMicrobatch, 1)
 	perOrigin := max(w.MicrobatchesPerOrigin, 1)
-	stageF := float64(layers/ns) * c.Compute.LayerForwardS * float64(samples)
-	if !(stageF > 0) {
+	if !(c.Compute.LayerForwardS > 0) {
 		return cfg, badInput("cluster %q: compute.layer_forward_s must be > 0 for skippipe schedules", c.Name)
 	}
-	cfg = scheduler.SkipPipeConfig{
-		StageSizes: w.StageNodes, MicrobatchesPerOrigin: perOrigin, Layers: layers, Samples: samples,
-		BackwardRatio: c.Compute.BackwardRatio, LossRatio: c.Compute.LossLayers * c.Compute.LayerForwardS * float64(samples) / stageF,
-		Seed: seed, RefinePlacement: true,
+	names := make([]string, n)
+	for i, nd := range c.Nodes {
+		names[i] = nd.Name
 	}
-	if cfg.LossRatio == 0 {
-		cfg.LossRatio = 1e-9 // zero means the default in the planner's config
+	cfg, err := costmodel.SkipPipeInput(c, costmodel.SkipPipeJob{
+		Names: names, StageSizes: w.StageNodes, Microbatches: perOrigin * w.StageNodes[0],
+		Layers: layers, Samples: samples, PayloadBytes: float64(samples) * c.Compute.ActivationBytesPerSample,
+		PathStages: pathStages, Memory: w.Memory,
+	})
+	if err != nil {
+		return cfg, badInput("%v", err)
 	}
-	for _, nd := range c.Nodes {
-		cfg.NodeNames = append(cfg.NodeNames, nd.Name)
-		speed := nd.Speed
-		if speed == 0 {
-			speed = 1
-		}
-		cfg.ForwardS = append(cfg.ForwardS, stageF/speed)
-	}
-	bytes := float64(samples)*c.Compute.ActivationBytesPerSample + c.Compute.MessageHeaderBytes
-	cfg.Delay, cfg.LinkBusy = hopTimes(c, bytes)
-	cfg.Rules = scheduler.DefaultSkipRules(ns)
-	if pathStages > 0 {
-		cfg.Rules.PathStages = pathStages
-	}
-	m := perOrigin * w.StageNodes[0]
-	others, smallest := 0, n
-	for _, k := range w.StageNodes[1:] {
-		others += k
-		smallest = min(smallest, k)
-	}
-	need := (m*(cfg.Rules.PathStages-1) + others - 1) / others
-	if cfg.Rules.PathStages == ns {
-		need = max(need, (m+smallest-1)/smallest)
-	}
-	cfg.Memory = max(w.Memory, need, 1)
+	cfg.Seed, cfg.RefinePlacement = seed, true
 	return cfg, nil
-}
-
-// hopTimes prices one microbatch's hop between every pair of nodes exactly
-// as the simulator does: the delay, and the part of it that holds the
-// sender's link.
-func hopTimes(c *sim.Cluster, bytes float64) (delay, busy [][]float64) {
-	n := len(c.Nodes)
-	delay, busy = make([][]float64, n), make([][]float64, n)
-	for a := range n {
-		delay[a], busy[a] = make([]float64, n), make([]float64, n)
-		for b := range n {
-			if a == b {
-				continue
-			}
-			bz, lat := c.HopTime(a, b, bytes)
-			delay[a][b], busy[a][b] = bz+lat, bz
-		}
-	}
-	return delay, busy
 }
 
 // importRow is one schedule of an import comparison.

@@ -125,6 +125,11 @@ func TestUpGPipeMatchesTrain(t *testing.T) {
 			if !strings.Contains(errOut, "bubble") {
 				t.Errorf("no summary table on stderr:\n%s", errOut)
 			}
+			// The coordinator simulates its calibration with the
+			// simulator the command hands it.
+			if !strings.Contains(errOut, "simulated") {
+				t.Errorf("no calibrated simulation in the summary table:\n%s", errOut)
+			}
 		})
 	}
 }

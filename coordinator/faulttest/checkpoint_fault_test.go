@@ -19,6 +19,7 @@ import (
 	"stagecoach/internal/failpoint"
 	"stagecoach/internal/metrics"
 	"stagecoach/model"
+	"stagecoach/sim"
 	"stagecoach/worker"
 )
 
@@ -122,7 +123,7 @@ func TestCrashDuringCheckpointWrite(t *testing.T) {
 	var clock faultClock
 	// Every checkpoint etcd ever lists is loaded the moment it appears.
 	stopWatch := e.watchCheckpoints(t, stages, nil)
-	cfg := coordinator.Config{Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 4, Stages: stages,
+	cfg := coordinator.Config{Simulator: sim.Simulator{}, Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 4, Stages: stages,
 		Schedule: "gpipe", Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: out, CheckpointDir: e.root, Checkpoint: true,
 		CheckpointEvery: 2, RPCTimeout: 30 * time.Second, ReplaceWait: time.Second, OnRecovery: clock.onRecovery,
 		OnStep: func(r coordinator.StepReport) {
@@ -249,7 +250,7 @@ func TestCorruptCheckpointIsSkipped(t *testing.T) {
 			reg := prometheus.NewRegistry()
 			var clock faultClock
 			damaged := filepath.Join(worker.StepDir(e.root, corruptAt), model.ShardFile(2))
-			cfg := coordinator.Config{Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 4, Stages: stages,
+			cfg := coordinator.Config{Simulator: sim.Simulator{}, Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 4, Stages: stages,
 				Schedule: "gpipe", Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), CheckpointDir: e.root,
 				Checkpoint: true, CheckpointEvery: 2, RPCTimeout: 30 * time.Second, ReplaceWait: time.Second,
 				OnRecovery: clock.onRecovery, Metrics: metrics.NewCoordinator(reg),

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"stagecoach/coordinator"
+	"stagecoach/sim"
 )
 
 // freePort returns a loopback port that was free a moment ago.
@@ -50,7 +51,7 @@ func TestStopEtcdLeaderMember(t *testing.T) {
 	var victim *etcdMember
 	var commits []time.Time
 	out := t.TempDir()
-	cfg := coordinator.Config{Job: job, Endpoints: eps, TTL: ttl, Workers: 4, Schedule: "gpipe", Train: tc, Steps: steps,
+	cfg := coordinator.Config{Simulator: sim.Simulator{}, Job: job, Endpoints: eps, TTL: ttl, Workers: 4, Schedule: "gpipe", Train: tc, Steps: steps,
 		CorpusDir: e.corpus, OutDir: out, CheckpointDir: e.root, Checkpoint: true, CheckpointEvery: 5, RPCTimeout: 30 * time.Second,
 		OnStep: func(r coordinator.StepReport) {
 			commits = append(commits, time.Now())

@@ -24,6 +24,7 @@ import (
 	"stagecoach/internal/tlsx"
 	"stagecoach/internal/transport"
 	pb "stagecoach/proto"
+	"stagecoach/sim"
 )
 
 // hostile is a job of real worker processes under attack: what an
@@ -262,7 +263,7 @@ func TestHostileControlCalls(t *testing.T) {
 			wantLosses, wantParams := reference(t, tc, h.corpus, steps)
 			evil := filepath.Join(t.TempDir(), "evil")
 			var losses []float64
-			cfg := coordinator.Config{Job: job, Endpoints: h.endpoints, TTL: ttl, Workers: 2, Schedule: "gpipe", Train: tc,
+			cfg := coordinator.Config{Simulator: sim.Simulator{}, Job: job, Endpoints: h.endpoints, TTL: ttl, Workers: 2, Schedule: "gpipe", Train: tc,
 				Steps: steps, CorpusDir: h.corpus, OutDir: t.TempDir(), CheckpointDir: h.root, Checkpoint: true, RPCTimeout: 30 * time.Second,
 				OnStep: func(r coordinator.StepReport) {
 					losses = append(losses, r.Loss)

@@ -20,6 +20,7 @@ import (
 	"stagecoach/coordinator"
 	"stagecoach/internal/etcdx"
 	"stagecoach/internal/tlsx"
+	"stagecoach/sim"
 )
 
 // TestForgedEtcdRecordsAreIgnored: with etcd auth off anyone reaching
@@ -62,7 +63,7 @@ func TestForgedEtcdRecordsAreIgnored(t *testing.T) {
 		}
 	}
 	var clock faultClock
-	cfg := coordinator.Config{Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 2, Stages: 2,
+	cfg := coordinator.Config{Simulator: sim.Simulator{}, Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 2, Stages: 2,
 		Schedule: "gpipe", Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), CheckpointDir: e.root, Checkpoint: true,
 		CheckpointEvery: 4, RPCTimeout: 30 * time.Second, ReplaceWait: time.Second, OnRecovery: clock.onRecovery,
 		OnStep: func(r coordinator.StepReport) {
@@ -223,7 +224,7 @@ func TestWorkerCertificateCannotForgeEtcdRecords(t *testing.T) {
 		})
 		try("read another job", func() error { _, err := evil.Get(ctx, other.Iteration()); return err })
 	}
-	cfg := coordinator.Config{Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 2, Stages: 2,
+	cfg := coordinator.Config{Simulator: sim.Simulator{}, Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 2, Stages: 2,
 		Schedule: "gpipe", Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), CheckpointDir: e.root, Checkpoint: true,
 		CheckpointEvery: 4, RPCTimeout: 30 * time.Second, TLS: load("coordinator"),
 		OnStep: func(r coordinator.StepReport) {

@@ -21,6 +21,7 @@ import (
 	"stagecoach/internal/tlsx"
 	"stagecoach/internal/transport"
 	pb "stagecoach/proto"
+	"stagecoach/sim"
 )
 
 // hostileRSSBound is the peak resident memory a worker may reach under
@@ -73,7 +74,7 @@ func hostileTensors(t *testing.T, tlsOn bool) {
 	var recoveries []coordinator.Recovery
 	var mu sync.Mutex
 	attackDone := make(chan []string, 1)
-	cfg := coordinator.Config{Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 2, Stages: 2, Schedule: "gpipe",
+	cfg := coordinator.Config{Simulator: sim.Simulator{}, Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 2, Stages: 2, Schedule: "gpipe",
 		Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), RPCTimeout: 60 * time.Second, TLS: coordTLS,
 		OnRecovery: func(r coordinator.Recovery) { mu.Lock(); recoveries = append(recoveries, r); mu.Unlock() },
 		OnStep: func(r coordinator.StepReport) {

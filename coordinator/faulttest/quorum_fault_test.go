@@ -12,6 +12,7 @@ import (
 	"stagecoach/coordinator"
 	"stagecoach/internal/etcdx"
 	pb "stagecoach/proto"
+	"stagecoach/sim"
 )
 
 // etcdMember is one `stagecoach etcd` process of a test cluster; start
@@ -132,7 +133,7 @@ func TestLoseEtcdQuorum(t *testing.T) {
 	var commits []time.Time
 	var killed, restarted time.Time
 	back := make(chan struct{})
-	cfg := coordinator.Config{Job: job, Endpoints: eps, TTL: ttl, Workers: 4, Schedule: "gpipe", Train: tc, Steps: steps,
+	cfg := coordinator.Config{Simulator: sim.Simulator{}, Job: job, Endpoints: eps, TTL: ttl, Workers: 4, Schedule: "gpipe", Train: tc, Steps: steps,
 		CorpusDir: e.corpus, OutDir: t.TempDir(), CheckpointDir: e.root, Checkpoint: true, CheckpointEvery: 5, RPCTimeout: 30 * time.Second,
 		OnStep: func(r coordinator.StepReport) {
 			mu.Lock()

@@ -15,6 +15,7 @@ import (
 	"stagecoach/coordinator"
 	"stagecoach/internal/etcdx"
 	pb "stagecoach/proto"
+	"stagecoach/sim"
 )
 
 // faultClock records when a fault was injected and what the coordinator
@@ -101,7 +102,7 @@ func TestKillWorkerGPipe(t *testing.T) {
 			tc := tiny(4, 4)
 			_, want := reference(t, tc, e.corpus, steps)
 			var clock faultClock
-			cfg := coordinator.Config{Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: tt.workers, Stages: tt.stages,
+			cfg := coordinator.Config{Simulator: sim.Simulator{}, Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: tt.workers, Stages: tt.stages,
 				Schedule: "gpipe", Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), CheckpointDir: e.root, Checkpoint: true,
 				CheckpointEvery: 4, RPCTimeout: 30 * time.Second, ReplaceWait: time.Second, OnRecovery: clock.onRecovery,
 				Cluster: slowLinks(names...),
@@ -139,7 +140,7 @@ func TestKillWorkerSkipPipe(t *testing.T) {
 	tc := tiny(3, 4)
 	var clock faultClock
 	var victim string
-	cfg := coordinator.Config{Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 6, Stages: 3, Schedule: coordinator.SkipPipe,
+	cfg := coordinator.Config{Simulator: sim.Simulator{}, Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 6, Stages: 3, Schedule: coordinator.SkipPipe,
 		Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), CheckpointDir: e.root, Checkpoint: true, CheckpointEvery: 5,
 		RPCTimeout: 30 * time.Second, OnRecovery: clock.onRecovery, Cluster: slowLinks("w0", "w1", "w2", "w3", "w4", "w5"),
 		OnStep: func(r coordinator.StepReport) {
@@ -206,7 +207,7 @@ func TestPauseWorkerSkipPipe(t *testing.T) {
 	var oldFence *pb.Fence
 	resumed := make(chan struct{})
 	var once sync.Once
-	cfg := coordinator.Config{Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 6, Stages: 3, Schedule: coordinator.SkipPipe,
+	cfg := coordinator.Config{Simulator: sim.Simulator{}, Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 6, Stages: 3, Schedule: coordinator.SkipPipe,
 		Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), CheckpointDir: e.root, Checkpoint: true, CheckpointEvery: 10,
 		RPCTimeout: 30 * time.Second,
 		OnRecovery: func(r coordinator.Recovery) {

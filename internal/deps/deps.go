@@ -8,7 +8,6 @@ import (
 	_ "go.etcd.io/etcd/server/v3/embed"
 	_ "go.yaml.in/yaml/v3"
 	_ "gonum.org/v1/gonum/mat"
-	_ "gonum.org/v1/plot"
 	_ "google.golang.org/grpc"
 	_ "google.golang.org/protobuf/proto"
 )

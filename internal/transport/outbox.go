@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"stagecoach/costmodel"
 	pb "stagecoach/proto"
 )
 
@@ -36,10 +37,19 @@ type Outbox struct {
 	pending sync.WaitGroup
 	done    chan struct{}
 	workers sync.WaitGroup
+
+	// The owner's network interface under shaping: every link's
+	// transfers take turns on it for their Egress time. Times are
+	// seconds since epoch, as costmodel.Hop.Schedule takes them.
+	epoch   time.Time
+	nicMu   sync.Mutex
+	nicFree float64
 }
 
 type link struct {
+	o       *Outbox
 	to      int
+	free    float64 // when the emulated link is free, seconds since o.epoch
 	conn    *grpc.ClientConn
 	client  pb.PeerClient
 	queue   chan item // waiting for the (emulated) link to be free
@@ -70,7 +80,7 @@ func NewOutbox(opts Options, addrs []string, shaper Shaper, dial ...grpc.DialOpt
 	if len(dial) == 0 {
 		d = append(d, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	}
-	return &Outbox{opts: opts, addrs: append([]string(nil), addrs...), shaper: shaper, dial: d, links: map[int]*link{}, done: make(chan struct{})}, nil
+	return &Outbox{opts: opts, addrs: append([]string(nil), addrs...), shaper: shaper, dial: d, links: map[int]*link{}, done: make(chan struct{}), epoch: time.Now()}, nil
 }
 
 // Send queues one tensor for worker `to`. The payload must not be changed
@@ -158,7 +168,7 @@ func (o *Outbox) link(to int) (*link, error) {
 	if err != nil {
 		return nil, fmt.Errorf("transport: dial worker %d at %s: %w", to, o.addrs[to], err)
 	}
-	l := &link{to: to, conn: conn, client: pb.NewPeerClient(conn), queue: make(chan item, o.opts.QueueLen),
+	l := &link{o: o, to: to, conn: conn, client: pb.NewPeerClient(conn), queue: make(chan item, o.opts.QueueLen),
 		onWire: make(chan item, o.opts.QueueLen), shaper: o.shaper, chunk: o.opts.ChunkBytes,
 		call:    o.opts.callOptions(),
 		failure: func(err error) { o.fail(fmt.Errorf("send to worker %d: %w", to, err)) }}
@@ -181,15 +191,14 @@ func (l *link) occupy(done <-chan struct{}) {
 			l.drain(ErrClosed)
 			return
 		}
-		var busy, lat time.Duration
 		if l.shaper != nil {
-			busy, lat = l.shaper.Cost(l.to, len(it.payload))
+			free, at := l.schedule(l.shaper.Cost(l.to, len(it.payload)))
+			if d := time.Until(free); d > 0 && !sleep(it.ctx, done, d) {
+				l.finish(it, stopped(it.ctx))
+				continue
+			}
+			it.at = at
 		}
-		if busy > 0 && !sleep(it.ctx, done, busy) {
-			l.finish(it, stopped(it.ctx))
-			continue
-		}
-		it.at = time.Now().Add(lat)
 		select {
 		case l.onWire <- it:
 		case <-done:
@@ -198,6 +207,18 @@ func (l *link) occupy(done <-chan struct{}) {
 			return
 		}
 	}
+}
+
+// schedule places a transfer priced h on this link and on the owner's
+// interface, queued behind the transfers before it as the simulator
+// queues them, and returns when the link is free for the next one (the
+// transfer's occupancy has passed) and when the transfer arrives.
+func (l *link) schedule(h costmodel.Hop) (free, at time.Time) {
+	o := l.o
+	o.nicMu.Lock()
+	start, arrive := h.Schedule(time.Since(o.epoch).Seconds(), &l.free, &o.nicFree)
+	o.nicMu.Unlock()
+	return o.epoch.Add(seconds(start + h.Occupancy())), o.epoch.Add(seconds(arrive))
 }
 
 // deliver sends each tensor once its latency has passed, in order.

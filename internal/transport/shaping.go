@@ -5,99 +5,62 @@ import (
 	"math"
 	"time"
 
-	"stagecoach/sim"
+	"stagecoach/costmodel"
 )
 
-// Shaper prices one transfer on the directed link from the Outbox's owner
-// to worker `to`: busy is how long the link is occupied (transfers on one
-// link queue behind each other), latency is added after it and overlaps
-// with the next transfer. Implementations must be safe for concurrent use.
+// Shaper prices one transfer from the Outbox's owner to worker `to` (see
+// costmodel.Hop): Busy holds the directed link (transfers on one link
+// queue), Egress holds the owner's network interface (all its links take
+// turns on it), and Latency is added after the longer of the two and
+// overlaps with the next transfer. The Outbox queues transfers with
+// costmodel.Hop.Schedule, as the simulator does. Implementations must be
+// safe for concurrent use.
 type Shaper interface {
-	Cost(to int, bytes int) (busy, latency time.Duration)
+	Cost(to int, bytes int) costmodel.Hop
 }
 
-// ClusterShaper prices links like the simulator does for a sim.Cluster
-// (latency, bandwidth, per-hop overhead, or the Delays matrix), so a
-// loopback run reproduces a cluster preset such as skippipe-geo.
+// ClusterShaper prices links with the cost model's hop price
+// (costmodel.Cluster.Price): latency, bandwidth, per-hop overhead, a
+// delays matrix as link occupancy, and the sender's egress limit; so a
+// loopback run reproduces a cluster such as the skippipe-geo preset, and
+// the simulator and the planner price what it emulates.
 type ClusterShaper struct {
-	c     *sim.Cluster
+	c     *costmodel.Cluster
 	from  int
-	nodes []*sim.Node // by worker
-	index []int       // worker -> index into c.Nodes, -1 for anonymous nodes
+	nodes []*costmodel.Node // by worker
+	index []int             // worker -> index into c.Nodes, -1 for anonymous nodes
 }
 
 // NewClusterShaper prices the links from worker `from`; nodes[w] names the
-// cluster node worker w runs on (the plan's Worker.Node). c must have been
-// validated (sim.ParseCluster does it).
-func NewClusterShaper(c *sim.Cluster, nodes []string, from int) (*ClusterShaper, error) {
+// cluster node worker w runs on (the plan's Worker.Node). c must have
+// been validated (costmodel.ParseCluster does it).
+func NewClusterShaper(c *costmodel.Cluster, nodes []string, from int) (*ClusterShaper, error) {
 	if c == nil {
 		return nil, fmt.Errorf("transport: nil cluster")
 	}
 	if from < 0 || from >= len(nodes) {
 		return nil, fmt.Errorf("transport: worker %d outside 0..%d", from, len(nodes)-1)
 	}
-	s := &ClusterShaper{c: c, from: from, nodes: make([]*sim.Node, len(nodes)), index: make([]int, len(nodes))}
-	// One map, not a scan per worker: both lists come from the request.
-	byName := make(map[string]int, len(c.Nodes))
-	for i := range c.Nodes {
-		if _, dup := byName[c.Nodes[i].Name]; !dup {
-			byName[c.Nodes[i].Name] = i
-		}
-	}
+	s := &ClusterShaper{c: c, from: from, nodes: make([]*costmodel.Node, len(nodes)), index: make([]int, len(nodes))}
 	for w, name := range nodes {
-		s.index[w] = -1
-		if i, ok := byName[name]; ok {
-			s.index[w], s.nodes[w] = i, &c.Nodes[i]
+		i, nd, err := c.Lookup(name)
+		if err != nil {
+			return nil, fmt.Errorf("transport: worker %d: %w", w, err)
 		}
-		if s.nodes[w] == nil {
-			if !c.AnyNode {
-				return nil, fmt.Errorf("transport: cluster %q has no node %q (worker %d)", c.Name, name, w)
-			}
-			s.nodes[w] = &sim.Node{Name: name, Speed: 1}
-		}
+		s.index[w], s.nodes[w] = i, nd
 	}
 	return s, nil
 }
 
-// Cost implements Shaper with the simulator's hop pricing (sim/cluster.go):
-// same node free; a Delays matrix is pure latency; otherwise overhead plus
-// bytes over the region pair's bandwidth busy, and its latency after.
-func (s *ClusterShaper) Cost(to int, bytes int) (busy, latency time.Duration) {
+// Cost implements Shaper. The payload is the real one; every message also
+// carries the cluster's framing bytes, as the simulator charges them
+// (calibrate the cluster's activation size from the model for sim and
+// runtime to agree).
+func (s *ClusterShaper) Cost(to int, bytes int) costmodel.Hop {
 	if to < 0 || to >= len(s.nodes) {
-		return 0, 0
+		return costmodel.Hop{}
 	}
-	c := s.c
-	na, nb := s.nodes[s.from], s.nodes[to]
-	if na.Name == nb.Name {
-		return 0, 0
-	}
-	a, b := s.index[s.from], s.index[to]
-	if len(c.Delays) > 0 && a >= 0 && b >= 0 {
-		return 0, seconds(c.Delays[a][b])
-	}
-	var l *sim.Link
-	if na.Region == nb.Region {
-		l = c.LocalLink
-	} else {
-		for i := range c.Links {
-			rl := &c.Links[i]
-			if (rl.A == na.Region && rl.B == nb.Region) || (rl.A == nb.Region && rl.B == na.Region) {
-				l = &rl.Link
-				break
-			}
-		}
-		if l == nil {
-			l = c.DefaultLink
-		}
-	}
-	if l == nil {
-		return seconds(c.HopOverheadS), 0
-	}
-	// Like the simulator, every message also carries the cluster's framing
-	// bytes. The payload is the real one: calibrate the cluster's
-	// activation size from the model for sim and runtime to agree.
-	wire := float64(bytes) + c.Compute.MessageHeaderBytes
-	return seconds(c.HopOverheadS + wire/(l.BandwidthGiBs*(1<<30))), seconds(l.LatencyMS / 1000)
+	return s.c.Price(s.index[s.from], s.index[to], s.nodes[s.from], s.nodes[to], s.c.MessageBytes(float64(bytes)))
 }
 
 // FixedShaper gives every link the same latency and bandwidth (bytes per
@@ -108,12 +71,12 @@ type FixedShaper struct {
 }
 
 // Cost implements Shaper.
-func (f FixedShaper) Cost(to int, bytes int) (time.Duration, time.Duration) {
-	var busy time.Duration
+func (f FixedShaper) Cost(to int, bytes int) costmodel.Hop {
+	h := costmodel.Hop{Latency: f.Latency.Seconds()}
 	if f.BytesPerSec > 0 {
-		busy = seconds(float64(bytes) / f.BytesPerSec)
+		h.Busy = float64(bytes) / f.BytesPerSec
 	}
-	return busy, f.Latency
+	return h
 }
 
 func seconds(s float64) time.Duration {

@@ -25,6 +25,7 @@ import (
 	"stagecoach/model"
 	"stagecoach/scheduler"
 	"stagecoach/sim"
+	"stagecoach/timeline"
 	"stagecoach/worker"
 )
 
@@ -154,7 +155,7 @@ func Run(ctx context.Context, j Job) (*coordinator.Summary, error) {
 			return nil, fmt.Errorf("localrun %s: register %s: %v", j.Name, name, keepErr)
 		}
 	}
-	cfg := coordinator.Config{Job: j.Name, Endpoints: e.Endpoints(), Workers: len(j.Nodes), Stages: j.Stages,
+	cfg := coordinator.Config{Job: j.Name, Simulator: sim.Simulator{}, Endpoints: e.Endpoints(), Workers: len(j.Nodes), Stages: j.Stages,
 		Schedule: j.Schedule, Train: j.Train, Steps: j.Steps, CorpusDir: j.CorpusDir, MaxCorpusBytes: j.MaxCorpusBytes,
 		OutDir: out, CheckpointEvery: j.CheckpointEvery, Costs: j.Costs, Logf: j.Logf, OnStep: j.OnStep}
 	if j.Crash != nil {
@@ -209,13 +210,13 @@ func Run(ctx context.Context, j Job) (*coordinator.Summary, error) {
 // optimizer step ends in r: the pipeline part of an iteration, which the
 // SkipPipe authors' comparison (and the skippipe-geo preset) is about.
 // 0 for a nil result.
-func PipelineTime(r *sim.Result) float64 {
+func PipelineTime(r *timeline.Run) float64 {
 	end := 0.0
 	if r == nil {
 		return 0
 	}
 	for _, s := range r.Timeline {
-		if s.Track == sim.TrackCompute && s.Action.Kind != scheduler.AllReduce && s.Action.Kind != scheduler.OptimizerStep {
+		if s.Track == timeline.TrackCompute && s.Action.Kind != scheduler.AllReduce && s.Action.Kind != scheduler.OptimizerStep {
 			end = max(end, s.End)
 		}
 	}

@@ -1,4 +1,4 @@
-package sim
+package costmodel
 
 import (
 	"fmt"
@@ -18,10 +18,11 @@ import (
 // unless the cost model gives the node an egress limit (Node.EgressGiBs),
 // which the engine's pipeline sends obey too.
 
-// arNode is one replica's place in the cluster.
-type arNode struct {
-	idx  int
-	node *Node
+// Place is one replica's node: its index in Cluster.Nodes (-1 for an
+// unlisted node) and the node.
+type Place struct {
+	Index int
+	Node  *Node
 }
 
 // stageGradientBytes is what stage's gradients weigh under c (0: not
@@ -40,17 +41,16 @@ func stageGradientBytes(c *Cluster, p *scheduler.Plan, stage int) float64 {
 // it holds step s-1's. So the all-reduce follows the chain of arrivals
 // around the ring (with equal hops of h seconds it takes 2(n-1)h) and
 // ends when the last replica holds its last chunk.
-func ringAllReduceTime(c *Cluster, rs []arNode, bytes float64) float64 {
+func ringAllReduceTime(c *Cluster, rs []Place, bytes float64) float64 {
 	n := len(rs)
 	if n < 2 || bytes == 0 {
 		return 0
 	}
-	chunk := bytes/float64(n) + c.Compute.MessageHeaderBytes
-	busy, lat, nic := make([]float64, n), make([]float64, n), make([]float64, n) // link i -> i+1
+	chunk := c.MessageBytes(bytes / float64(n))
+	hops := make([]Hop, n) // link i -> i+1
 	for i, a := range rs {
 		b := rs[(i+1)%n]
-		busy[i], lat[i] = c.hop(a.idx, b.idx, a.node, b.node, chunk)
-		nic[i] = egress(a.node, b.node, chunk)
+		hops[i] = c.Price(a.Index, b.Index, a.Node, b.Node, chunk)
 	}
 	held := make([]float64, n) // when replica i holds the previous step's chunk
 	free := make([]float64, n) // when link i -> i+1 (and i's interface) is free
@@ -58,8 +58,8 @@ func ringAllReduceTime(c *Cluster, rs []arNode, bytes float64) float64 {
 	for range 2 * (n - 1) {
 		for i := range rs {
 			dep := max(held[i], free[i])
-			free[i] = dep + max(busy[i], nic[i])
-			arrive[(i+1)%n] = free[i] + lat[i]
+			free[i] = dep + hops[i].Occupancy()
+			arrive[(i+1)%n] = free[i] + hops[i].Latency
 		}
 		for i := range rs {
 			held[i] = max(held[i], arrive[i])
@@ -79,24 +79,23 @@ func ringAllReduceTime(c *Cluster, rs []arNode, bytes float64) float64 {
 // gradient. A node's egress limit (Node.EgressGiBs) makes its n-1 sends
 // take turns on its interface, in the order the workers send them (the
 // next replica first, then the one after, around the ring).
-func directAllReduceTime(c *Cluster, rs []arNode, bytes float64) float64 {
+func directAllReduceTime(c *Cluster, rs []Place, bytes float64) float64 {
 	n := len(rs)
 	if n < 2 || bytes == 0 {
 		return 0
 	}
-	msg := bytes + c.Compute.MessageHeaderBytes
+	msg := c.MessageBytes(bytes)
 	end := 0.0
 	for i, a := range rs {
 		out := 0.0 // when a's interface is free
 		for k := 1; k < n; k++ {
 			b := rs[(i+k)%n]
-			busy, lat := c.hop(a.idx, b.idx, a.node, b.node, msg)
-			nic := egress(a.node, b.node, msg)
+			h := c.Price(a.Index, b.Index, a.Node, b.Node, msg)
 			dep := 0.0
-			if nic > 0 {
-				dep, out = out, out+nic
+			if h.Egress > 0 {
+				dep, out = out, out+h.Egress
 			}
-			end = max(end, dep+max(busy, nic)+lat)
+			end = max(end, dep+h.Occupancy()+h.Latency)
 		}
 	}
 	return end
@@ -108,27 +107,24 @@ func directAllReduceTime(c *Cluster, rs []arNode, bytes float64) float64 {
 // one's (p.OrderedSegments), one after the other, and the last one sends
 // the total to every other replica at once (taking turns on its interface
 // under an egress limit, as direct's sends do).
-func orderedAllReduceTime(c *Cluster, p *scheduler.Plan, stage int, rs []arNode, bytes float64) float64 {
+func orderedAllReduceTime(c *Cluster, p *scheduler.Plan, stage int, rs []Place, bytes float64) float64 {
 	if len(rs) < 2 || bytes == 0 {
 		return 0
 	}
-	msg := bytes + c.Compute.MessageHeaderBytes
+	msg := c.MessageBytes(bytes)
 	ws := p.StageWorkers()[stage]
-	at := map[int]arNode{}
+	at := map[int]Place{}
 	for i, w := range ws {
 		if i < len(rs) {
 			at[w] = rs[i]
 		}
 	}
-	hop := func(a, b arNode) (float64, float64) {
-		busy, lat := c.hop(a.idx, b.idx, a.node, b.node, msg)
-		return max(busy, egress(a.node, b.node, msg)), lat
-	}
+	hop := func(a, b Place) Hop { return c.Price(a.Index, b.Index, a.Node, b.Node, msg) }
 	segs := p.OrderedSegments(stage)
 	t := 0.0
 	for k := 1; k < len(segs); k++ {
-		busy, lat := hop(at[segs[k-1].Worker], at[segs[k].Worker])
-		t += busy + lat
+		h := hop(at[segs[k-1].Worker], at[segs[k].Worker])
+		t += h.Occupancy() + h.Latency
 	}
 	last := segs[len(segs)-1].Worker
 	end, out := t, t
@@ -136,12 +132,12 @@ func orderedAllReduceTime(c *Cluster, p *scheduler.Plan, stage int, rs []arNode,
 		if w == last {
 			continue
 		}
-		busy, lat := hop(at[last], at[w])
+		h := hop(at[last], at[w])
 		dep := t
-		if egress(at[last].node, at[w].node, msg) > 0 {
-			dep, out = out, out+busy
+		if h.Egress > 0 {
+			dep, out = out, out+h.Occupancy()
 		}
-		end = max(end, dep+busy+lat)
+		end = max(end, dep+h.Occupancy()+h.Latency)
 	}
 	return end
 }
@@ -150,7 +146,7 @@ func orderedAllReduceTime(c *Cluster, p *scheduler.Plan, stage int, rs []arNode,
 // the algorithm p names and the given gradient bytes. A cost model without
 // gradient sizes (bytes 0) leaves data-parallel synchronisation out, as
 // the SkipPipe authors' simulator does.
-func allReduceTimeOf(c *Cluster, p *scheduler.Plan, stage int, rs []arNode, bytes float64) float64 {
+func allReduceTimeOf(c *Cluster, p *scheduler.Plan, stage int, rs []Place, bytes float64) float64 {
 	switch p.Stages[stage].AllReduceAlgorithm() {
 	case scheduler.AllReduceDirect:
 		return directAllReduceTime(c, rs, bytes)
@@ -162,15 +158,15 @@ func allReduceTimeOf(c *Cluster, p *scheduler.Plan, stage int, rs []arNode, byte
 
 // stageReplicas places the replicas of every stage of p on c's nodes, in
 // replica order.
-func stageReplicas(p *scheduler.Plan, c *Cluster) ([][]arNode, error) {
-	out := make([][]arNode, len(p.Stages))
+func stageReplicas(p *scheduler.Plan, c *Cluster) ([][]Place, error) {
+	out := make([][]Place, len(p.Stages))
 	for s, ws := range p.StageWorkers() {
 		for _, w := range ws {
-			idx, nd, err := c.node(p.Workers[w].Node)
+			idx, nd, err := c.Lookup(p.Workers[w].Node)
 			if err != nil {
 				return nil, fmt.Errorf("plan worker %d: %w", w, err)
 			}
-			out[s] = append(out[s], arNode{idx, nd})
+			out[s] = append(out[s], Place{idx, nd})
 		}
 	}
 	return out, nil
@@ -241,4 +237,11 @@ func AllReduceTime(p *scheduler.Plan, c *Cluster, stage int) (float64, error) {
 		return 0, err
 	}
 	return allReduceTimeOf(c, p, stage, reps[stage], stageGradientBytes(c, p, stage)), nil
+}
+
+// AllReducePlaced prices stage's all-reduce in p over its replicas placed
+// at rs (in p.StageWorkers order), as AllReduceTime does, for a caller
+// that has placed them already (the simulator's engine).
+func (c *Cluster) AllReducePlaced(p *scheduler.Plan, stage int, rs []Place) float64 {
+	return allReduceTimeOf(c, p, stage, rs, stageGradientBytes(c, p, stage))
 }

@@ -1,4 +1,4 @@
-package sim
+package costmodel
 
 import (
 	"fmt"
@@ -26,8 +26,9 @@ type Cluster struct {
 	// Links between regions, symmetric.
 	Links []RegionLink `yaml:"links,omitempty"`
 	// Delays, when set, gives the time of one microbatch's hop between
-	// every pair of nodes, in seconds, in the order of Nodes. It replaces
-	// Links (the SkipPipe authors' files carry such a matrix).
+	// every pair of nodes, in seconds, in the order of Nodes: link
+	// occupancy with no latency after it (see Hop). It replaces Links
+	// (the SkipPipe authors' files carry such a matrix).
 	Delays [][]float64 `yaml:"delays,omitempty"`
 	// HopOverheadS is a fixed cost added to every hop between nodes.
 	HopOverheadS float64 `yaml:"hop_overhead_s,omitempty"`
@@ -95,11 +96,10 @@ type Node struct {
 	MemoryGiB float64 `yaml:"memory_gib,omitempty"`
 	// EgressGiBs is the bandwidth of the node's network interface, shared
 	// by all its outgoing transfers: each one holds it for bytes over this
-	// bandwidth, one after another, on top of its link's busy time. 0
-	// means unlimited: every directed link is independent, as the loopback
-	// emulation (internal/transport) runs them, which does not enforce
-	// this field. It is what makes a one-shot all-reduce (n-1 whole
-	// gradients out of every node) cost more than a ring on fast links.
+	// bandwidth, one after another, on top of its link's busy time (see
+	// Hop). 0 means unlimited: every directed link is independent. It is
+	// what makes a one-shot all-reduce (n-1 whole gradients out of every
+	// node) cost more than a ring on fast links.
 	EgressGiBs float64 `yaml:"egress_gib_s,omitempty"`
 }
 
@@ -272,8 +272,10 @@ func (c *Cluster) regions() []string {
 	return out
 }
 
-// node returns the node a plan worker runs on.
-func (c *Cluster) node(name string) (int, *Node, error) {
+// Lookup returns the node a plan worker named name runs on and its index
+// in Nodes (-1 for a node any_node accepts without listing it). Call
+// Validate first.
+func (c *Cluster) Lookup(name string) (int, *Node, error) {
 	if i, ok := c.nodeIndex[name]; ok {
 		return i, &c.Nodes[i], nil
 	}
@@ -281,55 +283,4 @@ func (c *Cluster) node(name string) (int, *Node, error) {
 		return -1, &Node{Name: name, Speed: 1}, nil
 	}
 	return 0, nil, fmt.Errorf("cluster %q has no node %q", c.Name, name)
-}
-
-// hop prices one transfer of bytes from node a to node b (indices into
-// Nodes, -1 for anonymous nodes): the time the sender's link is busy and
-// the latency after it. Same-node transfers are free.
-func (c *Cluster) hop(a, b int, na, nb *Node, bytes float64) (busy, latency float64) {
-	if na.Name == nb.Name {
-		return 0, 0
-	}
-	if len(c.Delays) > 0 && a >= 0 && b >= 0 {
-		// The authors' per-hop delays are almost all bandwidth time and
-		// fixed overhead, both of which hold the sender's link: charged
-		// as occupancy, transfers on one link queue, and the authors'
-		// own iteration times are reproduced within a few percent.
-		return c.Delays[a][b], 0
-	}
-	var l Link
-	var ok bool
-	switch {
-	case na.Region == nb.Region:
-		if c.LocalLink == nil {
-			return c.HopOverheadS, 0
-		}
-		l, ok = *c.LocalLink, true
-	default:
-		l, ok = c.links[[2]string{na.Region, nb.Region}]
-		if !ok && c.DefaultLink != nil {
-			l, ok = *c.DefaultLink, true
-		}
-	}
-	if !ok {
-		return c.HopOverheadS, 0
-	}
-	return c.HopOverheadS + bytes/(l.BandwidthGiBs*(1<<30)), l.LatencyMS / 1000
-}
-
-// egress is how long a transfer of bytes from na to nb holds na's
-// network interface (0: unlimited, or the same node).
-func egress(na, nb *Node, bytes float64) float64 {
-	if na.EgressGiBs <= 0 || na.Name == nb.Name {
-		return 0
-	}
-	return bytes / (na.EgressGiBs * (1 << 30))
-}
-
-// HopTime prices one transfer of bytes between nodes a and b (indices
-// into Nodes) as the simulator does: busy is the time the sender's
-// directed link is held (transfers on it queue), latency follows it.
-// Call Validate first.
-func (c *Cluster) HopTime(a, b int, bytes float64) (busy, latency float64) {
-	return c.hop(a, b, &c.Nodes[a], &c.Nodes[b], bytes)
 }
