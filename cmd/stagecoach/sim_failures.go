@@ -21,16 +21,15 @@ import (
 )
 
 type failureFlags struct {
-	fs        *pflag.FlagSet
-	trace     string
-	mtbf      time.Duration
-	repair    time.Duration
-	horizon   time.Duration
-	steps     int
-	every     string
-	plot      string
-	costs     failures.Costs
-	nodeCount int
+	fs      *pflag.FlagSet
+	trace   string
+	mtbf    time.Duration
+	repair  time.Duration
+	horizon time.Duration
+	steps   int
+	every   string
+	plot    string
+	costs   failures.Costs
 }
 
 var failOpts = &failureFlags{}
