@@ -166,7 +166,8 @@ func failureJob(env *simEnv, name string) (failures.Job, error) {
 		if _, err := fixPlacement(&cfg); err != nil {
 			return job, err
 		}
-		cfg.Objective = simObjective(env.Cluster)
+		// No simulated objective: a failure trace re-plans hundreds of
+		// times, and the planner's own estimate picks the paths.
 		p, _, err := scheduler.PlanSkipPipeVariant(variant, cfg)
 		if err != nil {
 			return job, badInput("schedule %s: %v", name, err)

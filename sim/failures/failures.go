@@ -167,6 +167,13 @@ func Run(job Job, trace *Trace) (*Outcome, error) {
 		if job.HorizonS > 0 && r.t >= job.HorizonS {
 			break
 		}
+		if r.down {
+			if !r.whileDown(events, &i) {
+				r.out.Stopped = fmt.Sprintf("at %.0f s: %s, and no node comes back", r.downSince, r.downRec.Why)
+				break
+			}
+			continue
+		}
 		end := r.t + r.iterS
 		if i < len(events) && events[i].At.Seconds() < end {
 			e := events[i]
@@ -208,6 +215,11 @@ type runner struct {
 	// sizes are the starting plan's nodes per stage (SkipPipe's
 	// configured stage sizes).
 	sizes []int
+	// down is set while no plan fits the healthy nodes (since downSince;
+	// downRec is the failure that left it so).
+	down      bool
+	downSince float64
+	downRec   Recovery
 }
 
 // commit ends the running iteration at end.
@@ -307,30 +319,13 @@ func (r *runner) fail(e Event, detected float64, rec Recovery) (bool, error) {
 		}
 		rec.Why = fmt.Sprintf("re-path failed: %v", err)
 	}
-	// Restore: plan on the healthy nodes the policy settles for.
-	live := r.liveNodes()
-	n, ok := policy.Settle(r.job.Planner.Family(), len(live), r.job.Want, r.job.Planner.Stages())
-	if !ok {
-		rec.Action = "stop"
-		r.out.Recoveries = append(r.out.Recoveries, rec)
-		r.out.Stopped = fmt.Sprintf("at %.0f s: %d healthy nodes cannot hold %d stages", r.t, len(live), r.job.Planner.Stages())
-		return false, nil
-	}
-	chosen := policy.Prefer(live, r.planNodes(), n)
-	var err error
-	if r.job.Planner.Family() == policy.Classic {
-		err = r.planOn(chosen)
-	} else {
-		var p *scheduler.Plan
-		if p, err = r.job.Planner.OnPartition(policy.Partition(placement(r.plan), chosen, r.sizes)); err == nil {
-			err = r.install(p)
-		}
-	}
-	if err != nil {
-		rec.Action = "stop"
-		r.out.Recoveries = append(r.out.Recoveries, rec)
-		r.out.Stopped = fmt.Sprintf("at %.0f s: %v", r.t, err)
-		return false, nil
+	// Restore: plan on the healthy nodes the policy settles for; when no
+	// plan fits them, the job waits for a node to come back.
+	if err := r.restore(); err != nil {
+		rec.Action, rec.Why = "wait", err.Error()
+		rec.Workers = 0
+		r.down, r.downSince, r.downRec = true, start, rec
+		return true, nil
 	}
 	replay := r.out.Committed - r.lastCkpt
 	r.t += r.job.Costs.PlanS + r.job.Costs.RestoreS + float64(replay)*r.iterS
@@ -338,6 +333,61 @@ func (r *runner) fail(e Event, detected float64, rec Recovery) (bool, error) {
 	rec.Action, rec.RecoverS, rec.Replayed, rec.Workers = "restore", r.t-start, replay, len(r.plan.Workers)
 	r.out.Recoveries = append(r.out.Recoveries, rec)
 	return true, nil
+}
+
+// restore plans on the healthy nodes the policy settles for (as the
+// coordinator's restore does after its wait for replacements).
+func (r *runner) restore() error {
+	live := r.liveNodes()
+	n, ok := policy.Settle(r.job.Planner.Family(), len(live), r.job.Want, r.job.Planner.Stages())
+	if !ok {
+		return fmt.Errorf("%d healthy nodes cannot hold %d stages", len(live), r.job.Planner.Stages())
+	}
+	chosen := policy.Prefer(live, r.planNodes(), n)
+	if r.job.Planner.Family() == policy.Classic {
+		return r.planOn(chosen)
+	}
+	p, err := r.job.Planner.OnPartition(policy.Partition(placement(r.plan), chosen, r.sizes))
+	if err != nil {
+		return err
+	}
+	return r.install(p)
+}
+
+// whileDown applies the next event while no plan fits the healthy nodes
+// and tries the restore again; it returns false when no event is left.
+func (r *runner) whileDown(events []Event, i *int) bool {
+	if *i >= len(events) {
+		return false
+	}
+	e := events[*i]
+	*i++
+	r.t = max(r.t, e.At.Seconds())
+	switch e.Kind {
+	case Rejoin:
+		r.live[e.Node] = true
+	case Crash:
+		r.live[e.Node] = false
+	case Degrade:
+		for k := range r.cluster.Nodes {
+			if r.cluster.Nodes[k].Name == e.Node {
+				r.cluster.Nodes[k].EgressGiBs = e.BandwidthGiBs
+			}
+		}
+		r.iterCache = map[string]float64{}
+	}
+	if r.restore() != nil {
+		return true
+	}
+	r.down = false
+	replay := r.out.Committed - r.lastCkpt
+	r.t += r.job.Costs.PlanS + r.job.Costs.RestoreS + float64(replay)*r.iterS
+	r.out.Replayed += replay
+	rec := r.downRec
+	rec.Action, rec.RecoverS, rec.Replayed, rec.Workers = "restore", r.t-r.downSince, replay, len(r.plan.Workers)
+	rec.Why = "waited for " + e.Node + ": " + rec.Why
+	r.out.Recoveries = append(r.out.Recoveries, rec)
+	return true
 }
 
 // maybeRejoin, at an iteration boundary, takes healthy nodes outside a
