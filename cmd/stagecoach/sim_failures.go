@@ -7,6 +7,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -221,21 +222,24 @@ func writeFailureTable(env *simEnv, runs []*failures.Outcome) {
 // writeFailurePlot draws committed samples per second, averaged over
 // bins of the run, for every run, with the failures marked.
 func writeFailurePlot(path string, runs []*failures.Outcome, marks []float64) error {
-	const bins = 120
 	var series []sim.Series
 	for _, r := range runs {
 		if r.ElapsedS <= 0 {
 			continue
 		}
-		w := r.ElapsedS / bins
+		// Bins of at least five failure-free iterations, so an
+		// undisturbed stretch reads as a level line.
+		w := max(r.ElapsedS/120, 5*r.FailureFreeS)
+		bins := max(1, int(math.Ceil(r.ElapsedS/w)))
 		sum := make([]float64, bins)
 		for _, p := range r.Timeline {
 			sum[min(int(p.T/w), bins-1)] += p.Samples
 		}
 		s := sim.Series{Name: fmt.Sprintf("%s, checkpoint every %d", r.Name, r.CheckpointEvery), Group: r.Name}
 		for b := range sum {
-			s.X = append(s.X, (float64(b)+0.5)*w/3600)
-			s.Y = append(s.Y, sum[b]/w)
+			width := min(w, r.ElapsedS-float64(b)*w) // the last bin may be shorter
+			s.X = append(s.X, (float64(b)*w+width/2)/3600)
+			s.Y = append(s.Y, sum[b]/width)
 		}
 		series = append(series, s)
 	}
