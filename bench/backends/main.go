@@ -5,15 +5,17 @@
 //     echo stage served in this process over a Unix socket, tensor bytes
 //     through the shared-memory region) against the same bytes written and
 //     read back over a plain Unix socket pair;
+//
 //  2. the protocol's overhead per action: a stage's Forward and Backward
 //     computed in this process (the built-in Go model) against the same
 //     stage through `stagecoach compute-serve`, for the default model and
 //     a 4x wider one;
+//
 //  3. `stagecoach up` tokens/s with the built-in Go backend against the
 //     PyTorch backend (when /usr/bin/python3 can import torch; skipped with
 //     a message otherwise), on the default model and the 4x wider one.
 //
-//	go run ./bench/backends [-sizes 256K,1M,16M] [-min-time 1s] [-steps 6] [-up=true]
+//     go run ./bench/backends [-sizes 256K,1M,16M] [-min-time 1s] [-steps 6] [-up=true]
 //
 // Rows alternate the two sides so that both see the same load, and report
 // each side's fastest run; the ratios are the figures to read on a shared
