@@ -353,18 +353,9 @@ func buildSimJob(env *simEnv, name string) (*simJob, error) {
 	if _, err := scheduler.Lookup(name); err != nil {
 		return nil, badInput("%v", err)
 	}
-	spec := env.Spec
-	if err := checkSimSize(spec, env.MaxActions); err != nil {
+	spec, err := placedSpec(env, name)
+	if err != nil {
 		return nil, err
-	}
-	if len(env.Cluster.Nodes) > 0 && !env.Cluster.AnyNode {
-		need := spec.Stages * max(spec.Replicas, 1)
-		if need > len(env.Cluster.Nodes) {
-			return nil, badInput("cluster %q has %d nodes, schedule %s needs %d (stages x replicas)", env.Cluster.Name, len(env.Cluster.Nodes), name, need)
-		}
-		for i := range need {
-			spec.Nodes = append(spec.Nodes, env.Cluster.Nodes[i].Name)
-		}
 	}
 	start := time.Now()
 	pl, err := scheduler.Generate(name, spec)
@@ -396,6 +387,26 @@ func buildSimJob(env *simEnv, name string) (*simJob, error) {
 		return nil, badInput("schedule %s: %v", name, err)
 	}
 	return &simJob{Name: name, Plan: pl, Cluster: env.Cluster, PlanTimeS: planTime}, nil
+}
+
+// placedSpec is env's spec, checked against --max-actions, with its
+// workers placed on the cluster's nodes in order (when the cluster lists
+// them).
+func placedSpec(env *simEnv, name string) (scheduler.Spec, error) {
+	spec := env.Spec
+	if err := checkSimSize(spec, env.MaxActions); err != nil {
+		return spec, err
+	}
+	if len(env.Cluster.Nodes) > 0 && !env.Cluster.AnyNode {
+		need := spec.Stages * max(spec.Replicas, 1)
+		if need > len(env.Cluster.Nodes) {
+			return spec, badInput("cluster %q has %d nodes, schedule %s needs %d (stages x replicas)", env.Cluster.Name, len(env.Cluster.Nodes), name, need)
+		}
+		for i := range need {
+			spec.Nodes = append(spec.Nodes, env.Cluster.Nodes[i].Name)
+		}
+	}
+	return spec, nil
 }
 
 // defaultSimMaxActions is --max-actions' default: the largest specs it

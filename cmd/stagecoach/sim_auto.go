@@ -19,18 +19,9 @@ var _ = func() bool {
 }()
 
 func buildAutoJob(env *simEnv) (*simJob, error) {
-	spec := env.Spec
-	if err := checkSimSize(spec, env.MaxActions); err != nil {
+	spec, err := placedSpec(env, autoSchedule)
+	if err != nil {
 		return nil, err
-	}
-	if len(env.Cluster.Nodes) > 0 && !env.Cluster.AnyNode {
-		need := spec.Stages * max(spec.Replicas, 1)
-		if need > len(env.Cluster.Nodes) {
-			return nil, badInput("cluster %q has %d nodes, schedule auto needs %d (stages x replicas)", env.Cluster.Name, len(env.Cluster.Nodes), need)
-		}
-		for i := range need {
-			spec.Nodes = append(spec.Nodes, env.Cluster.Nodes[i].Name)
-		}
 	}
 	start := time.Now()
 	res, err := auto.Search(spec, env.Cluster)
