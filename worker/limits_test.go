@@ -117,20 +117,30 @@ func TestPeerStreamLimit(t *testing.T) {
 	defer cancel()
 	peer := peerClient(t, c.Addrs[1])
 	// A stream that sends its header and then stalls, holding its slot.
-	h, _ := activation(d)
-	h.TotalBytes = int64(4 * h.Shape[0] * h.Shape[1] * h.Shape[2])
-	held, err := peer.SendTensor(ctx)
-	if err != nil {
-		t.Fatal(err)
+	hold := func() pb.Peer_SendTensorClient {
+		h, _ := activation(d)
+		h.TotalBytes = int64(4 * h.Shape[0] * h.Shape[1] * h.Shape[2])
+		held, err := peer.SendTensor(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := held.Send(&pb.TensorChunk{Header: h}); err != nil {
+			t.Fatal(err)
+		}
+		return held
 	}
-	if err := held.Send(&pb.TensorChunk{Header: h}); err != nil {
-		t.Fatal(err)
-	}
+	held := hold()
 	var err2 error
 	for range 100 { // until the server has taken the held stream
 		h2, p2 := activation(d)
 		if err2 = transport.Send(ctx, peer, h2, p2, 0); status.Code(err2) == codes.ResourceExhausted {
 			break
+		}
+		// A send that reached the server before the held stream's
+		// header took the slot, and the held stream was refused
+		// instead: hold another.
+		if err := held.Send(&pb.TensorChunk{}); err != nil {
+			held = hold()
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
