@@ -326,7 +326,9 @@ func (c *cluster) checkStatusAndLivePage(ctx context.Context, cli *clientv3.Clie
 	t := c.t
 	t.Helper()
 	before, _ := waitCommit(ctx, t, cli, keys, 10*time.Second, "the current step", func(etcdx.Commit) bool { return true })
-	out := c.mustCompose(ctx, 2*time.Minute, "run", "--rm", "--no-deps", lead, "status",
+	// exec in the running leader, not `run`: a one-off container can take
+	// longer to start than the job takes to finish on a quiet machine.
+	out := c.mustCompose(ctx, 2*time.Minute, "exec", "-T", lead, "/stagecoach", "status",
 		"--etcd", "etcd-1:2379,etcd-2:2379,etcd-3:2379", "--job", job, "--json",
 		"--tls-cert", "/certs/coordinator.pem", "--tls-key", "/certs/coordinator-key.pem", "--tls-ca", "/certs/ca.pem")
 	var st struct {
