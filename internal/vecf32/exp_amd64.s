@@ -18,6 +18,39 @@ DATA expc<>+44(SB)/4, $0x3f800000 // 1
 DATA expc<>+48(SB)/4, $0x0000007f // 127
 GLOBL expc<>(SB), RODATA|NOPTR, $52
 
+// EXPF sets Y3 = e^X, eight lanes, clamped as expSubAVX2 documents. X is
+// clobbered (it ends as the reduced argument r), N holds n and S is
+// scratch; Y4-Y6 are scratch too, and Y8-Y14 must hold the constants
+// expSubAVX2 loads. The gelu kernels below compute their exponential with
+// it, so every e^x of the package is the same instruction sequence.
+#define EXPF(X, N, S) \
+	VMINPS  Y14, X, X; \
+	VMAXPS  Y13, X, X; \
+	VMULPS  Y12, X, N; \
+	VROUNDPS $0, N, N; \
+	VMULPS  Y11, N, S; \
+	VSUBPS  S, X, X; \
+	VMULPS  Y10, N, S; \
+	VSUBPS  S, X, X; \
+	VBROADCASTSS expc<>+20(SB), Y3; \
+	VBROADCASTSS expc<>+24(SB), Y4; \
+	VFMADD213PS Y4, X, Y3; \
+	VBROADCASTSS expc<>+28(SB), Y4; \
+	VFMADD213PS Y4, X, Y3; \
+	VBROADCASTSS expc<>+32(SB), Y4; \
+	VFMADD213PS Y4, X, Y3; \
+	VBROADCASTSS expc<>+36(SB), Y4; \
+	VFMADD213PS Y4, X, Y3; \
+	VBROADCASTSS expc<>+40(SB), Y4; \
+	VFMADD213PS Y4, X, Y3; \
+	VMULPS  X, X, Y5; \
+	VADDPS  Y9, X, Y6; \
+	VFMADD213PS Y6, Y5, Y3; \
+	VCVTPS2DQ N, N; \
+	VPADDD  Y8, N, N; \
+	VPSLLD  $23, N, N; \
+	VMULPS  N, Y3, Y3
+
 // func expSubAVX2(x *float32, n int, sub float32)
 TEXT ·expSubAVX2(SB), NOSPLIT, $0-20
 	MOVQ x+0(FP), SI
@@ -35,32 +68,7 @@ TEXT ·expSubAVX2(SB), NOSPLIT, $0-20
 loop:
 	VMOVUPS (SI), Y0
 	VSUBPS  Y15, Y0, Y0     // x - sub
-	VMINPS  Y14, Y0, Y0
-	VMAXPS  Y13, Y0, Y0
-	VMULPS  Y12, Y0, Y1
-	VROUNDPS $0, Y1, Y1     // n = round(x·log2e), to nearest even
-	VMULPS  Y11, Y1, Y2
-	VSUBPS  Y2, Y0, Y0      // r = x − n·ln2hi
-	VMULPS  Y10, Y1, Y2
-	VSUBPS  Y2, Y0, Y0      // r −= n·ln2lo
-	VBROADCASTSS expc<>+20(SB), Y3
-	VBROADCASTSS expc<>+24(SB), Y4
-	VFMADD213PS Y4, Y0, Y3  // y = y·r + p1
-	VBROADCASTSS expc<>+28(SB), Y4
-	VFMADD213PS Y4, Y0, Y3
-	VBROADCASTSS expc<>+32(SB), Y4
-	VFMADD213PS Y4, Y0, Y3
-	VBROADCASTSS expc<>+36(SB), Y4
-	VFMADD213PS Y4, Y0, Y3
-	VBROADCASTSS expc<>+40(SB), Y4
-	VFMADD213PS Y4, Y0, Y3
-	VMULPS  Y0, Y0, Y5      // r²
-	VADDPS  Y9, Y0, Y6      // r + 1
-	VFMADD213PS Y6, Y5, Y3  // y = y·r² + (r + 1)
-	VCVTPS2DQ Y1, Y1
-	VPADDD  Y8, Y1, Y1
-	VPSLLD  $23, Y1, Y1     // 2^n
-	VMULPS  Y1, Y3, Y3
+	EXPF(Y0, Y1, Y2)
 	VMOVUPS Y3, (SI)
 	ADDQ    $32, SI
 	DECQ    CX
@@ -103,33 +111,7 @@ gfloop:
 	VMULPS  Y0, Y1, Y1      // ·x
 	VADDPS  Y1, Y0, Y1      // x + 0.044715·x³
 	VMULPS  Y1, Y7, Y1      // y = 2c·(…)
-	// e^y, exactly as expSubAVX2 computes it.
-	VMINPS  Y14, Y1, Y1
-	VMAXPS  Y13, Y1, Y1
-	VMULPS  Y12, Y1, Y2
-	VROUNDPS $0, Y2, Y2     // n
-	VMULPS  Y11, Y2, Y3
-	VSUBPS  Y3, Y1, Y1      // r = y − n·ln2hi
-	VMULPS  Y10, Y2, Y3
-	VSUBPS  Y3, Y1, Y1      // r −= n·ln2lo
-	VBROADCASTSS expc<>+20(SB), Y3
-	VBROADCASTSS expc<>+24(SB), Y4
-	VFMADD213PS Y4, Y1, Y3
-	VBROADCASTSS expc<>+28(SB), Y4
-	VFMADD213PS Y4, Y1, Y3
-	VBROADCASTSS expc<>+32(SB), Y4
-	VFMADD213PS Y4, Y1, Y3
-	VBROADCASTSS expc<>+36(SB), Y4
-	VFMADD213PS Y4, Y1, Y3
-	VBROADCASTSS expc<>+40(SB), Y4
-	VFMADD213PS Y4, Y1, Y3
-	VMULPS  Y1, Y1, Y5      // r²
-	VADDPS  Y9, Y1, Y6      // r + 1
-	VFMADD213PS Y6, Y5, Y3  // p·r² + (r + 1)
-	VCVTPS2DQ Y2, Y2
-	VPADDD  Y8, Y2, Y2
-	VPSLLD  $23, Y2, Y2     // 2^n
-	VMULPS  Y2, Y3, Y3      // e
+	EXPF(Y1, Y2, Y3)        // e = e^y
 	// t = 1 − 2/(e + 1)
 	VADDPS  Y9, Y3, Y3
 	VBROADCASTSS gelc<>+8(SB), Y4
