@@ -15,7 +15,7 @@ import (
 	"stagecoach/compute"
 	"stagecoach/compute/builtin"
 	"stagecoach/compute/conformance"
-	"stagecoach/compute/reference"
+	"stagecoach/compute/reference/referencetest"
 	"stagecoach/compute/remote"
 	"stagecoach/model"
 )
@@ -221,65 +221,5 @@ func TestComputeServeMatchesModelTrainer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rb.Close()
-	for _, tc := range []struct {
-		stages int
-		layout model.Layout
-		opt    string
-	}{{3, model.HeadLast, "adamw"}, {2, model.HeadFirst, "lamb"}} {
-		cfg := model.TrainConfig{
-			Model:  model.Config{Layers: 3, Dim: 16, Heads: 2, Ctx: 8, Seed: 7},
-			Stages: tc.stages, Layout: tc.layout, Microbatches: 3, MicrobatchSize: 2,
-			Optim: model.OptimConfig{Kind: tc.opt, TotalSteps: 3},
-		}
-		want, err := model.NewTrainer(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := reference.New(context.Background(), rb, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sw, sg := windows(1), windows(1)
-		for step := 1; step <= 3; step++ {
-			rw, err := want.TrainStep(sw)
-			if err != nil {
-				t.Fatal(err)
-			}
-			rg, err := got.TrainStep(sg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if rw != rg {
-				t.Fatalf("%+v step %d: through compute-serve %+v, model.Trainer %+v", tc, step, rg, rw)
-			}
-		}
-		states, err := got.States()
-		if err != nil {
-			t.Fatal(err)
-		}
-		ws := want.States()
-		if len(states) != len(ws) {
-			t.Fatalf("%d tensors, want %d", len(states), len(ws))
-		}
-		for i, s := range states {
-			w := ws[i]
-			for k := range s.W {
-				if math.Float32bits(s.W[k]) != math.Float32bits(w.T.W[k]) || math.Float32bits(s.M[k]) != math.Float32bits(w.M[k]) || math.Float32bits(s.V[k]) != math.Float32bits(w.V[k]) {
-					t.Fatalf("%+v: %s[%d] differs", tc, s.Name, k)
-				}
-			}
-		}
-		got.Close()
-	}
-}
-
-// windows is a deterministic source of token windows.
-func windows(seed uint64) func([]int32) error {
-	r := rand.New(rand.NewPCG(seed, 2))
-	return func(dst []int32) error {
-		for i := range dst {
-			dst[i] = int32(r.IntN(256))
-		}
-		return nil
-	}
+	referencetest.MatchesModelTrainer(t, rb)
 }
