@@ -169,6 +169,14 @@ func Run(job Job, trace *Trace) (*Outcome, error) {
 		}
 		if r.down {
 			if !r.whileDown(events, &i) {
+				if job.HorizonS > 0 {
+					// Down until the end of the run.
+					r.t = max(r.t, job.HorizonS)
+					rec := r.downRec
+					rec.RecoverS = r.t - r.downSince
+					r.out.Recoveries = append(r.out.Recoveries, rec)
+					break
+				}
 				r.out.Stopped = fmt.Sprintf("at %.0f s: %s, and no node comes back", r.downSince, r.downRec.Why)
 				break
 			}

@@ -126,17 +126,28 @@ func TestPause(t *testing.T) {
 	}
 }
 
-// Losing too many nodes stops the run with the reason.
+// Losing too many nodes stops a run of so many steps, with the reason; a
+// run of a given length waits to its end.
 func TestStopsWhenNothingFits(t *testing.T) {
 	job := gpipeJob(t, 0)
 	job.Nodes = job.Nodes[:4]
-	job.HorizonS = 3600
-	out, err := Run(job, &Trace{Events: []Event{{At: Duration(time.Minute), Node: "b", Kind: Crash}}})
+	job.Iterations = 1000
+	trace := &Trace{Events: []Event{{At: Duration(time.Minute), Node: "b", Kind: Crash}}}
+	out, err := Run(job, trace)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(out.Stopped, "cannot hold 4 stages") {
 		t.Fatalf("stopped %q", out.Stopped)
+	}
+	job.Iterations, job.HorizonS = 0, 3600
+	out, err = Run(job, trace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := out.Recoveries[len(out.Recoveries)-1]
+	if out.Stopped != "" || out.ElapsedS != 3600 || last.Action != "wait" || !near(last.RecoverS, 3600-60) {
+		t.Fatalf("horizon run: stopped %q, elapsed %v, last recovery %+v; want a wait to the end", out.Stopped, out.ElapsedS, last)
 	}
 }
 
