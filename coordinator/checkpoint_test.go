@@ -18,6 +18,7 @@ import (
 	"stagecoach/coordinator"
 	"stagecoach/internal/etcdx"
 	"stagecoach/internal/metrics"
+	"stagecoach/internal/metrics/metricstest"
 	"stagecoach/model"
 	"stagecoach/sim"
 	"stagecoach/worker"
@@ -147,36 +148,13 @@ func TestResumeSkipsForgedAndCorruptCheckpoints(t *testing.T) {
 		}
 	}
 	for reason, min := range map[string]float64{metrics.SkipCorrupt: 1, metrics.SkipOutsideRoot: 2} {
-		if n := counterValue(t, reg, "stagecoach_coordinator_checkpoints_skipped_total", "reason", reason); n < min {
+		if n := metricstest.Value(t, reg, "stagecoach_coordinator_checkpoints_skipped_total", "reason", reason); n < min {
 			t.Errorf("checkpoints skipped as %s: %v, want at least %v", reason, n, min)
 		}
 	}
 }
 
 func sprintf(f string, a ...any) string { return fmt.Sprintf(f, a...) }
-
-// counterValue reads one labelled counter from a registry.
-func counterValue(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == label && l.GetValue() == value {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	t.Fatalf("no series %s{%s=%q}", name, label, value)
-	return 0
-}
 
 // TestCheckpointDirOutsideWorkerRootFailsFast gives the coordinator a
 // checkpoint directory outside its workers' checkpoint root: the first

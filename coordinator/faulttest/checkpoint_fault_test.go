@@ -18,6 +18,7 @@ import (
 	"stagecoach/coordinator"
 	"stagecoach/internal/failpoint"
 	"stagecoach/internal/metrics"
+	"stagecoach/internal/metrics/metricstest"
 	"stagecoach/model"
 	"stagecoach/sim"
 	"stagecoach/worker"
@@ -201,29 +202,6 @@ func corruptHeader(t *testing.T, path string) {
 	}
 }
 
-// counter reads one labelled counter from a registry.
-func counter(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == label && l.GetValue() == value {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	t.Fatalf("no series %s{%s=%q}", name, label, value)
-	return 0
-}
-
 // TestCorruptCheckpointIsSkipped damages the newest checkpoint (64 float
 // bits flipped in one shard's data, or its header overwritten; sizes
 // unchanged) and then kills -9 a worker, so the coordinator restores onto
@@ -267,7 +245,7 @@ func TestCorruptCheckpointIsSkipped(t *testing.T) {
 			if len(recs) == 0 || recs[0].Kind != "restore" || recs[0].FromCheckpoint != corruptAt-2 || recs[0].Replayed != 2 {
 				t.Fatalf("recoveries %+v, want a restore from checkpoint %d replaying 2 steps (the damaged %d skipped)", recs, corruptAt-2, corruptAt)
 			}
-			if n := counter(t, reg, "stagecoach_coordinator_checkpoints_skipped_total", "reason", metrics.SkipCorrupt); n < 1 {
+			if n := metricstest.Value(t, reg, "stagecoach_coordinator_checkpoints_skipped_total", "reason", metrics.SkipCorrupt); n < 1 {
 				t.Errorf("checkpoints skipped as corrupt: %v, want at least 1", n)
 			}
 			checkParams(t, sum.Checkpoint, want)

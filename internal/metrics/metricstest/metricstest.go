@@ -1,5 +1,6 @@
-// Package metricstest scrapes a Stagecoach /metrics endpoint over HTTP in
-// tests and looks series up by name and labels.
+// Package metricstest scrapes a Stagecoach /metrics endpoint over HTTP
+// (or gathers a registry in process) in tests and looks series up by name
+// and labels.
 package metricstest
 
 import (
@@ -12,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Samples maps a series, written as the text format prints it
@@ -86,4 +89,41 @@ func Parse(r io.Reader) (Samples, error) {
 		out[line[:i]] = v
 	}
 	return out, sc.Err()
+}
+
+// Gather reads the counters and gauges of a registry in process, keyed as
+// Scrape keys them; it fails the test on any error.
+func Gather(t testing.TB, g prometheus.Gatherer) Samples {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatalf("gather metrics: %v", err)
+	}
+	out := Samples{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			var labels []string
+			for _, l := range m.GetLabel() {
+				labels = append(labels, l.GetName(), l.GetValue())
+			}
+			switch {
+			case m.GetCounter() != nil:
+				out[Series(mf.GetName(), labels...)] = m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				out[Series(mf.GetName(), labels...)] = m.GetGauge().GetValue()
+			}
+		}
+	}
+	return out
+}
+
+// Value is the value of one series of a registry (Gather, then Get); it
+// fails the test when the series is absent.
+func Value(t testing.TB, g prometheus.Gatherer, name string, labels ...string) float64 {
+	t.Helper()
+	v, ok := Gather(t, g).Get(name, labels...)
+	if !ok {
+		t.Fatalf("no series %s", Series(name, labels...))
+	}
+	return v
 }
