@@ -174,15 +174,10 @@ func hopRows(sizes string, minTime time.Duration) error {
 	}
 	defer os.RemoveAll(dir)
 	sock := filepath.Join(dir, "s.sock")
-	srv, err := serve.New(echo{}, serve.Options{})
+	srv, err := serve.Start(echo{}, serve.Options{}, "unix://"+sock)
 	if err != nil {
 		return err
 	}
-	lis, err := serve.Listen("unix://" + sock)
-	if err != nil {
-		return err
-	}
-	go srv.Serve(lis)
 	defer srv.Stop()
 	rb, err := remote.Dial(context.Background(), "unix://"+sock, remote.Options{})
 	if err != nil {

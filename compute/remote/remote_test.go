@@ -185,23 +185,11 @@ func TestConformanceThroughDial(t *testing.T) {
 func dialServer(t *testing.T, b compute.Backend, so serve.Options, ro remote.Options) *remote.Backend {
 	t.Helper()
 	addr := socketAddr(t)
-	srv, err := serve.New(b, so)
+	srv, err := serve.Start(b, so, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	lis, err := serve.Listen(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = srv.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		srv.Stop()
-		<-done
-	})
+	t.Cleanup(srv.Stop)
 	rb, err := remote.Dial(context.Background(), addr, ro)
 	if err != nil {
 		t.Fatal(err)

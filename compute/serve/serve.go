@@ -50,6 +50,8 @@ type Server struct {
 	stages map[int64]*entry
 	next   int64
 	grpc   *grpc.Server
+	// served is closed when a Serve started by Start returns.
+	served chan struct{}
 	// regions are the shared-memory regions clients offered at Hello,
 	// by path (the client unlinks the file once it is mapped here).
 	regions map[string]*wire.Region
@@ -107,22 +109,47 @@ func Listen(addr string) (net.Listener, error) {
 	return net.Listen("tcp", address)
 }
 
+// Start serves b on addr (see Listen) in the background until Stop,
+// which then waits for it: what tests and benchmarks want of a server in
+// their own process.
+func Start(b compute.Backend, opts Options, addr string) (*Server, error) {
+	s, err := New(b, opts)
+	if err != nil {
+		return nil, err
+	}
+	lis, err := Listen(addr)
+	if err != nil {
+		return nil, err
+	}
+	s.served = make(chan struct{})
+	s.grpcServer() // made now, so that a Stop before the goroutine runs stops it
+	go func() {
+		defer close(s.served)
+		_ = s.Serve(lis)
+	}()
+	return s, nil
+}
+
 // Serve serves on lis until Stop; it returns nil after Stop.
 func (s *Server) Serve(lis net.Listener) error {
+	err := s.grpcServer().Serve(lis)
+	if errors.Is(err, grpc.ErrServerStopped) {
+		return nil
+	}
+	return err
+}
+
+// grpcServer makes the gRPC server on first use.
+func (s *Server) grpcServer() *grpc.Server {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.grpc == nil {
 		s.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(wire.MaxMessageBytes), grpc.MaxSendMsgSize(wire.MaxMessageBytes),
 			grpc.InitialWindowSize(wire.StreamWindow), grpc.InitialConnWindowSize(wire.ConnWindow),
 			grpc.ReadBufferSize(wire.SocketBuffer), grpc.WriteBufferSize(wire.SocketBuffer))
 		pb.RegisterComputeServer(s.grpc, s)
 	}
-	g := s.grpc
-	s.mu.Unlock()
-	err := g.Serve(lis)
-	if errors.Is(err, grpc.ErrServerStopped) {
-		return nil
-	}
-	return err
+	return s.grpc
 }
 
 // Stop stops serving (calls in flight end) and closes every stage not
@@ -137,6 +164,9 @@ func (s *Server) Stop() {
 	s.mu.Unlock()
 	if g != nil {
 		g.Stop()
+	}
+	if s.served != nil {
+		<-s.served
 	}
 	for _, r := range regions {
 		r.Close()

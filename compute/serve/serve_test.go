@@ -28,23 +28,11 @@ func rawClient(t *testing.T, opts serve.Options) pb.ComputeClient {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	addr := "unix://" + filepath.Join(dir, "s.sock")
-	srv, err := serve.New(builtin.Backend{}, opts)
+	srv, err := serve.Start(builtin.Backend{}, opts, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	lis, err := serve.Listen(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = srv.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		srv.Stop()
-		<-done
-	})
+	t.Cleanup(srv.Stop)
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
