@@ -52,9 +52,6 @@ Writes model.safetensors, shard-*.safetensors and loss.png into --out.`,
 			}
 			cfg.Optim = model.OptimConfig{Kind: optimizer, LR: lr}
 			o.Train = cfg
-			if err := backend.check(); err != nil {
-				return err
-			}
 			compute := "gemm " + sgemm.Kernel()
 			if backend.cmd != "" || backend.addr != "" {
 				// The single-process reference of a backend: the same

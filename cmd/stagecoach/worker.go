@@ -137,9 +137,6 @@ worker stops the same way when that process, its parent, is gone (how
 			infof := logfTo(log, slog.LevelInfo, "worker "+name+": ", epoch)
 			wcfg := worker.Config{Name: name, Listen: listen, Job: job, DataDir: dataDir, CheckpointRoot: checkpointRoot, Logf: libLogf, Infof: infof, TLS: tc, Leader: leader}
 			limits.apply(&wcfg)
-			if err := backend.check(); err != nil {
-				return err
-			}
 			be, err := backend.open(ctx, wcfg.Model, os.Stderr)
 			if err != nil {
 				return err

@@ -208,32 +208,6 @@ func (t *Trainer) gradNorm() (float64, error) {
 	return math.Sqrt(s), nil
 }
 
-// EvalLoss is the mean token loss over windows (a multiple of
-// MicrobatchSize windows of Ctx+1 tokens), computed a microbatch at a
-// time. It leaves no gradient behind: call it between steps.
-func (t *Trainer) EvalLoss(windows []int32) (float64, error) {
-	n := t.WindowLen()
-	if n == 0 || len(windows) == 0 || len(windows)%n != 0 {
-		return 0, fmt.Errorf("reference: %d evaluation tokens are not a positive multiple of %d", len(windows), n)
-	}
-	var total float64
-	batches := len(windows) / n
-	for i := 0; i < batches; i++ {
-		l, err := t.microbatch(i, windows[i*n:(i+1)*n], false)
-		if err != nil {
-			return 0, err
-		}
-		total += l
-		// Drop the saved activations (and the head's gradient).
-		for _, st := range t.stages {
-			if err := st.ZeroGrad(); err != nil {
-				return 0, err
-			}
-		}
-	}
-	return total / float64(batches), nil
-}
-
 // Steps is the optimizer steps done (train.Engine).
 func (t *Trainer) Steps() int { return t.Step }
 

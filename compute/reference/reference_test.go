@@ -40,7 +40,7 @@ func TestNewRefusesBadConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tr.EvalLoss(make([]int32, 5)); err == nil {
-		t.Fatal("a ragged evaluation set accepted")
+	if _, err := tr.ValLoss(make([]int32, 5), 8); err == nil {
+		t.Fatal("an evaluation set without one whole window accepted")
 	}
 }
