@@ -196,9 +196,7 @@ func Run(job Job, trace *Trace) (*Outcome, error) {
 			continue
 		}
 		r.commit(end)
-		if err := r.maybeRejoin(); err != nil {
-			return nil, err
-		}
+		r.maybeRejoin()
 	}
 	o := r.out
 	o.ElapsedS = r.t
@@ -253,12 +251,7 @@ func (r *runner) event(e Event, events *[]Event, next int) (bool, error) {
 		r.live[e.Node] = true // joins at the next iteration boundary
 		return true, nil
 	case Degrade:
-		for i := range r.cluster.Nodes {
-			if r.cluster.Nodes[i].Name == e.Node {
-				r.cluster.Nodes[i].EgressGiBs = e.BandwidthGiBs
-			}
-		}
-		r.iterCache = map[string]float64{}
+		r.degrade(e.Node, e.BandwidthGiBs)
 		if err := r.reprice(); err != nil {
 			return false, err
 		}
@@ -335,12 +328,30 @@ func (r *runner) fail(e Event, detected float64, rec Recovery) (bool, error) {
 		r.down, r.downSince, r.downRec = true, start, rec
 		return true, nil
 	}
+	r.resumed(rec, start)
+	return true, nil
+}
+
+// resumed charges a restore that has planned (planning, the checkpoint
+// load, the committed steps since the checkpoint replayed) and records
+// it, timed from since.
+func (r *runner) resumed(rec Recovery, since float64) {
 	replay := r.out.Committed - r.lastCkpt
 	r.t += r.job.Costs.PlanS + r.job.Costs.RestoreS + float64(replay)*r.iterS
 	r.out.Replayed += replay
-	rec.Action, rec.RecoverS, rec.Replayed, rec.Workers = "restore", r.t-start, replay, len(r.plan.Workers)
+	rec.Action, rec.RecoverS, rec.Replayed, rec.Workers = "restore", r.t-since, replay, len(r.plan.Workers)
 	r.out.Recoveries = append(r.out.Recoveries, rec)
-	return true, nil
+}
+
+// degrade slows node's network interface to gibs and forgets the
+// iteration times priced before.
+func (r *runner) degrade(node string, gibs float64) {
+	for i := range r.cluster.Nodes {
+		if r.cluster.Nodes[i].Name == node {
+			r.cluster.Nodes[i].EgressGiBs = gibs
+		}
+	}
+	r.iterCache = map[string]float64{}
 }
 
 // restore plans on the healthy nodes the policy settles for (as the
@@ -377,30 +388,21 @@ func (r *runner) whileDown(events []Event, i *int) bool {
 	case Crash:
 		r.live[e.Node] = false
 	case Degrade:
-		for k := range r.cluster.Nodes {
-			if r.cluster.Nodes[k].Name == e.Node {
-				r.cluster.Nodes[k].EgressGiBs = e.BandwidthGiBs
-			}
-		}
-		r.iterCache = map[string]float64{}
+		r.degrade(e.Node, e.BandwidthGiBs)
 	}
 	if r.restore() != nil {
 		return true
 	}
 	r.down = false
-	replay := r.out.Committed - r.lastCkpt
-	r.t += r.job.Costs.PlanS + r.job.Costs.RestoreS + float64(replay)*r.iterS
-	r.out.Replayed += replay
 	rec := r.downRec
-	rec.Action, rec.RecoverS, rec.Replayed, rec.Workers = "restore", r.t-r.downSince, replay, len(r.plan.Workers)
 	rec.Why = "waited for " + e.Node + ": " + rec.Why
-	r.out.Recoveries = append(r.out.Recoveries, rec)
+	r.resumed(rec, r.downSince)
 	return true
 }
 
 // maybeRejoin, at an iteration boundary, takes healthy nodes outside a
 // short plan back in through a hand-off (checkpoint written and loaded).
-func (r *runner) maybeRejoin() error {
+func (r *runner) maybeRejoin() {
 	current := r.planNodeList()
 	var ready []string
 	inPlan := r.planNodes()
@@ -411,7 +413,7 @@ func (r *runner) maybeRejoin() error {
 	}
 	chosen := policy.Rejoin(r.job.Planner.Family(), current, ready, r.job.Want, r.job.Planner.Stages())
 	if chosen == nil {
-		return nil
+		return
 	}
 	start := r.t
 	var p *scheduler.Plan
@@ -422,10 +424,10 @@ func (r *runner) maybeRejoin() error {
 		p, err = r.job.Planner.OnPartition(policy.Partition(placement(r.plan), chosen, r.sizes))
 	}
 	if err != nil {
-		return nil // stay on the current plan
+		return // stay on the current plan
 	}
 	if err := r.install(p); err != nil {
-		return nil
+		return
 	}
 	r.t += r.job.Costs.CheckpointS + r.job.Costs.PlanS + r.job.Costs.RestoreS
 	var joined []string
@@ -436,7 +438,6 @@ func (r *runner) maybeRejoin() error {
 	}
 	r.out.Recoveries = append(r.out.Recoveries, Recovery{AtS: start, Node: strings.Join(joined, ","), Kind: Rejoin, Action: "rejoin",
 		RecoverS: r.t - start, Workers: len(r.plan.Workers)})
-	return nil
 }
 
 func (r *runner) planOn(nodes []string) error {
