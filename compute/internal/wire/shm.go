@@ -115,16 +115,9 @@ func (r *Region) Fits(vals []Value) bool {
 func (r *Region) Put(vals []Value) error {
 	off := 0
 	for _, v := range vals {
-		n, err := Elems(v.Meta.GetShape())
+		n, err := v.elems()
 		if err != nil {
-			return fmt.Errorf("tensor %q: %v", v.Meta.GetName(), err)
-		}
-		have := len(v.F32)
-		if v.Meta.GetDtype() == pb.DType_DTYPE_INT32 {
-			have = len(v.I32)
-		}
-		if int64(have) != n {
-			return fmt.Errorf("tensor %q of shape %v has %d elements, the shape needs %d", v.Meta.GetName(), v.Meta.GetShape(), have, n)
+			return err
 		}
 		if int64(off)+4*n > int64(len(r.b)) {
 			return fmt.Errorf("tensors of %d bytes and more do not fit the %d-byte shared region", int64(off)+4*n, len(r.b))

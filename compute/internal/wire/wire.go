@@ -202,6 +202,22 @@ func (v Value) encode() []byte {
 	return out
 }
 
+// elems is the element count of v's shape, checked against its data.
+func (v Value) elems() (int64, error) {
+	n, err := Elems(v.Meta.GetShape())
+	if err != nil {
+		return 0, fmt.Errorf("tensor %q: %v", v.Meta.GetName(), err)
+	}
+	have := len(v.F32)
+	if v.Meta.GetDtype() == pb.DType_DTYPE_INT32 {
+		have = len(v.I32)
+	}
+	if int64(have) != n {
+		return 0, fmt.Errorf("tensor %q of shape %v has %d elements, the shape needs %d", v.Meta.GetName(), v.Meta.GetShape(), have, n)
+	}
+	return n, nil
+}
+
 // Send sends the bytes of vals in order as chunk Frames of at most
 // ChunkBytes: a large tensor's bytes go out in place, small ones are
 // packed together. Each value's data must match its shape.
@@ -218,16 +234,9 @@ func Send(send func(*pb.Frame) error, vals []Value) error {
 	}
 	var total int64 // bytes to send: pend need not be larger
 	for _, v := range vals {
-		n, err := Elems(v.Meta.GetShape())
+		n, err := v.elems()
 		if err != nil {
-			return fmt.Errorf("tensor %q: %v", v.Meta.GetName(), err)
-		}
-		have := len(v.F32)
-		if v.Meta.GetDtype() == pb.DType_DTYPE_INT32 {
-			have = len(v.I32)
-		}
-		if int64(have) != n {
-			return fmt.Errorf("tensor %q of shape %v has %d elements, the shape needs %d", v.Meta.GetName(), v.Meta.GetShape(), have, n)
+			return err
 		}
 		total += 4 * n
 	}
