@@ -1,7 +1,6 @@
 package main
 
 import (
-	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -75,15 +74,7 @@ func TestBackendDeathAndHangAreLostWorkers(t *testing.T) {
 				t.Fatalf("up: %v\n%s", err, b)
 			}
 			out, _ := os.ReadFile(filepath.Join(run, "stdout"))
-			got := jsonLosses(t, string(out))
-			if len(got) != len(want) {
-				t.Fatalf("up printed %d steps, want %d", len(got), len(want))
-			}
-			for i := range want {
-				if math.Float64bits(got[i]) != math.Float64bits(want[i]) {
-					t.Fatalf("losses differ after the backend's %v:\n up    %v\n train %v", sig, got, want)
-				}
-			}
+			sameLosses(t, "up after the backend's "+sig.String(), jsonLosses(t, string(out)), want)
 			log, _ := os.ReadFile(logPath)
 			if !strings.Contains(string(log), "recovered from the failure of step") || !strings.Contains(string(log), "backend") {
 				t.Fatalf("no recovery naming the backend in up's log:\n%s", log)

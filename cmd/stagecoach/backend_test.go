@@ -1,7 +1,6 @@
 package main
 
 import (
-	"math"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -55,15 +54,7 @@ func TestRemoteGoBackendMatchesTrain(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("%s exited %d: %s", name, code, errOut)
 		}
-		got := jsonLosses(t, out)
-		if len(got) != len(want) {
-			t.Fatalf("%s: %d steps, want %d", name, len(got), len(want))
-		}
-		for i := range want {
-			if math.Float64bits(got[i]) != math.Float64bits(want[i]) {
-				t.Fatalf("%s: losses differ:\n got   %v\n train %v", name, got, want)
-			}
-		}
+		sameLosses(t, name+" against train", jsonLosses(t, out), want)
 	}
 	check("train --backend-cmd", "train", "--out", filepath.Join(dir, "train-remote"), "--backend-cmd", backend)
 	for _, sched := range []string{"gpipe", "1f1b"} {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -69,15 +68,7 @@ func TestUpWithTorchBackend(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("up %s exited %d: %s", sched, code, errOut)
 		}
-		got := jsonLosses(t, out)
-		if len(got) != len(want) {
-			t.Fatalf("up %s: %d steps, want %d", sched, len(got), len(want))
-		}
-		for i := range want {
-			if math.Float64bits(got[i]) != math.Float64bits(want[i]) {
-				t.Fatalf("up %s with torch: losses differ from train with torch:\n up    %v\n train %v", sched, got, want)
-			}
-		}
+		sameLosses(t, "up "+sched+" with torch against train with torch", jsonLosses(t, out), want)
 	}
 	// SkipPipe over 6 workers in 3 stages, paths skipping some stages.
 	skipModel := tinyModel(corpus, 12, 3, 6)

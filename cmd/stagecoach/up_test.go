@@ -53,6 +53,19 @@ func jsonLosses(t *testing.T, out string) []float64 {
 	return losses
 }
 
+// sameLosses fails t unless got equals want bit for bit.
+func sameLosses(t *testing.T, what string, got, want []float64) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: %d steps, want %d", what, len(got), len(want))
+	}
+	for i := range want {
+		if math.Float64bits(got[i]) != math.Float64bits(want[i]) {
+			t.Fatalf("%s: losses differ:\n got  %v\n want %v", what, got, want)
+		}
+	}
+}
+
 // tinyModel is the flags of a model small enough for process tests: dim
 // 16, 2 heads, context 16, microbatches of 2 sequences, seed 3, JSON
 // output.
