@@ -51,11 +51,6 @@ type Result struct {
 	Candidates []Candidate
 }
 
-// Named are the schedules the search tries by name: every registered
-// schedule (SkipPipe's, which need a workload rather than a shape, are
-// not in the registry).
-func Named() []string { return scheduler.Names() }
-
 // Search finds the fastest schedule for spec on cluster c. spec.Nodes
 // places the workers on the cluster's nodes as for any schedule.
 func Search(spec scheduler.Spec, c *sim.Cluster) (*Result, error) {
@@ -63,7 +58,9 @@ func Search(spec scheduler.Spec, c *sim.Cluster) (*Result, error) {
 		return nil, err
 	}
 	res := &Result{}
-	for _, name := range Named() {
+	// Every registered schedule (SkipPipe's, which need a workload rather
+	// than a shape, are not in the registry).
+	for _, name := range scheduler.Names() {
 		pl, err := scheduler.Generate(name, spec)
 		if err != nil {
 			res.Candidates = append(res.Candidates, Candidate{Name: name, Infeasible: err.Error()})
