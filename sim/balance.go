@@ -23,10 +23,12 @@ type Balanced struct {
 // the bottleneck stage is what the split optimises, the simulation says
 // whether the whole iteration (fill, drain, communication) gained.
 // A calibrated per-stage forward time (compute.stage_forward_s) belongs
-// to the original split, so it refuses such a cluster.
+// to the original split: both plans are then priced by the layer, the
+// stages' measured times turned into node speeds (Cluster.PerLayer).
 func Balance(p *scheduler.Plan, c *Cluster, opt Options) (*Balanced, error) {
-	if len(c.Compute.StageForwardS) > 0 {
-		return nil, fmt.Errorf("balance: cluster %q prices whole stages (compute.stage_forward_s); balancing needs per-layer costs (compute.layer_forward_s)", c.Name)
+	c, err := c.PerLayer(p)
+	if err != nil {
+		return nil, fmt.Errorf("balance: %w", err)
 	}
 	speeds, err := c.StageSpeeds(p)
 	if err != nil {

@@ -76,6 +76,13 @@ type Config struct {
 	// closes the stages it loads, not the backend: whoever made it
 	// closes it after the worker stops.
 	Backend compute.Backend
+	// EmulateSpeed, in (0, 1), makes the worker emulate a node of that
+	// compute speed, to measure heterogeneous clusters on one machine:
+	// after each compute action (forward, loss, backward) it waits
+	// (1/EmulateSpeed - 1) times the action's measured time, so the
+	// action takes 1/EmulateSpeed as long. It is an emulation, like the
+	// link shaping: 0 (or 1) computes at the machine's own speed.
+	EmulateSpeed float64
 	// Logf receives rejections and failures; nil means log.Printf.
 	Logf func(format string, args ...any)
 	// Infof receives notable events that are not failures (which links
@@ -106,6 +113,9 @@ func (c Config) withDefaults() (Config, error) {
 	case c.MailboxBytes < 0 || c.MaxControlBytes < 0 || c.NextEpochBytes < 0 || c.NextEpochTensors < 0 || c.PeerBytes < 0 || c.PeerStreams < 0:
 		return c, fmt.Errorf("worker: config: negative limits (mailbox %d, control %d, next epoch %d bytes %d tensors, peer %d bytes %d streams)",
 			c.MailboxBytes, c.MaxControlBytes, c.NextEpochBytes, c.NextEpochTensors, c.PeerBytes, c.PeerStreams)
+	}
+	if !(c.EmulateSpeed >= 0 && c.EmulateSpeed <= 1) {
+		return c, fmt.Errorf("worker: config: emulated speed %v, want a fraction in (0, 1] of the machine's (0: off)", c.EmulateSpeed)
 	}
 	c.Transport = c.Transport.WithDefaults()
 	if err := c.Transport.Validate(); err != nil {

@@ -301,6 +301,7 @@ func (r *run) exec(a scheduler.Action) (*compute.Tensor, error) {
 	if err != nil {
 		return nil, err
 	}
+	began := time.Now()
 	var out *compute.Tensor
 	switch a.Kind {
 	case scheduler.Forward:
@@ -343,6 +344,9 @@ func (r *run) exec(a scheduler.Action) (*compute.Tensor, error) {
 	}
 	if err != nil {
 		return nil, st.fail(a.Kind.String(), err)
+	}
+	if err := emulateSpeed(r.ctx, r.s.cfg.EmulateSpeed, time.Since(began)); err != nil {
+		return nil, err
 	}
 	return out, nil
 }

@@ -32,6 +32,7 @@ func newWorkerCmd() *cobra.Command {
 		limits                                      workerLimits
 		insecureListen                              bool
 		backend                                     backendFlags
+		emulateSpeed                                float64
 	)
 	cmd := &cobra.Command{
 		Use:   "worker",
@@ -72,6 +73,9 @@ worker stops the same way when that process, its parent, is gone (how
 			}
 			if ttl < etcdx.MinTTL {
 				return badInput("--ttl %d is below etcd's minimum of %d s", ttl, etcdx.MinTTL)
+			}
+			if !(emulateSpeed >= 0 && emulateSpeed <= 1) {
+				return badInput("--emulate-speed must be a fraction in (0, 1] of this machine's speed (0: off), got %v", emulateSpeed)
 			}
 			if parentPID < 0 {
 				return badInput("--parent-pid must be a process id (or 0 for none), got %d", parentPID)
@@ -137,6 +141,10 @@ worker stops the same way when that process, its parent, is gone (how
 			infof := logfTo(log, slog.LevelInfo, "worker "+name+": ", epoch)
 			wcfg := worker.Config{Name: name, Listen: listen, Job: job, DataDir: dataDir, CheckpointRoot: checkpointRoot, Logf: libLogf, Infof: infof, TLS: tc, Leader: leader}
 			limits.apply(&wcfg)
+			wcfg.EmulateSpeed = emulateSpeed
+			if emulateSpeed > 0 && emulateSpeed < 1 {
+				log.Info(fmt.Sprintf("EMULATING a node at %g of this machine's compute speed: every forward, loss and backward is followed by a wait", emulateSpeed))
+			}
 			be, err := backend.open(ctx, wcfg.Model, os.Stderr)
 			if err != nil {
 				return err
@@ -204,6 +212,7 @@ worker stops the same way when that process, its parent, is gone (how
 	f.IntVar(&ttl, "ttl", etcdx.DefaultTTL, "lease TTL in seconds")
 	f.DurationVar(&rejoin, "rejoin-timeout", 30*time.Second, "give up after failing to re-register this long")
 	f.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics and /healthz on this HOST:PORT (empty: off)")
+	f.Float64Var(&emulateSpeed, "emulate-speed", 0, "EMULATION: compute as a node of this fraction of the machine's speed, waiting (1/speed - 1) x each forward, loss and backward's measured time after it (0: off; 'up --emulate-speed' sets it from the cluster's node speeds)")
 	f.IntVar(&parentPID, "parent-pid", 0, "stop when the process with this id is no longer this worker's parent (0: off; set by 'stagecoach up')")
 	tlsf.register(f)
 	limits.register(f)
