@@ -15,6 +15,10 @@ type Balanced struct {
 	Before, After float64
 	// Kept says the balanced plan was faster and is the one returned.
 	Kept bool
+	// Cluster priced both plans: the cluster given, or a copy priced by
+	// the layer (Cluster.PerLayer) when it priced whole stages. Simulate
+	// Plan with it.
+	Cluster *Cluster
 }
 
 // Balance re-places p's layers over its stages with
@@ -54,7 +58,7 @@ func Balance(p *scheduler.Plan, c *Cluster, opt Options) (*Balanced, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := &Balanced{Plan: p, Before: before.IterationTimeS, After: after.IterationTimeS}
+	out := &Balanced{Plan: p, Before: before.IterationTimeS, After: after.IterationTimeS, Cluster: c}
 	if after.IterationTimeS < before.IterationTimeS {
 		out.Plan, out.Kept = q, true
 	}
