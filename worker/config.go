@@ -78,10 +78,11 @@ type Config struct {
 	Backend compute.Backend
 	// EmulateSpeed, in (0, 1), makes the worker emulate a node of that
 	// compute speed, to measure heterogeneous clusters on one machine:
-	// after each compute action (forward, loss, backward) it waits
-	// (1/EmulateSpeed - 1) times the action's measured time, so the
-	// action takes 1/EmulateSpeed as long. It is an emulation, like the
-	// link shaping: 0 (or 1) computes at the machine's own speed.
+	// after each compute action (forward, loss, backward) it waits until
+	// the action has taken its compute time / EmulateSpeed (emulate.go:
+	// CPU time with the built-in backend, wall time otherwise). It is an
+	// emulation, like the link shaping: 0 (or 1) computes at the
+	// machine's own speed.
 	EmulateSpeed float64
 	// Logf receives rejections and failures; nil means log.Printf.
 	Logf func(format string, args ...any)

@@ -7,31 +7,53 @@ import (
 	"time"
 )
 
-// A node at half speed waits as long again as the action took; a timer
-// never fires early, so the lower bound holds on any machine.
-func TestEmulateSpeedWaitsTheSlowerNodesExtra(t *testing.T) {
-	const took = 20 * time.Millisecond
-	start := time.Now()
-	if err := emulateSpeed(context.Background(), 0.5, took); err != nil {
+// Timed by the wall clock (a backend in another process), a node at half
+// speed waits as long again as the action took; a timer never fires
+// early, so the lower bound holds on any machine.
+func TestEmulationWaitsTheSlowerNodesExtra(t *testing.T) {
+	e := emulation{speed: 0.5}
+	m := e.start()
+	m.wall = m.wall.Add(-20 * time.Millisecond) // an action of 20 ms
+	before := time.Now()
+	if err := e.finish(context.Background(), m); err != nil {
 		t.Fatal(err)
 	}
-	if waited := time.Since(start); waited < took {
-		t.Fatalf("half speed waited %v after a %v action, want at least %v", waited, took, took)
+	if waited := time.Since(before); waited < 19*time.Millisecond {
+		t.Fatalf("half speed waited %v after a 20 ms action, want about 20 ms more", waited)
 	}
 }
 
-func TestEmulateSpeedOffAndCancelled(t *testing.T) {
+// Timed by CPU time (the built-in backend), an action that used no CPU
+// (it only waited) costs the emulated node nothing more.
+func TestEmulationByCPUTimeIgnoresTimeNotComputed(t *testing.T) {
+	e := emulation{speed: 0.5, cpu: true}
+	m := e.start()
+	m.wall = m.wall.Add(-time.Hour) // an hour passed, none of it computing here
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := e.finish(ctx, m); err != nil {
+		t.Fatalf("%v: an action that computed nothing was made to wait", err)
+	}
+	if processCPU() <= 0 {
+		t.Fatal("no CPU time measured for this process")
+	}
+}
+
+func TestEmulationOffAndCancelled(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
 	for _, speed := range []float64{0, 1} {
-		ctx, cancel := context.WithCancel(context.Background())
-		cancel()
-		// Off: no wait, so a cancelled context is not even looked at.
-		if err := emulateSpeed(ctx, speed, time.Hour); err != nil {
+		e := emulation{speed: speed}
+		m := e.start()
+		m.wall = m.wall.Add(-time.Hour)
+		if err := e.finish(ctx, m); err != nil {
 			t.Errorf("speed %v: %v, want no emulation", speed, err)
 		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if err := emulateSpeed(ctx, 0.001, time.Hour); err != context.Canceled {
+	e := emulation{speed: 0.001}
+	m := e.start()
+	m.wall = m.wall.Add(-time.Second)
+	if err := e.finish(ctx, m); err != context.Canceled {
 		t.Errorf("a cancelled wait returned %v, want context.Canceled", err)
 	}
 }

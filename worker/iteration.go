@@ -301,7 +301,7 @@ func (r *run) exec(a scheduler.Action) (*compute.Tensor, error) {
 	if err != nil {
 		return nil, err
 	}
-	began := time.Now()
+	began := r.s.emu.start()
 	var out *compute.Tensor
 	switch a.Kind {
 	case scheduler.Forward:
@@ -345,7 +345,7 @@ func (r *run) exec(a scheduler.Action) (*compute.Tensor, error) {
 	if err != nil {
 		return nil, st.fail(a.Kind.String(), err)
 	}
-	if err := emulateSpeed(r.ctx, r.s.cfg.EmulateSpeed, time.Since(began)); err != nil {
+	if err := r.s.emu.finish(r.ctx, began); err != nil {
 		return nil, err
 	}
 	return out, nil

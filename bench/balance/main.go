@@ -1,19 +1,20 @@
 // Command balance measures balanced stages on a cluster with one node at
-// half speed: `stagecoach up` trains the same job twice on loopback, the
-// workers emulating the cluster's node speeds (up --emulate-speed), first
-// on the even split, then with --balance planning from the cost model
-// calibrated by the first run (--costs). `stagecoach sim` simulates the
-// first run's plan with that calibration, without and with --balance. It
-// prints the simulated and the measured improvement of the iteration
-// (the workers' program span, and the coordinator's wall time per step)
-// side by side, and their ratio.
+// half speed: `stagecoach up` trains the same job on loopback, the
+// workers emulating the cluster's node speeds (up --emulate-speed), on
+// the even split and with --balance planning from the cost model
+// calibrated by the first even run (--costs), -repeat times each,
+// alternating. `stagecoach sim` simulates the first run's plan with that
+// calibration, without and with --balance. It prints the simulated and
+// the measured improvement of the iteration (the workers' program span,
+// and the coordinator's wall time per step; medians over the runs) side
+// by side, and their ratio.
 //
-//	go run ./bench/balance [-workers 4] [-schedule gpipe] [-layers 12] [-microbatches 8] [-steps 8] [-scale 0.25] [-out bench-out/balance]
+//	go run ./bench/balance [-workers 4] [-schedule gpipe] [-layers 12] [-microbatches 8] [-steps 8] [-repeat 3] [-scale 0.25] [-out bench-out/balance]
 //
 // Every node is emulated at -scale of this machine's speed and the slow
-// one at half that: the emulated waits leave the cores to the other
-// workers, so four workers on a two-core machine compute without
-// crowding each other out, as four machines would. Every number comes
+// one at half that: the emulation times the built-in backend's actions
+// by CPU time and waits out the rest, so four workers on a shared
+// two-core machine each behave as a machine of their own. Every number comes
 // from one invocation on one machine: compare ratios, not times, across
 // machines.
 package main
@@ -26,6 +27,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -36,7 +38,7 @@ import (
 type options struct {
 	bin, out, schedule, corpus string
 	workers, slow, layers, mbs int
-	steps                      int
+	steps, repeat              int
 	scale                      float64
 }
 
@@ -51,6 +53,7 @@ func main() {
 	flag.IntVar(&o.layers, "layers", 12, "model layers")
 	flag.IntVar(&o.mbs, "microbatches", 8, "microbatches per step")
 	flag.IntVar(&o.steps, "steps", 8, "steps per run (the first is warm-up)")
+	flag.IntVar(&o.repeat, "repeat", 3, "runs of each split, alternating")
 	flag.Float64Var(&o.scale, "scale", 0.25, "emulated speed of the fast nodes, as a fraction of this machine's (the slow node: half of it)")
 	flag.Parse()
 	if err := run(o); err != nil {
@@ -76,8 +79,8 @@ func run(o options) error {
 		return fmt.Errorf("need -workers >= 2 and -slow in 0..%d", o.workers-1)
 	case !(o.scale > 0 && o.scale <= 1):
 		return fmt.Errorf("-scale %v: want a fraction in (0, 1]", o.scale)
-	case o.steps < 2:
-		return errors.New("need -steps >= 2 (the first is warm-up)")
+	case o.steps < 2 || o.repeat < 1:
+		return errors.New("need -steps >= 2 (the first is warm-up) and -repeat >= 1")
 	}
 	if err := os.MkdirAll(o.out, 0o755); err != nil {
 		return err
@@ -97,7 +100,7 @@ func run(o options) error {
 	if o.corpus != "" {
 		job = append(job, "--corpus", o.corpus)
 	}
-	evenDir, balDir := filepath.Join(o.out, "even"), filepath.Join(o.out, "balanced")
+	evenDir := filepath.Join(o.out, "even")
 	even, err := up(o.bin, evenDir, job)
 	if err != nil {
 		return err
@@ -111,10 +114,24 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
-	bal, err := up(o.bin, balDir, append(job, "--balance", "--costs", calib))
-	if err != nil {
-		return err
+	// The runs alternate, even and balanced, so that a busy spell of the
+	// machine weighs on both; each side's median counts.
+	evens, bals := []*summary{even}, []*summary{}
+	for i := range o.repeat {
+		if i > 0 {
+			s, err := up(o.bin, filepath.Join(o.out, fmt.Sprintf("even-%d", i+1)), job)
+			if err != nil {
+				return err
+			}
+			evens = append(evens, s)
+		}
+		s, err := up(o.bin, filepath.Join(o.out, fmt.Sprintf("balanced-%d", i+1)), append(job, "--balance", "--costs", calib))
+		if err != nil {
+			return err
+		}
+		bals = append(bals, s)
 	}
+	bal := bals[0]
 	layersEven, err := planLayers(even.PlanPath)
 	if err != nil {
 		return err
@@ -127,18 +144,25 @@ func run(o options) error {
 	for i := range even.Steps {
 		same = same && even.Steps[i].Loss == bal.Steps[i].Loss
 	}
+	span := func(s *summary) float64 { return s.MeasuredSpanS }
+	wall := func(s *summary) float64 { return s.MeanIterationS }
+	evenSpan, balSpan := median(evens, span), median(bals, span)
+	evenWall, balWall := median(evens, wall), median(bals, wall)
 
 	gain := func(a, b float64) float64 { return 1 - b/a }
 	simGain := gain(simEven, simBal)
-	spanGain := gain(even.MeasuredSpanS, bal.MeasuredSpanS)
-	wallGain := gain(even.MeanIterationS, bal.MeanIterationS)
-	fmt.Printf("cluster %s: %d nodes at %g of this machine's speed, node n%d at %g; %s, %d layers, %d microbatches, %d steps per run\n",
-		cluster, o.workers, o.scale, o.slow, o.scale/2, o.schedule, o.layers, o.mbs, o.steps)
+	spanGain := gain(evenSpan, balSpan)
+	wallGain := gain(evenWall, balWall)
+	fmt.Printf("cluster %s: %d nodes at %g of this machine's speed, node n%d at %g; %s, %d layers, %d microbatches, %d steps per run, %d runs of each split (medians)\n",
+		cluster, o.workers, o.scale, o.slow, o.scale/2, o.schedule, o.layers, o.mbs, o.steps, o.repeat)
+	for i := range evens {
+		fmt.Printf("  run %d: span even %.3f s, balanced %.3f s\n", i+1, evens[i].MeasuredSpanS, bals[i].MeasuredSpanS)
+	}
 	fmt.Printf("simulated with %s (calibrated by the even run): %s\n", calib, strings.TrimSpace(verdict))
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "\tlayers per stage\tsimulated s\tmeasured span s\tmeasured step s\t")
-	fmt.Fprintf(tw, "even\t%s\t%.3f\t%.3f\t%.3f\t\n", join(layersEven), simEven, even.MeasuredSpanS, even.MeanIterationS)
-	fmt.Fprintf(tw, "--balance\t%s\t%.3f\t%.3f\t%.3f\t\n", join(layersBal), simBal, bal.MeasuredSpanS, bal.MeanIterationS)
+	fmt.Fprintf(tw, "even\t%s\t%.3f\t%.3f\t%.3f\t\n", join(layersEven), simEven, evenSpan, evenWall)
+	fmt.Fprintf(tw, "--balance\t%s\t%.3f\t%.3f\t%.3f\t\n", join(layersBal), simBal, balSpan, balWall)
 	fmt.Fprintf(tw, "improvement\t\t%.1f%%\t%.1f%%\t%.1f%%\t\n", 100*simGain, 100*spanGain, 100*wallGain)
 	fmt.Fprintf(tw, "measured / simulated improvement\t\t\t%.2f\t%.2f\t\n", spanGain/simGain, wallGain/simGain)
 	if err := tw.Flush(); err != nil {
@@ -232,6 +256,19 @@ func planLayers(path string) ([]int, error) {
 		out[i] = s.Layers
 	}
 	return out, nil
+}
+
+// median is the median of f over runs.
+func median(runs []*summary, f func(*summary) float64) float64 {
+	xs := make([]float64, len(runs))
+	for i, r := range runs {
+		xs[i] = f(r)
+	}
+	sort.Float64s(xs)
+	if n := len(xs); n%2 == 0 {
+		return (xs[n/2-1] + xs[n/2]) / 2
+	}
+	return xs[len(xs)/2]
 }
 
 func join(xs []int) string {

@@ -226,7 +226,7 @@ directory) instead of the seed; see docs/checkpoints.md.`,
 	f.StringVar(&j.out, "out", "run-up", "directory for etcd data, worker logs, plans, summary, trace, loss plot and checkpoints")
 	emu.register(f)
 	j.backend.register(f)
-	f.BoolVar(&emulateSpeed, "emulate-speed", false, "EMULATION: each worker computes as its --cluster/--preset node's speed (0.5: half), waiting (1/speed - 1) x each forward, loss and backward's time after it; off by default")
+	f.BoolVar(&emulateSpeed, "emulate-speed", false, "EMULATION: each worker computes at its --cluster/--preset node's speed as a fraction of this machine's (0.5: half), waiting after each forward, loss and backward until it has taken its compute time / speed (see 'stagecoach worker --emulate-speed'); off by default")
 	f.StringVar(&tlsDir, "tls-dir", "", "run every gRPC and etcd hop over mutual TLS with a demo CA and certificates generated into this directory")
 	f.BoolVar(&force, "force", false, "run even though --out holds an earlier run: remove its checkpoint step directories, etcd data and summary files first (nothing else)")
 	f.BoolVar(&resume, "resume", false, "keep --out's embedded etcd data and resume the job from its newest committed checkpoint (use the same --out, --job and model flags; --checkpoint-every makes the resume point recent)")

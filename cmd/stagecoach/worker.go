@@ -212,7 +212,7 @@ worker stops the same way when that process, its parent, is gone (how
 	f.IntVar(&ttl, "ttl", etcdx.DefaultTTL, "lease TTL in seconds")
 	f.DurationVar(&rejoin, "rejoin-timeout", 30*time.Second, "give up after failing to re-register this long")
 	f.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics and /healthz on this HOST:PORT (empty: off)")
-	f.Float64Var(&emulateSpeed, "emulate-speed", 0, "EMULATION: compute as a node of this fraction of the machine's speed, waiting (1/speed - 1) x each forward, loss and backward's measured time after it (0: off; 'up --emulate-speed' sets it from the cluster's node speeds)")
+	f.Float64Var(&emulateSpeed, "emulate-speed", 0, "EMULATION: compute as a node of this fraction of the machine's speed: the worker waits after each forward, loss and backward until it has taken its compute time / speed (CPU time with the built-in backend, so other processes do not slow it further; wall time with --backend-cmd/--backend-addr) (0: off; 'up --emulate-speed' sets it from the cluster's node speeds)")
 	f.IntVar(&parentPID, "parent-pid", 0, "stop when the process with this id is no longer this worker's parent (0: off; set by 'stagecoach up')")
 	tlsf.register(f)
 	limits.register(f)
