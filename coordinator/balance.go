@@ -17,15 +17,12 @@ import (
 // bit for bit, whatever the split.
 
 // balanceStages returns p with its layers placed by the balancer when
-// cfg.Balance is set and a cost model is known, else p. prev, the plan
-// being replaced, keeps its ranges: the workers' trained stages stay
-// where they are (moving layers needs their state moved too).
-func balanceStages(cfg *Config, p, prev *scheduler.Plan) (*scheduler.Plan, error) {
+// cfg.Balance is set and a cost model is known, else p. On a replan
+// (calibrate.go) the cost model is the new calibration: layers may move,
+// and their state with them.
+func balanceStages(cfg *Config, p *scheduler.Plan) (*scheduler.Plan, error) {
 	if !cfg.Balance {
 		return p, nil
-	}
-	if prev != nil && len(prev.Stages) == len(p.Stages) {
-		return scheduler.WithLayers(p, prev.Stages)
 	}
 	costs, err := cfg.planningCosts()
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"stagecoach/coordinator"
 	"stagecoach/scheduler"
 	"stagecoach/sim"
+	"stagecoach/worker"
 )
 
 // slowMiddle prices three nodes w0..w2 on one region (free links), w1 at
@@ -151,6 +152,71 @@ func TestResumeCutsACheckpointToTheNewSplit(t *testing.T) {
 	for i, w := range wantLoss {
 		if g, ok := got[int64(i+1)]; !ok || math.Float64bits(g) != math.Float64bits(w) {
 			t.Fatalf("losses across the re-split differ from the single-process trainer:\n got %v\nwant %v", got, wantLoss)
+		}
+	}
+	checkParams(t, sum.Checkpoint, wantParams)
+	checkCommits(t, cl.endpoints, job, steps)
+}
+
+// TestDriftRebalancesAndStaysExact starts balanced stages from a cost
+// model that knows nothing of w1 being slow (it emulates a quarter of
+// the machine's speed): the first calibration drifts, the replan gives
+// w1 fewer layers, the stages' parameters and optimizer state move
+// through a checkpoint cut to the new ranges, and the run stays the
+// single-process trainer's bit for bit.
+func TestDriftRebalancesAndStaysExact(t *testing.T) {
+	corpus := writeCorpus(t)
+	const steps, layers, job = 6, 6, "rebalance"
+	tc := tinyTrain(layers)
+	wantLoss, wantParams := reference(t, tc, corpus, steps)
+	cl := startClusterWith(t, job, 3, func(i int, c *worker.Config) {
+		if i == 1 {
+			c.EmulateSpeed = 0.25
+		}
+	})
+	// Uniform nodes computing a billion times faster than any real
+	// forward: the even split, and a first calibration far off.
+	wrong := &sim.Cluster{Name: "wrong", AnyNode: true, Compute: sim.Compute{LayerForwardS: 1e-12}}
+	if err := wrong.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	var got []float64
+	var mu sync.Mutex
+	var logs strings.Builder
+	co, err := coordinator.New(coordinator.Config{Simulator: sim.Simulator{},
+		Job: job, Endpoints: cl.endpoints, TTL: 2, Workers: 3, Schedule: "gpipe", Train: tc, Steps: steps,
+		CorpusDir: corpus, OutDir: t.TempDir(), CheckpointDir: cl.root, Checkpoint: true, Costs: wrong,
+		Balance: true, ReplanDrift: 20, ReplanWarmup: 1,
+		OnStep: func(r coordinator.StepReport) { got = append(got, r.Loss) },
+		Logf: func(f string, a ...any) {
+			mu.Lock()
+			defer mu.Unlock()
+			fmt.Fprintf(&logs, f+"\n", a...)
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	sum, err := co.Run(ctx)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, logs.String())
+	}
+	if len(sum.Replans) < 1 {
+		t.Fatalf("no replan:\n%s", logs.String())
+	}
+	split := planLayers(t, sum.PlanPath)
+	if len(split) != 3 || !(split[1] < layers/3) {
+		t.Fatalf("layers per stage %v after the replan: want fewer than %d on the slow w1\n%s", split, layers/3, logs.String())
+	}
+	t.Logf("layers per stage after the replan: %v", split)
+	if !strings.Contains(logs.String(), "moves through a checkpoint") {
+		t.Errorf("the replan did not move the stages' state:\n%s", logs.String())
+	}
+	for i := range wantLoss {
+		if i >= len(got) || math.Float64bits(got[i]) != math.Float64bits(wantLoss[i]) {
+			t.Fatalf("losses differ from the single-process trainer:\n got %v\nwant %v\n%s", got, wantLoss, logs.String())
 		}
 	}
 	checkParams(t, sum.Checkpoint, wantParams)

@@ -88,7 +88,7 @@ func buildPlanFrom(cfg *Config, members []etcdx.Member, epoch int64, prev *sched
 			Samples: cfg.Train.MicrobatchSize, Nodes: names, Epoch: epoch,
 		})
 		if err == nil {
-			p, err = balanceStages(cfg, p, prev)
+			p, err = balanceStages(cfg, p)
 		}
 	}
 	if err != nil {

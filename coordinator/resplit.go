@@ -188,3 +188,38 @@ func (r *run) cutInto(ck *model.Checkpoint, dir string, withOptim bool, meta map
 	}
 	return out, nil
 }
+
+// resplitState is the state of a step saved under the plan being
+// replaced, for a plan of other layer ranges.
+type resplitState struct {
+	base   string
+	step   int64
+	shards []ShardDigest
+	layers []int
+}
+
+// saveForResplit saves every stage's state after step under the current
+// plan when next splits the layers otherwise (nil when it does not), in
+// the current epoch's hand-off directory.
+func (r *run) saveForResplit(ctx context.Context, next *scheduler.Plan, step int64) (*resplitState, error) {
+	if slices.Equal(planLayers(next), planLayers(r.plan)) {
+		return nil, nil
+	}
+	base := filepath.Join(r.handoffDir(), resplitDir)
+	shards, err := r.saveShards(ctx, "SaveCheckpoint (re-split)", base, step)
+	if err != nil {
+		return nil, err
+	}
+	r.cfg.Logf("after step %d: layers per stage %v -> %v: the stages' state moves through a checkpoint", step, planLayers(r.plan), planLayers(next))
+	return &resplitState{base: base, step: step, shards: shards, layers: planLayers(r.plan)}, nil
+}
+
+// loadResplit has the workers, configured with the new plan, load the
+// state saveForResplit saved (cut to the new ranges), then removes it.
+func (r *run) loadResplit(ctx context.Context, s *resplitState) error {
+	if s == nil {
+		return nil
+	}
+	defer r.removeRetired([]string{s.base})
+	return r.loadState(ctx, "LoadCheckpoint (re-split)", s.base, s.step, s.shards, s.layers)
+}
