@@ -16,6 +16,9 @@ import (
 // slowing the action down do not slow the emulated node further: it
 // behaves as a machine of its own. A backend in another process is timed
 // by the wall clock: the wait is (1/speed - 1) x the action's time.
+// Process CPU time is the worker's own only when the worker has its
+// process to itself (stagecoach worker, up); in-process workers count
+// each other's, and the emulated node is slower still.
 
 // emulation is one worker's: its speed and how it measures compute.
 type emulation struct {
