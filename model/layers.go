@@ -49,10 +49,7 @@ func rmsnormForward(x, g, out, rinv []float32, n, d int) {
 		}
 		r := float32(1 / math.Sqrt(float64(ss/float32(d))+rmsEps))
 		rinv[i] = r
-		o := out[i*d : (i+1)*d]
-		for j, v := range row {
-			o[j] = v * r * g[j]
-		}
+		vecf32.ScaleMul(out[i*d:(i+1)*d], row, g, r)
 	}
 }
 
@@ -66,15 +63,11 @@ func rmsnormBackward(x, g, rinv, dout, dx, dg []float32, n, d int) {
 		r := rinv[i]
 		var dot float32
 		for j, v := range row {
-			gdy := g[j] * dy[j]
-			dot += gdy * v
-			dg[j] += dy[j] * v * r
+			dot += g[j] * dy[j] * v
 		}
+		vecf32.AddScaledProduct(dg, dy, row, r)
 		c := r * r * r * dot / float32(d)
-		dxr := dx[i*d : (i+1)*d]
-		for j, v := range row {
-			dxr[j] += r*g[j]*dy[j] - c*v
-		}
+		vecf32.RMSNormInputGrad(dx[i*d:(i+1)*d], row, g, dy, r, c)
 	}
 }
 
@@ -104,11 +97,11 @@ func attnForward(qkv, p, out []float32, b, t, d, h int) {
 			gemm(false, true, t, t, hd, q, ld, k, ld, false, pm, t)
 			for i := 0; i < t; i++ {
 				row := pm[i*t : (i+1)*t]
+				vecf32.Scale(row[:i+1], scale)
 				mx := float32(math.Inf(-1))
-				for j := 0; j <= i; j++ {
-					row[j] *= scale
-					if row[j] > mx {
-						mx = row[j]
+				for _, x := range row[:i+1] {
+					if x > mx {
+						mx = x
 					}
 				}
 				vecf32.ExpSub(row[:i+1], mx)
@@ -116,13 +109,8 @@ func attnForward(qkv, p, out []float32, b, t, d, h int) {
 				for _, e := range row[:i+1] {
 					sum += e
 				}
-				inv := 1 / sum
-				for j := 0; j <= i; j++ {
-					row[j] *= inv
-				}
-				for j := i + 1; j < t; j++ {
-					row[j] = 0
-				}
+				vecf32.Scale(row[:i+1], 1/sum)
+				clear(row[i+1:])
 			}
 			gemm(false, false, t, hd, t, pm, t, v, ld, false, out[bi*t*d+hi*hd:], d)
 		}
@@ -157,12 +145,8 @@ func attnBackward(qkv, p, dout, dqkv, ds []float32, b, t, d, h int) {
 				for j := 0; j <= i; j++ {
 					dot += pr[j] * dr[j]
 				}
-				for j := 0; j <= i; j++ {
-					dr[j] = pr[j] * (dr[j] - dot) * scale
-				}
-				for j := i + 1; j < t; j++ {
-					dr[j] = 0
-				}
+				vecf32.SoftmaxGrad(pr[:i+1], dr[:i+1], dot, scale)
+				clear(dr[i+1:])
 			}
 			// dQ = dS·K, dK = dSᵀ·Q
 			gemm(false, false, t, hd, t, ds, t, k, ld, false, dq, ld)
@@ -192,10 +176,7 @@ func crossEntropy(logits []float32, targets []int32, n, v int) float64 {
 			sum += e
 		}
 		total += math.Log(float64(sum)) - float64(zt)
-		is := 1 / sum
-		for j := range row {
-			row[j] *= is * inv
-		}
+		vecf32.Scale(row, 1/sum*inv)
 		row[tg] -= inv
 	}
 	return total
