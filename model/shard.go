@@ -320,7 +320,7 @@ func (s *Shard) getCache(b, t int) *mbCache {
 
 func (s *Shard) ensureScratch(b, t int) {
 	n := b * t
-	if n <= s.sN && len(s.ds) >= t*t {
+	if n <= s.sN && len(s.ds) >= attnScratch(t) {
 		return
 	}
 	n = max(n, s.sN)
@@ -328,7 +328,7 @@ func (s *Shard) ensureScratch(b, t int) {
 	s.sN = n
 	s.dx, s.dh, s.datt = make([]float32, n*D), make([]float32, n*D), make([]float32, n*D)
 	s.dqkv, s.da = make([]float32, n*3*D), make([]float32, n*s.cfg.Hidden)
-	s.ds = make([]float32, max(t*t, len(s.ds)))
+	s.ds = make([]float32, max(attnScratch(t), len(s.ds)))
 	s.hf, s.rf, s.dhf = make([]float32, n*D), make([]float32, n), make([]float32, n*D)
 	s.logits = make([]float32, n*s.cfg.Vocab)
 }
