@@ -64,6 +64,8 @@ type jobFlags struct {
 	backendName string
 	// backend is how `up` starts its workers' backends.
 	backend backendFlags
+	// memoryProbe starts `up`'s workers with --memory-probe.
+	memoryProbe bool
 }
 
 func (j *jobFlags) register(f *pflag.FlagSet, defaultJob string) {

@@ -221,6 +221,7 @@ directory) instead of the seed; see docs/checkpoints.md.`,
 	f.StringVar(&j.out, "out", "run-up", "directory for etcd data, worker logs, plans, summary, trace, loss plot and checkpoints")
 	emu.register(f)
 	j.backend.register(f)
+	f.BoolVar(&j.memoryProbe, "memory-probe", false, "have every worker measure its live heap after each action and log each iteration's peak (a full garbage collection per action: slow, for measurements)")
 	f.StringVar(&tlsDir, "tls-dir", "", "run every gRPC and etcd hop over mutual TLS with a demo CA and certificates generated into this directory")
 	f.BoolVar(&force, "force", false, "run even though --out holds an earlier run: remove its checkpoint step directories, etcd data and summary files first (nothing else)")
 	f.BoolVar(&resume, "resume", false, "keep --out's embedded etcd data and resume the job from its newest committed checkpoint (use the same --out, --job and model flags; --checkpoint-every makes the resume point recent)")
@@ -281,6 +282,9 @@ func startWorkers(eps []string, j *jobFlags, names []string) ([]*workerProc, err
 		// each picks one and logs it).
 		c.Args = append(c.Args, logFlagArgs()...)
 		c.Args = append(c.Args, j.backend.args()...)
+		if j.memoryProbe {
+			c.Args = append(c.Args, "--memory-probe")
+		}
 		if j.metricsAddr != "" {
 			addr, err := workerMetricsAddr(j.metricsAddr, i)
 			if err != nil {
