@@ -86,6 +86,8 @@ type mbCache struct {
 	b, t   int
 	tokens []int32
 	res    [][]float32 // residual stream: res[j] is block j's input
+	// tokens and res are sized by ShardActivationFloats, blocks by
+	// BlockActivationFloats (TestMemoryFormulasMatchAllocations).
 	blocks []blockCache
 }
 
@@ -300,8 +302,12 @@ func (s *Shard) getCache(b, t int) *mbCache {
 	}
 	D, Hd, H := s.cfg.Dim, s.cfg.Hidden, s.cfg.Heads
 	n := b * t
-	c := &mbCache{b: b, t: t, tokens: make([]int32, n)}
-	c.res = make([][]float32, len(s.blocks)+1)
+	c := &mbCache{b: b, t: t}
+	if s.spec.Embed {
+		c.tokens = make([]int32, n)
+	}
+	// Block j's input; the last block writes the caller's buffer.
+	c.res = make([][]float32, max(len(s.blocks), 1))
 	for i := range c.res {
 		c.res[i] = make([]float32, n*D)
 	}
@@ -329,8 +335,10 @@ func (s *Shard) ensureScratch(b, t int) {
 	s.dx, s.dh, s.datt = make([]float32, n*D), make([]float32, n*D), make([]float32, n*D)
 	s.dqkv, s.da = make([]float32, n*3*D), make([]float32, n*s.cfg.Hidden)
 	s.ds = make([]float32, max(attnScratch(t), len(s.ds)))
-	s.hf, s.rf, s.dhf = make([]float32, n*D), make([]float32, n), make([]float32, n*D)
-	s.logits = make([]float32, n*s.cfg.Vocab)
+	if s.spec.Head {
+		s.hf, s.rf, s.dhf = make([]float32, n*D), make([]float32, n), make([]float32, n*D)
+		s.logits = make([]float32, n*s.cfg.Vocab)
+	}
 }
 
 // inputDims checks x's shape and returns (B, T).
@@ -393,9 +401,9 @@ func (s *Shard) Forward(mb int, x *Activations) (*Activations, error) {
 	out := make([]float32, b*t*D)
 	last := len(s.blocks) - 1
 	for j := range s.blocks {
-		dst := c.res[j+1]
-		if j == last {
-			dst = out
+		dst := out
+		if j < last {
+			dst = c.res[j+1]
 		}
 		s.blockForward(j, c, c.res[j], dst)
 	}

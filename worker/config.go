@@ -10,6 +10,7 @@ import (
 
 	"stagecoach/compute"
 	"stagecoach/compute/builtin"
+	"stagecoach/internal/memprobe"
 	"stagecoach/internal/transport"
 	"stagecoach/model"
 )
@@ -84,6 +85,13 @@ type Config struct {
 	// emulation, like the link shaping: 0 (or 1) computes at the
 	// machine's own speed.
 	EmulateSpeed float64
+	// MemoryProbe, when set, measures the live Go heap after every action
+	// (a full collection each: slow, for measurements) and reports each
+	// iteration's peak over the probe's baseline (taken again at the
+	// first Configure, before any model loads) in a log line and the
+	// stagecoach_worker_heap_peak_bytes gauge. It sees this process only:
+	// a backend process's memory is not in it.
+	MemoryProbe *memprobe.Probe
 	// Logf receives rejections and failures; nil means log.Printf.
 	Logf func(format string, args ...any)
 	// Infof receives notable events that are not failures (which links

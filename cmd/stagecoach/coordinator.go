@@ -70,6 +70,8 @@ type jobFlags struct {
 	// workerSpeeds are the compute speeds `up --emulate-speed` has its
 	// workers emulate, by name.
 	workerSpeeds map[string]float64
+	// memoryProbe starts `up`'s workers with --memory-probe.
+	memoryProbe bool
 }
 
 func (j *jobFlags) register(f *pflag.FlagSet, defaultJob string) {
