@@ -308,6 +308,7 @@ func (r *run) exec(a scheduler.Action) (*compute.Tensor, error) {
 	if err != nil {
 		return nil, err
 	}
+	began := r.s.emu.start()
 	var out *compute.Tensor
 	switch a.Kind {
 	case scheduler.Forward:
@@ -350,6 +351,9 @@ func (r *run) exec(a scheduler.Action) (*compute.Tensor, error) {
 	}
 	if err != nil {
 		return nil, st.fail(a.Kind.String(), err)
+	}
+	if err := r.s.emu.finish(r.ctx, began); err != nil {
+		return nil, err
 	}
 	return out, nil
 }

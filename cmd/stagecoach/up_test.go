@@ -186,6 +186,8 @@ func TestUpBadInputExitsTwo(t *testing.T) {
 		{"up", "--schedule", "nope"},
 		{"up", "--job", "a/b"},
 		{"up", "--all-reduce", "tree"},
+		{"up", "--emulate-speed"},
+		{"worker", "--etcd", "x:1", "--job", "j", "--name", "w", "--emulate-speed", "2"},
 		{"worker", "--etcd", "x:1", "--job", "j", "--name", "bad name"},
 		{"coordinator", "--job", "j", "--workers", "0"},
 		{"etcd", "--listen-client-urls", "ftp://x"},
