@@ -204,8 +204,9 @@ func (c *Config) Validate() error {
 	if c.Workers < 1 {
 		return fmt.Errorf("coordinator: workers is %d, want >= 1", c.Workers)
 	}
-	if err := knownSchedule(c.Schedule); err != nil {
-		return fmt.Errorf("coordinator: %w", err)
+	fam, err := family(c)
+	if err != nil {
+		return err
 	}
 	if err := scheduler.CheckAllReduceOverride(c.AllReduce); err != nil {
 		return fmt.Errorf("coordinator: %w", err)
@@ -224,7 +225,7 @@ func (c *Config) Validate() error {
 	if c.ReplanWarmup == 0 {
 		c.ReplanWarmup = 2
 	}
-	unequal := isSkipPipe(c.Schedule) && c.clusterStageSizes() != nil
+	unequal := fam.UnequalStages && c.clusterStageSizes() != nil
 	if unequal {
 		// The cluster's workload fixes the stages, with as many nodes
 		// each as it lists (SkipPipe's [5,3,3,3,3,3]).

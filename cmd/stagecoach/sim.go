@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"stagecoach/planner"
 	"stagecoach/scheduler"
 	"stagecoach/sim"
 )
@@ -350,7 +351,7 @@ func buildSimJob(env *simEnv, name string) (*simJob, error) {
 			return b(env)
 		}
 	}
-	if _, err := scheduler.Lookup(name); err != nil {
+	if _, err := planner.Lookup(name); err != nil {
 		return nil, badInput("%v", err)
 	}
 	spec, err := placedSpec(env, name)
@@ -358,7 +359,10 @@ func buildSimJob(env *simEnv, name string) (*simJob, error) {
 		return nil, err
 	}
 	start := time.Now()
-	pl, err := scheduler.Generate(name, spec)
+	pl, err := planner.Plan(planner.Snapshot{Schedule: name, Members: spec.Nodes, Epoch: spec.Epoch, Rules: planner.Rules{
+		Stages: spec.Stages, Replicas: spec.Replicas, Microbatches: spec.Microbatches, Chunks: spec.Chunks,
+		Layers: spec.Layers, Samples: spec.Samples, Memory: spec.Memory, Recompute: spec.Recompute,
+	}})
 	if err != nil {
 		if len(env.Schedules) > 1 {
 			// One schedule refusing the shape asked for (a V schedule
