@@ -53,7 +53,11 @@ func onPartition(f Family, s Snapshot) (*scheduler.Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	return scheduler.PlanSkipPipeOnPartition(f.variant, s.Parts, stages, s.Rules.Microbatches, func(names []string) (scheduler.SkipPipeConfig, error) {
+	mbs := s.Rules.Microbatches
+	if in := s.Input; mbs == 0 && in != nil && len(in.StageSizes) > 0 {
+		mbs = in.MicrobatchesPerOrigin * in.StageSizes[0]
+	}
+	return scheduler.PlanSkipPipeOnPartition(f.variant, s.Parts, stages, mbs, func(names []string) (scheduler.SkipPipeConfig, error) {
 		return priced(s, names)
 	})
 }
