@@ -33,11 +33,13 @@ func TestPricedInputKeepsItsPlacement(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pl, err := scheduler.SkipPipePlacement(in)
-	if err != nil {
+	in.RefinePlacement = true
+	if in.Partition, err = Placement(Snapshot{Schedule: SkipPipe, Members: names, Input: &in}); err != nil {
 		t.Fatal(err)
 	}
-	in.Partition = pl.Partition
+	if _, err := Placement(Snapshot{Schedule: "gpipe", Members: names}); err == nil {
+		t.Error("a placement for gpipe: want an error")
+	}
 	for _, name := range []string{SkipPipe, SkipPipeFull} {
 		p := plan(t, Snapshot{Schedule: name, Members: names, Input: &in})
 		parts := stagesOf(p)
@@ -52,7 +54,7 @@ func TestPricedInputKeepsItsPlacement(t *testing.T) {
 		lost := parts[3][0]
 		after := plan(t, Snapshot{Schedule: name, Parts: without(parts, lost), Prev: p, Input: &in})
 		if got := fmt.Sprint(stagesOf(after)); got != fmt.Sprint(without(parts, lost)) {
-			t.Errorf("%s after losing %s: placement %s", name, lost, got)
+			t.Errorf("%s after losing %s: placement %s, want %v", name, lost, got, without(parts, lost))
 		}
 		if len(after.Microbatches) != len(p.Microbatches) {
 			t.Errorf("%s after a loss: %d microbatches, want the iteration's %d", name, len(after.Microbatches), len(p.Microbatches))

@@ -41,6 +41,24 @@ func skipPipe(f Family, s Snapshot) (*scheduler.Plan, error) {
 	return p, err
 }
 
+// Placement is the placement a fresh SkipPipe plan of s takes (node
+// indices into Members, per stage). Comparisons of several variants
+// compute it once and give it to each as Input.Partition.
+func Placement(s Snapshot) ([][]int, error) {
+	f, err := Lookup(s.Schedule)
+	if err != nil {
+		return nil, err
+	}
+	if f.Kind != KindSkipPipe {
+		return nil, fmt.Errorf("%s places its workers in member order: it has no placement to choose", f.Name)
+	}
+	sc, err := priced(s, s.Members)
+	if err != nil {
+		return nil, err
+	}
+	return place(s, sc)
+}
+
 // onPartition plans with Parts[s] holding stage s; stages may be short,
 // or empty (vacant) for families that skip.
 func onPartition(f Family, s Snapshot) (*scheduler.Plan, error) {
@@ -253,14 +271,14 @@ func objective(s Snapshot, k *costmodel.Cluster) func(*scheduler.Plan) float64 {
 }
 
 // subset is base restricted to the named nodes, in that order, without a
-// placement (callers fix it).
+// placement (callers fix it, and a fixed one is never refined).
 func subset(base scheduler.SkipPipeConfig, names []string) (scheduler.SkipPipeConfig, error) {
 	idx := map[string]int{}
 	for i, n := range base.NodeNames {
 		idx[n] = i
 	}
 	c := base
-	c.Partition = nil
+	c.Partition, c.RefinePlacement = nil, false
 	c.NodeNames, c.ForwardS = nil, nil
 	c.Delay = make([][]float64, len(names))
 	if base.LinkBusy != nil {

@@ -135,11 +135,11 @@ func runSkipPipeModes(env *simEnv) (bool, error) {
 // which each variant's plan time includes.
 func fixPlacement(cfg *scheduler.SkipPipeConfig) (float64, error) {
 	start := time.Now()
-	pl, err := scheduler.SkipPipePlacement(*cfg)
+	parts, err := planner.Placement(planner.Snapshot{Schedule: planner.SkipPipe, Members: cfg.NodeNames, Input: cfg})
 	if err != nil {
 		return 0, badInput("%v", err)
 	}
-	cfg.Partition, cfg.RefinePlacement = pl.Partition, false
+	cfg.Partition, cfg.RefinePlacement = parts, false
 	return time.Since(start).Seconds(), nil
 }
 
