@@ -108,8 +108,8 @@ func newSimCmd() *cobra.Command {
 		Long: `Simulate one iteration (or several) of each schedule against a cluster cost
 model with a discrete-event simulator, and print a comparison table.
 
-Schedules: ` + strings.Join(scheduler.Names(), ", ") + ` (and any added by
-extensions, e.g. skippipe). Clusters: --preset homogeneous|skippipe-geo or
+Schedules: ` + strings.Join(scheduler.Names(), ", ") + `; on a cluster whose
+workload names its stages (--preset skippipe-geo): ` + strings.Join(planner.SkipPipeNames(), ", ") + `. Clusters: --preset homogeneous|skippipe-geo or
 --cluster FILE (YAML). A plan written by 'stagecoach plan' runs with --plan.`,
 		Example: `  stagecoach sim --schedule gpipe,1f1b,zb-h1 --stages 4 --microbatches 8
   stagecoach sim --schedule 1f1b --stages 8 --microbatches 32 --trace out/1f1b.json --gantt out/1f1b.png
