@@ -229,7 +229,7 @@ func PlanSkipPipeRandom(cfg SkipPipeConfig) (*Plan, *SkipPipeStats, error) {
 // origin visits all stages in order and returns to its origin for the
 // loss; a node runs all its forwards before any backward. Which node of a
 // stage serves which microbatch is searched like the skipping paths,
-// from the greedy choice of "gpipe-greedy", within an even share per node
+// from the greedy choice of "skippipe-full-greedy", within an even share per node
 // (full paths cannot meet the skipping caps). The authors' own baseline
 // form, partition_sizes[1] pipelines of 9 microbatches, is
 // RefBaselinePlan.

@@ -131,7 +131,7 @@ func runSkipPipeModes(env *simEnv) (bool, error) {
 }
 
 // fixPlacement computes the skipping placement once so that every variant
-// (gpipe and gpipe-greedy included) runs over the same one; it returns the seconds spent,
+// (the full pipelines included) runs over the same one; it returns the seconds spent,
 // which each variant's plan time includes.
 func fixPlacement(cfg *scheduler.SkipPipeConfig) (float64, error) {
 	start := time.Now()
