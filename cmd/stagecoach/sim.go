@@ -359,10 +359,7 @@ func buildSimJob(env *simEnv, name string) (*simJob, error) {
 		return nil, err
 	}
 	start := time.Now()
-	pl, err := planner.Plan(planner.Snapshot{Schedule: name, Members: spec.Nodes, Epoch: spec.Epoch, Rules: planner.Rules{
-		Stages: spec.Stages, Replicas: spec.Replicas, Microbatches: spec.Microbatches, Chunks: spec.Chunks,
-		Layers: spec.Layers, Samples: spec.Samples, Memory: spec.Memory, Recompute: spec.Recompute,
-	}})
+	pl, err := planSpec(name, spec)
 	if err != nil {
 		if len(env.Schedules) > 1 {
 			// One schedule refusing the shape asked for (a V schedule
@@ -391,6 +388,15 @@ func buildSimJob(env *simEnv, name string) (*simJob, error) {
 		return nil, badInput("schedule %s: %v", name, err)
 	}
 	return &simJob{Name: name, Plan: pl, Cluster: env.Cluster, PlanTimeS: planTime}, nil
+}
+
+// planSpec plans a classic schedule of spec's shape through the planner,
+// its workers on spec.Nodes in order (when set).
+func planSpec(name string, spec scheduler.Spec) (*scheduler.Plan, error) {
+	return planner.Plan(planner.Snapshot{Schedule: name, Members: spec.Nodes, Epoch: spec.Epoch, Rules: planner.Rules{
+		Stages: spec.Stages, Replicas: spec.Replicas, Microbatches: spec.Microbatches, Chunks: spec.Chunks,
+		Layers: spec.Layers, Samples: spec.Samples, Memory: spec.Memory, Recompute: spec.Recompute,
+	}})
 }
 
 // placedSpec is env's spec, checked against --max-actions, with its
@@ -527,7 +533,7 @@ func commonLayers(env *simEnv) int {
 		if checkSimSize(probe, env.MaxActions) != nil {
 			continue // the real generation, larger, refuses it
 		}
-		pl, err := scheduler.Generate(name, probe)
+		pl, err := planSpec(name, probe)
 		if err != nil {
 			continue // the real generation reports it
 		}
