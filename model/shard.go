@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+
+	"stagecoach/internal/vecf32"
 )
 
 // Activations is what travels between shards: a flat float32 buffer and its
@@ -226,9 +228,7 @@ func (s *Shard) contribute(mb int, ps []*Tensor, fn func()) {
 			s.contrib = append(s.contrib, c)
 			continue
 		}
-		for j, v := range c {
-			p.G[j] += v
-		}
+		vecf32.Add(p.G, c)
 	}
 	if s.sink != nil {
 		s.sink(mb, ps, s.contrib)
@@ -320,7 +320,7 @@ func (s *Shard) getCache(b, t int) *mbCache {
 
 func (s *Shard) ensureScratch(b, t int) {
 	n := b * t
-	if n <= s.sN && len(s.ds) >= t*t {
+	if n <= s.sN && len(s.ds) >= attnScratch(t) {
 		return
 	}
 	n = max(n, s.sN)
@@ -328,7 +328,7 @@ func (s *Shard) ensureScratch(b, t int) {
 	s.sN = n
 	s.dx, s.dh, s.datt = make([]float32, n*D), make([]float32, n*D), make([]float32, n*D)
 	s.dqkv, s.da = make([]float32, n*3*D), make([]float32, n*s.cfg.Hidden)
-	s.ds = make([]float32, max(t*t, len(s.ds)))
+	s.ds = make([]float32, max(attnScratch(t), len(s.ds)))
 	s.hf, s.rf, s.dhf = make([]float32, n*D), make([]float32, n), make([]float32, n*D)
 	s.logits = make([]float32, n*s.cfg.Vocab)
 }
@@ -535,10 +535,8 @@ func embedBackward(tokens []int32, dx, dtok, dpos []float32, b, t, d int) {
 			g := dx[i*d : (i+1)*d]
 			e := dtok[int(tokens[i])*d:]
 			p := dpos[ti*d:]
-			for j, v := range g {
-				e[j] += v
-				p[j] += v
-			}
+			vecf32.Add(e[:d], g)
+			vecf32.Add(p[:d], g)
 		}
 	}
 }
@@ -552,16 +550,12 @@ func (s *Shard) blockForward(j int, c *mbCache, x, out []float32) {
 	gemm(false, false, n, 3*D, D, bc.h1, D, bp.wqkv.W, 3*D, false, bc.qkv, 3*D)
 	attnForward(bc.qkv, bc.p, bc.att, b, t, D, s.cfg.Heads)
 	gemm(false, false, n, D, D, bc.att, D, bp.wo.W, D, false, bc.x2, D)
-	for i, v := range x[:n*D] {
-		bc.x2[i] += v
-	}
+	vecf32.Add(bc.x2[:n*D], x[:n*D])
 	rmsnormForward(bc.x2, bp.norm2.W, bc.h2, bc.r2, n, D)
 	gemm(false, false, n, Hd, D, bc.h2, D, bp.w1.W, Hd, false, bc.u, Hd)
 	geluForward(bc.u[:n*Hd], bc.a, bc.th)
 	gemm(false, false, n, D, Hd, bc.a, Hd, bp.w2.W, D, false, out, D)
-	for i, v := range bc.x2[:n*D] {
-		out[i] += v
-	}
+	vecf32.Add(out[:n*D], bc.x2[:n*D])
 }
 
 // blockBackward turns dx from ∂L/∂(block output) into ∂L/∂(block input) in
