@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -233,4 +234,63 @@ func TestResumeFromCommittedCheckpoint(t *testing.T) {
 	}
 	checkParams(t, sum.Checkpoint, wantParams)
 	checkCommits(t, cl.endpoints, job, steps)
+}
+
+// jumpClock is a clock whose waits end at once, moving its time forward
+// by the wait: a long wait costs nothing.
+type jumpClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *jumpClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *jumpClock) After(d time.Duration) <-chan time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+	ch := make(chan time.Time, 1)
+	ch <- c.now
+	return ch
+}
+
+// TestReplaceWaitOnTheInjectedClock is TestLostWorkerStopsTheRun with ten
+// minutes of wait for replacements on an injected clock: the coordinator waits
+// on Config.Clock, so the run stops with ErrWorkerLost as soon as the
+// clock has passed them, not ten minutes later.
+func TestReplaceWaitOnTheInjectedClock(t *testing.T) {
+	corpus := writeCorpus(t)
+	const job = "clock"
+	cl := startCluster(t, job, 2)
+	done := make(chan struct{})
+	clock := &jumpClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	co, err := coordinator.New(coordinator.Config{Simulator: sim.Simulator{}, Job: job, Endpoints: cl.endpoints, TTL: 2, Workers: 2,
+		Schedule: "gpipe", Train: tinyTrain(2), Steps: 100000, CorpusDir: corpus, OutDir: t.TempDir(), CheckpointDir: cl.root,
+		RPCTimeout: time.Minute, ReplaceWait: 10 * time.Minute, Clock: clock,
+		OnStep: func(r coordinator.StepReport) {
+			if r.Step == 2 {
+				close(done)
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	go func() {
+		<-done
+		cl.sessions[1].Close()
+	}()
+	before := clock.Now()
+	_, err = co.Run(ctx)
+	if !errors.Is(err, coordinator.ErrWorkerLost) {
+		t.Fatalf("run ended with %v, want ErrWorkerLost", err)
+	}
+	if waited := clock.Now().Sub(before); waited < 10*time.Minute {
+		t.Fatalf("the injected clock moved %v: the wait for replacements did not use it", waited)
+	}
 }
