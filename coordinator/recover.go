@@ -524,7 +524,7 @@ func pick(names []string, ms []etcdx.Member) []etcdx.Member {
 }
 
 // maybeRejoin runs at an iteration boundary: registered workers outside
-// the plan (and not suspected) are offered to the policy, which has them
+// the plan are offered to the policy, which has those not suspected
 // probed and says who joins. It reports whether the plan changed.
 func (r *run) maybeRejoin(ctx context.Context, step int64) (bool, error) {
 	cfg := r.cfg
@@ -539,25 +539,28 @@ func (r *run) maybeRejoin(ctx context.Context, step int64) (bool, error) {
 		all = append(all, w.member)
 	}
 	var cands []etcdx.Member
+	s := r.state(step)
+	s.AtBoundary, s.Suspects = true, map[string]bool{}
 	for _, m := range *snap {
-		if !inPlan[m.Name] && r.suspect[m.Name] != m.Lease {
+		if !inPlan[m.Name] {
 			cands = append(cands, m)
+			// Suspected under the lease it still holds.
+			s.Suspects[m.Name] = r.suspect[m.Name] == m.Lease
 		}
 	}
-	s := r.state(step)
-	s.AtBoundary = true
 	ev := policy.Event{Kind: policy.WorkerRegistered, Workers: names(cands)}
-	if policy.Decide(s, ev).Kind != policy.Probe {
+	act := policy.Decide(s, ev)
+	if act.Kind != policy.Probe {
 		return false, nil
 	}
-	st := r.probe(ctx, cands)
+	st := r.probe(ctx, pick(act.Workers, cands))
 	s.Probed = true
 	for _, m := range cands {
 		if a, ok := st[m.Name]; ok {
 			s.Live = append(s.Live, policy.Member{Name: m.Name, Applied: a.GetAppliedStep()})
 		}
 	}
-	act := policy.Decide(s, ev)
+	act = policy.Decide(s, ev)
 	if act.Kind != policy.Join {
 		return false, nil
 	}
