@@ -96,11 +96,14 @@ const (
 
 var eventNames = []string{"worker-lost", "worker-registered", "worker-suspected", "rpc-failure", "lease-lapse", "drift", "leader-change", "tick"}
 
-func (k EventKind) String() string {
-	if int(k) < len(eventNames) {
-		return eventNames[k]
+func (k EventKind) String() string { return nameOf(eventNames, int(k), "event") }
+
+// nameOf is names[i], or what (i) for a value without a name.
+func nameOf(names []string, i int, what string) string {
+	if i >= 0 && i < len(names) {
+		return names[i]
 	}
-	return fmt.Sprintf("event(%d)", int(k))
+	return fmt.Sprintf("%s(%d)", what, i)
 }
 
 // Event is something the coordinator observed.
@@ -150,12 +153,7 @@ const (
 
 var actionNames = []string{"none", "probe", "repath", "vacate", "restore", "join", "wait", "replan", "step-down", "campaign", "give-up"}
 
-func (k ActionKind) String() string {
-	if int(k) < len(actionNames) {
-		return actionNames[k]
-	}
-	return fmt.Sprintf("action(%d)", int(k))
-}
+func (k ActionKind) String() string { return nameOf(actionNames, int(k), "action") }
 
 // Action is what Decide tells the coordinator to do.
 type Action struct {
