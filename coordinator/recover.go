@@ -244,7 +244,7 @@ func (r *run) recover(ctx context.Context, step int64, cause error) (int64, erro
 		}
 		cfg.Logf("re-path after step %d failed: %v; restoring from the last checkpoint", step, err)
 		s.Repathing = true
-		act = policy.Decide(s, policy.Event{Kind: policy.RPCFailure, Cause: err.Error()})
+		act = policy.Decide(s, policy.Event{Kind: policy.RPCFailure})
 	case policy.Restore:
 		if act.Why != "" {
 			cfg.Logf("no re-path for step %d: %s; restoring from the last checkpoint", step, act.Why)
@@ -288,7 +288,7 @@ func (l lapsed) Unwrap() error { return l.error }
 // retry would repeat (or the caller stopping the job), a lapsed lease, a
 // lost worker, or another RPC failure.
 func failureEvent(parent context.Context, err error) policy.Event {
-	e := policy.Event{Kind: policy.RPCFailure, Cause: err.Error()}
+	e := policy.Event{Kind: policy.RPCFailure}
 	var l lapsed
 	switch {
 	case errors.Is(err, etcdx.ErrDeposed):
@@ -335,7 +335,7 @@ const pollEvery = 200 * time.Millisecond
 // state is what the policy knows of the run at step, before any probe.
 func (r *run) state(step int64) policy.State {
 	cfg := r.cfg
-	s := policy.State{Family: r.family(), Want: cfg.Workers, Stages: cfg.Stages, StageSizes: r.stageSizes,
+	s := policy.State{Family: r.family(), Want: cfg.Workers, Stages: cfg.Stages,
 		Step: step, Steps: int64(cfg.Steps), Stepping: r.stepping, Checkpoints: []int64{r.ckptStep},
 		Failures: r.failures, MaxFailures: cfg.MaxRecoveries, Poll: pollEvery, ReplanDrift: cfg.ReplanDrift,
 		Recampaign: cfg.Recampaign, Now: cfg.clock().Now()}

@@ -39,9 +39,6 @@ func TestFailureEvent(t *testing.T) {
 		if k.worker != "" && (len(e.Workers) != 1 || e.Workers[0] != k.worker) {
 			t.Errorf("%s: workers %v, want [%s]", k.name, e.Workers, k.worker)
 		}
-		if e.Cause != k.err.Error() {
-			t.Errorf("%s: cause %q", k.name, e.Cause)
-		}
 	}
 	if got := (lapsed{watch, "w1"}).Error(); got != watch.Error() {
 		t.Errorf("a lapse changes the error text: %q", got)

@@ -19,10 +19,8 @@ type State struct {
 	Family Family
 	// Placement is the plan in force.
 	Placement
-	// Want and Stages are the job's configured workers and stages;
-	// StageSizes the configured workers per stage (SkipPipe).
+	// Want and Stages are the job's configured workers and stages.
 	Want, Stages int
-	StageSizes   []int
 	// Step is the step in progress (at a boundary: the next to run);
 	// Steps the job's last.
 	Step, Steps int64
@@ -113,8 +111,6 @@ type Event struct {
 	Fatal       bool
 	Drift       float64
 	NobodyLeads bool
-	// Cause is the error text, for the action's reason.
-	Cause string
 }
 
 // ActionKind tells actions apart.
@@ -216,10 +212,26 @@ func failed(s State, e Event) Action {
 	if !s.Probed {
 		return Action{Kind: Probe}
 	}
+	if err := s.checkPlacement(); err != "" {
+		return Action{Kind: GiveUp, Why: err}
+	}
 	if s.Repathing {
 		return restore(s, "the re-path failed", lost(s))
 	}
 	return repathOrRestore(s)
+}
+
+// checkPlacement says what is wrong with a placement whose stages name
+// workers it does not have ("" when nothing is).
+func (s State) checkPlacement() string {
+	for st, ws := range s.StageWorkers {
+		for _, w := range ws {
+			if w < 0 || w >= len(s.Workers) {
+				return fmt.Sprintf("the plan's stage %d names worker %d of %d", st, w, len(s.Workers))
+			}
+		}
+	}
+	return ""
 }
 
 // lost names the plan workers not answering, in plan order.

@@ -119,8 +119,8 @@ func runScenario(text string) (string, []string) {
 				s.Workers = append(s.Workers, name)
 				for _, st := range strings.Split(stages, ",") {
 					n, err := strconv.Atoi(st)
-					if err != nil {
-						bad("%v", err)
+					if err != nil || n < 0 {
+						bad("bad stage %q", st)
 						continue
 					}
 					for len(s.StageWorkers) <= n {
@@ -133,11 +133,6 @@ func runScenario(text string) (string, []string) {
 			s.Want = int(num(0))
 		case "stages":
 			s.Stages = int(num(0))
-		case "sizes":
-			s.StageSizes = nil
-			for k := range args {
-				s.StageSizes = append(s.StageSizes, int(num(k)))
-			}
 		case "step":
 			s.Step = num(0)
 		case "steps":
@@ -283,4 +278,14 @@ func format(a Action, epoch time.Time) string {
 		parts = append(parts, strconv.Quote(a.Why))
 	}
 	return strings.Join(parts, " ")
+}
+
+// A placement naming a worker it does not have is refused with a reason,
+// never a panic.
+func TestDecideBadPlacement(t *testing.T) {
+	s := State{Family: SkipPipe, Placement: Placement{Workers: []string{"a"}, StageWorkers: [][]int{{0}, {3}}}, Probed: true, Live: []Member{{Name: "a"}}}
+	a := Decide(s, Event{Kind: WorkerLost})
+	if a.Kind != GiveUp || !strings.Contains(a.Why, "stage 1 names worker 3 of 1") {
+		t.Fatalf("got %s", format(a, s.Now))
+	}
 }
