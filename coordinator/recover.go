@@ -258,6 +258,11 @@ func (r *run) recover(ctx context.Context, step int64, cause error) (int64, erro
 		if err != nil {
 			return 0, fmt.Errorf("%w (recovering from: %w)", err, cause)
 		}
+		if from != act.From {
+			// The policy names the newest checkpoint known; a damaged one
+			// is skipped for an older one (restoreNewest).
+			cfg.Logf("restored the checkpoint of step %d, not the newest known (%d)", from, act.From)
+		}
 		rec.Kind, rec.FromCheckpoint = "restore", from
 		rec.Replayed = r.committer.Last().Step - from
 		next = from + 1
