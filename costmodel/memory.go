@@ -125,8 +125,9 @@ func (c *Cluster) ModelMemory() ModelMemory {
 // model.stage_activation_bytes_per_sample), a recomputing plan only the
 // stage input (token ids on stage 0, dim floats per token elsewhere), a
 // backend that splits its backward (model.split_backward)
-// model.BlockWeightGradFloats between I and W; the loss
-// holds the logits and their gradient while it runs.
+// model.BlockWeightGradFloats between I and W; the loss, which
+// works on the workspace's logits in place, holds the gradient it hands the
+// backward, dim floats per token.
 func StageMemories(p *scheduler.Plan, c *Cluster) ([]scheduler.StageMemory, error) {
 	m := c.ModelMemory()
 	if err := m.check("model"); err != nil {
@@ -176,7 +177,10 @@ func StageMemories(p *scheduler.Plan, c *Cluster) ([]scheduler.StageMemory, erro
 		sm.WeightGrad = min(sm.WeightGrad, sm.Activations)
 		sm.Input = min(sm.Input, sm.Activations)
 		if s == p.HeadStage {
-			sm.Loss = 4 * tokens * model.HeadActivationFloats(cfg)
+			// The Go model computes the logits into its workspace and
+			// turns them into their gradient in place; the loss adds only
+			// the gradient at its input it hands the backward.
+			sm.Loss = 4 * tokens * float64(m.Dim)
 		}
 		out[s] = sm
 	}
