@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"stagecoach/internal/sgemm"
 	"stagecoach/model"
 	"stagecoach/scheduler"
 )
@@ -271,5 +272,72 @@ func TestWriteMemoryPlot(t *testing.T) {
 	r.Memory = nil
 	if err := WriteMemoryPlot(path, r); err == nil || !strings.Contains(err.Error(), "no memory timeline") {
 		t.Errorf("no timeline: %v", err)
+	}
+}
+
+// With model.runtime every worker also holds its process's own buffers,
+// once however many stages it runs. On the tiny model (threads 1): gRPC's
+// pooled read and write buffers, 2 x 1 MiB; a 4-token microbatch's
+// tensor of 4 x 8 floats (128 bytes) as an action's output, its encoded
+// copy, a decoded arrival and the message it came in, 4 x 128; and the
+// kernel's packing buffers, two (one slab, one block) of the largest
+// request, a 96 x 256-float block of A (the widest product, the MLP's,
+// has 32 columns, a 256 x 32 slab), when the assembly kernel computes.
+// A lone worker exchanges nothing and holds only the kernel's buffers.
+func TestRuntimeBytesByHand(t *testing.T) {
+	kernel := 0.0
+	if sgemm.PoolBytes(32, 1) > 0 {
+		kernel = 2 * 96 * 256 * 4
+	}
+	c := tinyCluster()
+	c.Model.Runtime, c.Model.Threads = true, 1
+	p, err := scheduler.Generate("interleaved", scheduler.Spec{Stages: 2, Chunks: 2, Microbatches: 2, Layers: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := StageMemories(p, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := 2<<20 + 4*128 + kernel
+	for s, sm := range got {
+		if sm.Runtime != want {
+			t.Errorf("stage %d: runtime %v bytes, want %v", s, sm.Runtime, want)
+		}
+	}
+	// Each worker runs two stages and counts its runtime once.
+	c.Model.Runtime = false
+	plain, err := StageMemories(p, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	with, err := scheduler.MemoryPeaks(p, got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	without, err := scheduler.MemoryPeaks(p, plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for w := range with {
+		if d := with[w].Static - without[w].Static; d != want {
+			t.Errorf("worker %d: runtime adds %v static bytes, want %v once", w, d, want)
+		}
+	}
+	lone, err := scheduler.Generate("gpipe", scheduler.Spec{Stages: 1, Microbatches: 2, Layers: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Model.Runtime = true
+	got, err = StageMemories(lone, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got[0].Runtime != kernel {
+		t.Errorf("lone worker: runtime %v bytes, want the kernel's %v", got[0].Runtime, kernel)
+	}
+	c.Model.Threads = -1
+	if _, err := StageMemories(lone, c); err == nil || !strings.Contains(err.Error(), "model.threads is -1") {
+		t.Errorf("threads -1: %v", err)
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -105,6 +106,9 @@ func simulate(name string, sh shape) ([]float64, error) {
 	c := sim.Homogeneous()
 	m := sim.DefaultModelMemory()
 	m.Dim, m.Hidden, m.Ctx = sh.dim, 4*sh.dim, sh.ctx
+	// The workers run on this machine: count their processes' own
+	// buffers too, the kernel's on this GOMAXPROCS.
+	m.Runtime, m.Threads = true, runtime.GOMAXPROCS(0)
 	c.Model = &m
 	r, err := sim.Run(p, c, sim.Options{})
 	if err != nil {
