@@ -9,10 +9,13 @@
 //
 //	go run ./bench/memory [-schedules gpipe,1f1b,zb-h1] [-stages 4] [-layers 4] [-dim 128] [-ctx 64] [-microbatches 8] [-steps 4] [-out bench-out/memory]
 //
-// The measured heap holds everything a worker process keeps (received
-// tensors not yet consumed, the matrix kernel's packing buffers, gRPC's
-// buffers); the simulator counts parameters, gradients, optimizer state,
-// the model's workspace and the activations of the microbatches in flight.
+// The measured heap holds everything a worker process keeps; the
+// simulator counts parameters, gradients, optimizer state, the model's
+// workspace and the activations of the microbatches in flight, and (with
+// model.runtime, on this machine's GOMAXPROCS) the process's own gRPC
+// buffers, tensors on their way in and out and the matrix kernel's
+// packing buffers. The workers sample between actions, so what an action
+// allocates and frees within itself is simulated, not measured.
 package main
 
 import (
