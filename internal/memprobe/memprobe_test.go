@@ -1,6 +1,10 @@
 package memprobe
 
-import "testing"
+import (
+	"runtime"
+	"sync"
+	"testing"
+)
 
 // TestProbeSeesWhatIsHeld: holding 8 MiB between samples shows as at
 // least 8 MiB over the baseline, at the sample that saw it; once released
@@ -35,4 +39,20 @@ func TestProbeSeesWhatIsHeld(t *testing.T) {
 	if _, _, ok := nilProbe.Take(); ok {
 		t.Fatal("a nil probe reported a sample")
 	}
+}
+
+// An idle pool item (as gRPC's buffers are between requests) survives one
+// collection, so a single-collection reading may or may not hold it; the
+// baseline Rebase takes does not.
+func TestRebaseLeavesIdlePoolItemsOut(t *testing.T) {
+	var pool sync.Pool
+	item := make([]byte, 8<<20)
+	pool.Put(&item)
+	p := Start() // one collection: the item is still live
+	withItem := p.Baseline()
+	p.Rebase()
+	if without := p.Baseline(); without+8<<20 > withItem+(1<<20) {
+		t.Errorf("baseline %d after Rebase, %d before: the idle 8 MiB pool item should be gone", without, withItem)
+	}
+	runtime.KeepAlive(&pool)
 }
