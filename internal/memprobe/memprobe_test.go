@@ -6,8 +6,8 @@ import (
 	"testing"
 )
 
-// TestProbeSeesWhatIsHeld: holding 8 MiB between samples shows as at
-// least 8 MiB over the baseline, at the sample that saw it; once released
+// TestProbeSeesWhatIsHeld: holding 8 MiB between samples shows as about
+// 8 MiB over the baseline, at the sample that saw it; once released
 // and taken, the next period starts over.
 func TestProbeSeesWhatIsHeld(t *testing.T) {
 	p := Start()
@@ -20,9 +20,12 @@ func TestProbeSeesWhatIsHeld(t *testing.T) {
 		held[i] = byte(i)
 	}
 	p.Sample("holding")
+	// The test process's other objects come and go by some KiB between
+	// the baseline and the sample.
+	const slack = 256 << 10
 	b, at, ok := p.Take()
-	if !ok || at != "holding" || b < 8<<20 {
-		t.Fatalf("Take = %d bytes at %q (ok %v), want >= %d at \"holding\"", b, at, ok, 8<<20)
+	if !ok || at != "holding" || b < 8<<20-slack {
+		t.Fatalf("Take = %d bytes at %q (ok %v), want >= %d at \"holding\"", b, at, ok, 8<<20-slack)
 	}
 	sum := 0
 	for _, v := range held {
