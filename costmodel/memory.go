@@ -3,7 +3,10 @@ package costmodel
 import (
 	"fmt"
 	"math"
+	"runtime"
 
+	"stagecoach/internal/sgemm"
+	"stagecoach/internal/wirebuf"
 	"stagecoach/model"
 	"stagecoach/scheduler"
 )
@@ -30,6 +33,14 @@ type ModelMemory struct {
 	// model does not: it computes I as the whole backward and frees the
 	// microbatch's activations then.
 	SplitBackward bool `yaml:"split_backward,omitempty" json:"split_backward,omitempty"`
+	// Runtime also counts what a stagecoach worker process holds besides
+	// the model (RuntimeBytes): gRPC's buffers, the matrix kernel's
+	// packing buffers and the tensors on their way in and out. Off, the
+	// count is the model's alone, whatever runs it.
+	Runtime bool `yaml:"runtime,omitempty" json:"runtime,omitempty"`
+	// Threads is a worker's GOMAXPROCS, which sizes the kernel's packing
+	// buffers under Runtime (0: this machine's).
+	Threads int `yaml:"threads,omitempty" json:"threads,omitempty"`
 }
 
 // DefaultModelMemory is the model `stagecoach train` and `up` build by
@@ -89,6 +100,9 @@ func (m ModelMemory) check(where string) error {
 	if m.Heads > m.Dim {
 		return fmt.Errorf("%s.heads is %d, more than dim %d", where, m.Heads, m.Dim)
 	}
+	if m.Threads < 0 {
+		return fmt.Errorf("%s.threads is %d, want >= 0 (0: this machine's GOMAXPROCS)", where, m.Threads)
+	}
 	if _, err := OptimizerStates(m.Optimizer); err != nil {
 		return fmt.Errorf("%s.optimizer: %v", where, err)
 	}
@@ -125,8 +139,10 @@ func (c *Cluster) ModelMemory() ModelMemory {
 // model.stage_activation_bytes_per_sample), a recomputing plan only the
 // stage input (token ids on stage 0, dim floats per token elsewhere), a
 // backend that splits its backward (model.split_backward)
-// model.BlockWeightGradFloats between I and W; the loss
-// holds the logits and their gradient while it runs.
+// model.BlockWeightGradFloats between I and W; the loss, which
+// works on the workspace's logits in place, holds the gradient it hands the
+// backward, dim floats per token. Under model.runtime
+// every stage also carries its worker's RuntimeBytes.
 func StageMemories(p *scheduler.Plan, c *Cluster) ([]scheduler.StageMemory, error) {
 	m := c.ModelMemory()
 	if err := m.check("model"); err != nil {
@@ -143,6 +159,10 @@ func StageMemories(p *scheduler.Plan, c *Cluster) ([]scheduler.StageMemory, erro
 	mbTokens := 0.0
 	for _, mb := range p.Microbatches {
 		mbTokens = max(mbTokens, float64(mb.Samples)*tokens)
+	}
+	var talks []bool
+	if m.Runtime {
+		talks = peered(p)
 	}
 	out := make([]scheduler.StageMemory, ns)
 	for s, st := range p.Stages {
@@ -176,11 +196,77 @@ func StageMemories(p *scheduler.Plan, c *Cluster) ([]scheduler.StageMemory, erro
 		sm.WeightGrad = min(sm.WeightGrad, sm.Activations)
 		sm.Input = min(sm.Input, sm.Activations)
 		if s == p.HeadStage {
-			sm.Loss = 4 * tokens * model.HeadActivationFloats(cfg)
+			// The Go model computes the logits into its workspace and
+			// turns them into their gradient in place; the loss adds only
+			// the gradient at its input it hands the backward.
+			sm.Loss = 4 * tokens * float64(m.Dim)
+		}
+		if m.Runtime {
+			for _, w := range p.StageWorkers()[s] {
+				sm.Runtime = max(sm.Runtime, float64(RuntimeBytes(m, mbTokens, s == p.HeadStage, talks[w])))
+			}
 		}
 		out[s] = sm
 	}
 	return out, nil
+}
+
+// RuntimeBytes is what a stagecoach worker process running a stage of m
+// holds besides the model, all iteration, with microbatches of mbTokens
+// tokens (the head stage's head among its products when head, and
+// exchanging tensors with other workers when talks):
+//
+//   - gRPC's pooled read and write buffers, wirebuf.PooledBytes of the
+//     transport's buffer size;
+//   - a tensor on its way out, mbTokens × dim floats, twice: the action's
+//     output until it is encoded and the encoded copy the outbox sends;
+//   - a tensor on its way in, twice: decoded in the mailbox until the
+//     action that takes it, and the stream message it was decoded from
+//     (one chunk at most, wirebuf.MessageBytes) in gRPC's pool;
+//   - the matrix kernel's packing buffers, sgemm.PoolBytes for the
+//     widest product (3·dim for q/k/v, hidden, vocab on the head stage)
+//     on m.Threads goroutines.
+//
+// Heap profiles of the workers of `bench/memory` at their peaks show
+// each of these.
+func RuntimeBytes(m ModelMemory, mbTokens float64, head, talks bool) int64 {
+	m = m.WithDefaults()
+	threads := m.Threads
+	if threads == 0 {
+		threads = runtime.GOMAXPROCS(0)
+	}
+	widest := max(3*m.Dim, m.Hidden)
+	if head {
+		widest = max(widest, m.Vocab)
+	}
+	b := sgemm.PoolBytes(widest, threads)
+	if talks {
+		tensor := int64(4 * mbTokens * float64(m.Dim))
+		b += wirebuf.PooledBytes(wirebuf.BufferBytes) + 3*tensor + wirebuf.MessageBytes(tensor, wirebuf.ChunkBytes)
+	}
+	return b
+}
+
+// peered says for every worker of p whether it exchanges tensors with
+// another: whether a neighbour of one of its stages is held elsewhere.
+func peered(p *scheduler.Plan) []bool {
+	owners := p.StageWorkers()
+	out := make([]bool, len(p.Workers))
+	for s := range owners {
+		for _, n := range []int{s - 1, s + 1} {
+			if n < 0 || n >= len(owners) {
+				continue
+			}
+			for _, w := range owners[s] {
+				for _, v := range owners[n] {
+					if v != w {
+						out[w] = true
+					}
+				}
+			}
+		}
+	}
+	return out
 }
 
 // CapacityBytes is node n's device memory in bytes: its memory_gib, or

@@ -27,6 +27,11 @@ type StageMemory struct {
 	// model's gradient buffers and logits), held all iteration like
 	// Static.
 	Workspace float64
+	// Runtime is what the process of the worker holding the stage keeps
+	// besides the model (transport buffers, the matrix kernel's packing
+	// buffers, tensors on their way in and out), held all iteration and
+	// counted once per worker: the largest of its stages' values.
+	Runtime float64
 }
 
 // MemoryUse follows one worker's bytes as its program runs: Start and
@@ -53,22 +58,26 @@ func NewMemoryUse(ix *Index, worker int, stages []StageMemory) (*MemoryUse, erro
 		return nil, fmt.Errorf("memory: %d stage sizes for a plan of %d stages", len(stages), len(p.Stages))
 	}
 	for i, s := range stages {
-		for _, v := range []float64{s.Static, s.Activations, s.Input, s.WeightGrad, s.Loss, s.Workspace} {
+		for _, v := range []float64{s.Static, s.Activations, s.Input, s.WeightGrad, s.Loss, s.Workspace, s.Runtime} {
 			if !(v >= 0) || math.IsInf(v, 0) {
 				return nil, fmt.Errorf("memory: stage %d sizes %+v, want finite numbers >= 0", i, s)
 			}
 		}
 	}
 	u := &MemoryUse{plan: p, ix: ix, stages: stages, held: map[int]float64{}}
+	runtime := 0.0
 	for _, s := range p.Workers[worker].Stages {
 		u.static += stages[s].Static + stages[s].Workspace
+		runtime = max(runtime, stages[s].Runtime)
 	}
+	u.static += runtime
 	u.cur, u.peak = u.static, u.static
 	return u, nil
 }
 
 // Static is the bytes held throughout: the worker's stages' parameters,
-// gradients, optimizer state and workspace.
+// gradients, optimizer state and workspace, and its process's runtime
+// bytes.
 func (u *MemoryUse) Static() float64 { return u.static }
 
 // Bytes is what the worker holds now.

@@ -40,6 +40,7 @@ var (
 	DefaultModelMemory = costmodel.DefaultModelMemory
 	OptimizerStates    = costmodel.OptimizerStates
 	StageMemories      = costmodel.StageMemories
+	RuntimeBytes       = costmodel.RuntimeBytes
 	ChooseAllReduce    = costmodel.ChooseAllReduce
 	AllReduceTime      = costmodel.AllReduceTime
 )

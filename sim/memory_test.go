@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"stagecoach/internal/sgemm"
 	"stagecoach/model"
 	"stagecoach/scheduler"
 )
@@ -43,9 +44,11 @@ func TestStageMemoriesByHand(t *testing.T) {
 		// (2*784 + 160) parameters x 4 bytes x (weights, gradients,
 		// contribution buffers, 2 moments);
 		// microbatches of one sample, 4 tokens.
-		// The Go model keeps nothing for a deferred weight gradient.
+		// The Go model keeps nothing for a deferred weight gradient, and
+		// its loss works on the workspace's logits in place, adding only
+		// the gradient it hands the backward, 8 floats per token.
 		{Static: 1728 * 20, Activations: 4 * 4 * (2*170 + 1), Input: 4 * 4, Workspace: 4 * (4*80 + 16)},
-		{Static: 1704 * 20, Activations: 4 * 4 * 2 * 170, Input: 4 * 4 * 8, Loss: 4 * 4 * 2 * 16, Workspace: 4 * (4*80 + 16 + 4*33)},
+		{Static: 1704 * 20, Activations: 4 * 4 * 2 * 170, Input: 4 * 4 * 8, Loss: 4 * 4 * 8, Workspace: 4 * (4*80 + 16 + 4*33)},
 	}
 	if len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
 		t.Fatalf("got %+v\nwant %+v", got, want)
@@ -64,12 +67,14 @@ func TestStageMemoriesByHand(t *testing.T) {
 		}
 	}
 	c.Model.SplitBackward = false
-	// The stages add up to the model's own totals.
+	// The stages add up to the model's own totals, but for the logits
+	// and their gradient model.ActivationBytes counts on top, which the
+	// Go model keeps in the head stage's workspace.
 	cfg := model.Config{Vocab: 16, Layers: 4, Dim: 8, Heads: 2, Ctx: 4, Hidden: 32}
 	if s := got[0].Static + got[1].Static; s != 20*float64(model.NumParams(cfg)) {
 		t.Errorf("static %v, want 20 x %d parameters", s, model.NumParams(cfg))
 	}
-	if a := got[0].Activations + got[1].Activations + got[1].Loss; a != model.ActivationBytes(cfg, 1) {
+	if a := got[0].Activations + got[1].Activations + 4*4*model.HeadActivationFloats(cfg); a != model.ActivationBytes(cfg, 1) {
 		t.Errorf("activations %v, model.ActivationBytes %v", a, model.ActivationBytes(cfg, 1))
 	}
 	// SGD keeps no optimizer state; a calibration's per-stage gradient
@@ -93,7 +98,8 @@ func TestStageMemoriesByHand(t *testing.T) {
 // GPipe with p=2, m=3 microbatches of 2 samples on the unit cluster (a
 // stage of 2 layers: forward 4 s): worker 0 reaches its peak, static plus
 // three microbatches, when its last forward starts at 8 s; worker 1 when
-// its last loss runs, at 16 s, with the logits on top.
+// its last loss runs, at 16 s, with the gradient the loss hands the
+// backward on top (2 samples x 4 tokens x 8 floats).
 func TestRunCountsMemoryOverTime(t *testing.T) {
 	p, err := scheduler.Generate("gpipe", scheduler.Spec{Stages: 2, Microbatches: 3, Layers: 4, Samples: 2})
 	if err != nil {
@@ -107,7 +113,7 @@ func TestRunCountsMemoryOverTime(t *testing.T) {
 	ws0, ws1 := 4.0*(8*80+16), 4.0*(8*80+16+8*33) // microbatches of 8 tokens
 	for _, want := range []WorkerStats{
 		{Worker: 0, PeakBytes: 1728*20 + ws0 + 3*2*act0, PeakAtS: 8, StaticBytes: 1728*20 + ws0},
-		{Worker: 1, PeakBytes: 1704*20 + ws1 + 3*2*act1 + 2*4*4*2*16, PeakAtS: 16, StaticBytes: 1704*20 + ws1},
+		{Worker: 1, PeakBytes: 1704*20 + ws1 + 3*2*act1 + 2*4*4*8, PeakAtS: 16, StaticBytes: 1704*20 + ws1},
 	} {
 		g := r.PerWorker[want.Worker]
 		if g.PeakBytes != want.PeakBytes || g.PeakAtS != want.PeakAtS || g.StaticBytes != want.StaticBytes || g.CapacityBytes != 0 {
@@ -142,7 +148,7 @@ nodes:
 // A cluster whose node a has 0.000058 GiB (60.8 KiB): GPipe's worker 0
 // needs 68.3 KiB there, 1F1B's 57.6 KiB. GPipe is infeasible with the
 // worker, the time and both sizes named; 1F1B fits; the table keeps both
-// rows (the peak_memory column is the largest worker's, 69.8 KiB on
+// rows (the peak_memory column is the largest worker's, 69.0 KiB on
 // worker 1), and the JSON carries the per-worker figures.
 func TestMemoryCapacityMakesGPipeInfeasible(t *testing.T) {
 	c, err := ParseCluster([]byte(memoryClusterYAML))
@@ -173,7 +179,7 @@ func TestMemoryCapacityMakesGPipeInfeasible(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := buf.String()
-	if !regexp.MustCompile(`(?m)^gpipe\s+2\s+2\s+4\s+3\s+-\s+-\s+-\s+-\s+-\s+-\s+69\.8 KiB\s+-$`).MatchString(out) {
+	if !regexp.MustCompile(`(?m)^gpipe\s+2\s+2\s+4\s+3\s+-\s+-\s+-\s+-\s+-\s+-\s+69\.0 KiB\s+-$`).MatchString(out) {
 		t.Errorf("gpipe row should dash all but its peak memory:\n%s", out)
 	}
 	if !regexp.MustCompile(`(?m)^1f1b\s+2\s+2\s+4\s+3\s+\d+\.\d{4}\s.*\s57\.6 KiB\s`).MatchString(out) {
@@ -266,5 +272,72 @@ func TestWriteMemoryPlot(t *testing.T) {
 	r.Memory = nil
 	if err := WriteMemoryPlot(path, r); err == nil || !strings.Contains(err.Error(), "no memory timeline") {
 		t.Errorf("no timeline: %v", err)
+	}
+}
+
+// With model.runtime every worker also holds its process's own buffers,
+// once however many stages it runs. On the tiny model (threads 1): gRPC's
+// pooled read and write buffers, 2 x 1 MiB; a 4-token microbatch's
+// tensor of 4 x 8 floats (128 bytes) as an action's output, its encoded
+// copy, a decoded arrival and the message it came in, 4 x 128; and the
+// kernel's packing buffers, two (one slab, one block) of the largest
+// request, a 96 x 256-float block of A (the widest product, the MLP's,
+// has 32 columns, a 256 x 32 slab), when the assembly kernel computes.
+// A lone worker exchanges nothing and holds only the kernel's buffers.
+func TestRuntimeBytesByHand(t *testing.T) {
+	kernel := 0.0
+	if sgemm.PoolBytes(32, 1) > 0 {
+		kernel = 2 * 96 * 256 * 4
+	}
+	c := tinyCluster()
+	c.Model.Runtime, c.Model.Threads = true, 1
+	p, err := scheduler.Generate("interleaved", scheduler.Spec{Stages: 2, Chunks: 2, Microbatches: 2, Layers: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := StageMemories(p, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := 2<<20 + 4*128 + kernel
+	for s, sm := range got {
+		if sm.Runtime != want {
+			t.Errorf("stage %d: runtime %v bytes, want %v", s, sm.Runtime, want)
+		}
+	}
+	// Each worker runs two stages and counts its runtime once.
+	c.Model.Runtime = false
+	plain, err := StageMemories(p, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	with, err := scheduler.MemoryPeaks(p, got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	without, err := scheduler.MemoryPeaks(p, plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for w := range with {
+		if d := with[w].Static - without[w].Static; d != want {
+			t.Errorf("worker %d: runtime adds %v static bytes, want %v once", w, d, want)
+		}
+	}
+	lone, err := scheduler.Generate("gpipe", scheduler.Spec{Stages: 1, Microbatches: 2, Layers: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Model.Runtime = true
+	got, err = StageMemories(lone, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got[0].Runtime != kernel {
+		t.Errorf("lone worker: runtime %v bytes, want the kernel's %v", got[0].Runtime, kernel)
+	}
+	c.Model.Threads = -1
+	if _, err := StageMemories(lone, c); err == nil || !strings.Contains(err.Error(), "model.threads is -1") {
+		t.Errorf("threads -1: %v", err)
 	}
 }

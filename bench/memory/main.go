@@ -9,10 +9,13 @@
 //
 //	go run ./bench/memory [-schedules gpipe,1f1b,zb-h1] [-stages 4] [-layers 4] [-dim 128] [-ctx 64] [-microbatches 8] [-steps 4] [-out bench-out/memory]
 //
-// The measured heap holds everything a worker process keeps (received
-// tensors not yet consumed, the matrix kernel's packing buffers, gRPC's
-// buffers); the simulator counts parameters, gradients, optimizer state,
-// the model's workspace and the activations of the microbatches in flight.
+// The measured heap holds everything a worker process keeps; the
+// simulator counts parameters, gradients, optimizer state, the model's
+// workspace and the activations of the microbatches in flight, and (with
+// model.runtime, on this machine's GOMAXPROCS) the process's own gRPC
+// buffers, tensors on their way in and out and the matrix kernel's
+// packing buffers. The workers sample between actions, so what an action
+// allocates and frees within itself is simulated, not measured.
 package main
 
 import (
@@ -23,6 +26,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -105,6 +109,9 @@ func simulate(name string, sh shape) ([]float64, error) {
 	c := sim.Homogeneous()
 	m := sim.DefaultModelMemory()
 	m.Dim, m.Hidden, m.Ctx = sh.dim, 4*sh.dim, sh.ctx
+	// The workers run on this machine: count their processes' own
+	// buffers too, the kernel's on this GOMAXPROCS.
+	m.Runtime, m.Threads = true, runtime.GOMAXPROCS(0)
 	c.Model = &m
 	r, err := sim.Run(p, c, sim.Options{})
 	if err != nil {

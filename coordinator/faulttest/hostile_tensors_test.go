@@ -74,7 +74,12 @@ func hostileTensors(t *testing.T, tlsOn bool) {
 	var recoveries []coordinator.Recovery
 	var mu sync.Mutex
 	attackDone := make(chan []string, 1)
-	cfg := coordinator.Config{Simulator: sim.Simulator{}, Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 2, Stages: 2, Schedule: "gpipe",
+	// The attacker, the workers, etcd and this coordinator share the
+	// test machine's cores: forty 256 MiB streams (TLS-encrypted in one
+	// case) can starve the coordinator's lease renewals past etcd's
+	// minimum TTL, which is the machine's doing, not the peer's. Its
+	// lease gets 10 s; the workers keep the minimum.
+	cfg := coordinator.Config{Simulator: sim.Simulator{}, Job: job, Endpoints: e.endpoints, TTL: 10, Workers: 2, Stages: 2, Schedule: "gpipe",
 		Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), RPCTimeout: 60 * time.Second, TLS: coordTLS,
 		OnRecovery: func(r coordinator.Recovery) { mu.Lock(); recoveries = append(recoveries, r); mu.Unlock() },
 		OnStep: func(r coordinator.StepReport) {

@@ -338,6 +338,10 @@ func (p *problem) packB(d []float32, pc, kc, j0, cols int) {
 
 func roundUp(x, m int) int { return (x + m - 1) / m * m }
 
+// bufs pools the packing buffers of every size: a request takes whatever
+// buffer the pool hands back if it is large enough and replaces it only
+// when it is too small, so the buffers grow to the largest slab asked for
+// (see PoolBytes).
 var bufs sync.Pool
 
 func getBuf(n int) *[]float32 {
@@ -350,3 +354,22 @@ func getBuf(n int) *[]float32 {
 }
 
 func putBuf(b *[]float32) { bufs.Put(b) }
+
+// PoolBytes bounds the bytes the packing buffers hold in the heap of a
+// process whose widest product has n columns of C (of any row and inner
+// size) and that runs threads goroutines (GOMAXPROCS), between
+// collections: a threaded product holds its packed slab of B and one
+// block of A per goroutine, 1 + threads buffers, and the model's attention
+// runs a serial product on each of threads goroutines, a slab and a block
+// each, 2·threads; every buffer in the pool ends up the size of the
+// largest request, the widest slab (kcBlock × min(ncBlock, n rounded up
+// to nr) floats) or a block of A (mcBlock × kcBlock) if larger. Zero
+// when gonum's Sgemm computes the products (no AVX2 kernel, or
+// STAGECOACH_GEMM=go).
+func PoolBytes(n, threads int) int64 {
+	if !useKernel || n < 1 {
+		return 0
+	}
+	buf := int64(kcBlock) * int64(max(min(ncBlock, roundUp(n, nr)), mcBlock)) * 4
+	return int64(2*max(threads, 1)) * buf
+}

@@ -290,3 +290,31 @@ func FuzzShapes(f *testing.F) {
 		checkClose(t, "fuzz", tA, tB, m, n, k, 1.5, a, lda, b, ldb, 0.5, c0, c, ldc)
 	})
 }
+
+// TestPoolBytes checks the bound by hand: the default model's widest
+// product has 512 columns (its MLP), a slab of 256 × 512 floats (512 KiB),
+// and on 2 goroutines four such buffers; a narrow product's largest
+// buffer is a block of A, 96 × 256 floats.
+func TestPoolBytes(t *testing.T) {
+	if !useKernel {
+		if got := PoolBytes(512, 2); got != 0 {
+			t.Fatalf("PoolBytes without the kernel = %d, want 0", got)
+		}
+		t.Skip("no AVX2 kernel: gonum computes the products and the pool is unused")
+	}
+	for _, c := range []struct {
+		n, threads int
+		want       int64
+	}{
+		{512, 2, 4 * 512 << 10},
+		{500, 1, 2 * 512 << 10},   // 500 rounds up to 512 columns
+		{8192, 2, 4 * 4 << 20},    // capped at ncBlock: 256 × 4096 floats
+		{16, 2, 4 * 96 * 256 * 4}, // the A block is the larger buffer
+		{512, 0, 2 * 512 << 10},   // at least one goroutine
+		{0, 2, 0},
+	} {
+		if got := PoolBytes(c.n, c.threads); got != c.want {
+			t.Errorf("PoolBytes(%d, %d) = %d, want %d", c.n, c.threads, got, c.want)
+		}
+	}
+}

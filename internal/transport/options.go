@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	"google.golang.org/grpc"
+
+	"stagecoach/internal/wirebuf"
 )
 
 // Options tune the wire. The zero value of a field takes its default.
@@ -29,10 +31,10 @@ type Options struct {
 // Defaults: DESIGN 7a measured +20-45% from 16-32 MiB windows and 1 MiB
 // buffers over gRPC's defaults.
 const (
-	DefaultChunkBytes     = 1 << 20
+	DefaultChunkBytes     = wirebuf.ChunkBytes
 	DefaultMaxTensorBytes = 256 << 20
 	DefaultWindowBytes    = 32 << 20
-	DefaultBufferBytes    = 1 << 20
+	DefaultBufferBytes    = wirebuf.BufferBytes
 	DefaultQueueLen       = 16
 	// headerSlack bounds what a chunk carries besides its payload.
 	headerSlack = 64 << 10
