@@ -6,6 +6,7 @@ import (
 	"math"
 	"sort"
 
+	"stagecoach/coordinator/policy"
 	"stagecoach/costmodel"
 	"stagecoach/internal/etcdx"
 	"stagecoach/model"
@@ -339,7 +340,9 @@ func (r *run) maybeReplan(ctx context.Context, step int64) error {
 	}
 	d := r.drift
 	d.tracker.add(r.stats.last)
-	if r.cfg.ReplanDrift <= 0 || step >= int64(r.cfg.Steps) || !d.tracker.ready() {
+	// Calibrate only when some drift could replan now.
+	s := r.state(step)
+	if policy.Decide(s, policy.Event{Kind: policy.Drift, Drift: math.Inf(1)}).Kind != policy.Replan || !d.tracker.ready() {
 		return nil
 	}
 	k, err := d.tracker.model()
@@ -356,7 +359,7 @@ func (r *run) maybeReplan(ctx context.Context, step int64) error {
 		return nil
 	}
 	drift := costDrift(d.planned, k, names, r.cfg)
-	if drift <= r.cfg.ReplanDrift {
+	if policy.Decide(s, policy.Event{Kind: policy.Drift, Drift: drift}).Kind != policy.Replan {
 		return nil
 	}
 	return r.replan(ctx, step, k, drift)

@@ -282,6 +282,7 @@ func (r *run) restoreNewest(ctx context.Context) (*CheckpointManifest, error) {
 		tried = true
 		err := r.restore(ctx, m)
 		if err == nil {
+			r.ckptStep = m.Step
 			return m, nil
 		}
 		reason := checkpointUnusable(err)
@@ -310,11 +311,13 @@ func (r *run) restoreNewest(ctx context.Context) (*CheckpointManifest, error) {
 		if err := r.restore(ctx, m); err != nil {
 			return nil, err
 		}
+		r.ckptStep = m.Step
 		return m, nil
 	}
 	if err := r.sampler.SetState(r.initialData); err != nil {
 		return nil, err
 	}
+	r.ckptStep = 0
 	return nil, nil
 }
 

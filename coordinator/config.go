@@ -181,6 +181,8 @@ type Config struct {
 	Metrics *metrics.Coordinator
 	// Logf receives progress lines; nil discards them.
 	Logf func(format string, args ...any)
+	// Clock gives the time and the waits (nil: the wall clock).
+	Clock Clock
 }
 
 // Defaults.
@@ -308,6 +310,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Logf == nil {
 		c.Logf = func(string, ...any) {}
+	}
+	if c.Clock == nil {
+		c.Clock = RealClock{}
 	}
 	return nil
 }

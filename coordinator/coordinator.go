@@ -12,6 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
+	"stagecoach/coordinator/policy"
 	"stagecoach/data"
 	"stagecoach/internal/etcdx"
 	"stagecoach/internal/metrics"
@@ -64,8 +65,10 @@ type run struct {
 	stats     *measurements
 	// drift watches the cost model for replanning (calibrate.go).
 	drift *replanner
-	// lastCheckpoint is the directory of the last committed checkpoint.
+	// lastCheckpoint is the directory of the last committed checkpoint;
+	// ckptStep the step of the newest one known (0: the seeded state).
 	lastCheckpoint string
+	ckptStep       int64
 	// init is the initial checkpoint as last cut (Config.InitFrom).
 	init *CheckpointManifest
 
@@ -108,16 +111,20 @@ func (c *Coordinator) Run(ctx context.Context) (*Summary, error) {
 	}
 	for {
 		sum, err := c.term(ctx, cli, keys)
-		if err == nil || !cfg.Recampaign || ctx.Err() != nil || !errors.Is(err, etcdx.ErrDeposed) {
+		if err == nil || ctx.Err() != nil || !errors.Is(err, etcdx.ErrDeposed) {
 			return sum, err
 		}
-		// Deposed with nobody else leading: the session expired under
-		// a leader that was only slow. Another leader, or no answer,
-		// and this one steps down.
+		// Deposed. With nobody else leading, the session expired under
+		// a leader that was only slow: the policy may campaign again.
+		// Another leader, or no answer, and this one steps down.
+		s := policy.State{Recampaign: cfg.Recampaign}
+		if policy.Decide(s, policy.Event{Kind: policy.LeaderChange, NobodyLeads: true}).Kind != policy.Campaign {
+			return sum, err
+		}
 		qctx, cancel := context.WithTimeout(ctx, time.Duration(cfg.TTL)*time.Second)
 		other, qerr := someoneLeads(qctx, cli, keys)
 		cancel()
-		if qerr != nil || other {
+		if policy.Decide(s, policy.Event{Kind: policy.LeaderChange, NobodyLeads: qerr == nil && !other}).Kind != policy.Campaign {
 			return sum, err
 		}
 		cfg.Logf("%v; nobody else leads: campaigning again", err)
@@ -190,7 +197,7 @@ func (c *Coordinator) term(ctx context.Context, cli *clientv3.Client, keys etcdx
 
 func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary, error) {
 	cfg := &c.cfg
-	began := time.Now()
+	began := cfg.clock().Now()
 	keys := leader.Keys()
 	base := cfg.initStep()
 	committer, err := etcdx.NewCommitterAfter(ctx, leader, base)
@@ -275,7 +282,7 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 		// (a failover right after a worker loss): recover as from any
 		// failed step. Survivors hold step first-1 only if the restore
 		// succeeded, which is what recover checks before re-pathing.
-		if !errRetryable(ctx, err) {
+		if r.ends(ctx, first, err) {
 			return nil, err
 		}
 		if first, err = r.recover(ctx, first, err); err != nil {
@@ -292,7 +299,7 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 	}
 	cfg.Metrics.SetEpoch(r.fence.Epoch)
 	cfg.Logf("epoch %d: %s over %d workers, %d stages, %d parameters", epoch, plan.Schedule, len(plan.Workers), len(plan.Stages), r.params)
-	start := time.Now()
+	start := cfg.clock().Now()
 	var reports []StepReport
 	var tokens int64
 	tc := cfg.Train
@@ -300,7 +307,7 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 	defer func() { r.stopWatch(nil) }()
 	for step := first; step <= int64(cfg.Steps); {
 		if changed, err := r.maybeRejoin(ectx, step); err != nil {
-			if !errRetryable(ctx, err) {
+			if r.ends(ctx, step, err) {
 				return nil, err
 			}
 			cfg.Logf("rejoin before step %d failed: %v", step, err)
@@ -318,7 +325,7 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 			if cause := context.Cause(ectx); cause != nil && !errors.Is(cause, context.Canceled) {
 				err = fmt.Errorf("%w: %w", cause, err)
 			}
-			if !errRetryable(ctx, err) {
+			if r.ends(ctx, step, err) {
 				return nil, err
 			}
 			// The retry draws the same windows.
@@ -356,7 +363,7 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 	r.notifyRecovered(ctx)
 	sum := &Summary{Job: cfg.Job, Schedule: r.plan.Schedule, Workers: len(r.plan.Workers), Stages: len(r.plan.Stages),
 		Microbatches: tc.Microbatches, MicrobatchSize: tc.MicrobatchSize, Params: r.params, Epoch: r.fence.Epoch,
-		LeaderRev: leader.Rev(), PlanPath: r.planPath, PlanSHA256: r.planHash, Steps: reports, ElapsedS: time.Since(start).Seconds()}
+		LeaderRev: leader.Rev(), PlanPath: r.planPath, PlanSHA256: r.planHash, Steps: reports, ElapsedS: since(cfg.clock(), start).Seconds()}
 	sum.Checkpoint = r.lastCheckpoint
 	sum.Recoveries = r.recoveries
 	sum.finish(r.stats, cfg.Simulator)
@@ -367,7 +374,7 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 // notifyRecovered stamps the recoveries waiting for a commit and reports
 // them.
 func (r *run) notifyRecovered(ctx context.Context) {
-	now := time.Now()
+	now := r.cfg.clock().Now()
 	for _, i := range r.pendingCommit {
 		rec := &r.recoveries[i]
 		if rec.CommittedAt.IsZero() {

@@ -30,15 +30,18 @@
 //     calibrated from the measured action times.
 //
 // Failures (recover.go): a lost worker (lapsed lease, failed RPC or
-// stream, deadline) ends the iteration; families that can re-path
-// (SkipPipe) retry it around the worker, other schedules restore every shard from the last checkpoint and
-// replay, always under a new epoch; workers that register later join at an
-// iteration boundary. Commits retry across an etcd leader change after
-// reading back whether the failed attempt landed.
+// stream, deadline) ends the iteration; the run turns it into an event
+// for policy.Decide and carries out the action: families that can
+// re-path (SkipPipe) retry it around the worker, other schedules restore
+// every shard from the last checkpoint and replay, always under a new
+// epoch; workers that register later join at an iteration boundary; cost
+// drift replans; a deposed leader steps down or campaigns again. Time
+// comes from Config.Clock. Commits retry across an etcd leader change
+// after reading back whether the failed attempt landed.
 //
 // The package is mechanism only: what a Plan means lives in scheduler,
 // which plan to build in planner (every plan the coordinator installs, at
 // start, re-path, restore, rejoin and drift replan, comes from
-// planner.Plan over a snapshot of the registered members), recovery
-// decisions in policy, the model in model, the worker in worker.
+// planner.Plan over a snapshot of the registered members), every
+// recovery decision in policy.Decide, the model in model, the worker in worker.
 package coordinator

@@ -54,7 +54,7 @@ type StepReport struct {
 // step in etcd. A failure before Step leaves every worker's parameters
 // untouched; the step is committed only after every worker applied it.
 func (r *run) iterate(ctx context.Context, step int64) (StepReport, error) {
-	t0 := time.Now()
+	t0 := r.cfg.clock().Now()
 	r.stepping = false
 	tc := r.cfg.Train
 	r.cfg.Metrics.SetEpoch(r.fence.Epoch)
@@ -63,13 +63,13 @@ func (r *run) iterate(ctx context.Context, step int64) (StepReport, error) {
 		return StepReport{}, err
 	}
 	resps := make([]*pb.RunIterationResponse, len(r.workers))
-	tRun := time.Now()
+	tRun := r.cfg.clock().Now()
 	err = r.fanOut(ctx, fmt.Sprintf("RunIteration %d", step), func(ctx context.Context, w *workerConn) error {
 		resp, err := w.cli.RunIteration(ctx, &pb.RunIterationRequest{Fence: r.fence, Iteration: step, Data: perWorker[w.idx]})
 		resps[w.idx] = resp
 		return err
 	})
-	runS := time.Since(tRun).Seconds()
+	runS := since(r.cfg.clock(), tRun).Seconds()
 	if err != nil {
 		return StepReport{}, err
 	}
@@ -86,7 +86,7 @@ func (r *run) iterate(ctx context.Context, step int64) (StepReport, error) {
 	}
 	clip := model.ClipFactor(norm, tc.Optim.ClipNorm)
 	lr := tc.Optim.LRAt(int(step))
-	tStep := time.Now()
+	tStep := r.cfg.clock().Now()
 	// From here a failure may leave some workers stepped and others not:
 	// recovery then restores every shard (see recover.go).
 	r.stepping = true
@@ -103,7 +103,7 @@ func (r *run) iterate(ctx context.Context, step int64) (StepReport, error) {
 		// reloads every shard from the last checkpoint.
 		return StepReport{}, fmt.Errorf("%w (step %d not committed; the workers' shards may disagree)", err, step)
 	}
-	stepS := time.Since(tStep).Seconds()
+	stepS := since(r.cfg.clock(), tStep).Seconds()
 	if step <= r.committer.Last().Step {
 		// A replay after a restore: the step is committed already.
 		if err := r.checkReplay(ctx, step, loss); err != nil {
@@ -113,7 +113,7 @@ func (r *run) iterate(ctx context.Context, step int64) (StepReport, error) {
 	}
 	var extra []clientv3.Op
 	var ckpt *CheckpointManifest
-	tCkpt := time.Now()
+	tCkpt := r.cfg.clock().Now()
 	if r.wantCheckpoint(step) {
 		if ckpt, err = r.saveCheckpoint(ctx, step); err != nil {
 			return StepReport{}, fmt.Errorf("%w (step %d not committed)", err, step)
@@ -134,18 +134,18 @@ func (r *run) iterate(ctx context.Context, step int64) (StepReport, error) {
 			}
 		}()
 	}
-	ckptS := time.Since(tCkpt).Seconds()
-	tCommit := time.Now()
+	ckptS := since(r.cfg.clock(), tCkpt).Seconds()
+	tCommit := r.cfg.clock().Now()
 	if err := r.commit(ctx, etcdx.Commit{Step: step, Epoch: r.fence.Epoch, Loss: loss}, extra...); err != nil {
 		return StepReport{}, err
 	}
 	if ckpt != nil {
-		r.lastCheckpoint = ckpt.Dir
+		r.lastCheckpoint, r.ckptStep = ckpt.Dir, step
 		r.writeManifest(ckpt)
 	}
-	commitS := time.Since(tCommit).Seconds()
+	commitS := since(r.cfg.clock(), tCommit).Seconds()
 	r.stats.add(step, resps)
-	wall := time.Since(t0)
+	wall := since(r.cfg.clock(), t0)
 	it := wall.Seconds()
 	tokens := float64(tc.Microbatches * tc.MicrobatchSize * r.ctxLen)
 	r.cfg.Metrics.StepCommitted(step, wall, int64(tokens), loss)
@@ -249,12 +249,12 @@ func (r *run) gradNorm(resps []*pb.RunIterationResponse) (float64, error) {
 // done. Attempts are bounded by a TTL each and by 3 TTLs in all.
 func (r *run) commit(ctx context.Context, c etcdx.Commit, extra ...clientv3.Op) error {
 	ttl := time.Duration(r.cfg.TTL) * time.Second
-	deadline := time.Now().Add(3 * ttl)
+	deadline := r.cfg.clock().Now().Add(3 * ttl)
 	for {
 		actx, cancel := context.WithTimeout(ctx, ttl)
 		err := r.committer.Commit(actx, c, extra...)
 		cancel()
-		if err == nil || ctx.Err() != nil || errors.Is(err, etcdx.ErrDeposed) || time.Now().After(deadline) {
+		if err == nil || ctx.Err() != nil || errors.Is(err, etcdx.ErrDeposed) || r.cfg.clock().Now().After(deadline) {
 			return err
 		}
 		rctx, cancel := context.WithTimeout(ctx, ttl)
@@ -273,7 +273,7 @@ func (r *run) commit(ctx context.Context, c etcdx.Commit, extra ...clientv3.Op) 
 		select {
 		case <-ctx.Done():
 			return err
-		case <-time.After(200 * time.Millisecond):
+		case <-r.cfg.clock().After(200 * time.Millisecond):
 		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -99,33 +100,11 @@ func TestSkipPipeTrains(t *testing.T) {
 // ReplaceWait the coordinator stops with ErrWorkerLost instead of waiting
 // for an RPC timeout, and the committed sequence stays gap-free.
 func TestLostWorkerStopsTheRun(t *testing.T) {
-	corpus := writeCorpus(t)
 	const job = "lost"
-	cl := startCluster(t, job, 2)
-	done := make(chan struct{})
-	co, err := coordinator.New(coordinator.Config{Simulator: sim.Simulator{}, Job: job, Endpoints: cl.endpoints, TTL: 2, Workers: 2,
-		Schedule: "gpipe", Train: tinyTrain(2), Steps: 100000, CorpusDir: corpus, OutDir: t.TempDir(), CheckpointDir: cl.root,
-		RPCTimeout: time.Minute, ReplaceWait: 2 * time.Second,
-		OnStep: func(r coordinator.StepReport) {
-			if r.Step == 2 {
-				close(done)
-			}
-		}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	go func() {
-		<-done
-		cl.sessions[1].Close() // revoke: the worker is gone for etcd
-	}()
-	start := time.Now()
-	_, err = co.Run(ctx)
+	cl, err := loseWorkerAfterStep2(t, job, func(c *coordinator.Config) { c.ReplaceWait = 2 * time.Second })
 	if !errors.Is(err, coordinator.ErrWorkerLost) {
 		t.Fatalf("run ended with %v, want ErrWorkerLost", err)
 	}
-	t.Logf("stopped %v after start: %v", time.Since(start).Round(time.Millisecond), err)
 	cli, err := etcdx.Dial(context.Background(), cl.endpoints, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -136,6 +115,38 @@ func TestLostWorkerStopsTheRun(t *testing.T) {
 	if err != nil || etcdx.CheckSequence(cs) != nil || len(cs) < 2 {
 		t.Fatalf("commits %d (%v), want a gap-free sequence of at least 2", len(cs), err)
 	}
+}
+
+// loseWorkerAfterStep2 runs a GPipe job on two workers (the config tuned
+// by tune) and revokes the second worker's registration once step 2 is
+// committed: no replacement comes and one worker cannot hold the stages.
+// It returns the cluster and how the run ended.
+func loseWorkerAfterStep2(t *testing.T, job string, tune func(*coordinator.Config)) (*cluster, error) {
+	t.Helper()
+	corpus := writeCorpus(t)
+	cl := startCluster(t, job, 2)
+	done := make(chan struct{})
+	cfg := coordinator.Config{Simulator: sim.Simulator{}, Job: job, Endpoints: cl.endpoints, TTL: 2, Workers: 2,
+		Schedule: "gpipe", Train: tinyTrain(2), Steps: 100000, CorpusDir: corpus, OutDir: t.TempDir(), CheckpointDir: cl.root,
+		RPCTimeout: time.Minute,
+		OnStep: func(r coordinator.StepReport) {
+			if r.Step == 2 {
+				close(done)
+			}
+		}}
+	tune(&cfg)
+	co, err := coordinator.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	go func() {
+		<-done
+		cl.sessions[1].Close() // revoke: the worker is gone for etcd
+	}()
+	_, err = co.Run(ctx)
+	return cl, err
 }
 
 // TestDeposedLeaderStops revokes the leader's lease mid-run (as etcd does
@@ -233,4 +244,41 @@ func TestResumeFromCommittedCheckpoint(t *testing.T) {
 	}
 	checkParams(t, sum.Checkpoint, wantParams)
 	checkCommits(t, cl.endpoints, job, steps)
+}
+
+// jumpClock is a clock whose waits end at once, moving its time forward
+// by the wait: a long wait costs nothing.
+type jumpClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *jumpClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *jumpClock) After(d time.Duration) <-chan time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+	ch := make(chan time.Time, 1)
+	ch <- c.now
+	return ch
+}
+
+// TestReplaceWaitOnTheInjectedClock is TestLostWorkerStopsTheRun with ten
+// minutes of wait for replacements on an injected clock: the coordinator waits
+// on Config.Clock, so the run stops with ErrWorkerLost as soon as the
+// clock has passed them, not ten minutes later.
+func TestReplaceWaitOnTheInjectedClock(t *testing.T) {
+	clock := &jumpClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	_, err := loseWorkerAfterStep2(t, "clock", func(c *coordinator.Config) { c.ReplaceWait, c.Clock = 10*time.Minute, clock })
+	if !errors.Is(err, coordinator.ErrWorkerLost) {
+		t.Fatalf("run ended with %v, want ErrWorkerLost", err)
+	}
+	if waited := clock.Now().Sub(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)); waited < 10*time.Minute {
+		t.Fatalf("the injected clock moved %v: the wait for replacements did not use it", waited)
+	}
 }

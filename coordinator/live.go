@@ -61,7 +61,7 @@ func (r *run) record(ctx context.Context, rec Recovery) {
 func (r *run) recordTakeover(ctx context.Context, det time.Time, first, last int64) {
 	rec := Recovery{Step: first, Kind: KindTakeover, Cause: "leader " + r.cfg.Name + " took over", DetectedAt: det,
 		Epoch: r.fence.Epoch, Workers: len(r.workers), FromCheckpoint: first - 1, Replayed: last - (first - 1)}
-	rec.ResumedAt = time.Now()
+	rec.ResumedAt = r.cfg.clock().Now()
 	rec.RecoveryS = rec.ResumedAt.Sub(det).Seconds()
 	r.record(ctx, rec)
 }

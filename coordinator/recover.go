@@ -15,41 +15,48 @@ import (
 	"stagecoach/scheduler"
 )
 
-// Failure handling.
+// Failure handling: the mechanism. What to do is policy.Decide's (see
+// coordinator/policy and its scenario files); this file turns what
+// happens into the policy's events and carries its actions out.
 //
 // A plan worker is lost when its lease lapses (the membership watch
-// cancels the epoch's context), when one of its RPCs or peer streams fails,
-// or when an RPC passes its deadline, whichever comes first. The in-flight
-// iteration is then abandoned and one of two recoveries runs under a new
-// epoch (the workers drop every tensor and command of older epochs):
+// cancels the epoch's context: a LeaseLapse event when the registration
+// vanished, WorkerLost when another replaced it), when one of its RPCs or
+// peer streams fails, or when an RPC passes its deadline (RPCFailure),
+// whichever comes first. The in-flight iteration is then abandoned, the
+// members are probed (the Probe action) and the policy chooses, under a
+// new epoch (the workers drop every tensor and command of older epochs):
 //
-//   - Re-path (SkipPipe only): the iteration failed before any Step was
-//     sent, so every survivor still holds exactly the committed step's
-//     parameters. The plan is rebuilt on the survivors with the same
-//     placement minus the lost workers (the stage keeps its other replicas)
-//     and the same iteration is retried with the same windows. Nothing is
-//     restored.
+//   - Repath / Vacate (SkipPipe only): the iteration failed before any
+//     Step was sent, so every survivor still holds exactly the committed
+//     step's parameters. The plan is rebuilt on the survivors with the
+//     same placement minus the lost workers (the stage keeps its other
+//     replicas, or is left vacant) and the same iteration is retried with
+//     the same windows. Nothing is restored.
 //
-//   - Restore (every schedule, and SkipPipe when re-pathing is impossible):
-//     the plan is rebuilt on the survivors plus replacements (or on fewer
-//     workers when no replacement comes), every shard is reset and loaded
-//     from the last committed checkpoint, the sampler is rewound to its data
-//     position, and the steps committed after that checkpoint are replayed
-//     without being committed again (their losses must match the committed
-//     ones bit for bit when the plan is the one they were committed under).
+//   - Restore (every schedule, and SkipPipe when re-pathing is impossible
+//     or failed): the policy waits for replacements (Wait, then Tick) and
+//     names the workers; the plan is rebuilt on them, every shard is reset
+//     and loaded from the last committed checkpoint, the sampler is
+//     rewound to its data position, and the steps committed after that
+//     checkpoint are replayed without being committed again (their losses
+//     must match the committed ones bit for bit when the plan is the one
+//     they were committed under).
 //
 // No partial step survives either way. Step is sent only after every
 // RunIteration succeeded; if a worker fails during the Step fan-out, some
 // workers may have applied the step and others not, and the step was not
-// committed. Re-pathing is then refused and the restore path reloads every
-// shard from the checkpoint, so the stepped workers are rolled back too.
+// committed. The policy then refuses to re-path and the restore reloads
+// every shard from the checkpoint, so the stepped workers are rolled back
+// too.
 //
 // A worker that appears (a replacement, or a lost one that registered
-// again) while the plan is short of Config.Workers joins at the next
-// iteration boundary: every plan worker saves its shards at the current
-// step into a hand-off directory, the new plan is installed and every
-// worker loads from there (SkipPipe replicas are bit-identical, so any
-// replica's file is the stage's state).
+// again) while the plan is short of Config.Workers is offered to the
+// policy at the next iteration boundary (WorkerRegistered); when it says
+// Join, every plan worker saves its shards at the current step into a
+// hand-off directory, the new plan is installed and every worker loads
+// from there (SkipPipe replicas are bit-identical, so any replica's file
+// is the stage's state).
 
 // Recovery describes one failure and what the coordinator did about it.
 type Recovery struct {
@@ -107,7 +114,11 @@ func (r *run) armWatch(parent context.Context) context.Context {
 			}
 			for i, m := range plan {
 				if c, ok := cur[m.Name]; !ok || c.Lease != m.Lease || c.Addr != m.Addr {
-					cancel(fmt.Errorf("%w: plan worker %d (%s at %s) left the job (lease %x lapsed or replaced)", ErrWorkerLost, i, m.Name, m.Addr, m.Lease))
+					var err error = fmt.Errorf("%w: plan worker %d (%s at %s) left the job (lease %x lapsed or replaced)", ErrWorkerLost, i, m.Name, m.Addr, m.Lease)
+					if !ok {
+						err = lapsed{err, m.Name}
+					}
+					cancel(err)
 					return
 				}
 			}
@@ -195,15 +206,19 @@ func (r *run) healthy(ctx context.Context) ([]etcdx.Member, map[string]*pb.Statu
 }
 
 // recover handles the failure of step: it returns the step to run next.
+// The policy decides (give up, re-path, vacate or restore); this carries
+// it out.
 func (r *run) recover(ctx context.Context, step int64, cause error) (int64, error) {
 	cfg := r.cfg
-	det := time.Now()
+	det := cfg.clock().Now()
 	if r.stopWatch != nil {
 		r.stopWatch(nil)
 	}
 	r.failures++
-	if r.failures > cfg.MaxRecoveries {
-		return 0, fmt.Errorf("coordinator: step %d failed %d times in a row, giving up: %w", step, r.failures-1, cause)
+	ev := failureEvent(ctx, cause)
+	act := policy.Decide(r.state(step), ev)
+	if act.Kind == policy.GiveUp || act.Kind == policy.StepDown {
+		return 0, fmt.Errorf("coordinator: %s: %w", act.Why, cause)
 	}
 	cfg.Logf("step %d failed: %v; recovering", step, cause)
 	// A commit whose answer was lost may have landed: know which before
@@ -216,30 +231,44 @@ func (r *run) recover(ctx context.Context, step int64, cause error) (int64, erro
 	if err != nil {
 		return 0, err
 	}
-	dec := policy.Decide(r.failure(step, live, st))
-	rec.Lost = dec.Lost
+	s := r.probed(step, live, st)
+	act = policy.Decide(s, ev)
+	rec.Lost = act.Lost
 	next := step
-	if dec.Action == policy.Repath {
-		err = r.repath(ctx, dec.Parts, live)
+	switch act.Kind {
+	case policy.Repath, policy.Vacate:
+		err = r.repath(ctx, act.Parts, live)
 		if err == nil {
 			rec.Kind, rec.Vacant = "repath", r.plan.VacantStages()
-		} else {
-			cfg.Logf("re-path after step %d failed: %v; restoring from the last checkpoint", step, err)
+			break
 		}
-	} else if dec.Why != "" {
-		cfg.Logf("no re-path for step %d: %s; restoring from the last checkpoint", step, dec.Why)
+		cfg.Logf("re-path after step %d failed: %v; restoring from the last checkpoint", step, err)
+		s.Repathing = true
+		act = policy.Decide(s, policy.Event{Kind: policy.RPCFailure})
+	case policy.Restore:
+		if act.Why != "" {
+			cfg.Logf("no re-path for step %d: %s; restoring from the last checkpoint", step, act.Why)
+		}
 	}
 	if rec.Kind == "" {
+		if act.Kind != policy.Restore {
+			return 0, fmt.Errorf("coordinator: recovering step %d: the policy chose %v (%s): %w", step, act.Kind, act.Why, cause)
+		}
 		from, err := r.restoreAll(ctx, step)
 		if err != nil {
 			return 0, fmt.Errorf("%w (recovering from: %w)", err, cause)
+		}
+		if from != act.From {
+			// The policy names the newest checkpoint known; a damaged one
+			// is skipped for an older one (restoreNewest).
+			cfg.Logf("restored the checkpoint of step %d, not the newest known (%d)", from, act.From)
 		}
 		rec.Kind, rec.FromCheckpoint = "restore", from
 		rec.Replayed = r.committer.Last().Step - from
 		next = from + 1
 	}
 	rec.Epoch, rec.Workers = r.fence.Epoch, len(r.workers)
-	rec.ResumedAt = time.Now()
+	rec.ResumedAt = cfg.clock().Now()
 	rec.RecoveryS = rec.ResumedAt.Sub(det).Seconds()
 	cfg.Logf("recovered from the failure of step %d by %s in %.3f s: epoch %d on %d workers (lost %v), next step %d",
 		step, rec.Kind, rec.RecoveryS, rec.Epoch, rec.Workers, rec.Lost, next)
@@ -247,6 +276,47 @@ func (r *run) recover(ctx context.Context, step int64, cause error) (int64, erro
 	r.pendingCommit = append(r.pendingCommit, len(r.recoveries)-1)
 	r.record(ctx, rec)
 	return next, nil
+}
+
+// lapsed marks the watch's cause when a plan worker's registration
+// vanished (its lease lapsed: a paused or cut-off worker) rather than
+// being replaced.
+type lapsed struct {
+	error
+	worker string
+}
+
+func (l lapsed) Unwrap() error { return l.error }
+
+// failureEvent is the policy's event for an error that ended an
+// iteration (or a rejoin, or the start): leadership lost, a failure a
+// retry would repeat (or the caller stopping the job), a lapsed lease, a
+// lost worker, or another RPC failure.
+func failureEvent(parent context.Context, err error) policy.Event {
+	e := policy.Event{Kind: policy.RPCFailure}
+	var l lapsed
+	switch {
+	case errors.Is(err, etcdx.ErrDeposed):
+		e.Kind = policy.LeaderChange
+	case parent.Err() != nil || errors.Is(err, errNotDeterministic):
+		e.Fatal = true
+	case errors.As(err, &l):
+		e.Kind, e.Workers = policy.LeaseLapse, []string{l.worker}
+	case errors.Is(err, ErrWorkerLost):
+		e.Kind = policy.WorkerLost
+	}
+	return e
+}
+
+// ends tells the run loop whether err ends the term (the policy steps
+// down or gives up at once) rather than being recovered from.
+func (r *run) ends(ctx context.Context, step int64, err error) bool {
+	e := failureEvent(ctx, err)
+	if e.Kind != policy.LeaderChange && !e.Fatal {
+		return false
+	}
+	k := policy.Decide(r.state(step), e).Kind
+	return k == policy.StepDown || k == policy.GiveUp
 }
 
 // family is the recovery family of the job's schedule, from what the
@@ -264,20 +334,36 @@ func (r *run) placement() policy.Placement {
 	return pl
 }
 
-// failure is what the policy needs to decide a recovery of step: the
-// plan, and the step each surviving plan worker holds.
-func (r *run) failure(step int64, live []etcdx.Member, st map[string]*pb.StatusResponse) policy.Failure {
-	f := policy.Failure{Family: r.family(), Step: step, Stepping: r.stepping, Placement: r.placement(), Applied: map[string]int64{}}
-	inPlan := map[string]bool{}
-	for _, n := range f.Workers {
-		inPlan[n] = true
+// pollEvery is how often a wait for replacements looks again.
+const pollEvery = 200 * time.Millisecond
+
+// state is what the policy knows of the run at step, before any probe.
+func (r *run) state(step int64) policy.State {
+	cfg := r.cfg
+	s := policy.State{Family: r.family(), Want: cfg.Workers, Stages: cfg.Stages,
+		Step: step, Steps: int64(cfg.Steps), Stepping: r.stepping, Checkpoints: []int64{r.ckptStep},
+		Failures: r.failures, MaxFailures: cfg.MaxRecoveries, Poll: pollEvery, ReplanDrift: cfg.ReplanDrift,
+		Recampaign: cfg.Recampaign, Now: cfg.clock().Now()}
+	if r.plan != nil {
+		s.Placement = r.placement()
 	}
+	if r.committer != nil {
+		s.Committed = r.committer.Last().Step
+	}
+	return s
+}
+
+// probed is state(step) with the members that answered a probe (st) and
+// the step each holds.
+func (r *run) probed(step int64, live []etcdx.Member, st map[string]*pb.StatusResponse) policy.State {
+	s := r.state(step)
+	s.Probed = true
 	for _, m := range live {
-		if inPlan[m.Name] {
-			f.Applied[m.Name] = st[m.Name].GetAppliedStep()
+		if a, ok := st[m.Name]; ok {
+			s.Live = append(s.Live, policy.Member{Name: m.Name, Applied: a.GetAppliedStep()})
 		}
 	}
-	return f
+	return s
 }
 
 // repath installs a plan on the survivors (names per stage, from
@@ -368,7 +454,7 @@ func (r *run) install(ctx context.Context, plan *scheduler.Plan, ordered []etcdx
 // and rewinds the data. It returns the checkpoint's step (0: the seeded
 // initial state).
 func (r *run) restoreAll(ctx context.Context, step int64) (int64, error) {
-	members, err := r.gather(ctx)
+	members, err := r.gather(ctx, step)
 	if err != nil {
 		return 0, err
 	}
@@ -391,44 +477,37 @@ func (r *run) restoreAll(ctx context.Context, step int64) (int64, error) {
 }
 
 // gather waits up to Config.ReplaceWait for Config.Workers healthy
-// registered workers (the current plan's survivors first, then others by
-// name). After that it settles for fewer when they can still hold the
-// stages: a multiple of Stages for classic schedules, at least one per
-// stage for SkipPipe. It fails with ErrWorkerLost otherwise.
-func (r *run) gather(ctx context.Context) ([]etcdx.Member, error) {
+// registered workers; the policy picks them (the current plan's survivors
+// first, then others by name) or, once the wait is over, settles for
+// fewer that can still hold the stages. It fails with ErrWorkerLost
+// otherwise.
+func (r *run) gather(ctx context.Context, step int64) ([]etcdx.Member, error) {
 	cfg := r.cfg
-	deadline := time.Now().Add(cfg.ReplaceWait)
+	by := cfg.clock().Now().Add(cfg.ReplaceWait)
 	for {
-		live, _, err := r.healthy(ctx)
+		live, st, err := r.healthy(ctx)
 		if err != nil {
 			return nil, err
 		}
-		if len(live) >= cfg.Workers {
-			return r.prefer(live, cfg.Workers), nil
-		}
-		if time.Now().After(deadline) {
-			if n, ok := policy.Settle(r.family(), len(live), cfg.Workers, cfg.Stages); ok {
-				cfg.Logf("no replacement after %v: continuing on %d of %d workers", cfg.ReplaceWait, n, cfg.Workers)
-				return r.prefer(live, n), nil
+		s := r.probed(step, live, st)
+		s.Restoring, s.ReplaceBy = true, by
+		act := policy.Decide(s, policy.Event{Kind: policy.Tick})
+		switch act.Kind {
+		case policy.Restore:
+			if len(act.Workers) < cfg.Workers {
+				cfg.Logf("no replacement after %v: continuing on %d of %d workers", cfg.ReplaceWait, len(act.Workers), cfg.Workers)
 			}
-			return nil, fmt.Errorf("%w: %d healthy workers after waiting %v for replacements, need %d (at least %d)", ErrWorkerLost, len(live), cfg.ReplaceWait, cfg.Workers, cfg.Stages)
-		}
-		select {
-		case <-ctx.Done():
-			return nil, context.Cause(ctx)
-		case <-time.After(200 * time.Millisecond):
+			return pick(act.Workers, live), nil
+		case policy.Wait:
+			select {
+			case <-ctx.Done():
+				return nil, context.Cause(ctx)
+			case <-cfg.clock().After(act.Until.Sub(s.Now)):
+			}
+		default:
+			return nil, fmt.Errorf("%w: %d healthy workers after waiting %v for replacements, need %d (at least %d)", ErrWorkerLost, len(s.Live), cfg.ReplaceWait, cfg.Workers, cfg.Stages)
 		}
 	}
-}
-
-// prefer picks n of live (policy.Prefer): current plan workers first,
-// then by name, sorted by name.
-func (r *run) prefer(live []etcdx.Member, n int) []etcdx.Member {
-	inPlan := map[string]bool{}
-	for _, w := range r.workers {
-		inPlan[w.member.Name] = true
-	}
-	return pick(policy.Prefer(names(live), inPlan, n), live)
 }
 
 // partitionFor places members on SkipPipe stages (policy.Partition).
@@ -449,58 +528,50 @@ func pick(names []string, ms []etcdx.Member) []etcdx.Member {
 	return members([][]string{names}, ms)[0]
 }
 
-// maybeRejoin runs at an iteration boundary: when the plan is short of
-// Config.Workers and healthy registered workers are outside it, they join.
-// It reports whether the plan changed.
+// maybeRejoin runs at an iteration boundary: registered workers outside
+// the plan are offered to the policy, which has those not suspected
+// probed and says who joins. It reports whether the plan changed.
 func (r *run) maybeRejoin(ctx context.Context, step int64) (bool, error) {
 	cfg := r.cfg
-	if len(r.workers) >= cfg.Workers {
-		return false, nil
-	}
 	snap := r.latest.Load()
 	if snap == nil {
 		return false, nil
 	}
 	inPlan := map[string]bool{}
+	var all []etcdx.Member
 	for _, w := range r.workers {
 		inPlan[w.member.Name] = true
-	}
-	var cands []etcdx.Member
-	for _, m := range *snap {
-		if !inPlan[m.Name] && r.suspect[m.Name] != m.Lease {
-			cands = append(cands, m)
-		}
-	}
-	if len(cands) == 0 {
-		return false, nil
-	}
-	st := r.probe(ctx, cands)
-	var joined []etcdx.Member
-	for _, m := range cands {
-		if _, ok := st[m.Name]; ok {
-			joined = append(joined, m)
-		}
-	}
-	if len(joined) == 0 {
-		return false, nil
-	}
-	det := time.Now()
-	all := make([]etcdx.Member, 0, len(r.workers)+len(joined))
-	for _, w := range r.workers {
 		all = append(all, w.member)
 	}
-	all = append(all, joined...)
-	chosen := policy.Rejoin(r.family(), names(all[:len(r.workers)]), names(joined), cfg.Workers, cfg.Stages)
-	if chosen == nil {
-		return false, nil
-	}
-	members := pick(chosen, all)
-	rec := Recovery{Step: step, Kind: "rejoin", Cause: "workers available", DetectedAt: det}
-	for _, m := range members {
+	var cands []etcdx.Member
+	s := r.state(step)
+	s.AtBoundary, s.Suspects = true, map[string]bool{}
+	for _, m := range *snap {
 		if !inPlan[m.Name] {
-			rec.Joined = append(rec.Joined, m.Name)
+			cands = append(cands, m)
+			// Suspected under the lease it still holds.
+			s.Suspects[m.Name] = r.suspect[m.Name] == m.Lease
 		}
 	}
+	ev := policy.Event{Kind: policy.WorkerRegistered, Workers: names(cands)}
+	act := policy.Decide(s, ev)
+	if act.Kind != policy.Probe {
+		return false, nil
+	}
+	st := r.probe(ctx, pick(act.Workers, cands))
+	s.Probed = true
+	for _, m := range cands {
+		if a, ok := st[m.Name]; ok {
+			s.Live = append(s.Live, policy.Member{Name: m.Name, Applied: a.GetAppliedStep()})
+		}
+	}
+	act = policy.Decide(s, ev)
+	if act.Kind != policy.Join {
+		return false, nil
+	}
+	det := cfg.clock().Now()
+	members := pick(act.Workers, append(all, cands...))
+	rec := Recovery{Step: step, Kind: "rejoin", Cause: "workers available", DetectedAt: det, Joined: act.Joined}
 	cfg.Logf("before step %d: %v join the plan", step, rec.Joined)
 	// Hand the current state over through a checkpoint of the current
 	// step outside the committed ones.
@@ -534,7 +605,7 @@ func (r *run) maybeRejoin(ctx context.Context, step int64) (bool, error) {
 		}
 	}
 	rec.Epoch, rec.Workers = r.fence.Epoch, len(r.workers)
-	rec.ResumedAt = time.Now()
+	rec.ResumedAt = cfg.clock().Now()
 	rec.RecoveryS = rec.ResumedAt.Sub(det).Seconds()
 	cfg.Logf("epoch %d: %d workers after %v joined (%.3f s)", rec.Epoch, rec.Workers, rec.Joined, rec.RecoveryS)
 	r.recoveries = append(r.recoveries, rec)
@@ -576,16 +647,6 @@ func (r *run) checkReplay(ctx context.Context, step int64, loss float64) error {
 	}
 	r.cfg.Logf("replayed step %d under another plan than its commit's: loss %v (committed %v)", step, loss, c.Loss)
 	return nil
-}
-
-// errRetryable tells the run loop whether a failed iteration may be
-// recovered: everything but the loss of leadership or of the caller's
-// context, and arithmetic that a retry would only repeat.
-func errRetryable(parent context.Context, err error) bool {
-	if parent.Err() != nil || errors.Is(err, etcdx.ErrDeposed) || errors.Is(err, errNotDeterministic) {
-		return false
-	}
-	return true
 }
 
 // errNotDeterministic marks failures that a retry would repeat.

@@ -1,17 +1,18 @@
-// Package policy holds the coordinator's recovery decisions as pure
-// functions: from what the coordinator knows at a failure or an iteration
-// boundary (the plan's placement, which workers answer and which step each
-// holds, who registered) to what it should do (re-path on the survivors or
-// restore from a checkpoint, which workers to plan on, where newcomers go).
-// No RPC, no etcd, no clock: the coordinator gathers the facts and carries
-// the decision out, and every decision is unit-tested here without a
-// process (see coordinator/recover.go for the mechanism).
+// Package policy holds the coordinator's recovery policy as one pure
+// function, Decide(state, event) -> action, in the shape of etcd's raft:
+// the coordinator (the mechanism) turns etcd watches, RPC errors and
+// timers into events, calls Decide with what it knows (the plan, the
+// members answering and the step each holds, suspects, the committed
+// step and checkpoints, the time) and carries the action out (re-path,
+// restore from a checkpoint with replay, rejoin at a boundary, vacate a
+// stage, wait, replan, step down, give up). No RPC, no etcd, no clock, no
+// goroutine: time is a value in the state, so every decision is tested
+// here from scenario files (testdata) without a process. The helpers
+// Settle, Prefer, Partition and Rejoin are the pieces Decide is made of;
+// the simulator's failure mode (sim/failures) calls the same Decide.
 package policy
 
-import (
-	"fmt"
-	"sort"
-)
+import "sort"
 
 // Family tells schedules apart by how they recover.
 type Family int
@@ -48,103 +49,6 @@ type Placement struct {
 	// StageWorkers lists, per stage, the plan workers holding it (indices
 	// into Workers).
 	StageWorkers [][]int
-}
-
-// Failure is what the coordinator knows when an iteration failed.
-type Failure struct {
-	Family Family
-	// Step is the step that failed.
-	Step int64
-	// Stepping is true when the failure hit the Step fan-out (some
-	// workers may have applied the step).
-	Stepping bool
-	Placement
-	// Applied maps each surviving plan worker (registered and answering)
-	// to the step it last applied. Plan workers not in it are lost.
-	Applied map[string]int64
-}
-
-// Action is what a recovery does.
-type Action int
-
-const (
-	// Restore rebuilds the plan on healthy workers and loads the last
-	// checkpoint (every schedule can).
-	Restore Action = iota
-	// Repath retries the failed step on the survivors with the same
-	// placement minus the lost workers; nothing is restored.
-	Repath
-)
-
-func (a Action) String() string {
-	if a == Repath {
-		return "repath"
-	}
-	return "restore"
-}
-
-// Decision is a recovery's plan.
-type Decision struct {
-	Action Action
-	// Why says why a SkipPipe plan cannot re-path (empty otherwise).
-	Why string
-	// Parts, for Repath, are the survivors per stage (empty: vacant).
-	Parts [][]string
-	// Lost names the plan workers that are gone, in plan order.
-	Lost []string
-}
-
-// Decide chooses between re-path and restore. SkipPipe re-paths when no
-// Step was sent, every survivor holds the previous step, no stage-0 worker
-// (an origin: the microbatches it starts would be lost) is gone, and some
-// stage besides stage 0 keeps a worker; a stage left without one becomes
-// vacant, which SkipPipeFull (never skipping) cannot have.
-func Decide(f Failure) Decision {
-	d := Decision{Action: Restore}
-	for _, w := range f.Workers {
-		if _, ok := f.Applied[w]; !ok {
-			d.Lost = append(d.Lost, w)
-		}
-	}
-	if f.Family == Classic {
-		return d
-	}
-	if f.Stepping {
-		d.Why = "the failure hit the Step fan-out (some workers may have stepped)"
-		return d
-	}
-	for _, w := range f.Workers {
-		if a, ok := f.Applied[w]; ok && a != f.Step-1 {
-			d.Why = fmt.Sprintf("worker %s holds step %d, not %d", w, a, f.Step-1)
-			return d
-		}
-	}
-	parts := make([][]string, len(f.StageWorkers))
-	vacant := 0
-	for s, ws := range f.StageWorkers {
-		for _, w := range ws {
-			name := f.Workers[w]
-			if _, ok := f.Applied[name]; ok {
-				parts[s] = append(parts[s], name)
-			} else if s == 0 {
-				d.Why = fmt.Sprintf("stage-0 worker %s is lost", name)
-				return d
-			}
-		}
-		if len(parts[s]) == 0 {
-			vacant++
-		}
-	}
-	if vacant >= len(f.StageWorkers)-1 {
-		d.Why = "no stage but stage 0 has a worker left"
-		return d
-	}
-	if vacant > 0 && f.Family == SkipPipeFull {
-		d.Why = "a stage has no replica left and skippipe-full visits every stage"
-		return d
-	}
-	d.Action, d.Parts = Repath, parts
-	return d
 }
 
 // Settle says how many of live healthy workers a restore plans on once the

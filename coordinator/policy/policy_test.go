@@ -2,7 +2,6 @@ package policy
 
 import (
 	"reflect"
-	"strings"
 	"testing"
 )
 
@@ -10,50 +9,6 @@ import (
 // d on stage 2.
 func skipPlan() Placement {
 	return Placement{Workers: []string{"a", "b", "c", "d"}, StageWorkers: [][]int{{0}, {1, 2}, {3}}}
-}
-
-func TestDecide(t *testing.T) {
-	for _, k := range []struct {
-		name    string
-		f       Failure
-		action  Action
-		why     string
-		parts   [][]string
-		lostAre []string
-	}{
-		{"classic always restores", Failure{Family: Classic, Step: 5, Placement: skipPlan(), Applied: map[string]int64{"a": 4, "b": 4, "d": 4}},
-			Restore, "", nil, []string{"c"}},
-		{"skippipe loses a replica: re-path, stage keeps the other", Failure{Family: SkipPipe, Step: 5, Placement: skipPlan(), Applied: map[string]int64{"a": 4, "b": 4, "d": 4}},
-			Repath, "", [][]string{{"a"}, {"b"}, {"d"}}, []string{"c"}},
-		{"skippipe loses a whole stage: vacant", Failure{Family: SkipPipe, Step: 5, Placement: skipPlan(), Applied: map[string]int64{"a": 4, "b": 4, "c": 4}},
-			Repath, "", [][]string{{"a"}, {"b", "c"}, nil}, []string{"d"}},
-		{"skippipe-full cannot leave a stage vacant", Failure{Family: SkipPipeFull, Step: 5, Placement: skipPlan(), Applied: map[string]int64{"a": 4, "b": 4, "c": 4}},
-			Restore, "skippipe-full visits every stage", nil, []string{"d"}},
-		{"an origin lost", Failure{Family: SkipPipe, Step: 5, Placement: skipPlan(), Applied: map[string]int64{"b": 4, "c": 4, "d": 4}},
-			Restore, "stage-0 worker a is lost", nil, []string{"a"}},
-		{"during the Step fan-out", Failure{Family: SkipPipe, Step: 5, Stepping: true, Placement: skipPlan(), Applied: map[string]int64{"a": 4, "b": 4, "d": 4}},
-			Restore, "Step fan-out", nil, []string{"c"}},
-		{"a survivor already stepped", Failure{Family: SkipPipe, Step: 5, Placement: skipPlan(), Applied: map[string]int64{"a": 4, "b": 5, "d": 4}},
-			Restore, "worker b holds step 5, not 4", nil, []string{"c"}},
-		{"only stage 0 left", Failure{Family: SkipPipe, Step: 5, Placement: skipPlan(), Applied: map[string]int64{"a": 4}},
-			Restore, "no stage but stage 0", nil, []string{"b", "c", "d"}},
-	} {
-		t.Run(k.name, func(t *testing.T) {
-			d := Decide(k.f)
-			if d.Action != k.action {
-				t.Fatalf("action %v (why %q), want %v", d.Action, d.Why, k.action)
-			}
-			if !strings.Contains(d.Why, k.why) {
-				t.Errorf("why %q, want it to say %q", d.Why, k.why)
-			}
-			if k.parts != nil && !reflect.DeepEqual(d.Parts, k.parts) {
-				t.Errorf("parts %v, want %v", d.Parts, k.parts)
-			}
-			if !reflect.DeepEqual(d.Lost, k.lostAre) {
-				t.Errorf("lost %v, want %v", d.Lost, k.lostAre)
-			}
-		})
-	}
 }
 
 func TestSettle(t *testing.T) {

@@ -288,16 +288,16 @@ func (r *runner) fail(e Event, detected float64, rec Recovery) (bool, error) {
 	r.live[e.Node] = false
 	r.out.Lost++
 	r.t = detected
-	f := policy.Failure{Family: recovery(r.fam), Step: int64(r.out.Committed + 1), Placement: placement(r.plan), Applied: map[string]int64{}}
-	for _, w := range f.Workers {
+	s := policy.State{Family: recovery(r.fam), Step: int64(r.out.Committed + 1), Placement: placement(r.plan), Probed: true}
+	for _, w := range s.Workers {
 		if r.live[w] {
-			f.Applied[w] = int64(r.out.Committed)
+			s.Live = append(s.Live, policy.Member{Name: w, Applied: int64(r.out.Committed)})
 		}
 	}
-	d := policy.Decide(f)
+	d := policy.Decide(s, policy.Event{Kind: policy.WorkerLost, Workers: []string{e.Node}})
 	rec.Why = d.Why
 	start := e.At.Seconds()
-	if d.Action == policy.Repath {
+	if d.Kind == policy.Repath || d.Kind == policy.Vacate {
 		p, err := r.job.Planner.plan(nil, d.Parts, r.plan)
 		if err == nil {
 			if err = r.install(p); err == nil {
