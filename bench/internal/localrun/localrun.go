@@ -135,7 +135,7 @@ func Run(ctx context.Context, j Job) (*coordinator.Summary, error) {
 	}
 	for _, name := range j.Nodes {
 		w, err := worker.New(worker.Config{Name: name, Listen: "127.0.0.1:0", Job: j.Name,
-			DataDir: filepath.Join(out, "workers", name), Logf: quiet})
+			DataDir: filepath.Join(out, "workers", name), CheckpointRoot: filepath.Join(out, "checkpoints"), Logf: quiet})
 		if err != nil {
 			return nil, fmt.Errorf("localrun %s: worker %s: %w", j.Name, name, err)
 		}
