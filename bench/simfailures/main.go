@@ -43,6 +43,7 @@ import (
 	"stagecoach/bench/internal/localrun"
 	"stagecoach/coordinator"
 	"stagecoach/costmodel"
+	"stagecoach/internal/etcdx"
 	"stagecoach/model"
 	"stagecoach/scheduler"
 	"stagecoach/sim"
@@ -129,18 +130,20 @@ func (m *measured) hook(j *localrun.Job, after []int64, victim func(plan []coord
 	}
 }
 
-// start is the start of step 1 (its commit less its wall time): time 0
-// of the trace and of the simulation.
-func (m *measured) start() time.Time {
-	return m.at[1].Add(-time.Duration(m.iterS[1] * float64(time.Second)))
+// start is time 0 of the trace and of the simulation: the commit of
+// step 1 less one failure-free iteration of the simulation (firstS).
+// Step 1 also opens the workers' streams and warms up; the simulator
+// does not price that, and a failure comparison should not include it.
+func (m *measured) start(firstS float64) time.Time {
+	return m.at[1].Add(-time.Duration(firstS * float64(time.Second)))
 }
 
 // trace writes the crashes as a `sim --failures` trace to path and reads
 // it back the way the simulator does.
-func (m *measured) trace(path string, nodes []string, about string) (*failures.Trace, error) {
+func (m *measured) trace(path string, nodes []string, firstS float64, about string) (*failures.Trace, error) {
 	var b strings.Builder
-	fmt.Fprintf(&b, "# %s\n# Crashes as they happened, from the start of step 1.\nevents:\n", about)
-	t0 := m.start()
+	fmt.Fprintf(&b, "# %s\n# Crashes as they happened; time 0 is the commit of step 1 less %.3f s (one simulated iteration).\nevents:\n", about, firstS)
+	t0 := m.start(firstS)
 	for _, c := range m.crashes {
 		fmt.Fprintf(&b, "  - {at: %s, node: %s, kind: crash}\n", c.at.Sub(t0).Round(time.Millisecond), c.node)
 	}
@@ -170,7 +173,7 @@ func (m *measured) costs(replaceWaitS float64) failures.Costs {
 		}
 		rec = append(rec, s)
 	}
-	return failures.Costs{DetectS: mean(det), LeaseTTLS: 5, PlanS: mean(rec), CheckpointS: mean(m.ckptS), ReplaceWaitS: replaceWaitS}
+	return failures.Costs{DetectS: mean(det), LeaseTTLS: float64(etcdx.DefaultTTL), PlanS: mean(rec), CheckpointS: mean(m.ckptS), ReplaceWaitS: replaceWaitS}
 }
 
 func mean(v []float64) float64 {
@@ -184,37 +187,104 @@ func mean(v []float64) float64 {
 	return s / float64(len(v))
 }
 
-// phase is a range of steps: throughput over the commits after from up
+// span is a range of steps: throughput over the commits after from up
 // to to.
-type phase struct {
-	name     string
-	from, to int64
+type span struct{ from, to int }
+
+// phases splits a run's commits (commits[k-1] is step k's, in seconds
+// from time 0) by the crash times: before (after step 1, up to the last
+// commit before the first crash), the failure window (from there to the
+// second commit after the last crash: the retried step and one more),
+// after (from there to the end). Each timeline is split by its own
+// commits, so a crash that lands in another step in the simulation is
+// still in its window.
+func phases(commits []float64, crashes []float64) [3]span {
+	a := 1
+	for k, t := range commits {
+		if t <= crashes[0] {
+			a = max(a, k+1)
+		}
+	}
+	b := len(commits)
+	for k, t := range commits {
+		if t > crashes[len(crashes)-1] {
+			b = min(k+2, len(commits))
+			break
+		}
+	}
+	return [3]span{{1, a}, {a, b}, {b, len(commits)}}
 }
 
-// phases: before (steps 2..first), the failure window (from the commit
-// before the first crashed step to that of the step after the last
-// crashed one), after.
-func phases(after []int64, steps int) []phase {
-	first, last := after[0], after[len(after)-1]+2
-	return []phase{{"before", 1, first}, {"failure window", first, last}, {"after", last, int64(steps)}}
+// lostPerCrash is the mean time each crash cost a timeline: the gap
+// between the commits around it (the lost part of the iteration,
+// detection, recovery, any replay, the retried step) less the median gap
+// of the steps no crash touched (step 1 left out). Unlike throughput, it
+// does not depend on how fast the iterations run.
+func lostPerCrash(commits, crashes []float64) float64 {
+	hit := map[int]bool{}
+	var lost []float64
+	for _, x := range crashes {
+		i := 0 // commits[i-1] is the last commit before x (i = 0: none)
+		for i < len(commits) && commits[i] <= x {
+			i++
+		}
+		if i == 0 || i == len(commits) {
+			continue
+		}
+		hit[i] = true
+		lost = append(lost, commits[i]-commits[i-1])
+	}
+	var gaps []float64
+	for k := 2; k < len(commits); k++ {
+		if !hit[k] {
+			gaps = append(gaps, commits[k]-commits[k-1])
+		}
+	}
+	if len(lost) == 0 || len(gaps) == 0 {
+		return 0
+	}
+	slices.Sort(gaps)
+	return mean(lost) - gaps[len(gaps)/2]
 }
 
 type row struct {
-	cse, phase, steps string
-	meas, sim         float64
+	cse, phase          string
+	measSteps, simSteps string
+	// sim is under the cost model the run planned with, own under the
+	// one it wrote (calibrated from its own last plan's steps).
+	meas, sim, own float64
+}
+
+// result is a case's comparison.
+type result struct {
+	rows []row
+	loss lossRow
+}
+
+// lossRow is what a case's crashes cost, measured and simulated.
+type lossRow struct {
+	cse            string
+	crashes        int
+	meas, sim, own float64
 }
 
 // compare prints the recoveries side by side and returns the phase rows.
-func compare(name string, m *measured, o *failures.Outcome, tokens float64, steps int, after []int64) ([]row, error) {
-	if o.Committed != steps {
-		return nil, fmt.Errorf("%s: the simulation committed %d steps, not %d (%s)", name, o.Committed, steps, o.Stopped)
+func compare(name string, m *measured, o, own *failures.Outcome, tokens float64, steps int, firstS float64) ([]row, lossRow, error) {
+	for _, x := range []*failures.Outcome{o, own} {
+		if x.Committed != steps {
+			return nil, lossRow{}, fmt.Errorf("%s: the simulation committed %d steps, not %d (%s)", name, x.Committed, steps, x.Stopped)
+		}
+	}
+	t0 := m.start(firstS)
+	var crashes []float64
+	for _, c := range m.crashes {
+		crashes = append(crashes, c.at.Sub(t0).Seconds())
 	}
 	fmt.Printf("%s recoveries, measured:", name)
-	t0 := m.start()
 	for i, r := range m.sum.Recoveries {
 		c := ""
-		if i < len(m.crashes) {
-			c = fmt.Sprintf(" crash at %.2f s,", m.crashes[i].at.Sub(t0).Seconds())
+		if i < len(crashes) {
+			c = fmt.Sprintf(" crash at %.2f s,", crashes[i])
 		}
 		fmt.Printf(" [step %d%s %s detected at %.2f s, recovered in %.3f s, first commit %.3f s after detection, %d workers]",
 			r.Step, c, r.Kind, r.DetectedAt.Sub(t0).Seconds(), r.RecoveryS, r.ToCommitS, r.Workers)
@@ -224,23 +294,27 @@ func compare(name string, m *measured, o *failures.Outcome, tokens float64, step
 		fmt.Printf(" [%s at %.2f s: %s in %.3f s, %d replayed, %d workers]", r.Node, r.AtS, r.Action, r.RecoverS, r.Replayed, r.Workers)
 	}
 	fmt.Println()
-	simAt := func(k int64) float64 {
-		if k == 0 {
-			return 0
-		}
-		return o.Timeline[k-1].T
+	var real, simd, ownd []float64
+	for k := 1; k <= steps; k++ {
+		real = append(real, m.at[int64(k)].Sub(t0).Seconds())
+		simd = append(simd, o.Timeline[k-1].T)
+		ownd = append(ownd, own.Timeline[k-1].T)
 	}
-	t := func(k int64) float64 { return m.at[k].Sub(t0).Seconds() }
+	rate := func(c []float64, p span) float64 {
+		return float64(p.to-p.from) * tokens / (c[p.to-1] - c[p.from-1])
+	}
+	pr, ps, po := phases(real, crashes), phases(simd, crashes), phases(ownd, crashes)
 	var rows []row
-	for _, p := range phases(after, steps) {
-		if p.to <= p.from {
+	for i, name2 := range []string{"before", "failure window", "after"} {
+		if pr[i].to <= pr[i].from || ps[i].to <= ps[i].from {
 			continue
 		}
-		n := float64(p.to-p.from) * tokens
-		rows = append(rows, row{cse: name, phase: p.name, steps: fmt.Sprintf("%d-%d", p.from+1, p.to),
-			meas: n / (t(p.to) - t(p.from)), sim: n / (simAt(p.to) - simAt(p.from))})
+		rows = append(rows, row{cse: name, phase: name2,
+			measSteps: fmt.Sprintf("%d-%d", pr[i].from+1, pr[i].to), simSteps: fmt.Sprintf("%d-%d", ps[i].from+1, ps[i].to),
+			meas: rate(real, pr[i]), sim: rate(simd, ps[i]), own: rate(ownd, po[i])})
 	}
-	return rows, nil
+	return rows, lossRow{cse: name, crashes: len(crashes), meas: lostPerCrash(real, crashes),
+		sim: lostPerCrash(simd, crashes), own: lostPerCrash(ownd, crashes)}, nil
 }
 
 func run(cases []string, out, corpus string, maxBytes int64, replaceWait time.Duration) error {
@@ -251,9 +325,10 @@ func run(cases []string, out, corpus string, maxBytes int64, replaceWait time.Du
 		return err
 	}
 	var rows []row
+	var losses []lossRow
 	var geo *localrun.Geo
 	for _, c := range cases {
-		var rs []row
+		var res *result
 		var err error
 		switch c {
 		case "skip", "vacate":
@@ -265,33 +340,45 @@ func run(cases []string, out, corpus string, maxBytes int64, replaceWait time.Du
 					return err
 				}
 			}
-			rs, err = skipCase(ctx, geo, c == "vacate", out)
+			res, err = skipCase(ctx, geo, c == "vacate", out)
 		case "gpipe":
-			rs, err = gpipeCase(ctx, out, corpus, maxBytes, replaceWait)
+			res, err = gpipeCase(ctx, out, corpus, maxBytes, replaceWait)
 		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", c, err)
 		}
-		rows = append(rows, rs...)
+		rows, losses = append(rows, res.rows...), append(losses, res.loss)
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "case\tphase\tsteps\tmeasured tokens/s\tsimulated tokens/s\tsim/measured\t\n")
-	worst := 0.0
+	fmt.Fprintf(tw, "case\tphase\tsteps measured\tsimulated\tmeasured tokens/s\tsimulated tokens/s\tsim/measured\tsimulated, run's own calibration\tsim/measured\t\n")
+	worst, worstOwn := 0.0, 0.0
 	for _, r := range rows {
-		ratio := r.sim / r.meas
+		ratio, own := r.sim/r.meas, r.own/r.meas
 		if r.phase != "before" {
-			worst = max(worst, math.Abs(ratio-1))
+			worst, worstOwn = max(worst, math.Abs(ratio-1)), max(worstOwn, math.Abs(own-1))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t%.0f\t%.2f\t\n", r.cse, r.phase, r.steps, r.meas, r.sim, ratio)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.0f\t%.0f\t%.2f\t%.0f\t%.2f\t\n", r.cse, r.phase, r.measSteps, r.simSteps, r.meas, r.sim, ratio, r.own, own)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	verdict := "within"
-	if worst > 0.15 {
-		verdict = "outside"
+	tw = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "case\tcrashes\tmeasured s lost per crash\tsimulated\tsim/measured\tsimulated, run's own calibration\tsim/measured\t\n")
+	for _, l := range losses {
+		fmt.Fprintf(tw, "%s\t%d\t%.3f\t%.3f\t%.2f\t%.3f\t%.2f\t\n", l.cse, l.crashes, l.meas, l.sim, l.sim/l.meas, l.own, l.own/l.meas)
 	}
-	fmt.Printf("largest deviation in the failure window and after: %.0f%% (%s 15%%); %.0f s in all\n", 100*worst, verdict, time.Since(start).Seconds())
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	verdict := func(d float64) string {
+		if d > 0.15 {
+			return "outside"
+		}
+		return "within"
+	}
+	fmt.Printf("largest deviation in the failure window and after: %.0f%% under the calibration planned with (%s 15%%), %.0f%% under the run's own (%s 15%%); %.0f s in all\n",
+		100*worst, verdict(worst), 100*worstOwn, verdict(worstOwn), time.Since(start).Seconds())
+	fmt.Println("steps: the phases of each timeline, split at its own commits around the crash times; the run's own calibration: what the coordinator calibrated from its last plan's steps (the machine's load during the run); s lost per crash: the gap between the commits around a crash less the timeline's median step (what the failure cost, whatever the iteration time)")
 	return nil
 }
 
@@ -305,7 +392,7 @@ const vacatedStage = 3
 
 // skipCase runs bench/skipfailures' faulty run (default or -vacate) and
 // simulates it.
-func skipCase(ctx context.Context, geo *localrun.Geo, vacate bool, out string) ([]row, error) {
+func skipCase(ctx context.Context, geo *localrun.Geo, vacate bool, out string) (*result, error) {
 	const steps, every = 30, 5
 	name, after, stage := "skip", []int64{8, 11, 14, 17}, -1
 	if vacate {
@@ -326,28 +413,62 @@ func skipCase(ctx context.Context, geo *localrun.Geo, vacate bool, out string) (
 	if len(m.crashes) != len(after) {
 		return nil, fmt.Errorf("crashed %d workers, wanted %d", len(m.crashes), len(after))
 	}
-	trace, err := m.trace(filepath.Join(out, name+"-trace.yaml"), geo.Nodes,
-		fmt.Sprintf("bench/simfailures %s: SkipPipe on %s, %s", name, geo.Cluster.Name, time.Now().UTC().Format(time.DateOnly)))
-	if err != nil {
-		return nil, err
-	}
 	planner, k, err := skipPlanner(geo, m.first)
 	if err != nil {
 		return nil, err
 	}
-	costs := m.costs(0)
-	costs.LeaseTTLS = 5
-	tp := &timedPlanner{Planner: planner}
-	job := failures.Job{Name: "skippipe", Planner: tp, Cluster: k, Nodes: geo.Nodes, CheckpointEvery: every, Costs: costs, Iterations: steps}
+	tp := &timedPlanner{Planner: planner, seen: map[string]bool{}}
+	job := failures.Job{Name: "skippipe", Planner: tp, Cluster: k, Nodes: geo.Nodes, CheckpointEvery: every, Costs: m.costs(0), Iterations: steps}
+	if m.sum.CostModel == nil {
+		return nil, fmt.Errorf("the run wrote no calibration")
+	}
+	wrote, err := headFirst(m.sum.CostModel, tc, len(geo.Cluster.Workload.StageNodes))
+	if err != nil {
+		return nil, err
+	}
+	res, err := simulate(name, m, job, wrote, filepath.Join(out, name+"-trace.yaml"),
+		fmt.Sprintf("bench/simfailures %s: SkipPipe on %s, %s", name, geo.Cluster.Name, time.Now().UTC().Format(time.DateOnly)),
+		float64(tc.Microbatches*tc.MicrobatchSize*tc.Model.Ctx))
+	if tp.n > 0 {
+		fmt.Printf("%s: the re-path planner (the coordinator's, simulator objective) took %.3f s per re-path in this process (mean of %d)\n", name, tp.s/float64(tp.n), tp.n)
+	}
+	return res, err
+}
+
+// simulate runs job (steps and costs set) through m's crashes, written
+// to tracePath as a `sim --failures` trace and read back, and compares.
+// The simulation runs twice: priced with job.Cluster (the cost model the
+// run planned with) and with wrote (the one the run calibrated from its
+// own steps); the plans are the same.
+func simulate(name string, m *measured, job failures.Job, wrote *sim.Cluster, tracePath, about string, tokens float64) (*result, error) {
+	probe := job
+	probe.Iterations = 1
+	p, err := failures.Run(probe, nil)
+	if err != nil {
+		return nil, err
+	}
+	firstS := p.FailureFreeS
+	trace, err := m.trace(tracePath, job.Nodes, firstS, about)
+	if err != nil {
+		return nil, err
+	}
 	o, err := failures.Run(job, trace)
 	if err != nil {
 		return nil, err
 	}
-	printCosts(name, costs, o)
-	if tp.n > 0 {
-		fmt.Printf("%s: the coordinator's re-path planner (simulator objective) took %.3f s per re-path here (mean of %d), of the measured recovery\n", name, tp.s/float64(tp.n), tp.n)
+	job.Cluster = wrote
+	own, err := failures.Run(job, trace)
+	if err != nil {
+		return nil, fmt.Errorf("under the run's own calibration: %w", err)
 	}
-	return compare(name, m, o, float64(tc.Microbatches*tc.MicrobatchSize*tc.Model.Ctx), steps, after)
+	c := job.Costs
+	fmt.Printf("%s: simulated with the run's measured costs: detection %.3f s, recovery %.3f s, checkpoint write %.3f s, replacement wait %.1f s; failure-free iteration %.3f s; trace %s\n",
+		name, c.DetectS, c.PlanS, c.CheckpointS, c.ReplaceWaitS, o.FailureFreeS, tracePath)
+	rows, loss, err := compare(name, m, o, own, tokens, job.Iterations, firstS)
+	if err != nil {
+		return nil, err
+	}
+	return &result{rows, loss}, nil
 }
 
 // skipPlanner is the coordinator's SkipPipe planner input for geo (its
@@ -357,12 +478,9 @@ func skipCase(ctx context.Context, geo *localrun.Geo, vacate bool, out string) (
 func skipPlanner(geo *localrun.Geo, first []coordinator.PlanWorker) (failures.SkipPipe, *sim.Cluster, error) {
 	var sp failures.SkipPipe
 	tc := geo.Train
-	k, err := geo.Costs.Clone()
-	if err != nil {
-		return sp, nil, err
-	}
 	sizes := geo.Cluster.Workload.StageNodes
-	if k.Compute.StageGradientBytes, err = costmodel.GradientBytesOfStages(tc.Model, len(sizes), model.HeadFirst); err != nil {
+	k, err := headFirst(geo.Costs, tc, len(sizes))
+	if err != nil {
 		return sp, nil, err
 	}
 	mem := 0
@@ -405,25 +523,38 @@ func skipPlanner(geo *localrun.Geo, first []coordinator.PlanWorker) (failures.Sk
 		Cache: map[string]*scheduler.Plan{}}, k, nil
 }
 
+// headFirst is cost model c with the all-reduces sized for SkipPipe's
+// split of tc's model over stages (embedding and head on stage 0), as the
+// coordinator sizes them whatever plan calibrated.
+func headFirst(c *sim.Cluster, tc model.TrainConfig, stages int) (*sim.Cluster, error) {
+	k, err := c.Clone()
+	if err != nil {
+		return nil, err
+	}
+	if k.Compute.StageGradientBytes, err = costmodel.GradientBytesOfStages(tc.Model, stages, model.HeadFirst); err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
 // timedPlanner times the re-plans of a simulation: the same planner the
 // coordinator runs, on the same machine.
 type timedPlanner struct {
 	failures.Planner
-	n int
-	s float64
+	seen map[string]bool // partitions planned (later calls hit the cache)
+	n    int
+	s    float64
 }
 
 func (t *timedPlanner) OnPartition(parts [][]string) (*scheduler.Plan, error) {
 	start := time.Now()
 	p, err := t.Planner.OnPartition(parts)
-	t.s += time.Since(start).Seconds()
-	t.n++
+	if key := fmt.Sprint(parts); !t.seen[key] {
+		t.seen[key] = true
+		t.s += time.Since(start).Seconds()
+		t.n++
+	}
 	return p, err
-}
-
-func printCosts(name string, c failures.Costs, o *failures.Outcome) {
-	fmt.Printf("%s: simulated with the run's measured costs: detection %.3f s, recovery %.3f s, checkpoint write %.3f s, replacement wait %.1f s; failure-free iteration %.3f s\n",
-		name, c.DetectS, c.PlanS, c.CheckpointS, c.ReplaceWaitS, o.FailureFreeS)
 }
 
 // gpipeTrain is a small GPipe job whose compute stays a minor share of
@@ -456,7 +587,7 @@ func gpipeCluster(tc model.TrainConfig) (*sim.Cluster, []string, error) {
 // gpipeCase calibrates on a short GPipe run, then kills a worker of stage
 // 1 during step 7 of a checkpointed run (no spare: the coordinator
 // restores on the replica left) and simulates it.
-func gpipeCase(ctx context.Context, out, corpus string, maxBytes int64, replaceWait time.Duration) ([]row, error) {
+func gpipeCase(ctx context.Context, out, corpus string, maxBytes int64, replaceWait time.Duration) (*result, error) {
 	const steps, every, stages = 14, 4, 4
 	after := []int64{6}
 	tc := gpipeTrain()
@@ -492,19 +623,13 @@ func gpipeCase(ctx context.Context, out, corpus string, maxBytes int64, replaceW
 	if len(m.crashes) != 1 || len(m.sum.Recoveries) == 0 || m.sum.Recoveries[0].Kind != "restore" {
 		return nil, fmt.Errorf("wanted one crash and a restore, got crashes %v and recoveries %+v", m.crashes, m.sum.Recoveries)
 	}
-	trace, err := m.trace(filepath.Join(out, "gpipe-trace.yaml"), names,
-		fmt.Sprintf("bench/simfailures gpipe: GPipe 4 stages x 2 on %s, %s", cl.Name, time.Now().UTC().Format(time.DateOnly)))
-	if err != nil {
-		return nil, err
-	}
-	costs := m.costs(replaceWait.Seconds())
 	sj := failures.Job{Name: "gpipe", Planner: failures.Classic{Schedule: "gpipe", Spec: scheduler.Spec{Stages: stages,
 		Microbatches: tc.Microbatches, Layers: tc.Model.Layers, Samples: tc.MicrobatchSize}},
-		Cluster: k, Nodes: names, CheckpointEvery: every, Costs: costs, Iterations: steps}
-	o, err := failures.Run(sj, trace)
-	if err != nil {
-		return nil, err
+		Cluster: k, Nodes: names, CheckpointEvery: every, Costs: m.costs(replaceWait.Seconds()), Iterations: steps}
+	if m.sum.CostModel == nil {
+		return nil, fmt.Errorf("the run wrote no calibration")
 	}
-	printCosts("gpipe", costs, o)
-	return compare("gpipe", m, o, float64(tc.Microbatches*tc.MicrobatchSize*tc.Model.Ctx), steps, after)
+	return simulate("gpipe", m, sj, m.sum.CostModel, filepath.Join(out, "gpipe-trace.yaml"),
+		fmt.Sprintf("bench/simfailures gpipe: GPipe 4 stages x 2 on %s, %s", cl.Name, time.Now().UTC().Format(time.DateOnly)),
+		float64(tc.Microbatches*tc.MicrobatchSize*tc.Model.Ctx))
 }
