@@ -195,9 +195,7 @@ type span struct{ from, to int }
 // from time 0) by the crash times: before (after step 1, up to the last
 // commit before the first crash), the failure window (from there to the
 // second commit after the last crash: the retried step and one more),
-// after (from there to the end). Each timeline is split by its own
-// commits, so a crash that lands in another step in the simulation is
-// still in its window.
+// after (from there to the end).
 func phases(commits []float64, crashes []float64) [3]span {
 	a := 1
 	for k, t := range commits {
@@ -213,6 +211,20 @@ func phases(commits []float64, crashes []float64) [3]span {
 		}
 	}
 	return [3]span{{1, a}, {a, b}, {b, len(commits)}}
+}
+
+// progress is the steps a timeline has done at time t: its commits
+// counted, the step under way as the part of the gap to its commit that
+// has passed.
+func progress(commits []float64, t float64) float64 {
+	prev := 0.0
+	for k, c := range commits {
+		if t < c {
+			return float64(k) + (t-prev)/(c-prev)
+		}
+		prev = c
+	}
+	return float64(len(commits))
 }
 
 // lostPerCrash is the mean time each crash cost a timeline: the gap
@@ -248,8 +260,10 @@ func lostPerCrash(commits, crashes []float64) float64 {
 }
 
 type row struct {
-	cse, phase          string
-	measSteps, simSteps string
+	cse, phase string
+	// steps are the measured run's in the phase; interval the phase's
+	// seconds from time 0.
+	steps, interval string
 	// sim is under the cost model the run planned with, own under the
 	// one it wrote (calibrated from its own last plan's steps).
 	meas, sim, own float64
@@ -300,18 +314,20 @@ func compare(name string, m *measured, o, own *failures.Outcome, tokens float64,
 		simd = append(simd, o.Timeline[k-1].T)
 		ownd = append(ownd, own.Timeline[k-1].T)
 	}
-	rate := func(c []float64, p span) float64 {
-		return float64(p.to-p.from) * tokens / (c[p.to-1] - c[p.from-1])
-	}
-	pr, ps, po := phases(real, crashes), phases(simd, crashes), phases(ownd, crashes)
+	// Each phase is a time interval, the same for every timeline: the
+	// measured run's commits around the crashes bound it (the end clamped
+	// to the earliest end of a run).
+	end := min(real[steps-1], simd[steps-1], ownd[steps-1])
+	pr := phases(real, crashes)
 	var rows []row
 	for i, name2 := range []string{"before", "failure window", "after"} {
-		if pr[i].to <= pr[i].from || ps[i].to <= ps[i].from {
+		t1, t2 := real[pr[i].from-1], min(real[pr[i].to-1], end)
+		if !(t2 > t1) {
 			continue
 		}
-		rows = append(rows, row{cse: name, phase: name2,
-			measSteps: fmt.Sprintf("%d-%d", pr[i].from+1, pr[i].to), simSteps: fmt.Sprintf("%d-%d", ps[i].from+1, ps[i].to),
-			meas: rate(real, pr[i]), sim: rate(simd, ps[i]), own: rate(ownd, po[i])})
+		rate := func(c []float64) float64 { return (progress(c, t2) - progress(c, t1)) * tokens / (t2 - t1) }
+		rows = append(rows, row{cse: name, phase: name2, steps: fmt.Sprintf("%d-%d", pr[i].from+1, pr[i].to),
+			interval: fmt.Sprintf("%.1f-%.1f", t1, t2), meas: rate(real), sim: rate(simd), own: rate(ownd)})
 	}
 	return rows, lossRow{cse: name, crashes: len(crashes), meas: lostPerCrash(real, crashes),
 		sim: lostPerCrash(simd, crashes), own: lostPerCrash(ownd, crashes)}, nil
@@ -350,14 +366,14 @@ func run(cases []string, out, corpus string, maxBytes int64, replaceWait time.Du
 		rows, losses = append(rows, res.rows...), append(losses, res.loss)
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "case\tphase\tsteps measured\tsimulated\tmeasured tokens/s\tsimulated tokens/s\tsim/measured\tsimulated, run's own calibration\tsim/measured\t\n")
+	fmt.Fprintf(tw, "case\tphase\tsteps\tseconds\tmeasured tokens/s\tsimulated tokens/s\tsim/measured\tsimulated, run's own calibration\tsim/measured\t\n")
 	worst, worstOwn := 0.0, 0.0
 	for _, r := range rows {
 		ratio, own := r.sim/r.meas, r.own/r.meas
 		if r.phase != "before" {
 			worst, worstOwn = max(worst, math.Abs(ratio-1)), max(worstOwn, math.Abs(own-1))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.0f\t%.0f\t%.2f\t%.0f\t%.2f\t\n", r.cse, r.phase, r.measSteps, r.simSteps, r.meas, r.sim, ratio, r.own, own)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.0f\t%.0f\t%.2f\t%.0f\t%.2f\t\n", r.cse, r.phase, r.steps, r.interval, r.meas, r.sim, ratio, r.own, own)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -378,7 +394,7 @@ func run(cases []string, out, corpus string, maxBytes int64, replaceWait time.Du
 	}
 	fmt.Printf("largest deviation in the failure window and after: %.0f%% under the calibration planned with (%s 15%%), %.0f%% under the run's own (%s 15%%); %.0f s in all\n",
 		100*worst, verdict(worst), 100*worstOwn, verdict(worstOwn), time.Since(start).Seconds())
-	fmt.Println("steps: the phases of each timeline, split at its own commits around the crash times; the run's own calibration: what the coordinator calibrated from its last plan's steps (the machine's load during the run); s lost per crash: the gap between the commits around a crash less the timeline's median step (what the failure cost, whatever the iteration time)")
+	fmt.Println("steps: the measured run's steps in each phase, split at its commits around the crashes; seconds: the phase from time 0, the same for every timeline (throughput is the steps done in it, the one under way counted in part); the run's own calibration: what the coordinator calibrated from its last plan's steps (the machine's load during the run); s lost per crash: the gap between the commits around a crash less the timeline's median step (what the failure cost, whatever the iteration time)")
 	return nil
 }
 

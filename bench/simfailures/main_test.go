@@ -25,3 +25,11 @@ func TestLostPerCrash(t *testing.T) {
 		t.Fatalf("a crash after the last commit: lost %v, want 0 (not counted)", got)
 	}
 }
+
+func TestProgress(t *testing.T) {
+	for _, c := range []struct{ t, want float64 }{{0.5, 0.5}, {4, 4}, {6, 4.5}, {13, 10}, {20, 10}} {
+		if got := progress(commits, c.t); math.Abs(got-c.want) > 1e-9 {
+			t.Fatalf("progress at %v s: %v steps, want %v", c.t, got, c.want)
+		}
+	}
+}
