@@ -2,15 +2,17 @@
 // behind `stagecoach sim --failures`) against real runs that lose
 // workers. For each case it runs the real job on loopback
 // (bench/internal/localrun: real coordinator, gRPC workers emulating the
-// links), records the failure trace as it happened (each crash's time
-// from the start of step 1, and its node), writes it as a `sim
-// --failures` trace, and simulates the same job through it under the
-// cost model the coordinator planned with (the calibration), with the
-// recovery costs the run measured: detection, and the coordinator's
-// recovery (probe, plan, install, for a restore the checkpoint load),
-// and the checkpoint write. It prints, per phase (before the failures,
-// the failure window, after it), the measured and simulated throughput
-// and their ratio.
+// links), records the failure trace as it happened (each crash's time and
+// node; time 0 is the commit of step 1 less one simulated iteration, as
+// step 1 also warms up), writes it as a `sim --failures` trace, and
+// simulates the same job through it under the cost model the coordinator
+// planned with (and under the one the run calibrated from its own steps),
+// with the recovery costs the run measured: detection, the coordinator's
+// recovery (probe, plan, install; for a restore the checkpoint load) and
+// the checkpoint write. It prints, per phase (before the failures, the
+// failure window, after it; one time interval for the run and its
+// simulations), the measured and simulated throughput and their ratio,
+// and the time each crash cost in both.
 //
 // Cases: skip (bench/skipfailures' default: SkipPipe on the emulated
 // skippipe-geo cluster, 4 of the 15 workers outside stage 0 crash during
