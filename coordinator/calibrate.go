@@ -328,8 +328,11 @@ func emulatedCluster(cfg *Config) (*costmodel.Cluster, error) {
 // cfg.ReplanDrift from the one the plan was made with, plans again with
 // it under a new epoch and hands the new plan to the workers. SkipPipe
 // keeps its placement, so every worker keeps its stages, parameters and
-// optimizer state; classic schedules keep theirs by construction. Nothing
-// happens after the last step.
+// optimizer state; classic schedules keep theirs by construction, except
+// that balanced stages (Config.Balance) are balanced again for the new
+// calibration: when layers move, the state of the step travels through a
+// checkpoint cut to the new ranges (saveForResplit). Nothing happens
+// after the last step.
 func (r *run) maybeReplan(ctx context.Context, step int64) error {
 	if r.drift == nil || r.stats == nil {
 		return nil
@@ -378,6 +381,11 @@ func (r *run) replan(ctx context.Context, step int64, k *costmodel.Cluster, drif
 		cfg.Costs = old
 		return fmt.Errorf("coordinator: replan after step %d: %w", step, err)
 	}
+	// Balanced stages may move layers: their state travels (resplit.go).
+	moved, err := r.saveForResplit(ctx, plan, step)
+	if err != nil {
+		return fmt.Errorf("coordinator: replan after step %d: %w", step, err)
+	}
 	planJSON, planPath, planHash, err := storePlan(cfg.OutDir, plan)
 	if err != nil {
 		return err
@@ -405,6 +413,9 @@ func (r *run) replan(ctx context.Context, step int64, k *costmodel.Cluster, drif
 	tc.Stages = len(plan.Stages)
 	tc.Layout = layout
 	if _, err := r.configure(ctx, planJSON, tc); err != nil {
+		return fmt.Errorf("coordinator: replan after step %d: %w", step, err)
+	}
+	if err := r.loadResplit(ctx, moved); err != nil {
 		return fmt.Errorf("coordinator: replan after step %d: %w", step, err)
 	}
 	r.stats = newMeasurements(plan, cfg.Steps)

@@ -59,6 +59,10 @@ type CheckpointManifest struct {
 	// Shards has every stage's shard file with its size and SHA-256,
 	// by stage.
 	Shards []ShardDigest `json:"shards,omitempty"`
+	// Layers is each stage's layer count in the plan that wrote the
+	// shards (absent: the even split, model.Split). A plan that splits
+	// the model otherwise loads a cut of them (resplit.go).
+	Layers []int `json:"layers,omitempty"`
 }
 
 // ShardDigest is one stage's shard file in a checkpoint manifest.
@@ -179,7 +183,7 @@ func (r *run) saveCheckpoint(ctx context.Context, step int64) (*CheckpointManife
 	if err != nil {
 		return nil, err
 	}
-	m := &CheckpointManifest{Step: step, Epoch: r.fence.Epoch, Base: base, Dir: worker.StepDir(base, step), DataPosition: r.sampler.State(), Shards: shards}
+	m := &CheckpointManifest{Step: step, Epoch: r.fence.Epoch, Base: base, Dir: worker.StepDir(base, step), DataPosition: r.sampler.State(), Shards: shards, Layers: planLayers(r.plan)}
 	for _, d := range shards {
 		m.Files = append(m.Files, d.File)
 	}
@@ -355,11 +359,7 @@ func (r *run) restore(ctx context.Context, m *CheckpointManifest) error {
 	if err := r.sampler.SetState(m.DataPosition); err != nil {
 		return fmt.Errorf("coordinator: checkpoint of step %d: %w", m.Step, err)
 	}
-	shards := shardsPB(m.Shards)
-	return r.fanOut(ctx, fmt.Sprintf("LoadCheckpoint %d", m.Step), func(ctx context.Context, w *workerConn) error {
-		_, err := w.cli.LoadCheckpoint(ctx, &pb.CheckpointRequest{Fence: r.fence, Dir: m.Base, Step: m.Step, Shards: shards})
-		return err
-	})
+	return r.loadState(ctx, "LoadCheckpoint", m.Base, m.Step, m.Shards, m.Layers)
 }
 
 // newestListedStep is the step of the newest listed checkpoint, 0 for

@@ -161,6 +161,13 @@ type Config struct {
 	// plan was made with by more than this fraction (0.5: a node's
 	// compute or a link's measured overhead off by 50%).
 	ReplanDrift float64
+	// Balance places the layers of a classic schedule's stages for the
+	// planning cost model (Costs, else Cluster; nothing happens without
+	// either): contiguous ranges sized for the nodes' speeds and the
+	// head's cost, kept when the simulator (if any) says the iteration
+	// is faster than on the even split. A replan keeps the ranges of the
+	// plan it replaces. SkipPipe places its own layers.
+	Balance bool
 	// ReplanWarmup is how many steps of a plan are measured before its
 	// drift is judged (default 2: the first step of a plan pays for
 	// allocations and connections).
@@ -206,6 +213,9 @@ func (c *Config) Validate() error {
 	}
 	if err := knownSchedule(c.Schedule); err != nil {
 		return fmt.Errorf("coordinator: %w", err)
+	}
+	if c.Balance && isSkipPipe(c.Schedule) {
+		return fmt.Errorf("coordinator: balance: schedule %s places its own layers; balancing is for the classic schedules", c.Schedule)
 	}
 	if err := scheduler.CheckAllReduceOverride(c.AllReduce); err != nil {
 		return fmt.Errorf("coordinator: %w", err)

@@ -1,7 +1,6 @@
 package coordinator
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"path/filepath"
@@ -80,50 +79,22 @@ func (r *run) initCheckpoint() (*CheckpointManifest, error) {
 	if err != nil {
 		return nil, fmt.Errorf("coordinator: initial checkpoint: %w", err)
 	}
-	shapes := map[string][]int{}
-	for _, e := range model.ModelShapes(cfg.Train.Model) {
-		shapes[e.Name] = e.Shape
-	}
 	mc, _ := json.Marshal(cfg.Train.Model)
 	tc, _ := json.Marshal(cfg.Train)
-	m := &CheckpointManifest{Step: step, Epoch: r.fence.Epoch, Base: base, Dir: dir, DataPosition: r.initialData}
+	m := &CheckpointManifest{Step: step, Epoch: r.fence.Epoch, Base: base, Dir: dir, DataPosition: r.initialData, Layers: planLayers(r.plan)}
 	if pos := ck.Meta[model.MetaDataPosition]; !cfg.InitWeightsOnly && pos != "" {
 		m.DataPosition = pos
 	}
-	for s, ps := range r.plan.Stages {
-		spec := model.ShardSpec{Lo: ps.FirstLayer, Hi: ps.FirstLayer + ps.Layers, Embed: s == 0, Head: s == r.plan.HeadStage}
-		var states []model.ParamState
-		for _, n := range model.SpecTensorNames(cfg.Train.Model, spec) {
-			size := 1
-			for _, d := range shapes[n] {
-				size *= d
-			}
-			states = append(states, model.ParamState{T: &model.Tensor{Name: n, Shape: shapes[n], W: make([]float32, size)},
-				M: make([]float32, size), V: make([]float32, size)})
-		}
-		// Weights only: the moments stay zero, as a fresh optimizer's.
-		if err := ck.Fill(states, !cfg.InitWeightsOnly); err != nil {
-			return nil, fmt.Errorf("coordinator: initial checkpoint, stage %d: %w", s, err)
-		}
-		meta := map[string]string{
-			model.MetaFormat: model.FormatV1, model.MetaModelConfig: string(mc), model.MetaTrainConfig: string(tc),
-			model.MetaStep: strconv.FormatInt(step, 10), model.MetaJob: cfg.Job, "stage": strconv.Itoa(s),
-			"first_layer": strconv.Itoa(spec.Lo), "layers": strconv.Itoa(spec.Hi - spec.Lo), "init_from": ck.Path,
-		}
-		var buf bytes.Buffer
-		if err := model.WriteStates(&buf, states, meta); err != nil {
-			return nil, err
-		}
-		path := filepath.Join(dir, model.ShardFile(s))
-		if err := atomicfile.Write(path, buf.Bytes(), atomicfile.Options{}); err != nil {
-			return nil, fmt.Errorf("coordinator: initial checkpoint, stage %d: %w", s, err)
-		}
-		d := model.DigestOf(buf.Bytes())
-		m.Files = append(m.Files, path)
-		m.Shards = append(m.Shards, ShardDigest{Stage: s, File: path, Size: d.Size, SHA256: d.Hex()})
+	meta := map[string]string{
+		model.MetaFormat: model.FormatV1, model.MetaModelConfig: string(mc), model.MetaTrainConfig: string(tc),
+		model.MetaStep: strconv.FormatInt(step, 10), model.MetaJob: cfg.Job, "init_from": ck.Path,
 	}
-	if err := atomicfile.SyncDir(dir); err != nil {
-		return nil, err
+	// Weights only: the moments stay zero, as a fresh optimizer's.
+	if m.Shards, err = r.cutInto(ck, dir, !cfg.InitWeightsOnly, meta); err != nil {
+		return nil, fmt.Errorf("coordinator: initial checkpoint, %w", err)
+	}
+	for _, d := range m.Shards {
+		m.Files = append(m.Files, d.File)
 	}
 	r.init = m
 	return m, nil

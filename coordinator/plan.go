@@ -87,6 +87,9 @@ func buildPlanFrom(cfg *Config, members []etcdx.Member, epoch int64, prev *sched
 			Microbatches: cfg.Train.Microbatches, Layers: cfg.Train.Model.Layers,
 			Samples: cfg.Train.MicrobatchSize, Nodes: names, Epoch: epoch,
 		})
+		if err == nil {
+			p, err = balanceStages(cfg, p)
+		}
 	}
 	if err != nil {
 		return nil, nil, 0, fmt.Errorf("coordinator: build %s plan: %w", cfg.Schedule, err)
@@ -125,8 +128,15 @@ func checkPlan(cfg *Config, p *scheduler.Plan, members []etcdx.Member, epoch int
 	if err != nil {
 		return nil, nil, 0, fmt.Errorf("coordinator: %w", err)
 	}
+	if cfg.Balance {
+		// Any contiguous split: the workers load the plan's ranges.
+		if err := checkRanges(p, cfg.Train.Model.Layers); err != nil {
+			return nil, nil, 0, err
+		}
+		specs = nil
+	}
 	for i, st := range p.Stages {
-		if st.FirstLayer != specs[i].Lo || st.FirstLayer+st.Layers != specs[i].Hi {
+		if specs != nil && (st.FirstLayer != specs[i].Lo || st.FirstLayer+st.Layers != specs[i].Hi) {
 			return nil, nil, 0, fmt.Errorf("coordinator: plan stage %d holds layers [%d,%d), the model's split gives [%d,%d)",
 				i, st.FirstLayer, st.FirstLayer+st.Layers, specs[i].Lo, specs[i].Hi)
 		}

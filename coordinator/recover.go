@@ -563,14 +563,15 @@ func (r *run) maybeRejoin(ctx context.Context, step int64) (bool, error) {
 	// step outside the committed ones.
 	applied := step - 1
 	var handoff string
-	var handoffShards []*pb.ShardDigest
+	var handoffShards []ShardDigest
+	handoffLayers := planLayers(r.plan)
 	if applied > 0 {
 		base := r.handoffDir()
 		shards, err := r.saveShards(ctx, "SaveCheckpoint (hand-off)", base, applied)
 		if err != nil {
 			return false, err
 		}
-		handoff, handoffShards = base, shardsPB(shards)
+		handoff, handoffShards = base, shards
 		defer r.removeRetired([]string{base})
 	}
 	epoch, err := nextEpoch(ctx, r.leader.Client(), r.leader.Keys())
@@ -594,11 +595,7 @@ func (r *run) maybeRejoin(ctx context.Context, step int64) (bool, error) {
 		return false, err
 	}
 	if handoff != "" {
-		err = r.fanOut(ctx, fmt.Sprintf("LoadCheckpoint (hand-off) %d", applied), func(ctx context.Context, w *workerConn) error {
-			_, err := w.cli.LoadCheckpoint(ctx, &pb.CheckpointRequest{Fence: r.fence, Dir: handoff, Step: applied, Shards: handoffShards})
-			return err
-		})
-		if err != nil {
+		if err := r.loadState(ctx, "LoadCheckpoint (hand-off)", handoff, applied, handoffShards, handoffLayers); err != nil {
 			return false, err
 		}
 	}

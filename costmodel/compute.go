@@ -82,3 +82,64 @@ func (c *Cluster) NodeForwardS(names []string, layers, stages, samples int) ([]f
 	}
 	return out, nil
 }
+
+// PerLayer returns c priced by the layer for plan p, so that p's layers
+// may be split anew (balancing): c itself when it has no per-stage
+// forward times, else a copy without them (and without per-stage
+// gradient bytes) in which every node holding a stage of p runs at its
+// own speed times what its measured stage took against LayerForwardS per
+// layer: stage s of Layers_s layers measured at StageForwardS[s] makes
+// its nodes Layers_s x LayerForwardS / StageForwardS[s] times as fast
+// (the slowest such stage of a node decides). A calibration's per-stage
+// times describe the split they were measured on, which a new split
+// cannot use.
+func (c *Cluster) PerLayer(p *scheduler.Plan) (*Cluster, error) {
+	k := c.Compute
+	if len(k.StageForwardS) == 0 {
+		return c, nil
+	}
+	if len(k.StageForwardS) != len(p.Stages) {
+		return nil, fmt.Errorf("cost model %q prices %d stages (compute.stage_forward_s), the plan has %d", c.Name, len(k.StageForwardS), len(p.Stages))
+	}
+	if !(k.LayerForwardS > 0) {
+		return nil, fmt.Errorf("cost model %q: compute.layer_forward_s is %v, want > 0 to price single layers", c.Name, k.LayerForwardS)
+	}
+	out, err := c.Clone()
+	if err != nil {
+		return nil, err
+	}
+	factor := map[string]float64{}
+	for w, wk := range p.Workers {
+		for _, s := range wk.Stages {
+			if s < 0 || s >= len(p.Stages) {
+				return nil, fmt.Errorf("plan worker %d holds stage %d of %d", w, s, len(p.Stages))
+			}
+			t := k.StageForwardS[s]
+			if !(t > 0) {
+				return nil, fmt.Errorf("cost model %q: stage %d's forward time is %v, want > 0", c.Name, s, t)
+			}
+			f := float64(p.Stages[s].Layers) * k.LayerForwardS / t
+			if old, ok := factor[wk.Node]; !ok || f < old {
+				factor[wk.Node] = f
+			}
+		}
+	}
+	for name, f := range factor {
+		i, nd, err := out.Lookup(name)
+		if err != nil {
+			return nil, err
+		}
+		if i < 0 {
+			out.Nodes = append(out.Nodes, Node{Name: name, Speed: nd.Speed * f})
+			continue
+		}
+		out.Nodes[i].Speed = nd.Speed * f
+	}
+	out.Compute.StageForwardS = nil
+	out.Compute.StageGradientBytes = nil
+	// Re-index the nodes appended above.
+	if out, err = out.Clone(); err != nil {
+		return nil, err
+	}
+	return out, nil
+}

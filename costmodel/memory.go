@@ -24,6 +24,12 @@ type ModelMemory struct {
 	// from a measurement), replaces the shape's estimate of what a
 	// sample's forward keeps on each stage.
 	StageActivationBytesPerSample []float64 `yaml:"stage_activation_bytes_per_sample,omitempty" json:"stage_activation_bytes_per_sample,omitempty"`
+	// SplitBackward says the backend splits a backward into the input
+	// gradient (I) and a deferred weight gradient (W), keeping
+	// model.BlockWeightGradFloats per token between them. The built-in Go
+	// model does not: it computes I as the whole backward and frees the
+	// microbatch's activations then.
+	SplitBackward bool `yaml:"split_backward,omitempty" json:"split_backward,omitempty"`
 }
 
 // DefaultModelMemory is the model `stagecoach train` and `up` build by
@@ -108,14 +114,18 @@ func (c *Cluster) ModelMemory() ModelMemory {
 }
 
 // StageMemories prices every stage of p in bytes under c's model, in
-// float32: a stage's static part is its parameters, their gradients and
-// the optimizer's states (the embeddings on stage 0, the final norm and
-// head on the head stage, or the calibrated compute.stage_gradient_bytes
-// when it has one entry per stage); a sample's forward keeps
-// model.BlockActivationFloats per token and layer (or the measured
+// float32, as the Go model holds it: a stage's static part is its
+// parameters, their gradients and contribution buffers
+// (model.ParamCopies) and the optimizer's states (the embeddings
+// on stage 0, the final norm and head on the head stage, or the calibrated
+// compute.stage_gradient_bytes when it has one entry per stage), and its
+// workspace model.ShardWorkspaceFloats for the plan's largest microbatch
+// (attention's scratch counted for one goroutine); a sample's forward keeps
+// model.ShardActivationFloats per token (or the measured
 // model.stage_activation_bytes_per_sample), a recomputing plan only the
 // stage input (token ids on stage 0, dim floats per token elsewhere), a
-// split backward model.BlockWeightGradFloats between I and W; the loss
+// backend that splits its backward (model.split_backward)
+// model.BlockWeightGradFloats between I and W; the loss
 // holds the logits and their gradient while it runs.
 func StageMemories(p *scheduler.Plan, c *Cluster) ([]scheduler.StageMemory, error) {
 	m := c.ModelMemory()
@@ -129,6 +139,11 @@ func StageMemories(p *scheduler.Plan, c *Cluster) ([]scheduler.StageMemory, erro
 	states, _ := OptimizerStates(m.Optimizer)
 	cfg := m.config(p.Layers())
 	tokens := float64(m.Ctx)
+	// The workspace is sized by the largest microbatch.
+	mbTokens := 0.0
+	for _, mb := range p.Microbatches {
+		mbTokens = max(mbTokens, float64(mb.Samples)*tokens)
+	}
 	out := make([]scheduler.StageMemory, ns)
 	for s, st := range p.Stages {
 		layers := float64(st.Layers)
@@ -143,8 +158,9 @@ func StageMemories(p *scheduler.Plan, c *Cluster) ([]scheduler.StageMemory, erro
 			params = g[s] / 4
 		}
 		sm := scheduler.StageMemory{
-			Static:      4 * params * float64(2+states),
-			Activations: 4 * tokens * layers * model.BlockActivationFloats(cfg),
+			Static:      4 * params * float64(model.ParamCopies+states),
+			Activations: 4 * tokens * model.ShardActivationFloats(cfg, st.Layers, s == 0),
+			Workspace:   4 * model.ShardWorkspaceFloats(cfg, mbTokens, s == p.HeadStage, 1),
 			Input:       4 * tokens * float64(m.Dim),
 			WeightGrad:  4 * tokens * layers * model.BlockWeightGradFloats(cfg),
 		}
@@ -153,6 +169,9 @@ func StageMemories(p *scheduler.Plan, c *Cluster) ([]scheduler.StageMemory, erro
 		}
 		if a := m.StageActivationBytesPerSample; len(a) == ns {
 			sm.Activations = a[s]
+		}
+		if !m.SplitBackward {
+			sm.WeightGrad = 0
 		}
 		sm.WeightGrad = min(sm.WeightGrad, sm.Activations)
 		sm.Input = min(sm.Input, sm.Activations)

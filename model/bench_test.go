@@ -3,6 +3,8 @@ package model
 import (
 	"math/rand/v2"
 	"testing"
+
+	"stagecoach/internal/parallel"
 )
 
 // Benchmark shapes from the issue: one block, dim 256, ctx 128, microbatch 8.
@@ -48,8 +50,8 @@ func BenchmarkBlockForwardBackward(b *testing.B) {
 }
 
 // BenchmarkMatMulRaw runs exactly the block's sequence of Sgemm calls (same
-// shapes, transposes and strides), with nothing in between: the ceiling
-// for the block benchmark.
+// shapes, transposes and strides; attention's heads side by side as in the
+// block), with nothing in between: the ceiling for the block benchmark.
 func BenchmarkMatMulRaw(b *testing.B) {
 	const B, T, D, Hd, H = benchB, benchCtx, benchDim, 4 * benchDim, benchHeads
 	N, hd := B*T, D/H
@@ -58,17 +60,24 @@ func BenchmarkMatMulRaw(b *testing.B) {
 	x, qkv, att, h, u := buf(N*D), buf(N*3*D), buf(N*D), buf(N*D), buf(N*Hd)
 	wqkv, wo, w1, w2 := buf(D*3*D), buf(D*D), buf(D*Hd), buf(Hd*D)
 	gqkv, gwo, gw1, gw2 := buf(D*3*D), buf(D*D), buf(D*Hd), buf(Hd*D)
-	p, ds, out, o2 := buf(T*T), buf(T*T), buf(N*D), buf(N*Hd)
+	p, ds, out, o2 := buf(B*H*T*T), buf(attnScratch(T)), buf(N*D), buf(N*Hd)
+	heads := func(f func(w, bh int)) {
+		parallel.For(attnWorkers(), B*H, func(w, lo, hi int) {
+			for bh := lo; bh < hi; bh++ {
+				f(w, bh)
+			}
+		})
+	}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		// forward
 		gemm(false, false, N, 3*D, D, x, D, wqkv, 3*D, false, qkv, 3*D)
-		for bh := 0; bh < B*H; bh++ {
+		heads(func(_, bh int) {
 			bi, hi := bh/H, bh%H
-			q := qkv[bi*T*3*D+hi*hd:]
-			gemm(false, true, T, T, hd, q, 3*D, q[D:], 3*D, false, p, T)
-			gemm(false, false, T, hd, T, p, T, q[2*D:], 3*D, false, att[bi*T*D+hi*hd:], D)
-		}
+			q, pm := qkv[bi*T*3*D+hi*hd:], p[bh*T*T:(bh+1)*T*T]
+			gemmOn(serialBLAS, false, true, T, T, hd, q, 3*D, q[D:], 3*D, false, pm, T)
+			gemmOn(serialBLAS, false, false, T, hd, T, pm, T, q[2*D:], 3*D, false, att[bi*T*D+hi*hd:], D)
+		})
 		gemm(false, false, N, D, D, att, D, wo, D, false, out, D)
 		gemm(false, false, N, Hd, D, h, D, w1, Hd, false, u, Hd)
 		gemm(false, false, N, D, Hd, u, Hd, w2, D, false, out, D)
@@ -79,15 +88,15 @@ func BenchmarkMatMulRaw(b *testing.B) {
 		gemm(false, true, N, D, Hd, o2, Hd, w1, Hd, false, h, D)
 		gemm(true, false, D, D, N, att, D, out, D, true, gwo, D)
 		gemm(false, true, N, D, D, out, D, wo, D, false, att, D)
-		for bh := 0; bh < B*H; bh++ {
+		heads(func(w, bh int) {
 			bi, hi := bh/H, bh%H
-			q := qkv[bi*T*3*D+hi*hd:]
+			q, pm, dsw := qkv[bi*T*3*D+hi*hd:], p[bh*T*T:(bh+1)*T*T], ds[w*T*T:(w+1)*T*T]
 			do := att[bi*T*D+hi*hd:]
-			gemm(false, true, T, T, hd, do, D, q[2*D:], 3*D, false, ds, T)
-			gemm(true, false, T, hd, T, p, T, do, D, false, out[bi*T*D+hi*hd:], D)
-			gemm(false, false, T, hd, T, ds, T, q[D:], 3*D, false, out[bi*T*D+hi*hd:], D)
-			gemm(true, false, T, hd, T, ds, T, q, 3*D, false, out[bi*T*D+hi*hd:], D)
-		}
+			gemmOn(serialBLAS, false, true, T, T, hd, do, D, q[2*D:], 3*D, false, dsw, T)
+			gemmOn(serialBLAS, true, false, T, hd, T, pm, T, do, D, false, out[bi*T*D+hi*hd:], D)
+			gemmOn(serialBLAS, false, false, T, hd, T, dsw, T, q[D:], 3*D, false, out[bi*T*D+hi*hd:], D)
+			gemmOn(serialBLAS, true, false, T, hd, T, dsw, T, q, 3*D, false, out[bi*T*D+hi*hd:], D)
+		})
 		gemm(true, false, D, 3*D, N, x, D, qkv, 3*D, true, gqkv, 3*D)
 		gemm(false, true, N, D, 3*D, qkv, 3*D, wqkv, 3*D, false, x, D)
 	}

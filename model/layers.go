@@ -2,10 +2,12 @@ package model
 
 import (
 	"math"
+	"runtime"
 
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/blas32"
 
+	"stagecoach/internal/parallel"
 	"stagecoach/internal/sgemm"
 	"stagecoach/internal/vecf32"
 )
@@ -25,6 +27,14 @@ const rmsEps = 1e-5
 // gemm computes C = A·B (+ C when accumulate), with A m×k and B k×n after the
 // optional transposes. lda, ldb, ldc are row strides.
 func gemm(tA, tB bool, m, n, k int, a []float32, lda int, b []float32, ldb int, accumulate bool, c []float32, ldc int) {
+	gemmOn(blas32.Implementation(), tA, tB, m, n, k, a, lda, b, ldb, accumulate, c, ldc)
+}
+
+// serialBLAS multiplies on the calling goroutine alone, for products that
+// already run side by side (attention's heads).
+var serialBLAS = sgemm.Implementation{Threads: 1}
+
+func gemmOn(impl blas.Float32, tA, tB bool, m, n, k int, a []float32, lda int, b []float32, ldb int, accumulate bool, c []float32, ldc int) {
 	ta, tb := blas.NoTrans, blas.NoTrans
 	if tA {
 		ta = blas.Trans
@@ -36,7 +46,7 @@ func gemm(tA, tB bool, m, n, k int, a []float32, lda int, b []float32, ldb int, 
 	if accumulate {
 		beta = 1
 	}
-	blas32.Implementation().Sgemm(ta, tb, m, n, k, 1, a, lda, b, ldb, beta, c, ldc)
+	impl.Sgemm(ta, tb, m, n, k, 1, a, lda, b, ldb, beta, c, ldc)
 }
 
 // rmsnormForward: out[i,:] = x[i,:] * rinv[i] * g, rinv[i] = 1/sqrt(mean(x²)+eps).
@@ -49,10 +59,7 @@ func rmsnormForward(x, g, out, rinv []float32, n, d int) {
 		}
 		r := float32(1 / math.Sqrt(float64(ss/float32(d))+rmsEps))
 		rinv[i] = r
-		o := out[i*d : (i+1)*d]
-		for j, v := range row {
-			o[j] = v * r * g[j]
-		}
+		vecf32.ScaleMul(out[i*d:(i+1)*d], row, g, r)
 	}
 }
 
@@ -66,15 +73,11 @@ func rmsnormBackward(x, g, rinv, dout, dx, dg []float32, n, d int) {
 		r := rinv[i]
 		var dot float32
 		for j, v := range row {
-			gdy := g[j] * dy[j]
-			dot += gdy * v
-			dg[j] += dy[j] * v * r
+			dot += g[j] * dy[j] * v
 		}
+		vecf32.AddScaledProduct(dg, dy, row, r)
 		c := r * r * r * dot / float32(d)
-		dxr := dx[i*d : (i+1)*d]
-		for j, v := range row {
-			dxr[j] += r*g[j]*dy[j] - c*v
-		}
+		vecf32.RMSNormInputGrad(dx[i*d:(i+1)*d], row, g, dy, r, c)
 	}
 }
 
@@ -89,26 +92,27 @@ func geluBackward(u, th, da []float32) { vecf32.GELUBackward(u, th, da) }
 // attnForward computes causal multi-head attention for b sequences of t
 // positions. qkv rows are [q | k | v] (each d wide, heads contiguous inside),
 // p receives the b·h t×t softmax matrices (zero above the diagonal), out
-// receives the concatenated heads (n×d).
+// receives the concatenated heads (n×d). The b·h heads are independent and
+// write disjoint outputs, so they run on up to GOMAXPROCS goroutines
+// (each product on its own) with the same bits as one after another.
 func attnForward(qkv, p, out []float32, b, t, d, h int) {
 	hd := d / h
 	scale := float32(1 / math.Sqrt(float64(hd)))
 	ld := 3 * d
-	for bi := 0; bi < b; bi++ {
-		base := bi * t * ld
-		for hi := 0; hi < h; hi++ {
-			q := qkv[base+hi*hd:]
-			k := qkv[base+d+hi*hd:]
-			v := qkv[base+2*d+hi*hd:]
-			pm := p[(bi*h+hi)*t*t : (bi*h+hi+1)*t*t]
-			gemm(false, true, t, t, hd, q, ld, k, ld, false, pm, t)
+	parallel.For(runtime.GOMAXPROCS(0), b*h, func(_, lo, hi int) {
+		for bh := lo; bh < hi; bh++ {
+			bi, head := bh/h, bh%h
+			q := qkv[bi*t*ld+head*hd:]
+			k, v := q[d:], q[2*d:]
+			pm := p[bh*t*t : (bh+1)*t*t]
+			gemmOn(serialBLAS, false, true, t, t, hd, q, ld, k, ld, false, pm, t)
 			for i := 0; i < t; i++ {
 				row := pm[i*t : (i+1)*t]
+				vecf32.Scale(row[:i+1], scale)
 				mx := float32(math.Inf(-1))
-				for j := 0; j <= i; j++ {
-					row[j] *= scale
-					if row[j] > mx {
-						mx = row[j]
+				for _, x := range row[:i+1] {
+					if x > mx {
+						mx = x
 					}
 				}
 				vecf32.ExpSub(row[:i+1], mx)
@@ -116,39 +120,41 @@ func attnForward(qkv, p, out []float32, b, t, d, h int) {
 				for _, e := range row[:i+1] {
 					sum += e
 				}
-				inv := 1 / sum
-				for j := 0; j <= i; j++ {
-					row[j] *= inv
-				}
-				for j := i + 1; j < t; j++ {
-					row[j] = 0
-				}
+				vecf32.Scale(row[:i+1], 1/sum)
+				clear(row[i+1:])
 			}
-			gemm(false, false, t, hd, t, pm, t, v, ld, false, out[bi*t*d+hi*hd:], d)
+			gemmOn(serialBLAS, false, false, t, hd, t, pm, t, v, ld, false, out[bi*t*d+head*hd:], d)
 		}
-	}
+	})
 }
 
-// attnBackward writes ∂L/∂qkv into dqkv given ∂L/∂out in dout. ds is a t×t
-// scratch matrix.
+// attnWorkers is how many goroutines attention's backward uses, each with
+// a t×t scratch matrix of its own: attnScratch(t) floats in all.
+func attnWorkers() int { return runtime.GOMAXPROCS(0) }
+
+func attnScratch(t int) int { return attnWorkers() * t * t }
+
+// attnBackward writes ∂L/∂qkv into dqkv given ∂L/∂out in dout. ds is
+// scratch of at least one t×t matrix; with attnScratch(t) floats every
+// worker has one. The heads run side by side as in attnForward.
 func attnBackward(qkv, p, dout, dqkv, ds []float32, b, t, d, h int) {
 	hd := d / h
 	scale := float32(1 / math.Sqrt(float64(hd)))
 	ld := 3 * d
-	for bi := 0; bi < b; bi++ {
-		base := bi * t * ld
-		for hi := 0; hi < h; hi++ {
-			q := qkv[base+hi*hd:]
-			k := qkv[base+d+hi*hd:]
-			v := qkv[base+2*d+hi*hd:]
-			dq := dqkv[base+hi*hd:]
-			dk := dqkv[base+d+hi*hd:]
-			dv := dqkv[base+2*d+hi*hd:]
-			do := dout[bi*t*d+hi*hd:]
-			pm := p[(bi*h+hi)*t*t : (bi*h+hi+1)*t*t]
+	workers := min(attnWorkers(), len(ds)/(t*t))
+	parallel.For(workers, b*h, func(w, lo, hi int) {
+		ds := ds[w*t*t : (w+1)*t*t]
+		for bh := lo; bh < hi; bh++ {
+			bi, head := bh/h, bh%h
+			q := qkv[bi*t*ld+head*hd:]
+			k, v := q[d:], q[2*d:]
+			dq := dqkv[bi*t*ld+head*hd:]
+			dk, dv := dq[d:], dq[2*d:]
+			do := dout[bi*t*d+head*hd:]
+			pm := p[bh*t*t : (bh+1)*t*t]
 			// dP = dO·Vᵀ, dV = Pᵀ·dO
-			gemm(false, true, t, t, hd, do, d, v, ld, false, ds, t)
-			gemm(true, false, t, hd, t, pm, t, do, d, false, dv, ld)
+			gemmOn(serialBLAS, false, true, t, t, hd, do, d, v, ld, false, ds, t)
+			gemmOn(serialBLAS, true, false, t, hd, t, pm, t, do, d, false, dv, ld)
 			// softmax backward: dS = P ⊙ (dP − rowsum(dP ⊙ P)), times the score scale.
 			for i := 0; i < t; i++ {
 				pr := pm[i*t : (i+1)*t]
@@ -157,18 +163,14 @@ func attnBackward(qkv, p, dout, dqkv, ds []float32, b, t, d, h int) {
 				for j := 0; j <= i; j++ {
 					dot += pr[j] * dr[j]
 				}
-				for j := 0; j <= i; j++ {
-					dr[j] = pr[j] * (dr[j] - dot) * scale
-				}
-				for j := i + 1; j < t; j++ {
-					dr[j] = 0
-				}
+				vecf32.SoftmaxGrad(pr[:i+1], dr[:i+1], dot, scale)
+				clear(dr[i+1:])
 			}
 			// dQ = dS·K, dK = dSᵀ·Q
-			gemm(false, false, t, hd, t, ds, t, k, ld, false, dq, ld)
-			gemm(true, false, t, hd, t, ds, t, q, ld, false, dk, ld)
+			gemmOn(serialBLAS, false, false, t, hd, t, ds, t, k, ld, false, dq, ld)
+			gemmOn(serialBLAS, true, false, t, hd, t, ds, t, q, ld, false, dk, ld)
 		}
-	}
+	})
 }
 
 // crossEntropy turns logits (n×v) into ∂L/∂logits in place for the mean
@@ -192,10 +194,7 @@ func crossEntropy(logits []float32, targets []int32, n, v int) float64 {
 			sum += e
 		}
 		total += math.Log(float64(sum)) - float64(zt)
-		is := 1 / sum
-		for j := range row {
-			row[j] *= is * inv
-		}
+		vecf32.Scale(row, 1/sum*inv)
 		row[tg] -= inv
 	}
 	return total

@@ -72,12 +72,49 @@ func EmbedParams(c Config) int64 { return int64(c.Vocab+c.Ctx) * int64(c.Dim) }
 // (held by the head stage).
 func HeadParams(c Config) int64 { return int64(c.Dim) + int64(c.Dim)*int64(c.Vocab) }
 
+// ParamCopies is how many floats the Go model keeps per parameter besides
+// the optimizer's state: the weight, its gradient and the buffer one
+// microbatch's contribution is computed into before it is added in order.
+const ParamCopies = 3
+
 // BlockActivationFloats is what one block keeps per token from its forward
-// for its backward: the residual stream, norms, q/k/v, attention output and
-// MLP (about 10 dim + 2 hidden floats) and a row of attention weights per
-// head.
+// for its backward, as the Go model holds it: its input on the residual
+// stream, both norms' outputs and inverse RMS, q/k/v, the attention output
+// and the residual after it, the MLP's pre-activation, tanh and
+// activation (8 dim + 3 hidden + 2 floats), and a row of attention
+// weights per head.
 func BlockActivationFloats(c Config) float64 {
-	return 10*float64(c.Dim) + 2*float64(c.Hidden) + float64(c.Heads)*float64(c.Ctx)
+	return 8*float64(c.Dim) + 3*float64(c.Hidden) + 2 + float64(c.Heads)*float64(c.Ctx)
+}
+
+// ShardActivationFloats is what a shard of blocks blocks keeps per token
+// of a microbatch from its forward for its backward: every block's
+// BlockActivationFloats, the token ids on the embedding's shard, and the
+// embedding's output on a shard without blocks.
+func ShardActivationFloats(c Config, blocks int, embed bool) float64 {
+	f := float64(blocks) * BlockActivationFloats(c)
+	if embed {
+		f++
+	}
+	if blocks == 0 {
+		f += float64(c.Dim)
+	}
+	return f
+}
+
+// ShardWorkspaceFloats is the scratch a shard keeps between microbatches
+// for microbatches of tokens tokens in sequences of c.Ctx, with attention
+// on workers goroutines: the gradients of a block's backward (6 dim +
+// hidden floats per token) and a t×t matrix per worker; with the head, the
+// final norm's output, its inverse RMS and gradient and the logits (2 dim
+// + 1 + vocab per token).
+func ShardWorkspaceFloats(c Config, tokens float64, head bool, workers int) float64 {
+	d := float64(c.Dim)
+	f := tokens*(6*d+float64(c.Hidden)) + float64(workers)*float64(c.Ctx)*float64(c.Ctx)
+	if head {
+		f += tokens * (2*d + 1 + float64(c.Vocab))
+	}
+	return f
 }
 
 // BlockWeightGradFloats is the part of BlockActivationFloats a split
@@ -94,12 +131,12 @@ func BlockWeightGradFloats(c Config) float64 {
 func HeadActivationFloats(c Config) float64 { return 2 * float64(c.Vocab) }
 
 // ActivationBytes estimates what the forward pass of batch sequences of
-// c.Ctx tokens keeps for the backward pass: BlockActivationFloats per
-// token and layer plus HeadActivationFloats per token, in float32.
+// c.Ctx tokens keeps for the backward pass: ShardActivationFloats of the
+// whole model per token plus HeadActivationFloats per token, in float32.
 // float64 so no product overflows.
 func ActivationBytes(c Config, batch int) float64 {
 	tokens := float64(batch) * float64(c.Ctx)
-	return 4 * tokens * (float64(c.Layers)*BlockActivationFloats(c) + HeadActivationFloats(c))
+	return 4 * tokens * (ShardActivationFloats(c, c.Layers, true) + HeadActivationFloats(c))
 }
 
 // CheckLimits refuses a model (config with defaults applied) larger than

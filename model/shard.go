@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+
+	"stagecoach/internal/vecf32"
 )
 
 // Activations is what travels between shards: a flat float32 buffer and its
@@ -84,6 +86,8 @@ type mbCache struct {
 	b, t   int
 	tokens []int32
 	res    [][]float32 // residual stream: res[j] is block j's input
+	// tokens and res are sized by ShardActivationFloats, blocks by
+	// BlockActivationFloats (TestMemoryFormulasMatchAllocations).
 	blocks []blockCache
 }
 
@@ -226,9 +230,7 @@ func (s *Shard) contribute(mb int, ps []*Tensor, fn func()) {
 			s.contrib = append(s.contrib, c)
 			continue
 		}
-		for j, v := range c {
-			p.G[j] += v
-		}
+		vecf32.Add(p.G, c)
 	}
 	if s.sink != nil {
 		s.sink(mb, ps, s.contrib)
@@ -300,8 +302,12 @@ func (s *Shard) getCache(b, t int) *mbCache {
 	}
 	D, Hd, H := s.cfg.Dim, s.cfg.Hidden, s.cfg.Heads
 	n := b * t
-	c := &mbCache{b: b, t: t, tokens: make([]int32, n)}
-	c.res = make([][]float32, len(s.blocks)+1)
+	c := &mbCache{b: b, t: t}
+	if s.spec.Embed {
+		c.tokens = make([]int32, n)
+	}
+	// Block j's input; the last block writes the caller's buffer.
+	c.res = make([][]float32, max(len(s.blocks), 1))
 	for i := range c.res {
 		c.res[i] = make([]float32, n*D)
 	}
@@ -320,7 +326,7 @@ func (s *Shard) getCache(b, t int) *mbCache {
 
 func (s *Shard) ensureScratch(b, t int) {
 	n := b * t
-	if n <= s.sN && len(s.ds) >= t*t {
+	if n <= s.sN && len(s.ds) >= attnScratch(t) {
 		return
 	}
 	n = max(n, s.sN)
@@ -328,9 +334,11 @@ func (s *Shard) ensureScratch(b, t int) {
 	s.sN = n
 	s.dx, s.dh, s.datt = make([]float32, n*D), make([]float32, n*D), make([]float32, n*D)
 	s.dqkv, s.da = make([]float32, n*3*D), make([]float32, n*s.cfg.Hidden)
-	s.ds = make([]float32, max(t*t, len(s.ds)))
-	s.hf, s.rf, s.dhf = make([]float32, n*D), make([]float32, n), make([]float32, n*D)
-	s.logits = make([]float32, n*s.cfg.Vocab)
+	s.ds = make([]float32, max(attnScratch(t), len(s.ds)))
+	if s.spec.Head {
+		s.hf, s.rf, s.dhf = make([]float32, n*D), make([]float32, n), make([]float32, n*D)
+		s.logits = make([]float32, n*s.cfg.Vocab)
+	}
 }
 
 // inputDims checks x's shape and returns (B, T).
@@ -393,9 +401,9 @@ func (s *Shard) Forward(mb int, x *Activations) (*Activations, error) {
 	out := make([]float32, b*t*D)
 	last := len(s.blocks) - 1
 	for j := range s.blocks {
-		dst := c.res[j+1]
-		if j == last {
-			dst = out
+		dst := out
+		if j < last {
+			dst = c.res[j+1]
 		}
 		s.blockForward(j, c, c.res[j], dst)
 	}
@@ -535,10 +543,8 @@ func embedBackward(tokens []int32, dx, dtok, dpos []float32, b, t, d int) {
 			g := dx[i*d : (i+1)*d]
 			e := dtok[int(tokens[i])*d:]
 			p := dpos[ti*d:]
-			for j, v := range g {
-				e[j] += v
-				p[j] += v
-			}
+			vecf32.Add(e[:d], g)
+			vecf32.Add(p[:d], g)
 		}
 	}
 }
@@ -552,16 +558,12 @@ func (s *Shard) blockForward(j int, c *mbCache, x, out []float32) {
 	gemm(false, false, n, 3*D, D, bc.h1, D, bp.wqkv.W, 3*D, false, bc.qkv, 3*D)
 	attnForward(bc.qkv, bc.p, bc.att, b, t, D, s.cfg.Heads)
 	gemm(false, false, n, D, D, bc.att, D, bp.wo.W, D, false, bc.x2, D)
-	for i, v := range x[:n*D] {
-		bc.x2[i] += v
-	}
+	vecf32.Add(bc.x2[:n*D], x[:n*D])
 	rmsnormForward(bc.x2, bp.norm2.W, bc.h2, bc.r2, n, D)
 	gemm(false, false, n, Hd, D, bc.h2, D, bp.w1.W, Hd, false, bc.u, Hd)
 	geluForward(bc.u[:n*Hd], bc.a, bc.th)
 	gemm(false, false, n, D, Hd, bc.a, Hd, bp.w2.W, D, false, out, D)
-	for i, v := range bc.x2[:n*D] {
-		out[i] += v
-	}
+	vecf32.Add(out[:n*D], bc.x2[:n*D])
 }
 
 // blockBackward turns dx from ∂L/∂(block output) into ∂L/∂(block input) in

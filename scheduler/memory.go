@@ -23,6 +23,10 @@ type StageMemory struct {
 	// Loss is what one sample's loss action holds while it runs (logits
 	// and their gradient), on the head stage.
 	Loss float64
+	// Workspace is scratch the stage keeps between microbatches (the Go
+	// model's gradient buffers and logits), held all iteration like
+	// Static.
+	Workspace float64
 }
 
 // MemoryUse follows one worker's bytes as its program runs: Start and
@@ -49,7 +53,7 @@ func NewMemoryUse(ix *Index, worker int, stages []StageMemory) (*MemoryUse, erro
 		return nil, fmt.Errorf("memory: %d stage sizes for a plan of %d stages", len(stages), len(p.Stages))
 	}
 	for i, s := range stages {
-		for _, v := range []float64{s.Static, s.Activations, s.Input, s.WeightGrad, s.Loss} {
+		for _, v := range []float64{s.Static, s.Activations, s.Input, s.WeightGrad, s.Loss, s.Workspace} {
 			if !(v >= 0) || math.IsInf(v, 0) {
 				return nil, fmt.Errorf("memory: stage %d sizes %+v, want finite numbers >= 0", i, s)
 			}
@@ -57,14 +61,14 @@ func NewMemoryUse(ix *Index, worker int, stages []StageMemory) (*MemoryUse, erro
 	}
 	u := &MemoryUse{plan: p, ix: ix, stages: stages, held: map[int]float64{}}
 	for _, s := range p.Workers[worker].Stages {
-		u.static += stages[s].Static
+		u.static += stages[s].Static + stages[s].Workspace
 	}
 	u.cur, u.peak = u.static, u.static
 	return u, nil
 }
 
 // Static is the bytes held throughout: the worker's stages' parameters,
-// gradients and optimizer state.
+// gradients, optimizer state and workspace.
 func (u *MemoryUse) Static() float64 { return u.static }
 
 // Bytes is what the worker holds now.

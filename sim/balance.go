@@ -15,6 +15,10 @@ type Balanced struct {
 	Before, After float64
 	// Kept says the balanced plan was faster and is the one returned.
 	Kept bool
+	// Cluster priced both plans: the cluster given, or a copy priced by
+	// the layer (Cluster.PerLayer) when it priced whole stages. Simulate
+	// Plan with it.
+	Cluster *Cluster
 }
 
 // Balance re-places p's layers over its stages with
@@ -23,10 +27,12 @@ type Balanced struct {
 // the bottleneck stage is what the split optimises, the simulation says
 // whether the whole iteration (fill, drain, communication) gained.
 // A calibrated per-stage forward time (compute.stage_forward_s) belongs
-// to the original split, so it refuses such a cluster.
+// to the original split: both plans are then priced by the layer, the
+// stages' measured times turned into node speeds (Cluster.PerLayer).
 func Balance(p *scheduler.Plan, c *Cluster, opt Options) (*Balanced, error) {
-	if len(c.Compute.StageForwardS) > 0 {
-		return nil, fmt.Errorf("balance: cluster %q prices whole stages (compute.stage_forward_s); balancing needs per-layer costs (compute.layer_forward_s)", c.Name)
+	c, err := c.PerLayer(p)
+	if err != nil {
+		return nil, fmt.Errorf("balance: %w", err)
 	}
 	speeds, err := c.StageSpeeds(p)
 	if err != nil {
@@ -52,7 +58,7 @@ func Balance(p *scheduler.Plan, c *Cluster, opt Options) (*Balanced, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := &Balanced{Plan: p, Before: before.IterationTimeS, After: after.IterationTimeS}
+	out := &Balanced{Plan: p, Before: before.IterationTimeS, After: after.IterationTimeS, Cluster: c}
 	if after.IterationTimeS < before.IterationTimeS {
 		out.Plan, out.Kept = q, true
 	}

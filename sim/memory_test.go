@@ -15,8 +15,11 @@ import (
 )
 
 // tinyModel is small enough to count by hand: a block has 2*8 + 4*64 +
-// 2*8*32 = 784 parameters and keeps 10*8 + 2*32 + 2*4 = 152 floats per
-// token; the embeddings have (16+4)*8 = 160, the head 8 + 8*16 = 136.
+// 2*8*32 = 784 parameters and keeps 8*8 + 3*32 + 2 + 2*4 = 170 floats per
+// token (the embedding's stage one more, its token id); the embeddings
+// have (16+4)*8 = 160 parameters, the head 8 + 8*16 = 136. A stage's
+// workspace is (6*8 + 32) floats per token of a microbatch plus a 4x4
+// attention matrix, and on the head stage (2*8 + 1 + 16) more per token.
 var tinyModel = ModelMemory{Vocab: 16, Dim: 8, Heads: 2, Ctx: 4, Hidden: 32, Optimizer: "adamw"}
 
 func tinyCluster() *Cluster {
@@ -37,17 +40,34 @@ func TestStageMemoriesByHand(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []scheduler.StageMemory{
-		// (2*784 + 160) parameters x 4 bytes x (weights, gradients, 2 moments).
-		{Static: 1728 * 16, Activations: 4 * 4 * 2 * 152, Input: 4 * 4, WeightGrad: 4 * 4 * 2 * (8*8 + 2*32)},
-		{Static: 1704 * 16, Activations: 4 * 4 * 2 * 152, Input: 4 * 4 * 8, WeightGrad: 4 * 4 * 2 * (8*8 + 2*32), Loss: 4 * 4 * 2 * 16},
+		// (2*784 + 160) parameters x 4 bytes x (weights, gradients,
+		// contribution buffers, 2 moments);
+		// microbatches of one sample, 4 tokens.
+		// The Go model keeps nothing for a deferred weight gradient.
+		{Static: 1728 * 20, Activations: 4 * 4 * (2*170 + 1), Input: 4 * 4, Workspace: 4 * (4*80 + 16)},
+		{Static: 1704 * 20, Activations: 4 * 4 * 2 * 170, Input: 4 * 4 * 8, Loss: 4 * 4 * 2 * 16, Workspace: 4 * (4*80 + 16 + 4*33)},
 	}
 	if len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
 		t.Fatalf("got %+v\nwant %+v", got, want)
 	}
+	// A backend that splits its backward keeps 8*8 + 2*32 floats per
+	// token and layer between I and W.
+	c.Model.SplitBackward = true
+	split, err := StageMemories(p, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for s := range split {
+		want[s].WeightGrad = 4 * 4 * 2 * (8*8 + 2*32)
+		if split[s] != want[s] {
+			t.Errorf("split_backward: stage %d %+v, want %+v", s, split[s], want[s])
+		}
+	}
+	c.Model.SplitBackward = false
 	// The stages add up to the model's own totals.
 	cfg := model.Config{Vocab: 16, Layers: 4, Dim: 8, Heads: 2, Ctx: 4, Hidden: 32}
-	if s := got[0].Static + got[1].Static; s != 16*float64(model.NumParams(cfg)) {
-		t.Errorf("static %v, want 16 x %d parameters", s, model.NumParams(cfg))
+	if s := got[0].Static + got[1].Static; s != 20*float64(model.NumParams(cfg)) {
+		t.Errorf("static %v, want 20 x %d parameters", s, model.NumParams(cfg))
 	}
 	if a := got[0].Activations + got[1].Activations + got[1].Loss; a != model.ActivationBytes(cfg, 1) {
 		t.Errorf("activations %v, model.ActivationBytes %v", a, model.ActivationBytes(cfg, 1))
@@ -61,7 +81,7 @@ func TestStageMemoriesByHand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got[0].Static != 800 || got[1].Static != 1600 || got[0].Activations != 1000 || got[1].Activations != 2000 {
+	if got[0].Static != 1200 || got[1].Static != 2400 || got[0].Activations != 1000 || got[1].Activations != 2000 {
 		t.Errorf("sgd, calibrated: %+v", got)
 	}
 	c.Model.StageActivationBytesPerSample = []float64{1}
@@ -83,10 +103,11 @@ func TestRunCountsMemoryOverTime(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	act := 4.0 * 4 * 2 * 152
+	act0, act1 := 4.0*4*(2*170+1), 4.0*4*2*170
+	ws0, ws1 := 4.0*(8*80+16), 4.0*(8*80+16+8*33) // microbatches of 8 tokens
 	for _, want := range []WorkerStats{
-		{Worker: 0, PeakBytes: 1728*16 + 3*2*act, PeakAtS: 8, StaticBytes: 1728 * 16},
-		{Worker: 1, PeakBytes: 1704*16 + 3*2*act + 2*4*4*2*16, PeakAtS: 16, StaticBytes: 1704 * 16},
+		{Worker: 0, PeakBytes: 1728*20 + ws0 + 3*2*act0, PeakAtS: 8, StaticBytes: 1728*20 + ws0},
+		{Worker: 1, PeakBytes: 1704*20 + ws1 + 3*2*act1 + 2*4*4*2*16, PeakAtS: 16, StaticBytes: 1704*20 + ws1},
 	} {
 		g := r.PerWorker[want.Worker]
 		if g.PeakBytes != want.PeakBytes || g.PeakAtS != want.PeakAtS || g.StaticBytes != want.StaticBytes || g.CapacityBytes != 0 {
@@ -114,14 +135,14 @@ const memoryClusterYAML = `name: small-devices
 compute: {layer_forward_s: 1}
 model: {vocab: 16, dim: 8, heads: 2, ctx: 4, hidden: 32, optimizer: adamw}
 nodes:
-  - {name: a, memory_gib: 0.00005}
+  - {name: a, memory_gib: 0.000058}
   - {name: b}
 `
 
-// A cluster whose node a has 0.00005 GiB (52.4 KiB): GPipe's worker 0
-// needs 55.5 KiB there, 1F1B's 46 KiB. GPipe is infeasible with the
+// A cluster whose node a has 0.000058 GiB (60.8 KiB): GPipe's worker 0
+// needs 68.3 KiB there, 1F1B's 57.6 KiB. GPipe is infeasible with the
 // worker, the time and both sizes named; 1F1B fits; the table keeps both
-// rows (the peak_memory column is the largest worker's, 56.1 KiB on
+// rows (the peak_memory column is the largest worker's, 69.8 KiB on
 // worker 1), and the JSON carries the per-worker figures.
 func TestMemoryCapacityMakesGPipeInfeasible(t *testing.T) {
 	c, err := ParseCluster([]byte(memoryClusterYAML))
@@ -140,10 +161,11 @@ func TestMemoryCapacityMakesGPipeInfeasible(t *testing.T) {
 		}
 		rs = append(rs, r)
 	}
-	if want := "worker 0 needs 55.5 KiB at t=8 s, node a has 52.4 KiB"; rs[0].Infeasible != want {
+	if want := "worker 0 needs 68.3 KiB at t=8 s, node a has 60.8 KiB"; rs[0].Infeasible != want {
 		t.Errorf("gpipe: infeasible %q, want %q", rs[0].Infeasible, want)
 	}
-	if rs[1].Infeasible != "" || rs[1].PerWorker[0].PeakBytes != 1728*16+2*2*4864 {
+	static0 := 1728*20 + 4.0*(8*80+16) // parameters and state, workspace
+	if rs[1].Infeasible != "" || rs[1].PerWorker[0].PeakBytes != static0+2*2*4*4*(2*170+1) {
 		t.Errorf("1f1b: infeasible %q, worker 0 peak %v", rs[1].Infeasible, rs[1].PerWorker[0].PeakBytes)
 	}
 	var buf bytes.Buffer
@@ -151,13 +173,13 @@ func TestMemoryCapacityMakesGPipeInfeasible(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := buf.String()
-	if !regexp.MustCompile(`(?m)^gpipe\s+2\s+2\s+4\s+3\s+-\s+-\s+-\s+-\s+-\s+-\s+56\.1 KiB\s+-$`).MatchString(out) {
+	if !regexp.MustCompile(`(?m)^gpipe\s+2\s+2\s+4\s+3\s+-\s+-\s+-\s+-\s+-\s+-\s+69\.8 KiB\s+-$`).MatchString(out) {
 		t.Errorf("gpipe row should dash all but its peak memory:\n%s", out)
 	}
-	if !regexp.MustCompile(`(?m)^1f1b\s+2\s+2\s+4\s+3\s+\d+\.\d{4}\s.*\s46\.0 KiB\s`).MatchString(out) {
+	if !regexp.MustCompile(`(?m)^1f1b\s+2\s+2\s+4\s+3\s+\d+\.\d{4}\s.*\s57\.6 KiB\s`).MatchString(out) {
 		t.Errorf("1f1b row missing:\n%s", out)
 	}
-	if !strings.Contains(out, "\ngpipe: infeasible: worker 0 needs 55.5 KiB at t=8 s, node a has 52.4 KiB\n") {
+	if !strings.Contains(out, "\ngpipe: infeasible: worker 0 needs 68.3 KiB at t=8 s, node a has 60.8 KiB\n") {
 		t.Errorf("reason missing under the table:\n%s", out)
 	}
 	js, err := json.Marshal(rs)
@@ -178,8 +200,8 @@ func TestMemoryCapacityMakesGPipeInfeasible(t *testing.T) {
 		t.Fatal(err)
 	}
 	w0, w1 := rows[0].PerWorker[0], rows[0].PerWorker[1]
-	if rows[0].PeakBytes != rs[0].PeakBytes || w0.PeakBytes != 56832 || w0.PeakAtS != 8 || w0.StaticBytes != 27648 ||
-		w0.CapacityBytes == nil || *w0.CapacityBytes != 0.00005*(1<<30) || w1.CapacityBytes != nil || rows[0].Infeasible == "" {
+	if rows[0].PeakBytes != rs[0].PeakBytes || w0.PeakBytes != static0+3*2*4*4*(2*170+1) || w0.PeakAtS != 8 || w0.StaticBytes != static0 ||
+		w0.CapacityBytes == nil || *w0.CapacityBytes != 0.000058*(1<<30) || w1.CapacityBytes != nil || rows[0].Infeasible == "" {
 		t.Errorf("JSON fields: %s", js)
 	}
 }

@@ -10,6 +10,7 @@ import (
 
 	"stagecoach/compute"
 	"stagecoach/compute/builtin"
+	"stagecoach/internal/memprobe"
 	"stagecoach/internal/transport"
 	"stagecoach/model"
 )
@@ -76,6 +77,21 @@ type Config struct {
 	// closes the stages it loads, not the backend: whoever made it
 	// closes it after the worker stops.
 	Backend compute.Backend
+	// EmulateSpeed, in (0, 1), makes the worker emulate a node of that
+	// compute speed, to measure heterogeneous clusters on one machine:
+	// after each compute action (forward, loss, backward) it waits until
+	// the action has taken its compute time / EmulateSpeed (emulate.go:
+	// CPU time with the built-in backend, wall time otherwise). It is an
+	// emulation, like the link shaping: 0 (or 1) computes at the
+	// machine's own speed.
+	EmulateSpeed float64
+	// MemoryProbe, when set, measures the live Go heap after every action
+	// (a full collection each: slow, for measurements) and reports each
+	// iteration's peak over the probe's baseline (taken again at the
+	// first Configure, before any model loads) in a log line and the
+	// stagecoach_worker_heap_peak_bytes gauge. It sees this process only:
+	// a backend process's memory is not in it.
+	MemoryProbe *memprobe.Probe
 	// Logf receives rejections and failures; nil means log.Printf.
 	Logf func(format string, args ...any)
 	// Infof receives notable events that are not failures (which links
@@ -106,6 +122,9 @@ func (c Config) withDefaults() (Config, error) {
 	case c.MailboxBytes < 0 || c.MaxControlBytes < 0 || c.NextEpochBytes < 0 || c.NextEpochTensors < 0 || c.PeerBytes < 0 || c.PeerStreams < 0:
 		return c, fmt.Errorf("worker: config: negative limits (mailbox %d, control %d, next epoch %d bytes %d tensors, peer %d bytes %d streams)",
 			c.MailboxBytes, c.MaxControlBytes, c.NextEpochBytes, c.NextEpochTensors, c.PeerBytes, c.PeerStreams)
+	}
+	if !(c.EmulateSpeed >= 0 && c.EmulateSpeed <= 1) {
+		return c, fmt.Errorf("worker: config: emulated speed %v, want a fraction in (0, 1] of the machine's (0: off)", c.EmulateSpeed)
 	}
 	c.Transport = c.Transport.WithDefaults()
 	if err := c.Transport.Validate(); err != nil {

@@ -209,6 +209,9 @@ func (s *Server) configure(ctx context.Context, req *pb.ConfigureRequest) (*pb.C
 	if err != nil {
 		return nil, err
 	}
+	if old == nil {
+		s.cfg.MemoryProbe.Rebase() // nothing of a model held yet
+	}
 	if name := s.cfg.Backend.Name(); spec.backend != "" && spec.backend != name {
 		return nil, fmt.Errorf("%w: model_json asks for compute backend %q, worker %s computes with %q", ErrBadInput, spec.backend, s.cfg.Name, name)
 	}

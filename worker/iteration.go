@@ -110,6 +110,11 @@ func (s *Server) runIteration(ctx context.Context, req *pb.RunIterationRequest) 
 			r.resp.GradSumSquares += ss[i]
 		}
 	}
+	if peak, at, ok := s.cfg.MemoryProbe.Take(); ok {
+		s.metrics.Load().HeapPeak(peak)
+		s.cfg.Infof("iteration %d: live heap peak %d bytes over the %d-byte baseline, after %s",
+			it, peak, s.cfg.MemoryProbe.Baseline(), at)
+	}
 	j.ready = it
 	s.backendOK()
 	return r.resp, nil
@@ -196,6 +201,7 @@ func (r *run) program() error {
 		end := time.Since(r.t0)
 		r.s.metrics.Load().Action(a.Kind.String(), end-start)
 		r.resp.Timings = append(r.resp.Timings, &pb.ActionTiming{Action: a.String(), StartS: start.Seconds(), EndS: end.Seconds()})
+		r.s.cfg.MemoryProbe.Sample(a.String())
 		if err := r.route(a, out); err != nil {
 			return fmt.Errorf("%s: %w", a, err)
 		}
@@ -221,6 +227,7 @@ func (r *run) pair(f, b scheduler.Action, start time.Duration) error {
 	r.resp.Timings = append(r.resp.Timings,
 		&pb.ActionTiming{Action: f.String(), StartS: start.Seconds(), EndS: mid.Seconds()},
 		&pb.ActionTiming{Action: b.String(), StartS: mid.Seconds(), EndS: end.Seconds()})
+	r.s.cfg.MemoryProbe.Sample(f.String() + "+" + b.String())
 	sent := r.m.Finish()
 	want := 0
 	for _, h := range []struct {
@@ -301,6 +308,7 @@ func (r *run) exec(a scheduler.Action) (*compute.Tensor, error) {
 	if err != nil {
 		return nil, err
 	}
+	began := r.s.emu.start()
 	var out *compute.Tensor
 	switch a.Kind {
 	case scheduler.Forward:
@@ -343,6 +351,9 @@ func (r *run) exec(a scheduler.Action) (*compute.Tensor, error) {
 	}
 	if err != nil {
 		return nil, st.fail(a.Kind.String(), err)
+	}
+	if err := r.s.emu.finish(r.ctx, began); err != nil {
+		return nil, err
 	}
 	return out, nil
 }

@@ -61,6 +61,9 @@ type Server struct {
 
 	// metrics receives the worker's Prometheus metrics; nil records none.
 	metrics atomic.Pointer[metrics.Worker]
+
+	// emu is the compute-speed emulation (Config.EmulateSpeed).
+	emu emulation
 }
 
 // New validates cfg and builds a worker. It does not listen yet: call
@@ -76,6 +79,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, root: root, mbox: newMailbox(mailboxLimits{bytes: cfg.MailboxBytes, futureBytes: cfg.NextEpochBytes,
 		futureTensors: cfg.NextEpochTensors, peerBytes: cfg.PeerBytes, peerStreams: cfg.PeerStreams})}
+	s.emu = newEmulation(cfg)
 	opts := append(cfg.Transport.ServerOptions(), grpc.MaxRecvMsgSize(max(cfg.MaxControlBytes, cfg.Transport.ChunkBytes+(64<<10))))
 	opts = append(opts, tlsx.ServerOption(cfg.TLS),
 		grpc.ChainUnaryInterceptor(s.authorizeUnary, s.measureRPC),

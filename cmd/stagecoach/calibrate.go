@@ -108,6 +108,31 @@ func (e *emulationFlags) workerNames(j *jobFlags, fs *pflag.FlagSet) ([]string, 
 	return names, nil
 }
 
+// speeds are the compute speeds of the named cluster nodes for `up
+// --emulate-speed`. A speed above 1 cannot be emulated (a worker can only
+// wait), so the fastest node must be at most the machine's speed.
+func (e *emulationFlags) speeds(names []string) (map[string]float64, error) {
+	c, err := e.load()
+	if err != nil {
+		return nil, err
+	}
+	if c == nil || len(names) == 0 {
+		return nil, badInput("--emulate-speed needs --cluster or --preset: the node speeds to emulate")
+	}
+	out := map[string]float64{}
+	for _, n := range names {
+		_, nd, err := c.Lookup(n)
+		if err != nil {
+			return nil, badInput("--emulate-speed: %v", err)
+		}
+		if nd.Speed > 1 {
+			return nil, badInput("--emulate-speed: node %s of cluster %q has speed %g; only speeds up to 1 (this machine's) can be emulated: scale the speeds so the fastest is 1", n, c.Name, nd.Speed)
+		}
+		out[n] = nd.Speed
+	}
+	return out, nil
+}
+
 // config is j.config with the scaled cluster, the cost model and the
 // drift threshold: validated once they are in (a cluster's workload may
 // give stages of unequal node counts, which only then validate).
@@ -135,7 +160,7 @@ func (e *emulationFlags) config(j *jobFlags, endpoints []string) (coordinator.Co
 		Job: j.job, Endpoints: endpoints, Simulator: sim.Simulator{}, TTL: j.ttl, Workers: j.workers, Stages: j.stages,
 		Schedule: j.schedule, Train: tc, Steps: j.steps, CorpusDir: j.corpus, MaxCorpusBytes: j.maxBytes,
 		OutDir: j.out, Checkpoint: j.ckpt, CheckpointEvery: j.ckptEvery, TLS: tlsConf, AllReduce: j.allReduce,
-		Retain: j.retain, Name: j.name,
+		Retain: j.retain, Name: j.name, Balance: j.balance,
 	}
 	return cfg, e.apply(&cfg)
 }

@@ -64,6 +64,14 @@ type jobFlags struct {
 	backendName string
 	// backend is how `up` starts its workers' backends.
 	backend backendFlags
+	// balance places the stages' layers for the cost model
+	// (coordinator.Config.Balance).
+	balance bool
+	// workerSpeeds are the compute speeds `up --emulate-speed` has its
+	// workers emulate, by name.
+	workerSpeeds map[string]float64
+	// memoryProbe starts `up`'s workers with --memory-probe.
+	memoryProbe bool
 }
 
 func (j *jobFlags) register(f *pflag.FlagSet, defaultJob string) {
@@ -95,6 +103,7 @@ func (j *jobFlags) register(f *pflag.FlagSet, defaultJob string) {
 	f.StringVar(&j.httpAddr, "http-addr", "", "serve the job's live page on this HOST:PORT, over HTTPS requiring a client certificate of the cluster CA when TLS is on (empty: off)")
 	f.StringVar(&j.initFrom, "init-from", "", "start the job from this checkpoint instead of the seed: a train run's directory or model.safetensors, an exported file, or another job's step directory (shard-<i>.safetensors); the model flags must match it, and --steps counts its steps")
 	f.BoolVar(&j.initWeightsOnly, "init-weights-only", false, "with --init-from, take only the weights: fresh optimizer moments, steps counted from 1")
+	f.BoolVar(&j.balance, "balance", false, "place contiguous layer ranges on the stages for the cost model's node speeds and head cost (needs --cluster with node speeds, or --costs; classic schedules), kept when the simulator says the iteration is faster than on the even split")
 	f.IntVar(&j.ckptEvery, "checkpoint-every", 0, "also checkpoint every N steps; a job rerun with the same --job resumes from its newest committed checkpoint and replays the committed steps after it")
 }
 
@@ -126,7 +135,7 @@ func (j *jobFlags) config(endpoints []string) (coordinator.Config, error) {
 		Job: j.job, Endpoints: endpoints, Simulator: sim.Simulator{}, TTL: j.ttl, Workers: j.workers, Stages: j.stages,
 		Schedule: j.schedule, Train: tc, Steps: j.steps, CorpusDir: j.corpus, MaxCorpusBytes: j.maxBytes,
 		OutDir: j.out, CheckpointDir: j.ckptDir, Checkpoint: j.ckpt, CheckpointEvery: j.ckptEvery, Retain: j.retain, Name: j.name,
-		TLS: tlsConf, AllReduce: j.allReduce, Backend: j.backendName,
+		TLS: tlsConf, AllReduce: j.allReduce, Backend: j.backendName, Balance: j.balance,
 	}
 	switch {
 	case j.initFrom != "":

@@ -46,7 +46,9 @@ func balanceJobs(env *simEnv, jobs []*simJob) error {
 		}
 		fmt.Fprintf(env.Stderr, "balance: %s: layers per stage %s: %.4g s -> %.4g s per iteration (%s)\n",
 			j.Name, strings.Join(layers, ","), b.Before, b.After, verdict)
-		j.Plan = b.Plan
+		// A calibration's per-stage times describe the old split: both
+		// plans were priced by the layer.
+		j.Plan, j.Cluster = b.Plan, b.Cluster
 	}
 	return nil
 }

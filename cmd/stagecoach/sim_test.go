@@ -262,23 +262,24 @@ func TestSimGanttOfSeveralSchedulesSaysWhereItWrote(t *testing.T) {
 }
 
 // Memory in bytes: a 24-layer model of width 1024 (context 1024, vocab
-// 50304, AdamW) in microbatches of 4 sequences over 4 stages of 16 GiB.
-// GPipe holds all 8 microbatches (25.5 GiB of activations on stage 0) and
-// does not fit; 1F1B holds 4 there (14.7 GiB with the 1.9 GiB of
-// parameters, gradients and moments) and does. Both rows print, the
+// 50304, AdamW) in microbatches of 4 sequences over 4 stages of 20 GiB.
+// GPipe holds all 8 microbatches (27.0 GiB of activations on stage 0) and
+// does not fit; 1F1B holds 4 there (16.0 GiB with the 2.4 GiB of
+// parameters, gradients, contribution buffers and moments and 0.16 GiB of
+// workspace) and does. Both rows print, the
 // memory plots are written, and `plan` refuses the same GPipe plan.
 func TestSimMemoryCapacityInBytes(t *testing.T) {
 	dir := t.TempDir()
-	model := []string{"--stages", "4", "--microbatches", "8", "--layers", "24", "--dim", "1024", "--heads", "16", "--ctx", "1024", "--vocab", "50304", "--samples", "4", "--memory-gib", "16"}
+	model := []string{"--stages", "4", "--microbatches", "8", "--layers", "24", "--dim", "1024", "--heads", "16", "--ctx", "1024", "--vocab", "50304", "--samples", "4", "--memory-gib", "20"}
 	out, errOut, code := runCLI(t, dir, append([]string{"sim", "--schedule", "gpipe,1f1b", "--memory-plot", "mem.png"}, model...)...)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
-	if !regexp.MustCompile(`(?m)^gpipe\s+4\s+4\s+24\s+8\s+-\s.*\s28\.9 GiB\s+-\s+\S+$`).MatchString(out) ||
-		!strings.Contains(out, "gpipe: infeasible: worker 0 needs 27.4 GiB at t=168 s, node node-0 has 16.0 GiB") {
+	if !regexp.MustCompile(`(?m)^gpipe\s+4\s+4\s+24\s+8\s+-\s.*\s31\.9 GiB\s+-\s+\S+$`).MatchString(out) ||
+		!strings.Contains(out, "gpipe: infeasible: worker 0 needs 29.5 GiB at t=168 s, node node-0 has 20.0 GiB") {
 		t.Errorf("gpipe not marked infeasible in bytes:\n%s", out)
 	}
-	if !regexp.MustCompile(`(?m)^1f1b\s+4\s+4\s+24\s+8\s+\d+\.\d{4}\s.*\s14\.7 GiB\s`).MatchString(out) || strings.Contains(out, "1f1b: infeasible") {
+	if !regexp.MustCompile(`(?m)^1f1b\s+4\s+4\s+24\s+8\s+\d+\.\d{4}\s.*\s16\.0 GiB\s`).MatchString(out) || strings.Contains(out, "1f1b: infeasible") {
 		t.Errorf("1f1b should fit:\n%s", out)
 	}
 	for _, f := range []string{"mem-gpipe.png", "mem-1f1b.png"} {
@@ -291,11 +292,11 @@ func TestSimMemoryCapacityInBytes(t *testing.T) {
 	if code != 0 || json.Unmarshal([]byte(out), &rows) != nil || len(rows) != 1 {
 		t.Fatalf("exit %d: %s\n%s", code, errOut, out)
 	}
-	if pb, _ := rows[0]["peak_bytes"].(float64); math.Abs(pb/(1<<30)-14.658) > 0.001 {
-		t.Errorf("peak_bytes %v, want about 14.658 GiB", rows[0]["peak_bytes"])
+	if pb, _ := rows[0]["peak_bytes"].(float64); math.Abs(pb/(1<<30)-16.046) > 0.001 {
+		t.Errorf("peak_bytes %v, want about 16.046 GiB", rows[0]["peak_bytes"])
 	}
 	_, errOut, code = runCLI(t, dir, append([]string{"plan", "--schedule", "gpipe"}, model...)...)
-	if code != 2 || !strings.Contains(errOut, "invalid plan: worker 0 action F4@s0: memory: needs 17.8 GiB at action 4 of its program, 1.85 GiB over its 16.0 GiB") {
+	if code != 2 || !strings.Contains(errOut, "invalid plan: worker 0 action F5@s0: memory: needs 22.8 GiB at action 5 of its program, 2.80 GiB over its 20.0 GiB") {
 		t.Errorf("plan gpipe: exit %d, stderr %q", code, errOut)
 	}
 	if _, errOut, code = runCLI(t, dir, append([]string{"plan", "--schedule", "1f1b"}, model...)...); code != 0 {
@@ -319,15 +320,17 @@ func TestSimSweepPeakBytes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Default model, one block per stage, 655,360 bytes per microbatch:
-	// stage 0 holds 3,805,184 bytes of parameters, gradients and moments
-	// (1F1B's peak with two microbatches), the last stage 3,676,160 and
-	// 131,072 of logits while a loss runs (GPipe's peak).
+	// Default model, one block per stage, 721,408 bytes per microbatch
+	// (721,664 on stage 0, with the token ids): stage 0 holds 4,756,480
+	// bytes of parameters, gradients, contribution buffers and moments and
+	// 344,064 of workspace (1F1B's peak with two microbatches), the last
+	// stage 4,595,200, 475,392 of workspace and 131,072 of logits while a
+	// loss runs (GPipe's peak).
 	want := "schedule,stages,microbatches,iteration_time_s,bubble_fraction,bubble_over_ideal,span_s,peak_activations,peak_bytes\n" +
-		"gpipe,2,2,9,0.3333333333,0.5,9,2,5117952\n" +
-		"gpipe,2,8,infeasible,,,,,9050112\n" +
-		"1f1b,2,2,9,0.3333333333,0.5,9,2,5115904\n" +
-		"1f1b,2,8,27,0.1111111111,0.125,27,2,5115904\n"
+		"gpipe,2,2,9,0.3333333333,0.5,9,2,6644480\n" +
+		"gpipe,2,8,infeasible,,,,,10972928\n" +
+		"1f1b,2,2,9,0.3333333333,0.5,9,2,6543872\n" +
+		"1f1b,2,8,27,0.1111111111,0.125,27,2,6543872\n"
 	if string(data) != want {
 		t.Errorf("sweep.csv:\n%s\nwant:\n%s", data, want)
 	}

@@ -28,7 +28,7 @@ func init() { rootCmd.AddCommand(newUpCmd()) }
 func newUpCmd() *cobra.Command {
 	var j jobFlags
 	var emu emulationFlags
-	var resume, force bool
+	var resume, force, emulateSpeed bool
 	var tlsDir string
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -72,6 +72,11 @@ directory) instead of the seed; see docs/checkpoints.md.`,
 			names, err := emu.workerNames(&j, cmd.Flags())
 			if err != nil {
 				return err
+			}
+			if emulateSpeed {
+				if j.workerSpeeds, err = emu.speeds(names); err != nil {
+					return err
+				}
 			}
 			if resume && force {
 				return badInput("--resume continues the run in --out and --force clears it: give one")
@@ -221,6 +226,8 @@ directory) instead of the seed; see docs/checkpoints.md.`,
 	f.StringVar(&j.out, "out", "run-up", "directory for etcd data, worker logs, plans, summary, trace, loss plot and checkpoints")
 	emu.register(f)
 	j.backend.register(f)
+	f.BoolVar(&emulateSpeed, "emulate-speed", false, "EMULATION: each worker computes at its --cluster/--preset node's speed as a fraction of this machine's (0.5: half), waiting after each forward, loss and backward until it has taken its compute time / speed (see 'stagecoach worker --emulate-speed'); off by default")
+	f.BoolVar(&j.memoryProbe, "memory-probe", false, "have every worker measure its live heap after each action and log each iteration's peak (a full garbage collection per action: slow, for measurements)")
 	f.StringVar(&tlsDir, "tls-dir", "", "run every gRPC and etcd hop over mutual TLS with a demo CA and certificates generated into this directory")
 	f.BoolVar(&force, "force", false, "run even though --out holds an earlier run: remove its checkpoint step directories, etcd data and summary files first (nothing else)")
 	f.BoolVar(&resume, "resume", false, "keep --out's embedded etcd data and resume the job from its newest committed checkpoint (use the same --out, --job and model flags; --checkpoint-every makes the resume point recent)")
@@ -281,6 +288,12 @@ func startWorkers(eps []string, j *jobFlags, names []string) ([]*workerProc, err
 		// each picks one and logs it).
 		c.Args = append(c.Args, logFlagArgs()...)
 		c.Args = append(c.Args, j.backend.args()...)
+		if sp, ok := j.workerSpeeds[name]; ok && sp < 1 {
+			c.Args = append(c.Args, "--emulate-speed", strconv.FormatFloat(sp, 'g', -1, 64))
+		}
+		if j.memoryProbe {
+			c.Args = append(c.Args, "--memory-probe")
+		}
 		if j.metricsAddr != "" {
 			addr, err := workerMetricsAddr(j.metricsAddr, i)
 			if err != nil {

@@ -7,12 +7,15 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 
 	"stagecoach/internal/failpoint"
 	stmodel "stagecoach/model"
+	"stagecoach/scheduler"
+	"stagecoach/sim"
 	"stagecoach/worker"
 )
 
@@ -183,6 +186,8 @@ func TestUpBadInputExitsTwo(t *testing.T) {
 		{"up", "--schedule", "nope"},
 		{"up", "--job", "a/b"},
 		{"up", "--all-reduce", "tree"},
+		{"up", "--emulate-speed"},
+		{"worker", "--etcd", "x:1", "--job", "j", "--name", "w", "--emulate-speed", "2"},
 		{"worker", "--etcd", "x:1", "--job", "j", "--name", "bad name"},
 		{"coordinator", "--job", "j", "--workers", "0"},
 		{"etcd", "--listen-client-urls", "ftp://x"},
@@ -270,5 +275,62 @@ func TestUpResumeSkipsCorruptCheckpoint(t *testing.T) {
 		if math.Float64bits(first[i+1]) != math.Float64bits(w) {
 			t.Fatalf("losses of the crashed and resumed runs differ from train's at step %d:\n got %v\nwant %v", i+1, first, want)
 		}
+	}
+}
+
+// TestUpMemoryProbe runs `stagecoach up --memory-probe`: every worker
+// logs each iteration's live heap peak, the training is untouched (the
+// losses equal train's bit for bit), and from the second iteration on
+// (the optimizer's moments exist) each peak is at least 90% of what the
+// simulator counts for that worker and at most 16 MiB more: the probe sees
+// the model, and little else.
+func TestUpMemoryProbe(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts worker processes")
+	}
+	corpus := upCorpus(t)
+	model := []string{"--steps", "3", "--seed", "3", "--layers", "2", "--dim", "64", "--heads", "2",
+		"--ctx", "16", "--microbatches", "4", "--microbatch-size", "2", "--corpus", corpus, "--json"}
+	dir := t.TempDir()
+	want := trainLosses(t, dir, model)
+	runDir := filepath.Join(dir, "up")
+	out, errOut, code := runCLI(t, dir, append([]string{"up", "--workers", "2", "--schedule", "gpipe", "--ttl", "2",
+		"--out", runDir, "--memory-probe"}, model...)...)
+	if code != 0 {
+		t.Fatalf("up exited %d: %s", code, errOut)
+	}
+	if got := jsonLosses(t, out); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("losses with the probe differ:\n up    %v\n train %v", got, want)
+	}
+	p, err := scheduler.Generate("gpipe", scheduler.Spec{Stages: 2, Microbatches: 4, Layers: 2, Samples: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := sim.Homogeneous()
+	c.Model = &sim.ModelMemory{Vocab: 256, Dim: 64, Heads: 2, Ctx: 16, Hidden: 256, Optimizer: "adamw"}
+	r, err := sim.Run(p, c, sim.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := regexp.MustCompile(`iteration (\d+): live heap peak (\d+) bytes over the \d+-byte baseline, after \S+@s(\d+)`)
+	seen := map[string]int{}
+	for _, w := range []string{"w0", "w1"} {
+		b, err := os.ReadFile(filepath.Join(runDir, "workers", w+".log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range line.FindAllStringSubmatch(string(b), -1) {
+			it, _ := strconv.Atoi(m[1])
+			peak, _ := strconv.ParseFloat(m[2], 64)
+			stage, _ := strconv.Atoi(m[3])
+			seen[w]++
+			simulated := r.PerWorker[stage].PeakBytes
+			if it >= 2 && (peak < 0.9*simulated || peak > simulated+16<<20) {
+				t.Errorf("%s iteration %d: live heap peak %.0f bytes, the simulator counts %.0f for stage %d", w, it, peak, simulated, stage)
+			}
+		}
+	}
+	if seen["w0"] != 3 || seen["w1"] != 3 {
+		t.Fatalf("peak lines per worker %v, want 3 each", seen)
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"stagecoach/internal/etcdx"
 	"stagecoach/internal/liveness"
+	"stagecoach/internal/memprobe"
 	"stagecoach/internal/metrics"
 	"stagecoach/internal/tlsx"
 	"stagecoach/worker"
@@ -30,8 +31,9 @@ func newWorkerCmd() *cobra.Command {
 		rejoin                                      time.Duration
 		tlsf                                        tlsFlags
 		limits                                      workerLimits
-		insecureListen                              bool
+		insecureListen, memoryProbe                 bool
 		backend                                     backendFlags
+		emulateSpeed                                float64
 	)
 	cmd := &cobra.Command{
 		Use:   "worker",
@@ -60,6 +62,11 @@ worker stops the same way when that process, its parent, is gone (how
 'stagecoach up' makes sure no worker outlives it).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// The probe's baseline is this process before it holds a model.
+			var probe *memprobe.Probe
+			if memoryProbe {
+				probe = memprobe.Start()
+			}
 			eps := etcdx.ParseEndpoints(etcd)
 			if len(eps) == 0 {
 				return badInput("--etcd needs at least one endpoint (host:port,...)")
@@ -72,6 +79,9 @@ worker stops the same way when that process, its parent, is gone (how
 			}
 			if ttl < etcdx.MinTTL {
 				return badInput("--ttl %d is below etcd's minimum of %d s", ttl, etcdx.MinTTL)
+			}
+			if !(emulateSpeed >= 0 && emulateSpeed <= 1) {
+				return badInput("--emulate-speed must be a fraction in (0, 1] of this machine's speed (0: off), got %v", emulateSpeed)
 			}
 			if parentPID < 0 {
 				return badInput("--parent-pid must be a process id (or 0 for none), got %d", parentPID)
@@ -136,7 +146,12 @@ worker stops the same way when that process, its parent, is gone (how
 			libLogf := logfTo(log, slog.LevelWarn, "worker "+name+": ", epoch)
 			infof := logfTo(log, slog.LevelInfo, "worker "+name+": ", epoch)
 			wcfg := worker.Config{Name: name, Listen: listen, Job: job, DataDir: dataDir, CheckpointRoot: checkpointRoot, Logf: libLogf, Infof: infof, TLS: tc, Leader: leader}
+			wcfg.MemoryProbe = probe
 			limits.apply(&wcfg)
+			wcfg.EmulateSpeed = emulateSpeed
+			if emulateSpeed > 0 && emulateSpeed < 1 {
+				log.Info(fmt.Sprintf("EMULATING a node at %g of this machine's compute speed: every forward, loss and backward is followed by a wait", emulateSpeed))
+			}
 			be, err := backend.open(ctx, wcfg.Model, os.Stderr)
 			if err != nil {
 				return err
@@ -204,6 +219,8 @@ worker stops the same way when that process, its parent, is gone (how
 	f.IntVar(&ttl, "ttl", etcdx.DefaultTTL, "lease TTL in seconds")
 	f.DurationVar(&rejoin, "rejoin-timeout", 30*time.Second, "give up after failing to re-register this long")
 	f.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics and /healthz on this HOST:PORT (empty: off)")
+	f.Float64Var(&emulateSpeed, "emulate-speed", 0, "EMULATION: compute as a node of this fraction of the machine's speed: the worker waits after each forward, loss and backward until it has taken its compute time / speed (CPU time with the built-in backend, so other processes do not slow it further; wall time with --backend-cmd/--backend-addr) (0: off; 'up --emulate-speed' sets it from the cluster's node speeds)")
+	f.BoolVar(&memoryProbe, "memory-probe", false, "measure the live heap after every action and log each iteration's peak over the heap before the model loaded (a full garbage collection per action: slow, for measurements)")
 	f.IntVar(&parentPID, "parent-pid", 0, "stop when the process with this id is no longer this worker's parent (0: off; set by 'stagecoach up')")
 	tlsf.register(f)
 	limits.register(f)

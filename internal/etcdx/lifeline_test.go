@@ -90,16 +90,32 @@ func TestLifelineSurvivesAFailedRenewal(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cli.Close() })
-	s, err := NewSession(ctx, cli, testTTL)
-	if err != nil {
-		t.Fatal(err)
+	k := mustKeys(t, "renewal")
+	// On a loaded machine a 2 s lease's keepalive can already have been
+	// given up before Lifeline is called; a lifeline then gives the lease
+	// up at once (it cannot tell that from its owner closing the
+	// session), which is not the case under test: start again.
+	var s *concurrency.Session
+	var line <-chan struct{}
+	for attempt := 1; ; attempt++ {
+		var err error
+		if s, err = NewSession(ctx, cli, testTTL); err != nil {
+			t.Fatal(err)
+		}
+		if err := Register(ctx, s, k, Member{Name: "w0", Addr: "127.0.0.1:1"}); err != nil {
+			t.Fatal(err)
+		}
+		line = Lifeline(s)
+		if !isClosed(s.Done()) {
+			break
+		}
+		s.Close() // revokes the lease and the registration with it
+		if attempt == 5 {
+			t.Fatal("the session's keepalive ended before its lifeline started, 5 times in a row")
+		}
+		t.Logf("attempt %d: the session's keepalive ended before its lifeline started; starting again", attempt)
 	}
 	t.Cleanup(func() { s.Close() })
-	k := mustKeys(t, "renewal")
-	if err := Register(ctx, s, k, Member{Name: "w0", Addr: "127.0.0.1:1"}); err != nil {
-		t.Fatal(err)
-	}
-	line := Lifeline(s)
 	failures, lost := LeaseRenewalFailures(), LeasesLost()
 
 	p.mute(true)
@@ -241,5 +257,14 @@ func (p *muteProxy) pipe(dst, src net.Conn, answers bool) {
 		if err != nil {
 			return
 		}
+	}
+}
+
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
 	}
 }

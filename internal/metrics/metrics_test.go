@@ -115,6 +115,7 @@ func TestNilInstrumentsRecordNothing(t *testing.T) {
 	w.TensorReceived(1)
 	w.TensorRejected(metrics.RejectOther)
 	w.RPC("Step", "OK", time.Second)
+	w.HeapPeak(1)
 	if co.Epoch() != 0 || co.FencingToken() != 0 {
 		t.Error("a nil coordinator reports an epoch or token")
 	}

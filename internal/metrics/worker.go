@@ -67,6 +67,7 @@ type Worker struct {
 	rejected  *prometheus.CounterVec
 	rpcs      *prometheus.HistogramVec
 	denied    *prometheus.CounterVec
+	heapPeak  prometheus.Gauge
 }
 
 // NewWorker registers a worker's metrics in reg:
@@ -79,6 +80,7 @@ type Worker struct {
 //	stagecoach_worker_tensors_rejected_total{reason}    peer tensors refused (stale_epoch, stale_leader, bad_shape, oversize, ...)
 //	stagecoach_worker_rpc_duration_seconds{method,code} control RPCs served (Configure, RunIteration, Step, ...)
 //	stagecoach_worker_calls_denied_total{method,reason} calls refused with PermissionDenied (no_certificate, wrong_role, ...)
+//	stagecoach_worker_heap_peak_bytes                   the last iteration's live heap peak over the baseline (worker --memory-probe only)
 func NewWorker(reg prometheus.Registerer) *Worker {
 	w := &Worker{
 		actions: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -115,13 +117,25 @@ func NewWorker(reg prometheus.Registerer) *Worker {
 			Name: "stagecoach_worker_calls_denied_total",
 			Help: "Calls this worker refused with PermissionDenied (authorization or an unverifiable fence), by method and reason.",
 		}, []string{"method", "reason"}),
+		heapPeak: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "stagecoach_worker_heap_peak_bytes",
+			Help: "The last iteration's peak live Go heap over the worker's baseline before it loaded a model, measured after every action (worker --memory-probe only).",
+		}),
 	}
 	for _, r := range []string{RejectStaleEpoch, RejectFutureEpoch, RejectQueueFull, RejectStaleLeader, RejectWrongJob, RejectNoFence, RejectBadShape,
 		RejectBadInput, RejectOversize, RejectMalformed, RejectOther} {
 		w.rejected.WithLabelValues(r)
 	}
-	reg.MustRegister(w.actions, w.sent, w.sentBytes, w.recv, w.recvBytes, w.rejected, w.rpcs, w.denied)
+	reg.MustRegister(w.actions, w.sent, w.sentBytes, w.recv, w.recvBytes, w.rejected, w.rpcs, w.denied, w.heapPeak)
 	return w
+}
+
+// HeapPeak records an iteration's live heap peak over the baseline.
+func (w *Worker) HeapPeak(bytes uint64) {
+	if w == nil {
+		return
+	}
+	w.heapPeak.Set(float64(bytes))
 }
 
 // Action records one executed plan action.

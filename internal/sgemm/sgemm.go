@@ -8,6 +8,8 @@ import (
 
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/gonum"
+
+	"stagecoach/internal/parallel"
 )
 
 // Blocking. mr×nr is the micro-kernel's register tile; kcBlock×nr floats of
@@ -170,7 +172,7 @@ func (p *problem) run(threads int) {
 			// The first slab overwrites C unless beta asks to keep it;
 			// later slabs add to it, in ascending k.
 			load := pc > 0 || p.beta != 0
-			parallel(threads, panels, func(lo, hi int) {
+			parallel.For(threads, panels, func(_, lo, hi int) {
 				for jp := lo; jp < hi; jp++ {
 					if cols := min(nr, nc-jp*nr); cols < nr || !p.directB() {
 						p.packB((*bp)[jp*kc*nr:(jp+1)*kc*nr], pc, kc, jc+jp*nr, cols)
@@ -179,7 +181,7 @@ func (p *problem) run(threads int) {
 			})
 			mBlocks := (p.m + mcBlock - 1) / mcBlock
 			nTiles := (nc + ncTile - 1) / ncTile
-			parallel(threads, mBlocks*nTiles, func(lo, hi int) {
+			parallel.For(threads, mBlocks*nTiles, func(_, lo, hi int) {
 				ap := getBuf(mcBlock * kc)
 				defer putBuf(ap)
 				packed := -1
@@ -332,26 +334,6 @@ func (p *problem) packB(d []float32, pc, kc, j0, cols int) {
 			d[q*nr+j] = v
 		}
 	}
-}
-
-// parallel splits [0, n) into min(threads, n) contiguous ranges, runs f on
-// each (the first on the calling goroutine) and waits for all.
-func parallel(threads, n int, f func(lo, hi int)) {
-	w := min(threads, n)
-	if w <= 1 {
-		f(0, n)
-		return
-	}
-	var wg sync.WaitGroup
-	for i := 1; i < w; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			f(i*n/w, (i+1)*n/w)
-		}()
-	}
-	f(0, n/w)
-	wg.Wait()
 }
 
 func roundUp(x, m int) int { return (x + m - 1) / m * m }

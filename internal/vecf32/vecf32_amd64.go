@@ -36,3 +36,24 @@ func adamMomentsAVX2(grad, m, v *float32, n int, b1, c1, b2, c2 float64)
 
 //go:noescape
 func adamApplyAVX2(w, m, v *float32, n int, bc1, bc2, eps, wd, scale float64)
+
+// The element-wise kernels of elem.go, for n elements, n a positive
+// multiple of 8.
+//
+//go:noescape
+func addAVX2(dst, src *float32, n int)
+
+//go:noescape
+func scaleAVX2(x *float32, n int, s float32)
+
+//go:noescape
+func scaleMulAVX2(out, x, gain *float32, n int, r float32)
+
+//go:noescape
+func addScaledProductAVX2(acc, a, b *float32, n int, r float32)
+
+//go:noescape
+func rmsInputGradAVX2(dx, x, gain, dy *float32, n int, r, c float32)
+
+//go:noescape
+func softmaxGradAVX2(p, d *float32, n int, dot, scale float32)

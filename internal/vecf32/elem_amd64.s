@@ -1,0 +1,134 @@
+//go:build amd64 && !purego
+
+#include "textflag.h"
+
+// The element-wise kernels of elem.go, eight lanes a step; n is a positive
+// multiple of 8. Each performs its scalar form's operations in the same
+// order, without FMA.
+
+// func addAVX2(dst, src *float32, n int)
+TEXT ·addAVX2(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ n+16(FP), CX
+	SHRQ $3, CX
+
+addloop:
+	VMOVUPS (DI), Y0
+	VADDPS  (SI), Y0, Y0
+	VMOVUPS Y0, (DI)
+	ADDQ    $32, DI
+	ADDQ    $32, SI
+	DECQ    CX
+	JNZ     addloop
+	VZEROUPPER
+	RET
+
+// func scaleAVX2(x *float32, n int, s float32)
+TEXT ·scaleAVX2(SB), NOSPLIT, $0-20
+	MOVQ x+0(FP), DI
+	MOVQ n+8(FP), CX
+	VBROADCASTSS s+16(FP), Y1
+	SHRQ $3, CX
+
+scaleloop:
+	VMULPS  (DI), Y1, Y0
+	VMOVUPS Y0, (DI)
+	ADDQ    $32, DI
+	DECQ    CX
+	JNZ     scaleloop
+	VZEROUPPER
+	RET
+
+// func scaleMulAVX2(out, x, gain *float32, n int, r float32)
+TEXT ·scaleMulAVX2(SB), NOSPLIT, $0-36
+	MOVQ out+0(FP), DI
+	MOVQ x+8(FP), SI
+	MOVQ gain+16(FP), DX
+	MOVQ n+24(FP), CX
+	VBROADCASTSS r+32(FP), Y1
+	SHRQ $3, CX
+
+smloop:
+	VMULPS  (SI), Y1, Y0    // x·r
+	VMULPS  (DX), Y0, Y0    // ·g
+	VMOVUPS Y0, (DI)
+	ADDQ    $32, DI
+	ADDQ    $32, SI
+	ADDQ    $32, DX
+	DECQ    CX
+	JNZ     smloop
+	VZEROUPPER
+	RET
+
+// func addScaledProductAVX2(acc, a, b *float32, n int, r float32)
+TEXT ·addScaledProductAVX2(SB), NOSPLIT, $0-36
+	MOVQ acc+0(FP), DI
+	MOVQ a+8(FP), SI
+	MOVQ b+16(FP), DX
+	MOVQ n+24(FP), CX
+	VBROADCASTSS r+32(FP), Y1
+	SHRQ $3, CX
+
+asploop:
+	VMOVUPS (SI), Y0
+	VMULPS  (DX), Y0, Y0    // a·b
+	VMULPS  Y1, Y0, Y0      // ·r
+	VADDPS  (DI), Y0, Y0    // acc +
+	VMOVUPS Y0, (DI)
+	ADDQ    $32, DI
+	ADDQ    $32, SI
+	ADDQ    $32, DX
+	DECQ    CX
+	JNZ     asploop
+	VZEROUPPER
+	RET
+
+// func rmsInputGradAVX2(dx, x, gain, dy *float32, n int, r, c float32)
+TEXT ·rmsInputGradAVX2(SB), NOSPLIT, $0-48
+	MOVQ dx+0(FP), DI
+	MOVQ x+8(FP), SI
+	MOVQ gain+16(FP), DX
+	MOVQ dy+24(FP), BX
+	MOVQ n+32(FP), CX
+	VBROADCASTSS r+40(FP), Y1
+	VBROADCASTSS c+44(FP), Y2
+	SHRQ $3, CX
+
+rigloop:
+	VMULPS  (DX), Y1, Y0    // r·g
+	VMULPS  (BX), Y0, Y0    // ·dy
+	VMULPS  (SI), Y2, Y3    // c·x
+	VSUBPS  Y3, Y0, Y0      // r·g·dy − c·x
+	VADDPS  (DI), Y0, Y0    // dx +
+	VMOVUPS Y0, (DI)
+	ADDQ    $32, DI
+	ADDQ    $32, SI
+	ADDQ    $32, DX
+	ADDQ    $32, BX
+	DECQ    CX
+	JNZ     rigloop
+	VZEROUPPER
+	RET
+
+// func softmaxGradAVX2(p, d *float32, n int, dot, scale float32)
+TEXT ·softmaxGradAVX2(SB), NOSPLIT, $0-32
+	MOVQ p+0(FP), SI
+	MOVQ d+8(FP), DI
+	MOVQ n+16(FP), CX
+	VBROADCASTSS dot+24(FP), Y1
+	VBROADCASTSS scale+28(FP), Y2
+	SHRQ $3, CX
+
+sgloop:
+	VMOVUPS (DI), Y0
+	VSUBPS  Y1, Y0, Y0      // d − dot
+	VMULPS  (SI), Y0, Y0    // p·
+	VMULPS  Y2, Y0, Y0      // ·scale
+	VMOVUPS Y0, (DI)
+	ADDQ    $32, SI
+	ADDQ    $32, DI
+	DECQ    CX
+	JNZ     sgloop
+	VZEROUPPER
+	RET
