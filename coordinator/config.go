@@ -15,6 +15,7 @@ import (
 	"stagecoach/internal/metrics"
 	"stagecoach/internal/tlsx"
 	"stagecoach/model"
+	"stagecoach/planner"
 	pb "stagecoach/proto"
 	"stagecoach/scheduler"
 	"stagecoach/timeline"
@@ -211,10 +212,11 @@ func (c *Config) Validate() error {
 	if c.Workers < 1 {
 		return fmt.Errorf("coordinator: workers is %d, want >= 1", c.Workers)
 	}
-	if err := knownSchedule(c.Schedule); err != nil {
-		return fmt.Errorf("coordinator: %w", err)
+	fam, err := family(c)
+	if err != nil {
+		return err
 	}
-	if c.Balance && isSkipPipe(c.Schedule) {
+	if c.Balance && fam.Kind != planner.KindClassic {
 		return fmt.Errorf("coordinator: balance: schedule %s places its own layers; balancing is for the classic schedules", c.Schedule)
 	}
 	if err := scheduler.CheckAllReduceOverride(c.AllReduce); err != nil {
@@ -234,7 +236,7 @@ func (c *Config) Validate() error {
 	if c.ReplanWarmup == 0 {
 		c.ReplanWarmup = 2
 	}
-	unequal := isSkipPipe(c.Schedule) && c.clusterStageSizes() != nil
+	unequal := fam.UnequalStages && c.clusterStageSizes() != nil
 	if unequal {
 		// The cluster's workload fixes the stages, with as many nodes
 		// each as it lists (SkipPipe's [5,3,3,3,3,3]).

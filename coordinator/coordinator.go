@@ -16,6 +16,7 @@ import (
 	"stagecoach/internal/etcdx"
 	"stagecoach/internal/metrics"
 	"stagecoach/model"
+	"stagecoach/planner"
 	pb "stagecoach/proto"
 	"stagecoach/scheduler"
 )
@@ -83,8 +84,9 @@ type run struct {
 	planJSON      []byte            // the plan in force, as sent
 	planTrain     model.TrainConfig // the model config sent with it
 	params        int64
-	initialData   string // sampler state before any draw
-	stageSizes    []int  // SkipPipe: configured workers per stage
+	initialData   string         // sampler state before any draw
+	stageSizes    []int          // SkipPipe: configured workers per stage
+	fam           planner.Family // the schedule's family: what it supports
 }
 
 // Run campaigns for the job, waits for the workers, trains cfg.Steps steps
@@ -209,11 +211,15 @@ func (c *Coordinator) lead(ctx context.Context, leader *etcdx.Leader) (*Summary,
 	if err != nil {
 		return nil, err
 	}
+	fam, err := family(cfg)
+	if err != nil {
+		return nil, err
+	}
 	plan, members, layout, err := buildPlan(cfg, members, epoch)
 	if err != nil {
 		return nil, err
 	}
-	r := &run{cfg: cfg, leader: leader, committer: committer, conns: map[string]*workerConn{},
+	r := &run{cfg: cfg, fam: fam, leader: leader, committer: committer, conns: map[string]*workerConn{},
 		suspect: map[string]int64{}, planHashes: map[int64]string{}, ctxLen: cfg.Train.Model.Ctx}
 	defer r.closeWorkers()
 	dir, err := corpusDir(cfg)

@@ -30,12 +30,15 @@
 //     calibrated from the measured action times.
 //
 // Failures (recover.go): a lost worker (lapsed lease, failed RPC or
-// stream, deadline) ends the iteration; SkipPipe re-paths it around the
-// worker, other schedules restore every shard from the last checkpoint and
+// stream, deadline) ends the iteration; families that can re-path
+// (SkipPipe) retry it around the worker, other schedules restore every shard from the last checkpoint and
 // replay, always under a new epoch; workers that register later join at an
 // iteration boundary. Commits retry across an etcd leader change after
 // reading back whether the failed attempt landed.
 //
-// The package is mechanism only: what a Plan means lives in scheduler, the
-// model in model, the worker in worker.
+// The package is mechanism only: what a Plan means lives in scheduler,
+// which plan to build in planner (every plan the coordinator installs, at
+// start, re-path, restore, rejoin and drift replan, comes from
+// planner.Plan over a snapshot of the registered members), recovery
+// decisions in policy, the model in model, the worker in worker.
 package coordinator

@@ -12,6 +12,7 @@ import (
 
 	"stagecoach/coordinator"
 	"stagecoach/internal/etcdx"
+	"stagecoach/planner"
 	"stagecoach/sim"
 )
 
@@ -75,7 +76,7 @@ func TestSkipPipeTrains(t *testing.T) {
 	tc := tinyTrain(3)
 	tc.Microbatches = 6
 	co, err := coordinator.New(coordinator.Config{Simulator: sim.Simulator{}, Job: job, Endpoints: cl.endpoints, TTL: 2, Workers: 3,
-		Schedule: coordinator.SkipPipe, Train: tc, Steps: steps, CorpusDir: corpus, OutDir: t.TempDir(), CheckpointDir: cl.root})
+		Schedule: planner.SkipPipe, Train: tc, Steps: steps, CorpusDir: corpus, OutDir: t.TempDir(), CheckpointDir: cl.root})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"stagecoach/internal/atomicfile"
 	"stagecoach/internal/etcdx"
 	"stagecoach/model"
+	"stagecoach/planner"
 	"stagecoach/scheduler"
 )
 
@@ -37,32 +38,47 @@ type PlanWorker struct {
 	Replica int    `json:"replica"`
 }
 
-// SkipPipe is the schedule name of SkipPipe plans. It is not a classic
-// generator (it needs the nodes' costs), so the coordinator builds its
-// input from the registered workers.
-const SkipPipe = "skippipe"
-
-// SkipPipeFull is GPipe over SkipPipe's placement and microbatches (every
-// microbatch visits every stage; scheduler.SkipPipeFull): the like-for-like
-// baseline of "skippipe" on a heterogeneous cluster, where stages may have
-// different node counts.
-const SkipPipeFull = "skippipe-full"
-
-// isSkipPipe reports whether name is planned by the SkipPipe planner.
-func isSkipPipe(name string) bool { return name == SkipPipe || name == SkipPipeFull }
-
-// knownSchedule reports whether name can be planned.
-func knownSchedule(name string) error {
-	if isSkipPipe(name) {
-		return nil
+// family is the planner's registry entry of the job's schedule.
+func family(cfg *Config) (planner.Family, error) {
+	f, err := planner.Lookup(cfg.Schedule)
+	if err != nil {
+		return f, fmt.Errorf("coordinator: %w", err)
 	}
-	_, err := scheduler.Lookup(name)
-	return err
+	return f, nil
 }
 
-// buildPlan asks the scheduler for cfg's schedule over members (sorted by
+// snapshot is what the planner needs of the job: its rules, the planning
+// cost model and the simulator to score candidates with. The caller adds
+// the members (or their stages), the previous plan and the epoch.
+func snapshot(cfg *Config, epoch int64) (planner.Snapshot, error) {
+	costs, err := cfg.planningCosts()
+	if err != nil {
+		return planner.Snapshot{}, err
+	}
+	m := cfg.Train.Model
+	s := planner.Snapshot{
+		Schedule: cfg.Schedule, Costs: costs, Epoch: epoch,
+		Rules: planner.Rules{
+			Stages: cfg.Stages, Workers: cfg.Workers, StageSizes: cfg.clusterStageSizes(),
+			Microbatches: cfg.Train.Microbatches, Layers: cfg.Train.Model.Layers, Samples: cfg.Train.MicrobatchSize,
+			Seed: int64(cfg.Train.Model.Seed), Model: &m, AllReduce: cfg.AllReduce,
+		},
+	}
+	if simr := cfg.Simulator; simr != nil && costs != nil {
+		s.Simulate = func(p *scheduler.Plan, k *costmodel.Cluster) (float64, error) {
+			r, err := simr.Simulate(p, k, false)
+			if err != nil {
+				return 0, err
+			}
+			return r.IterationTimeS, nil
+		}
+	}
+	return s, nil
+}
+
+// buildPlan asks the planner for cfg's schedule over members (sorted by
 // name) and returns the plan, the members in plan-worker order and the
-// model layout. Placement and schedule choice are the scheduler's: classic
+// model layout. Placement and schedule choice are the planner's: classic
 // schedules place worker id rank*replicas+replica on members[id];
 // SkipPipe places nodes itself. This only checks that the plan fits the
 // model the workers will build.
@@ -73,28 +89,42 @@ func buildPlan(cfg *Config, members []etcdx.Member, epoch int64) (*scheduler.Pla
 // buildPlanFrom is buildPlan; prev, when set, is the plan being replaced
 // (SkipPipe keeps its placement).
 func buildPlanFrom(cfg *Config, members []etcdx.Member, epoch int64, prev *scheduler.Plan) (*scheduler.Plan, []etcdx.Member, model.Layout, error) {
-	names := make([]string, len(members))
-	for i, m := range members {
-		names[i] = m.Name
+	s, err := snapshot(cfg, epoch)
+	if err != nil {
+		return nil, nil, 0, err
 	}
-	var p *scheduler.Plan
-	var err error
-	if isSkipPipe(cfg.Schedule) {
-		p, err = skipPipePlan(cfg, names, prev)
-	} else {
-		p, err = scheduler.Generate(cfg.Schedule, scheduler.Spec{
-			Stages: cfg.Stages, Replicas: cfg.Workers / cfg.Stages,
-			Microbatches: cfg.Train.Microbatches, Layers: cfg.Train.Model.Layers,
-			Samples: cfg.Train.MicrobatchSize, Nodes: names, Epoch: epoch,
-		})
-		if err == nil {
-			p, err = balanceStages(cfg, p)
-		}
-	}
+	s.Members, s.Prev = names(members), prev
+	p, err := planner.Plan(s)
 	if err != nil {
 		return nil, nil, 0, fmt.Errorf("coordinator: build %s plan: %w", cfg.Schedule, err)
 	}
+	// --balance (refused for SkipPipe) re-sizes the stages' layer ranges.
+	if p, err = balanceStages(cfg, p); err != nil {
+		return nil, nil, 0, err
+	}
 	return checkPlan(cfg, p, members, epoch)
+}
+
+// planOnPartition plans cfg's schedule with parts[s] holding stage s
+// (stages may be short of their configured size after a loss, or empty:
+// vacant); prev is the plan being replaced (its stages' layer ranges).
+func planOnPartition(cfg *Config, parts [][]etcdx.Member, epoch int64, prev *scheduler.Plan) (*scheduler.Plan, []etcdx.Member, model.Layout, error) {
+	s, err := snapshot(cfg, epoch)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	s.Prev = prev
+	s.Parts = make([][]string, len(parts))
+	var all []etcdx.Member
+	for st, ms := range parts {
+		s.Parts[st] = names(ms)
+		all = append(all, ms...)
+	}
+	p, err := planner.Plan(s)
+	if err != nil {
+		return nil, nil, 0, fmt.Errorf("coordinator: %w", err)
+	}
+	return checkPlan(cfg, p, all, epoch)
 }
 
 // checkPlan validates a generated plan against the model and orders the
@@ -146,62 +176,7 @@ func checkPlan(cfg *Config, p *scheduler.Plan, members []etcdx.Member, epoch int
 			return nil, nil, 0, fmt.Errorf("coordinator: plan microbatch %d has %d samples, want %d", mb, m.Samples, cfg.Train.MicrobatchSize)
 		}
 	}
-	if err := scheduler.OverrideAllReduce(p, cfg.AllReduce); err != nil {
-		return nil, nil, 0, fmt.Errorf("coordinator: %w", err)
-	}
-	if err := chooseAllReduce(cfg, p); err != nil {
-		return nil, nil, 0, err
-	}
 	return p, ordered, layout, nil
-}
-
-// chooseAllReduce sets each replicated stage's all-reduce algorithm to
-// the cheaper of ring and direct under the planning cost model, with the
-// plan's per-stage gradient sizes for the model trained (costmodel.ChooseAllReduce:
-// the simulator's prices, which the emulated links reproduce). Without a
-// cost model, or with one that does not know the plan's nodes, the plan
-// keeps the ring.
-func chooseAllReduce(cfg *Config, p *scheduler.Plan) error {
-	costs, err := cfg.planningCosts()
-	if err != nil || costs == nil {
-		return err
-	}
-	if !costs.AnyNode {
-		known := map[string]bool{}
-		for _, nd := range costs.Nodes {
-			known[nd.Name] = true
-		}
-		for _, w := range p.Workers {
-			if !known[w.Node] {
-				return nil
-			}
-		}
-	}
-	k, err := ForPlan(costs, p, cfg.Train.Model)
-	if err != nil {
-		return err
-	}
-	if _, err := costmodel.ChooseAllReduce(p, k); err != nil {
-		return fmt.Errorf("coordinator: choose all-reduce algorithms: %w", err)
-	}
-	return nil
-}
-
-// skipPipePlan plans the SkipPipe variant (scheduler.SkipPipeCA for
-// "skippipe", scheduler.SkipPipeFull for "skippipe-full") over the named
-// nodes from the planning cost model (see skipPipeInput); prev fixes the
-// placement on a replan.
-func skipPipePlan(cfg *Config, names []string, prev *scheduler.Plan) (*scheduler.Plan, error) {
-	sc, err := skipPipeInput(cfg, names, prev)
-	if err != nil {
-		return nil, err
-	}
-	variant := scheduler.SkipPipeCA
-	if cfg.Schedule == SkipPipeFull {
-		variant = scheduler.SkipPipeFull
-	}
-	p, _, err := scheduler.PlanSkipPipeVariant(variant, sc)
-	return p, err
 }
 
 // storePlan writes the plan's JSON to dir/plans/<sha256>.json (atomically,

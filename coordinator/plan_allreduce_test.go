@@ -6,6 +6,7 @@ import (
 
 	"stagecoach/internal/etcdx"
 	"stagecoach/model"
+	"stagecoach/planner"
 	"stagecoach/scheduler"
 	"stagecoach/sim"
 )
@@ -29,7 +30,7 @@ func TestPlansChooseAllReduce(t *testing.T) {
 	for _, n := range cl.Nodes {
 		members = append(members, etcdx.Member{Name: n.Name, Addr: "127.0.0.1:1"})
 	}
-	for _, schedule := range []string{SkipPipe, SkipPipeFull} {
+	for _, schedule := range []string{planner.SkipPipe, planner.SkipPipeFull} {
 		cfg := &Config{Simulator: sim.Simulator{}, Workers: len(members), Stages: 6, Schedule: schedule, Train: tc, Cluster: yaml}
 		p, _, _, err := buildPlan(cfg, members, 1)
 		if err != nil {

@@ -249,15 +249,10 @@ func (r *run) recover(ctx context.Context, step int64, cause error) (int64, erro
 	return next, nil
 }
 
-// family is the recovery family of the job's schedule.
+// family is the recovery family of the job's schedule, from what the
+// planner's registry says it supports.
 func (r *run) family() policy.Family {
-	switch {
-	case r.cfg.Schedule == SkipPipeFull:
-		return policy.SkipPipeFull
-	case isSkipPipe(r.cfg.Schedule):
-		return policy.SkipPipe
-	}
-	return policy.Classic
+	return policy.FamilyOf(r.fam.Repath, r.fam.Vacancy)
 }
 
 // placement is the current plan's workers and stages, for the policy.
@@ -285,11 +280,19 @@ func (r *run) failure(step int64, live []etcdx.Member, st map[string]*pb.StatusR
 	return f
 }
 
-// repath installs a SkipPipe plan on the survivors (names per stage, from
+// repath installs a plan on the survivors (names per stage, from
 // policy.Decide) with the current placement minus the lost workers.
 // Survivors keep their shards.
 func (r *run) repath(ctx context.Context, parts [][]string, live []etcdx.Member) error {
-	return r.installSkipPipe(ctx, members(parts, live), false)
+	epoch, err := nextEpoch(ctx, r.leader.Client(), r.leader.Keys())
+	if err != nil {
+		return err
+	}
+	plan, ordered, layout, err := planOnPartition(r.cfg, members(parts, live), epoch, r.plan)
+	if err != nil {
+		return err
+	}
+	return r.install(ctx, plan, ordered, layout, false)
 }
 
 // members maps names per stage back to the registered members.
@@ -307,64 +310,14 @@ func members(parts [][]string, live []etcdx.Member) [][]etcdx.Member {
 	return out
 }
 
-// installSkipPipe plans SkipPipe over a fixed partition (members per
-// stage) and installs it.
-func (r *run) installSkipPipe(ctx context.Context, parts [][]etcdx.Member, fresh bool) error {
-	epoch, err := nextEpoch(ctx, r.leader.Client(), r.leader.Keys())
-	if err != nil {
-		return err
+// planOn plans the job on members after a restore or for a rejoin:
+// families that keep their placement get the members per stage
+// (policy.Partition), the others place them by name.
+func (r *run) planOn(members []etcdx.Member, epoch int64) (*scheduler.Plan, []etcdx.Member, model.Layout, error) {
+	if r.fam.KeepsPlacement {
+		return planOnPartition(r.cfg, r.partitionFor(members), epoch, r.plan)
 	}
-	plan, ordered, layout, err := skipPipeOnPartition(r.cfg, parts, epoch)
-	if err != nil {
-		return err
-	}
-	return r.install(ctx, plan, ordered, layout, fresh)
-}
-
-// skipPipeOnPartition plans cfg's SkipPipe variant with parts[s] holding
-// stage s (stages may be short of their configured size after a loss).
-func skipPipeOnPartition(cfg *Config, parts [][]etcdx.Member, epoch int64) (*scheduler.Plan, []etcdx.Member, model.Layout, error) {
-	full, err := stageList(cfg.Train.Model.Layers, len(parts))
-	if err != nil {
-		return nil, nil, 0, err
-	}
-	names := make([][]string, len(parts))
-	for s, ms := range parts {
-		for _, m := range ms {
-			names[s] = append(names[s], m.Name)
-		}
-	}
-	variant := scheduler.SkipPipeCA
-	if cfg.Schedule == SkipPipeFull {
-		variant = scheduler.SkipPipeFull
-	}
-	p, err := scheduler.PlanSkipPipeOnPartition(variant, names, full, cfg.Train.Microbatches, func(order []string) (scheduler.SkipPipeConfig, error) {
-		// A stand-in previous plan carries the partition into the
-		// planner's input (skipPipeInput keeps a previous plan's
-		// placement); order lists the occupied stages' nodes, stage by
-		// stage.
-		prev := &scheduler.Plan{}
-		c := -1
-		for s := range names {
-			if len(names[s]) == 0 {
-				continue
-			}
-			c++
-			prev.Stages = append(prev.Stages, scheduler.Stage{})
-			for _, n := range names[s] {
-				prev.Workers = append(prev.Workers, scheduler.Worker{Node: n, Stages: []int{c}})
-			}
-		}
-		return skipPipeInput(cfg, order, prev)
-	})
-	if err != nil {
-		return nil, nil, 0, fmt.Errorf("coordinator: %w", err)
-	}
-	var members []etcdx.Member
-	for _, ms := range parts {
-		members = append(members, ms...)
-	}
-	return checkPlan(cfg, p, members, epoch)
+	return buildPlan(r.cfg, members, epoch)
 }
 
 // install stores plan as epoch's manifest, points the run at the workers
@@ -415,7 +368,6 @@ func (r *run) install(ctx context.Context, plan *scheduler.Plan, ordered []etcdx
 // and rewinds the data. It returns the checkpoint's step (0: the seeded
 // initial state).
 func (r *run) restoreAll(ctx context.Context, step int64) (int64, error) {
-	cfg := r.cfg
 	members, err := r.gather(ctx)
 	if err != nil {
 		return 0, err
@@ -424,16 +376,7 @@ func (r *run) restoreAll(ctx context.Context, step int64) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	var plan *scheduler.Plan
-	var ordered []etcdx.Member
-	var layout model.Layout
-	if isSkipPipe(cfg.Schedule) {
-		plan, ordered, layout, err = skipPipeOnPartition(cfg, r.partitionFor(members), epoch)
-	} else {
-		c := *cfg
-		c.Workers = len(members)
-		plan, ordered, layout, err = buildPlan(&c, members, epoch)
-	}
+	plan, ordered, layout, err := r.planOn(members, epoch)
 	if err != nil {
 		return 0, err
 	}
@@ -578,16 +521,7 @@ func (r *run) maybeRejoin(ctx context.Context, step int64) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	var plan *scheduler.Plan
-	var ordered []etcdx.Member
-	var layout model.Layout
-	if isSkipPipe(cfg.Schedule) {
-		plan, ordered, layout, err = skipPipeOnPartition(cfg, r.partitionFor(members), epoch)
-	} else {
-		c := *cfg
-		c.Workers = len(members)
-		plan, ordered, layout, err = buildPlan(&c, members, epoch)
-	}
+	plan, ordered, layout, err := r.planOn(members, epoch)
 	if err != nil {
 		return false, err
 	}

@@ -10,7 +10,6 @@ import (
 	"stagecoach/internal/atomicfile"
 	"stagecoach/internal/metrics"
 	"stagecoach/model"
-	"stagecoach/scheduler"
 	"stagecoach/worker"
 )
 
@@ -26,19 +25,6 @@ import (
 // metaRestoredFrom names, in a carried-forward shard, the step whose
 // state it holds.
 const metaRestoredFrom = "restored_from_step"
-
-// stageList is the model's stage split as plan stages.
-func stageList(layers, stages int) ([]scheduler.Stage, error) {
-	specs, err := model.Split(layers, stages, model.HeadFirst)
-	if err != nil {
-		return nil, fmt.Errorf("coordinator: %w", err)
-	}
-	out := make([]scheduler.Stage, len(specs))
-	for i, sp := range specs {
-		out[i] = scheduler.Stage{FirstLayer: sp.Lo, Layers: sp.Hi - sp.Lo}
-	}
-	return out, nil
-}
 
 // fillVacant writes, into the checkpoint directory of step under base, the
 // shard of every stage the current plan leaves vacant, taken from the

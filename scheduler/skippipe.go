@@ -22,11 +22,11 @@ const (
 	// its forwards before any backward. The node of every hop is chosen by
 	// the same local search as the skipping paths, so the skipping plans
 	// are compared with a strong full pipeline.
-	SkipPipeFull = "gpipe"
+	SkipPipeFull = "skippipe-full"
 	// SkipPipeFullGreedy is SkipPipeFull without the search: each hop goes
 	// to the nearest node of the next stage with room for an even share.
 	// Greedy hops can be cornered onto a placement's worst links.
-	SkipPipeFullGreedy = "gpipe-greedy"
+	SkipPipeFullGreedy = "skippipe-full-greedy"
 )
 
 // SkipPipeVariants lists the schedules PlanSkipPipeVariant builds.
@@ -71,7 +71,7 @@ func PlanSkipPipeVariant(name string, cfg SkipPipeConfig) (*Plan, *SkipPipeStats
 	case SkipPipeFullGreedy:
 		return fullPipeline(cfg, false)
 	}
-	return nil, nil, fmt.Errorf("unknown skippipe schedule %q (known: gpipe, gpipe-greedy, skippipe, skippipe-nonca, skippipe-random)", name)
+	return nil, nil, fmt.Errorf("unknown skippipe schedule %q (known: skippipe, skippipe-full, skippipe-full-greedy, skippipe-nonca, skippipe-random)", name)
 }
 
 // SkipPipePlacement is the placement the skipping planners use for cfg:
@@ -229,7 +229,7 @@ func PlanSkipPipeRandom(cfg SkipPipeConfig) (*Plan, *SkipPipeStats, error) {
 // origin visits all stages in order and returns to its origin for the
 // loss; a node runs all its forwards before any backward. Which node of a
 // stage serves which microbatch is searched like the skipping paths,
-// from the greedy choice of "gpipe-greedy", within an even share per node
+// from the greedy choice of "skippipe-full-greedy", within an even share per node
 // (full paths cannot meet the skipping caps). The authors' own baseline
 // form, partition_sizes[1] pipelines of 9 microbatches, is
 // RefBaselinePlan.

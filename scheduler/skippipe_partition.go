@@ -13,9 +13,9 @@ import (
 // total, spread over the stage-0 nodes (the origins). input builds the
 // planner's costs (node forward times, hop delays and busy times, rules,
 // objective) for the named nodes, in order; the partition and stage
-// sizes are set here. Recovery (the coordinator re-pathing on survivors,
-// the simulator replaying a failure trace) plans through this one
-// function.
+// sizes are set here. Package planner is its caller: recovery (the
+// coordinator re-pathing on survivors, the simulator replaying a failure
+// trace) plans through planner.Plan.
 func PlanSkipPipeOnPartition(variant string, parts [][]string, stages []Stage, microbatches int, input func(names []string) (SkipPipeConfig, error)) (*Plan, error) {
 	if len(parts) != len(stages) {
 		return nil, fmt.Errorf("skippipe on a partition: %d parts for %d stages", len(parts), len(stages))

@@ -30,6 +30,7 @@ import (
 	"stagecoach/coordinator"
 	"stagecoach/data"
 	"stagecoach/model"
+	"stagecoach/planner"
 	"stagecoach/scheduler"
 	"stagecoach/sim"
 )
@@ -41,7 +42,7 @@ func main() {
 		out       = flag.String("out", "bench-out/simvsreal", "output directory (plans, traces, calibration.yaml)")
 		corpus    = flag.String("corpus", "", "training text (default $(go env GOROOT)/src)")
 		maxBytes  = flag.Int64("max-bytes", 4<<20, "corpus bytes to load")
-		schedules = []string{"gpipe", "1f1b", coordinator.SkipPipe}
+		schedules = []string{"gpipe", "1f1b", planner.SkipPipe}
 	)
 	flag.Parse()
 	if err := run(*scale, *steps, *out, *corpus, *maxBytes, schedules); err != nil {

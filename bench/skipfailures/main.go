@@ -30,6 +30,7 @@ import (
 	"stagecoach/bench/internal/localrun"
 	"stagecoach/coordinator"
 	"stagecoach/model"
+	"stagecoach/planner"
 	"stagecoach/sim"
 )
 
@@ -112,7 +113,7 @@ func run(scale float64, steps, every int, after []int64, vacate bool, margin flo
 			r.name = fmt.Sprintf("%d crashes", len(after))
 		}
 		fmt.Fprintf(os.Stderr, "training SkipPipe for %d steps, %s...\n", steps, r.name)
-		j := geo.Job("run-"+strings.ReplaceAll(r.name, " ", "-"), coordinator.SkipPipe, steps, every)
+		j := geo.Job("run-"+strings.ReplaceAll(r.name, " ", "-"), planner.SkipPipe, steps, every)
 		j.OnStep = func(st coordinator.StepReport) { r.at[st.Step] = time.Now() }
 		curve := geo.TrackValidation(&j, every)
 		if faulty {

@@ -27,6 +27,7 @@ import (
 	"stagecoach/bench/internal/localrun"
 	"stagecoach/coordinator"
 	"stagecoach/model"
+	"stagecoach/planner"
 	"stagecoach/scheduler"
 	"stagecoach/sim"
 )
@@ -85,7 +86,7 @@ func run(scale float64, steps, every int, margin float64, out, corpus string, ma
 	}
 	cl := geo.Cluster
 	var res []*result
-	for _, s := range []string{coordinator.SkipPipeFull, coordinator.SkipPipe} {
+	for _, s := range []string{planner.SkipPipeFull, planner.SkipPipe} {
 		fmt.Fprintf(os.Stderr, "training %s for %d steps...\n", s, steps)
 		r := &result{name: s}
 		j := geo.Job("run-"+s, s, steps, every)

@@ -79,7 +79,7 @@ func (j *jobFlags) register(f *pflag.FlagSet, defaultJob string) {
 	f.IntVar(&j.ttl, "ttl", etcdx.DefaultTTL, "etcd lease TTL in seconds (2 or more)")
 	f.IntVar(&j.workers, "workers", 2, "workers to wait for and train on")
 	f.IntVar(&j.stages, "stages", 0, "pipeline stages (0: one per worker; workers/stages replicas each)")
-	f.StringVar(&j.schedule, "schedule", "gpipe", "pipeline schedule (gpipe, 1f1b, ...)")
+	f.StringVar(&j.schedule, "schedule", "gpipe", "pipeline schedule (gpipe, 1f1b, ..., skippipe, skippipe-full, ...)")
 	f.StringVar(&j.backendName, "backend", "", "require every worker to compute with this backend (go, torch, ...; empty: any)")
 	f.IntVar(&j.steps, "steps", 20, "optimizer steps")
 	f.IntVar(&j.train.Model.Layers, "layers", 4, "transformer blocks")

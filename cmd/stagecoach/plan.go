@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"stagecoach/planner"
 	"stagecoach/scheduler"
 	"stagecoach/sim"
 )
@@ -48,7 +49,7 @@ With --check FILE, read a plan instead (JSON, or a PyTorch CSV, told apart by
 the file's extension or content), validate it and print a one-line verdict;
 an invalid plan exits with status 2 and the validation error.
 
-Schedules: ` + strings.Join(scheduler.Names(), ", ") + `.`,
+Schedules: ` + strings.Join(scheduler.Names(), ", ") + ` (the SkipPipe ones, ` + strings.Join(planner.SkipPipeNames(), ", ") + `, need a cluster: see sim and up).`,
 		Example: `  stagecoach plan --schedule 1f1b --stages 4 --microbatches 8 > plan.json
   stagecoach plan --schedule interleaved --stages 4 --chunks 2 --microbatches 8 --format pytorch-csv > plan.csv
   stagecoach plan --check plan.json
@@ -94,19 +95,19 @@ func runPlan(cmd *cobra.Command, f *planFlags) error {
 	if format == "json" && f.dialect != "" {
 		return badInput("--dialect applies to --format pytorch-csv")
 	}
-	if isSimExtensionSchedule(f.schedule) {
+	fam, err := planner.Lookup(f.schedule)
+	if err != nil {
+		return badInput("%v", err)
+	}
+	if fam.NeedsCluster {
 		return badInput("schedule %s plans paths over a cluster's nodes and links, which `stagecoach plan` does not take: "+
 			"simulate it with `stagecoach sim --preset skippipe-geo --schedule %s` (or --cluster FILE), or train with `stagecoach up --schedule %s`",
 			f.schedule, f.schedule, f.schedule)
 	}
-	if _, err := scheduler.Lookup(f.schedule); err != nil {
-		return badInput("%v", err)
-	}
-	spec := scheduler.Spec{
+	plan, err := planner.Plan(planner.Snapshot{Schedule: f.schedule, Rules: planner.Rules{
 		Stages: f.stages, Microbatches: f.microbatches, Replicas: f.replicas, Chunks: f.chunks,
 		Layers: f.layers, Samples: f.samples, Memory: f.memory, Recompute: f.recompute,
-	}
-	plan, err := scheduler.Generate(f.schedule, spec)
+	}})
 	if err != nil {
 		return badInput("%v", err)
 	}

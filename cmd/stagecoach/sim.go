@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"stagecoach/planner"
 	"stagecoach/scheduler"
 	"stagecoach/sim"
 )
@@ -107,8 +108,8 @@ func newSimCmd() *cobra.Command {
 		Long: `Simulate one iteration (or several) of each schedule against a cluster cost
 model with a discrete-event simulator, and print a comparison table.
 
-Schedules: ` + strings.Join(scheduler.Names(), ", ") + ` (and any added by
-extensions, e.g. skippipe). Clusters: --preset homogeneous|skippipe-geo or
+Schedules: ` + strings.Join(scheduler.Names(), ", ") + `; on a cluster whose
+workload names its stages (--preset skippipe-geo): ` + strings.Join(planner.SkipPipeNames(), ", ") + `. Clusters: --preset homogeneous|skippipe-geo or
 --cluster FILE (YAML). A plan written by 'stagecoach plan' runs with --plan.`,
 		Example: `  stagecoach sim --schedule gpipe,1f1b,zb-h1 --stages 4 --microbatches 8
   stagecoach sim --schedule 1f1b --stages 8 --microbatches 32 --trace out/1f1b.json --gantt out/1f1b.png
@@ -350,7 +351,7 @@ func buildSimJob(env *simEnv, name string) (*simJob, error) {
 			return b(env)
 		}
 	}
-	if _, err := scheduler.Lookup(name); err != nil {
+	if _, err := planner.Lookup(name); err != nil {
 		return nil, badInput("%v", err)
 	}
 	spec, err := placedSpec(env, name)
@@ -358,7 +359,7 @@ func buildSimJob(env *simEnv, name string) (*simJob, error) {
 		return nil, err
 	}
 	start := time.Now()
-	pl, err := scheduler.Generate(name, spec)
+	pl, err := planSpec(name, spec)
 	if err != nil {
 		if len(env.Schedules) > 1 {
 			// One schedule refusing the shape asked for (a V schedule
@@ -387,6 +388,15 @@ func buildSimJob(env *simEnv, name string) (*simJob, error) {
 		return nil, badInput("schedule %s: %v", name, err)
 	}
 	return &simJob{Name: name, Plan: pl, Cluster: env.Cluster, PlanTimeS: planTime}, nil
+}
+
+// planSpec plans a classic schedule of spec's shape through the planner,
+// its workers on spec.Nodes in order (when set).
+func planSpec(name string, spec scheduler.Spec) (*scheduler.Plan, error) {
+	return planner.Plan(planner.Snapshot{Schedule: name, Members: spec.Nodes, Epoch: spec.Epoch, Rules: planner.Rules{
+		Stages: spec.Stages, Replicas: spec.Replicas, Microbatches: spec.Microbatches, Chunks: spec.Chunks,
+		Layers: spec.Layers, Samples: spec.Samples, Memory: spec.Memory, Recompute: spec.Recompute,
+	}})
 }
 
 // placedSpec is env's spec, checked against --max-actions, with its
@@ -523,7 +533,7 @@ func commonLayers(env *simEnv) int {
 		if checkSimSize(probe, env.MaxActions) != nil {
 			continue // the real generation, larger, refuses it
 		}
-		pl, err := scheduler.Generate(name, probe)
+		pl, err := planSpec(name, probe)
 		if err != nil {
 			continue // the real generation reports it
 		}

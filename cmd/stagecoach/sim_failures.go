@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"sort"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -16,6 +17,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"stagecoach/internal/etcdx"
+	"stagecoach/planner"
 	"stagecoach/scheduler"
 	"stagecoach/sim"
 	"stagecoach/sim/failures"
@@ -147,19 +149,21 @@ func failureTrace(nodes []string) (*failures.Trace, error) {
 	return t, nil
 }
 
-// failureJob builds the job of one schedule: SkipPipe variants on a
-// cluster with a workload (gpipe then means GPipe over SkipPipe's
-// placement), classic schedules otherwise.
+// failureJob builds the job of one schedule: SkipPipe families on a
+// cluster with a workload (where "gpipe" is still read as skippipe-full,
+// GPipe over SkipPipe's placement), classic schedules otherwise. Every
+// plan of the run comes from the planner.
 func failureJob(env *simEnv, name string) (failures.Job, error) {
 	o := failOpts
 	job := failures.Job{Name: name, Cluster: env.Cluster, Costs: o.costs, Iterations: o.steps, HorizonS: o.horizon.Seconds()}
 	if w := env.Cluster.Workload; w != nil && len(w.StageNodes) > 1 {
-		variant := scheduler.SkipPipeCA
-		switch {
-		case name == "gpipe" || name == scheduler.SkipPipeFull || name == "skippipe-full":
-			variant = scheduler.SkipPipeFull
-		case name != "skippipe":
-			return job, badInput("--failures on cluster %q (a SkipPipe workload): schedules skippipe and gpipe, not %q", env.Cluster.Name, name)
+		resolved, note := planner.InSkipPipeList(name)
+		if note != "" {
+			fmt.Fprintf(env.Stderr, "note: %s\n", note)
+		}
+		fam, err := planner.Lookup(resolved)
+		if err != nil || fam.Kind != planner.KindSkipPipe {
+			return job, badInput("--failures on cluster %q (a SkipPipe workload): schedules %s, not %q", env.Cluster.Name, strings.Join(planner.SkipPipeNames(), ", "), name)
 		}
 		cfg, err := skipConfigFromCluster(env.Cluster, env.Seed, 0)
 		if err != nil {
@@ -170,15 +174,12 @@ func failureJob(env *simEnv, name string) (failures.Job, error) {
 		}
 		// No simulated objective: a failure trace re-plans hundreds of
 		// times, and the planner's own estimate picks the paths.
-		p, _, err := scheduler.PlanSkipPipeVariant(variant, cfg)
-		if err != nil {
-			return job, badInput("schedule %s: %v", name, err)
-		}
-		job.Planner = failures.SkipPipe{Variant: variant, Base: cfg, Layers: p.Stages, Microbatches: len(p.Microbatches), Cache: map[string]*scheduler.Plan{}}
+		job.Name = resolved
+		job.Planner = failures.Planner{Snapshot: planner.Snapshot{Schedule: resolved, Input: &cfg}, Cache: map[string]*scheduler.Plan{}}
 		job.Nodes = cfg.NodeNames
 		return job, nil
 	}
-	if _, err := scheduler.Lookup(name); err != nil {
+	if _, err := planner.Lookup(name); err != nil {
 		return job, badInput("%v", err)
 	}
 	spec := env.Spec
@@ -194,8 +195,11 @@ func failureJob(env *simEnv, name string) (failures.Job, error) {
 			job.Nodes = append(job.Nodes, fmt.Sprintf("node-%02d", i))
 		}
 	}
-	spec.Replicas = 0
-	job.Planner = failures.Classic{Schedule: name, Spec: spec}
+	sort.Strings(job.Nodes) // classic plans place workers by name, as the coordinator does
+	job.Planner = failures.Planner{Snapshot: planner.Snapshot{Schedule: name, Rules: planner.Rules{
+		Stages: spec.Stages, Microbatches: spec.Microbatches, Chunks: spec.Chunks, Layers: spec.Layers,
+		Samples: spec.Samples, Memory: spec.Memory, Recompute: spec.Recompute,
+	}}}
 	return job, nil
 }
 

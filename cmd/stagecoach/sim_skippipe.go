@@ -21,6 +21,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"stagecoach/costmodel"
+	"stagecoach/planner"
 	"stagecoach/scheduler"
 	"stagecoach/sim"
 )
@@ -47,7 +48,7 @@ var _ = func() bool {
 		Schedules: map[string]func(env *simEnv) (*simJob, error){},
 		Run:       runSkipPipeModes,
 	}
-	for _, name := range []string{scheduler.SkipPipeCA, scheduler.SkipPipeNonCA, scheduler.SkipPipeRandom, scheduler.SkipPipeFullGreedy} {
+	for _, name := range planner.SkipPipeNames() {
 		x.Schedules[name] = func(env *simEnv) (*simJob, error) {
 			cfg, err := skipConfigFromCluster(env.Cluster, env.Seed, 0)
 			if err != nil {
@@ -60,8 +61,25 @@ var _ = func() bool {
 	return true
 }()
 
-func isSkipSchedule(name string) bool {
-	return strings.HasPrefix(name, "skippipe") || name == scheduler.SkipPipeFullGreedy
+// needsCluster reports whether schedule name plans from a cluster's
+// per-node costs (the planner registry's SkipPipe families).
+func needsCluster(name string) bool {
+	f, err := planner.Lookup(name)
+	return err == nil && f.NeedsCluster
+}
+
+// skipPipeList resolves a schedule list with SkipPipe schedules in it,
+// where "gpipe" is still read as skippipe-full (with a note on stderr).
+func skipPipeList(env *simEnv, names []string) []string {
+	out := make([]string, len(names))
+	for i, n := range names {
+		var note string
+		out[i], note = planner.InSkipPipeList(n)
+		if note != "" {
+			fmt.Fprintf(env.Stderr, "note: %s\n", note)
+		}
+	}
+	return out
 }
 
 // runSkipPipeModes takes over `sim` for an import, a skip sweep, or a
@@ -76,7 +94,7 @@ func runSkipPipeModes(env *simEnv) (bool, error) {
 	}
 	skip := false
 	for _, s := range env.Schedules {
-		skip = skip || isSkipSchedule(s)
+		skip = skip || needsCluster(s)
 	}
 	if !skip {
 		return false, nil
@@ -90,9 +108,9 @@ func runSkipPipeModes(env *simEnv) (bool, error) {
 		return true, err
 	}
 	var jobs []*simJob
-	for _, name := range env.Schedules {
+	for _, name := range skipPipeList(env, env.Schedules) {
 		var j *simJob
-		if name == scheduler.SkipPipeFull || isSkipSchedule(name) {
+		if needsCluster(name) {
 			j, err = planSkipJob(name, cfg, env.Cluster, placeS)
 		} else {
 			j, err = buildSimJob(env, name)
@@ -113,25 +131,24 @@ func runSkipPipeModes(env *simEnv) (bool, error) {
 }
 
 // fixPlacement computes the skipping placement once so that every variant
-// (gpipe and gpipe-greedy included) runs over the same one; it returns the seconds spent,
+// (the full pipelines included) runs over the same one; it returns the seconds spent,
 // which each variant's plan time includes.
 func fixPlacement(cfg *scheduler.SkipPipeConfig) (float64, error) {
 	start := time.Now()
-	pl, err := scheduler.SkipPipePlacement(*cfg)
+	parts, err := planner.Placement(planner.Snapshot{Schedule: planner.SkipPipe, Members: cfg.NodeNames, Input: cfg})
 	if err != nil {
 		return 0, badInput("%v", err)
 	}
-	cfg.Partition, cfg.RefinePlacement = pl.Partition, false
+	cfg.Partition, cfg.RefinePlacement = parts, false
 	return time.Since(start).Seconds(), nil
 }
 
-// planSkipJob plans one SkipPipe variant with the simulator as the
-// planner's objective, timing the planning (plus extraS already spent on
-// a shared placement).
+// planSkipJob plans one SkipPipe family through the planner, on cfg's
+// nodes, with the simulator as the planner's objective, timing the
+// planning (plus extraS already spent on a shared placement).
 func planSkipJob(name string, cfg scheduler.SkipPipeConfig, c *sim.Cluster, extraS float64) (*simJob, error) {
-	cfg.Objective = simObjective(c)
 	start := time.Now()
-	plan, _, err := scheduler.PlanSkipPipeVariant(name, cfg)
+	plan, err := planner.Plan(planner.Snapshot{Schedule: name, Members: cfg.NodeNames, Input: &cfg, Costs: c, Simulate: simulate})
 	if err != nil {
 		return nil, badInput("schedule %s: %v", name, err)
 	}
@@ -145,19 +162,13 @@ func planSkipJob(name string, cfg scheduler.SkipPipeConfig, c *sim.Cluster, extr
 	return &simJob{Name: name, Plan: plan, Cluster: c, PlanTimeS: planTime}, nil
 }
 
-// simObjective scores a plan by its simulated iteration time, with the
-// all-reduce algorithms the final plan gets.
-func simObjective(c *sim.Cluster) func(*scheduler.Plan) float64 {
-	return func(p *scheduler.Plan) float64 {
-		if _, err := sim.ChooseAllReduce(p, c); err != nil {
-			return math.Inf(1)
-		}
-		r, err := sim.Run(p, c, sim.Options{})
-		if err != nil {
-			return math.Inf(1)
-		}
-		return r.IterationTimeS
+// simulate is the planner's simulator: one iteration's time of p on k.
+func simulate(p *scheduler.Plan, k *costmodel.Cluster) (float64, error) {
+	r, err := sim.Run(p, k, sim.Options{})
+	if err != nil {
+		return 0, err
 	}
+	return r.IterationTimeS, nil
 }
 
 // skipConfigFromCluster derives the planner's input from a cluster whose
@@ -345,11 +356,11 @@ func runSkipSweep(env *simEnv) error {
 	ns := len(w.StageNodes)
 	names := scheduler.SkipPipeVariants()
 	if len(env.Schedules) > 0 && !(len(env.Schedules) == 2 && env.Schedules[0] == "gpipe" && env.Schedules[1] == "1f1b") {
-		names = env.Schedules // the user chose; the default list means "not chosen"
+		names = skipPipeList(env, env.Schedules) // the user chose; the default list means "not chosen"
 	}
 	for _, n := range names {
-		if n != scheduler.SkipPipeFull && !isSkipSchedule(n) {
-			return badInput("--sweep-skip: schedule %q is not one of %s, %s", n, strings.Join(scheduler.SkipPipeVariants(), ", "), scheduler.SkipPipeFullGreedy)
+		if !needsCluster(n) {
+			return badInput("--sweep-skip: schedule %q is not one of %s", n, strings.Join(planner.SkipPipeNames(), ", "))
 		}
 	}
 	if err := os.MkdirAll(env.OutDir, 0o755); err != nil {

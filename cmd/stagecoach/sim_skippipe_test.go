@@ -30,33 +30,38 @@ func decodeRows(t *testing.T, out string) map[string]skipRow {
 }
 
 func TestSimSkipPipePreset(t *testing.T) {
-	out, errOut, code := runCLI(t, t.TempDir(), "sim", "--preset", "skippipe-geo", "--schedule", "gpipe,skippipe,skippipe-random", "--json")
+	out, errOut, code := runCLI(t, t.TempDir(), "sim", "--preset", "skippipe-geo", "--schedule", "skippipe-full,skippipe,skippipe-random", "--json")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
 	rows := decodeRows(t, out)
-	for _, name := range []string{"gpipe", "skippipe", "skippipe-random"} {
+	for _, name := range []string{"skippipe-full", "skippipe", "skippipe-random"} {
 		r, ok := rows[name]
 		if !ok || r.IterationTimeS <= 0 || r.PlanTimeS <= 0 || r.Microbatches != 30 {
 			t.Fatalf("%s: row %+v, want a positive iteration and plan time over 30 microbatches", name, r)
 		}
 	}
-	if rows["skippipe"].IterationTimeS >= rows["gpipe"].IterationTimeS || rows["skippipe"].IterationTimeS > rows["skippipe-random"].IterationTimeS {
-		t.Errorf("skippipe %.2f s, gpipe %.2f s, random %.2f s: want skippipe fastest", rows["skippipe"].IterationTimeS, rows["gpipe"].IterationTimeS, rows["skippipe-random"].IterationTimeS)
+	if rows["skippipe"].IterationTimeS >= rows["skippipe-full"].IterationTimeS || rows["skippipe"].IterationTimeS > rows["skippipe-random"].IterationTimeS {
+		t.Errorf("skippipe %.2f s, skippipe-full %.2f s, random %.2f s: want skippipe fastest", rows["skippipe"].IterationTimeS, rows["skippipe-full"].IterationTimeS, rows["skippipe-random"].IterationTimeS)
 	}
 }
 
 // TestSimSkipPipeHalvesGPipe is the issue's figure: on the authors' setting,
 // SkipPipe's iteration is at least 50% below the full pipeline over the
-// same placement and microbatches (gpipe here is the searched, strong
+// same placement and microbatches (skippipe-full, the searched, strong
 // baseline). Planning time is reported, not asserted: machines are noisy.
+// It is asked for by its old spelling beside skippipe, "gpipe", which
+// still means it, with a note.
 func TestSimSkipPipeHalvesGPipe(t *testing.T) {
 	out, errOut, code := runCLI(t, t.TempDir(), "sim", "--preset", "skippipe-geo", "--schedule", "gpipe,skippipe", "--json")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
+	if !strings.Contains(errOut, `write "skippipe-full"`) {
+		t.Errorf("stderr %q: want a note that gpipe beside skippipe is spelled skippipe-full", errOut)
+	}
 	rows := decodeRows(t, out)
-	sp, gp := rows["skippipe"], rows["gpipe"]
+	sp, gp := rows["skippipe"], rows["skippipe-full"]
 	if sp.IterationTimeS > 0.5*gp.IterationTimeS {
 		t.Errorf("skippipe %.3f s vs gpipe %.3f s: %.1f%% below, want >= 50%%", sp.IterationTimeS, gp.IterationTimeS, 100*(1-sp.IterationTimeS/gp.IterationTimeS))
 	}
@@ -78,7 +83,7 @@ func TestSimImportSkipPipe(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
 	rows := decodeRows(t, out)
-	for _, name := range []string{"ref-baseline", "ref-ca", "gpipe", "gpipe-greedy", "skippipe"} {
+	for _, name := range []string{"ref-baseline", "ref-ca", "skippipe-full", "skippipe-full-greedy", "skippipe"} {
 		if r, ok := rows[name]; !ok || r.IterationTimeS <= 0 {
 			t.Errorf("%s: row %+v missing or empty", name, r)
 		}

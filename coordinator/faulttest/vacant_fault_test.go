@@ -15,6 +15,7 @@ import (
 	"stagecoach/coordinator"
 	"stagecoach/internal/etcdx"
 	"stagecoach/model"
+	"stagecoach/planner"
 	"stagecoach/sim"
 	"stagecoach/worker"
 )
@@ -63,7 +64,7 @@ func TestSkipPipeStageWithoutWorkersIsSkipped(t *testing.T) {
 		digests[m.Step], restored[m.Step] = d, from
 		mu.Unlock()
 	})
-	cfg := coordinator.Config{Simulator: sim.Simulator{}, Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 6, Stages: stages, Schedule: coordinator.SkipPipe,
+	cfg := coordinator.Config{Simulator: sim.Simulator{}, Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 6, Stages: stages, Schedule: planner.SkipPipe,
 		Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), CheckpointDir: e.root, Checkpoint: true, CheckpointEvery: 2,
 		RPCTimeout: 30 * time.Second, OnRecovery: clock.onRecovery, Cluster: slowLinks("w0", "w1", "w2", "w3", "w4", "w5", "w9"),
 		OnStep: func(r coordinator.StepReport) {
@@ -188,7 +189,7 @@ func TestVacantBeforeAnyCheckpointCarriesTheSeed(t *testing.T) {
 		}
 		carried, from = ts, meta["restored_from_step"]
 	})
-	cfg := coordinator.Config{Simulator: sim.Simulator{}, Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 6, Stages: stages, Schedule: coordinator.SkipPipe,
+	cfg := coordinator.Config{Simulator: sim.Simulator{}, Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 6, Stages: stages, Schedule: planner.SkipPipe,
 		Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), CheckpointDir: e.root, Checkpoint: true, CheckpointEvery: steps,
 		RPCTimeout: 30 * time.Second,
 		OnStep: func(r coordinator.StepReport) {

@@ -14,6 +14,7 @@ import (
 
 	"stagecoach/coordinator"
 	"stagecoach/internal/etcdx"
+	"stagecoach/planner"
 	pb "stagecoach/proto"
 	"stagecoach/sim"
 )
@@ -140,7 +141,7 @@ func TestKillWorkerSkipPipe(t *testing.T) {
 	tc := tiny(3, 4)
 	var clock faultClock
 	var victim string
-	cfg := coordinator.Config{Simulator: sim.Simulator{}, Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 6, Stages: 3, Schedule: coordinator.SkipPipe,
+	cfg := coordinator.Config{Simulator: sim.Simulator{}, Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 6, Stages: 3, Schedule: planner.SkipPipe,
 		Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), CheckpointDir: e.root, Checkpoint: true, CheckpointEvery: 5,
 		RPCTimeout: 30 * time.Second, OnRecovery: clock.onRecovery, Cluster: slowLinks("w0", "w1", "w2", "w3", "w4", "w5"),
 		OnStep: func(r coordinator.StepReport) {
@@ -207,7 +208,7 @@ func TestPauseWorkerSkipPipe(t *testing.T) {
 	var oldFence *pb.Fence
 	resumed := make(chan struct{})
 	var once sync.Once
-	cfg := coordinator.Config{Simulator: sim.Simulator{}, Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 6, Stages: 3, Schedule: coordinator.SkipPipe,
+	cfg := coordinator.Config{Simulator: sim.Simulator{}, Job: job, Endpoints: e.endpoints, TTL: ttl, Workers: 6, Stages: 3, Schedule: planner.SkipPipe,
 		Train: tc, Steps: steps, CorpusDir: e.corpus, OutDir: t.TempDir(), CheckpointDir: e.root, Checkpoint: true, CheckpointEvery: 10,
 		RPCTimeout: 30 * time.Second,
 		OnRecovery: func(r coordinator.Recovery) {

@@ -29,6 +29,18 @@ const (
 	SkipPipeFull
 )
 
+// FamilyOf is the recovery family of a schedule that can (or cannot)
+// re-path and leave a stage vacant (the planner registry's capabilities).
+func FamilyOf(repath, vacancy bool) Family {
+	switch {
+	case !repath:
+		return Classic
+	case vacancy:
+		return SkipPipe
+	}
+	return SkipPipeFull
+}
+
 // Placement is a plan's workers and the stages they hold.
 type Placement struct {
 	// Workers are the plan workers' names, in plan order.

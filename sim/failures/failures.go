@@ -3,8 +3,7 @@
 // pausing, rejoining and losing bandwidth at given times. It recovers as
 // the coordinator does, with the coordinator's own recovery policy
 // (coordinator/policy: re-path or restore, whom to plan on, who rejoins)
-// and the same planners (scheduler.Generate, and
-// scheduler.PlanSkipPipeOnPartition for SkipPipe), and it prices what the
+// and the same planner (package planner), and it prices what the
 // runtime pays: detection (a stream error at once, a paused node only when
 // its lease expires), planning, checkpoint writes, the checkpoint load and
 // the replayed steps of a restore, the retried iteration, and the hand-off
@@ -20,25 +19,10 @@ import (
 	"strings"
 
 	"stagecoach/coordinator/policy"
+	"stagecoach/planner"
 	"stagecoach/scheduler"
 	"stagecoach/sim"
 )
-
-// Planner builds plans for the nodes a run has.
-type Planner interface {
-	// Family is the recovery family of the planned schedule.
-	Family() policy.Family
-	// Stages is the pipeline depth (classic) or the stage count
-	// (SkipPipe).
-	Stages() int
-	// OnNodes plans on these nodes (classic: a whole number of pipeline
-	// replicas, placed by name; SkipPipe: the initial placement).
-	OnNodes(nodes []string) (*scheduler.Plan, error)
-	// OnPartition plans SkipPipe with parts[s] holding stage s (a
-	// re-path on survivors, or newcomers joining). Classic planners
-	// return an error.
-	OnPartition(parts [][]string) (*scheduler.Plan, error)
-}
 
 // Costs are what recovery costs on the runtime, in seconds.
 type Costs struct {
@@ -155,7 +139,11 @@ func Run(job Job, trace *Trace) (*Outcome, error) {
 		r.live[n] = true
 	}
 	r.out = &Outcome{Name: job.Name, CheckpointEvery: job.CheckpointEvery}
-	if err := r.planOn(job.Nodes); err != nil {
+	var err error
+	if r.fam, err = job.Planner.family(); err != nil {
+		return nil, err
+	}
+	if err := r.start(); err != nil {
 		return nil, err
 	}
 	r.out.FailureFreeS = r.iterS
@@ -212,6 +200,7 @@ func Run(job Job, trace *Trace) (*Outcome, error) {
 
 type runner struct {
 	job     Job
+	fam     planner.Family
 	cluster sim.Cluster
 	live    map[string]bool
 	plan    *scheduler.Plan
@@ -305,7 +294,7 @@ func (r *runner) fail(e Event, detected float64, rec Recovery) (bool, error) {
 	r.live[e.Node] = false
 	r.out.Lost++
 	r.t = detected
-	f := policy.Failure{Family: r.job.Planner.Family(), Step: int64(r.out.Committed + 1), Placement: placement(r.plan), Applied: map[string]int64{}}
+	f := policy.Failure{Family: recovery(r.fam), Step: int64(r.out.Committed + 1), Placement: placement(r.plan), Applied: map[string]int64{}}
 	for _, w := range f.Workers {
 		if r.live[w] {
 			f.Applied[w] = int64(r.out.Committed)
@@ -315,7 +304,7 @@ func (r *runner) fail(e Event, detected float64, rec Recovery) (bool, error) {
 	rec.Why = d.Why
 	start := e.At.Seconds()
 	if d.Action == policy.Repath {
-		p, err := r.job.Planner.OnPartition(d.Parts)
+		p, err := r.job.Planner.plan(nil, d.Parts, r.plan)
 		if err == nil {
 			if err = r.install(p); err == nil {
 				r.t += r.job.Costs.PlanS
@@ -368,15 +357,11 @@ func (r *runner) degrade(node string, gibs float64) {
 // coordinator's restore does after its wait for replacements).
 func (r *runner) restore() error {
 	live := r.liveNodes()
-	n, ok := policy.Settle(r.job.Planner.Family(), len(live), r.job.Want, r.job.Planner.Stages())
+	n, ok := policy.Settle(recovery(r.fam), len(live), r.job.Want, r.job.Planner.stages())
 	if !ok {
-		return fmt.Errorf("%d healthy nodes cannot hold %d stages", len(live), r.job.Planner.Stages())
+		return fmt.Errorf("%d healthy nodes cannot hold %d stages", len(live), r.job.Planner.stages())
 	}
-	chosen := policy.Prefer(live, r.planNodes(), n)
-	if r.job.Planner.Family() == policy.Classic {
-		return r.planOn(chosen)
-	}
-	p, err := r.job.Planner.OnPartition(policy.Partition(placement(r.plan), chosen, r.sizes))
+	p, err := r.planOn(policy.Prefer(live, r.planNodes(), n))
 	if err != nil {
 		return err
 	}
@@ -421,18 +406,12 @@ func (r *runner) maybeRejoin() {
 			ready = append(ready, n)
 		}
 	}
-	chosen := policy.Rejoin(r.job.Planner.Family(), current, ready, r.job.Want, r.job.Planner.Stages())
+	chosen := policy.Rejoin(recovery(r.fam), current, ready, r.job.Want, r.job.Planner.stages())
 	if chosen == nil {
 		return
 	}
 	start := r.t
-	var p *scheduler.Plan
-	var err error
-	if r.job.Planner.Family() == policy.Classic {
-		p, err = r.job.Planner.OnNodes(chosen)
-	} else {
-		p, err = r.job.Planner.OnPartition(policy.Partition(placement(r.plan), chosen, r.sizes))
-	}
+	p, err := r.planOn(chosen)
 	if err != nil {
 		return // stay on the current plan
 	}
@@ -450,17 +429,26 @@ func (r *runner) maybeRejoin() {
 		RecoverS: r.t - start, Workers: len(r.plan.Workers)})
 }
 
-func (r *runner) planOn(nodes []string) error {
-	p, err := r.job.Planner.OnNodes(nodes)
+// start plans on the job's nodes and records the stages' sizes.
+func (r *runner) start() error {
+	p, err := r.job.Planner.plan(r.job.Nodes, nil, nil)
 	if err != nil {
 		return err
 	}
-	if r.sizes == nil {
-		for _, ws := range p.StageWorkers() {
-			r.sizes = append(r.sizes, len(ws))
-		}
+	for _, ws := range p.StageWorkers() {
+		r.sizes = append(r.sizes, len(ws))
 	}
 	return r.install(p)
+}
+
+// planOn plans a restore or a rejoin on nodes: families that keep their
+// placement get the nodes per stage (policy.Partition), the others place
+// them by name.
+func (r *runner) planOn(nodes []string) (*scheduler.Plan, error) {
+	if r.fam.KeepsPlacement {
+		return r.job.Planner.plan(nil, policy.Partition(placement(r.plan), nodes, r.sizes), r.plan)
+	}
+	return r.job.Planner.plan(nodes, nil, r.plan)
 }
 
 // install makes p the running plan and prices its iteration.

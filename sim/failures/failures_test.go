@@ -6,14 +6,14 @@ import (
 	"testing"
 	"time"
 
-	"stagecoach/scheduler"
+	"stagecoach/planner"
 	"stagecoach/sim"
 )
 
 func gpipeJob(t *testing.T, every int) Job {
 	t.Helper()
 	nodes := []string{"a", "b", "c", "d", "e", "f", "g", "h"}
-	return Job{Name: "gpipe", Planner: Classic{Schedule: "gpipe", Spec: scheduler.Spec{Stages: 4, Microbatches: 8}},
+	return Job{Name: "gpipe", Planner: Planner{Snapshot: planner.Snapshot{Schedule: "gpipe", Rules: planner.Rules{Stages: 4, Microbatches: 8}}},
 		Cluster: sim.Homogeneous(), Nodes: nodes, CheckpointEvery: every,
 		Costs: Costs{DetectS: 0.5, LeaseTTLS: 5, PlanS: 1, CheckpointS: 2, RestoreS: 3}}
 }

@@ -2,117 +2,58 @@ package failures
 
 import (
 	"fmt"
-	"sort"
 
 	"stagecoach/coordinator/policy"
+	"stagecoach/planner"
 	"stagecoach/scheduler"
 )
 
-// Classic plans a registered schedule (GPipe, 1F1B, ...) with as many
-// data-parallel replicas of the pipeline as the nodes make, as the
-// coordinator does: the iteration keeps its microbatches.
-type Classic struct {
-	Schedule string
-	// Spec is the shape; Replicas and Nodes are set per call.
-	Spec scheduler.Spec
-}
-
-// Family implements Planner.
-func (c Classic) Family() policy.Family { return policy.Classic }
-
-// Stages implements Planner.
-func (c Classic) Stages() int { return c.Spec.Stages }
-
-// OnNodes implements Planner.
-func (c Classic) OnNodes(nodes []string) (*scheduler.Plan, error) {
-	if c.Spec.Stages < 1 || len(nodes)%c.Spec.Stages != 0 || len(nodes) == 0 {
-		return nil, fmt.Errorf("failures: %d nodes are not a whole number of %d-stage pipelines", len(nodes), c.Spec.Stages)
-	}
-	s := c.Spec
-	s.Replicas = len(nodes) / s.Stages
-	s.Nodes = append([]string(nil), nodes...)
-	sort.Strings(s.Nodes)
-	return scheduler.Generate(c.Schedule, s)
-}
-
-// OnPartition implements Planner: classic schedules have no partition.
-func (c Classic) OnPartition([][]string) (*scheduler.Plan, error) {
-	return nil, fmt.Errorf("failures: %s does not re-path", c.Schedule)
-}
-
-// SkipPipe plans a SkipPipe variant: from Base (the planner's input for
-// every node of the cluster) on all nodes, and with
-// scheduler.PlanSkipPipeOnPartition on a partition, as the coordinator's
-// re-path and rejoin do.
-type SkipPipe struct {
-	Variant string
-	Base    scheduler.SkipPipeConfig
-	// Layers are the model's stages (layer ranges) of the full pipeline.
-	Layers       []scheduler.Stage
-	Microbatches int
-	// Cache, when set, keeps the plans made per partition: the planner
-	// simulates many candidates, and runs of one trace with other
-	// checkpoint intervals meet the same partitions.
+// Planner plans the job's schedule through package planner, as the
+// coordinator does.
+type Planner struct {
+	// Snapshot is the job's: its schedule, rules and, for SkipPipe, the
+	// planner's input priced for every node (Input, with the starting
+	// placement). The members, their stages and the previous plan are
+	// set per call.
+	Snapshot planner.Snapshot
+	// Cache, when set, keeps the plans made per placement: the SkipPipe
+	// planner searches many candidates, and runs of one trace with other
+	// checkpoint intervals meet the same placements.
 	Cache map[string]*scheduler.Plan
 }
 
-// Family implements Planner.
-func (s SkipPipe) Family() policy.Family {
-	if s.Variant == scheduler.SkipPipeFull {
-		return policy.SkipPipeFull
+// family is the schedule's registry entry.
+func (p Planner) family() (planner.Family, error) {
+	f, err := planner.Lookup(p.Snapshot.Schedule)
+	if err != nil {
+		return f, fmt.Errorf("failures: %w", err)
 	}
-	return policy.SkipPipe
+	return f, nil
 }
 
-// Stages implements Planner.
-func (s SkipPipe) Stages() int { return len(s.Base.StageSizes) }
+// recovery is the schedule's recovery family for the policy.
+func recovery(f planner.Family) policy.Family { return policy.FamilyOf(f.Repath, f.Vacancy) }
 
-// OnNodes implements Planner: the initial plan, on Base's nodes.
-func (s SkipPipe) OnNodes(nodes []string) (*scheduler.Plan, error) {
-	if len(nodes) != len(s.Base.NodeNames) {
-		return nil, fmt.Errorf("failures: SkipPipe starts on its %d nodes, not %d", len(s.Base.NodeNames), len(nodes))
+// stages is the pipeline depth (classic) or the stage count (SkipPipe).
+func (p Planner) stages() int {
+	if in := p.Snapshot.Input; in != nil && len(in.StageSizes) > 0 {
+		return len(in.StageSizes)
 	}
-	p, _, err := scheduler.PlanSkipPipeVariant(s.Variant, s.Base)
-	return p, err
+	return p.Snapshot.Rules.Stages
 }
 
-// OnPartition implements Planner.
-func (s SkipPipe) OnPartition(parts [][]string) (*scheduler.Plan, error) {
-	key := fmt.Sprint(parts)
-	if p, ok := s.Cache[key]; ok {
-		return p, nil
+// plan plans on members (placed by the planner) or on parts (members per
+// stage, a vacant stage empty); prev is the plan being replaced.
+func (p Planner) plan(members []string, parts [][]string, prev *scheduler.Plan) (*scheduler.Plan, error) {
+	key := fmt.Sprint(members, parts)
+	if c, ok := p.Cache[key]; ok {
+		return c, nil
 	}
-	p, err := scheduler.PlanSkipPipeOnPartition(s.Variant, parts, s.Layers, s.Microbatches, s.subset)
-	if err == nil && s.Cache != nil {
-		s.Cache[key] = p
+	s := p.Snapshot
+	s.Members, s.Parts, s.Prev = members, parts, prev
+	out, err := planner.Plan(s)
+	if err == nil && p.Cache != nil {
+		p.Cache[key] = out
 	}
-	return p, err
-}
-
-// subset is Base restricted to the named nodes, in that order.
-func (s SkipPipe) subset(names []string) (scheduler.SkipPipeConfig, error) {
-	idx := map[string]int{}
-	for i, n := range s.Base.NodeNames {
-		idx[n] = i
-	}
-	c := s.Base
-	c.NodeNames, c.ForwardS = nil, nil
-	c.Delay, c.LinkBusy = make([][]float64, len(names)), make([][]float64, len(names))
-	pos := make([]int, len(names))
-	for i, n := range names {
-		j, ok := idx[n]
-		if !ok {
-			return c, fmt.Errorf("failures: node %q is not in the SkipPipe input", n)
-		}
-		pos[i] = j
-		c.NodeNames = append(c.NodeNames, n)
-		c.ForwardS = append(c.ForwardS, s.Base.ForwardS[j])
-	}
-	for i, a := range pos {
-		c.Delay[i], c.LinkBusy[i] = make([]float64, len(pos)), make([]float64, len(pos))
-		for k, b := range pos {
-			c.Delay[i][k], c.LinkBusy[i][k] = s.Base.Delay[a][b], s.Base.LinkBusy[a][b]
-		}
-	}
-	return c, nil
+	return out, err
 }

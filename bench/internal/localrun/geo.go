@@ -8,6 +8,7 @@ import (
 	"stagecoach/coordinator"
 	"stagecoach/data"
 	"stagecoach/model"
+	"stagecoach/planner"
 	"stagecoach/sim"
 )
 
@@ -50,7 +51,7 @@ func NewGeo(ctx context.Context, tc model.TrainConfig, scale float64, out, corpu
 		g.Nodes = append(g.Nodes, n.Name)
 	}
 	fmt.Fprintf(os.Stderr, "calibrating on %s (GPipe, 5 steps)...\n", cl.Name)
-	calib, err := Run(ctx, g.Job("calibrate", coordinator.SkipPipeFull, 5, 0))
+	calib, err := Run(ctx, g.Job("calibrate", planner.SkipPipeFull, 5, 0))
 	if err != nil {
 		return nil, fmt.Errorf("calibration run: %w", err)
 	}

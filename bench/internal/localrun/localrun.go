@@ -134,6 +134,8 @@ func Run(ctx context.Context, j Job) (*coordinator.Summary, error) {
 		}
 	}
 	for _, name := range j.Nodes {
+		// The coordinator's checkpoint root (OutDir/checkpoints) is
+		// every worker's: they share one disk here.
 		w, err := worker.New(worker.Config{Name: name, Listen: "127.0.0.1:0", Job: j.Name,
 			DataDir: filepath.Join(out, "workers", name), CheckpointRoot: filepath.Join(out, "checkpoints"), Logf: quiet})
 		if err != nil {
