@@ -47,6 +47,7 @@ import (
 	"stagecoach/costmodel"
 	"stagecoach/internal/etcdx"
 	"stagecoach/model"
+	"stagecoach/planner"
 	"stagecoach/scheduler"
 	"stagecoach/sim"
 	"stagecoach/sim/failures"
@@ -229,10 +230,12 @@ func progress(commits []float64, t float64) float64 {
 	return float64(len(commits))
 }
 
-// lostPerCrash is the mean time each crash cost a timeline: the gap
-// between the commits around it (the lost part of the iteration,
-// detection, recovery, any replay, the retried step) less the median gap
-// of the steps no crash touched (step 1 left out). Unlike throughput, it
+// lostPerCrash is the mean time each crash cost a timeline: the two
+// gaps between commits from the last commit before it (the lost part of
+// the iteration, detection, recovery, any replay, the retried step, which
+// ends in the second gap when the crash came after an iteration ended but
+// before its commit, during a checkpoint write) less two median gaps of
+// the steps no crash touched (step 1 left out). Unlike throughput, it
 // does not depend on how fast the iterations run.
 func lostPerCrash(commits, crashes []float64) float64 {
 	hit := map[int]bool{}
@@ -242,11 +245,11 @@ func lostPerCrash(commits, crashes []float64) float64 {
 		for i < len(commits) && commits[i] <= x {
 			i++
 		}
-		if i == 0 || i == len(commits) {
+		if i == 0 || i+1 >= len(commits) {
 			continue
 		}
-		hit[i] = true
-		lost = append(lost, commits[i]-commits[i-1])
+		hit[i], hit[i+1] = true, true
+		lost = append(lost, commits[i+1]-commits[i-1])
 	}
 	var gaps []float64
 	for k := 2; k < len(commits); k++ {
@@ -258,7 +261,7 @@ func lostPerCrash(commits, crashes []float64) float64 {
 		return 0
 	}
 	slices.Sort(gaps)
-	return mean(lost) - gaps[len(gaps)/2]
+	return mean(lost) - 2*gaps[len(gaps)/2]
 }
 
 type row struct {
@@ -396,7 +399,7 @@ func run(cases []string, out, corpus string, maxBytes int64, replaceWait time.Du
 	}
 	fmt.Printf("largest deviation in the failure window and after: %.0f%% under the calibration planned with (%s 15%%), %.0f%% under the run's own (%s 15%%); %.0f s in all\n",
 		100*worst, verdict(worst), 100*worstOwn, verdict(worstOwn), time.Since(start).Seconds())
-	fmt.Println("steps: the measured run's steps in each phase, split at its commits around the crashes; seconds: the phase from time 0, the same for every timeline (throughput is the steps done in it, the one under way counted in part); the run's own calibration: what the coordinator calibrated from its last plan's steps (the machine's load during the run); s lost per crash: the gap between the commits around a crash less the timeline's median step (what the failure cost, whatever the iteration time)")
+	fmt.Println("steps: the measured run's steps in each phase, split at its commits around the crashes; seconds: the phase from time 0, the same for every timeline (throughput is the steps done in it, the one under way counted in part); the run's own calibration: what the coordinator calibrated from its last plan's steps (the machine's load during the run); s lost per crash: the two gaps between commits from the last one before a crash less two of the timeline's median steps (what the failure cost, whatever the iteration time)")
 	return nil
 }
 
@@ -419,7 +422,7 @@ func skipCase(ctx context.Context, geo *localrun.Geo, vacate bool, out string) (
 	tc := geo.Train
 	fmt.Fprintf(os.Stderr, "%s: training SkipPipe for %d steps with %d crashes...\n", name, steps, len(after))
 	m := newMeasured()
-	j := geo.Job("run-"+name, coordinator.SkipPipe, steps, every)
+	j := geo.Job("run-"+name, planner.SkipPipe, steps, every)
 	m.hook(&j, after, func(plan []coordinator.PlanWorker, crashed []string) string {
 		return localrun.Victim(plan, crashed, stage)
 	})
@@ -431,12 +434,15 @@ func skipCase(ctx context.Context, geo *localrun.Geo, vacate bool, out string) (
 	if len(m.crashes) != len(after) {
 		return nil, fmt.Errorf("crashed %d workers, wanted %d", len(m.crashes), len(after))
 	}
-	planner, k, err := skipPlanner(geo, m.first)
+	pl, k, err := skipPlanner(geo)
 	if err != nil {
 		return nil, err
 	}
-	tp := &timedPlanner{Planner: planner, seen: map[string]bool{}}
-	job := failures.Job{Name: "skippipe", Planner: tp, Cluster: k, Nodes: geo.Nodes, CheckpointEvery: every, Costs: m.costs(0), Iterations: steps}
+	nodes := slices.Sorted(slices.Values(geo.Nodes)) // the coordinator plans on its members by name
+	job := failures.Job{Name: planner.SkipPipe, Planner: pl, Cluster: k, Nodes: nodes, CheckpointEvery: every, Costs: m.costs(0), Iterations: steps}
+	if err := samePlacement(pl, nodes, m.first); err != nil {
+		return nil, err
+	}
 	if m.sum.CostModel == nil {
 		return nil, fmt.Errorf("the run wrote no calibration")
 	}
@@ -447,10 +453,15 @@ func skipCase(ctx context.Context, geo *localrun.Geo, vacate bool, out string) (
 	res, err := simulate(name, m, job, wrote, filepath.Join(out, name+"-trace.yaml"),
 		fmt.Sprintf("bench/simfailures %s: SkipPipe on %s, %s", name, geo.Cluster.Name, time.Now().UTC().Format(time.DateOnly)),
 		float64(tc.Microbatches*tc.MicrobatchSize*tc.Model.Ctx))
-	if tp.n > 0 {
-		fmt.Printf("%s: the re-path planner (the coordinator's, simulator objective) took %.3f s per re-path in this process (mean of %d)\n", name, tp.s/float64(tp.n), tp.n)
+	if err != nil {
+		return nil, err
 	}
-	return res, err
+	if n, secs, err := timeRepaths(pl); err != nil {
+		return nil, err
+	} else if n > 0 {
+		fmt.Printf("%s: the re-path planner (the coordinator's, simulator objective) takes %.3f s per re-path in this process (mean of %d)\n", name, secs/float64(n), n)
+	}
+	return res, nil
 }
 
 // simulate runs job (steps and costs set) through m's crashes, written
@@ -489,61 +500,35 @@ func simulate(name string, m *measured, job failures.Job, wrote *sim.Cluster, tr
 	return &result{rows, loss}, nil
 }
 
-// skipPlanner is the coordinator's SkipPipe planner input for geo (its
-// calibrated costs, the all-reduces sized for SkipPipe's head-first
-// split, the simulator as the objective) with the placement the run
-// started on, and the cost model the simulation prices with.
-func skipPlanner(geo *localrun.Geo, first []coordinator.PlanWorker) (failures.SkipPipe, *sim.Cluster, error) {
-	var sp failures.SkipPipe
+// skipPlanner is the coordinator's planner for geo's SkipPipe job (the
+// snapshot it plans from: the calibrated costs it started with, the
+// cluster's stage sizes, the simulator as the objective), and the cost
+// model the simulation prices with (the calibration, all-reduces sized
+// for SkipPipe's head-first split, as the planner sizes them).
+func skipPlanner(geo *localrun.Geo) (failures.Planner, *sim.Cluster, error) {
 	tc := geo.Train
 	sizes := geo.Cluster.Workload.StageNodes
 	k, err := headFirst(geo.Costs, tc, len(sizes))
 	if err != nil {
-		return sp, nil, err
+		return failures.Planner{}, nil, err
 	}
-	mem := 0
-	if k.Workload != nil {
-		mem = k.Workload.Memory
-	}
-	cfg, err := costmodel.SkipPipeInput(k, costmodel.SkipPipeJob{Names: geo.Nodes, StageSizes: sizes, Microbatches: tc.Microbatches,
-		Layers: tc.Model.Layers, Samples: tc.MicrobatchSize, PayloadBytes: float64(tc.MicrobatchSize) * costmodel.ActivationBytes(tc.Model), Memory: mem})
-	if err != nil {
-		return sp, nil, err
-	}
-	cfg.CollisionAware, cfg.Seed = true, int64(tc.Model.Seed)
-	cfg.Objective = func(p *scheduler.Plan) float64 {
-		if _, err := costmodel.ChooseAllReduce(p, k); err != nil {
-			return math.Inf(1)
-		}
-		r, err := sim.Run(p, k, sim.Options{})
-		if err != nil {
-			return math.Inf(1)
-		}
-		return r.IterationTimeS
-	}
-	idx := map[string]int{}
-	for i, n := range geo.Nodes {
-		idx[n] = i
-	}
-	cfg.Partition = make([][]int, len(sizes))
-	for _, w := range first {
-		i, ok := idx[w.Name]
-		if !ok || len(w.Stages) != 1 || w.Stages[0] >= len(sizes) {
-			return sp, nil, fmt.Errorf("the run's first plan has worker %s on stages %v, not one stage of the cluster", w.Name, w.Stages)
-		}
-		cfg.Partition[w.Stages[0]] = append(cfg.Partition[w.Stages[0]], i)
-	}
-	p, _, err := scheduler.PlanSkipPipeVariant(scheduler.SkipPipeCA, cfg)
-	if err != nil {
-		return sp, nil, err
-	}
-	return failures.SkipPipe{Variant: scheduler.SkipPipeCA, Base: cfg, Layers: p.Stages, Microbatches: len(p.Microbatches),
-		Cache: map[string]*scheduler.Plan{}}, k, nil
+	m := tc.Model
+	snap := planner.Snapshot{Schedule: planner.SkipPipe, Costs: geo.Costs,
+		Rules: planner.Rules{Stages: len(sizes), Workers: len(geo.Nodes), StageSizes: sizes, Microbatches: tc.Microbatches,
+			Layers: m.Layers, Samples: tc.MicrobatchSize, Seed: int64(m.Seed), Model: &m},
+		Simulate: func(p *scheduler.Plan, c *costmodel.Cluster) (float64, error) {
+			r, err := sim.Run(p, c, sim.Options{})
+			if err != nil {
+				return 0, err
+			}
+			return r.IterationTimeS, nil
+		}}
+	return failures.Planner{Snapshot: snap, Cache: map[string]*scheduler.Plan{}}, k, nil
 }
 
 // headFirst is cost model c with the all-reduces sized for SkipPipe's
 // split of tc's model over stages (embedding and head on stage 0), as the
-// coordinator sizes them whatever plan calibrated.
+// planner sizes them whatever plan calibrated.
 func headFirst(c *sim.Cluster, tc model.TrainConfig, stages int) (*sim.Cluster, error) {
 	k, err := c.Clone()
 	if err != nil {
@@ -555,24 +540,50 @@ func headFirst(c *sim.Cluster, tc model.TrainConfig, stages int) (*sim.Cluster, 
 	return k, nil
 }
 
-// timedPlanner times the re-plans of a simulation: the same planner the
-// coordinator runs, on the same machine.
-type timedPlanner struct {
-	failures.Planner
-	seen map[string]bool // partitions planned (later calls hit the cache)
-	n    int
-	s    float64
+// samePlacement checks that the planner's first plan on nodes places them
+// as the run's first plan did.
+func samePlacement(pl failures.Planner, nodes []string, first []coordinator.PlanWorker) error {
+	s := pl.Snapshot
+	s.Members = nodes
+	p, err := planner.Plan(s)
+	if err != nil {
+		return err
+	}
+	stage := map[string]int{}
+	for _, w := range p.Workers {
+		stage[w.Node] = w.Stages[0]
+	}
+	for _, w := range first {
+		if st, ok := stage[w.Name]; !ok || len(w.Stages) != 1 || w.Stages[0] != st {
+			return fmt.Errorf("the run placed %s on stages %v, the planner here on %d", w.Name, w.Stages, st)
+		}
+	}
+	return nil
 }
 
-func (t *timedPlanner) OnPartition(parts [][]string) (*scheduler.Plan, error) {
-	start := time.Now()
-	p, err := t.Planner.OnPartition(parts)
-	if key := fmt.Sprint(parts); !t.seen[key] {
-		t.seen[key] = true
-		t.s += time.Since(start).Seconds()
-		t.n++
+// timeRepaths plans again, timed, every re-path the simulation made (the
+// plans in pl's cache on fewer nodes than configured).
+func timeRepaths(pl failures.Planner) (int, float64, error) {
+	n, secs := 0, 0.0
+	for _, p := range pl.Cache {
+		if len(p.Workers) >= pl.Snapshot.Rules.Workers {
+			continue
+		}
+		s := pl.Snapshot
+		s.Parts = make([][]string, len(p.Stages))
+		for st, ws := range p.StageWorkers() {
+			for _, w := range ws {
+				s.Parts[st] = append(s.Parts[st], p.Workers[w].Node)
+			}
+		}
+		start := time.Now()
+		if _, err := planner.Plan(s); err != nil {
+			return 0, 0, err
+		}
+		secs += time.Since(start).Seconds()
+		n++
 	}
-	return p, err
+	return n, secs, nil
 }
 
 // gpipeTrain is a small GPipe job whose compute stays a minor share of
@@ -641,9 +652,9 @@ func gpipeCase(ctx context.Context, out, corpus string, maxBytes int64, replaceW
 	if len(m.crashes) != 1 || len(m.sum.Recoveries) == 0 || m.sum.Recoveries[0].Kind != "restore" {
 		return nil, fmt.Errorf("wanted one crash and a restore, got crashes %v and recoveries %+v", m.crashes, m.sum.Recoveries)
 	}
-	sj := failures.Job{Name: "gpipe", Planner: failures.Classic{Schedule: "gpipe", Spec: scheduler.Spec{Stages: stages,
-		Microbatches: tc.Microbatches, Layers: tc.Model.Layers, Samples: tc.MicrobatchSize}},
-		Cluster: k, Nodes: names, CheckpointEvery: every, Costs: m.costs(replaceWait.Seconds()), Iterations: steps}
+	sj := failures.Job{Name: "gpipe", Planner: failures.Planner{Snapshot: planner.Snapshot{Schedule: "gpipe", Rules: planner.Rules{
+		Stages: stages, Microbatches: tc.Microbatches, Layers: tc.Model.Layers, Samples: tc.MicrobatchSize}}},
+		Cluster: k, Nodes: slices.Sorted(slices.Values(names)), CheckpointEvery: every, Costs: m.costs(replaceWait.Seconds()), Iterations: steps}
 	if m.sum.CostModel == nil {
 		return nil, fmt.Errorf("the run wrote no calibration")
 	}

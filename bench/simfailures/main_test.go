@@ -19,7 +19,13 @@ func TestPhases(t *testing.T) {
 
 func TestLostPerCrash(t *testing.T) {
 	if got := lostPerCrash(commits, []float64{4.5}); math.Abs(got-3) > 1e-9 {
-		t.Fatalf("lost %v s, want 3 (a 4 s gap less the 1 s median step)", got)
+		t.Fatalf("lost %v s, want 3 (gaps of 4 s and 1 s less two 1 s median steps)", got)
+	}
+	// A crash after step 4's iteration but before its commit: the cost
+	// shows in the next gap.
+	late := []float64{1, 2, 3, 4, 5, 9, 10, 11, 12, 13}
+	if got := lostPerCrash(late, []float64{4.99}); math.Abs(got-3) > 1e-9 {
+		t.Fatalf("crash before a commit: lost %v s, want 3", got)
 	}
 	if got := lostPerCrash(commits, []float64{20}); got != 0 {
 		t.Fatalf("a crash after the last commit: lost %v, want 0 (not counted)", got)
