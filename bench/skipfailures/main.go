@@ -96,38 +96,6 @@ type result struct {
 // vacatedStage is the stage -vacate empties.
 const vacatedStage = 3
 
-// pickVictim chooses whom to crash: the first worker (by name) of the
-// stage with the most workers left outside stage 0, so every stage keeps
-// a replica and the losses spread over the stages; with vacate, the next
-// worker of vacatedStage, the last one included.
-func pickVictim(plan []coordinator.PlanWorker, crashed []string, vacate bool) string {
-	byStage := map[int][]string{}
-	for _, w := range plan {
-		if len(w.Stages) == 1 && w.Stages[0] > 0 && !slices.Contains(crashed, w.Name) {
-			byStage[w.Stages[0]] = append(byStage[w.Stages[0]], w.Name)
-		}
-	}
-	if vacate {
-		ws := byStage[vacatedStage]
-		if len(ws) == 0 {
-			return ""
-		}
-		slices.Sort(ws)
-		return ws[0]
-	}
-	best := -1
-	for s, ws := range byStage {
-		if len(ws) > 1 && (best < 0 || len(ws) > len(byStage[best]) || len(ws) == len(byStage[best]) && s < best) {
-			best = s
-		}
-	}
-	if best < 0 {
-		return ""
-	}
-	slices.Sort(byStage[best])
-	return byStage[best][0]
-}
-
 func run(scale float64, steps, every int, after []int64, vacate bool, margin float64, out, corpus string, maxBytes int64, windows int) error {
 	tc := trainConfig()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute)
@@ -153,7 +121,11 @@ func run(scale float64, steps, every int, after []int64, vacate bool, margin flo
 				if !slices.Contains(after, step) {
 					return nil
 				}
-				v := pickVictim(plan, r.crashed, vacate)
+				stage := -1
+				if vacate {
+					stage = vacatedStage
+				}
+				v := localrun.Victim(plan, r.crashed, stage)
 				if v == "" {
 					return nil
 				}

@@ -54,6 +54,7 @@ var _ = func() bool {
 			fs.Float64Var(&o.costs.PlanS, "plan-s", 0.05, "with --failures: seconds to plan and install a plan")
 			fs.Float64Var(&o.costs.CheckpointS, "checkpoint-s", 1, "with --failures: seconds to write a checkpoint")
 			fs.Float64Var(&o.costs.RestoreS, "restore-s", 1, "with --failures: seconds to load a checkpoint")
+			fs.Float64Var(&o.costs.ReplaceWaitS, "replace-wait-s", 3*etcdx.DefaultTTL, "with --failures: seconds a restore waits for replacements when fewer nodes than the job's are left (the coordinator's ReplaceWait)")
 		},
 		Run: runFailureModes,
 	})
@@ -72,7 +73,7 @@ func runFailureModes(env *simEnv) (bool, error) {
 		return true, badInput("--horizon must be positive, --failure-steps, --mtbf and --repair not negative")
 	}
 	for name, v := range map[string]float64{"--detect-s": o.costs.DetectS, "--lease-ttl-s": o.costs.LeaseTTLS, "--plan-s": o.costs.PlanS,
-		"--checkpoint-s": o.costs.CheckpointS, "--restore-s": o.costs.RestoreS} {
+		"--checkpoint-s": o.costs.CheckpointS, "--restore-s": o.costs.RestoreS, "--replace-wait-s": o.costs.ReplaceWaitS} {
 		if !(v >= 0) || v > 1e9 {
 			return true, badInput("%s is %v, want seconds >= 0", name, v)
 		}

@@ -37,6 +37,10 @@ type Costs struct {
 	// CheckpointS is the time to write one checkpoint; RestoreS the time
 	// to load one (every restore, and with CheckpointS every hand-off).
 	CheckpointS, RestoreS float64
+	// ReplaceWaitS is how long a restore waits for replacements when
+	// fewer healthy nodes than the job wants are left (the coordinator's
+	// ReplaceWait, 3 lease TTLs by default) before it settles for them.
+	ReplaceWaitS float64
 }
 
 // Job is what to simulate.
@@ -218,15 +222,17 @@ type runner struct {
 }
 
 // commit ends the running iteration at end.
+// A checkpoint step is committed once its checkpoint is written (the
+// runtime lists it in the transaction that commits the step).
 func (r *runner) commit(end float64) {
 	r.t = end
 	r.out.Committed++
 	r.out.Samples += r.samples
-	r.out.Timeline = append(r.out.Timeline, Point{T: r.t, Samples: r.samples, SamplesPerS: r.samples / r.iterS})
 	if k := r.job.CheckpointEvery; k > 0 && r.out.Committed%k == 0 {
 		r.t += r.job.Costs.CheckpointS
 		r.lastCkpt = r.out.Committed
 	}
+	r.out.Timeline = append(r.out.Timeline, Point{T: r.t, Samples: r.samples, SamplesPerS: r.samples / r.iterS})
 }
 
 // event applies e (which happens before the running iteration ends); it
@@ -309,8 +315,12 @@ func (r *runner) fail(e Event, detected float64, rec Recovery) (bool, error) {
 		}
 		rec.Why = fmt.Sprintf("re-path failed: %v", err)
 	}
-	// Restore: plan on the healthy nodes the policy settles for; when no
-	// plan fits them, the job waits for a node to come back.
+	// Restore: plan on the healthy nodes the policy settles for, after
+	// waiting for replacements when too few are left; when no plan fits
+	// them, the job waits for a node to come back.
+	if len(r.liveNodes()) < r.job.Want {
+		r.t += r.job.Costs.ReplaceWaitS
+	}
 	if err := r.restore(); err != nil {
 		rec.Action, rec.Why = "wait", err.Error()
 		rec.Workers = 0

@@ -212,3 +212,46 @@ func FuzzParseTrace(f *testing.F) {
 		}
 	})
 }
+
+// A checkpoint step commits once its checkpoint is written: its point on
+// the timeline comes after the write, as the runtime's commit does.
+func TestCheckpointStepCommitsAfterWrite(t *testing.T) {
+	job := gpipeJob(t, 2)
+	job.Iterations = 4
+	out, err := Run(job, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	it := out.FailureFreeS
+	want := []float64{it, 2*it + 2, 3*it + 2, 4*it + 4}
+	for i, p := range out.Timeline {
+		if !near(p.T, want[i]) {
+			t.Fatalf("step %d committed at %v s, want %v (checkpoint writes of 2 s at steps 2 and 4)", i+1, p.T, want[i])
+		}
+	}
+}
+
+// A restore with fewer healthy nodes than the job wants waits
+// ReplaceWaitS for replacements before it settles for them.
+func TestRestoreWaitsForReplacements(t *testing.T) {
+	job := gpipeJob(t, 0)
+	job.Iterations = 4
+	job.Costs.ReplaceWaitS = 7
+	probe, err := Run(Job{Name: "p", Planner: job.Planner, Cluster: job.Cluster, Nodes: job.Nodes[:4], Iterations: 1, Costs: job.Costs}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	one := probe.FailureFreeS
+	trace := &Trace{Events: []Event{{At: Duration(time.Millisecond), Node: "c", Kind: Crash}}}
+	out, err := Run(job, trace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := out.Recoveries[0]
+	if want := 0.5 + 7 + 1 + 3; r.Action != "restore" || r.Workers != 4 || !near(r.RecoverS, want) {
+		t.Fatalf("recovery %+v, want a restore on 4 workers in %v s (detect, wait, plan, load)", r, want)
+	}
+	if want := 0.001 + 0.5 + 7 + 1 + 3 + 4*one; !near(out.ElapsedS, want) {
+		t.Fatalf("elapsed %v s, want %v", out.ElapsedS, want)
+	}
+}

@@ -58,6 +58,12 @@ type Job struct {
 	// without grace and the etcd session is orphaned, so the lease lapses
 	// as a dead process's would. A crashed worker does not come back.
 	Crash func(step int64, plan []coordinator.PlanWorker) []string
+	// OnCrash, when set, is told when each crash happened (the failure
+	// trace as it really was).
+	OnCrash func(node string, at time.Time)
+	// ReplaceWait is the coordinator's wait for replacement workers
+	// after a loss (0: its default, 3 TTLs).
+	ReplaceWait time.Duration
 }
 
 // CheckpointDir is where the workers of a job put step's checkpoint.
@@ -118,6 +124,9 @@ func Run(ctx context.Context, j Job) (*coordinator.Summary, error) {
 		delete(nodes, name)
 		mu.Unlock()
 		if n != nil {
+			if j.OnCrash != nil {
+				j.OnCrash(name, time.Now())
+			}
 			n.crashed.Store(true)
 			n.stop()
 			<-n.done
@@ -159,7 +168,7 @@ func Run(ctx context.Context, j Job) (*coordinator.Summary, error) {
 	}
 	cfg := coordinator.Config{Job: j.Name, Simulator: sim.Simulator{}, Endpoints: e.Endpoints(), Workers: len(j.Nodes), Stages: j.Stages,
 		Schedule: j.Schedule, Train: j.Train, Steps: j.Steps, CorpusDir: j.CorpusDir, MaxCorpusBytes: j.MaxCorpusBytes,
-		OutDir: out, CheckpointEvery: j.CheckpointEvery, Costs: j.Costs, Logf: j.Logf, OnStep: j.OnStep}
+		OutDir: out, CheckpointEvery: j.CheckpointEvery, Costs: j.Costs, Logf: j.Logf, OnStep: j.OnStep, ReplaceWait: j.ReplaceWait}
 	if j.Crash != nil {
 		cfg.OnStep = func(r coordinator.StepReport) {
 			var m coordinator.PlanManifest
