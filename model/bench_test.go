@@ -3,6 +3,7 @@ package model
 import (
 	"math/rand/v2"
 	"testing"
+	"time"
 
 	"stagecoach/internal/parallel"
 )
@@ -27,7 +28,9 @@ func blockFlops(b, t, d, hidden int) float64 {
 	return 3 * (dense + attn)
 }
 
-func BenchmarkBlockForwardBackward(b *testing.B) {
+// benchBlockStep returns one forward and backward of a dim-256 block on a
+// microbatch of 8 × ctx 128.
+func benchBlockStep(b *testing.B) func() {
 	cfg := Config{Layers: 1, Dim: benchDim, Heads: benchHeads, Ctx: benchCtx, Seed: 1}
 	s, err := NewShard(cfg, ShardSpec{Lo: 0, Hi: 1})
 	if err != nil {
@@ -37,14 +40,21 @@ func BenchmarkBlockForwardBackward(b *testing.B) {
 	n := benchB * benchCtx * benchDim
 	x := &Activations{Shape: []int{benchB, benchCtx, benchDim}, Data: randSlice(r, n, 1)}
 	g := &Activations{Shape: []int{benchB, benchCtx, benchDim}, Data: randSlice(r, n, 1)}
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
+	return func() {
 		if _, err := s.Forward(0, x); err != nil {
 			b.Fatal(err)
 		}
 		if _, err := s.Backward(0, g); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+func BenchmarkBlockForwardBackward(b *testing.B) {
+	step := benchBlockStep(b)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		step()
 	}
 	b.ReportMetric(blockFlops(benchB, benchCtx, benchDim, 4*benchDim)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
 }
@@ -53,6 +63,39 @@ func BenchmarkBlockForwardBackward(b *testing.B) {
 // shapes, transposes and strides; attention's heads side by side as in the
 // block), with nothing in between: the ceiling for the block benchmark.
 func BenchmarkMatMulRaw(b *testing.B) {
+	step := benchRawStep()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		step()
+	}
+	b.ReportMetric(blockFlops(benchB, benchCtx, benchDim, 4*benchDim)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+}
+
+// BenchmarkBlockOverKernel alternates one block step and one run of its bare
+// products, so both see the same machine load, and reports the block's
+// share of the kernel's rate (raw time / block time): the figure to read on
+// a shared machine.
+func BenchmarkBlockOverKernel(b *testing.B) {
+	block, raw := benchBlockStep(b), benchRawStep()
+	block()
+	raw()
+	var tb, tr time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		block()
+		t1 := time.Now()
+		raw()
+		tb += t1.Sub(t0)
+		tr += time.Since(t1)
+	}
+	flops := blockFlops(benchB, benchCtx, benchDim, 4*benchDim) * float64(b.N) / 1e9
+	b.ReportMetric(flops/tb.Seconds(), "block-GFLOP/s")
+	b.ReportMetric(flops/tr.Seconds(), "kernel-GFLOP/s")
+	b.ReportMetric(tr.Seconds()/tb.Seconds(), "block/kernel")
+}
+
+func benchRawStep() func() {
 	const B, T, D, Hd, H = benchB, benchCtx, benchDim, 4 * benchDim, benchHeads
 	N, hd := B*T, D/H
 	r := rand.New(rand.NewPCG(2, 2))
@@ -68,8 +111,7 @@ func BenchmarkMatMulRaw(b *testing.B) {
 			}
 		})
 	}
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
+	return func() {
 		// forward
 		gemm(false, false, N, 3*D, D, x, D, wqkv, 3*D, false, qkv, 3*D)
 		heads(func(_, bh int) {
@@ -100,7 +142,6 @@ func BenchmarkMatMulRaw(b *testing.B) {
 		gemm(true, false, D, 3*D, N, x, D, qkv, 3*D, true, gqkv, 3*D)
 		gemm(false, true, N, D, 3*D, qkv, 3*D, wqkv, 3*D, false, x, D)
 	}
-	b.ReportMetric(blockFlops(B, T, D, Hd)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
 }
 
 // BenchmarkTrainStepDefault is one optimizer step of `stagecoach train`'s

@@ -78,10 +78,10 @@ func TestGradGELU(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
 	u, w := randSlice(r, 32, 2), randSlice(r, 32, 1)
 	a, th := make([]float32, 32), make([]float32, 32)
-	f := func() float64 { geluForward(u, a, th); return project(w, a) }
+	f := func() float64 { geluForward(u, a, th, 1, len(u)); return project(w, a) }
 	f()
 	du := append([]float32(nil), w...)
-	geluBackward(u, th, du)
+	geluBackward(u, th, du, 1, len(u))
 	checkGrad(t, "u", u, du, f)
 }
 

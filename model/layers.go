@@ -49,45 +49,81 @@ func gemmOn(impl blas.Float32, tA, tB bool, m, n, k int, a []float32, lda int, b
 	impl.Sgemm(ta, tb, m, n, k, 1, a, lda, b, ldb, beta, c, ldc)
 }
 
+// The element-wise layers below (RMSNorm, GELU, the residual adds) split
+// their rows over GOMAXPROCS goroutines once a buffer is big enough to pay
+// for the hand-off: every output element is computed by one goroutine with
+// the same operations, so the bits do not depend on the split. Reductions
+// across rows (RMSNorm's gain gradient) stay on one goroutine, in row order.
+
+// minParallelFloats is the smallest buffer worth splitting: below it the
+// goroutine hand-off costs more than the second core saves.
+const minParallelFloats = 1 << 14
+
+// rows runs f over [0, n) rows of d floats, split across goroutines when the
+// buffer is large.
+func rows(n, d int, f func(lo, hi int)) {
+	if n*d < minParallelFloats {
+		f(0, n)
+		return
+	}
+	parallel.For(runtime.GOMAXPROCS(0), n, func(_, lo, hi int) { f(lo, hi) })
+}
+
+// addRows: dst += src over n rows of d.
+func addRows(dst, src []float32, n, d int) {
+	rows(n, d, func(lo, hi int) { vecf32.Add(dst[lo*d:hi*d], src[lo*d:hi*d]) })
+}
+
 // rmsnormForward: out[i,:] = x[i,:] * rinv[i] * g, rinv[i] = 1/sqrt(mean(x²)+eps).
 func rmsnormForward(x, g, out, rinv []float32, n, d int) {
-	for i := 0; i < n; i++ {
-		row := x[i*d : (i+1)*d]
-		var ss float32
-		for _, v := range row {
-			ss += v * v
+	rows(n, d, func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			row := x[i*d : (i+1)*d]
+			var ss float32
+			for _, v := range row {
+				ss += v * v
+			}
+			r := float32(1 / math.Sqrt(float64(ss/float32(d))+rmsEps))
+			rinv[i] = r
+			vecf32.ScaleMul(out[i*d:(i+1)*d], row, g, r)
 		}
-		r := float32(1 / math.Sqrt(float64(ss/float32(d))+rmsEps))
-		rinv[i] = r
-		vecf32.ScaleMul(out[i*d:(i+1)*d], row, g, r)
-	}
+	})
 }
 
 // rmsnormBackward adds the input gradient into dx (dx += ∂L/∂x) and the gain
 // gradient into dg. Accumulating into dx lets the residual branch and the
-// skip path share one buffer.
+// skip path share one buffer. The input gradient is per row and runs split;
+// the gain gradient sums over rows and runs after it, in row order.
 func rmsnormBackward(x, g, rinv, dout, dx, dg []float32, n, d int) {
-	for i := 0; i < n; i++ {
-		row := x[i*d : (i+1)*d]
-		dy := dout[i*d : (i+1)*d]
-		r := rinv[i]
-		var dot float32
-		for j, v := range row {
-			dot += g[j] * dy[j] * v
+	rows(n, d, func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			row := x[i*d : (i+1)*d]
+			dy := dout[i*d : (i+1)*d]
+			r := rinv[i]
+			var dot float32
+			for j, v := range row {
+				dot += g[j] * dy[j] * v
+			}
+			c := r * r * r * dot / float32(d)
+			vecf32.RMSNormInputGrad(dx[i*d:(i+1)*d], row, g, dy, r, c)
 		}
-		vecf32.AddScaledProduct(dg, dy, row, r)
-		c := r * r * r * dot / float32(d)
-		vecf32.RMSNormInputGrad(dx[i*d:(i+1)*d], row, g, dy, r, c)
+	})
+	for i := 0; i < n; i++ {
+		vecf32.AddScaledProduct(dg, dout[i*d:(i+1)*d], x[i*d:(i+1)*d], rinv[i])
 	}
 }
 
-// geluForward applies the tanh-approximated GELU (a = gelu(u)), keeping
-// th = tanh(…) for backward; geluBackward overwrites da with ∂L/∂u. Both
-// run eight lanes at a time in vecf32, with the same bits as the scalar
-// code (the float64 math.Tanh was once a tenth of a training step).
-func geluForward(u, a, th []float32) { vecf32.GELUForward(u, a, th) }
+// geluForward applies the tanh-approximated GELU (a = gelu(u)) to n rows of
+// d, keeping th = tanh(…) for backward; geluBackward overwrites da with
+// ∂L/∂u. Both run eight lanes at a time in vecf32, with the same bits as the
+// scalar code (the float64 math.Tanh was once a tenth of a training step).
+func geluForward(u, a, th []float32, n, d int) {
+	rows(n, d, func(lo, hi int) { vecf32.GELUForward(u[lo*d:hi*d], a[lo*d:hi*d], th[lo*d:hi*d]) })
+}
 
-func geluBackward(u, th, da []float32) { vecf32.GELUBackward(u, th, da) }
+func geluBackward(u, th, da []float32, n, d int) {
+	rows(n, d, func(lo, hi int) { vecf32.GELUBackward(u[lo*d:hi*d], th[lo*d:hi*d], da[lo*d:hi*d]) })
+}
 
 // attnForward computes causal multi-head attention for b sequences of t
 // positions. qkv rows are [q | k | v] (each d wide, heads contiguous inside),

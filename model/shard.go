@@ -217,7 +217,7 @@ func (s *Shard) contribute(mb int, ps []*Tensor, fn func()) {
 	s.held = s.held[:0]
 	for _, p := range ps {
 		sc := s.scratch[p]
-		clear(sc)
+		rows(len(sc), 1, func(lo, hi int) { clear(sc[lo:hi]) })
 		s.held = append(s.held, p.G)
 		p.G = sc
 	}
@@ -230,7 +230,7 @@ func (s *Shard) contribute(mb int, ps []*Tensor, fn func()) {
 			s.contrib = append(s.contrib, c)
 			continue
 		}
-		vecf32.Add(p.G, c)
+		addRows(p.G, c, len(c), 1)
 	}
 	if s.sink != nil {
 		s.sink(mb, ps, s.contrib)
@@ -558,12 +558,12 @@ func (s *Shard) blockForward(j int, c *mbCache, x, out []float32) {
 	gemm(false, false, n, 3*D, D, bc.h1, D, bp.wqkv.W, 3*D, false, bc.qkv, 3*D)
 	attnForward(bc.qkv, bc.p, bc.att, b, t, D, s.cfg.Heads)
 	gemm(false, false, n, D, D, bc.att, D, bp.wo.W, D, false, bc.x2, D)
-	vecf32.Add(bc.x2[:n*D], x[:n*D])
+	addRows(bc.x2, x, n, D)
 	rmsnormForward(bc.x2, bp.norm2.W, bc.h2, bc.r2, n, D)
 	gemm(false, false, n, Hd, D, bc.h2, D, bp.w1.W, Hd, false, bc.u, Hd)
-	geluForward(bc.u[:n*Hd], bc.a, bc.th)
+	geluForward(bc.u, bc.a, bc.th, n, Hd)
 	gemm(false, false, n, D, Hd, bc.a, Hd, bp.w2.W, D, false, out, D)
-	vecf32.Add(out[:n*D], bc.x2[:n*D])
+	addRows(out, bc.x2, n, D)
 }
 
 // blockBackward turns dx from ∂L/∂(block output) into ∂L/∂(block input) in
@@ -577,7 +577,7 @@ func (s *Shard) blockBackward(j int, c *mbCache, x, dx []float32) {
 	// MLP: out = x2 + gelu(h2·W1)·W2
 	gemm(true, false, Hd, D, n, bc.a, Hd, dx, D, true, bp.w2.G, D)
 	gemm(false, true, n, Hd, D, dx, D, bp.w2.W, D, false, da, Hd)
-	geluBackward(bc.u[:n*Hd], bc.th, da)
+	geluBackward(bc.u, bc.th, da, n, Hd)
 	gemm(true, false, D, Hd, n, bc.h2, D, da, Hd, true, bp.w1.G, Hd)
 	gemm(false, true, n, D, Hd, da, Hd, bp.w1.W, Hd, false, dh, D)
 	rmsnormBackward(bc.x2, bp.norm2.W, bc.r2, dh, dx, bp.norm2.G, n, D)
