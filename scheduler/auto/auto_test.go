@@ -1,6 +1,7 @@
 package auto
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -137,5 +138,82 @@ func TestAutoRespectsMemoryInBytes(t *testing.T) {
 	}
 	if over == 0 {
 		t.Error("no candidate was ruled out by the capacity")
+	}
+}
+
+// TestAutoOnTheIssueGrid: three cost models (F=B=W; B=2F with W=F; a node
+// at half speed and a slow link between two stages) under two device
+// capacities in bytes (one 1F1B fits in, one it does not): auto is never
+// slower than the fastest named schedule that fits the same capacity.
+func TestAutoOnTheIssueGrid(t *testing.T) {
+	spec := scheduler.Spec{Stages: 4, Microbatches: 8, Layers: 24, Samples: 4, Nodes: []string{"a", "b", "c", "d"}}
+	model := &sim.ModelMemory{Vocab: 50304, Dim: 1024, Heads: 16, Ctx: 1024}
+	costs := []struct {
+		name  string
+		build func() *sim.Cluster
+	}{
+		{"F=B=W", func() *sim.Cluster {
+			c := sim.Homogeneous()
+			c.Compute.BackwardRatio, c.Compute.InputGradRatio, c.Compute.WeightGradRatio = 2, 1, 1
+			return c
+		}},
+		{"B=2F W=F", func() *sim.Cluster {
+			c := sim.Homogeneous()
+			c.Compute.BackwardRatio, c.Compute.InputGradRatio, c.Compute.WeightGradRatio = 3, 2, 1
+			return c
+		}},
+		{"slow node and slow link", func() *sim.Cluster {
+			c := sim.Homogeneous()
+			c.AnyNode = false
+			c.Compute.LayerForwardS = 0.01
+			c.Nodes = []sim.Node{{Name: "a", Region: "r1", Speed: 1}, {Name: "b", Region: "r1", Speed: 0.5}, {Name: "c", Region: "r2", Speed: 1}, {Name: "d", Region: "r3", Speed: 1}}
+			c.DefaultLink = &sim.Link{LatencyMS: 1, BandwidthGiBs: 10}
+			c.Links = []sim.RegionLink{{A: "r2", B: "r3", Link: sim.Link{LatencyMS: 50, BandwidthGiBs: 0.05}}}
+			return c
+		}},
+	}
+	for _, cm := range costs {
+		for _, gib := range []float64{32, 12} {
+			t.Run(fmt.Sprintf("%s/%g GiB", cm.name, gib), func(t *testing.T) {
+				c := cm.build()
+				c.Model, c.DefaultMemoryGiB = model, gib
+				res, err := Search(spec, c)
+				if err != nil {
+					t.Fatal(err)
+				}
+				bestName, bestT, refused := "", 0.0, 0
+				for _, name := range scheduler.Names() {
+					pl, err := scheduler.Generate(name, spec)
+					if err != nil || scheduler.Validate(pl) != nil {
+						continue
+					}
+					r, err := sim.Run(pl, c, sim.Options{})
+					if err != nil {
+						t.Fatalf("%s: %v", name, err)
+					}
+					if r.Infeasible != "" {
+						refused++
+						continue
+					}
+					if bestName == "" || r.IterationTimeS < bestT {
+						bestName, bestT = name, r.IterationTimeS
+					}
+				}
+				if bestName == "" {
+					t.Fatal("no named schedule fits")
+				}
+				r, err := sim.Run(res.Best.Plan, c, sim.Options{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if r.Infeasible != "" || r.PeakBytes > gib*(1<<30) {
+					t.Fatalf("auto's pick %s does not fit %g GiB: %s (peak %.0f bytes)", res.Best.Label(), gib, r.Infeasible, r.PeakBytes)
+				}
+				if r.IterationTimeS > bestT {
+					t.Fatalf("auto picked %s at %.6g s, slower than %s at %.6g s", res.Best.Label(), r.IterationTimeS, bestName, bestT)
+				}
+				t.Logf("auto %s %.4g s; best named %s %.4g s; %d named schedules over capacity", res.Best.Label(), r.IterationTimeS, bestName, bestT, refused)
+			})
+		}
 	}
 }
