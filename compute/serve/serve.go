@@ -14,12 +14,16 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 
 	"google.golang.org/grpc"
 
 	"stagecoach/compute"
 	"stagecoach/compute/internal/wire"
+	"stagecoach/internal/failpoint"
 	pb "stagecoach/proto/compute"
 )
 
@@ -55,6 +59,8 @@ type Server struct {
 	// regions are the shared-memory regions clients offered at Hello,
 	// by path (the client unlinks the file once it is mapped here).
 	regions map[string]*wire.Region
+	// forwards counts the Forward calls answered (for the failpoint).
+	forwards atomic.Int64
 }
 
 // maxRegions bounds the shared regions mapped at once (one per client).
@@ -366,6 +372,7 @@ func (s *Server) run(ctx context.Context, req *pb.Request, ins []wire.Value) (re
 	case pb.Op_OP_FORWARD:
 		var y *compute.Tensor
 		if y, err = st.Forward(mb, tensor(ins[0])); err == nil {
+			y = s.wrongShapeFailpoint(y)
 			outs, err = result("y", y)
 		}
 	case pb.Op_OP_LOSS:
@@ -483,4 +490,29 @@ func DescriptionProto(d compute.Description) *pb.Description {
 		out.Params = append(out.Params, &pb.ParamInfo{Name: p.Name, Index: int64(p.Index), Shape: shape, Decay: p.Decay})
 	}
 	return out
+}
+
+// wrongShapeFailpoint drops the last sequence of y on the Forward call
+// that failpoint.ComputeWrongShape names (fault tests only; unarmed, it
+// returns y).
+func (s *Server) wrongShapeFailpoint(y *compute.Tensor) *compute.Tensor {
+	n := s.forwards.Add(1)
+	v, ok := failpoint.Value(failpoint.ComputeWrongShape)
+	if !ok || len(y.Shape) == 0 || y.Shape[0] < 1 {
+		return y
+	}
+	at, once, _ := strings.Cut(v, ":")
+	if at != strconv.FormatInt(n, 10) {
+		return y
+	}
+	if once != "" {
+		f, err := os.OpenFile(once, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		if err != nil {
+			return y // another process lied first
+		}
+		f.Close()
+	}
+	shape := append([]int(nil), y.Shape...)
+	shape[0]--
+	return &compute.Tensor{Shape: shape, Data: y.Data[:len(y.Data)/y.Shape[0]*shape[0]]}
 }

@@ -22,6 +22,13 @@ const EnvVar = "STAGECOACH_FAILPOINTS"
 // shard of the step given as its value.
 const CheckpointWrite = "checkpoint-write"
 
+// ComputeWrongShape makes a compute-serve backend answer its Nth Forward
+// call (counted from 1 in the process) with an output one sequence short:
+// a well-formed answer of the wrong shape, as a buggy backend would give.
+// The value is "N", or "N:PATH" to arm it in one process of many: the
+// first to create PATH.
+const ComputeWrongShape = "compute-wrong-shape"
+
 var (
 	once   sync.Once
 	points map[string]string
