@@ -1,6 +1,8 @@
 package main
 
 import (
+	"encoding/json"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -69,6 +71,30 @@ func TestUpWithTorchBackend(t *testing.T) {
 			t.Fatalf("up %s exited %d: %s", sched, code, errOut)
 		}
 		sameLosses(t, "up "+sched+" with torch against train with torch", jsonLosses(t, out), want)
+	}
+	// The torch backend's shards are ordinary Stagecoach checkpoints:
+	// eval (the Go model) reads them, and export merges them.
+	ckpts, err := filepath.Glob(filepath.Join(dir, "up-gpipe", "checkpoints", "step-*"))
+	if err != nil || len(ckpts) == 0 {
+		t.Fatalf("up gpipe with torch wrote no checkpoint (%v)", err)
+	}
+	last := ckpts[len(ckpts)-1]
+	out, errOut, code = runCLI(t, dir, "eval", "--checkpoint", last, "--corpus", corpus, "--json")
+	if code != 0 {
+		t.Fatalf("eval of a torch checkpoint exited %d: %s", code, errOut)
+	}
+	var ev struct {
+		ValLoss float64 `json:"val_loss"`
+		Step    int     `json:"step"`
+	}
+	if err := json.Unmarshal([]byte(strings.TrimSpace(out)), &ev); err != nil {
+		t.Fatalf("eval output %q: %v", out, err)
+	}
+	if ev.Step != len(want) || math.Abs(ev.ValLoss-want[len(want)-1]) > 0.5 {
+		t.Fatalf("eval of the torch checkpoint: step %d val loss %v, want step %d near the last training loss %v", ev.Step, ev.ValLoss, len(want), want[len(want)-1])
+	}
+	if _, errOut, code := runCLI(t, dir, "export", "--checkpoint", last, "--out", filepath.Join(dir, "torch-export", "model.safetensors")); code != 0 {
+		t.Fatalf("export of a torch checkpoint exited %d: %s", code, errOut)
 	}
 	// SkipPipe over 6 workers in 3 stages, paths skipping some stages.
 	skipModel := tinyModel(corpus, 12, 3, 6)
