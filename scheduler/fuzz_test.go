@@ -118,7 +118,7 @@ func FuzzPyTorchCSV(f *testing.F) {
 // deadlock). Rules default to the loosest ones the paths allow.
 func skipPlan(ns int, paths [][]int) *Plan {
 	p := &Plan{Version: FormatVersion, Schedule: "hand", HeadStage: 0}
-	p.Stages = splitLayers(ns, ns)
+	p.Stages = SplitLayers(ns, ns)
 	for s := range ns {
 		p.Workers = append(p.Workers, Worker{Node: "n" + itoa(s), Stages: []int{s}})
 	}

@@ -271,7 +271,7 @@ func ImportPyTorchCSV(r io.Reader, opts PyTorchCSVOptions) (*Plan, error) {
 			}
 		}
 	}
-	if ns*m > maxStageMBCells {
+	if ns*m > MaxStageMicrobatchCells {
 		return nil, csvErr("%d stages x %d microbatches is too large", ns, m)
 	}
 	if opts.Layers > 0 && opts.Layers < ns {
@@ -340,7 +340,7 @@ func pytorchPlan(rows [][]pyTok, rankOf []int, m int, opts PyTorchCSVOptions, ki
 	}
 	samples := max(opts.Samples, 1)
 	plan := &Plan{Version: FormatVersion, Schedule: name, HeadStage: ns - 1, Recompute: opts.Recompute}
-	plan.Stages = splitLayers(layers, ns)
+	plan.Stages = SplitLayers(layers, ns)
 	plan.Workers = make([]Worker, p)
 	for r := range plan.Workers {
 		plan.Workers[r] = Worker{Node: fmt.Sprintf("node-%d", r), Memory: opts.Memory}

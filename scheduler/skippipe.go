@@ -439,7 +439,7 @@ func (e *spEval) replayPlan(p *Plan) float64 {
 // runs on node w.
 func (nt *spNet) buildPlan(paths [][]int, order [][]spTask, name string, skip bool) *Plan {
 	ns := len(nt.parts)
-	p := &Plan{Version: FormatVersion, Schedule: name, HeadStage: 0, Stages: splitLayers(nt.layers, ns)}
+	p := &Plan{Version: FormatVersion, Schedule: name, HeadStage: 0, Stages: SplitLayers(nt.layers, ns)}
 	p.Workers = make([]Worker, len(nt.names))
 	own := make([]int, len(nt.names))
 	for _, o := range nt.mbOrigin {

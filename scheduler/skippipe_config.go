@@ -162,7 +162,7 @@ func (c *SkipPipeConfig) check() error {
 	if c.MicrobatchesPerOrigin < 1 {
 		return fmt.Errorf("skippipe config: microbatches_per_origin is %d, want >= 1", c.MicrobatchesPerOrigin)
 	}
-	if m := c.MicrobatchesPerOrigin * c.StageSizes[0]; m > MaxMicrobatches || m*ns > maxStageMBCells {
+	if m := c.MicrobatchesPerOrigin * c.StageSizes[0]; m > MaxMicrobatches || m*ns > MaxStageMicrobatchCells {
 		return fmt.Errorf("skippipe config: %d microbatches over %d stages is too large", m, ns)
 	}
 	if c.Layers < 0 || (c.Layers > 0 && c.Layers < ns) {
