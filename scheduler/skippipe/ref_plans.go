@@ -1,8 +1,10 @@
-package scheduler
+package skippipe
 
 import (
 	"errors"
 	"fmt"
+
+	"stagecoach/scheduler"
 )
 
 // RefNodeName names node i of an authors' file.
@@ -28,9 +30,9 @@ func (r *SkipPipeRef) agentSize() int {
 // counts, and a per-node cap of memory agents of the finest agent size
 // (3 x 2 = 6 microbatches in the published file), with forwardS the
 // forward time of one microbatch through one stage on every node.
-func (r *SkipPipeRef) Config(forwardS float64) SkipPipeConfig {
+func (r *SkipPipeRef) Config(forwardS float64) Config {
 	n := len(r.Delays)
-	cfg := SkipPipeConfig{
+	cfg := Config{
 		NodeNames:             make([]string, n),
 		Delay:                 r.Delays,
 		ForwardS:              make([]float64, n),
@@ -45,7 +47,7 @@ func (r *SkipPipeRef) Config(forwardS float64) SkipPipeConfig {
 	for _, p := range r.Partitions {
 		cfg.StageSizes = append(cfg.StageSizes, len(p))
 	}
-	cfg.Rules = DefaultSkipRules(len(r.Partitions))
+	cfg.Rules = scheduler.DefaultSkipRules(len(r.Partitions))
 	if len(r.Variants) > 0 && len(r.Variants[0].Agents) > 0 {
 		cfg.Rules.PathStages = len(r.Variants[0].Agents[0].Path)
 	}
@@ -62,7 +64,7 @@ func (r *SkipPipeRef) Config(forwardS float64) SkipPipeConfig {
 // first is forwards and the second backwards); every other node runs work
 // in arrival order under the planner's timing estimate. The notes say
 // which nodes fell back and why.
-func (r *SkipPipeRef) RefPlan(v *RefVariant, cfg SkipPipeConfig) (*Plan, []string, error) {
+func (r *SkipPipeRef) RefPlan(v *RefVariant, cfg Config) (*scheduler.Plan, []string, error) {
 	if err := cfg.check(); err != nil {
 		return nil, nil, err
 	}
@@ -118,16 +120,16 @@ func (r *SkipPipeRef) RefPlan(v *RefVariant, cfg SkipPipeConfig) (*Plan, []strin
 		fromFile++
 	}
 	plan := nt.buildPlan(paths, order, v.Name, true)
-	if err := Validate(plan); err != nil && fromFile > 0 {
+	if err := scheduler.Validate(plan); err != nil && fromFile > 0 {
 		notes = append(notes, fmt.Sprintf("%s: the file's order does not replay here (%v); arrival order used on every node", v.Name, err))
 		plan = nt.buildPlan(paths, fifo, v.Name, true)
 	}
-	if err := Validate(plan); err != nil {
-		var ve *ValidationError
-		if errors.As(err, &ve) && ve.Rule == RuleSkipCap {
+	if err := scheduler.Validate(plan); err != nil {
+		var ve *scheduler.ValidationError
+		if errors.As(err, &ve) && ve.Rule == scheduler.RuleSkipCap {
 			plan.Skip.MaxPerWorker = 0
 			notes = append(notes, fmt.Sprintf("%s breaks the per-node cap (%v); cap lifted", v.Name, err))
-			err = Validate(plan)
+			err = scheduler.Validate(plan)
 		}
 		if err != nil {
 			return nil, notes, fmt.Errorf("skippipe file: %s: %w", v.Name, err)
@@ -181,16 +183,16 @@ func expandOrder(es []RefOrderEntry, node int, agents []RefAgent, agentIdx map[i
 // 27 microbatches, against 30 in the skipping plans); every node runs all
 // its forwards before any backward, the loss on the pipeline's stage-0
 // node. Nodes outside the pipelines only join their stage's all-reduce.
-func RefBaselinePlan(cfg SkipPipeConfig, pipelines, perPipeline int) (*Plan, error) {
+func RefBaselinePlan(cfg Config, pipelines, perPipeline int) (*scheduler.Plan, error) {
 	ns := len(cfg.StageSizes)
-	cfg.Rules = SkipRules{PathStages: ns, MaxJump: 1, MaxPerWorker: 1 << 30}
+	cfg.Rules = scheduler.SkipRules{PathStages: ns, MaxJump: 1, MaxPerWorker: 1 << 30}
 	if err := cfg.check(); err != nil {
 		return nil, err
 	}
 	if cfg.Partition == nil {
 		return nil, errors.New("ref-baseline: the config must carry a partition")
 	}
-	if pipelines < 1 || perPipeline < 1 || pipelines*perPipeline > MaxMicrobatches {
+	if pipelines < 1 || perPipeline < 1 || pipelines*perPipeline > scheduler.MaxMicrobatches {
 		return nil, fmt.Errorf("ref-baseline: %d pipelines of %d microbatches, want >= 1 of >= 1", pipelines, perPipeline)
 	}
 	for s, p := range cfg.Partition {

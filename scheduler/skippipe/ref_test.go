@@ -1,9 +1,11 @@
-package scheduler
+package skippipe
 
 import (
 	"fmt"
 	"strings"
 	"testing"
+
+	"stagecoach/scheduler"
 )
 
 // tinyRef is a hand-made file in the authors' format: 4 nodes, stages
@@ -72,7 +74,7 @@ func TestImportTinyFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := Validate(base); err != nil {
+	if err := scheduler.Validate(base); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -122,12 +124,12 @@ func FuzzImportSkipPipe(f *testing.F) {
 			if err != nil {
 				continue
 			}
-			if err := Validate(plan); err != nil {
+			if err := scheduler.Validate(plan); err != nil {
 				t.Fatalf("%s: imported plan does not validate: %v", ref.Variants[i].Name, err)
 			}
 		}
 		if base, err := RefBaselinePlan(cfg, 1, 2); err == nil {
-			if err := Validate(base); err != nil {
+			if err := scheduler.Validate(base); err != nil {
 				t.Fatalf("ref-baseline: %v", err)
 			}
 		}

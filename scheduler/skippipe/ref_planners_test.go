@@ -1,9 +1,11 @@
-package scheduler
+package skippipe
 
 import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"stagecoach/scheduler"
 )
 
 // refFile reads the authors' published schedule from ../shared/reference
@@ -14,8 +16,9 @@ func refFile(t testing.TB) *SkipPipeRef {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The test runs in <module>/scheduler; the reference sits beside <module>.
-	path := filepath.Join(wd, "..", "..", "shared", "reference", "skippipe-geo-schedule.json")
+	// The test runs in <module>/scheduler/skippipe; the reference sits
+	// beside <module>.
+	path := filepath.Join(wd, "..", "..", "..", "shared", "reference", "skippipe-geo-schedule.json")
 	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Skipf("reference schedule not available (%v): skipping", err)
@@ -49,29 +52,29 @@ func TestRefImportPlansValidate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := Validate(base); err != nil {
+	if err := scheduler.Validate(base); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("ref-baseline estimate %.2f s (authors %.2f s)", newEval(newNet(&cfg, cfg.Partition)).replayPlan(base), ref.BaselineExpectedS)
-	for _, name := range SkipPipeVariants() {
+	for _, name := range Variants() {
 		c := cfg
 		c.Partition = nil
 		c.RefinePlacement = true
-		plan, st, err := PlanSkipPipeVariant(name, c)
+		plan, st, err := PlanVariant(name, c)
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
-		if err := Validate(plan); err != nil {
+		if err := scheduler.Validate(plan); err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
 		t.Logf("%s (own placement): estimate %.2f s, replay %.2f, evals %d, policy %s, placement cost %.2f", name, st.EstimateS, newEval(newNet(&cfg, st.Partition)).replayPlan(plan), st.Evaluations, st.Policy, st.PlacementCost)
 		c = cfg
 		c.RefinePlacement = true
-		plan, st, err = PlanSkipPipeVariant(name, c)
+		plan, st, err = PlanVariant(name, c)
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
-		if err := Validate(plan); err != nil {
+		if err := scheduler.Validate(plan); err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
 		t.Logf("%s (file placement): estimate %.2f s, replay %.2f, evals %d, policy %s, placement cost %.2f", name, st.EstimateS, newEval(newNet(&cfg, st.Partition)).replayPlan(plan), st.Evaluations, st.Policy, st.PlacementCost)

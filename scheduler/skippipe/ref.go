@@ -1,4 +1,4 @@
-package scheduler
+package skippipe
 
 import (
 	"bytes"
@@ -7,6 +7,8 @@ import (
 	"math"
 	"sort"
 	"strconv"
+
+	"stagecoach/scheduler"
 )
 
 // SkipPipeRef is a schedule file written by the SkipPipe authors'
@@ -143,8 +145,8 @@ func ParseSkipPipeRef(data []byte) (*SkipPipeRef, error) {
 	if err := field("ours-sends", &ref.MicrobatchesPerOrigin, true); err != nil {
 		return nil, err
 	}
-	if ref.MicrobatchesPerOrigin < 1 || ref.MicrobatchesPerOrigin*len(ref.Partitions[0]) > MaxMicrobatches {
-		return nil, fmt.Errorf("skippipe file: field \"ours-sends\" is %d, want 1..%d", ref.MicrobatchesPerOrigin, MaxMicrobatches/len(ref.Partitions[0]))
+	if ref.MicrobatchesPerOrigin < 1 || ref.MicrobatchesPerOrigin*len(ref.Partitions[0]) > scheduler.MaxMicrobatches {
+		return nil, fmt.Errorf("skippipe file: field \"ours-sends\" is %d, want 1..%d", ref.MicrobatchesPerOrigin, scheduler.MaxMicrobatches/len(ref.Partitions[0]))
 	}
 	if err := field("locations", &ref.Locations, false); err != nil {
 		return nil, err
