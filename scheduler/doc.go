@@ -8,6 +8,7 @@
 //
 // What builds or reads plans otherwise has its own package below:
 // scheduler/skippipe plans SkipPipe's skipping paths over a cluster,
+// scheduler/skippiperef imports the SkipPipe authors' schedule files,
 // scheduler/pytorchcsv converts to and from PyTorch's action CSV, and
 // scheduler/auto searches for the fastest schedule.
 //

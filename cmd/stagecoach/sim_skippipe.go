@@ -24,6 +24,7 @@ import (
 	"stagecoach/planner"
 	"stagecoach/scheduler"
 	"stagecoach/scheduler/skippipe"
+	"stagecoach/scheduler/skippiperef"
 	"stagecoach/sim"
 )
 
@@ -242,7 +243,7 @@ func runSkipImport(env *simEnv) error {
 	if err != nil {
 		return badInput("%v", err)
 	}
-	ref, err := skippipe.ParseSkipPipeRef(data)
+	ref, err := skippiperef.Parse(data)
 	if err != nil {
 		return badInput("%s: %v", skipOpts.importRef, err)
 	}
@@ -258,14 +259,14 @@ func runSkipImport(env *simEnv) error {
 		jobs = append(jobs, &simJob{Name: name, Plan: plan, Cluster: c, PlanTimeS: planTime})
 		rows = append(rows, importRow{Schedule: name, Microbatches: len(plan.Microbatches), AuthorsTimeS: authors, PlanTimeS: planTime, Notes: notes})
 	}
-	base, err := skippipe.RefBaselinePlan(cfg, len(ref.Partitions[1]), 9)
+	base, err := skippiperef.BaselinePlan(cfg, len(ref.Partitions[1]), 9)
 	if err != nil {
 		return badInput("%s: %v", skipOpts.importRef, err)
 	}
 	add("ref-baseline", base, 0, ref.BaselineExpectedS, []string{fmt.Sprintf("%d pipelines x 9 microbatches, as the authors' baseline", len(ref.Partitions[1]))})
 	for i := range ref.Variants {
 		v := &ref.Variants[i]
-		plan, notes, err := ref.RefPlan(v, cfg)
+		plan, notes, err := ref.Plan(v, cfg)
 		if err != nil {
 			return badInput("%s: %v", skipOpts.importRef, err)
 		}
@@ -313,14 +314,14 @@ func pipelineTime(r *sim.Result) float64 {
 // refCluster is the cost model of an authors' file: its delay matrix (pure
 // delay), one layer per stage costing forwardS per microbatch, backward
 // 1.5x, loss 0.25x, no optimizer cost.
-func refCluster(ref *skippipe.SkipPipeRef, forwardS float64) *sim.Cluster {
+func refCluster(ref *skippiperef.File, forwardS float64) *sim.Cluster {
 	c := &sim.Cluster{
 		Name:    "skippipe-file",
 		Compute: sim.Compute{LayerForwardS: forwardS, BackwardRatio: 1.5, LossLayers: 0.25},
 		Delays:  ref.Delays,
 	}
 	for i := range ref.Delays {
-		nd := sim.Node{Name: skippipe.RefNodeName(i), Speed: 1, Memory: ref.Memory}
+		nd := sim.Node{Name: skippiperef.NodeName(i), Speed: 1, Memory: ref.Memory}
 		if i < len(ref.Locations) {
 			nd.Region = ref.Locations[i]
 		}

@@ -95,8 +95,9 @@ type spNet struct {
 	iterations int
 }
 
-// check validates the config and applies defaults. Errors name the field.
-func (c *Config) check() error {
+// Check reports the first thing wrong with the config, naming the field
+// at fault; the planners check their config with it.
+func (c *Config) Check() error {
 	n := len(c.NodeNames)
 	if n < 2 {
 		return fmt.Errorf("skippipe config: node_names has %d nodes, want >= 2", n)

@@ -28,7 +28,7 @@ type Placement struct {
 //
 // partition must hold every node once with the configured stage sizes.
 func PlacementCost(cfg Config, partition [][]int) (float64, error) {
-	if err := cfg.check(); err != nil {
+	if err := cfg.Check(); err != nil {
 		return 0, err
 	}
 	if err := checkPartition(partition, cfg.StageSizes, len(cfg.NodeNames)); err != nil {
@@ -75,7 +75,7 @@ func placementCost(cfg *Config, parts [][]int) float64 {
 // stages, restarted from the identity order and from seeded shuffles, the
 // best result kept. Deterministic for cfg.Seed.
 func Place(cfg *Config) (*Placement, error) {
-	if err := cfg.check(); err != nil {
+	if err := cfg.Check(); err != nil {
 		return nil, err
 	}
 	n := len(cfg.NodeNames)

@@ -82,7 +82,7 @@ func PlanVariant(name string, cfg Config) (*scheduler.Plan, *Stats, error) {
 // To compare variants over one placement, compute it once and pass it to
 // each as Partition.
 func PlacementFor(cfg Config) (*Placement, error) {
-	if err := cfg.check(); err != nil {
+	if err := cfg.Check(); err != nil {
 		return nil, err
 	}
 	pl := &Placement{Partition: cfg.Partition}
@@ -234,7 +234,7 @@ func PlanRandom(cfg Config) (*scheduler.Plan, *Stats, error) {
 // from the greedy choice of "skippipe-full-greedy", within an even share per node
 // (full paths cannot meet the skipping caps). The authors' own baseline
 // form, partition_sizes[1] pipelines of 9 microbatches, is
-// RefBaselinePlan.
+// skippiperef.BaselinePlan.
 func FullPipeline(cfg Config) (*scheduler.Plan, *Stats, error) {
 	return fullPipeline(cfg, true)
 }
@@ -439,7 +439,7 @@ func (e *spEval) replayPlan(p *scheduler.Plan) float64 {
 
 // buildPlan turns paths and per-node task orders into a Plan. Worker w
 // runs on node w.
-func (nt *spNet) buildPlan(paths [][]int, order [][]spTask, name string, skip bool) *scheduler.Plan {
+func (nt *spNet) buildPlan(paths [][]int, order [][]Task, name string, skip bool) *scheduler.Plan {
 	ns := len(nt.parts)
 	p := &scheduler.Plan{Version: scheduler.FormatVersion, Schedule: name, HeadStage: 0, Stages: scheduler.SplitLayers(nt.layers, ns)}
 	p.Workers = make([]scheduler.Worker, len(nt.names))
@@ -475,15 +475,15 @@ func (nt *spNet) buildPlan(paths [][]int, order [][]spTask, name string, skip bo
 	for v := range p.Programs {
 		prog := make([]scheduler.Action, 0, len(order[v])+2)
 		for _, t := range order[v] {
-			path := paths[t.mb]
-			k, j := len(path), int(t.j)
+			path := paths[t.Microbatch]
+			k, j := len(path), int(t.Step)
 			switch {
 			case j < k:
-				prog = append(prog, scheduler.F(int(t.mb), nt.stageOf[path[j]]))
+				prog = append(prog, scheduler.F(int(t.Microbatch), nt.stageOf[path[j]]))
 			case j == k:
-				prog = append(prog, scheduler.L(int(t.mb), 0))
+				prog = append(prog, scheduler.L(int(t.Microbatch), 0))
 			default:
-				prog = append(prog, scheduler.B(int(t.mb), nt.stageOf[path[2*k-j]]))
+				prog = append(prog, scheduler.B(int(t.Microbatch), nt.stageOf[path[2*k-j]]))
 			}
 		}
 		if s := nt.stageOf[v]; len(nt.parts[s]) > 1 {

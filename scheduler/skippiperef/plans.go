@@ -1,19 +1,20 @@
-package skippipe
+package skippiperef
 
 import (
 	"errors"
 	"fmt"
 
 	"stagecoach/scheduler"
+	"stagecoach/scheduler/skippipe"
 )
 
-// RefNodeName names node i of an authors' file.
-func RefNodeName(i int) string { return fmt.Sprintf("n%d", i) }
+// NodeName names node i of an authors' file.
+func NodeName(i int) string { return fmt.Sprintf("n%d", i) }
 
 // agentSize is the microbatches one agent carries in the file's finest
 // split (ours-sends over the most agents any origin has): the unit the
 // authors' node memory counts.
-func (r *SkipPipeRef) agentSize() int {
+func (r *File) agentSize() int {
 	most := 1
 	for _, v := range r.Variants {
 		per := map[int]int{}
@@ -26,13 +27,13 @@ func (r *SkipPipeRef) agentSize() int {
 }
 
 // Config is the SkipPipe setting of the file: its nodes (named by
-// RefNodeName), stage sizes and placement, delays, stage-0 microbatch
+// NodeName), stage sizes and placement, delays, stage-0 microbatch
 // counts, and a per-node cap of memory agents of the finest agent size
 // (3 x 2 = 6 microbatches in the published file), with forwardS the
 // forward time of one microbatch through one stage on every node.
-func (r *SkipPipeRef) Config(forwardS float64) Config {
+func (r *File) Config(forwardS float64) skippipe.Config {
 	n := len(r.Delays)
-	cfg := Config{
+	cfg := skippipe.Config{
 		NodeNames:             make([]string, n),
 		Delay:                 r.Delays,
 		ForwardS:              make([]float64, n),
@@ -41,7 +42,7 @@ func (r *SkipPipeRef) Config(forwardS float64) Config {
 		Partition:             r.Partitions,
 	}
 	for i := range n {
-		cfg.NodeNames[i] = RefNodeName(i)
+		cfg.NodeNames[i] = NodeName(i)
 		cfg.ForwardS[i] = forwardS
 	}
 	for _, p := range r.Partitions {
@@ -55,23 +56,27 @@ func (r *SkipPipeRef) Config(forwardS float64) Config {
 	return cfg
 }
 
-// RefPlan turns one of the file's skipping plans into a Plan over cfg
-// (from Config; its Partition must be the file's). Each agent becomes
-// its microbatches, numbered in agent order. A node with a complete
-// processing order in the file runs its work in that order, an agent's
-// microbatches back to back (an origin's first entry for an agent is its
-// forwards, the second its losses, the third its backwards; elsewhere the
-// first is forwards and the second backwards); every other node runs work
-// in arrival order under the planner's timing estimate. The notes say
-// which nodes fell back and why.
-func (r *SkipPipeRef) RefPlan(v *RefVariant, cfg Config) (*scheduler.Plan, []string, error) {
-	if err := cfg.check(); err != nil {
+// Plan turns one of the file's skipping plans into a scheduler.Plan
+// over cfg (from Config; its Partition must be the file's). Each agent
+// becomes its microbatches, numbered in agent order. A node with a
+// complete processing order in the file runs its work in that order, an
+// agent's microbatches back to back (an origin's first entry for an
+// agent is its forwards, the second its losses, the third its backwards;
+// elsewhere the first is forwards and the second backwards); every other
+// node runs work in arrival order under the planner's timing estimate.
+// The notes say which nodes fell back and why.
+func (r *File) Plan(v *Variant, cfg skippipe.Config) (*scheduler.Plan, []string, error) {
+	if err := cfg.Check(); err != nil {
 		return nil, nil, err
 	}
 	if cfg.Partition == nil {
 		return nil, nil, errors.New("skippipe file: the config must carry the file's partitions")
 	}
-	nt := newNet(&cfg, cfg.Partition)
+	net, err := skippipe.NewNet(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	pathStages := net.Rules().PathStages
 	notes := append([]string(nil), v.Notes...)
 	var paths [][]int
 	agentMBs := make([][]int, 0, len(v.Agents))
@@ -80,8 +85,8 @@ func (r *SkipPipeRef) RefPlan(v *RefVariant, cfg Config) (*scheduler.Plan, []str
 		perOrigin[a.Path[0]]++
 	}
 	for _, a := range v.Agents {
-		if len(a.Path) != nt.rules.PathStages {
-			return nil, nil, fmt.Errorf("skippipe file: %s agent %d visits %d stages, agent %d visits %d (every path must visit the same number)", v.Name, a.Key, len(a.Path), v.Agents[0].Key, nt.rules.PathStages)
+		if len(a.Path) != pathStages {
+			return nil, nil, fmt.Errorf("skippipe file: %s agent %d visits %d stages, agent %d visits %d (every path must visit the same number)", v.Name, a.Key, len(a.Path), v.Agents[0].Key, pathStages)
 		}
 		size := r.MicrobatchesPerOrigin / perOrigin[a.Path[0]]
 		var ids []int
@@ -95,13 +100,8 @@ func (r *SkipPipeRef) RefPlan(v *RefVariant, cfg Config) (*scheduler.Plan, []str
 	for i, a := range v.Agents {
 		agentIdx[a.Key] = i
 	}
-	ev := newEval(nt)
-	ev.run(paths, polFIFO, true)
-	fifo := make([][]spTask, len(ev.order))
-	for n := range fifo {
-		fifo[n] = append([]spTask(nil), ev.order[n]...)
-	}
-	order := make([][]spTask, len(fifo))
+	fifo := net.ArrivalOrder(paths)
+	order := make([][]skippipe.Task, len(fifo))
 	fromFile := 0
 	for node := range order {
 		order[node] = fifo[node]
@@ -119,10 +119,10 @@ func (r *SkipPipeRef) RefPlan(v *RefVariant, cfg Config) (*scheduler.Plan, []str
 		order[node] = got
 		fromFile++
 	}
-	plan := nt.buildPlan(paths, order, v.Name, true)
+	plan := net.Build(paths, order, v.Name, true)
 	if err := scheduler.Validate(plan); err != nil && fromFile > 0 {
 		notes = append(notes, fmt.Sprintf("%s: the file's order does not replay here (%v); arrival order used on every node", v.Name, err))
-		plan = nt.buildPlan(paths, fifo, v.Name, true)
+		plan = net.Build(paths, fifo, v.Name, true)
 	}
 	if err := scheduler.Validate(plan); err != nil {
 		var ve *scheduler.ValidationError
@@ -139,9 +139,9 @@ func (r *SkipPipeRef) RefPlan(v *RefVariant, cfg Config) (*scheduler.Plan, []str
 }
 
 // expandOrder turns a node's (agent, start) list into tasks.
-func expandOrder(es []RefOrderEntry, node int, agents []RefAgent, agentIdx map[int]int, agentMBs [][]int, paths [][]int) ([]spTask, error) {
+func expandOrder(es []OrderEntry, node int, agents []Agent, agentIdx map[int]int, agentMBs [][]int, paths [][]int) ([]skippipe.Task, error) {
 	occ := map[int]int{}
-	var out []spTask
+	var out []skippipe.Task
 	for _, e := range es {
 		ai, ok := agentIdx[e.Agent]
 		if !ok {
@@ -170,23 +170,23 @@ func expandOrder(es []RefOrderEntry, node int, agents []RefAgent, agentIdx map[i
 			return nil, fmt.Errorf("lists agent %d too often", e.Agent)
 		}
 		for _, mb := range agentMBs[ai] {
-			out = append(out, spTask{int32(mb), int32(j)})
+			out = append(out, skippipe.Task{Microbatch: int32(mb), Step: int32(j)})
 		}
 	}
 	return out, nil
 }
 
-// RefBaselinePlan is the authors' baseline form (schedule
+// BaselinePlan is the authors' baseline form (schedule
 // "ref-baseline"): pipelines complete pipelines, pipeline k made of node
 // k of every stage of cfg.Partition, each carrying perPipeline
 // microbatches (the authors use partition_sizes[1] = 3 pipelines of 9:
 // 27 microbatches, against 30 in the skipping plans); every node runs all
 // its forwards before any backward, the loss on the pipeline's stage-0
 // node. Nodes outside the pipelines only join their stage's all-reduce.
-func RefBaselinePlan(cfg Config, pipelines, perPipeline int) (*scheduler.Plan, error) {
+func BaselinePlan(cfg skippipe.Config, pipelines, perPipeline int) (*scheduler.Plan, error) {
 	ns := len(cfg.StageSizes)
 	cfg.Rules = scheduler.SkipRules{PathStages: ns, MaxJump: 1, MaxPerWorker: 1 << 30}
-	if err := cfg.check(); err != nil {
+	if err := cfg.Check(); err != nil {
 		return nil, err
 	}
 	if cfg.Partition == nil {
@@ -200,18 +200,19 @@ func RefBaselinePlan(cfg Config, pipelines, perPipeline int) (*scheduler.Plan, e
 			return nil, fmt.Errorf("ref-baseline: stage %d has %d nodes, fewer than %d pipelines", s, len(p), pipelines)
 		}
 	}
-	nt := newNet(&cfg, cfg.Partition)
+	net, err := skippipe.NewNet(cfg)
+	if err != nil {
+		return nil, err
+	}
 	var paths [][]int
 	for k := range pipelines {
 		for range perPipeline {
 			path := make([]int, ns)
 			for s := range ns {
-				path[s] = nt.parts[s][k]
+				path[s] = cfg.Partition[s][k]
 			}
 			paths = append(paths, path)
 		}
 	}
-	ev := newEval(nt)
-	ev.run(paths, polFlush, true)
-	return nt.buildPlan(paths, ev.order, "ref-baseline", false), nil
+	return net.Build(paths, net.FlushOrder(paths), "ref-baseline", false), nil
 }
