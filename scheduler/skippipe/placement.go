@@ -1,8 +1,6 @@
 package skippipe
 
-import (
-	"math"
-)
+import "math"
 
 // Placement is an assignment of nodes to stages.
 type Placement struct {
