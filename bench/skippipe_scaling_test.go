@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"stagecoach/scheduler"
+	"stagecoach/scheduler/skippipe"
 	"stagecoach/sim"
 )
 
@@ -22,15 +23,15 @@ var skipPlotDir = flag.String("skippipe.plot", "", "write skippipe-scaling.csv a
 // scalingCluster is a heterogeneous random cluster: n nodes dealt over ns
 // stages, asymmetric delays from 0.05 to ~3 s, forward times from 0.3 to
 // 1.3 s, and a node memory just large enough for the visits.
-func scalingCluster(n, ns, perOrigin int) scheduler.SkipPipeConfig {
+func scalingCluster(n, ns, perOrigin int) skippipe.Config {
 	rng := rand.New(rand.NewPCG(uint64(n*1000+ns), uint64(perOrigin)))
 	sizes := make([]int, ns)
 	for i := range n {
 		sizes[i%ns]++
 	}
-	cfg := scheduler.SkipPipeConfig{StageSizes: sizes, MicrobatchesPerOrigin: perOrigin, Seed: 1, CollisionAware: true, RefinePlacement: true}
+	cfg := skippipe.Config{StageSizes: sizes, MicrobatchesPerOrigin: perOrigin, Seed: 1, CollisionAware: true, RefinePlacement: true}
 	cfg.Rules = scheduler.DefaultSkipRules(ns)
-	cfg.Memory = scheduler.SkipPipeVisitCap(sizes[0]*perOrigin, cfg.Rules.PathStages, sizes) + 1
+	cfg.Memory = skippipe.VisitCap(sizes[0]*perOrigin, cfg.Rules.PathStages, sizes) + 1
 	for i := range n {
 		cfg.NodeNames = append(cfg.NodeNames, fmt.Sprintf("h%d", i))
 		cfg.ForwardS = append(cfg.ForwardS, 0.3+rng.Float64())
@@ -60,7 +61,7 @@ func BenchmarkSkipPipeScaling(b *testing.B) {
 			cfg := scalingCluster(n, n/4, per)
 			b.Run(fmt.Sprintf("nodes=%d/stages=%d/mb=%d", n, n/4, cfg.StageSizes[0]*per), func(b *testing.B) {
 				for b.Loop() {
-					if _, _, err := scheduler.PlanSkipPipe(cfg); err != nil {
+					if _, _, err := skippipe.Plan(cfg); err != nil {
 						b.Fatal(err)
 					}
 				}
@@ -92,7 +93,7 @@ func TestSkipPipeScalingPlot(t *testing.T) {
 		for _, per := range scalingPerOrigin {
 			cfg := scalingCluster(n, n/4, per)
 			start := time.Now()
-			plan, st, err := scheduler.PlanSkipPipe(cfg)
+			plan, st, err := skippipe.Plan(cfg)
 			took := time.Since(start).Seconds()
 			if err != nil {
 				t.Fatal(err)

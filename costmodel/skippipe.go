@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"stagecoach/scheduler"
+	"stagecoach/scheduler/skippipe"
 )
 
 // SkipPipeJob is the job side of the SkipPipe planner's input: the nodes
@@ -26,11 +27,11 @@ type SkipPipeJob struct {
 // SkipPipeInput prices job on c for the SkipPipe planner: every node's
 // forward of one microbatch through an average stage, the hop matrices
 // of one microbatch's message (HopMatrix), the backward and loss ratios,
-// the default rules and the per-node cap (scheduler.SkipPipeVisitCap, at least
+// the default rules and the per-node cap (skippipe.VisitCap, at least
 // job.Memory). The caller adds the seed, the search options and the
 // objective.
-func SkipPipeInput(c *Cluster, job SkipPipeJob) (scheduler.SkipPipeConfig, error) {
-	var sc scheduler.SkipPipeConfig
+func SkipPipeInput(c *Cluster, job SkipPipeJob) (skippipe.Config, error) {
+	var sc skippipe.Config
 	ns := len(job.StageSizes)
 	if ns < 2 {
 		return sc, fmt.Errorf("cost model %q: skippipe needs at least 2 stages, got %d", c.Name, ns)
@@ -51,7 +52,7 @@ func SkipPipeInput(c *Cluster, job SkipPipeJob) (scheduler.SkipPipeConfig, error
 		return sc, err
 	}
 	stageF := c.stageForwardS(job.Layers, ns) * float64(job.Samples)
-	sc = scheduler.SkipPipeConfig{
+	sc = skippipe.Config{
 		NodeNames: job.Names, StageSizes: job.StageSizes, MicrobatchesPerOrigin: job.Microbatches / origins,
 		Layers: job.Layers, Samples: job.Samples, BackwardRatio: k.BackwardRatio,
 		Rules: scheduler.DefaultSkipRules(ns),
@@ -69,6 +70,6 @@ func SkipPipeInput(c *Cluster, job SkipPipeJob) (scheduler.SkipPipeConfig, error
 	if job.PathStages > 0 {
 		sc.Rules.PathStages = job.PathStages
 	}
-	sc.Memory = max(job.Memory, scheduler.SkipPipeVisitCap(job.Microbatches, sc.Rules.PathStages, job.StageSizes), 1)
+	sc.Memory = max(job.Memory, skippipe.VisitCap(job.Microbatches, sc.Rules.PathStages, job.StageSizes), 1)
 	return sc, nil
 }

@@ -6,6 +6,7 @@ import (
 	"stagecoach/costmodel"
 	"stagecoach/model"
 	"stagecoach/scheduler"
+	"stagecoach/scheduler/skippipe"
 )
 
 // Rules are the job's side of a snapshot: its shape and what every plan
@@ -64,7 +65,7 @@ type Snapshot struct {
 	// a superset of the members (`stagecoach sim` prices a cluster once);
 	// it takes the place of Costs for SkipPipe. Its Partition, when set,
 	// is kept for a fresh plan on all its nodes.
-	Input *scheduler.SkipPipeConfig
+	Input *skippipe.Config
 	// Simulate, when set, prices a plan's iteration on a cost model (the
 	// simulator, injected: the planner does not import it). SkipPipe then
 	// scores its candidates by it, with the all-reduces the final plan

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"stagecoach/scheduler"
+	"stagecoach/scheduler/skippipe"
 )
 
 // Kind is how a family builds its plans.
@@ -16,7 +17,7 @@ const (
 	// equal pipeline replicas placed by node name.
 	KindClassic Kind = iota
 	// KindSkipPipe families are variants of the SkipPipe planner
-	// (scheduler.PlanSkipPipeVariant): they price the nodes and links and
+	// (skippipe.PlanVariant): they price the nodes and links and
 	// place the nodes on stages themselves.
 	KindSkipPipe
 )
@@ -56,11 +57,11 @@ type Family struct {
 // and microbatches: the like-for-like baseline of "skippipe" on a cluster
 // whose stages may have different node counts.
 const (
-	SkipPipe           = scheduler.SkipPipeCA
-	SkipPipeNonCA      = scheduler.SkipPipeNonCA
-	SkipPipeRandom     = scheduler.SkipPipeRandom
-	SkipPipeFull       = scheduler.SkipPipeFull
-	SkipPipeFullGreedy = scheduler.SkipPipeFullGreedy
+	SkipPipe           = skippipe.CA
+	SkipPipeNonCA      = skippipe.NonCA
+	SkipPipeRandom     = skippipe.Random
+	SkipPipeFull       = skippipe.Full
+	SkipPipeFullGreedy = skippipe.FullGreedy
 )
 
 // skipFamilies are the SkipPipe variants. The full pipelines never skip,

@@ -7,6 +7,7 @@ import (
 	"stagecoach/costmodel"
 	"stagecoach/model"
 	"stagecoach/scheduler"
+	"stagecoach/scheduler/skippipe"
 )
 
 // skipPipe plans SkipPipe variant f: on a fixed placement (Parts), on
@@ -37,7 +38,7 @@ func skipPipe(f Family, s Snapshot) (*scheduler.Plan, error) {
 		}
 	}
 	sc.RefinePlacement = false
-	p, _, err := scheduler.PlanSkipPipeVariant(f.variant, sc)
+	p, _, err := skippipe.PlanVariant(f.variant, sc)
 	return p, err
 }
 
@@ -75,7 +76,7 @@ func onPartition(f Family, s Snapshot) (*scheduler.Plan, error) {
 	if in := s.Input; mbs == 0 && in != nil && len(in.StageSizes) > 0 {
 		mbs = in.MicrobatchesPerOrigin * in.StageSizes[0]
 	}
-	return scheduler.PlanSkipPipeOnPartition(f.variant, s.Parts, stages, mbs, func(names []string) (scheduler.SkipPipeConfig, error) {
+	return skippipe.PlanOnPartition(f.variant, s.Parts, stages, mbs, func(names []string) (skippipe.Config, error) {
 		return priced(s, names)
 	})
 }
@@ -143,7 +144,7 @@ func stageSizes(r Rules) ([]int, error) {
 // priced is the SkipPipe planner's input for the named nodes, in that
 // order, without a placement: Input restricted to them, or priced from
 // Costs (a uniform loopback network without one).
-func priced(s Snapshot, names []string) (scheduler.SkipPipeConfig, error) {
+func priced(s Snapshot, names []string) (skippipe.Config, error) {
 	if s.Input != nil {
 		sc, err := subset(*s.Input, names)
 		if obj := objective(s, s.Costs); obj != nil {
@@ -152,7 +153,7 @@ func priced(s Snapshot, names []string) (scheduler.SkipPipeConfig, error) {
 		return sc, err
 	}
 	r := s.Rules
-	var sc scheduler.SkipPipeConfig
+	var sc skippipe.Config
 	sizes, err := stageSizes(r)
 	if err != nil {
 		return sc, err
@@ -162,7 +163,7 @@ func priced(s Snapshot, names []string) (scheduler.SkipPipeConfig, error) {
 	}
 	n := len(names)
 	if s.Costs == nil {
-		sc = scheduler.SkipPipeConfig{
+		sc = skippipe.Config{
 			NodeNames: names, StageSizes: sizes, MicrobatchesPerOrigin: r.Microbatches / sizes[0],
 			Layers: r.Layers, Samples: r.Samples, Rules: scheduler.DefaultSkipRules(len(sizes)),
 			Delay: make([][]float64, n), ForwardS: make([]float64, n), Memory: r.Microbatches,
@@ -214,17 +215,17 @@ func priced(s Snapshot, names []string) (scheduler.SkipPipeConfig, error) {
 // one: the refinement judges placements by the pipeline alone, and the
 // all-reduces can undo its gain (two replicas of a stage joined by a slow
 // link).
-func place(s Snapshot, sc scheduler.SkipPipeConfig) ([][]int, error) {
+func place(s Snapshot, sc skippipe.Config) ([][]int, error) {
 	if s.Input != nil {
 		sc.RefinePlacement = s.Input.RefinePlacement
-		pl, err := scheduler.SkipPipePlacement(sc)
+		pl, err := skippipe.PlacementFor(sc)
 		if err != nil {
 			return nil, err
 		}
 		return pl.Partition, nil
 	}
 	sc.RefinePlacement = true
-	pl, err := scheduler.SkipPipePlacement(sc)
+	pl, err := skippipe.PlacementFor(sc)
 	if err != nil {
 		return nil, err
 	}
@@ -232,7 +233,7 @@ func place(s Snapshot, sc scheduler.SkipPipeConfig) ([][]int, error) {
 		return pl.Partition, nil
 	}
 	sc.RefinePlacement = false
-	unrefined, err := scheduler.SkipPipePlacement(sc)
+	unrefined, err := skippipe.PlacementFor(sc)
 	if err != nil {
 		return nil, err
 	}
@@ -240,7 +241,7 @@ func place(s Snapshot, sc scheduler.SkipPipeConfig) ([][]int, error) {
 	for _, cand := range [][][]int{pl.Partition, unrefined.Partition} {
 		try := sc
 		try.Partition = cand
-		p, _, err := scheduler.PlanSkipPipeVariant(scheduler.SkipPipeCA, try)
+		p, _, err := skippipe.PlanVariant(skippipe.CA, try)
 		if err != nil {
 			continue
 		}
@@ -272,7 +273,7 @@ func objective(s Snapshot, k *costmodel.Cluster) func(*scheduler.Plan) float64 {
 
 // subset is base restricted to the named nodes, in that order, without a
 // placement (callers fix it, and a fixed one is never refined).
-func subset(base scheduler.SkipPipeConfig, names []string) (scheduler.SkipPipeConfig, error) {
+func subset(base skippipe.Config, names []string) (skippipe.Config, error) {
 	idx := map[string]int{}
 	for i, n := range base.NodeNames {
 		idx[n] = i

@@ -42,7 +42,7 @@ func BalanceLayers(layers, head int, c LayerCosts, speeds []float64) ([]Stage, e
 		minSpeed = min(minSpeed, s)
 	}
 	if c.Block == 0 {
-		return splitLayers(layers, p), nil
+		return SplitLayers(layers, p), nil
 	}
 	extra := func(k int) float64 {
 		e := 0.0

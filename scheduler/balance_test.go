@@ -92,7 +92,7 @@ func TestBalanceLayersShapes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	even := splitLayers(10, 4)
+	even := SplitLayers(10, 4)
 	for i := range st {
 		if st[i] != even[i] {
 			t.Fatalf("equal nodes: %+v, want the even split %+v", st, even)

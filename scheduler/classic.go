@@ -112,7 +112,7 @@ func classicPlanAt(s Spec, name string, defaultChunks int, pl placement, order r
 		HeadStage: ns - 1,
 		Recompute: s.Recompute,
 	}
-	plan.Stages = splitLayers(s.Layers, ns)
+	plan.Stages = SplitLayers(s.Layers, ns)
 	if nr > 1 {
 		// Replicas reduce in microbatch order: the classic schedules
 		// promise the single-process trainer's arithmetic.
@@ -192,9 +192,9 @@ func classicPlanAt(s Spec, name string, defaultChunks int, pl placement, order r
 	return plan, nil
 }
 
-// splitLayers spreads layers over n stages, earlier stages taking the
-// remainder.
-func splitLayers(layers, n int) []Stage {
+// SplitLayers spreads layers over n stages, earlier stages taking the
+// remainder: the layer split of every generated or imported plan.
+func SplitLayers(layers, n int) []Stage {
 	out := make([]Stage, n)
 	first := 0
 	for i := range out {

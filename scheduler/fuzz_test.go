@@ -7,10 +7,11 @@ import (
 	"testing"
 )
 
-// Hardening: the JSON decoder and the PyTorch CSV importer take files
-// people write by hand or that tools emit, so a malformed or hostile one
-// must give an error, never a panic or a hang; and every rule of the
-// validator must fire, naming worker, action and rule.
+// Hardening: the JSON decoder takes files people write by hand or that
+// tools emit, so a malformed or hostile one must give an error, never a
+// panic or a hang; and every rule of the validator must fire, naming
+// worker, action and rule. (The PyTorch CSV import has its own fuzz
+// target, in scheduler/pytorchcsv.)
 
 // FuzzDecode: whatever Decode accepts re-encodes to a plan that decodes to
 // the same encoding.
@@ -60,65 +61,13 @@ func FuzzDecode(f *testing.F) {
 	})
 }
 
-// FuzzPyTorchCSV: whatever the importer accepts exports, in both
-// dialects, to a CSV that imports to the same plan and exports the same.
-func FuzzPyTorchCSV(f *testing.F) {
-	for _, name := range []string{"gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "interleaved-zb", "zb-v", "dualpipe-v"} {
-		plan, err := Generate(name, Spec{Stages: 3, Microbatches: 4})
-		if err != nil {
-			f.Fatal(err)
-		}
-		for _, d := range []Dialect{DialectNew, DialectOld} {
-			var b bytes.Buffer
-			if err := ExportPyTorchCSV(&b, plan, d); err != nil {
-				f.Fatal(err)
-			}
-			f.Add(b.String())
-		}
-	}
-	for _, s := range []string{zbNewCSV, zbOldCSV, fullNew, fullOld,
-		"0UNSHARD,0F0,0SEND_F0,0RECV_B0,0B0,0RESHARD\n1RECV_F0,(1F0;1B0)OVERLAP_F_B,1SEND_B0\n",
-		"0F0,\"0B0\n", "0F99999999,0B0\n", ",,,\n\n,\n", "0F0,3F0,3B0,0B0\n1F0,2F0,2B0,1B0\n"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, in string) {
-		p, err := ImportPyTorchCSV(strings.NewReader(in), PyTorchCSVOptions{})
-		if err != nil {
-			if !strings.HasPrefix(err.Error(), "pytorch csv: ") {
-				t.Fatalf("error without the pytorch csv prefix: %v", err)
-			}
-			return
-		}
-		for _, d := range []Dialect{DialectNew, DialectOld} {
-			var one bytes.Buffer
-			if err := ExportPyTorchCSV(&one, p, d); err != nil {
-				t.Fatalf("imported plan does not export (%s): %v", d, err)
-			}
-			q, err := ImportPyTorchCSV(bytes.NewReader(one.Bytes()), PyTorchCSVOptions{Recompute: p.Recompute})
-			if err != nil {
-				t.Fatalf("export (%s) does not import: %v\n%s", d, err, one.Bytes())
-			}
-			if !samePlanJSON(t, p, q) {
-				t.Fatalf("export (%s) imports to another plan:\n%s", d, one.Bytes())
-			}
-			var two bytes.Buffer
-			if err := ExportPyTorchCSV(&two, q, d); err != nil {
-				t.Fatal(err)
-			}
-			if !bytes.Equal(one.Bytes(), two.Bytes()) {
-				t.Fatalf("export (%s) changed:\n%s\nvs\n%s", d, one.Bytes(), two.Bytes())
-			}
-		}
-	})
-}
-
 // skipPlan builds a hand-made skipping plan: stage s on worker s, the head
 // on stage 0, microbatch i taking paths[i] (stages, origin first), and
 // programs that run the microbatches one after another (so they cannot
 // deadlock). Rules default to the loosest ones the paths allow.
 func skipPlan(ns int, paths [][]int) *Plan {
 	p := &Plan{Version: FormatVersion, Schedule: "hand", HeadStage: 0}
-	p.Stages = splitLayers(ns, ns)
+	p.Stages = SplitLayers(ns, ns)
 	for s := range ns {
 		p.Workers = append(p.Workers, Worker{Node: "n" + itoa(s), Stages: []int{s}})
 	}

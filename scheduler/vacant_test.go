@@ -1,4 +1,4 @@
-package scheduler
+package scheduler_test
 
 import (
 	"bytes"
@@ -6,16 +6,19 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+
+	"stagecoach/scheduler"
+	"stagecoach/scheduler/skippipe"
 )
 
 // vacantFixture plans SkipPipe over stages 0, 1, 3, 4 of a five-stage
 // model (stage 2 lost every worker) and expands it to the whole model.
-func vacantFixture(t *testing.T) (compact, full *Plan, stages []Stage) {
+func vacantFixture(t *testing.T) (compact, full *scheduler.Plan, stages []scheduler.Stage) {
 	t.Helper()
 	sizes := []int{2, 2, 2, 2}
 	n := 8
-	cfg := SkipPipeConfig{StageSizes: sizes, MicrobatchesPerOrigin: 2, Seed: 3, Iterations: 200, Memory: 4,
-		Rules: SkipRules{PathStages: 3, MaxSwaps: 2, SwapDistance: 1, MaxJump: 4}, CollisionAware: true, Layers: 8, Samples: 1}
+	cfg := skippipe.Config{StageSizes: sizes, MicrobatchesPerOrigin: 2, Seed: 3, Iterations: 200, Memory: 4,
+		Rules: scheduler.SkipRules{PathStages: 3, MaxSwaps: 2, SwapDistance: 1, MaxJump: 4}, CollisionAware: true, Layers: 8, Samples: 1}
 	for i := range n {
 		cfg.NodeNames = append(cfg.NodeNames, fmt.Sprintf("n%d", i))
 		cfg.ForwardS = append(cfg.ForwardS, 0.5)
@@ -29,14 +32,14 @@ func vacantFixture(t *testing.T) (compact, full *Plan, stages []Stage) {
 			}
 		}
 	}
-	p, _, err := PlanSkipPipe(cfg)
+	p, _, err := skippipe.Plan(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for s := range 5 {
-		stages = append(stages, Stage{FirstLayer: 2 * s, Layers: 2})
+		stages = append(stages, scheduler.Stage{FirstLayer: 2 * s, Layers: 2})
 	}
-	q, err := ExpandStages(p, stages, []int{0, 1, 3, 4})
+	q, err := scheduler.ExpandStages(p, stages, []int{0, 1, 3, 4})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +48,7 @@ func vacantFixture(t *testing.T) (compact, full *Plan, stages []Stage) {
 
 func TestExpandStagesLeavesAStageVacant(t *testing.T) {
 	p, q, _ := vacantFixture(t)
-	if err := Validate(q); err != nil {
+	if err := scheduler.Validate(q); err != nil {
 		t.Fatalf("expanded plan is invalid: %v", err)
 	}
 	if v := q.VacantStages(); !slices.Equal(v, []int{2}) {
@@ -73,15 +76,15 @@ func TestExpandStagesLeavesAStageVacant(t *testing.T) {
 		}
 	}
 	// The compact plan is untouched.
-	if err := Validate(p); err != nil {
+	if err := scheduler.Validate(p); err != nil {
 		t.Fatalf("compact plan changed: %v", err)
 	}
 	// The expanded plan survives the JSON round trip.
 	var b bytes.Buffer
-	if err := Encode(&b, q); err != nil {
+	if err := scheduler.Encode(&b, q); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := DecodeBytes(b.Bytes()); err != nil {
+	if _, err := scheduler.DecodeBytes(b.Bytes()); err != nil {
 		t.Fatalf("decode of the expanded plan: %v", err)
 	}
 }
@@ -92,48 +95,49 @@ func TestExpandStagesLeavesAStageVacant(t *testing.T) {
 // worker no path visits) its hops over stage 2 are a stage longer and
 // break the same limit.
 func TestVacantStagesDoNotLengthenJumps(t *testing.T) {
-	_, q, _ := vacantFixture(t)
-	rank := occupiedRank(q)
+	p, q, _ := vacantFixture(t)
+	// The compact plan's stages are the occupied ones, in order: a hop
+	// counted over occupied stages is as long as it is there.
 	jRank, jOrig := 0, 0
-	for _, m := range q.Microbatches {
+	for mb, m := range q.Microbatches {
+		c := p.Microbatches[mb].Path
 		for i := 1; i < len(m.Path); i++ {
-			a, b := m.Path[i-1].Stage, m.Path[i].Stage
-			jRank, jOrig = max(jRank, rank[b]-rank[a]), max(jOrig, b-a)
+			jRank, jOrig = max(jRank, c[i].Stage-c[i-1].Stage), max(jOrig, m.Path[i].Stage-m.Path[i-1].Stage)
 		}
 	}
 	if jOrig <= jRank {
 		t.Fatalf("fixture: the longest hop is %d stages, %d counted over occupied ones; want a longer hop over the vacant stage", jOrig, jRank)
 	}
 	q.Skip.MaxJump = jRank
-	if err := Validate(q); err != nil {
+	if err := scheduler.Validate(q); err != nil {
 		t.Fatalf("max_jump %d over occupied stages: %v", jRank, err)
 	}
-	q.Workers = append(q.Workers, Worker{Node: "extra", Stages: []int{2}})
+	q.Workers = append(q.Workers, scheduler.Worker{Node: "extra", Stages: []int{2}})
 	q.Programs = append(q.Programs, nil)
-	var ve *ValidationError
-	if err := Validate(q); !errors.As(err, &ve) || ve.Rule != RuleSkipJump {
-		t.Fatalf("with stage 2 occupied: %v, want a %s error", err, RuleSkipJump)
+	var ve *scheduler.ValidationError
+	if err := scheduler.Validate(q); !errors.As(err, &ve) || ve.Rule != scheduler.RuleSkipJump {
+		t.Fatalf("with stage 2 occupied: %v, want a %s error", err, scheduler.RuleSkipJump)
 	}
 }
 
 func TestExpandStagesRejectsBadInput(t *testing.T) {
 	p, _, stages := vacantFixture(t)
 	for _, keep := range [][]int{{0, 1, 3}, {1, 2, 3, 4}, {0, 3, 1, 4}, {0, 1, 3, 5}, {0, 1, 1, 4}} {
-		if _, err := ExpandStages(p, stages, keep); err == nil {
+		if _, err := scheduler.ExpandStages(p, stages, keep); err == nil {
 			t.Errorf("keep %v accepted", keep)
 		}
 	}
-	g, err := Generate("gpipe", Spec{Stages: 2, Microbatches: 2})
+	g, err := scheduler.Generate("gpipe", scheduler.Spec{Stages: 2, Microbatches: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ExpandStages(g, stages[:3], []int{0, 2}); err == nil {
+	if _, err := scheduler.ExpandStages(g, stages[:3], []int{0, 2}); err == nil {
 		t.Error("a plan without skip rules was given a vacant stage")
 	}
 	// Validate refuses vacant stages outside skipping plans, and stage 0.
 	g.Workers[1].Stages = []int{0}
 	g.Workers[1].Replica = 1
-	if err := Validate(g); err == nil {
+	if err := scheduler.Validate(g); err == nil {
 		t.Error("a GPipe plan with stage 1 held by no worker validated")
 	}
 }

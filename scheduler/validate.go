@@ -26,8 +26,11 @@ const (
 	MaxStages       = 1 << 12
 	MaxWorkers      = 1 << 14
 	MaxMicrobatches = 1 << 20
-	maxStageMBCells = 1 << 25
-	MaxActions      = 1 << 25
+	// MaxStageMicrobatchCells bounds stages times microbatches: the
+	// cells of the per-stage, per-microbatch tables that the validator,
+	// the SkipPipe planner and the PyTorch CSV import keep.
+	MaxStageMicrobatchCells = 1 << 25
+	MaxActions              = 1 << 25
 )
 
 // ValidationError says which rule a plan breaks, and where.
@@ -146,8 +149,8 @@ func validateStructure(p *Plan) error {
 	if nm < 1 || nm > MaxMicrobatches {
 		return verr(-1, nil, RuleStructure, "microbatches: have %d, want 1..%d", nm, MaxMicrobatches)
 	}
-	if nm*ns > maxStageMBCells {
-		return verr(-1, nil, RuleStructure, "%d microbatches x %d stages is too large (max %d)", nm, ns, maxStageMBCells)
+	if nm*ns > MaxStageMicrobatchCells {
+		return verr(-1, nil, RuleStructure, "%d microbatches x %d stages is too large (max %d)", nm, ns, MaxStageMicrobatchCells)
 	}
 	if len(p.Programs) != nw {
 		return verr(-1, nil, RuleStructure, "programs: have %d, want one per worker (%d)", len(p.Programs), nw)

@@ -79,9 +79,6 @@ func TestWorkbenchVPlacement(t *testing.T) {
 					t.Fatalf("%s p=%d: loss of microbatch %d on worker %d, want 0", name, p, mb, m.LossWorker)
 				}
 			}
-			if got := PyTorchStageRanks(plan); p > 1 && got != MappingV {
-				t.Fatalf("%s p=%d: PyTorch mapping %s, want v", name, p, got)
-			}
 		}
 		if _, err := Generate(name, Spec{Stages: 2, Microbatches: 4, Chunks: 3}); err == nil {
 			t.Fatalf("%s: chunks 3 accepted; the V holds two", name)
@@ -264,37 +261,6 @@ func TestWorkbenchWorkedValues(t *testing.T) {
 		if !near(r.makespan(), tc.time) || !near(float64(r.peak[0])/float64(r.v), tc.peak) {
 			t.Errorf("%s p=8 m=32: iteration %v, worker 0 peak %v stages, want %v and %v", tc.name, r.makespan(), float64(r.peak[0])/float64(r.v), tc.time, tc.peak)
 		}
-	}
-}
-
-// PyTorch writes an overlapped pair as "(sFm;sIn)OVERLAP_F_B" (its
-// DualPipeV schedule); dualpipe-v exports its pairs that way and reads
-// them back as overlapped actions.
-func TestWorkbenchOverlapCSV(t *testing.T) {
-	plan := mustGenerate(t, "dualpipe-v", Spec{Stages: 3, Microbatches: 9})
-	var buf bytes.Buffer
-	if err := ExportPyTorchCSV(&buf, plan, DialectNew); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(buf.String(), ")OVERLAP_F_B") {
-		t.Fatalf("no overlap group in the export:\n%s", buf.String())
-	}
-	back, err := ImportPyTorchCSV(bytes.NewReader(buf.Bytes()), PyTorchCSVOptions{Mapping: MappingV})
-	if err != nil {
-		t.Fatal(err)
-	}
-	count := func(p *Plan) (n int) {
-		for _, prog := range p.Programs {
-			for _, a := range prog {
-				if a.Kind == Overlapped {
-					n++
-				}
-			}
-		}
-		return n
-	}
-	if n, m := count(plan), count(back); n == 0 || n != m {
-		t.Fatalf("%d overlapped actions exported, %d imported", n, m)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"stagecoach/scheduler"
+	"stagecoach/scheduler/skippipe"
 )
 
 // threeRegions: nodes a, b, c in regions A, B, C; 5 ms per-hop overhead.
@@ -243,7 +244,7 @@ func skipGeoPlan(t *testing.T, c *Cluster) *scheduler.Plan {
 	w := c.Workload
 	n := len(c.Nodes)
 	bytes := float64(w.SamplesPerMicrobatch)*c.Compute.ActivationBytesPerSample + c.Compute.MessageHeaderBytes
-	cfg := scheduler.SkipPipeConfig{StageSizes: w.StageNodes, MicrobatchesPerOrigin: w.MicrobatchesPerOrigin,
+	cfg := skippipe.Config{StageSizes: w.StageNodes, MicrobatchesPerOrigin: w.MicrobatchesPerOrigin,
 		Layers: w.Layers, Samples: w.SamplesPerMicrobatch, Memory: 6, Seed: 1}
 	cfg.Delay, cfg.LinkBusy = make([][]float64, n), make([][]float64, n)
 	for a := range n {
@@ -257,7 +258,7 @@ func skipGeoPlan(t *testing.T, c *Cluster) *scheduler.Plan {
 			}
 		}
 	}
-	p, _, err := scheduler.PlanSkipPipeVariant(scheduler.SkipPipeFull, cfg)
+	p, _, err := skippipe.PlanVariant(skippipe.Full, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

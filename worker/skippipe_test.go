@@ -7,7 +7,7 @@ import (
 
 	"stagecoach/model"
 	pb "stagecoach/proto"
-	"stagecoach/scheduler"
+	"stagecoach/scheduler/skippipe"
 	"stagecoach/worker/workertest"
 )
 
@@ -31,7 +31,7 @@ func TestSkipPipePlanTrains(t *testing.T) {
 		fwd[i] = 1e-2
 	}
 	const per, size = 2, 2
-	plan, _, err := scheduler.PlanSkipPipe(scheduler.SkipPipeConfig{NodeNames: names, StageSizes: sizes, Delay: delay, ForwardS: fwd,
+	plan, _, err := skippipe.Plan(skippipe.Config{NodeNames: names, StageSizes: sizes, Delay: delay, ForwardS: fwd,
 		Memory: 4, MicrobatchesPerOrigin: per, Layers: 4, Samples: size, CollisionAware: true, Seed: 1})
 	if err != nil {
 		t.Fatal(err)

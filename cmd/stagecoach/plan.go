@@ -13,6 +13,7 @@ import (
 
 	"stagecoach/planner"
 	"stagecoach/scheduler"
+	"stagecoach/scheduler/pytorchcsv"
 	"stagecoach/sim"
 )
 
@@ -77,12 +78,12 @@ Schedules: ` + strings.Join(scheduler.Names(), ", ") + ` (the SkipPipe ones, ` +
 }
 
 func runPlan(cmd *cobra.Command, f *planFlags) error {
-	dialect, err := scheduler.ParseDialect(f.dialect)
+	dialect, err := pytorchcsv.ParseDialect(f.dialect)
 	if err != nil {
 		return badInput("--dialect: %v", err)
 	}
 	if f.check != "" {
-		mapping, err := scheduler.ParseStageMapping(f.mapping)
+		mapping, err := pytorchcsv.ParseStageMapping(f.mapping)
 		if err != nil {
 			return badInput("--mapping: %v", err)
 		}
@@ -122,10 +123,10 @@ func runPlan(cmd *cobra.Command, f *planFlags) error {
 	if format == "json" {
 		err = scheduler.Encode(&out, plan)
 	} else {
-		if dialect == scheduler.DialectAuto {
-			dialect = scheduler.DialectNew
+		if dialect == pytorchcsv.DialectAuto {
+			dialect = pytorchcsv.DialectNew
 		}
-		err = scheduler.ExportPyTorchCSV(&out, plan, dialect)
+		err = pytorchcsv.Export(&out, plan, dialect)
 		if err != nil {
 			return badInput("%v", err)
 		}
@@ -138,7 +139,7 @@ func runPlan(cmd *cobra.Command, f *planFlags) error {
 }
 
 // checkPlanFile validates a JSON or PyTorch CSV plan and prints a verdict.
-func checkPlanFile(w io.Writer, path string, dialect scheduler.Dialect, mapping scheduler.StageMapping, f *planFlags) error {
+func checkPlanFile(w io.Writer, path string, dialect pytorchcsv.Dialect, mapping pytorchcsv.StageMapping, f *planFlags) error {
 	plan, kind, err := readAnyPlan(path, dialect, mapping)
 	if err != nil {
 		return err
@@ -186,7 +187,7 @@ func checkPlanMemory(p *scheduler.Plan, f *planFlags, where string) error {
 // readAnyPlan reads a plan file as JSON or as a PyTorch CSV: by extension
 // (.json, .csv), else by content (a JSON plan starts with '{'). Errors are
 // bad input.
-func readAnyPlan(path string, dialect scheduler.Dialect, mapping scheduler.StageMapping) (*scheduler.Plan, string, error) {
+func readAnyPlan(path string, dialect pytorchcsv.Dialect, mapping pytorchcsv.StageMapping) (*scheduler.Plan, string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, "", badInput("%v", err)
@@ -194,7 +195,7 @@ func readAnyPlan(path string, dialect scheduler.Dialect, mapping scheduler.Stage
 	defer f.Close()
 	// Never more than the larger of the two decoders' bounds, plus one
 	// byte so that they see the file is too large.
-	data, err := io.ReadAll(io.LimitReader(f, max(scheduler.MaxPlanBytes, scheduler.MaxPyTorchCSVBytes)+1))
+	data, err := io.ReadAll(io.LimitReader(f, max(scheduler.MaxPlanBytes, pytorchcsv.MaxBytes)+1))
 	if err != nil {
 		return nil, "", badInput("%s: %v", path, err)
 	}
@@ -213,7 +214,7 @@ func readAnyPlan(path string, dialect scheduler.Dialect, mapping scheduler.Stage
 		return plan, "JSON", nil
 	}
 	name := strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
-	plan, err := scheduler.ImportPyTorchCSV(bytes.NewReader(data), scheduler.PyTorchCSVOptions{Dialect: dialect, Mapping: mapping, Name: name})
+	plan, err := pytorchcsv.Import(bytes.NewReader(data), pytorchcsv.Options{Dialect: dialect, Mapping: mapping, Name: name})
 	if err != nil {
 		return nil, "", badInput("%s: %v", path, err)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"stagecoach/planner"
 	"stagecoach/scheduler"
+	"stagecoach/scheduler/pytorchcsv"
 	"stagecoach/sim"
 )
 
@@ -446,7 +447,7 @@ func checkSimSize(s scheduler.Spec, limit int64) error {
 func readPlanFile(path string) (*scheduler.Plan, error) {
 	// JSON, or a PyTorch action CSV with its dialect detected and stages
 	// mapped loop-style.
-	pl, _, err := readAnyPlan(path, scheduler.DialectAuto, scheduler.MappingLoop)
+	pl, _, err := readAnyPlan(path, pytorchcsv.DialectAuto, pytorchcsv.MappingLoop)
 	return pl, err
 }
 

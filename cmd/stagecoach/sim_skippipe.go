@@ -23,6 +23,8 @@ import (
 	"stagecoach/costmodel"
 	"stagecoach/planner"
 	"stagecoach/scheduler"
+	"stagecoach/scheduler/skippipe"
+	"stagecoach/scheduler/skippiperef"
 	"stagecoach/sim"
 )
 
@@ -133,7 +135,7 @@ func runSkipPipeModes(env *simEnv) (bool, error) {
 // fixPlacement computes the skipping placement once so that every variant
 // (the full pipelines included) runs over the same one; it returns the seconds spent,
 // which each variant's plan time includes.
-func fixPlacement(cfg *scheduler.SkipPipeConfig) (float64, error) {
+func fixPlacement(cfg *skippipe.Config) (float64, error) {
 	start := time.Now()
 	parts, err := planner.Placement(planner.Snapshot{Schedule: planner.SkipPipe, Members: cfg.NodeNames, Input: cfg})
 	if err != nil {
@@ -146,7 +148,7 @@ func fixPlacement(cfg *scheduler.SkipPipeConfig) (float64, error) {
 // planSkipJob plans one SkipPipe family through the planner, on cfg's
 // nodes, with the simulator as the planner's objective, timing the
 // planning (plus extraS already spent on a shared placement).
-func planSkipJob(name string, cfg scheduler.SkipPipeConfig, c *sim.Cluster, extraS float64) (*simJob, error) {
+func planSkipJob(name string, cfg skippipe.Config, c *sim.Cluster, extraS float64) (*simJob, error) {
 	start := time.Now()
 	plan, err := planner.Plan(planner.Snapshot{Schedule: name, Members: cfg.NodeNames, Input: &cfg, Costs: c, Simulate: simulate})
 	if err != nil {
@@ -176,8 +178,8 @@ func simulate(p *scheduler.Plan, k *costmodel.Cluster) (float64, error) {
 // The per-node cap is the least that fits every visit, and at least the
 // workload's memory: with the skippipe-geo preset that is 6 microbatches,
 // the authors' 3 agents of 2.
-func skipConfigFromCluster(c *sim.Cluster, seed int64, pathStages int) (scheduler.SkipPipeConfig, error) {
-	var cfg scheduler.SkipPipeConfig
+func skipConfigFromCluster(c *sim.Cluster, seed int64, pathStages int) (skippipe.Config, error) {
+	var cfg skippipe.Config
 	if err := c.Validate(); err != nil {
 		return cfg, badInput("%v", err)
 	}
@@ -241,7 +243,7 @@ func runSkipImport(env *simEnv) error {
 	if err != nil {
 		return badInput("%v", err)
 	}
-	ref, err := scheduler.ParseSkipPipeRef(data)
+	ref, err := skippiperef.Parse(data)
 	if err != nil {
 		return badInput("%s: %v", skipOpts.importRef, err)
 	}
@@ -257,20 +259,20 @@ func runSkipImport(env *simEnv) error {
 		jobs = append(jobs, &simJob{Name: name, Plan: plan, Cluster: c, PlanTimeS: planTime})
 		rows = append(rows, importRow{Schedule: name, Microbatches: len(plan.Microbatches), AuthorsTimeS: authors, PlanTimeS: planTime, Notes: notes})
 	}
-	base, err := scheduler.RefBaselinePlan(cfg, len(ref.Partitions[1]), 9)
+	base, err := skippiperef.BaselinePlan(cfg, len(ref.Partitions[1]), 9)
 	if err != nil {
 		return badInput("%s: %v", skipOpts.importRef, err)
 	}
 	add("ref-baseline", base, 0, ref.BaselineExpectedS, []string{fmt.Sprintf("%d pipelines x 9 microbatches, as the authors' baseline", len(ref.Partitions[1]))})
 	for i := range ref.Variants {
 		v := &ref.Variants[i]
-		plan, notes, err := ref.RefPlan(v, cfg)
+		plan, notes, err := ref.Plan(v, cfg)
 		if err != nil {
 			return badInput("%s: %v", skipOpts.importRef, err)
 		}
 		add(v.Name, plan, 0, v.ExpectedS, notes)
 	}
-	for _, name := range []string{scheduler.SkipPipeFull, scheduler.SkipPipeFullGreedy, scheduler.SkipPipeCA} {
+	for _, name := range []string{skippipe.Full, skippipe.FullGreedy, skippipe.CA} {
 		j, err := planSkipJob(name, cfg, c, 0)
 		if err != nil {
 			return err
@@ -312,14 +314,14 @@ func pipelineTime(r *sim.Result) float64 {
 // refCluster is the cost model of an authors' file: its delay matrix (pure
 // delay), one layer per stage costing forwardS per microbatch, backward
 // 1.5x, loss 0.25x, no optimizer cost.
-func refCluster(ref *scheduler.SkipPipeRef, forwardS float64) *sim.Cluster {
+func refCluster(ref *skippiperef.File, forwardS float64) *sim.Cluster {
 	c := &sim.Cluster{
 		Name:    "skippipe-file",
 		Compute: sim.Compute{LayerForwardS: forwardS, BackwardRatio: 1.5, LossLayers: 0.25},
 		Delays:  ref.Delays,
 	}
 	for i := range ref.Delays {
-		nd := sim.Node{Name: scheduler.RefNodeName(i), Speed: 1, Memory: ref.Memory}
+		nd := sim.Node{Name: skippiperef.NodeName(i), Speed: 1, Memory: ref.Memory}
 		if i < len(ref.Locations) {
 			nd.Region = ref.Locations[i]
 		}
@@ -354,7 +356,7 @@ func runSkipSweep(env *simEnv) error {
 		return badInput("cluster %q has no workload.stage_nodes: --sweep-skip needs a SkipPipe cluster (try --preset skippipe-geo)", env.Cluster.Name)
 	}
 	ns := len(w.StageNodes)
-	names := scheduler.SkipPipeVariants()
+	names := skippipe.Variants()
 	if len(env.Schedules) > 0 && !(len(env.Schedules) == 2 && env.Schedules[0] == "gpipe" && env.Schedules[1] == "1f1b") {
 		names = skipPipeList(env, env.Schedules) // the user chose; the default list means "not chosen"
 	}
@@ -383,7 +385,7 @@ func runSkipSweep(env *simEnv) error {
 	}
 	bar := newProgress(env.Stderr, len(names)*len(lengths), "sweeping skip ratio", true)
 	// One placement per path length, shared by the variants.
-	cfgs := make([]scheduler.SkipPipeConfig, len(lengths))
+	cfgs := make([]skippipe.Config, len(lengths))
 	placeS := make([]float64, len(lengths))
 	for k, p := range lengths {
 		var err error

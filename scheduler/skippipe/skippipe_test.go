@@ -1,4 +1,4 @@
-package scheduler
+package skippipe
 
 import (
 	"bytes"
@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"testing"
+
+	"stagecoach/scheduler"
 )
 
 // randomSkipConfig draws a heterogeneous cluster: uneven, asymmetric
 // delays, per-node forward times, a few stage-0 origins, and a node
 // memory that lets every stage take every microbatch.
-func randomSkipConfig(seed int64) SkipPipeConfig {
+func randomSkipConfig(seed int64) Config {
 	rng := rand.New(rand.NewPCG(uint64(seed), 1))
 	ns := 3 + rng.IntN(5)
 	sizes := make([]int, ns)
@@ -20,14 +22,14 @@ func randomSkipConfig(seed int64) SkipPipeConfig {
 		sizes[s] = 1 + rng.IntN(3)
 		n += sizes[s]
 	}
-	cfg := SkipPipeConfig{StageSizes: sizes, MicrobatchesPerOrigin: 1 + rng.IntN(4), Seed: seed, Iterations: 300}
+	cfg := Config{StageSizes: sizes, MicrobatchesPerOrigin: 1 + rng.IntN(4), Seed: seed, Iterations: 300}
 	m := sizes[0] * cfg.MicrobatchesPerOrigin
 	smallest := n
 	for _, k := range sizes[1:] {
 		smallest = min(smallest, k)
 	}
 	cfg.Memory = (m+smallest-1)/smallest + rng.IntN(2)
-	cfg.Rules = DefaultSkipRules(ns)
+	cfg.Rules = scheduler.DefaultSkipRules(ns)
 	cfg.Rules.PathStages = 2 + rng.IntN(ns-1)
 	cfg.Rules.MaxJump = 1 + rng.IntN(4)
 	cfg.Rules.MaxSwaps = rng.IntN(3)
@@ -64,19 +66,19 @@ func randomSkipConfig(seed int64) SkipPipeConfig {
 
 // Every plan of every variant passes Validate, skip rules and caps
 // included, over many seeded random clusters.
-func TestSkipPipePlansValidateOnRandomClusters(t *testing.T) {
+func TestPlansValidateOnRandomClusters(t *testing.T) {
 	seeds := 60
 	if testing.Short() {
 		seeds = 15
 	}
 	for seed := int64(1); seed <= int64(seeds); seed++ {
 		cfg := randomSkipConfig(seed)
-		for _, name := range append(SkipPipeVariants(), SkipPipeFullGreedy) {
-			plan, st, err := PlanSkipPipeVariant(name, cfg)
+		for _, name := range append(Variants(), FullGreedy) {
+			plan, st, err := PlanVariant(name, cfg)
 			if err != nil {
 				t.Fatalf("seed %d %s: %v", seed, name, err)
 			}
-			if err := Validate(plan); err != nil {
+			if err := scheduler.Validate(plan); err != nil {
 				t.Fatalf("seed %d %s: %v", seed, name, err)
 			}
 			if plan.Schedule != name {
@@ -85,7 +87,7 @@ func TestSkipPipePlansValidateOnRandomClusters(t *testing.T) {
 			if want := cfg.StageSizes[0] * cfg.MicrobatchesPerOrigin; len(plan.Microbatches) != want {
 				t.Errorf("seed %d %s: %d microbatches, want %d", seed, name, len(plan.Microbatches), want)
 			}
-			if name != SkipPipeFull && name != SkipPipeFullGreedy {
+			if name != Full && name != FullGreedy {
 				if plan.Skip == nil || plan.Skip.MaxPerWorker != cfg.Memory {
 					t.Errorf("seed %d %s: skip rules %+v, want a per-worker cap of %d", seed, name, plan.Skip, cfg.Memory)
 				}
@@ -103,17 +105,17 @@ func TestSkipPipePlansValidateOnRandomClusters(t *testing.T) {
 }
 
 // The same config gives the same plan, byte for byte; another seed may not.
-func TestSkipPipeDeterministic(t *testing.T) {
+func TestDeterministic(t *testing.T) {
 	for seed := int64(1); seed <= 5; seed++ {
 		cfg := randomSkipConfig(seed)
-		for _, name := range append(SkipPipeVariants(), SkipPipeFullGreedy) {
+		for _, name := range append(Variants(), FullGreedy) {
 			var out [2]bytes.Buffer
 			for i := range out {
-				plan, _, err := PlanSkipPipeVariant(name, cfg)
+				plan, _, err := PlanVariant(name, cfg)
 				if err != nil {
 					t.Fatalf("seed %d %s: %v", seed, name, err)
 				}
-				if err := Encode(&out[i], plan); err != nil {
+				if err := scheduler.Encode(&out[i], plan); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -126,48 +128,48 @@ func TestSkipPipeDeterministic(t *testing.T) {
 
 // The collision-aware plan is no slower, by the planner's estimate, than
 // the network-oblivious one, and skipping beats the full pipeline.
-func TestSkipPipeBeatsBaselinesOnEstimate(t *testing.T) {
+func TestBeatsBaselinesOnEstimate(t *testing.T) {
 	for seed := int64(1); seed <= 8; seed++ {
 		cfg := randomSkipConfig(seed)
 		cfg.Iterations = 0
 		est := map[string]float64{}
-		for _, name := range append(SkipPipeVariants(), SkipPipeFullGreedy) {
-			_, st, err := PlanSkipPipeVariant(name, cfg)
+		for _, name := range append(Variants(), FullGreedy) {
+			_, st, err := PlanVariant(name, cfg)
 			if err != nil {
 				t.Fatal(err)
 			}
 			est[name] = st.EstimateS
 		}
-		if est[SkipPipeCA] > est[SkipPipeRandom]+1e-9 {
-			t.Errorf("seed %d: skippipe %.3f s slower than skippipe-random %.3f s", seed, est[SkipPipeCA], est[SkipPipeRandom])
+		if est[CA] > est[Random]+1e-9 {
+			t.Errorf("seed %d: skippipe %.3f s slower than skippipe-random %.3f s", seed, est[CA], est[Random])
 		}
-		if cfg.Rules.PathStages < len(cfg.StageSizes) && est[SkipPipeCA] > est[SkipPipeFull]+1e-9 {
-			t.Errorf("seed %d: skippipe %.3f s slower than gpipe %.3f s", seed, est[SkipPipeCA], est[SkipPipeFull])
+		if cfg.Rules.PathStages < len(cfg.StageSizes) && est[CA] > est[Full]+1e-9 {
+			t.Errorf("seed %d: skippipe %.3f s slower than gpipe %.3f s", seed, est[CA], est[Full])
 		}
 	}
 }
 
-func TestSkipPipeConfigErrorsNameTheField(t *testing.T) {
+func TestConfigErrorsNameTheField(t *testing.T) {
 	base := randomSkipConfig(3)
 	for _, tc := range []struct {
 		field string
-		edit  func(c *SkipPipeConfig)
+		edit  func(c *Config)
 	}{
-		{"stage_sizes", func(c *SkipPipeConfig) { c.StageSizes = append([]int{1}, c.StageSizes...) }},
-		{"delay", func(c *SkipPipeConfig) { c.Delay = c.Delay[1:] }},
-		{"forward_s", func(c *SkipPipeConfig) { c.ForwardS = append([]float64{}, c.ForwardS...); c.ForwardS[0] = -1 }},
-		{"memory", func(c *SkipPipeConfig) { c.Memory = 0 }},
-		{"microbatches_per_origin", func(c *SkipPipeConfig) { c.MicrobatchesPerOrigin = 0 }},
-		{"node_names", func(c *SkipPipeConfig) {
+		{"stage_sizes", func(c *Config) { c.StageSizes = append([]int{1}, c.StageSizes...) }},
+		{"delay", func(c *Config) { c.Delay = c.Delay[1:] }},
+		{"forward_s", func(c *Config) { c.ForwardS = append([]float64{}, c.ForwardS...); c.ForwardS[0] = -1 }},
+		{"memory", func(c *Config) { c.Memory = 0 }},
+		{"microbatches_per_origin", func(c *Config) { c.MicrobatchesPerOrigin = 0 }},
+		{"node_names", func(c *Config) {
 			c.NodeNames = append([]string{}, c.NodeNames...)
 			c.NodeNames[1] = c.NodeNames[0]
 		}},
-		{"path_stages", func(c *SkipPipeConfig) { c.Rules.PathStages = 1 }},
-		{"partition", func(c *SkipPipeConfig) { c.Partition = [][]int{{0}} }},
+		{"path_stages", func(c *Config) { c.Rules.PathStages = 1 }},
+		{"partition", func(c *Config) { c.Partition = [][]int{{0}} }},
 	} {
 		c := base
 		tc.edit(&c)
-		_, _, err := PlanSkipPipe(c)
+		_, _, err := Plan(c)
 		if err == nil || !bytes.Contains([]byte(err.Error()), []byte(tc.field)) {
 			t.Errorf("%s: error %v, want one naming %s", tc.field, err, tc.field)
 		}
@@ -209,23 +211,23 @@ func TestPlaceBeatsIdentityAndIsDeterministic(t *testing.T) {
 
 // A plan with a path over the cap is refused by the validator, so the
 // property test above is not vacuous.
-func TestSkipPipeValidatorCatchesBrokenPlan(t *testing.T) {
+func TestValidatorCatchesBrokenPlan(t *testing.T) {
 	cfg := randomSkipConfig(7)
-	plan, _, err := PlanSkipPipe(cfg)
+	plan, _, err := Plan(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	plan.Skip.MaxPerWorker = 1
-	var ve *ValidationError
-	if err := Validate(plan); !errors.As(err, &ve) || ve.Rule != RuleSkipCap {
-		t.Fatalf("cap of 1: got %v, want a %s error", err, RuleSkipCap)
+	var ve *scheduler.ValidationError
+	if err := scheduler.Validate(plan); !errors.As(err, &ve) || ve.Rule != scheduler.RuleSkipCap {
+		t.Fatalf("cap of 1: got %v, want a %s error", err, scheduler.RuleSkipCap)
 	}
 }
 
 // The per-node cap holds every visit; when paths visit every stage, the
 // smallest stage's nodes hold all the microbatches between them (the
 // clause recovery's copy of the formula once lacked).
-func TestSkipPipeVisitCap(t *testing.T) {
+func TestVisitCap(t *testing.T) {
 	for _, tc := range []struct {
 		m, pathStages int
 		sizes         []int
@@ -237,8 +239,8 @@ func TestSkipPipeVisitCap(t *testing.T) {
 		{12, 3, []int{2, 1, 1}, 12},          // every path through both single nodes
 		{4, 2, []int{4}, 1},
 	} {
-		if got := SkipPipeVisitCap(tc.m, tc.pathStages, tc.sizes); got != tc.want {
-			t.Errorf("SkipPipeVisitCap(%d, %d, %v) = %d, want %d", tc.m, tc.pathStages, tc.sizes, got, tc.want)
+		if got := VisitCap(tc.m, tc.pathStages, tc.sizes); got != tc.want {
+			t.Errorf("VisitCap(%d, %d, %v) = %d, want %d", tc.m, tc.pathStages, tc.sizes, got, tc.want)
 		}
 	}
 }

@@ -1,41 +1,43 @@
-package scheduler
+package skippipe
 
 import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+
+	"stagecoach/scheduler"
 )
 
 // SkipPipe schedule names.
 const (
-	// SkipPipeCA is the collision-aware SkipPipe plan (TC2 on).
-	SkipPipeCA = "skippipe"
-	// SkipPipeNonCA plans each microbatch as if it had the nodes to itself
-	// (TC2 off); nodes then process work in planned order and collide.
-	SkipPipeNonCA = "skippipe-nonca"
-	// SkipPipeRandom skips stages at random (network oblivious) while
-	// keeping every rule and cap.
-	SkipPipeRandom = "skippipe-random"
-	// SkipPipeFull is GPipe over the SkipPipe placement: every microbatch
-	// of every origin (the same microbatches as the skipping plans) visits
+	// CA is the collision-aware SkipPipe plan (TC2 on).
+	CA = "skippipe"
+	// NonCA plans each microbatch as if it had the nodes to itself (TC2
+	// off); nodes then process work in planned order and collide.
+	NonCA = "skippipe-nonca"
+	// Random skips stages at random (network oblivious) while keeping
+	// every rule and cap.
+	Random = "skippipe-random"
+	// Full is GPipe over the SkipPipe placement: every microbatch of
+	// every origin (the same microbatches as the skipping plans) visits
 	// all stages in order, the loss on its origin, each node running all
 	// its forwards before any backward. The node of every hop is chosen by
 	// the same local search as the skipping paths, so the skipping plans
 	// are compared with a strong full pipeline.
-	SkipPipeFull = "skippipe-full"
-	// SkipPipeFullGreedy is SkipPipeFull without the search: each hop goes
-	// to the nearest node of the next stage with room for an even share.
-	// Greedy hops can be cornered onto a placement's worst links.
-	SkipPipeFullGreedy = "skippipe-full-greedy"
+	Full = "skippipe-full"
+	// FullGreedy is Full without the search: each hop goes to the
+	// nearest node of the next stage with room for an even share. Greedy
+	// hops can be cornered onto a placement's worst links.
+	FullGreedy = "skippipe-full-greedy"
 )
 
-// SkipPipeVariants lists the schedules PlanSkipPipeVariant builds.
-func SkipPipeVariants() []string {
-	return []string{SkipPipeFull, SkipPipeCA, SkipPipeNonCA, SkipPipeRandom}
+// Variants lists the schedules PlanVariant builds.
+func Variants() []string {
+	return []string{Full, CA, NonCA, Random}
 }
 
-// SkipPipeStats reports what a SkipPipe planner did.
-type SkipPipeStats struct {
+// Stats reports what a SkipPipe planner did.
+type Stats struct {
 	// Partition is the placement used: node indices per stage.
 	Partition [][]int
 	// PlacementCost is Place's objective for that placement.
@@ -55,32 +57,32 @@ type SkipPipeStats struct {
 
 var policyNames = map[spPolicy]string{polCritical: "critical-path", polFIFO: "arrival", polBackward: "backward-first", polFlush: "gpipe-flush", polLaunch: "launch-then-backward"}
 
-// PlanSkipPipeVariant builds the named schedule (see SkipPipeVariants).
-func PlanSkipPipeVariant(name string, cfg SkipPipeConfig) (*Plan, *SkipPipeStats, error) {
+// PlanVariant builds the named schedule (see Variants).
+func PlanVariant(name string, cfg Config) (*scheduler.Plan, *Stats, error) {
 	switch name {
-	case SkipPipeCA:
+	case CA:
 		cfg.CollisionAware = true
-		return PlanSkipPipe(cfg)
-	case SkipPipeNonCA:
+		return Plan(cfg)
+	case NonCA:
 		cfg.CollisionAware = false
-		return PlanSkipPipe(cfg)
-	case SkipPipeRandom:
-		return PlanSkipPipeRandom(cfg)
-	case SkipPipeFull:
+		return Plan(cfg)
+	case Random:
+		return PlanRandom(cfg)
+	case Full:
 		return FullPipeline(cfg)
-	case SkipPipeFullGreedy:
+	case FullGreedy:
 		return fullPipeline(cfg, false)
 	}
 	return nil, nil, fmt.Errorf("unknown skippipe schedule %q (known: skippipe, skippipe-full, skippipe-full-greedy, skippipe-nonca, skippipe-random)", name)
 }
 
-// SkipPipePlacement is the placement the skipping planners use for cfg:
+// PlacementFor is the placement the skipping planners use for cfg:
 // cfg.Partition, or Place's, refined by the planner's own timing estimate
 // when cfg.RefinePlacement is set (full-path rules are never refined).
 // To compare variants over one placement, compute it once and pass it to
 // each as Partition.
-func SkipPipePlacement(cfg SkipPipeConfig) (*Placement, error) {
-	if err := cfg.check(); err != nil {
+func PlacementFor(cfg Config) (*Placement, error) {
+	if err := cfg.Check(); err != nil {
 		return nil, err
 	}
 	pl := &Placement{Partition: cfg.Partition}
@@ -98,32 +100,32 @@ func SkipPipePlacement(cfg SkipPipeConfig) (*Placement, error) {
 }
 
 // prepare checks cfg and fixes the placement.
-func prepare(cfg *SkipPipeConfig) (*spNet, *SkipPipeStats, error) {
-	pl, err := SkipPipePlacement(*cfg)
+func prepare(cfg *Config) (*spNet, *Stats, error) {
+	pl, err := PlacementFor(*cfg)
 	if err != nil {
 		return nil, nil, err
 	}
-	stats := &SkipPipeStats{Objective: math.NaN(), PlacementCost: pl.Cost, Evaluations: pl.Evaluations}
+	stats := &Stats{Objective: math.NaN(), PlacementCost: pl.Cost, Evaluations: pl.Evaluations}
 	nt := newNet(cfg, pl.Partition)
 	stats.Partition = nt.parts
 	return nt, stats, nil
 }
 
-// PlanSkipPipe plans SkipPipe paths and node programs for cfg: collision
-// aware when cfg.CollisionAware is set (schedule "skippipe"), otherwise
+// Plan plans SkipPipe paths and node programs for cfg: collision aware
+// when cfg.CollisionAware is set (schedule "skippipe"), otherwise
 // "skippipe-nonca". It builds balanced paths greedily, improves them by a
 // seeded local search (node trades, adjacent swaps, stage exchanges, tail
 // exchanges, all within the rules and caps) against its timing estimate,
 // orders each node's work by the best of several dispatch rules and, when
 // cfg.Objective is set, finishes the search against it.
-func PlanSkipPipe(cfg SkipPipeConfig) (*Plan, *SkipPipeStats, error) {
+func Plan(cfg Config) (*scheduler.Plan, *Stats, error) {
 	nt, stats, err := prepare(&cfg)
 	if err != nil {
 		return nil, nil, err
 	}
-	name := SkipPipeNonCA
+	name := NonCA
 	if cfg.CollisionAware {
-		name = SkipPipeCA
+		name = CA
 	}
 	rng := newRand(cfg.Seed, 0x5c1b)
 	ev := newEval(nt)
@@ -166,7 +168,7 @@ func PlanSkipPipe(cfg SkipPipeConfig) (*Plan, *SkipPipeStats, error) {
 	}
 	st = nt.search(st, rng, nt.cap, iters/3, score)
 	pol := polFIFO
-	var plan *Plan
+	var plan *scheduler.Plan
 	if cfg.CollisionAware {
 		plan, pol = nt.bestPolicy(st, ev, name, &cfg, stats, spPolicies)
 	} else {
@@ -191,11 +193,11 @@ func PlanSkipPipe(cfg SkipPipeConfig) (*Plan, *SkipPipeStats, error) {
 	return plan, stats, nil
 }
 
-// PlanSkipPipeRandom is network-oblivious skipping ("skippipe-random"):
+// PlanRandom is network-oblivious skipping ("skippipe-random"):
 // each microbatch visits randomly chosen stages, in a random legal order,
 // on randomly chosen nodes with room, keeping every rule and cap; nodes
 // process work in arrival order. cfg.Seed picks the draw.
-func PlanSkipPipeRandom(cfg SkipPipeConfig) (*Plan, *SkipPipeStats, error) {
+func PlanRandom(cfg Config) (*scheduler.Plan, *Stats, error) {
 	nt, stats, err := prepare(&cfg)
 	if err != nil {
 		return nil, nil, err
@@ -216,7 +218,7 @@ func PlanSkipPipeRandom(cfg SkipPipeConfig) (*Plan, *SkipPipeStats, error) {
 	stats.EstimateS = ev.run(st.paths, polFIFO, true)
 	stats.Evaluations = 1
 	stats.Policy = policyNames[polFIFO]
-	plan := nt.buildPlan(st.paths, ev.order, SkipPipeRandom, true)
+	plan := nt.buildPlan(st.paths, ev.order, Random, true)
 	if cfg.Objective != nil {
 		stats.ObjectiveCalls++
 		stats.Objective = cfg.Objective(plan)
@@ -232,14 +234,14 @@ func PlanSkipPipeRandom(cfg SkipPipeConfig) (*Plan, *SkipPipeStats, error) {
 // from the greedy choice of "skippipe-full-greedy", within an even share per node
 // (full paths cannot meet the skipping caps). The authors' own baseline
 // form, partition_sizes[1] pipelines of 9 microbatches, is
-// RefBaselinePlan.
-func FullPipeline(cfg SkipPipeConfig) (*Plan, *SkipPipeStats, error) {
+// skippiperef.BaselinePlan.
+func FullPipeline(cfg Config) (*scheduler.Plan, *Stats, error) {
 	return fullPipeline(cfg, true)
 }
 
-func fullPipeline(cfg SkipPipeConfig, tuned bool) (*Plan, *SkipPipeStats, error) {
+func fullPipeline(cfg Config, tuned bool) (*scheduler.Plan, *Stats, error) {
 	ns := len(cfg.StageSizes)
-	cfg.Rules = SkipRules{PathStages: ns, MaxSwaps: 0, SwapDistance: 0, MaxJump: 1, MaxPerWorker: math.MaxInt32}
+	cfg.Rules = scheduler.SkipRules{PathStages: ns, MaxSwaps: 0, SwapDistance: 0, MaxJump: 1, MaxPerWorker: math.MaxInt32}
 	nt, stats, err := prepare(&cfg)
 	if err != nil {
 		return nil, nil, err
@@ -259,10 +261,10 @@ func fullPipeline(cfg SkipPipeConfig, tuned bool) (*Plan, *SkipPipeStats, error)
 		stats.Evaluations++
 		return ev.run(s.paths, polFlush, false)
 	}
-	name := SkipPipeFullGreedy
+	name := FullGreedy
 	if tuned {
 		st = nt.search(st, rng, perNode, nt.defaultIterations(m)/2, score)
-		name = SkipPipeFull
+		name = Full
 	}
 	stats.EstimateS = ev.run(st.paths, polFlush, true)
 	stats.Policy = policyNames[polFlush]
@@ -315,8 +317,8 @@ func (nt *spNet) search(st *spState, rng *rand.Rand, perNodeCap, iters int, scor
 
 // bestPolicy orders the programs of st by each dispatch rule and keeps the
 // fastest, by the caller's Objective when given, else by the estimate.
-func (nt *spNet) bestPolicy(st *spState, ev *spEval, name string, cfg *SkipPipeConfig, stats *SkipPipeStats, pols []spPolicy) (*Plan, spPolicy) {
-	var best *Plan
+func (nt *spNet) bestPolicy(st *spState, ev *spEval, name string, cfg *Config, stats *Stats, pols []spPolicy) (*scheduler.Plan, spPolicy) {
+	var best *scheduler.Plan
 	bestPol, bestV := pols[0], math.Inf(1)
 	for _, pol := range pols {
 		v := ev.run(st.paths, pol, true)
@@ -337,12 +339,12 @@ func (nt *spNet) bestPolicy(st *spState, ev *spEval, name string, cfg *SkipPipeC
 }
 
 // objectiveSearch continues the local search with the caller's Objective.
-func (nt *spNet) objectiveSearch(st *spState, rng *rand.Rand, ev *spEval, name string, cfg *SkipPipeConfig, stats *SkipPipeStats, pol spPolicy) (*Plan, *spState) {
+func (nt *spNet) objectiveSearch(st *spState, rng *rand.Rand, ev *spEval, name string, cfg *Config, stats *Stats, pol spPolicy) (*scheduler.Plan, *spState) {
 	evals := cfg.ObjectiveEvals
 	if evals == 0 {
 		evals = 150
 	}
-	planOf := func(s *spState) *Plan {
+	planOf := func(s *spState) *scheduler.Plan {
 		ev.run(s.paths, pol, true)
 		return nt.buildPlan(s.paths, ev.order, name, true)
 	}
@@ -377,16 +379,16 @@ func (nt *spNet) objectiveSearch(st *spState, rng *rand.Rand, ev *spEval, name s
 
 // replay times a plan's programs in program order under the estimate's
 // cost model: what the non-CA order costs once microbatches collide.
-func (nt *spNet) replay(p *Plan) float64 { return newEval(nt).replayPlan(p) }
+func (nt *spNet) replay(p *scheduler.Plan) float64 { return newEval(nt).replayPlan(p) }
 
 // replayPlan times p's programs in program order under the estimate's
 // cost model (links never queue).
-func (e *spEval) replayPlan(p *Plan) float64 {
+func (e *spEval) replayPlan(p *scheduler.Plan) float64 {
 	nt := e.nt
-	ix := NewIndex(p)
-	ms := make([]*Machine, len(p.Workers))
+	ix := scheduler.NewIndex(p)
+	ms := make([]*scheduler.Machine, len(p.Workers))
 	for w := range ms {
-		ms[w] = NewMachine(ix, w)
+		ms[w] = scheduler.NewMachine(ix, w)
 	}
 	node := make([]int, len(ms))
 	index := make(map[string]int, len(nt.names))
@@ -397,7 +399,7 @@ func (e *spEval) replayPlan(p *Plan) float64 {
 		node[w] = index[p.Workers[w].Node]
 	}
 	free := make([]float64, len(ms))
-	arrive := map[Tag]float64{}
+	arrive := map[scheduler.Tag]float64{}
 	end := 0.0
 	for progress := true; progress; {
 		progress = false
@@ -414,11 +416,11 @@ func (e *spEval) replayPlan(p *Plan) float64 {
 				m.Start()
 				d := 0.0
 				switch a.Kind {
-				case Forward:
+				case scheduler.Forward:
 					d = nt.fwd[node[w]]
-				case Backward:
+				case scheduler.Backward:
 					d = nt.bwdRatio * nt.fwd[node[w]]
-				case Loss:
+				case scheduler.Loss:
 					d = nt.lossRatio * nt.fwd[node[w]]
 				}
 				free[w] = t + d
@@ -437,10 +439,10 @@ func (e *spEval) replayPlan(p *Plan) float64 {
 
 // buildPlan turns paths and per-node task orders into a Plan. Worker w
 // runs on node w.
-func (nt *spNet) buildPlan(paths [][]int, order [][]spTask, name string, skip bool) *Plan {
+func (nt *spNet) buildPlan(paths [][]int, order [][]Task, name string, skip bool) *scheduler.Plan {
 	ns := len(nt.parts)
-	p := &Plan{Version: FormatVersion, Schedule: name, HeadStage: 0, Stages: splitLayers(nt.layers, ns)}
-	p.Workers = make([]Worker, len(nt.names))
+	p := &scheduler.Plan{Version: scheduler.FormatVersion, Schedule: name, HeadStage: 0, Stages: scheduler.SplitLayers(nt.layers, ns)}
+	p.Workers = make([]scheduler.Worker, len(nt.names))
 	own := make([]int, len(nt.names))
 	for _, o := range nt.mbOrigin {
 		own[o]++
@@ -461,33 +463,33 @@ func (nt *spNet) buildPlan(paths [][]int, order [][]spTask, name string, skip bo
 			}
 		}
 	}
-	p.Microbatches = make([]Microbatch, len(paths))
+	p.Microbatches = make([]scheduler.Microbatch, len(paths))
 	for mb, path := range paths {
-		hops := make([]Hop, len(path))
+		hops := make([]scheduler.Hop, len(path))
 		for i, v := range path {
-			hops[i] = Hop{Worker: wid[v], Stage: nt.stageOf[v]}
+			hops[i] = scheduler.Hop{Worker: wid[v], Stage: nt.stageOf[v]}
 		}
-		p.Microbatches[mb] = Microbatch{Samples: nt.samples, Path: hops, LossWorker: wid[path[0]]}
+		p.Microbatches[mb] = scheduler.Microbatch{Samples: nt.samples, Path: hops, LossWorker: wid[path[0]]}
 	}
-	p.Programs = make([][]Action, len(nt.names))
+	p.Programs = make([][]scheduler.Action, len(nt.names))
 	for v := range p.Programs {
-		prog := make([]Action, 0, len(order[v])+2)
+		prog := make([]scheduler.Action, 0, len(order[v])+2)
 		for _, t := range order[v] {
-			path := paths[t.mb]
-			k, j := len(path), int(t.j)
+			path := paths[t.Microbatch]
+			k, j := len(path), int(t.Step)
 			switch {
 			case j < k:
-				prog = append(prog, F(int(t.mb), nt.stageOf[path[j]]))
+				prog = append(prog, scheduler.F(int(t.Microbatch), nt.stageOf[path[j]]))
 			case j == k:
-				prog = append(prog, L(int(t.mb), 0))
+				prog = append(prog, scheduler.L(int(t.Microbatch), 0))
 			default:
-				prog = append(prog, B(int(t.mb), nt.stageOf[path[2*k-j]]))
+				prog = append(prog, scheduler.B(int(t.Microbatch), nt.stageOf[path[2*k-j]]))
 			}
 		}
 		if s := nt.stageOf[v]; len(nt.parts[s]) > 1 {
-			prog = append(prog, R(s))
+			prog = append(prog, scheduler.R(s))
 		}
-		p.Programs[wid[v]] = append(prog, Step())
+		p.Programs[wid[v]] = append(prog, scheduler.Step())
 	}
 	if skip {
 		r := nt.rules

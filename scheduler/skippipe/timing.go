@@ -1,4 +1,4 @@
-package scheduler
+package skippipe
 
 import (
 	"math"
@@ -26,8 +26,11 @@ const (
 
 var spPolicies = []spPolicy{polCritical, polFIFO, polBackward, polLaunch}
 
-// spTask names task j of microbatch mb.
-type spTask struct{ mb, j int32 }
+// Task is one task of a node's program: step Step of microbatch
+// Microbatch's round trip over its path of k hops, the forward on hop
+// Step while Step < k, the loss on the origin at Step == k, and the
+// backward on hop 2k-Step after it.
+type Task struct{ Microbatch, Step int32 }
 
 // spEval holds reusable buffers for timing one set of paths.
 type spEval struct {
@@ -38,14 +41,14 @@ type spEval struct {
 	free     []float64
 	linkFree []float64 // n*n, only with LinkBusy
 	fwdLeft  []int     // per node: forward/loss tasks not yet run (flush)
-	order    [][]spTask
+	order    [][]Task
 	finish   float64
 	meanDone float64 // mean completion time of the microbatches (run only)
 }
 
 func newEval(nt *spNet) *spEval {
 	n := len(nt.names)
-	e := &spEval{nt: nt, free: make([]float64, n), fwdLeft: make([]int, n), order: make([][]spTask, n)}
+	e := &spEval{nt: nt, free: make([]float64, n), fwdLeft: make([]int, n), order: make([][]Task, n)}
 	if nt.busy != nil {
 		e.linkFree = make([]float64, n*n)
 	}
@@ -163,7 +166,7 @@ func (e *spEval) run(paths [][]int, pol spPolicy, record bool) float64 {
 		j := e.next[pick]
 		end := bestT + nt.taskDur(p, j)
 		if record {
-			e.order[node] = append(e.order[node], spTask{int32(pick), int32(j)})
+			e.order[node] = append(e.order[node], Task{int32(pick), int32(j)})
 		}
 		e.free[node] = end
 		if pol == polFlush && j <= len(p) {
@@ -245,7 +248,7 @@ func (e *spEval) runFree(paths [][]int, record bool) float64 {
 	nt := e.nt
 	type stamped struct {
 		t    float64
-		task spTask
+		task Task
 	}
 	var per [][]stamped
 	if record {
@@ -262,7 +265,7 @@ func (e *spEval) runFree(paths [][]int, record bool) float64 {
 			}
 			if record {
 				n := taskNode(p, j)
-				per[n] = append(per[n], stamped{t, spTask{int32(mb), int32(j)}})
+				per[n] = append(per[n], stamped{t, Task{int32(mb), int32(j)}})
 			}
 			t += nt.taskDur(p, j)
 		}
@@ -276,10 +279,10 @@ func (e *spEval) runFree(paths [][]int, record bool) float64 {
 				if s[i].t != s[j].t {
 					return s[i].t < s[j].t
 				}
-				if s[i].task.mb != s[j].task.mb {
-					return s[i].task.mb < s[j].task.mb
+				if s[i].task.Microbatch != s[j].task.Microbatch {
+					return s[i].task.Microbatch < s[j].task.Microbatch
 				}
-				return s[i].task.j < s[j].task.j
+				return s[i].task.Step < s[j].task.Step
 			})
 			e.order[n] = e.order[n][:0]
 			for _, x := range s {

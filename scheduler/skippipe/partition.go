@@ -1,11 +1,13 @@
-package scheduler
+package skippipe
 
 import (
 	"fmt"
 	"math"
+
+	"stagecoach/scheduler"
 )
 
-// PlanSkipPipeOnPartition plans SkipPipe variant with a fixed placement:
+// PlanOnPartition plans SkipPipe variant with a fixed placement:
 // parts[s] names the nodes holding stage s, possibly fewer than a
 // partition was made for (after a loss), or none (the stage is vacant:
 // every path skips it, scheduler.ExpandStages). stages are the model's
@@ -16,7 +18,7 @@ import (
 // sizes are set here. Package planner is its caller: recovery (the
 // coordinator re-pathing on survivors, the simulator replaying a failure
 // trace) plans through planner.Plan.
-func PlanSkipPipeOnPartition(variant string, parts [][]string, stages []Stage, microbatches int, input func(names []string) (SkipPipeConfig, error)) (*Plan, error) {
+func PlanOnPartition(variant string, parts [][]string, stages []scheduler.Stage, microbatches int, input func(names []string) (Config, error)) (*scheduler.Plan, error) {
 	if len(parts) != len(stages) {
 		return nil, fmt.Errorf("skippipe on a partition: %d parts for %d stages", len(parts), len(stages))
 	}
@@ -53,12 +55,12 @@ func PlanSkipPipeOnPartition(variant string, parts [][]string, stages []Stage, m
 	for c, s := range keep {
 		sc.StageSizes[c] = len(parts[s])
 	}
-	expand := func(p *Plan) (*Plan, error) { return p, nil }
+	expand := func(p *scheduler.Plan) (*scheduler.Plan, error) { return p, nil }
 	if len(keep) < len(parts) {
-		expand = func(p *Plan) (*Plan, error) { return ExpandStages(p, stages, keep) }
+		expand = func(p *scheduler.Plan) (*scheduler.Plan, error) { return scheduler.ExpandStages(p, stages, keep) }
 		sc.Rules.PathStages = min(sc.Rules.PathStages, len(keep))
 		if obj := sc.Objective; obj != nil {
-			sc.Objective = func(p *Plan) float64 {
+			sc.Objective = func(p *scheduler.Plan) float64 {
 				q, err := expand(p)
 				if err != nil {
 					return math.Inf(1)
@@ -69,8 +71,8 @@ func PlanSkipPipeOnPartition(variant string, parts [][]string, stages []Stage, m
 	}
 	sc.MicrobatchesPerOrigin = microbatches / len(parts[0])
 	// Fewer nodes must still hold every visit.
-	sc.Memory = max(sc.Memory, SkipPipeVisitCap(microbatches, sc.Rules.PathStages, sc.StageSizes))
-	p, _, err := PlanSkipPipeVariant(variant, sc)
+	sc.Memory = max(sc.Memory, VisitCap(microbatches, sc.Rules.PathStages, sc.StageSizes))
+	p, _, err := PlanVariant(variant, sc)
 	if err == nil {
 		p, err = expand(p)
 	}
@@ -80,13 +82,13 @@ func PlanSkipPipeOnPartition(variant string, parts [][]string, stages []Stage, m
 	return p, nil
 }
 
-// SkipPipeVisitCap is the least per-node cap, in microbatches held at
+// VisitCap is the least per-node cap, in microbatches held at
 // once, that lets every SkipPipe path visit its stages: microbatches
 // paths each visit pathStages-1 stages past stage 0, spread over those
 // stages' nodes (sizes[1:]); and when the paths visit every stage, the
 // smallest of them holds all the microbatches. Every planning input (the
 // coordinator's, `stagecoach sim`'s, recovery's) takes its cap from here.
-func SkipPipeVisitCap(microbatches, pathStages int, sizes []int) int {
+func VisitCap(microbatches, pathStages int, sizes []int) int {
 	if len(sizes) < 2 {
 		return 1
 	}

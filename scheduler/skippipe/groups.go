@@ -1,4 +1,4 @@
-package scheduler
+package skippipe
 
 import (
 	"math"
@@ -309,7 +309,7 @@ func (nt *spNet) chainTime(path []int) float64 {
 
 // groupScore is the estimate of the group construction over parts
 // (+Inf when it finds no paths), with its evaluation count.
-func groupScore(cfg *SkipPipeConfig, parts [][]int, seqs [][]int) (float64, int) {
+func groupScore(cfg *Config, parts [][]int, seqs [][]int) (float64, int) {
 	nt := newNet(cfg, parts)
 	ev := newEval(nt)
 	n := 0
@@ -325,7 +325,7 @@ func groupScore(cfg *SkipPipeConfig, parts [][]int, seqs [][]int) (float64, int)
 // group construction's timing estimate (placement costs alone ignore
 // which origins end up far from everything). It spends at most about
 // workBudget simple steps and returns the best placement seen.
-func refinePlacement(cfg *SkipPipeConfig, parts [][]int, seed int64, evals *int) [][]int {
+func refinePlacement(cfg *Config, parts [][]int, seed int64, evals *int) [][]int {
 	const workBudget = 1e8
 	cur := make([][]int, len(parts))
 	for s := range parts {

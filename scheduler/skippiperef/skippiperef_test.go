@@ -1,9 +1,11 @@
-package scheduler
+package skippiperef
 
 import (
 	"fmt"
 	"strings"
 	"testing"
+
+	"stagecoach/scheduler"
 )
 
 // tinyRef is a hand-made file in the authors' format: 4 nodes, stages
@@ -20,7 +22,7 @@ const tinyRef = `{"partitions": [[0, 1], [2], [3]],
  "random-processing-order": {"0": 2, "1": 2}}`
 
 func TestImportTinyFile(t *testing.T) {
-	ref, err := ParseSkipPipeRef([]byte(tinyRef))
+	ref, err := Parse([]byte(tinyRef))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +40,7 @@ func TestImportTinyFile(t *testing.T) {
 	}
 	for i := range ref.Variants {
 		v := &ref.Variants[i]
-		plan, notes, err := ref.RefPlan(v, cfg)
+		plan, notes, err := ref.Plan(v, cfg)
 		if err != nil {
 			t.Fatalf("%s: %v", v.Name, err)
 		}
@@ -68,11 +70,11 @@ func TestImportTinyFile(t *testing.T) {
 			t.Errorf("ref-random: no note about its unusable processing order")
 		}
 	}
-	base, err := RefBaselinePlan(cfg, 1, 3)
+	base, err := BaselinePlan(cfg, 1, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := Validate(base); err != nil {
+	if err := scheduler.Validate(base); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -89,16 +91,16 @@ func TestImportErrorsNameTheField(t *testing.T) {
 		{`"ca-paths": {"0": {"0": 2, "2": 3}`, `"ca-paths": {"0": {"0": 2, "2": 0}`},
 	} {
 		bad := strings.Replace(tinyRef, tc.edit, tc.field, 1)
-		_, err := ParseSkipPipeRef([]byte(bad))
+		_, err := Parse([]byte(bad))
 		name := tc.field[1 : strings.Index(tc.field[1:], `"`)+1]
 		if err == nil || !strings.Contains(err.Error(), name) {
 			t.Errorf("%s: error %v, want one naming %q", tc.field, err, name)
 		}
 	}
-	if _, err := ParseSkipPipeRef([]byte(`[1]`)); err == nil {
+	if _, err := Parse([]byte(`[1]`)); err == nil {
 		t.Error("array accepted")
 	}
-	if _, err := ParseSkipPipeRef([]byte(strings.Replace(tinyRef, `"memory": 4,`, ``, 1))); err == nil || !strings.Contains(err.Error(), `"memory" is missing`) {
+	if _, err := Parse([]byte(strings.Replace(tinyRef, `"memory": 4,`, ``, 1))); err == nil || !strings.Contains(err.Error(), `"memory" is missing`) {
 		t.Errorf("missing memory: %v", err)
 	}
 }
@@ -109,7 +111,7 @@ func FuzzImportSkipPipe(f *testing.F) {
 	f.Add([]byte(tinyRef))
 	f.Add([]byte(`{}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		ref, err := ParseSkipPipeRef(data)
+		ref, err := Parse(data)
 		if err != nil {
 			return
 		}
@@ -118,16 +120,16 @@ func FuzzImportSkipPipe(f *testing.F) {
 		}
 		cfg := ref.Config(0.5)
 		for i := range ref.Variants {
-			plan, _, err := ref.RefPlan(&ref.Variants[i], cfg)
+			plan, _, err := ref.Plan(&ref.Variants[i], cfg)
 			if err != nil {
 				continue
 			}
-			if err := Validate(plan); err != nil {
+			if err := scheduler.Validate(plan); err != nil {
 				t.Fatalf("%s: imported plan does not validate: %v", ref.Variants[i].Name, err)
 			}
 		}
-		if base, err := RefBaselinePlan(cfg, 1, 2); err == nil {
-			if err := Validate(base); err != nil {
+		if base, err := BaselinePlan(cfg, 1, 2); err == nil {
+			if err := scheduler.Validate(base); err != nil {
 				t.Fatalf("ref-baseline: %v", err)
 			}
 		}

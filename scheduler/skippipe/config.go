@@ -1,15 +1,17 @@
-package scheduler
+package skippipe
 
 import (
 	"fmt"
 	"math"
+
+	"stagecoach/scheduler"
 )
 
-// SkipPipeConfig is the input of the SkipPipe planners: the nodes, how many
-// go in each stage, what links and compute cost, and the path rules. Node
-// i of every per-node slice is NodeNames[i]. The planners copy what they
+// Config is the input of the SkipPipe planners: the nodes, how many go
+// in each stage, what links and compute cost, and the path rules. Node i
+// of every per-node slice is NodeNames[i]. The planners copy what they
 // keep; the config is not modified.
-type SkipPipeConfig struct {
+type Config struct {
 	// NodeNames names the nodes; plan workers carry these names.
 	NodeNames []string
 	// StageSizes is the number of nodes per stage, stage 0 first. Every
@@ -52,9 +54,10 @@ type SkipPipeConfig struct {
 	// Samples is the sequences per microbatch (0: 1).
 	Samples int
 	// Rules are the path rules. A zero PathStages means
-	// DefaultSkipRules(len(StageSizes)); a zero MaxPerWorker means Memory.
-	Rules SkipRules
-	// CollisionAware selects TC2 for PlanSkipPipe: the search prices node
+	// scheduler.DefaultSkipRules(len(StageSizes)); a zero MaxPerWorker
+	// means Memory.
+	Rules scheduler.SkipRules
+	// CollisionAware selects TC2 for Plan: the search prices node
 	// contention (no forward-forward or forward-backward overlap). Off, it
 	// plans each microbatch as if it had the nodes to itself.
 	CollisionAware bool
@@ -67,12 +70,12 @@ type SkipPipeConfig struct {
 	// the simulator's iteration time. The planner then picks its final
 	// plan, and spends ObjectiveEvals on further search, by this score;
 	// without it the planner uses its own timing estimate throughout.
-	Objective func(*Plan) float64
+	Objective func(*scheduler.Plan) float64
 	// ObjectiveEvals bounds calls of Objective during search (0: 150).
 	ObjectiveEvals int
 }
 
-// spNet is a checked SkipPipeConfig with defaults applied and the
+// spNet is a checked Config with defaults applied and the
 // placement fixed: the immutable input of one search.
 type spNet struct {
 	names      []string
@@ -84,7 +87,7 @@ type spNet struct {
 	bwdRatio   float64
 	lossRatio  float64
 	cap        int // paths per non-origin node
-	rules      SkipRules
+	rules      scheduler.SkipRules
 	origins    []int // stage-0 nodes in partition order
 	mbOrigin   []int // origin node of every microbatch
 	layers     int
@@ -92,14 +95,15 @@ type spNet struct {
 	iterations int
 }
 
-// check validates the config and applies defaults. Errors name the field.
-func (c *SkipPipeConfig) check() error {
+// Check reports the first thing wrong with the config, naming the field
+// at fault; the planners check their config with it.
+func (c *Config) Check() error {
 	n := len(c.NodeNames)
 	if n < 2 {
 		return fmt.Errorf("skippipe config: node_names has %d nodes, want >= 2", n)
 	}
-	if n > MaxWorkers {
-		return fmt.Errorf("skippipe config: %d nodes, at most %d", n, MaxWorkers)
+	if n > scheduler.MaxWorkers {
+		return fmt.Errorf("skippipe config: %d nodes, at most %d", n, scheduler.MaxWorkers)
 	}
 	seen := make(map[string]int, n)
 	for i, name := range c.NodeNames {
@@ -112,8 +116,8 @@ func (c *SkipPipeConfig) check() error {
 		seen[name] = i
 	}
 	ns := len(c.StageSizes)
-	if ns < 2 || ns > MaxStages {
-		return fmt.Errorf("skippipe config: stage_sizes has %d stages, want 2..%d", ns, MaxStages)
+	if ns < 2 || ns > scheduler.MaxStages {
+		return fmt.Errorf("skippipe config: stage_sizes has %d stages, want 2..%d", ns, scheduler.MaxStages)
 	}
 	total := 0
 	for s, k := range c.StageSizes {
@@ -162,7 +166,7 @@ func (c *SkipPipeConfig) check() error {
 	if c.MicrobatchesPerOrigin < 1 {
 		return fmt.Errorf("skippipe config: microbatches_per_origin is %d, want >= 1", c.MicrobatchesPerOrigin)
 	}
-	if m := c.MicrobatchesPerOrigin * c.StageSizes[0]; m > MaxMicrobatches || m*ns > maxStageMBCells {
+	if m := c.MicrobatchesPerOrigin * c.StageSizes[0]; m > scheduler.MaxMicrobatches || m*ns > scheduler.MaxStageMicrobatchCells {
 		return fmt.Errorf("skippipe config: %d microbatches over %d stages is too large", m, ns)
 	}
 	if c.Layers < 0 || (c.Layers > 0 && c.Layers < ns) {
@@ -198,10 +202,10 @@ func (c *SkipPipeConfig) check() error {
 	return nil
 }
 
-func (c *SkipPipeConfig) rules() SkipRules {
+func (c *Config) rules() scheduler.SkipRules {
 	r := c.Rules
 	if r.PathStages == 0 {
-		r = DefaultSkipRules(len(c.StageSizes))
+		r = scheduler.DefaultSkipRules(len(c.StageSizes))
 		r.MaxPerWorker = c.Rules.MaxPerWorker
 	}
 	if r.MaxPerWorker == 0 {
@@ -250,7 +254,7 @@ func checkPartition(parts [][]int, sizes []int, n int) error {
 }
 
 // newNet checks c and fixes the placement (parts: node indices per stage).
-func newNet(c *SkipPipeConfig, parts [][]int) *spNet {
+func newNet(c *Config, parts [][]int) *spNet {
 	n := len(c.NodeNames)
 	nt := &spNet{
 		names: c.NodeNames, delay: c.Delay, busy: c.LinkBusy, fwd: c.ForwardS,

@@ -1,4 +1,4 @@
-package scheduler
+package pytorchcsv
 
 import (
 	"encoding/csv"
@@ -7,30 +7,9 @@ import (
 	"io"
 	"strconv"
 	"strings"
-)
 
-// PyTorch interop: torch.distributed.pipelining writes a schedule as a CSV
-// file with one row per pipeline rank, each cell one action of that rank in
-// order, spelled stage, computation type, microbatch: "0F0" is stage 0's
-// forward of microbatch 0, "2I3" stage 2's input gradient of microbatch 3.
-// An empty cell (Python's None) is an idle step. Two dialects exist:
-//
-//	new (current releases): F forward, I input gradient, W weight gradient, B full backward
-//	old (earlier releases): F forward, B input gradient, W weight gradient, BW full backward
-//
-// In the old dialect a B with no W for the same stage and microbatch is a
-// full backward, which is how that version's single-stage schedules wrote
-// it. Rows may also hold what PyTorch's lowering adds: communication
-// (SEND_F, RECV_F, SEND_B, RECV_B, and the old batched "1SEND_F0_2RECV_B1"),
-// UNSHARD, RESHARD and REDUCE_GRAD; they are accepted and skipped, since a
-// Plan's sends follow from its paths. "(0F1;1B0)OVERLAP_F_B" runs its
-// sub-actions in order, except that a group of one forward and one
-// backward of different microbatches is one Overlapped action.
-//
-// A PyTorch CSV has no loss, all-reduce or optimizer step and no
-// topology: the import builds them as the classic schedules do (one worker
-// per rank, every microbatch through every stage, the loss right after the
-// last stage's forward, an optimizer step at the end of every program).
+	"stagecoach/scheduler"
+)
 
 // Dialect is a spelling of PyTorch's action tokens.
 type Dialect uint8
@@ -110,9 +89,9 @@ func ParseStageMapping(s string) (StageMapping, error) {
 	return 0, fmt.Errorf("unknown stage mapping %q (want loop, v or infer)", s)
 }
 
-// PyTorchCSVOptions configures ImportPyTorchCSV. The zero value detects the
+// Options configures Import. The zero value detects the
 // dialect, maps stages loop-style and gives every stage one layer.
-type PyTorchCSVOptions struct {
+type Options struct {
 	Dialect Dialect
 	Mapping StageMapping
 	// Name is the plan's schedule name; "" gives "pytorch-csv".
@@ -129,8 +108,8 @@ type PyTorchCSVOptions struct {
 
 // Limits of the CSV reader, on top of the Plan's own.
 const (
-	MaxPyTorchCSVBytes = 64 << 20
-	maxTokenLen        = 256
+	MaxBytes    = 64 << 20
+	maxTokenLen = 256
 )
 
 // pyTok is one compute action read from the CSV and where it stood.
@@ -149,14 +128,14 @@ func (t *pyTok) where() string {
 	return fmt.Sprintf("row %d, column %d, token %q", t.row, t.col, t.text)
 }
 
-// PyTorchCSVError is an import error tied to one cell of the CSV.
-type PyTorchCSVError struct {
+// Error is an import error tied to one cell of the CSV.
+type Error struct {
 	Row, Column int // 1-based; 0 when the error is not about one cell
 	Token       string
 	Detail      string
 }
 
-func (e *PyTorchCSVError) Error() string {
+func (e *Error) Error() string {
 	if e.Row == 0 {
 		return "pytorch csv: " + e.Detail
 	}
@@ -164,25 +143,25 @@ func (e *PyTorchCSVError) Error() string {
 }
 
 func tokErr(t *pyTok, format string, args ...any) error {
-	return &PyTorchCSVError{Row: t.row, Column: t.col, Token: t.text, Detail: fmt.Sprintf(format, args...)}
+	return &Error{Row: t.row, Column: t.col, Token: t.text, Detail: fmt.Sprintf(format, args...)}
 }
 
 func csvErr(format string, args ...any) error {
-	return &PyTorchCSVError{Detail: fmt.Sprintf(format, args...)}
+	return &Error{Detail: fmt.Sprintf(format, args...)}
 }
 
-// ImportPyTorchCSV reads a PyTorch per-rank action CSV and builds a
+// Import reads a PyTorch per-rank action CSV and builds a
 // validated Plan from it. Errors name the row, column and token at fault;
 // a plan that parses but breaks a rule (a deadlock, a W before its I)
 // returns the validator's error with the offending token's cell.
-func ImportPyTorchCSV(r io.Reader, opts PyTorchCSVOptions) (*Plan, error) {
+func Import(r io.Reader, opts Options) (*scheduler.Plan, error) {
 	if opts.Layers < 0 || opts.Samples < 0 || opts.Memory < 0 {
 		return nil, csvErr("layers, samples and memory must not be negative")
 	}
 	if opts.Mapping > MappingInfer || opts.Dialect > DialectOld {
 		return nil, csvErr("unknown mapping %d or dialect %d", opts.Mapping, opts.Dialect)
 	}
-	rows, err := readPyTorchRows(r)
+	rows, err := readRows(r)
 	if err != nil {
 		return nil, err
 	}
@@ -193,12 +172,12 @@ func ImportPyTorchCSV(r io.Reader, opts PyTorchCSVOptions) (*Plan, error) {
 		}
 	}
 	p := len(rows)
-	if p > MaxWorkers {
-		return nil, csvErr("%d rows (ranks), at most %d", p, MaxWorkers)
+	if p > scheduler.MaxWorkers {
+		return nil, csvErr("%d rows (ranks), at most %d", p, scheduler.MaxWorkers)
 	}
 	// Kinds, stage and microbatch counts, duplicates.
 	type key struct {
-		kind      ActionKind
+		kind      scheduler.ActionKind
 		mb, stage int
 	}
 	seen := map[key]*pyTok{}
@@ -213,11 +192,11 @@ func ImportPyTorchCSV(r io.Reader, opts PyTorchCSVOptions) (*Plan, error) {
 			if dialect == DialectOld && t.kind == "I" {
 				return nil, tokErr(t, "I is the new dialect's input gradient; the old dialect writes B")
 			}
-			if t.stage >= MaxStages {
-				return nil, tokErr(t, "stage %d, at most %d stages", t.stage, MaxStages)
+			if t.stage >= scheduler.MaxStages {
+				return nil, tokErr(t, "stage %d, at most %d stages", t.stage, scheduler.MaxStages)
 			}
-			if t.mb >= MaxMicrobatches {
-				return nil, tokErr(t, "microbatch %d, at most %d microbatches", t.mb, MaxMicrobatches)
+			if t.mb >= scheduler.MaxMicrobatches {
+				return nil, tokErr(t, "microbatch %d, at most %d microbatches", t.mb, scheduler.MaxMicrobatches)
 			}
 			ns, m = max(ns, t.stage+1), max(m, t.mb+1)
 			if t.kind == "W" {
@@ -228,22 +207,22 @@ func ImportPyTorchCSV(r io.Reader, opts PyTorchCSVOptions) (*Plan, error) {
 	if ns == 0 {
 		return nil, csvErr("no compute action in %d rows", p)
 	}
-	kindOf := func(t *pyTok) ActionKind {
+	kindOf := func(t *pyTok) scheduler.ActionKind {
 		switch t.kind {
 		case "F":
-			return Forward
+			return scheduler.Forward
 		case "I":
-			return BackwardInput
+			return scheduler.BackwardInput
 		case "W":
-			return BackwardWeight
+			return scheduler.BackwardWeight
 		case "BW":
-			return Backward
+			return scheduler.Backward
 		}
 		// B: a full backward, except the old dialect's input gradient.
 		if dialect == DialectOld && hasW[[2]int{t.stage, t.mb}] {
-			return BackwardInput
+			return scheduler.BackwardInput
 		}
-		return Backward
+		return scheduler.Backward
 	}
 	forwards := make([]int, ns)
 	for _, row := range rows {
@@ -254,7 +233,7 @@ func ImportPyTorchCSV(r io.Reader, opts PyTorchCSVOptions) (*Plan, error) {
 				return nil, tokErr(t, "repeats the action of row %d, column %d", first.row, first.col)
 			}
 			seen[k] = t
-			if k.kind == Forward {
+			if k.kind == scheduler.Forward {
 				forwards[t.stage]++
 			}
 		}
@@ -266,12 +245,12 @@ func ImportPyTorchCSV(r io.Reader, opts PyTorchCSVOptions) (*Plan, error) {
 			continue
 		}
 		for mb := range m {
-			if seen[key{Forward, mb, s}] == nil {
+			if seen[key{scheduler.Forward, mb, s}] == nil {
 				return nil, csvErr("stage %d never runs the forward of microbatch %d (%d stages and %d microbatches named)", s, mb, ns, m)
 			}
 		}
 	}
-	if ns*m > maxStageMBCells {
+	if ns*m > scheduler.MaxStageMicrobatchCells {
 		return nil, csvErr("%d stages x %d microbatches is too large", ns, m)
 	}
 	if opts.Layers > 0 && opts.Layers < ns {
@@ -317,18 +296,18 @@ func ImportPyTorchCSV(r io.Reader, opts PyTorchCSVOptions) (*Plan, error) {
 	}
 	for r, row := range rows {
 		if len(row) == 0 {
-			return nil, &PyTorchCSVError{Row: r + 1, Detail: "rank runs no compute action"}
+			return nil, &Error{Row: r + 1, Detail: "rank runs no compute action"}
 		}
 	}
-	plan := pytorchPlan(rows, rankOf, m, opts, kindOf)
-	if err := Validate(plan); err != nil {
+	plan := buildPlan(rows, rankOf, m, opts, kindOf)
+	if err := scheduler.Validate(plan); err != nil {
 		return nil, locateValidationError(err, rows, plan, kindOf)
 	}
 	return plan, nil
 }
 
-// pytorchPlan builds the plan from checked tokens.
-func pytorchPlan(rows [][]pyTok, rankOf []int, m int, opts PyTorchCSVOptions, kindOf func(*pyTok) ActionKind) *Plan {
+// buildPlan builds the plan from checked tokens.
+func buildPlan(rows [][]pyTok, rankOf []int, m int, opts Options, kindOf func(*pyTok) scheduler.ActionKind) *scheduler.Plan {
 	ns, p := len(rankOf), len(rows)
 	name := opts.Name
 	if name == "" {
@@ -339,39 +318,39 @@ func pytorchPlan(rows [][]pyTok, rankOf []int, m int, opts PyTorchCSVOptions, ki
 		layers = ns
 	}
 	samples := max(opts.Samples, 1)
-	plan := &Plan{Version: FormatVersion, Schedule: name, HeadStage: ns - 1, Recompute: opts.Recompute}
-	plan.Stages = splitLayers(layers, ns)
-	plan.Workers = make([]Worker, p)
+	plan := &scheduler.Plan{Version: scheduler.FormatVersion, Schedule: name, HeadStage: ns - 1, Recompute: opts.Recompute}
+	plan.Stages = scheduler.SplitLayers(layers, ns)
+	plan.Workers = make([]scheduler.Worker, p)
 	for r := range plan.Workers {
-		plan.Workers[r] = Worker{Node: fmt.Sprintf("node-%d", r), Memory: opts.Memory}
+		plan.Workers[r] = scheduler.Worker{Node: fmt.Sprintf("node-%d", r), Memory: opts.Memory}
 	}
 	for s, r := range rankOf {
 		plan.Workers[r].Stages = append(plan.Workers[r].Stages, s)
 	}
-	path := make([]Hop, ns)
+	path := make([]scheduler.Hop, ns)
 	for s, r := range rankOf {
-		path[s] = Hop{Worker: r, Stage: s}
+		path[s] = scheduler.Hop{Worker: r, Stage: s}
 	}
-	plan.Microbatches = make([]Microbatch, m)
+	plan.Microbatches = make([]scheduler.Microbatch, m)
 	for mb := range plan.Microbatches {
-		plan.Microbatches[mb] = Microbatch{Samples: samples, Path: append([]Hop(nil), path...), LossWorker: rankOf[ns-1]}
+		plan.Microbatches[mb] = scheduler.Microbatch{Samples: samples, Path: append([]scheduler.Hop(nil), path...), LossWorker: rankOf[ns-1]}
 	}
-	plan.Programs = make([][]Action, p)
+	plan.Programs = make([][]scheduler.Action, p)
 	for r, row := range rows {
-		prog := make([]Action, 0, len(row)+1)
+		prog := make([]scheduler.Action, 0, len(row)+1)
 		for i := 0; i < len(row); i++ {
 			t := &row[i]
-			a := Action{Kind: kindOf(t), Microbatch: t.mb, Stage: t.stage}
+			a := scheduler.Action{Kind: kindOf(t), Microbatch: t.mb, Stage: t.stage}
 			if b, ok := overlapPair(row, i, kindOf); ok {
-				a = FB(t.mb, t.stage, b)
+				a = scheduler.FB(t.mb, t.stage, b)
 				i++
 			}
 			prog = append(prog, a)
-			if (a.Kind == Forward || a.Kind == Overlapped) && a.Stage == ns-1 {
-				prog = append(prog, L(a.Microbatch, ns-1))
+			if (a.Kind == scheduler.Forward || a.Kind == scheduler.Overlapped) && a.Stage == ns-1 {
+				prog = append(prog, scheduler.L(a.Microbatch, ns-1))
 			}
 		}
-		plan.Programs[r] = append(prog, Step())
+		plan.Programs[r] = append(prog, scheduler.Step())
 	}
 	return plan
 }
@@ -381,33 +360,33 @@ func pytorchPlan(rows [][]pyTok, rankOf []int, m int, opts PyTorchCSVOptions, ki
 // Overlapped action; it returns the backward. Other groups (a
 // microbatch's own forward and backward, more than two actions) run
 // their actions in order.
-func overlapPair(row []pyTok, i int, kindOf func(*pyTok) ActionKind) (Action, bool) {
+func overlapPair(row []pyTok, i int, kindOf func(*pyTok) scheduler.ActionKind) (scheduler.Action, bool) {
 	t := &row[i]
 	if t.group != 2 || i+1 >= len(row) {
-		return Action{}, false
+		return scheduler.Action{}, false
 	}
 	n := &row[i+1]
-	if n.row != t.row || n.col != t.col || kindOf(t) != Forward || n.mb == t.mb {
-		return Action{}, false
+	if n.row != t.row || n.col != t.col || kindOf(t) != scheduler.Forward || n.mb == t.mb {
+		return scheduler.Action{}, false
 	}
 	k := kindOf(n)
-	if k != Backward && k != BackwardInput {
-		return Action{}, false
+	if k != scheduler.Backward && k != scheduler.BackwardInput {
+		return scheduler.Action{}, false
 	}
-	return Action{Kind: k, Microbatch: n.mb, Stage: n.stage}, true
+	return scheduler.Action{Kind: k, Microbatch: n.mb, Stage: n.stage}, true
 }
 
 // locateValidationError adds the CSV cell of the action a validation error
 // names, when there is one.
-func locateValidationError(err error, rows [][]pyTok, plan *Plan, kindOf func(*pyTok) ActionKind) error {
-	var ve *ValidationError
+func locateValidationError(err error, rows [][]pyTok, plan *scheduler.Plan, kindOf func(*pyTok) scheduler.ActionKind) error {
+	var ve *scheduler.ValidationError
 	if !errors.As(err, &ve) || ve.Worker < 0 || ve.Worker >= len(rows) || ve.Action == "" {
 		return fmt.Errorf("pytorch csv: %w", err)
 	}
 	row := rows[ve.Worker]
 	for i := range row {
 		t := &row[i]
-		if (Action{Kind: kindOf(t), Microbatch: t.mb, Stage: t.stage}).String() == ve.Action {
+		if (scheduler.Action{Kind: kindOf(t), Microbatch: t.mb, Stage: t.stage}).String() == ve.Action {
 			return fmt.Errorf("pytorch csv: %s: %w", t.where(), err)
 		}
 	}
@@ -416,15 +395,15 @@ func locateValidationError(err error, rows [][]pyTok, plan *Plan, kindOf func(*p
 	return fmt.Errorf("pytorch csv: row %d: %w", ve.Worker+1, err)
 }
 
-// readPyTorchRows reads the CSV into compute tokens per row, skipping idle
+// readRows reads the CSV into compute tokens per row, skipping idle
 // cells and non-compute actions.
-func readPyTorchRows(r io.Reader) ([][]pyTok, error) {
-	data, err := io.ReadAll(io.LimitReader(r, MaxPyTorchCSVBytes+1))
+func readRows(r io.Reader) ([][]pyTok, error) {
+	data, err := io.ReadAll(io.LimitReader(r, MaxBytes+1))
 	if err != nil {
 		return nil, csvErr("read: %v", err)
 	}
-	if len(data) > MaxPyTorchCSVBytes {
-		return nil, csvErr("input is larger than %d bytes", MaxPyTorchCSVBytes)
+	if len(data) > MaxBytes {
+		return nil, csvErr("input is larger than %d bytes", MaxBytes)
 	}
 	cr := csv.NewReader(strings.NewReader(string(data)))
 	cr.FieldsPerRecord = -1
@@ -445,7 +424,7 @@ func readPyTorchRows(r io.Reader) ([][]pyTok, error) {
 		rowNum := len(rows) + 1
 		var row []pyTok
 		for i, cell := range rec {
-			toks, err := parsePyTorchCell(cell, rowNum, i+1)
+			toks, err := parseCell(cell, rowNum, i+1)
 			if err != nil {
 				return nil, err
 			}
@@ -471,16 +450,16 @@ func isComputeKind(k string) bool {
 	return false
 }
 
-// parsePyTorchCell reads one cell: nothing (idle), one action, or an
+// parseCell reads one cell: nothing (idle), one action, or an
 // OVERLAP_F_B group. Rows and columns count records and cells from 1: row
 // r+1 is rank r, column c its c-th step, idle steps included.
-func parsePyTorchCell(cell string, row, col int) ([]pyTok, error) {
+func parseCell(cell string, row, col int) ([]pyTok, error) {
 	text := strings.TrimSpace(cell)
 	if text == "" || text == "None" {
 		return nil, nil
 	}
 	bad := func(format string, args ...any) error {
-		return &PyTorchCSVError{Row: row, Column: col, Token: text, Detail: fmt.Sprintf(format, args...)}
+		return &Error{Row: row, Column: col, Token: text, Detail: fmt.Sprintf(format, args...)}
 	}
 	if len(text) > maxTokenLen {
 		return nil, bad("token longer than %d bytes", maxTokenLen)
@@ -496,7 +475,7 @@ func parsePyTorchCell(cell string, row, col int) ([]pyTok, error) {
 			if sub == "" {
 				continue
 			}
-			t, compute, err := parsePyTorchAction(sub)
+			t, compute, err := parseAction(sub)
 			if err != nil {
 				return nil, bad("%v", err)
 			}
@@ -511,7 +490,7 @@ func parsePyTorchCell(cell string, row, col int) ([]pyTok, error) {
 		}
 		return out, nil
 	}
-	t, compute, err := parsePyTorchAction(text)
+	t, compute, err := parseAction(text)
 	if err != nil {
 		return nil, bad("%v", err)
 	}
@@ -522,9 +501,9 @@ func parsePyTorchCell(cell string, row, col int) ([]pyTok, error) {
 	return []pyTok{t}, nil
 }
 
-// parsePyTorchAction reads [stage][type][microbatch]. compute is false for
+// parseAction reads [stage][type][microbatch]. compute is false for
 // the communication and sharding actions the import skips.
-func parsePyTorchAction(s string) (t pyTok, compute bool, err error) {
+func parseAction(s string) (t pyTok, compute bool, err error) {
 	i := 0
 	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
 		i++
@@ -655,7 +634,7 @@ func detectDialect(rows [][]pyTok) (Dialect, error) {
 	return DialectNew, nil
 }
 
-// ExportPyTorchCSV writes p as PyTorch's per-rank action CSV in dialect d:
+// Export writes p as PyTorch's per-rank action CSV in dialect d:
 // one row per worker in worker order, its forwards and backwards in
 // program order. Loss, all-reduce and optimizer step have no token and
 // are left out; the rows are compact (no idle cells). An Overlapped pair
@@ -663,7 +642,7 @@ func detectDialect(rows [][]pyTok) (Dialect, error) {
 // overlapped action. The plan must be one
 // pipeline without skips: every stage on exactly one worker and every
 // microbatch through every stage in order.
-func ExportPyTorchCSV(w io.Writer, p *Plan, d Dialect) error {
+func Export(w io.Writer, p *scheduler.Plan, d Dialect) error {
 	if d != DialectNew && d != DialectOld {
 		return fmt.Errorf("pytorch csv export: dialect %s, want new or old", d)
 	}
@@ -682,16 +661,16 @@ func ExportPyTorchCSV(w io.Writer, p *Plan, d Dialect) error {
 		}
 	}
 	var b strings.Builder
-	token := func(a Action) {
+	token := func(a scheduler.Action) {
 		b.WriteString(strconv.Itoa(a.Stage))
-		b.WriteString(pytorchCode(a.Kind, d))
+		b.WriteString(tokenCode(a.Kind, d))
 		b.WriteString(strconv.Itoa(a.Microbatch))
 	}
 	for wk, prog := range p.Programs {
 		n := 0
 		for _, a := range prog {
 			f, bk, pair := a.Halves()
-			if !pair && pytorchCode(a.Kind, d) == "" {
+			if !pair && tokenCode(a.Kind, d) == "" {
 				continue
 			}
 			if n > 0 {
@@ -717,20 +696,20 @@ func ExportPyTorchCSV(w io.Writer, p *Plan, d Dialect) error {
 	return err
 }
 
-// pytorchCode spells an action kind in dialect d; "" for kinds PyTorch's
+// tokenCode spells an action kind in dialect d; "" for kinds PyTorch's
 // CSV has no token for.
-func pytorchCode(k ActionKind, d Dialect) string {
+func tokenCode(k scheduler.ActionKind, d Dialect) string {
 	switch k {
-	case Forward:
+	case scheduler.Forward:
 		return "F"
-	case BackwardWeight:
+	case scheduler.BackwardWeight:
 		return "W"
-	case BackwardInput:
+	case scheduler.BackwardInput:
 		if d == DialectOld {
 			return "B"
 		}
 		return "I"
-	case Backward:
+	case scheduler.Backward:
 		if d == DialectOld {
 			return "BW"
 		}
@@ -739,10 +718,10 @@ func pytorchCode(k ActionKind, d Dialect) string {
 	return ""
 }
 
-// PyTorchStageRanks returns, for a plan ExportPyTorchCSV accepts, the
+// StageRanks returns, for a plan Export accepts, the
 // mapping that reads its export back: loop when stage s sits on worker
 // s mod workers, v when it sits V-style, infer otherwise.
-func PyTorchStageRanks(p *Plan) StageMapping {
+func StageRanks(p *scheduler.Plan) StageMapping {
 	nw, ns := len(p.Workers), len(p.Stages)
 	owner := make([]int, ns)
 	for w, wk := range p.Workers {

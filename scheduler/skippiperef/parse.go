@@ -1,4 +1,4 @@
-package scheduler
+package skippiperef
 
 import (
 	"bytes"
@@ -7,11 +7,13 @@ import (
 	"math"
 	"sort"
 	"strconv"
+
+	"stagecoach/scheduler"
 )
 
-// SkipPipeRef is a schedule file written by the SkipPipe authors'
+// File is a schedule file written by the SkipPipe authors'
 // scheduler (format: ../shared/reference/README.md), parsed and checked.
-type SkipPipeRef struct {
+type File struct {
 	// Partitions lists node ids per stage, stage 0 first.
 	Partitions [][]int
 	// Delays[a][b] is the seconds of one microbatch hop from a to b.
@@ -27,48 +29,48 @@ type SkipPipeRef struct {
 	BaselineExpectedS float64
 	// Variants holds the skipping plans present, in the order ca, non-ca,
 	// random.
-	Variants []RefVariant
+	Variants []Variant
 }
 
-// RefVariant is one of the authors' skipping plans.
-type RefVariant struct {
+// Variant is one of the authors' skipping plans.
+type Variant struct {
 	// Name is the Stagecoach schedule name: ref-ca, ref-nonca, ref-random.
 	Name string
 	// Agents in ascending key order.
-	Agents []RefAgent
+	Agents []Agent
 	// Order[node] is the node's planned processing order, nil for nodes
 	// (or whole files) without one.
-	Order [][]RefOrderEntry
+	Order [][]OrderEntry
 	// ExpectedS is the authors' simulated iteration time (0 when absent).
 	ExpectedS float64
 	// Notes says what was missing or ignored.
 	Notes []string
 }
 
-// RefAgent is a group of microbatches sharing a path.
-type RefAgent struct {
+// Agent is a group of microbatches sharing a path.
+type Agent struct {
 	Key  int
 	Path []int // node ids, origin first
 }
 
-// RefOrderEntry is one (agent, planned start) pair of a processing order.
-type RefOrderEntry struct {
+// OrderEntry is one (agent, planned start) pair of a processing order.
+type OrderEntry struct {
 	Agent  int
 	StartS float64
 }
 
-// maxRefNodes bounds the files the importer accepts.
-const maxRefNodes = 4096
+// maxNodes bounds the files the importer accepts.
+const maxNodes = 4096
 
-var refVariantKeys = []struct{ name, paths, order, expected string }{
+var variantKeys = []struct{ name, paths, order, expected string }{
 	{"ref-ca", "ca-paths", "ca-processing-order", "ca-expected-time"},
 	{"ref-nonca", "non-ca-paths", "non-ca-processing-order", "nonca-expected-time"},
 	{"ref-random", "random-paths", "random-processing-order", "random-expected-time"},
 }
 
-// ParseSkipPipeRef parses and checks an authors' schedule file. Errors
+// Parse parses and checks an authors' schedule file. Errors
 // name the field at fault.
-func ParseSkipPipeRef(data []byte) (*SkipPipeRef, error) {
+func Parse(data []byte) (*File, error) {
 	var raw map[string]json.RawMessage
 	dec := json.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&raw); err != nil {
@@ -77,7 +79,7 @@ func ParseSkipPipeRef(data []byte) (*SkipPipeRef, error) {
 	if raw == nil {
 		return nil, fmt.Errorf("skippipe file: not a JSON object")
 	}
-	ref := &SkipPipeRef{}
+	ref := &File{}
 	field := func(name string, dst any, required bool) error {
 		v, ok := raw[name]
 		if !ok || string(v) == "null" {
@@ -95,8 +97,8 @@ func ParseSkipPipeRef(data []byte) (*SkipPipeRef, error) {
 		return nil, err
 	}
 	n := len(ref.Delays)
-	if n < 2 || n > maxRefNodes {
-		return nil, fmt.Errorf("skippipe file: field \"delays\" has %d rows, want 2..%d", n, maxRefNodes)
+	if n < 2 || n > maxNodes {
+		return nil, fmt.Errorf("skippipe file: field \"delays\" has %d rows, want 2..%d", n, maxNodes)
 	}
 	for a, row := range ref.Delays {
 		if len(row) != n {
@@ -143,8 +145,8 @@ func ParseSkipPipeRef(data []byte) (*SkipPipeRef, error) {
 	if err := field("ours-sends", &ref.MicrobatchesPerOrigin, true); err != nil {
 		return nil, err
 	}
-	if ref.MicrobatchesPerOrigin < 1 || ref.MicrobatchesPerOrigin*len(ref.Partitions[0]) > MaxMicrobatches {
-		return nil, fmt.Errorf("skippipe file: field \"ours-sends\" is %d, want 1..%d", ref.MicrobatchesPerOrigin, MaxMicrobatches/len(ref.Partitions[0]))
+	if ref.MicrobatchesPerOrigin < 1 || ref.MicrobatchesPerOrigin*len(ref.Partitions[0]) > scheduler.MaxMicrobatches {
+		return nil, fmt.Errorf("skippipe file: field \"ours-sends\" is %d, want 1..%d", ref.MicrobatchesPerOrigin, scheduler.MaxMicrobatches/len(ref.Partitions[0]))
 	}
 	if err := field("locations", &ref.Locations, false); err != nil {
 		return nil, err
@@ -161,7 +163,7 @@ func ParseSkipPipeRef(data []byte) (*SkipPipeRef, error) {
 			stageOf[v] = s
 		}
 	}
-	for _, k := range refVariantKeys {
+	for _, k := range variantKeys {
 		if _, ok := raw[k.paths]; !ok {
 			continue
 		}
@@ -169,7 +171,7 @@ func ParseSkipPipeRef(data []byte) (*SkipPipeRef, error) {
 		if err := field(k.paths, &paths, true); err != nil {
 			return nil, err
 		}
-		rv := RefVariant{Name: k.name}
+		rv := Variant{Name: k.name}
 		if err := field(k.expected, &rv.ExpectedS, false); err != nil {
 			return nil, err
 		}
@@ -187,7 +189,7 @@ func ParseSkipPipeRef(data []byte) (*SkipPipeRef, error) {
 	return ref, nil
 }
 
-func parseAgents(fieldName string, paths map[string]map[string]int, ref *SkipPipeRef, stageOf []int) ([]RefAgent, error) {
+func parseAgents(fieldName string, paths map[string]map[string]int, ref *File, stageOf []int) ([]Agent, error) {
 	n := len(ref.Delays)
 	if len(paths) == 0 {
 		return nil, fmt.Errorf("skippipe file: field %q has no agents", fieldName)
@@ -197,7 +199,7 @@ func parseAgents(fieldName string, paths map[string]map[string]int, ref *SkipPip
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
-	var out []RefAgent
+	var out []Agent
 	for _, k := range keys {
 		id, err := strconv.Atoi(k)
 		if err != nil || id < 0 {
@@ -241,7 +243,7 @@ func parseAgents(fieldName string, paths map[string]map[string]int, ref *SkipPip
 				return nil, fmt.Errorf("skippipe file: field %q: agent %s: hop %d goes to stage-0 node %d", fieldName, k, i+1, v)
 			}
 		}
-		out = append(out, RefAgent{Key: id, Path: path})
+		out = append(out, Agent{Key: id, Path: path})
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Key < out[j].Key })
 	for i := 1; i < len(out); i++ {
@@ -269,7 +271,7 @@ func parseAgents(fieldName string, paths map[string]map[string]int, ref *SkipPip
 // parseOrder reads a per-node processing order. Anything unusable is
 // dropped with a note: the published file stores per-node microbatch
 // counts under random-processing-order, and has no ca-processing-order.
-func parseOrder(name string, v json.RawMessage, n int) ([][]RefOrderEntry, []string) {
+func parseOrder(name string, v json.RawMessage, n int) ([][]OrderEntry, []string) {
 	if len(v) == 0 || string(v) == "null" {
 		return nil, []string{fmt.Sprintf("%s absent: nodes process work in arrival order", name)}
 	}
@@ -277,7 +279,7 @@ func parseOrder(name string, v json.RawMessage, n int) ([][]RefOrderEntry, []str
 	if err := json.Unmarshal(v, &m); err != nil {
 		return nil, []string{fmt.Sprintf("%s is not per-node (agent, start) pairs, ignored: nodes process work in arrival order", name)}
 	}
-	out := make([][]RefOrderEntry, n)
+	out := make([][]OrderEntry, n)
 	var notes []string
 	keys := make([]string, 0, len(m))
 	for k := range m {
@@ -290,14 +292,14 @@ func parseOrder(name string, v json.RawMessage, n int) ([][]RefOrderEntry, []str
 			notes = append(notes, fmt.Sprintf("%s: key %q is not a node id, ignored", name, k))
 			continue
 		}
-		var es []RefOrderEntry
+		var es []OrderEntry
 		ok := true
 		for _, e := range m[k] {
 			if len(e) != 2 || e[0] < 0 || e[0] != math.Trunc(e[0]) || e[0] > math.MaxInt32 {
 				ok = false
 				break
 			}
-			es = append(es, RefOrderEntry{Agent: int(e[0]), StartS: e[1]})
+			es = append(es, OrderEntry{Agent: int(e[0]), StartS: e[1]})
 		}
 		if !ok {
 			notes = append(notes, fmt.Sprintf("%s: node %d has a malformed entry, its order is ignored", name, node))

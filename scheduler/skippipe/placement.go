@@ -1,4 +1,4 @@
-package scheduler
+package skippipe
 
 import "math"
 
@@ -25,8 +25,8 @@ type Placement struct {
 //     (stage replicas wait for each other at the all-reduce).
 //
 // partition must hold every node once with the configured stage sizes.
-func PlacementCost(cfg SkipPipeConfig, partition [][]int) (float64, error) {
-	if err := cfg.check(); err != nil {
+func PlacementCost(cfg Config, partition [][]int) (float64, error) {
+	if err := cfg.Check(); err != nil {
 		return 0, err
 	}
 	if err := checkPartition(partition, cfg.StageSizes, len(cfg.NodeNames)); err != nil {
@@ -35,7 +35,7 @@ func PlacementCost(cfg SkipPipeConfig, partition [][]int) (float64, error) {
 	return placementCost(&cfg, partition), nil
 }
 
-func placementCost(cfg *SkipPipeConfig, parts [][]int) float64 {
+func placementCost(cfg *Config, parts [][]int) float64 {
 	d := cfg.Delay
 	br := cfg.BackwardRatio
 	if br == 0 {
@@ -72,8 +72,8 @@ func placementCost(cfg *SkipPipeConfig, parts [][]int) float64 {
 // PlacementCost: simulated annealing over swaps of two nodes in different
 // stages, restarted from the identity order and from seeded shuffles, the
 // best result kept. Deterministic for cfg.Seed.
-func Place(cfg *SkipPipeConfig) (*Placement, error) {
-	if err := cfg.check(); err != nil {
+func Place(cfg *Config) (*Placement, error) {
+	if err := cfg.Check(); err != nil {
 		return nil, err
 	}
 	n := len(cfg.NodeNames)
