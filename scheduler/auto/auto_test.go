@@ -43,24 +43,7 @@ func TestAutoNeverSlowerThanNamed(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			// The named schedules, simulated here on their own.
-			bestName, bestT := "", 0.0
-			for _, name := range scheduler.Names() {
-				pl, err := scheduler.Generate(name, k.spec)
-				if err != nil || scheduler.Validate(pl) != nil {
-					continue
-				}
-				r, err := sim.Run(pl, c, sim.Options{})
-				if err != nil {
-					t.Fatalf("%s: %v", name, err)
-				}
-				if bestName == "" || r.IterationTimeS < bestT {
-					bestName, bestT = name, r.IterationTimeS
-				}
-			}
-			if bestName == "" {
-				t.Fatal("no named schedule fits")
-			}
+			bestName, bestT, _ := bestNamed(t, k.spec, c)
 			r, err := sim.Run(res.Best.Plan, c, sim.Options{})
 			if err != nil {
 				t.Fatal(err)
@@ -181,27 +164,7 @@ func TestAutoOnTheIssueGrid(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				bestName, bestT, refused := "", 0.0, 0
-				for _, name := range scheduler.Names() {
-					pl, err := scheduler.Generate(name, spec)
-					if err != nil || scheduler.Validate(pl) != nil {
-						continue
-					}
-					r, err := sim.Run(pl, c, sim.Options{})
-					if err != nil {
-						t.Fatalf("%s: %v", name, err)
-					}
-					if r.Infeasible != "" {
-						refused++
-						continue
-					}
-					if bestName == "" || r.IterationTimeS < bestT {
-						bestName, bestT = name, r.IterationTimeS
-					}
-				}
-				if bestName == "" {
-					t.Fatal("no named schedule fits")
-				}
+				bestName, bestT, refused := bestNamed(t, spec, c)
 				r, err := sim.Run(res.Best.Plan, c, sim.Options{})
 				if err != nil {
 					t.Fatal(err)
@@ -216,4 +179,33 @@ func TestAutoOnTheIssueGrid(t *testing.T) {
 			})
 		}
 	}
+}
+
+// bestNamed simulates every named schedule that takes spec on c, on its
+// own, and returns the fastest that fits c's memory, its iteration time,
+// and how many were over the memory.
+func bestNamed(t *testing.T, spec scheduler.Spec, c *sim.Cluster) (string, float64, int) {
+	t.Helper()
+	bestName, bestT, refused := "", 0.0, 0
+	for _, name := range scheduler.Names() {
+		pl, err := scheduler.Generate(name, spec)
+		if err != nil || scheduler.Validate(pl) != nil {
+			continue
+		}
+		r, err := sim.Run(pl, c, sim.Options{})
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if r.Infeasible != "" {
+			refused++
+			continue
+		}
+		if bestName == "" || r.IterationTimeS < bestT {
+			bestName, bestT = name, r.IterationTimeS
+		}
+	}
+	if bestName == "" {
+		t.Fatal("no named schedule fits")
+	}
+	return bestName, bestT, refused
 }
