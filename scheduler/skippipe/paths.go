@@ -26,16 +26,26 @@ func (st *spState) clone() *spState {
 // SwapDistance and at most MaxSwaps of them, forward jumps of at most
 // MaxJump.
 func (nt *spNet) validSeq(path []int) bool {
+	return nt.validOrder(len(path)-1, func(i int) int { return nt.stageOf[path[i+1]] })
+}
+
+// validStages is validSeq over stage numbers (without the origin).
+func (nt *spNet) validStages(stages []int) bool {
+	return nt.validOrder(len(stages), func(i int) int { return stages[i] })
+}
+
+// validOrder checks the rules of validSeq on the n stages after the
+// origin, the ith being stage(i).
+func (nt *spNet) validOrder(n int, stage func(i int) int) bool {
 	r := &nt.rules
-	furthest, swaps := 0, 0
-	prev := 0
-	for i := 1; i < len(path); i++ {
-		s := nt.stageOf[path[i]]
+	furthest, swaps, prev := 0, 0, 0
+	for i := 0; i < n; i++ {
+		s := stage(i)
 		if s == 0 {
 			return false
 		}
-		for k := 1; k < i; k++ {
-			if nt.stageOf[path[k]] == s {
+		for k := 0; k < i; k++ {
+			if stage(k) == s {
 				return false
 			}
 		}
@@ -215,31 +225,6 @@ func (nt *spNet) placeHops(st *spState, mb int, stages []int, stageLeft []int, p
 		}
 	}
 	return path
-}
-
-// validStages is validSeq over stage numbers (without the origin).
-func (nt *spNet) validStages(stages []int) bool {
-	r := &nt.rules
-	furthest, swaps, prev := 0, 0, 0
-	for i, s := range stages {
-		for _, t := range stages[:i] {
-			if t == s {
-				return false
-			}
-		}
-		if s < furthest {
-			swaps++
-			if furthest-s > r.SwapDistance || swaps > r.MaxSwaps {
-				return false
-			}
-		}
-		if s-prev > r.MaxJump {
-			return false
-		}
-		furthest = max(furthest, s)
-		prev = s
-	}
-	return true
 }
 
 // spMove is one undoable change to a state.
