@@ -65,6 +65,8 @@ process, its parent, is gone.`,
 			srv, err := serve.New(builtin.Backend{Limits: model.Limits{MaxParams: maxParams}}, serve.Options{
 				Limits:      serve.Limits{MaxTensorBytes: maxTensor},
 				VersionInfo: "stagecoach " + runtime.Version(),
+				// The built-in model copies every input it keeps.
+				BorrowInputs: true,
 			})
 			if err != nil {
 				return badInput("%v", err)

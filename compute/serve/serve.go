@@ -42,6 +42,11 @@ type Options struct {
 	VersionInfo string
 	// MaxStages bounds the stages loaded at once (default 1024).
 	MaxStages int
+	// BorrowInputs hands float32 inputs that came through the shared
+	// region to the backend in place, without a copy. Only for a backend
+	// whose stages read their inputs during the call and keep none of
+	// them (the built-in model copies what it keeps).
+	BorrowInputs bool
 }
 
 // Server serves one backend.
@@ -222,7 +227,11 @@ func (s *Server) Call(stream pb.Compute_CallServer) error {
 	}
 	var ins []wire.Value
 	if region != nil {
-		ins, err = region.Get(req.Inputs, sizes)
+		if s.opts.BorrowInputs {
+			ins, err = region.Borrow(req.Inputs, sizes)
+		} else {
+			ins, err = region.Get(req.Inputs, sizes)
+		}
 		if err == nil {
 			// Nothing may follow the request.
 			_, err = wire.Recv(stream.Recv, nil, nil)

@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -131,6 +132,19 @@ func (r *Region) Put(vals []Value) error {
 // sizes) from the region, back to back from offset 0, into memory of
 // their own.
 func (r *Region) Get(metas []*pb.TensorMeta, sizes []int64) ([]Value, error) {
+	return r.get(metas, sizes, false)
+}
+
+// Borrow is Get with float32 tensors left in the region: their values are
+// views of it, valid until the region's next Put or Close (the caller's
+// call). Int32 tensors are copied as by Get. It saves a copy into fresh
+// memory per tensor for a receiver that reads its inputs only during the
+// call.
+func (r *Region) Borrow(metas []*pb.TensorMeta, sizes []int64) ([]Value, error) {
+	return r.get(metas, sizes, littleEndian)
+}
+
+func (r *Region) get(metas []*pb.TensorMeta, sizes []int64, borrow bool) ([]Value, error) {
 	var total, have int64
 	for _, s := range sizes {
 		total += s
@@ -157,6 +171,10 @@ func (r *Region) Get(metas []*pb.TensorMeta, sizes []int64) ([]Value, error) {
 					vals[i].I32[j] = int32(binary.LittleEndian.Uint32(src[4*j:]))
 				}
 			}
+			continue
+		}
+		if borrow && n > 0 && uintptr(unsafe.Pointer(&src[0]))%4 == 0 {
+			vals[i].F32 = unsafe.Slice((*float32)(unsafe.Pointer(&src[0])), n)
 			continue
 		}
 		vals[i].F32 = make([]float32, n)

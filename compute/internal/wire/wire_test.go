@@ -215,3 +215,50 @@ func TestOpName(t *testing.T) {
 		t.Fatalf("OpName = %q", got)
 	}
 }
+
+// TestRegionBorrow: Borrow gives Get's values, with float32 tensors left
+// in the region (a later write to it shows through) and int32 ones copied.
+func TestRegionBorrow(t *testing.T) {
+	r, err := CreateRegion(t.TempDir(), 1<<12)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	vals := []Value{
+		{Meta: &pb.TensorMeta{Name: "x", Shape: []int64{2, 3}, Dtype: pb.DType_DTYPE_FLOAT32}, F32: []float32{1, -2, 3.5, 0, 5, 6}},
+		{Meta: &pb.TensorMeta{Name: "ids", Shape: []int64{3}, Dtype: pb.DType_DTYPE_INT32}, I32: []int32{7, 8, 9}},
+	}
+	metas := []*pb.TensorMeta{vals[0].Meta, vals[1].Meta}
+	lim, err := Limits{}.WithDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sizes, err := Check(metas, lim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Put(vals); err != nil {
+		t.Fatal(err)
+	}
+	got, err := r.Get(metas, sizes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lent, err := r.Borrow(metas, sizes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(lent[0].F32, got[0].F32) || !slices.Equal(lent[1].I32, got[1].I32) || !slices.Equal(got[0].F32, vals[0].F32) {
+		t.Fatalf("Borrow gave %v %v, Get %v %v", lent[0].F32, lent[1].I32, got[0].F32, got[1].I32)
+	}
+	vals[0].F32[0], vals[1].I32[0] = 42, 42
+	if err := r.Put(vals); err != nil {
+		t.Fatal(err)
+	}
+	if lent[0].F32[0] != 42 || got[0].F32[0] != 1 {
+		t.Errorf("after a write to the region the borrowed float is %v (want 42, in place) and the copied one %v (want 1)", lent[0].F32[0], got[0].F32[0])
+	}
+	if lent[1].I32[0] != 7 {
+		t.Errorf("a borrowed int32 tensor changed with the region (%d): int32 inputs must be copied", lent[1].I32[0])
+	}
+}
