@@ -95,6 +95,28 @@ func BenchmarkBlockOverKernel(b *testing.B) {
 	b.ReportMetric(tr.Seconds()/tb.Seconds(), "block/kernel")
 }
 
+// BenchmarkBlockElementwise times the element-wise layers of one block's
+// forward and backward at the block benchmark's shapes (two RMSNorms each
+// way, two residual adds, GELU each way): the part of the block, besides
+// softmax, that is not a matrix product.
+func BenchmarkBlockElementwise(b *testing.B) {
+	const N, D, Hd = benchB * benchCtx, benchDim, 4 * benchDim
+	r := rand.New(rand.NewPCG(3, 3))
+	buf := func(n int) []float32 { return randSlice(r, n, 1) }
+	x, y, dx, g, dg, rinv := buf(N*D), buf(N*D), buf(N*D), buf(D), buf(D), buf(N)
+	u, a, th := buf(N*Hd), buf(N*Hd), buf(N*Hd)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for range 2 {
+			rmsnormForward(x, g, y, rinv, N, D)
+			addRows(y, x, N, D)
+			rmsnormBackward(x, g, rinv, y, dx, dg, N, D)
+		}
+		geluForward(u, a, th, N, Hd)
+		geluBackward(u, th, a, N, Hd)
+	}
+}
+
 func benchRawStep() func() {
 	const B, T, D, Hd, H = benchB, benchCtx, benchDim, 4 * benchDim, benchHeads
 	N, hd := B*T, D/H

@@ -217,7 +217,7 @@ func (s *Shard) contribute(mb int, ps []*Tensor, fn func()) {
 	s.held = s.held[:0]
 	for _, p := range ps {
 		sc := s.scratch[p]
-		rows(len(sc), 1, func(lo, hi int) { clear(sc[lo:hi]) })
+		clear(sc)
 		s.held = append(s.held, p.G)
 		p.G = sc
 	}
@@ -230,7 +230,7 @@ func (s *Shard) contribute(mb int, ps []*Tensor, fn func()) {
 			s.contrib = append(s.contrib, c)
 			continue
 		}
-		addRows(p.G, c, len(c), 1)
+		vecf32.Add(p.G, c)
 	}
 	if s.sink != nil {
 		s.sink(mb, ps, s.contrib)

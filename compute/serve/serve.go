@@ -64,7 +64,8 @@ type Server struct {
 	// regions are the shared-memory regions clients offered at Hello,
 	// by path (the client unlinks the file once it is mapped here).
 	regions map[string]*wire.Region
-	// forwards counts the Forward calls answered (for the failpoint).
+	// forwards counts the Forward calls answered while the wrong-shape
+	// failpoint is armed.
 	forwards atomic.Int64
 }
 
@@ -505,11 +506,11 @@ func DescriptionProto(d compute.Description) *pb.Description {
 // that failpoint.ComputeWrongShape names (fault tests only; unarmed, it
 // returns y).
 func (s *Server) wrongShapeFailpoint(y *compute.Tensor) *compute.Tensor {
-	n := s.forwards.Add(1)
 	v, ok := failpoint.Value(failpoint.ComputeWrongShape)
 	if !ok || len(y.Shape) == 0 || y.Shape[0] < 1 {
 		return y
 	}
+	n := s.forwards.Add(1)
 	at, once, _ := strings.Cut(v, ":")
 	if at != strconv.FormatInt(n, 10) {
 		return y
