@@ -17,9 +17,9 @@
 //
 //     go run ./bench/backends [-sizes 256K,1M,16M] [-min-time 1s] [-steps 6] [-up=true]
 //
-// Rows alternate the two sides so that both see the same load, and report
-// each side's fastest run; the ratios are the figures to read on a shared
-// machine.
+// Each row times its two sides run by run in alternation, so that both
+// see the same load, and reports the median of the run-by-run ratios:
+// the figure to read on a shared machine.
 package main
 
 import (
@@ -49,7 +49,7 @@ import (
 func main() {
 	var (
 		sizes   = flag.String("sizes", "256K,1M,16M", "tensor sizes for the hop")
-		minTime = flag.Duration("min-time", time.Second, "least time per side and row")
+		minTime = flag.Duration("min-time", 2*time.Second, "least time per row")
 		steps   = flag.Int("steps", 6, "up: training steps per run")
 		up      = flag.Bool("up", true, "run the up rows (they start processes and take a minute or two)")
 		torchOn = flag.Bool("torch", true, "include the PyTorch backend's rows when torch is installed")
@@ -104,53 +104,74 @@ func cpuModel() string {
 	return "unknown CPU"
 }
 
-// timing is a side's runs: the fastest (what other load disturbs least)
-// and the median (what a run typically costs, collections included).
-type timing struct{ best, median float64 }
+// sides is what timeSides measured of each side: its median and fastest
+// run, and the median of its run-by-run ratio to the first side (the
+// figure that drift in the machine's load disturbs least).
+type sides struct {
+	median, best, ratio []float64
+}
 
-// timeIt runs f until minTime has passed (at least 5 times, after two
-// warm-up runs).
-func timeIt(minTime time.Duration, f func() error) (timing, error) {
-	for range 2 {
-		if err := f(); err != nil {
-			return timing{}, err
-		}
-	}
-	var runs []float64
+// timeSides runs each of fs in turn, round after round, until minTime has
+// passed (at least 9 rounds, after two warm-up rounds), so that every side
+// sees the same load.
+func timeSides(minTime time.Duration, fs ...func() error) (sides, error) {
+	runs := make([][]float64, len(fs))
+	ratios := make([][]float64, len(fs))
 	start := time.Now()
-	for len(runs) < 5 || time.Since(start) < minTime {
-		t0 := time.Now()
-		if err := f(); err != nil {
-			return timing{}, err
+	for round := 0; round < 2 || len(runs[0]) < 9 || time.Since(start) < minTime; round++ {
+		times := make([]float64, len(fs))
+		for i, f := range fs {
+			t0 := time.Now()
+			if err := f(); err != nil {
+				return sides{}, err
+			}
+			times[i] = time.Since(t0).Seconds()
 		}
-		runs = append(runs, time.Since(t0).Seconds())
+		if round < 2 {
+			start = time.Now() // warm-up
+			continue
+		}
+		for i, t := range times {
+			runs[i] = append(runs[i], t)
+			ratios[i] = append(ratios[i], t/times[0])
+		}
 	}
-	sort.Float64s(runs)
-	return timing{best: runs[0], median: runs[len(runs)/2]}, nil
+	med := func(v []float64) float64 { sort.Float64s(v); return v[len(v)/2] }
+	var s sides
+	for i := range fs {
+		s.median = append(s.median, med(runs[i]))
+		s.best = append(s.best, runs[i][0]) // sorted by med
+		s.ratio = append(s.ratio, med(ratios[i]))
+	}
+	return s, nil
 }
 
-// merge keeps the better of two timings of one side.
-func (t timing) merge(u timing) timing {
-	if t.best == 0 {
-		return u
-	}
-	return timing{best: min(t.best, u.best), median: min(t.median, u.median)}
-}
-
-// echo's stages return Forward's input: all that is left is the hop.
+// echo's stages answer Forward with a copy of its input, made in memory
+// the stage owns (as a compute's output buffers are): all that is left is
+// the hop. It reads its input in place, as compute-serve does.
 type echo struct{}
-type echoStage struct{ compute.Stage }
+type echoStage struct {
+	compute.Stage
+	out []float32
+}
 
 func (echo) Name() string { return "echo" }
 func (echo) Close() error { return nil }
 func (echo) Load(context.Context, compute.LoadSpec) (compute.Stage, error) {
-	return echoStage{}, nil
+	return &echoStage{}, nil
 }
-func (echoStage) Describe() compute.Description {
+func (*echoStage) Describe() compute.Description {
 	return compute.Description{Backend: "echo", Width: 1024}
 }
-func (echoStage) Forward(_ int, x *compute.Tensor) (*compute.Tensor, error) { return x, nil }
-func (echoStage) Close() error                                              { return nil }
+func (e *echoStage) Forward(_ int, x *compute.Tensor) (*compute.Tensor, error) {
+	if cap(e.out) < len(x.Data) {
+		e.out = make([]float32, len(x.Data))
+	}
+	e.out = e.out[:len(x.Data)]
+	copy(e.out, x.Data)
+	return &compute.Tensor{Shape: x.Shape, Data: e.out}, nil
+}
+func (*echoStage) Close() error { return nil }
 
 func parseSize(s string) (int, error) {
 	mult := 1
@@ -174,7 +195,7 @@ func hopRows(sizes string, minTime time.Duration) error {
 	}
 	defer os.RemoveAll(dir)
 	sock := filepath.Join(dir, "s.sock")
-	srv, err := serve.Start(echo{}, serve.Options{}, "unix://"+sock)
+	srv, err := serve.Start(echo{}, serve.Options{BorrowInputs: true}, "unix://"+sock)
 	if err != nil {
 		return err
 	}
@@ -196,7 +217,7 @@ func hopRows(sizes string, minTime time.Duration) error {
 	defer b.Close()
 	fmt.Println("## The hop: a tensor's round trip, bytes/s counted both ways")
 	fmt.Println()
-	fmt.Println("Each cell: the median run (the fastest in brackets).")
+	fmt.Println("Each time: the median run (the fastest in brackets). The ratio: the median of run-by-run ratios (the ratio of the medians in brackets).")
 	fmt.Println()
 	fmt.Println("| tensor | compute protocol | plain Unix socket | protocol / socket |")
 	fmt.Println("|---|---|---|---|")
@@ -209,21 +230,15 @@ func hopRows(sizes string, minTime time.Duration) error {
 		x := &compute.Tensor{Shape: []int{1, rows, 1024}, Data: make([]float32, rows*1024)}
 		buf := make([]byte, n)
 		back := make([]byte, n)
-		var tp, ts timing
-		for range 2 { // alternate the sides
-			p, err := timeIt(minTime/2, func() error { _, err := st.Forward(0, x); return err })
-			if err != nil {
-				return err
-			}
-			q, err := timeIt(minTime/2, func() error { return echoSocket(a, b, buf, back) })
-			if err != nil {
-				return err
-			}
-			tp, ts = tp.merge(p), ts.merge(q)
+		t, err := timeSides(minTime,
+			func() error { return echoSocket(a, b, buf, back) },
+			func() error { _, err := st.Forward(0, x); return err })
+		if err != nil {
+			return err
 		}
 		bytes := float64(2 * 4 * rows * 1024)
 		fmt.Printf("| %s | %.2f ms (%.2f), %.2f GB/s | %.2f ms (%.2f), %.2f GB/s | %.0f%% (%.0f%%) |\n", s,
-			tp.median*1e3, tp.best*1e3, bytes/tp.median/1e9, ts.median*1e3, ts.best*1e3, bytes/ts.median/1e9, 100*ts.median/tp.median, 100*ts.best/tp.best)
+			t.median[1]*1e3, t.best[1]*1e3, bytes/t.median[1]/1e9, t.median[0]*1e3, t.best[0]*1e3, bytes/t.median[0]/1e9, 100/t.ratio[1], 100*t.median[0]/t.median[1])
 	}
 	fmt.Println()
 	return nil
@@ -266,20 +281,38 @@ func echoSocket(a, _ net.Conn, buf, back []byte) error {
 	return <-errc
 }
 
-// overheadRows times a stage's Forward+Backward in process and through
-// compute-serve.
+// overheadRows times a stage's Forward+Backward in process, through the
+// protocol to the built-in model served in this same process (the
+// protocol's own cost), and through `stagecoach compute-serve` (the
+// protocol plus computing in a second process beside this one).
 func overheadRows(exe string, minTime time.Duration) error {
 	fmt.Println("## The protocol's overhead per action: one stage's Forward + Backward")
 	fmt.Println()
-	fmt.Println("Each cell: the median run (the fastest in brackets).")
+	fmt.Println("Each time: the median run (the fastest in brackets). Each overhead against in process: the median of run-by-run ratios (the ratio of the medians in brackets).")
 	fmt.Println()
-	fmt.Println("| model | activation | in process | through compute-serve | overhead |")
-	fmt.Println("|---|---|---|---|---|")
-	rb, err := remote.Start(context.Background(), remote.Command{Args: []string{exe, "compute-serve"}}, remote.Options{})
+	fmt.Println("| model | activation | in process | through the protocol, served in process | overhead | through compute-serve (a second process) | overhead |")
+	fmt.Println("|---|---|---|---|---|---|---|")
+	dir, err := os.MkdirTemp("", "overhead-")
 	if err != nil {
 		return err
 	}
-	defer rb.Close()
+	defer os.RemoveAll(dir)
+	addr := "unix://" + filepath.Join(dir, "s.sock")
+	srv, err := serve.Start(builtin.Backend{}, serve.Options{BorrowInputs: true}, addr) // as compute-serve serves it
+	if err != nil {
+		return err
+	}
+	defer srv.Stop()
+	near, err := remote.Dial(context.Background(), addr, remote.Options{})
+	if err != nil {
+		return err
+	}
+	defer near.Close()
+	far, err := remote.Start(context.Background(), remote.Command{Args: []string{exe, "compute-serve"}}, remote.Options{})
+	if err != nil {
+		return err
+	}
+	defer far.Close()
 	for _, m := range []struct {
 		name string
 		cfg  model.Config
@@ -289,13 +322,14 @@ func overheadRows(exe string, minTime time.Duration) error {
 	} {
 		mj, _ := json.Marshal(m.cfg)
 		spec := compute.LoadSpec{Model: mj, Shard: compute.ShardSpec{Lo: 1, Hi: 2}} // one block, as a 4-worker pipeline's middle stage
-		local, err := builtin.Backend{}.Load(context.Background(), spec)
-		if err != nil {
-			return err
-		}
-		far, err := rb.Load(context.Background(), spec)
-		if err != nil {
-			return err
+		var stages []compute.Stage
+		for _, b := range []compute.Backend{builtin.Backend{}, near, far} {
+			st, err := b.Load(context.Background(), spec)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			stages = append(stages, st)
 		}
 		const b = 8
 		n := b * m.cfg.Ctx * m.cfg.Dim
@@ -304,11 +338,11 @@ func overheadRows(exe string, minTime time.Duration) error {
 		for i := range x.Data {
 			x.Data[i], g.Data[i] = float32(i%97)/97-0.5, float32(i%89)/8900
 		}
+		// The actions: a microbatch's Forward and Backward. Gradients
+		// accumulate over the runs, as over an iteration's microbatches
+		// (ZeroGrad is once per iteration, not per action).
 		step := func(st compute.Stage) func() error {
 			return func() error {
-				if err := st.ZeroGrad(); err != nil {
-					return err
-				}
 				if _, err := st.Forward(0, x); err != nil {
 					return err
 				}
@@ -316,22 +350,15 @@ func overheadRows(exe string, minTime time.Duration) error {
 				return err
 			}
 		}
-		var tl, tr timing
-		for range 2 {
-			a, err := timeIt(minTime/2, step(local))
-			if err != nil {
-				return err
-			}
-			c, err := timeIt(minTime/2, step(far))
-			if err != nil {
-				return err
-			}
-			tl, tr = tl.merge(a), tr.merge(c)
+		t, err := timeSides(minTime, step(stages[0]), step(stages[1]), step(stages[2]))
+		if err != nil {
+			return err
 		}
-		fmt.Printf("| %s | %d KiB | %.2f ms (%.2f) | %.2f ms (%.2f) | %.1f%% (%.1f%%) |\n", m.name, 4*n>>10,
-			tl.median*1e3, tl.best*1e3, tr.median*1e3, tr.best*1e3, 100*(tr.median-tl.median)/tl.median, 100*(tr.best-tl.best)/tl.best)
-		_ = local.Close()
-		_ = far.Close()
+		cell := func(i int) string { return fmt.Sprintf("%.2f ms (%.2f)", t.median[i]*1e3, t.best[i]*1e3) }
+		over := func(i int) string {
+			return fmt.Sprintf("%.1f%% (%.1f%%)", 100*(t.ratio[i]-1), 100*(t.median[i]/t.median[0]-1))
+		}
+		fmt.Printf("| %s | %d KiB | %s | %s | %s | %s | %s |\n", m.name, 4*n>>10, cell(0), cell(1), over(1), cell(2), over(2))
 	}
 	fmt.Println()
 	return nil
