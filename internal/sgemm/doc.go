@@ -1,8 +1,9 @@
 // Package sgemm is a float32 matrix multiply (BLAS sgemm, row-major) for
-// amd64 with AVX2 and FMA, written in Go assembly so the binary stays
-// static and cgo-free. On other CPUs and architectures, or when the
-// environment variable STAGECOACH_GEMM=go is set, it falls back to gonum's
-// pure-Go Sgemm.
+// amd64 with AVX2 and FMA, and with AVX-512 where the CPU has it, written
+// in Go assembly so the binary stays static and cgo-free. On other CPUs
+// and architectures, or when the environment variable STAGECOACH_GEMM=go
+// is set, it falls back to gonum's pure-Go Sgemm; STAGECOACH_GEMM=avx2
+// keeps to the AVX2 kernel.
 //
 // The structure is the Goto/BLIS one. C = alpha·op(A)·op(B) + beta·C is
 // computed in blocks: the columns of C in slabs of NC, the inner dimension
@@ -12,7 +13,11 @@
 // of op(A) into micro-panels of MR=6 rows (the block stays in L2). A
 // register-blocked micro-kernel then keeps a 6×16 tile of C in twelve YMM
 // accumulators and walks the KC panel with one broadcast and two FMAs per
-// row, adding the finished tile into C. Packing takes care of the
+// row, adding the finished tile into C. With AVX-512 a second kernel
+// takes two neighbouring B micro-panels at once, a 6×32 tile in twelve ZMM
+// accumulators, one broadcast and two FMAs per row as before; each element
+// gets the same multiply-adds in the same order, so the two kernels give
+// the same bits. Packing takes care of the
 // transposes and pads the edges with zeros, so the kernel sees only one
 // layout; tiles at the right and bottom edges go through a small scratch
 // tile.

@@ -124,3 +124,128 @@ overwrite:
 	STORE(Y14, Y15)
 	VZEROUPPER
 	RET
+
+// The AVX-512 kernel: two 16-column micro-panels of B side by side (b0 at
+// DI, b1 at R11, both with row stride bs), one 16-wide load of each per
+// k, the same six A broadcasts, twelve FMAs into Z4..Z15 (row r: Z(4+2r)
+// for b0's columns, Z(5+2r) for b1's). Each element of C gets the same
+// multiply-adds in the same order as from kernel6x16, so the bits match.
+#define STEPZ \
+	VMOVUPS (DI), Z0; \
+	VMOVUPS (R11), Z1; \
+	VBROADCASTSS (SI), Z2; \
+	VBROADCASTSS (SI)(R9*1), Z3; \
+	VFMADD231PS Z0, Z2, Z4; \
+	VFMADD231PS Z1, Z2, Z5; \
+	VFMADD231PS Z0, Z3, Z6; \
+	VFMADD231PS Z1, Z3, Z7; \
+	VBROADCASTSS (SI)(R9*2), Z2; \
+	VBROADCASTSS (R10), Z3; \
+	VFMADD231PS Z0, Z2, Z8; \
+	VFMADD231PS Z1, Z2, Z9; \
+	VFMADD231PS Z0, Z3, Z10; \
+	VFMADD231PS Z1, Z3, Z11; \
+	VBROADCASTSS (R10)(R9*1), Z2; \
+	VBROADCASTSS (R10)(R9*2), Z3; \
+	VFMADD231PS Z0, Z2, Z12; \
+	VFMADD231PS Z1, Z2, Z13; \
+	VFMADD231PS Z0, Z3, Z14; \
+	VFMADD231PS Z1, Z3, Z15; \
+	ADDQ R12, SI; \
+	ADDQ R12, R10; \
+	ADDQ R13, DI; \
+	ADDQ R13, R11
+
+#define STORELOADZ(lo, hi) \
+	VMOVUPS (DX), Z1; \
+	VFMADD231PS Z0, lo, Z1; \
+	VMOVUPS Z1, (DX); \
+	VMOVUPS 64(DX), Z2; \
+	VFMADD231PS Z0, hi, Z2; \
+	VMOVUPS Z2, 64(DX); \
+	ADDQ R8, DX
+
+#define STOREZ(lo, hi) \
+	VMULPS Z0, lo, Z1; \
+	VMOVUPS Z1, (DX); \
+	VMULPS Z0, hi, Z2; \
+	VMOVUPS Z2, 64(DX); \
+	ADDQ R8, DX
+
+// func kernel6x32(kc int, a *float32, rs, ps int, b0, b1 *float32, bs int, c *float32, ldc int, alpha float32, load bool)
+TEXT ·kernel6x32(SB), NOSPLIT, $0-77
+	MOVQ kc+0(FP), CX
+	MOVQ a+8(FP), SI
+	MOVQ rs+16(FP), R9
+	SHLQ $2, R9
+	MOVQ ps+24(FP), R12
+	SHLQ $2, R12
+	MOVQ b0+32(FP), DI
+	MOVQ b1+40(FP), R11
+	MOVQ bs+48(FP), R13
+	SHLQ $2, R13
+	MOVQ c+56(FP), DX
+	MOVQ ldc+64(FP), R8
+	SHLQ $2, R8
+	LEAQ (SI)(R9*2), R10
+	ADDQ R9, R10
+
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+	VPXORD Z8, Z8, Z8
+	VPXORD Z9, Z9, Z9
+	VPXORD Z10, Z10, Z10
+	VPXORD Z11, Z11, Z11
+	VPXORD Z12, Z12, Z12
+	VPXORD Z13, Z13, Z13
+	VPXORD Z14, Z14, Z14
+	VPXORD Z15, Z15, Z15
+
+	MOVQ CX, BX
+	SHRQ $2, BX
+	ANDQ $3, CX
+	TESTQ BX, BX
+	JZ   tailz
+
+loop4z:
+	STEPZ
+	STEPZ
+	STEPZ
+	STEPZ
+	DECQ BX
+	JNZ  loop4z
+
+tailz:
+	TESTQ CX, CX
+	JZ    donez
+
+loop1z:
+	STEPZ
+	DECQ CX
+	JNZ  loop1z
+
+donez:
+	VBROADCASTSS alpha+72(FP), Z0
+	MOVBLZX load+76(FP), AX
+	TESTQ AX, AX
+	JZ    overwritez
+	STORELOADZ(Z4, Z5)
+	STORELOADZ(Z6, Z7)
+	STORELOADZ(Z8, Z9)
+	STORELOADZ(Z10, Z11)
+	STORELOADZ(Z12, Z13)
+	STORELOADZ(Z14, Z15)
+	VZEROUPPER
+	RET
+
+overwritez:
+	STOREZ(Z4, Z5)
+	STOREZ(Z6, Z7)
+	STOREZ(Z8, Z9)
+	STOREZ(Z10, Z11)
+	STOREZ(Z12, Z13)
+	STOREZ(Z14, Z15)
+	VZEROUPPER
+	RET

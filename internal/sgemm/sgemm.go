@@ -31,22 +31,26 @@ const (
 )
 
 // EnvVar names the environment variable that selects the kernel: "go"
-// forces gonum's pure-Go Sgemm, "" or "asm" uses the assembly kernel when
-// the CPU has AVX2 and FMA.
+// forces gonum's pure-Go Sgemm, "avx2" the AVX2 kernel even where
+// AVX-512 is available, and "" or "asm" the widest assembly kernel the CPU
+// runs (AVX-512, else AVX2 and FMA). The assembly kernels give the same
+// bits as each other.
 const EnvVar = "STAGECOACH_GEMM"
 
 var (
 	modeErr   error
-	useKernel = envMode() != "go" && hasKernel // envMode first: it checks the value on every CPU
+	mode      = envMode() // first: it checks the value on every CPU
+	useKernel = mode != "go" && hasKernel
+	useWide   = useKernel && mode != "avx2" && hasWide
 )
 
 func envMode() string {
 	v := os.Getenv(EnvVar)
 	switch v {
-	case "", "asm", "go":
+	case "", "asm", "avx2", "go":
 		return v
 	}
-	modeErr = fmt.Errorf("%s=%q: want \"go\" (gonum's pure-Go kernel) or \"asm\" (AVX2/FMA when the CPU has it)", EnvVar, v)
+	modeErr = fmt.Errorf("%s=%q: want \"go\" (gonum's pure-Go kernel), \"avx2\" (the AVX2/FMA kernel) or \"asm\" (the widest the CPU has)", EnvVar, v)
 	return ""
 }
 
@@ -55,9 +59,12 @@ func envMode() string {
 func CheckEnv() error { return modeErr }
 
 // Kernel names the kernel Implementation.Sgemm uses by default in this
-// process: "avx2-fma" or "gonum".
+// process: "avx512", "avx2-fma" or "gonum".
 func Kernel() string {
-	if useKernel {
+	switch {
+	case useWide:
+		return "avx512"
+	case useKernel:
 		return "avx2-fma"
 	}
 	return "gonum"
@@ -73,6 +80,9 @@ type Implementation struct {
 	Threads int
 	// PureGo forces gonum's Sgemm.
 	PureGo bool
+	// narrow keeps to the AVX2 kernel where AVX-512 is available (tests
+	// compare the two).
+	narrow bool
 }
 
 // Sgemm computes C = alpha·op(A)·op(B) + beta·C for row-major matrices, with
@@ -92,6 +102,7 @@ func (im Implementation) Sgemm(tA, tB blas.Transpose, m, n, k int, alpha float32
 		aT: tA != blas.NoTrans, bT: tB != blas.NoTrans,
 		m: m, n: n, k: k, alpha: alpha, beta: beta,
 		a: a, lda: lda, b: b, ldb: ldb, c: c, ldc: ldc,
+		wide: useWide && !im.narrow,
 	}
 	if alpha == 0 || k == 0 {
 		p.scaleC()
@@ -139,6 +150,8 @@ type problem struct {
 	a, b, c     []float32
 	lda, ldb    int
 	ldc         int
+	// wide pairs full B micro-panels in the AVX-512 kernel.
+	wide bool
 }
 
 // scaleC sets C = beta·C (zero, not multiplied, when beta is zero).
@@ -234,6 +247,28 @@ func (p *problem) macro(ap, bp []float32, ic, mc, jc, nc, jp0, jp1, pc, kc int, 
 		if dB && cols == nr {
 			bpan, bs = &p.b[pc*p.ldb+jc+jp*nr], p.ldb
 		}
+		if p.wide && jp+1 < jp1 && nc-(jp+1)*nr >= nr {
+			// Two full panels side by side: their full tiles in one
+			// AVX-512 call (the second panel, like the first, is read
+			// in place or packed), a short last row block as below.
+			bpan1 := &bp[(jp+1)*kc*nr]
+			if dB {
+				bpan1 = &p.b[pc*p.ldb+jc+(jp+1)*nr]
+			}
+			for ip := 0; ip*mr < mc; ip++ {
+				rows := min(mr, mc-ip*mr)
+				apan, rs, ps := p.aPanel(ap, ic, ip, pc, kc, dA && rows == mr)
+				ci := (ic+ip*mr)*p.ldc + jc + jp*nr
+				if rows == mr {
+					kernel6x32(kc, apan, rs, ps, bpan, bpan1, bs, &p.c[ci], p.ldc, p.alpha, load)
+					continue
+				}
+				p.edge(apan, rs, ps, bpan, bs, ci, rows, nr, kc, load)
+				p.edge(apan, rs, ps, bpan1, bs, ci+nr, rows, nr, kc, load)
+			}
+			jp++
+			continue
+		}
 		for ip := 0; ip*mr < mc; ip++ {
 			rows := min(mr, mc-ip*mr)
 			apan, rs, ps := p.aPanel(ap, ic, ip, pc, kc, dA && rows == mr)
@@ -242,18 +277,24 @@ func (p *problem) macro(ap, bp []float32, ic, mc, jc, nc, jp0, jp1, pc, kc int, 
 				kernel6x16(kc, apan, rs, ps, bpan, bs, &p.c[ci], p.ldc, p.alpha, load)
 				continue
 			}
-			var t [mr * nr]float32
-			kernel6x16(kc, apan, rs, ps, bpan, bs, &t[0], nr, 1, false)
-			for i := 0; i < rows; i++ {
-				row := p.c[ci+i*p.ldc : ci+i*p.ldc+cols]
-				for j := range row {
-					v := p.alpha * t[i*nr+j]
-					if load {
-						v += row[j]
-					}
-					row[j] = v
-				}
+			p.edge(apan, rs, ps, bpan, bs, ci, rows, cols, kc, load)
+		}
+	}
+}
+
+// edge computes a tile of C cut by the bottom or right edge (rows×cols
+// at ci) through a full scratch tile.
+func (p *problem) edge(apan *float32, rs, ps int, bpan *float32, bs, ci, rows, cols, kc int, load bool) {
+	var t [mr * nr]float32
+	kernel6x16(kc, apan, rs, ps, bpan, bs, &t[0], nr, 1, false)
+	for i := 0; i < rows; i++ {
+		row := p.c[ci+i*p.ldc : ci+i*p.ldc+cols]
+		for j := range row {
+			v := p.alpha * t[i*nr+j]
+			if load {
+				v += row[j]
 			}
+			row[j] = v
 		}
 	}
 }

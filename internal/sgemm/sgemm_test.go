@@ -258,8 +258,13 @@ func TestEnvForcesGonum(t *testing.T) {
 		fmt.Printf("kernel=%s err=%v\n", Kernel(), CheckEnv())
 		return
 	}
+	avx2 := "kernel=gonum err=<nil>" // no assembly kernel: gonum either way
+	if hasKernel {
+		avx2 = "kernel=avx2-fma err=<nil>"
+	}
 	for _, tc := range []struct{ env, want string }{
 		{"go", "kernel=gonum err=<nil>"},
+		{"avx2", avx2},
 		{"bogus", `STAGECOACH_GEMM="bogus"`},
 	} {
 		cmd := exec.Command(os.Args[0], "-test.run", "^TestEnvForcesGonum$")
@@ -272,8 +277,49 @@ func TestEnvForcesGonum(t *testing.T) {
 			t.Errorf("%s=%s: child printed %q, want %q", EnvVar, tc.env, out, tc.want)
 		}
 	}
-	if hasKernel && os.Getenv(EnvVar) == "" && Kernel() != "avx2-fma" {
-		t.Errorf("Kernel() = %q on a CPU with AVX2 and FMA", Kernel())
+	want := "gonum"
+	switch {
+	case hasWide:
+		want = "avx512"
+	case hasKernel:
+		want = "avx2-fma"
+	}
+	if os.Getenv(EnvVar) == "" && Kernel() != want {
+		t.Errorf("Kernel() = %q, want %q (AVX2+FMA %v, AVX-512 %v)", Kernel(), want, hasKernel, hasWide)
+	}
+}
+
+// TestWideKernelMatchesAVX2BitForBit multiplies random shapes (odd sizes,
+// every transpose, panels read in place and packed, k over several slabs)
+// with the AVX-512 kernel and with the AVX2 one: the bits must match, so
+// that the kernel a CPU picks never changes a loss.
+func TestWideKernelMatchesAVX2BitForBit(t *testing.T) {
+	if !hasWide || !useWide {
+		t.Skipf("the AVX-512 kernel is not in use here (AVX-512F %v, %s=%q)", hasWide, EnvVar, os.Getenv(EnvVar))
+	}
+	r := rand.New(rand.NewPCG(5, 5))
+	dims := []int{1, 5, 6, 7, 16, 17, 31, 32, 33, 48, 95, 96, 97, 130, 257, 300, 600}
+	wides := 0
+	for trial := 0; trial < 150; trial++ {
+		m, n, k := dims[r.IntN(len(dims))], dims[r.IntN(len(dims))], dims[r.IntN(len(dims))]
+		tA, tB := transposes[r.IntN(2)], transposes[r.IntN(2)]
+		alpha := []float32{1, -0.5, 2.5}[r.IntN(3)]
+		beta := []float32{0, 1, 0.5}[r.IntN(3)]
+		a, lda, b, ldb, c0, ldc := operands(r, tA, tB, m, n, k, r.IntN(3))
+		wide, narrow := append([]float32(nil), c0...), append([]float32(nil), c0...)
+		Implementation{Threads: 2}.Sgemm(tA, tB, m, n, k, alpha, a, lda, b, ldb, beta, wide, ldc)
+		Implementation{Threads: 2, narrow: true}.Sgemm(tA, tB, m, n, k, alpha, a, lda, b, ldb, beta, narrow, ldc)
+		for i := range wide {
+			if math.Float32bits(wide[i]) != math.Float32bits(narrow[i]) {
+				t.Fatalf("tA=%c tB=%c m=%d n=%d k=%d alpha=%g beta=%g: element %d is %g with AVX-512, %g with AVX2", tA, tB, m, n, k, alpha, beta, i, wide[i], narrow[i])
+			}
+		}
+		if m >= mr && n >= 2*nr {
+			wides++
+		}
+	}
+	if wides < 30 {
+		t.Fatalf("only %d products had two full panels side by side", wides)
 	}
 }
 
