@@ -15,8 +15,8 @@ import (
 // The layer kernels below work on row-major float32 slices. Every buffer is
 // supplied by the caller so the hot path never allocates; the shard owns and
 // reuses them. Matrix products go through gonum's blas32 interface, with
-// Sgemm served by internal/sgemm (AVX2/FMA assembly; gonum's pure Go on
-// other CPUs or under STAGECOACH_GEMM=go). Both give each output element to
+// Sgemm served by internal/sgemm (AVX-512 or AVX2/FMA assembly, which give
+// the same bits; gonum's pure Go on other CPUs or under STAGECOACH_GEMM=go). Both give each output element to
 // one goroutine and sum along k in a fixed order, so results are
 // bit-identical run to run and independent of GOMAXPROCS.
 
@@ -55,14 +55,20 @@ func gemmOn(impl blas.Float32, tA, tB bool, m, n, k int, a []float32, lda int, b
 // the same operations, so the bits do not depend on the split. Reductions
 // across rows (RMSNorm's gain gradient) stay on one goroutine, in row order.
 
-// minParallelFloats is the smallest buffer worth splitting: below it the
-// goroutine hand-off costs more than the second core saves.
-const minParallelFloats = 1 << 14
+// The smallest buffers worth splitting: below them the goroutine hand-off
+// (tens of microseconds to wake a second thread) costs more than the
+// second core saves. GELU computes a tanh per element; the residual adds
+// and RMSNorm do a few flops per element and are bound by memory, so a
+// second core pays for them only on far larger buffers.
+const (
+	minParallelFloats      = 1 << 14
+	minParallelCheapFloats = 1 << 20
+)
 
 // rows runs f over [0, n) rows of d floats, split across goroutines when the
-// buffer is large.
-func rows(n, d int, f func(lo, hi int)) {
-	if n*d < minParallelFloats {
+// buffer holds at least min floats.
+func rows(n, d, min int, f func(lo, hi int)) {
+	if n*d < min {
 		f(0, n)
 		return
 	}
@@ -71,23 +77,49 @@ func rows(n, d int, f func(lo, hi int)) {
 
 // addRows: dst += src over n rows of d.
 func addRows(dst, src []float32, n, d int) {
-	rows(n, d, func(lo, hi int) { vecf32.Add(dst[lo*d:hi*d], src[lo*d:hi*d]) })
+	rows(n, d, minParallelCheapFloats, func(lo, hi int) { vecf32.Add(dst[lo*d:hi*d], src[lo*d:hi*d]) })
 }
 
 // rmsnormForward: out[i,:] = x[i,:] * rinv[i] * g, rinv[i] = 1/sqrt(mean(x²)+eps).
 func rmsnormForward(x, g, out, rinv []float32, n, d int) {
-	rows(n, d, func(lo, hi int) {
-		for i := lo; i < hi; i++ {
-			row := x[i*d : (i+1)*d]
-			var ss float32
-			for _, v := range row {
-				ss += v * v
-			}
+	rows(n, d, minParallelCheapFloats, func(lo, hi int) {
+		finish := func(i int, ss float32) {
 			r := float32(1 / math.Sqrt(float64(ss/float32(d))+rmsEps))
 			rinv[i] = r
-			vecf32.ScaleMul(out[i*d:(i+1)*d], row, g, r)
+			vecf32.ScaleMul(out[i*d:(i+1)*d], x[i*d:(i+1)*d], g, r)
+		}
+		i := lo
+		for ; i+4 <= hi; i += 4 {
+			s := rowSumSquares4(x[i*d:(i+4)*d], d)
+			for q := range s {
+				finish(i+q, s[q])
+			}
+		}
+		for ; i < hi; i++ {
+			var ss float32
+			for _, v := range x[i*d : (i+1)*d] {
+				ss += v * v
+			}
+			finish(i, ss)
 		}
 	})
+}
+
+// rowSumSquares4 is the sum of squares of each of the four rows of d in x,
+// each summed in ascending order as one row alone would be (the bits do
+// not change); the four sums run side by side, so the additions of one row
+// do not wait for each other.
+func rowSumSquares4(x []float32, d int) [4]float32 {
+	r0, r1, r2, r3 := x[:d], x[d:2*d], x[2*d:3*d], x[3*d:4*d]
+	var s0, s1, s2, s3 float32
+	for j, v := range r0 {
+		w1, w2, w3 := r1[j], r2[j], r3[j]
+		s0 += v * v
+		s1 += w1 * w1
+		s2 += w2 * w2
+		s3 += w3 * w3
+	}
+	return [4]float32{s0, s1, s2, s3}
 }
 
 // rmsnormBackward adds the input gradient into dx (dx += ∂L/∂x) and the gain
@@ -95,17 +127,26 @@ func rmsnormForward(x, g, out, rinv []float32, n, d int) {
 // skip path share one buffer. The input gradient is per row and runs split;
 // the gain gradient sums over rows and runs after it, in row order.
 func rmsnormBackward(x, g, rinv, dout, dx, dg []float32, n, d int) {
-	rows(n, d, func(lo, hi int) {
-		for i := lo; i < hi; i++ {
-			row := x[i*d : (i+1)*d]
-			dy := dout[i*d : (i+1)*d]
+	rows(n, d, minParallelCheapFloats, func(lo, hi int) {
+		finish := func(i int, dot float32) {
 			r := rinv[i]
+			c := r * r * r * dot / float32(d)
+			vecf32.RMSNormInputGrad(dx[i*d:(i+1)*d], x[i*d:(i+1)*d], g, dout[i*d:(i+1)*d], r, c)
+		}
+		i := lo
+		for ; i+4 <= hi; i += 4 {
+			dots := rowGainDots4(x[i*d:(i+4)*d], dout[i*d:(i+4)*d], g, d)
+			for q := range dots {
+				finish(i+q, dots[q])
+			}
+		}
+		for ; i < hi; i++ {
+			row, dy := x[i*d:(i+1)*d], dout[i*d:(i+1)*d]
 			var dot float32
 			for j, v := range row {
 				dot += g[j] * dy[j] * v
 			}
-			c := r * r * r * dot / float32(d)
-			vecf32.RMSNormInputGrad(dx[i*d:(i+1)*d], row, g, dy, r, c)
+			finish(i, dot)
 		}
 	})
 	for i := 0; i < n; i++ {
@@ -113,16 +154,34 @@ func rmsnormBackward(x, g, rinv, dout, dx, dg []float32, n, d int) {
 	}
 }
 
+// rowGainDots4 is Σ_j g[j]·dy[j]·x[j] for each of four rows of d (x and dy
+// row-major), each in ascending j as one row alone would sum it, the four
+// side by side.
+func rowGainDots4(x, dy, g []float32, d int) [4]float32 {
+	x0, x1, x2, x3 := x[:d], x[d:2*d], x[2*d:3*d], x[3*d:4*d]
+	y0, y1, y2, y3 := dy[:d], dy[d:2*d], dy[2*d:3*d], dy[3*d:4*d]
+	g = g[:d]
+	var s0, s1, s2, s3 float32
+	for j, v := range x0 {
+		gj := g[j]
+		s0 += gj * y0[j] * v
+		s1 += gj * y1[j] * x1[j]
+		s2 += gj * y2[j] * x2[j]
+		s3 += gj * y3[j] * x3[j]
+	}
+	return [4]float32{s0, s1, s2, s3}
+}
+
 // geluForward applies the tanh-approximated GELU (a = gelu(u)) to n rows of
 // d, keeping th = tanh(…) for backward; geluBackward overwrites da with
 // ∂L/∂u. Both run eight lanes at a time in vecf32, with the same bits as the
 // scalar code (the float64 math.Tanh was once a tenth of a training step).
 func geluForward(u, a, th []float32, n, d int) {
-	rows(n, d, func(lo, hi int) { vecf32.GELUForward(u[lo*d:hi*d], a[lo*d:hi*d], th[lo*d:hi*d]) })
+	rows(n, d, minParallelFloats, func(lo, hi int) { vecf32.GELUForward(u[lo*d:hi*d], a[lo*d:hi*d], th[lo*d:hi*d]) })
 }
 
 func geluBackward(u, th, da []float32, n, d int) {
-	rows(n, d, func(lo, hi int) { vecf32.GELUBackward(u[lo*d:hi*d], th[lo*d:hi*d], da[lo*d:hi*d]) })
+	rows(n, d, minParallelFloats, func(lo, hi int) { vecf32.GELUBackward(u[lo*d:hi*d], th[lo*d:hi*d], da[lo*d:hi*d]) })
 }
 
 // attnForward computes causal multi-head attention for b sequences of t
