@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
@@ -63,17 +64,38 @@ func StartEmbedded(ctx context.Context, c EmbedConfig) (*Embedded, error) {
 	if c.StartTimeout == 0 {
 		c.StartTimeout = 30 * time.Second
 	}
-	var err error
-	if c.ClientURL == "" {
-		if c.ClientURL, err = freeLoopbackURL(); err != nil {
-			return nil, err
+	// Ports picked here are free when picked but may be taken by another
+	// process before etcd binds them: then pick again (etcd binds before
+	// it writes anything to the data directory).
+	pickClient, pickPeer := c.ClientURL == "", c.PeerURL == ""
+	for attempt := 1; ; attempt++ {
+		var err error
+		if pickClient {
+			if c.ClientURL, err = pickURL(); err != nil {
+				return nil, err
+			}
+		}
+		if pickPeer {
+			if c.PeerURL, err = pickURL(); err != nil {
+				return nil, err
+			}
+		}
+		e, err := startEmbedded(ctx, c)
+		if err == nil || !(pickClient || pickPeer) || attempt == maxPortAttempts || !addrInUse(err) {
+			return e, err
 		}
 	}
-	if c.PeerURL == "" {
-		if c.PeerURL, err = freeLoopbackURL(); err != nil {
-			return nil, err
-		}
-	}
+}
+
+// maxPortAttempts bounds StartEmbedded's tries with freshly picked ports.
+const maxPortAttempts = 5
+
+// addrInUse reports a failure to bind a port another process holds.
+func addrInUse(err error) bool {
+	return errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use")
+}
+
+func startEmbedded(ctx context.Context, c EmbedConfig) (*Embedded, error) {
 	if c.TLS.Enabled() {
 		// Check the files here, with tlsx's errors, rather than in
 		// etcd's logs.
@@ -163,6 +185,9 @@ func (m *Embedded) Close() { m.closeOnce.Do(m.etcd.Close) }
 
 // freeLoopbackURL picks a free loopback port. Another process may grab it
 // before etcd binds; StartEmbedded then fails and the caller may retry.
+// pickURL picks the ports StartEmbedded was not given (tests replace it).
+var pickURL = freeLoopbackURL
+
 func freeLoopbackURL() (string, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -423,5 +424,36 @@ func TestCommitterAfterBase(t *testing.T) {
 	}
 	if c0, err := NewCommitter(ctx, b); err != nil || c0.Last().Step != 0 {
 		t.Fatalf("from step 0, records from step 5 are no run: %v, %+v", err, c0)
+	}
+}
+
+// TestStartEmbeddedPicksAgainWhenAPortIsTaken takes the first port
+// StartEmbedded picks before etcd can bind it (as another process may):
+// the start must pick again and serve, not fail.
+func TestStartEmbeddedPicksAgainWhenAPortIsTaken(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	picks := 0
+	pickURL = func() (string, error) {
+		picks++
+		if picks == 1 {
+			return "http://" + taken.Addr().String(), nil
+		}
+		return freeLoopbackURL()
+	}
+	defer func() { pickURL = freeLoopbackURL }()
+	e, err := StartEmbedded(context.Background(), EmbedConfig{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatalf("start with the first picked port taken: %v", err)
+	}
+	defer e.Close()
+	if picks < 4 {
+		t.Fatalf("%d ports picked, want a second pair after the taken one", picks)
+	}
+	if got := e.Endpoints()[0]; got == taken.Addr().String() {
+		t.Fatalf("etcd serves on the taken port %s", got)
 	}
 }
