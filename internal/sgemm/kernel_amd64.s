@@ -249,3 +249,29 @@ overwritez:
 	STOREZ(Z14, Z15)
 	VZEROUPPER
 	RET
+
+// func packB16(d *float32, b *float32, ldb, kc int)
+// Copies kc rows of 16 floats, row q from b + q·ldb, to d + 16q: packB's
+// full untransposed panel without a call per row.
+TEXT ·packB16(SB), NOSPLIT, $0-32
+	MOVQ d+0(FP), DI
+	MOVQ b+8(FP), SI
+	MOVQ ldb+16(FP), R8
+	SHLQ $2, R8
+	MOVQ kc+24(FP), CX
+	TESTQ CX, CX
+	JZ   packdone
+
+packloop:
+	VMOVUPS (SI), Y0
+	VMOVUPS 32(SI), Y1
+	VMOVUPS Y0, (DI)
+	VMOVUPS Y1, 32(DI)
+	ADDQ R8, SI
+	ADDQ $64, DI
+	DECQ CX
+	JNZ  packloop
+
+packdone:
+	VZEROUPPER
+	RET

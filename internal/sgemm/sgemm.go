@@ -356,6 +356,12 @@ func (p *problem) packA(dst []float32, ic, mc, pc, kc int, edgeOnly bool) {
 // columns stored k-major, padding missing columns with zeros.
 func (p *problem) packB(d []float32, pc, kc, j0, cols int) {
 	if !p.bT {
+		if cols == nr && kc > 0 {
+			// Bounds: the panel's last element, then the copy in assembly.
+			_, _ = d[kc*nr-1], p.b[(pc+kc-1)*p.ldb+j0+nr-1]
+			packB16(&d[0], &p.b[pc*p.ldb+j0], p.ldb, kc)
+			return
+		}
 		for q := 0; q < kc; q++ {
 			o := d[q*nr : q*nr+nr]
 			copy(o, p.b[(pc+q)*p.ldb+j0:(pc+q)*p.ldb+j0+cols])

@@ -29,3 +29,9 @@ func kernel6x16(kc int, a *float32, rs, ps int, b *float32, bs int, c *float32, 
 //
 //go:noescape
 func kernel6x32(kc int, a *float32, rs, ps int, b0, b1 *float32, bs int, c *float32, ldc int, alpha float32, load bool)
+
+// packB16 copies kc rows of 16 floats, row q from b[q*ldb:], to d[16q:]
+// (kc must be at least 0; d and b must hold them).
+//
+//go:noescape
+func packB16(d *float32, b *float32, ldb, kc int)
