@@ -16,9 +16,10 @@ import (
 // supplied by the caller so the hot path never allocates; the shard owns and
 // reuses them. Matrix products go through gonum's blas32 interface, with
 // Sgemm served by internal/sgemm (AVX-512 or AVX2/FMA assembly, which give
-// the same bits; gonum's pure Go on other CPUs or under STAGECOACH_GEMM=go). Both give each output element to
-// one goroutine and sum along k in a fixed order, so results are
-// bit-identical run to run and independent of GOMAXPROCS.
+// the same bits; gonum's pure Go on other CPUs or under
+// STAGECOACH_GEMM=go). Both give each output element to one goroutine and
+// sum along k in a fixed order, so results are bit-identical run to run
+// and independent of GOMAXPROCS.
 
 func init() { blas32.Use(sgemm.Implementation{}) }
 
@@ -66,9 +67,9 @@ const (
 )
 
 // rows runs f over [0, n) rows of d floats, split across goroutines when the
-// buffer holds at least min floats.
-func rows(n, d, min int, f func(lo, hi int)) {
-	if n*d < min {
+// buffer holds at least minFloats floats.
+func rows(n, d, minFloats int, f func(lo, hi int)) {
+	if n*d < minFloats {
 		f(0, n)
 		return
 	}
