@@ -54,16 +54,22 @@ var scalingPerOrigin = []int{2, 6, 12}
 // BenchmarkSkipPipeScaling plans collision-aware SkipPipe (placement
 // refinement included) on clusters of 16 to 64 nodes (stages = nodes/4)
 // with 2 to 12 microbatches per origin. The 64-node, 16-stage rows are
-// the scaling goal: under 10 s each.
+// the scaling goal: under 10 s each. The last plan of each row must pass
+// the validator.
 func BenchmarkSkipPipeScaling(b *testing.B) {
 	for _, n := range scalingNodes {
 		for _, per := range scalingPerOrigin {
 			cfg := scalingCluster(n, n/4, per)
 			b.Run(fmt.Sprintf("nodes=%d/stages=%d/mb=%d", n, n/4, cfg.StageSizes[0]*per), func(b *testing.B) {
+				var plan *scheduler.Plan
 				for b.Loop() {
-					if _, _, err := skippipe.Plan(cfg); err != nil {
+					var err error
+					if plan, _, err = skippipe.Plan(cfg); err != nil {
 						b.Fatal(err)
 					}
+				}
+				if err := scheduler.Validate(plan); err != nil {
+					b.Fatal(err)
 				}
 			})
 		}
