@@ -174,10 +174,7 @@ func Plan(cfg Config) (*scheduler.Plan, *Stats, error) {
 	} else {
 		ev.runFree(st.paths, true)
 		plan = nt.buildPlan(st.paths, ev.order, name, true)
-		if cfg.Objective != nil {
-			stats.ObjectiveCalls++
-			stats.Objective = cfg.Objective(plan)
-		}
+		cfg.scoreResult(plan, stats)
 	}
 	if cfg.Objective != nil && cfg.CollisionAware {
 		plan, st = nt.objectiveSearch(st, rng, ev, name, &cfg, stats, pol)
@@ -219,10 +216,7 @@ func PlanRandom(cfg Config) (*scheduler.Plan, *Stats, error) {
 	stats.Evaluations = 1
 	stats.Policy = policyNames[polFIFO]
 	plan := nt.buildPlan(st.paths, ev.order, Random, true)
-	if cfg.Objective != nil {
-		stats.ObjectiveCalls++
-		stats.Objective = cfg.Objective(plan)
-	}
+	cfg.scoreResult(plan, stats)
 	return plan, stats, nil
 }
 
@@ -269,10 +263,7 @@ func fullPipeline(cfg Config, tuned bool) (*scheduler.Plan, *Stats, error) {
 	stats.EstimateS = ev.run(st.paths, polFlush, true)
 	stats.Policy = policyNames[polFlush]
 	plan := nt.buildPlan(st.paths, ev.order, name, false)
-	if cfg.Objective != nil {
-		stats.ObjectiveCalls++
-		stats.Objective = cfg.Objective(plan)
-	}
+	cfg.scoreResult(plan, stats)
 	return plan, stats, nil
 }
 
@@ -315,6 +306,20 @@ func (nt *spNet) search(st *spState, rng *rand.Rand, perNodeCap, iters int, scor
 	return best
 }
 
+// objective scores plan with the caller's Objective, counting the call.
+func (cfg *Config) objective(plan *scheduler.Plan, stats *Stats) float64 {
+	stats.ObjectiveCalls++
+	return cfg.Objective(plan)
+}
+
+// scoreResult records the caller's Objective of the returned plan, when
+// there is one.
+func (cfg *Config) scoreResult(plan *scheduler.Plan, stats *Stats) {
+	if cfg.Objective != nil {
+		stats.Objective = cfg.objective(plan, stats)
+	}
+}
+
 // bestPolicy orders the programs of st by each dispatch rule and keeps the
 // fastest, by the caller's Objective when given, else by the estimate.
 func (nt *spNet) bestPolicy(st *spState, ev *spEval, name string, cfg *Config, stats *Stats, pols []spPolicy) (*scheduler.Plan, spPolicy) {
@@ -325,8 +330,7 @@ func (nt *spNet) bestPolicy(st *spState, ev *spEval, name string, cfg *Config, s
 		stats.Evaluations++
 		plan := nt.buildPlan(st.paths, ev.order, name, true)
 		if cfg.Objective != nil {
-			v = cfg.Objective(plan)
-			stats.ObjectiveCalls++
+			v = cfg.objective(plan, stats)
 		}
 		if v < bestV {
 			best, bestPol, bestV = plan, pol, v
@@ -351,8 +355,7 @@ func (nt *spNet) objectiveSearch(st *spState, rng *rand.Rand, ev *spEval, name s
 	bestPlan := planOf(st)
 	cur := stats.Objective
 	if math.IsNaN(cur) {
-		cur = cfg.Objective(bestPlan)
-		stats.ObjectiveCalls++
+		cur = cfg.objective(bestPlan, stats)
 	}
 	var mv spMove
 	for range evals * 4 {
@@ -365,8 +368,7 @@ func (nt *spNet) objectiveSearch(st *spState, rng *rand.Rand, ev *spEval, name s
 		}
 		evals--
 		plan := planOf(st)
-		v := cfg.Objective(plan)
-		stats.ObjectiveCalls++
+		v := cfg.objective(plan, stats)
 		if v < cur {
 			cur, bestPlan = v, plan
 			continue
