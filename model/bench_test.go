@@ -117,6 +117,32 @@ func BenchmarkBlockElementwise(b *testing.B) {
 	}
 }
 
+// BenchmarkElementwiseLayers times the cheap element-wise layers one by
+// one at the block benchmark's shapes: RMSNorm forward and backward and a
+// residual add (with -cpu 1,2 the second shows whether splitting rows
+// would pay; at these shapes they run on one goroutine).
+func BenchmarkElementwiseLayers(b *testing.B) {
+	const N, D = benchB * benchCtx, benchDim
+	r := rand.New(rand.NewPCG(3, 3))
+	buf := func(n int) []float32 { return randSlice(r, n, 1) }
+	x, y, dx, g, dg, rinv := buf(N*D), buf(N*D), buf(N*D), buf(D), buf(D), buf(N)
+	b.Run("rmsnorm-forward", func(b *testing.B) {
+		for b.Loop() {
+			rmsnormForward(x, g, y, rinv, N, D)
+		}
+	})
+	b.Run("rmsnorm-backward", func(b *testing.B) {
+		for b.Loop() {
+			rmsnormBackward(x, g, rinv, y, dx, dg, N, D)
+		}
+	})
+	b.Run("residual-add", func(b *testing.B) {
+		for b.Loop() {
+			addRows(y, x, N, D)
+		}
+	})
+}
+
 func benchRawStep() func() {
 	const B, T, D, Hd, H = benchB, benchCtx, benchDim, 4 * benchDim, benchHeads
 	N, hd := B*T, D/H
