@@ -1,10 +1,15 @@
 // Package parallel runs the iterations of a loop on a fixed number of
-// goroutines, each taking one contiguous range fixed by the count alone.
-// Callers that give every output element to one iteration keep their
-// results independent of the number of goroutines and of timing.
+// goroutines. For gives each goroutine one contiguous range fixed by the
+// count alone; Steal starts from the same ranges but lets a goroutine that
+// has finished its own take iterations another has not started. Callers
+// that give every output element to one iteration keep their results
+// independent of the number of goroutines and of timing either way.
 package parallel
 
-import "sync"
+import (
+	"sync"
+	"sync/atomic"
+)
 
 // For splits [0, n) into w = min(workers, n) contiguous ranges, runs
 // f(worker, lo, hi) for each (worker 0 on the calling goroutine) and waits
@@ -27,4 +32,96 @@ func For(workers, n int, f func(worker, lo, hi int)) {
 	}
 	f(0, 0, n/w)
 	wg.Wait()
+}
+
+// Steal runs f(worker, i) once for every i in [0, n) on w = min(workers,
+// n) goroutines (worker 0 the calling one) and waits for all. Worker k
+// starts on For's k-th range, front to back; once it is through, it takes
+// the other ranges' last iterations, one at a time, until none is left.
+// So a goroutine that starts late (its thread still waking) or loses its
+// core to another process delays the loop by one iteration, not by its
+// whole share. worker is in [0, w) and no two goroutines run f with the
+// same worker at once, so f can index per-worker scratch; which worker
+// runs a given i depends on timing. n must be below 2³².
+func Steal(workers, n int, f func(worker, i int)) {
+	if uint64(n) > 1<<32-1 {
+		panic("parallel.Steal: n out of range")
+	}
+	w := min(workers, n)
+	if w <= 1 {
+		for i := range n {
+			f(0, i)
+		}
+		return
+	}
+	spans := make([]span, w)
+	for k := range spans {
+		spans[k].set(k*n/w, (k+1)*n/w)
+	}
+	run := func(me int) {
+		for {
+			i, ok := spans[me].takeFront()
+			if !ok {
+				break
+			}
+			f(me, i)
+		}
+		for d := 1; d < w; d++ {
+			victim := &spans[(me+d)%w]
+			for {
+				i, ok := victim.takeBack()
+				if !ok {
+					break
+				}
+				f(me, i)
+			}
+		}
+	}
+	var wg sync.WaitGroup
+	for k := 1; k < w; k++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			run(k)
+		}()
+	}
+	run(0)
+	wg.Wait()
+}
+
+// span is the iterations [next, end) of one of Steal's ranges not yet
+// taken, packed into one word so that its owner (from the front) and
+// thieves (from the back) claim iterations with a compare-and-swap. The
+// padding keeps two spans off one cache line.
+type span struct {
+	v atomic.Uint64
+	_ [56]byte
+}
+
+func (s *span) set(next, end int) { s.v.Store(uint64(next)<<32 | uint64(end)) }
+
+func (s *span) takeFront() (int, bool) {
+	for {
+		old := s.v.Load()
+		next, end := int(old>>32), int(uint32(old))
+		if next >= end {
+			return 0, false
+		}
+		if s.v.CompareAndSwap(old, uint64(next+1)<<32|uint64(end)) {
+			return next, true
+		}
+	}
+}
+
+func (s *span) takeBack() (int, bool) {
+	for {
+		old := s.v.Load()
+		next, end := int(old>>32), int(uint32(old))
+		if next >= end {
+			return 0, false
+		}
+		if s.v.CompareAndSwap(old, uint64(next)<<32|uint64(end-1)) {
+			return end - 1, true
+		}
+	}
 }
