@@ -143,6 +143,8 @@ func BenchmarkElementwiseLayers(b *testing.B) {
 	})
 }
 
+// benchRawStep returns the block's sequence of Sgemm calls alone (see
+// BenchmarkMatMulRaw).
 func benchRawStep() func() {
 	const B, T, D, Hd, H = benchB, benchCtx, benchDim, 4 * benchDim, benchHeads
 	N, hd := B*T, D/H
@@ -153,11 +155,7 @@ func benchRawStep() func() {
 	gqkv, gwo, gw1, gw2 := buf(D*3*D), buf(D*D), buf(D*Hd), buf(Hd*D)
 	p, ds, out, o2 := buf(B*H*T*T), buf(attnScratch(T)), buf(N*D), buf(N*Hd)
 	heads := func(f func(w, bh int)) {
-		parallel.For(attnWorkers(), B*H, func(w, lo, hi int) {
-			for bh := lo; bh < hi; bh++ {
-				f(w, bh)
-			}
-		})
+		parallel.Steal(attnWorkers(), B*H, f)
 	}
 	return func() {
 		// forward

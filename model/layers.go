@@ -190,37 +190,36 @@ func geluBackward(u, th, da []float32, n, d int) {
 // p receives the b·h t×t softmax matrices (zero above the diagonal), out
 // receives the concatenated heads (n×d). The b·h heads are independent and
 // write disjoint outputs, so they run on up to GOMAXPROCS goroutines
-// (each product on its own) with the same bits as one after another.
+// (each product on its own, a goroutine that is through taking heads
+// another has not started) with the same bits as one after another.
 func attnForward(qkv, p, out []float32, b, t, d, h int) {
 	hd := d / h
 	scale := float32(1 / math.Sqrt(float64(hd)))
 	ld := 3 * d
-	parallel.For(runtime.GOMAXPROCS(0), b*h, func(_, lo, hi int) {
-		for bh := lo; bh < hi; bh++ {
-			bi, head := bh/h, bh%h
-			q := qkv[bi*t*ld+head*hd:]
-			k, v := q[d:], q[2*d:]
-			pm := p[bh*t*t : (bh+1)*t*t]
-			gemmOn(serialBLAS, false, true, t, t, hd, q, ld, k, ld, false, pm, t)
-			for i := 0; i < t; i++ {
-				row := pm[i*t : (i+1)*t]
-				vecf32.Scale(row[:i+1], scale)
-				mx := float32(math.Inf(-1))
-				for _, x := range row[:i+1] {
-					if x > mx {
-						mx = x
-					}
+	parallel.Steal(runtime.GOMAXPROCS(0), b*h, func(_, bh int) {
+		bi, head := bh/h, bh%h
+		q := qkv[bi*t*ld+head*hd:]
+		k, v := q[d:], q[2*d:]
+		pm := p[bh*t*t : (bh+1)*t*t]
+		gemmOn(serialBLAS, false, true, t, t, hd, q, ld, k, ld, false, pm, t)
+		for i := 0; i < t; i++ {
+			row := pm[i*t : (i+1)*t]
+			vecf32.Scale(row[:i+1], scale)
+			mx := float32(math.Inf(-1))
+			for _, x := range row[:i+1] {
+				if x > mx {
+					mx = x
 				}
-				vecf32.ExpSub(row[:i+1], mx)
-				var sum float32
-				for _, e := range row[:i+1] {
-					sum += e
-				}
-				vecf32.Scale(row[:i+1], 1/sum)
-				clear(row[i+1:])
 			}
-			gemmOn(serialBLAS, false, false, t, hd, t, pm, t, v, ld, false, out[bi*t*d+head*hd:], d)
+			vecf32.ExpSub(row[:i+1], mx)
+			var sum float32
+			for _, e := range row[:i+1] {
+				sum += e
+			}
+			vecf32.Scale(row[:i+1], 1/sum)
+			clear(row[i+1:])
 		}
+		gemmOn(serialBLAS, false, false, t, hd, t, pm, t, v, ld, false, out[bi*t*d+head*hd:], d)
 	})
 }
 
@@ -238,34 +237,32 @@ func attnBackward(qkv, p, dout, dqkv, ds []float32, b, t, d, h int) {
 	scale := float32(1 / math.Sqrt(float64(hd)))
 	ld := 3 * d
 	workers := min(attnWorkers(), len(ds)/(t*t))
-	parallel.For(workers, b*h, func(w, lo, hi int) {
+	parallel.Steal(workers, b*h, func(w, bh int) {
 		ds := ds[w*t*t : (w+1)*t*t]
-		for bh := lo; bh < hi; bh++ {
-			bi, head := bh/h, bh%h
-			q := qkv[bi*t*ld+head*hd:]
-			k, v := q[d:], q[2*d:]
-			dq := dqkv[bi*t*ld+head*hd:]
-			dk, dv := dq[d:], dq[2*d:]
-			do := dout[bi*t*d+head*hd:]
-			pm := p[bh*t*t : (bh+1)*t*t]
-			// dP = dO·Vᵀ, dV = Pᵀ·dO
-			gemmOn(serialBLAS, false, true, t, t, hd, do, d, v, ld, false, ds, t)
-			gemmOn(serialBLAS, true, false, t, hd, t, pm, t, do, d, false, dv, ld)
-			// softmax backward: dS = P ⊙ (dP − rowsum(dP ⊙ P)), times the score scale.
-			for i := 0; i < t; i++ {
-				pr := pm[i*t : (i+1)*t]
-				dr := ds[i*t : (i+1)*t]
-				var dot float32
-				for j := 0; j <= i; j++ {
-					dot += pr[j] * dr[j]
-				}
-				vecf32.SoftmaxGrad(pr[:i+1], dr[:i+1], dot, scale)
-				clear(dr[i+1:])
+		bi, head := bh/h, bh%h
+		q := qkv[bi*t*ld+head*hd:]
+		k, v := q[d:], q[2*d:]
+		dq := dqkv[bi*t*ld+head*hd:]
+		dk, dv := dq[d:], dq[2*d:]
+		do := dout[bi*t*d+head*hd:]
+		pm := p[bh*t*t : (bh+1)*t*t]
+		// dP = dO·Vᵀ, dV = Pᵀ·dO
+		gemmOn(serialBLAS, false, true, t, t, hd, do, d, v, ld, false, ds, t)
+		gemmOn(serialBLAS, true, false, t, hd, t, pm, t, do, d, false, dv, ld)
+		// softmax backward: dS = P ⊙ (dP − rowsum(dP ⊙ P)), times the score scale.
+		for i := 0; i < t; i++ {
+			pr := pm[i*t : (i+1)*t]
+			dr := ds[i*t : (i+1)*t]
+			var dot float32
+			for j := 0; j <= i; j++ {
+				dot += pr[j] * dr[j]
 			}
-			// dQ = dS·K, dK = dSᵀ·Q
-			gemmOn(serialBLAS, false, false, t, hd, t, ds, t, k, ld, false, dq, ld)
-			gemmOn(serialBLAS, true, false, t, hd, t, ds, t, q, ld, false, dk, ld)
+			vecf32.SoftmaxGrad(pr[:i+1], dr[:i+1], dot, scale)
+			clear(dr[i+1:])
 		}
+		// dQ = dS·K, dK = dSᵀ·Q
+		gemmOn(serialBLAS, false, false, t, hd, t, ds, t, k, ld, false, dq, ld)
+		gemmOn(serialBLAS, true, false, t, hd, t, ds, t, q, ld, false, dk, ld)
 	})
 }
 

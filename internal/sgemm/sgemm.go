@@ -177,6 +177,19 @@ func (p *problem) run(threads int) {
 	}
 	bp := getBuf(kcBlock * min(ncBlock, roundUp(p.n, nr)))
 	defer putBuf(bp)
+	// Per-worker scratch for the tiles: a packed A block, taken from the
+	// pool on first use, and which row block it holds.
+	ws := make([]struct {
+		ap     *[]float32
+		packed int
+	}, threads)
+	defer func() {
+		for _, s := range ws {
+			if s.ap != nil {
+				putBuf(s.ap)
+			}
+		}
+	}()
 	for jc := 0; jc < p.n; jc += ncBlock {
 		nc := min(ncBlock, p.n-jc)
 		panels := (nc + nr - 1) / nr
@@ -185,31 +198,34 @@ func (p *problem) run(threads int) {
 			// The first slab overwrites C unless beta asks to keep it;
 			// later slabs add to it, in ascending k.
 			load := pc > 0 || p.beta != 0
-			parallel.For(threads, panels, func(_, lo, hi int) {
-				for jp := lo; jp < hi; jp++ {
-					if cols := min(nr, nc-jp*nr); cols < nr || !p.directB() {
-						p.packB((*bp)[jp*kc*nr:(jp+1)*kc*nr], pc, kc, jc+jp*nr, cols)
-					}
+			parallel.Steal(threads, panels, func(_, jp int) {
+				if cols := min(nr, nc-jp*nr); cols < nr || !p.directB() {
+					p.packB((*bp)[jp*kc*nr:(jp+1)*kc*nr], pc, kc, jc+jp*nr, cols)
 				}
 			})
 			mBlocks := (p.m + mcBlock - 1) / mcBlock
 			nTiles := (nc + ncTile - 1) / ncTile
-			parallel.For(threads, mBlocks*nTiles, func(_, lo, hi int) {
-				ap := getBuf(mcBlock * kc)
-				defer putBuf(ap)
-				packed := -1
-				for t := lo; t < hi; t++ {
-					ib, jt := t/nTiles, t%nTiles
-					ic := ib * mcBlock
-					mc := min(mcBlock, p.m-ic)
-					if ib != packed {
-						p.packA(*ap, ic, mc, pc, kc, p.directA(nc))
-						packed = ib
+			// Each worker keeps its packed A block while its tiles stay
+			// in one row block: a worker walks its own tiles in order and
+			// takes another's from the end, so it repacks rarely.
+			for w := range ws {
+				ws[w].packed = -1
+			}
+			parallel.Steal(threads, mBlocks*nTiles, func(w, t int) {
+				ib, jt := t/nTiles, t%nTiles
+				ic := ib * mcBlock
+				mc := min(mcBlock, p.m-ic)
+				s := &ws[w]
+				if ib != s.packed {
+					if s.ap == nil {
+						s.ap = getBuf(mcBlock * kcBlock)
 					}
-					jp0 := jt * (ncTile / nr)
-					jp1 := min(panels, jp0+ncTile/nr)
-					p.macro(*ap, *bp, ic, mc, jc, nc, jp0, jp1, pc, kc, load)
+					p.packA(*s.ap, ic, mc, pc, kc, p.directA(nc))
+					s.packed = ib
 				}
+				jp0 := jt * (ncTile / nr)
+				jp1 := min(panels, jp0+ncTile/nr)
+				p.macro(*s.ap, *bp, ic, mc, jc, nc, jp0, jp1, pc, kc, load)
 			})
 		}
 	}
