@@ -15,7 +15,11 @@
 //     PyTorch backend (when /usr/bin/python3 can import torch; skipped with
 //     a message otherwise), on the default model and the 4x wider one.
 //
-//     go run ./bench/backends [-sizes 256K,1M,16M] [-min-time 1s] [-steps 6] [-up=true]
+//     go run ./bench/backends [-sizes 256K,1M,16M] [-min-time 1s] [-steps 6] [-up=true] [-cpuprofile FILE]
+//
+// -cpuprofile writes this process's CPU profile of the overhead rows,
+// samples labelled side= and model= (the in-process server's goroutines
+// are unlabelled; compute-serve is another process).
 //
 // Each row times its two sides run by run in alternation, so that both
 // see the same load, and reports the median of the run-by-run ratios:
@@ -34,6 +38,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -53,6 +58,7 @@ func main() {
 		steps   = flag.Int("steps", 6, "up: training steps per run")
 		up      = flag.Bool("up", true, "run the up rows (they start processes and take a minute or two)")
 		torchOn = flag.Bool("torch", true, "include the PyTorch backend's rows when torch is installed")
+		profile = flag.String("cpuprofile", "", "write this process's CPU profile of the overhead rows here, each sample labelled with its side and model")
 	)
 	flag.Parse()
 	exe, err := buildStagecoach()
@@ -63,7 +69,7 @@ func main() {
 	if err := hopRows(*sizes, *minTime); err != nil {
 		fail(err)
 	}
-	if err := overheadRows(exe, *minTime); err != nil {
+	if err := overheadRows(exe, *minTime, *profile); err != nil {
 		fail(err)
 	}
 	if *up {
@@ -285,7 +291,7 @@ func echoSocket(a, _ net.Conn, buf, back []byte) error {
 // protocol to the built-in model served in this same process (the
 // protocol's own cost), and through `stagecoach compute-serve` (the
 // protocol plus computing in a second process beside this one).
-func overheadRows(exe string, minTime time.Duration) error {
+func overheadRows(exe string, minTime time.Duration, profile string) error {
 	fmt.Println("## The protocol's overhead per action: one stage's Forward + Backward")
 	fmt.Println()
 	fmt.Println("Each time: the median run (the fastest in brackets). Each overhead against in process: the median of run-by-run ratios (the ratio of the medians in brackets).")
@@ -313,6 +319,17 @@ func overheadRows(exe string, minTime time.Duration) error {
 		return err
 	}
 	defer far.Close()
+	if profile != "" {
+		f, err := os.Create(profile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	for _, m := range []struct {
 		name string
 		cfg  model.Config
@@ -341,16 +358,18 @@ func overheadRows(exe string, minTime time.Duration) error {
 		// The actions: a microbatch's Forward and Backward. Gradients
 		// accumulate over the runs, as over an iteration's microbatches
 		// (ZeroGrad is once per iteration, not per action).
-		step := func(st compute.Stage) func() error {
-			return func() error {
-				if _, err := st.Forward(0, x); err != nil {
-					return err
-				}
-				_, err := st.Backward(0, g)
+		step := func(st compute.Stage, side string) func() error {
+			labels := pprof.Labels("side", side, "model", m.name)
+			return func() (err error) {
+				pprof.Do(context.Background(), labels, func(context.Context) {
+					if _, err = st.Forward(0, x); err == nil {
+						_, err = st.Backward(0, g)
+					}
+				})
 				return err
 			}
 		}
-		t, err := timeSides(minTime, step(stages[0]), step(stages[1]), step(stages[2]))
+		t, err := timeSides(minTime, step(stages[0], "in process"), step(stages[1], "protocol in process"), step(stages[2], "compute-serve"))
 		if err != nil {
 			return err
 		}
