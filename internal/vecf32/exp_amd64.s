@@ -169,3 +169,118 @@ gbloop:
 	JNZ     gbloop
 	VZEROUPPER
 	RET
+
+// EXPF512 is EXPF on sixteen lanes: Z3 = e^X with the same operations in
+// the same order per lane (VRNDSCALEPS $0 rounds to nearest even as
+// VROUNDPS $0 does), so the two give the same bits. Z4-Z6 are scratch and
+// Z8-Z14 must hold the constants, as Y8-Y14 for EXPF.
+#define EXPF512(X, N, S) \
+	VMINPS  Z14, X, X; \
+	VMAXPS  Z13, X, X; \
+	VMULPS  Z12, X, N; \
+	VRNDSCALEPS $0, N, N; \
+	VMULPS  Z11, N, S; \
+	VSUBPS  S, X, X; \
+	VMULPS  Z10, N, S; \
+	VSUBPS  S, X, X; \
+	VBROADCASTSS expc<>+20(SB), Z3; \
+	VBROADCASTSS expc<>+24(SB), Z4; \
+	VFMADD213PS Z4, X, Z3; \
+	VBROADCASTSS expc<>+28(SB), Z4; \
+	VFMADD213PS Z4, X, Z3; \
+	VBROADCASTSS expc<>+32(SB), Z4; \
+	VFMADD213PS Z4, X, Z3; \
+	VBROADCASTSS expc<>+36(SB), Z4; \
+	VFMADD213PS Z4, X, Z3; \
+	VBROADCASTSS expc<>+40(SB), Z4; \
+	VFMADD213PS Z4, X, Z3; \
+	VMULPS  X, X, Z5; \
+	VADDPS  Z9, X, Z6; \
+	VFMADD213PS Z6, Z5, Z3; \
+	VCVTPS2DQ N, N; \
+	VPADDD  Z8, N, N; \
+	VPSLLD  $23, N, N; \
+	VMULPS  N, Z3, Z3
+
+// func geluForwardAVX512(u, a, th *float32, n int)
+TEXT ·geluForwardAVX512(SB), NOSPLIT, $0-32
+	MOVQ u+0(FP), SI
+	MOVQ a+8(FP), DI
+	MOVQ th+16(FP), DX
+	MOVQ n+24(FP), CX
+	VBROADCASTSS expc<>+0(SB), Z14  // hi
+	VBROADCASTSS expc<>+4(SB), Z13  // lo
+	VBROADCASTSS expc<>+8(SB), Z12  // log2e
+	VBROADCASTSS expc<>+12(SB), Z11 // ln2 hi
+	VBROADCASTSS expc<>+16(SB), Z10 // ln2 lo
+	VBROADCASTSS expc<>+44(SB), Z9  // 1
+	VPBROADCASTD expc<>+48(SB), Z8  // 127
+	VBROADCASTSS gelc<>+0(SB), Z15  // 0.044715
+	VBROADCASTSS gelc<>+4(SB), Z7   // 2c
+	VBROADCASTSS gelc<>+8(SB), Z16  // 2
+	VBROADCASTSS gelc<>+12(SB), Z17 // 0.5
+	SHRQ $4, CX
+
+gf512loop:
+	VMOVUPS (SI), Z0        // x
+	VMULPS  Z0, Z15, Z1     // 0.044715·x
+	VMULPS  Z0, Z1, Z1      // ·x
+	VMULPS  Z0, Z1, Z1      // ·x
+	VADDPS  Z1, Z0, Z1      // x + 0.044715·x³
+	VMULPS  Z1, Z7, Z1      // y = 2c·(…)
+	EXPF512(Z1, Z2, Z3)     // e = e^y
+	// t = 1 − 2/(e + 1)
+	VADDPS  Z9, Z3, Z3
+	VDIVPS  Z3, Z16, Z4
+	VSUBPS  Z4, Z9, Z4
+	VMOVUPS Z4, (DX)
+	// a = (0.5·x)·(1 + t)
+	VMULPS  Z0, Z17, Z5
+	VADDPS  Z9, Z4, Z6
+	VMULPS  Z6, Z5, Z5
+	VMOVUPS Z5, (DI)
+	ADDQ    $64, SI
+	ADDQ    $64, DI
+	ADDQ    $64, DX
+	DECQ    CX
+	JNZ     gf512loop
+	VZEROUPPER
+	RET
+
+// func geluBackwardAVX512(u, th, da *float32, n int)
+TEXT ·geluBackwardAVX512(SB), NOSPLIT, $0-32
+	MOVQ u+0(FP), SI
+	MOVQ th+8(FP), DX
+	MOVQ da+16(FP), DI
+	MOVQ n+24(FP), CX
+	VBROADCASTSS expc<>+44(SB), Z9  // 1
+	VBROADCASTSS gelc<>+12(SB), Z10 // 0.5
+	VBROADCASTSS gelc<>+16(SB), Z11 // c
+	VBROADCASTSS gelc<>+20(SB), Z12 // 3·0.044715
+	SHRQ $4, CX
+
+gb512loop:
+	VMOVUPS (SI), Z0        // x
+	VMOVUPS (DX), Z1        // t
+	VADDPS  Z1, Z9, Z2      // 1 + t
+	VMULPS  Z2, Z10, Z2     // A = 0.5·(1 + t)
+	VMULPS  Z0, Z10, Z3     // 0.5·x
+	VMULPS  Z1, Z1, Z4      // t·t
+	VSUBPS  Z4, Z9, Z4      // 1 − t·t
+	VMULPS  Z4, Z3, Z3
+	VMULPS  Z11, Z3, Z3     // ·c
+	VMULPS  Z0, Z12, Z5     // 3·0.044715·x
+	VMULPS  Z0, Z5, Z5      // ·x
+	VADDPS  Z5, Z9, Z5      // 1 + …
+	VMULPS  Z5, Z3, Z3      // B
+	VADDPS  Z3, Z2, Z2      // d = A + B
+	VMOVUPS (DI), Z6
+	VMULPS  Z2, Z6, Z6
+	VMOVUPS Z6, (DI)
+	ADDQ    $64, SI
+	ADDQ    $64, DX
+	ADDQ    $64, DI
+	DECQ    CX
+	JNZ     gb512loop
+	VZEROUPPER
+	RET

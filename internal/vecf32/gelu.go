@@ -5,7 +5,8 @@ const geluC = 0.7978845608028654 // sqrt(2/π)
 // GELUForward is the tanh approximation of GELU: a[i] = gelu(u[i]), and
 // th[i] keeps tanh(sqrt(2/π)·(u + 0.044715·u³)) for GELUBackward. tanh(y)
 // is 1 − 2/(e^{2y}+1), with this package's exponential. The slices must
-// have the same length.
+// have the same length. Sixteen lanes (AVX-512) or eight (AVX2) give the
+// same bits.
 func GELUForward(u, a, th []float32) {
 	a, th = a[:len(u)], th[:len(u)]
 	if !hasAVX2 {
@@ -13,7 +14,12 @@ func GELUForward(u, a, th []float32) {
 		return
 	}
 	n := len(u) &^ 7
-	if n > 0 {
+	if w := len(u) &^ 15; hasAVX512 && w > 0 {
+		geluForwardAVX512(&u[0], &a[0], &th[0], w)
+		if w < n {
+			geluForwardAVX2(&u[w], &a[w], &th[w], n-w)
+		}
+	} else if n > 0 {
 		geluForwardAVX2(&u[0], &a[0], &th[0], n)
 	}
 	if n < len(u) {
@@ -35,7 +41,12 @@ func GELUBackward(u, th, da []float32) {
 		return
 	}
 	n := len(u) &^ 7
-	if n > 0 {
+	if w := len(u) &^ 15; hasAVX512 && w > 0 {
+		geluBackwardAVX512(&u[0], &th[0], &da[0], w)
+		if w < n {
+			geluBackwardAVX2(&u[w], &th[w], &da[w], n-w)
+		}
+	} else if n > 0 {
 		geluBackwardAVX2(&u[0], &th[0], &da[0], n)
 	}
 	if n < len(u) {

@@ -8,14 +8,30 @@ import (
 
 // TestGELUVectorMatchesGo requires the vector GELU to give exactly the
 // portable code's bits (forward output, kept tanh and backward gradient)
-// for every length from 0 to 40 (tails included) and extreme inputs.
+// for every length from 0 to 72 (tails of both vector widths included)
+// and extreme inputs; where AVX-512 runs, with sixteen lanes and with
+// eight.
 func TestGELUVectorMatchesGo(t *testing.T) {
 	if !hasAVX2 {
 		t.Skip("no AVX2+FMA here (or STAGECOACH_GEMM=go): only the portable GELU runs")
 	}
+	for _, wide := range []bool{false, true} {
+		if wide && !hasAVX512 {
+			t.Log("no AVX-512 here: only the eight-lane GELU is checked")
+			continue
+		}
+		t.Run(map[bool]string{false: "avx2", true: "avx512"}[wide], func(t *testing.T) {
+			defer func(h bool) { hasAVX512 = h }(hasAVX512)
+			hasAVX512 = wide
+			checkGELUMatchesGo(t)
+		})
+	}
+}
+
+func checkGELUMatchesGo(t *testing.T) {
 	r := rand.New(rand.NewSource(3))
 	special := []float32{0, float32(math.Copysign(0, -1)), 1e-30, -1e-30, 10, -10, 30, -30, 1e4, -1e4, 3.4e38, -3.4e38}
-	for n := 0; n <= 40; n++ {
+	for n := 0; n <= 72; n++ {
 		u := make([]float32, n)
 		for i := range u {
 			if i < len(special) && n > 30 {

@@ -13,6 +13,11 @@ import (
 // processes on amd64 CPUs with and without AVX2+FMA compute alike.
 var hasAVX2 = cpu.X86.HasAVX2 && cpu.X86.HasFMA && os.Getenv("STAGECOACH_GEMM") != "go"
 
+// hasAVX512 selects the sixteen-lane GELU, which gives the eight-lane
+// one's bits; STAGECOACH_GEMM=avx2 keeps to eight lanes, as it keeps the
+// matrix multiply to its AVX2 kernel.
+var hasAVX512 = hasAVX2 && cpu.X86.HasAVX512F && os.Getenv("STAGECOACH_GEMM") != "avx2"
+
 // expSubAVX2 sets x[i] = e^(x[i] − sub) for the n elements at x; n must be
 // a positive multiple of 8.
 //
@@ -27,6 +32,15 @@ func geluForwardAVX2(u, a, th *float32, n int)
 
 //go:noescape
 func geluBackwardAVX2(u, th, da *float32, n int)
+
+// geluForwardAVX512 and geluBackwardAVX512 are the same for n a positive
+// multiple of 16.
+//
+//go:noescape
+func geluForwardAVX512(u, a, th *float32, n int)
+
+//go:noescape
+func geluBackwardAVX512(u, th, da *float32, n int)
 
 // adamMomentsAVX2 and adamApplyAVX2 are AdamMoments and AdamApply for n
 // elements, n a positive multiple of 4.

@@ -4,11 +4,18 @@ package vecf32
 
 const hasAVX2 = false
 
+// hasAVX512 is a variable, as on amd64, for the tests that turn it off.
+var hasAVX512 = false
+
 func expSubAVX2(x *float32, n int, sub float32) { panic("vecf32: no AVX2 kernel here") }
 
 func geluForwardAVX2(u, a, th *float32, n int) { panic("vecf32: no AVX2 kernel here") }
 
 func geluBackwardAVX2(u, th, da *float32, n int) { panic("vecf32: no AVX2 kernel here") }
+
+func geluForwardAVX512(u, a, th *float32, n int) { panic("vecf32: no AVX-512 kernel here") }
+
+func geluBackwardAVX512(u, th, da *float32, n int) { panic("vecf32: no AVX-512 kernel here") }
 
 func adamMomentsAVX2(grad, m, v *float32, n int, b1, c1, b2, c2 float64) {
 	panic("vecf32: no AVX2 kernel here")
