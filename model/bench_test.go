@@ -2,6 +2,7 @@ package model
 
 import (
 	"math/rand/v2"
+	"runtime"
 	"testing"
 	"time"
 
@@ -28,6 +29,24 @@ func blockFlops(b, t, d, hidden int) float64 {
 	return 3 * (dense + attn)
 }
 
+// warmUp runs step until the heap has been collected three times (or for
+// two seconds): until then the buffers a step allocates land on pages the
+// process has never touched, and on some virtual machines the first touch
+// of a page costs 10-25 µs, which a short benchmark would count as the
+// step's cost. A training run soon reaches the steady state after it.
+func warmUp(step func()) {
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	gc0, start := m.NumGC, time.Now()
+	for {
+		step()
+		runtime.ReadMemStats(&m)
+		if m.NumGC-gc0 >= 3 || time.Since(start) > 2*time.Second {
+			return
+		}
+	}
+}
+
 // benchBlockStep returns one forward and backward of a dim-256 block on a
 // microbatch of 8 × ctx 128.
 func benchBlockStep(b *testing.B) func() {
@@ -52,6 +71,7 @@ func benchBlockStep(b *testing.B) func() {
 
 func BenchmarkBlockForwardBackward(b *testing.B) {
 	step := benchBlockStep(b)
+	warmUp(step)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		step()
@@ -64,6 +84,7 @@ func BenchmarkBlockForwardBackward(b *testing.B) {
 // block), with nothing in between: the ceiling for the block benchmark.
 func BenchmarkMatMulRaw(b *testing.B) {
 	step := benchRawStep()
+	warmUp(step)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		step()
@@ -77,8 +98,7 @@ func BenchmarkMatMulRaw(b *testing.B) {
 // a shared machine.
 func BenchmarkBlockOverKernel(b *testing.B) {
 	block, raw := benchBlockStep(b), benchRawStep()
-	block()
-	raw()
+	warmUp(func() { block(); raw() })
 	var tb, tr time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -206,6 +226,11 @@ func BenchmarkTrainStepDefault(b *testing.B) {
 		}
 		return nil
 	}
+	warmUp(func() {
+		if _, err := tr.TrainStep(sample); err != nil {
+			b.Fatal(err)
+		}
+	})
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		if _, err := tr.TrainStep(sample); err != nil {
