@@ -38,6 +38,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/metrics"
 	"runtime/pprof"
 	"sort"
 	"strconv"
@@ -118,13 +119,20 @@ type sides struct {
 }
 
 // timeSides runs each of fs in turn, round after round, until minTime has
-// passed (at least 9 rounds, after two warm-up rounds), so that every side
-// sees the same load.
+// passed (at least 9 rounds), so that every side sees the same load. The
+// rounds before that warm up: at least two, and until this process has
+// finished warmGCCycles collections or spent minTime warming. Until the
+// heap has been collected a few times, the sides' buffers land on pages
+// the process has never touched, and on some virtual machines the first
+// touch of a page costs 10-25 µs: a 1 MiB tensor in fresh memory then
+// costs milliseconds to write, once. A long job runs in the steady state
+// after it, so that is what the rows time.
 func timeSides(minTime time.Duration, fs ...func() error) (sides, error) {
 	runs := make([][]float64, len(fs))
 	ratios := make([][]float64, len(fs))
-	start := time.Now()
-	for round := 0; round < 2 || len(runs[0]) < 9 || time.Since(start) < minTime; round++ {
+	start, gc0 := time.Now(), gcCycles()
+	warm := true
+	for round := 0; warm || len(runs[0]) < 9 || time.Since(start) < minTime; round++ {
 		times := make([]float64, len(fs))
 		for i, f := range fs {
 			t0 := time.Now()
@@ -133,8 +141,10 @@ func timeSides(minTime time.Duration, fs ...func() error) (sides, error) {
 			}
 			times[i] = time.Since(t0).Seconds()
 		}
-		if round < 2 {
-			start = time.Now() // warm-up
+		if warm {
+			if round >= 1 && (gcCycles()-gc0 >= warmGCCycles || time.Since(start) >= minTime) {
+				warm, start = false, time.Now()
+			}
 			continue
 		}
 		for i, t := range times {
@@ -150,6 +160,18 @@ func timeSides(minTime time.Duration, fs ...func() error) (sides, error) {
 		s.ratio = append(s.ratio, med(ratios[i]))
 	}
 	return s, nil
+}
+
+// warmGCCycles is how many collections timeSides waits for before it
+// times anything.
+const warmGCCycles = 3
+
+// gcCycles is the number of garbage collections this process has
+// finished.
+func gcCycles() uint64 {
+	m := []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}}
+	metrics.Read(m)
+	return m[0].Value.Uint64()
 }
 
 // echo's stages answer Forward with a copy of its input, made in memory
