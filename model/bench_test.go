@@ -130,7 +130,7 @@ func BenchmarkBlockElementwise(b *testing.B) {
 		for range 2 {
 			rmsnormForward(x, g, y, rinv, N, D)
 			addRows(y, x, N, D)
-			rmsnormBackward(x, g, rinv, y, dx, dg, N, D)
+			rmsnormBackward(x, g, rinv, y, dx, dx, dg, N, D)
 		}
 		geluForward(u, a, th, N, Hd)
 		geluBackward(u, th, a, N, Hd)
@@ -153,7 +153,7 @@ func BenchmarkElementwiseLayers(b *testing.B) {
 	})
 	b.Run("rmsnorm-backward", func(b *testing.B) {
 		for b.Loop() {
-			rmsnormBackward(x, g, rinv, y, dx, dg, N, D)
+			rmsnormBackward(x, g, rinv, y, dx, dx, dg, N, D)
 		}
 	})
 	b.Run("residual-add", func(b *testing.B) {

@@ -69,7 +69,7 @@ func TestGradRMSNorm(t *testing.T) {
 	f := func() float64 { rmsnormForward(x, g, out, rinv, n, d); return project(w, out) }
 	f()
 	dx, dg := make([]float32, n*d), make([]float32, d)
-	rmsnormBackward(x, g, rinv, w, dx, dg, n, d)
+	rmsnormBackward(x, g, rinv, w, dx, dx, dg, n, d)
 	checkGrad(t, "x", x, dx, f)
 	checkGrad(t, "gain", g, dg, f)
 }

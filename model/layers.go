@@ -123,16 +123,17 @@ func rowSumSquares4(x []float32, d int) [4]float32 {
 	return [4]float32{s0, s1, s2, s3}
 }
 
-// rmsnormBackward adds the input gradient into dx (dx += ∂L/∂x) and the gain
-// gradient into dg. Accumulating into dx lets the residual branch and the
-// skip path share one buffer. The input gradient is per row and runs split;
-// the gain gradient sums over rows and runs after it, in row order.
-func rmsnormBackward(x, g, rinv, dout, dx, dg []float32, n, d int) {
+// rmsnormBackward sets dx = res + ∂L/∂x and adds the gain gradient into dg.
+// res is the skip path's gradient, often dx itself, so that the residual
+// branch and the skip path share one buffer. The input gradient is per row
+// and runs split; the gain gradient sums over rows and runs after it, in
+// row order.
+func rmsnormBackward(x, g, rinv, dout, res, dx, dg []float32, n, d int) {
 	rows(n, d, minParallelCheapFloats, func(lo, hi int) {
 		finish := func(i int, dot float32) {
 			r := rinv[i]
 			c := r * r * r * dot / float32(d)
-			vecf32.RMSNormInputGrad(dx[i*d:(i+1)*d], x[i*d:(i+1)*d], g, dout[i*d:(i+1)*d], r, c)
+			vecf32.RMSNormInputGrad(dx[i*d:(i+1)*d], res[i*d:(i+1)*d], x[i*d:(i+1)*d], g, dout[i*d:(i+1)*d], r, c)
 		}
 		i := lo
 		for ; i+4 <= hi; i += 4 {

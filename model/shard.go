@@ -438,10 +438,16 @@ func (s *Shard) Backward(mb int, grad *Activations) (*Activations, error) {
 	if !s.spec.Embed {
 		dx = make([]float32, n)
 	}
-	copy(dx, grad.Data)
+	// The last block reads the caller's gradient and writes dx; the
+	// others turn dx over in place.
+	dy := grad.Data[:n]
+	if len(s.blocks) == 0 {
+		copy(dx, dy)
+	}
 	s.contribute(mb, s.bodyParams, func() {
 		for j := len(s.blocks) - 1; j >= 0; j-- {
-			s.blockBackward(j, c, c.res[j], dx)
+			s.blockBackward(j, c, c.res[j], dy, dx)
+			dy = dx
 		}
 		if s.spec.Embed {
 			embedBackward(c.tokens, dx, s.tokEmb.G, s.posEmb.G, b, t, s.cfg.Dim)
@@ -504,7 +510,7 @@ func (s *Shard) loss(hidden *Activations, targets []int32, grad bool) (float64, 
 	dhf := s.dhf[:n*D]
 	gemm(false, true, n, D, V, logits, V, s.head.W, V, false, dhf, D)
 	gx := make([]float32, n*D)
-	rmsnormBackward(hidden.Data, s.normF.W, rf, dhf, gx, s.normF.G, n, D)
+	rmsnormBackward(hidden.Data, s.normF.W, rf, dhf, gx, gx, s.normF.G, n, D)
 	return total / float64(n), &Activations{Shape: []int{b, t, D}, Data: gx}, nil
 }
 
@@ -566,26 +572,28 @@ func (s *Shard) blockForward(j int, c *mbCache, x, out []float32) {
 	addRows(out, bc.x2, n, D)
 }
 
-// blockBackward turns dx from ∂L/∂(block output) into ∂L/∂(block input) in
-// place, adding the block's parameter gradients.
-func (s *Shard) blockBackward(j int, c *mbCache, x, dx []float32) {
+// blockBackward writes ∂L/∂(block input) into dx given ∂L/∂(block output)
+// in dy (which may be dx: then in place), adding the block's parameter
+// gradients. dy is read only until the first RMSNorm's input gradient is
+// added to it.
+func (s *Shard) blockBackward(j int, c *mbCache, x, dy, dx []float32) {
 	bp := &s.blocks[j]
 	bc := &c.blocks[j]
 	b, t := c.b, c.t
 	n, D, Hd := b*t, s.cfg.Dim, s.cfg.Hidden
 	da, dh, datt, dqkv := s.da[:n*Hd], s.dh[:n*D], s.datt[:n*D], s.dqkv[:n*3*D]
 	// MLP: out = x2 + gelu(h2·W1)·W2
-	gemm(true, false, Hd, D, n, bc.a, Hd, dx, D, true, bp.w2.G, D)
-	gemm(false, true, n, Hd, D, dx, D, bp.w2.W, D, false, da, Hd)
+	gemm(true, false, Hd, D, n, bc.a, Hd, dy, D, true, bp.w2.G, D)
+	gemm(false, true, n, Hd, D, dy, D, bp.w2.W, D, false, da, Hd)
 	geluBackward(bc.u, bc.th, da, n, Hd)
 	gemm(true, false, D, Hd, n, bc.h2, D, da, Hd, true, bp.w1.G, Hd)
 	gemm(false, true, n, D, Hd, da, Hd, bp.w1.W, Hd, false, dh, D)
-	rmsnormBackward(bc.x2, bp.norm2.W, bc.r2, dh, dx, bp.norm2.G, n, D)
+	rmsnormBackward(bc.x2, bp.norm2.W, bc.r2, dh, dy, dx, bp.norm2.G, n, D)
 	// attention: x2 = x + attn(h1)·Wo
 	gemm(true, false, D, D, n, bc.att, D, dx, D, true, bp.wo.G, D)
 	gemm(false, true, n, D, D, dx, D, bp.wo.W, D, false, datt, D)
 	attnBackward(bc.qkv, bc.p, datt, dqkv, s.ds, b, t, D, s.cfg.Heads)
 	gemm(true, false, D, 3*D, n, bc.h1, D, dqkv, 3*D, true, bp.wqkv.G, 3*D)
 	gemm(false, true, n, D, 3*D, dqkv, 3*D, bp.wqkv.W, 3*D, false, dh, D)
-	rmsnormBackward(x, bp.norm1.W, bc.r1, dh, dx, bp.norm1.G, n, D)
+	rmsnormBackward(x, bp.norm1.W, bc.r1, dh, dx, dx, bp.norm1.G, n, D)
 }

@@ -53,16 +53,17 @@ func AddScaledProduct(acc, a, b []float32, r float32) {
 	}
 }
 
-// RMSNormInputGrad sets dx[i] += r·g[i]·dy[i] − c·x[i], RMSNorm's input
-// gradient for one row with rinv r and c = r³·(g⊙dy)·x / d.
-func RMSNormInputGrad(dx, x, g, dy []float32, r, c float32) {
-	dx, g, dy = dx[:len(x)], g[:len(x)], dy[:len(x)]
+// RMSNormInputGrad sets dx[i] = res[i] + (r·g[i]·dy[i] − c·x[i]): RMSNorm's
+// input gradient for one row with rinv r and c = r³·(g⊙dy)·x / d, added to
+// the residual stream's gradient res (which may be dx itself).
+func RMSNormInputGrad(dx, res, x, g, dy []float32, r, c float32) {
+	dx, res, g, dy = dx[:len(x)], res[:len(x)], g[:len(x)], dy[:len(x)]
 	n := vectorLen(len(x))
 	if n > 0 {
-		rmsInputGradAVX2(&dx[0], &x[0], &g[0], &dy[0], n, r, c)
+		rmsInputGradAVX2(&dx[0], &res[0], &x[0], &g[0], &dy[0], n, r, c)
 	}
 	for i := n; i < len(x); i++ {
-		dx[i] += float32(float32(r*g[i])*dy[i]) - float32(c*x[i])
+		dx[i] = res[i] + (float32(float32(r*g[i])*dy[i]) - float32(c*x[i]))
 	}
 }
 

@@ -84,15 +84,16 @@ asploop:
 	VZEROUPPER
 	RET
 
-// func rmsInputGradAVX2(dx, x, gain, dy *float32, n int, r, c float32)
-TEXT ·rmsInputGradAVX2(SB), NOSPLIT, $0-48
+// func rmsInputGradAVX2(dx, res, x, gain, dy *float32, n int, r, c float32)
+TEXT ·rmsInputGradAVX2(SB), NOSPLIT, $0-56
 	MOVQ dx+0(FP), DI
-	MOVQ x+8(FP), SI
-	MOVQ gain+16(FP), DX
-	MOVQ dy+24(FP), BX
-	MOVQ n+32(FP), CX
-	VBROADCASTSS r+40(FP), Y1
-	VBROADCASTSS c+44(FP), Y2
+	MOVQ res+8(FP), R8
+	MOVQ x+16(FP), SI
+	MOVQ gain+24(FP), DX
+	MOVQ dy+32(FP), BX
+	MOVQ n+40(FP), CX
+	VBROADCASTSS r+48(FP), Y1
+	VBROADCASTSS c+52(FP), Y2
 	SHRQ $3, CX
 
 rigloop:
@@ -100,9 +101,10 @@ rigloop:
 	VMULPS  (BX), Y0, Y0    // ·dy
 	VMULPS  (SI), Y2, Y3    // c·x
 	VSUBPS  Y3, Y0, Y0      // r·g·dy − c·x
-	VADDPS  (DI), Y0, Y0    // dx +
+	VADDPS  (R8), Y0, Y0    // res +
 	VMOVUPS Y0, (DI)
 	ADDQ    $32, DI
+	ADDQ    $32, R8
 	ADDQ    $32, SI
 	ADDQ    $32, DX
 	ADDQ    $32, BX

@@ -66,7 +66,19 @@ func TestElementwiseMatchesScalar(t *testing.T) {
 			same("AddScaledProduct", n, got, want)
 
 			got, want = slices.Clone(dy), slices.Clone(dy)
-			RMSNormInputGrad(got, x, g, dy, s, c)
+			RMSNormInputGrad(got, got, x, g, dy, s, c)
+			for j, v := range x {
+				want[j] += s*g[j]*dy[j] - c*v
+			}
+			same("RMSNormInputGrad in place", n, got, want)
+
+			// Apart from the residual it adds to, the same bits.
+			res := slices.Clone(x)
+			for j := range res {
+				res[j] = -2 * x[j]
+			}
+			got, want = make([]float32, n), slices.Clone(res)
+			RMSNormInputGrad(got, res, x, g, dy, s, c)
 			for j, v := range x {
 				want[j] += s*g[j]*dy[j] - c*v
 			}

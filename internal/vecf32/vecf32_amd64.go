@@ -67,7 +67,7 @@ func scaleMulAVX2(out, x, gain *float32, n int, r float32)
 func addScaledProductAVX2(acc, a, b *float32, n int, r float32)
 
 //go:noescape
-func rmsInputGradAVX2(dx, x, gain, dy *float32, n int, r, c float32)
+func rmsInputGradAVX2(dx, res, x, gain, dy *float32, n int, r, c float32)
 
 //go:noescape
 func softmaxGradAVX2(p, d *float32, n int, dot, scale float32)

@@ -35,7 +35,7 @@ func addScaledProductAVX2(acc, a, b *float32, n int, r float32) {
 	panic("vecf32: no AVX2 kernel here")
 }
 
-func rmsInputGradAVX2(dx, x, gain, dy *float32, n int, r, c float32) {
+func rmsInputGradAVX2(dx, res, x, gain, dy *float32, n int, r, c float32) {
 	panic("vecf32: no AVX2 kernel here")
 }
 
