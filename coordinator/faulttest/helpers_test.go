@@ -134,6 +134,9 @@ type env struct {
 	// checkpoint directory.
 	root    string
 	workers map[string]*proc
+	// workerTTL, when set before the workers start, replaces ttl as
+	// their lease TTL.
+	workerTTL int
 }
 
 func newEnv(t *testing.T, job string) *env {
@@ -166,9 +169,13 @@ func (e *env) startWorkers(t *testing.T, names ...string) {
 // startWorkersEnv is startWorkers with extra environment variables.
 func (e *env) startWorkersEnv(t *testing.T, env []string, names ...string) {
 	t.Helper()
+	lease := ttl
+	if e.workerTTL != 0 {
+		lease = e.workerTTL
+	}
 	for _, n := range names {
 		e.workers[n] = startEnv(t, "worker "+n, env, "worker", "--etcd", strings.Join(e.endpoints, ","), "--job", e.job,
-			"--name", n, "--ttl", fmt.Sprint(ttl), "--data-dir", t.TempDir(), "--checkpoint-root", e.root)
+			"--name", n, "--ttl", fmt.Sprint(lease), "--data-dir", t.TempDir(), "--checkpoint-root", e.root)
 	}
 	e.waitRegistered(t, 30*time.Second, names...)
 }
