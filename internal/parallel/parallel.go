@@ -60,7 +60,7 @@ func Steal(workers, n int, f func(worker, i int)) {
 	}
 	run := func(me int) {
 		for {
-			i, ok := spans[me].takeFront()
+			i, ok := spans[me].take(true)
 			if !ok {
 				break
 			}
@@ -69,7 +69,7 @@ func Steal(workers, n int, f func(worker, i int)) {
 		for d := 1; d < w; d++ {
 			victim := &spans[(me+d)%w]
 			for {
-				i, ok := victim.takeBack()
+				i, ok := victim.take(false)
 				if !ok {
 					break
 				}
@@ -100,28 +100,20 @@ type span struct {
 
 func (s *span) set(next, end int) { s.v.Store(uint64(next)<<32 | uint64(end)) }
 
-func (s *span) takeFront() (int, bool) {
+// take claims the first iteration left (front) or the last.
+func (s *span) take(front bool) (int, bool) {
 	for {
 		old := s.v.Load()
 		next, end := int(old>>32), int(uint32(old))
 		if next >= end {
 			return 0, false
 		}
-		if s.v.CompareAndSwap(old, uint64(next+1)<<32|uint64(end)) {
-			return next, true
+		i, rest := next, uint64(next+1)<<32|uint64(end)
+		if !front {
+			i, rest = end-1, uint64(next)<<32|uint64(end-1)
 		}
-	}
-}
-
-func (s *span) takeBack() (int, bool) {
-	for {
-		old := s.v.Load()
-		next, end := int(old>>32), int(uint32(old))
-		if next >= end {
-			return 0, false
-		}
-		if s.v.CompareAndSwap(old, uint64(next)<<32|uint64(end-1)) {
-			return end - 1, true
+		if s.v.CompareAndSwap(old, rest) {
+			return i, true
 		}
 	}
 }
