@@ -2,10 +2,10 @@ package model
 
 import (
 	"math/rand/v2"
-	"runtime"
 	"testing"
 	"time"
 
+	"stagecoach/internal/benchwarm"
 	"stagecoach/internal/parallel"
 )
 
@@ -29,22 +29,10 @@ func blockFlops(b, t, d, hidden int) float64 {
 	return 3 * (dense + attn)
 }
 
-// warmUp runs step until the heap has been collected three times (or for
-// two seconds): until then the buffers a step allocates land on pages the
-// process has never touched, and on some virtual machines the first touch
-// of a page costs 10-25 µs, which a short benchmark would count as the
-// step's cost. A training run soon reaches the steady state after it.
+// warmUp runs step until the process is in its steady state (see
+// internal/benchwarm), for at most two seconds.
 func warmUp(step func()) {
-	var m runtime.MemStats
-	runtime.ReadMemStats(&m)
-	gc0, start := m.NumGC, time.Now()
-	for {
-		step()
-		runtime.ReadMemStats(&m)
-		if m.NumGC-gc0 >= 3 || time.Since(start) > 2*time.Second {
-			return
-		}
-	}
+	_ = benchwarm.Run(func() error { step(); return nil }, 2*time.Second)
 }
 
 // benchBlockStep returns one forward and backward of a dim-256 block on a

@@ -38,7 +38,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"runtime/metrics"
 	"runtime/pprof"
 	"sort"
 	"strconv"
@@ -49,6 +48,7 @@ import (
 	"stagecoach/compute/builtin"
 	"stagecoach/compute/remote"
 	"stagecoach/compute/serve"
+	"stagecoach/internal/benchwarm"
 	"stagecoach/model"
 )
 
@@ -119,20 +119,26 @@ type sides struct {
 }
 
 // timeSides runs each of fs in turn, round after round, until minTime has
-// passed (at least 9 rounds), so that every side sees the same load. The
-// rounds before that warm up: at least two, and until this process has
-// finished warmGCCycles collections or spent minTime warming. Until the
-// heap has been collected a few times, the sides' buffers land on pages
-// the process has never touched, and on some virtual machines the first
-// touch of a page costs 10-25 µs: a 1 MiB tensor in fresh memory then
-// costs milliseconds to write, once. A long job runs in the steady state
-// after it, so that is what the rows time.
+// passed (at least 9 rounds), so that every side sees the same load. It
+// first runs rounds untimed until the process is in its steady state (see
+// internal/benchwarm), for at most minTime: a long job runs in the steady
+// state, so that is what the rows time.
 func timeSides(minTime time.Duration, fs ...func() error) (sides, error) {
+	err := benchwarm.Run(func() error {
+		for _, f := range fs {
+			if err := f(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}, minTime)
+	if err != nil {
+		return sides{}, err
+	}
 	runs := make([][]float64, len(fs))
 	ratios := make([][]float64, len(fs))
-	start, gc0 := time.Now(), gcCycles()
-	warm := true
-	for round := 0; warm || len(runs[0]) < 9 || time.Since(start) < minTime; round++ {
+	start := time.Now()
+	for len(runs[0]) < 9 || time.Since(start) < minTime {
 		times := make([]float64, len(fs))
 		for i, f := range fs {
 			t0 := time.Now()
@@ -140,12 +146,6 @@ func timeSides(minTime time.Duration, fs ...func() error) (sides, error) {
 				return sides{}, err
 			}
 			times[i] = time.Since(t0).Seconds()
-		}
-		if warm {
-			if round >= 1 && (gcCycles()-gc0 >= warmGCCycles || time.Since(start) >= minTime) {
-				warm, start = false, time.Now()
-			}
-			continue
 		}
 		for i, t := range times {
 			runs[i] = append(runs[i], t)
@@ -160,18 +160,6 @@ func timeSides(minTime time.Duration, fs ...func() error) (sides, error) {
 		s.ratio = append(s.ratio, med(ratios[i]))
 	}
 	return s, nil
-}
-
-// warmGCCycles is how many collections timeSides waits for before it
-// times anything.
-const warmGCCycles = 3
-
-// gcCycles is the number of garbage collections this process has
-// finished.
-func gcCycles() uint64 {
-	m := []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}}
-	metrics.Read(m)
-	return m[0].Value.Uint64()
 }
 
 // echo's stages answer Forward with a copy of its input, made in memory

@@ -31,6 +31,7 @@ import (
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/blas32"
 
+	"stagecoach/internal/benchwarm"
 	"stagecoach/internal/sgemm"
 	"stagecoach/model"
 )
@@ -124,7 +125,7 @@ func run(sizeList, threadList string, minTime time.Duration, steps int, torch bo
 	if steps <= 0 {
 		return nil
 	}
-	fmt.Printf("\ntraining tokens/s (%d timed steps after one warm-up, random tokens; default model 4×8 sequences a step, d512 1×8)\n", steps)
+	fmt.Printf("\ntraining tokens/s (%d timed steps after a warm-up of up to 2 s, random tokens; default model 4×8 sequences a step, d512 1×8)\n", steps)
 	fmt.Printf("%-36s %3s %9s %9s %6s | %9s %9s %6s | %9s\n", "model", "thr", "asm wall", "gonum", "ratio", "asm cpu", "gonum", "ratio", "pytorch")
 	for _, mc := range []struct {
 		name string
@@ -214,7 +215,7 @@ func trainRate(cfg model.TrainConfig, threads, steps int, pureGo bool) (rate, er
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(threads))
 	blas32.Use(sgemm.Implementation{PureGo: pureGo})
 	defer blas32.Use(sgemm.Implementation{})
-	cfg.Optim = model.OptimConfig{Kind: "adamw", LR: 3e-3, TotalSteps: steps + 1}
+	cfg.Optim = model.OptimConfig{Kind: "adamw", LR: 3e-3, TotalSteps: 1 << 30} // any number of warm-up steps
 	tr, err := model.NewTrainer(cfg)
 	if err != nil {
 		return rate{}, err
@@ -226,12 +227,15 @@ func trainRate(cfg model.TrainConfig, threads, steps int, pureGo bool) (rate, er
 		}
 		return nil
 	}
-	if _, err := tr.TrainStep(sample); err != nil { // warm-up: buffers, caches
+	step := func() error { _, err := tr.TrainStep(sample); return err }
+	// Warm-up: buffers, caches, and the heap's first pages (at least one
+	// step; at most two seconds unless the first step takes longer).
+	if err := benchwarm.Run(step, 2*time.Second); err != nil {
 		return rate{}, err
 	}
 	t0, c0 := time.Now(), cpuTime()
 	for i := 0; i < steps; i++ {
-		if _, err := tr.TrainStep(sample); err != nil {
+		if err := step(); err != nil {
 			return rate{}, err
 		}
 	}
