@@ -178,11 +178,11 @@ func benchRawStep() func() {
 		gemm(false, false, N, Hd, D, h, D, w1, Hd, false, u, Hd)
 		gemm(false, false, N, D, Hd, u, Hd, w2, D, false, out, D)
 		// backward
-		gemm(true, false, Hd, D, N, u, Hd, out, D, true, gw2, D)
+		gemm(true, false, Hd, D, N, u, Hd, out, D, false, gw2, D)
 		gemm(false, true, N, Hd, D, out, D, w2, D, false, o2, Hd)
-		gemm(true, false, D, Hd, N, h, D, o2, Hd, true, gw1, Hd)
+		gemm(true, false, D, Hd, N, h, D, o2, Hd, false, gw1, Hd)
 		gemm(false, true, N, D, Hd, o2, Hd, w1, Hd, false, h, D)
-		gemm(true, false, D, D, N, att, D, out, D, true, gwo, D)
+		gemm(true, false, D, D, N, att, D, out, D, false, gwo, D)
 		gemm(false, true, N, D, D, out, D, wo, D, false, att, D)
 		heads(func(w, bh int) {
 			bi, hi := bh/H, bh%H
@@ -193,7 +193,7 @@ func benchRawStep() func() {
 			gemmOn(serialBLAS, false, false, T, hd, T, dsw, T, q[D:], 3*D, false, out[bi*T*D+hi*hd:], D)
 			gemmOn(serialBLAS, true, false, T, hd, T, dsw, T, q, 3*D, false, out[bi*T*D+hi*hd:], D)
 		})
-		gemm(true, false, D, 3*D, N, x, D, qkv, 3*D, true, gqkv, 3*D)
+		gemm(true, false, D, 3*D, N, x, D, qkv, 3*D, false, gqkv, 3*D)
 		gemm(false, true, N, D, 3*D, qkv, 3*D, wqkv, 3*D, false, x, D)
 	}
 }

@@ -136,6 +136,10 @@ type Shard struct {
 	// norm and the head), bodyParams those Backward adds to (the rest).
 	lossParams, bodyParams []*Tensor
 	// scratch[p] receives parameter p's contribution during a call;
+	// oneProduct holds the matrices whose contribution is a single
+	// product that overwrites its scratch, which therefore needs no
+	// clearing.
+	oneProduct map[*Tensor]bool
 	// sink, when set, takes contributions instead of G.
 	scratch map[*Tensor][]float32
 	sink    func(mb int, ps []*Tensor, contrib [][]float32)
@@ -196,6 +200,15 @@ func NewShard(cfg Config, spec ShardSpec) (*Shard, error) {
 	for _, p := range s.params {
 		s.scratch[p] = make([]float32, len(p.G))
 	}
+	s.oneProduct = map[*Tensor]bool{}
+	for _, bp := range s.blocks {
+		for _, p := range []*Tensor{bp.wqkv, bp.wo, bp.w1, bp.w2} {
+			s.oneProduct[p] = true
+		}
+	}
+	if spec.Head {
+		s.oneProduct[s.head] = true
+	}
 	return s, nil
 }
 
@@ -213,11 +226,20 @@ func (s *Shard) SetContributionSink(sink func(mb int, ps []*Tensor, contrib [][]
 // contribute runs fn, which adds one microbatch's gradients to the G of
 // ps, with each G swapped for a zeroed scratch buffer; then it adds the
 // scratch into G element by element (or hands it to the sink).
+//
+// The matrices in oneProduct are the exception: fn overwrites their
+// scratch with one product (beta = 0) instead of adding it to zeros.
+// That gives the same bits: the product's sums start from +0 in
+// registers, so no element of it is -0, and +0 + v is v for every other v.
+// Skipping the clear and the product's read of C saves two passes over
+// every weight matrix per microbatch.
 func (s *Shard) contribute(mb int, ps []*Tensor, fn func()) {
 	s.held = s.held[:0]
 	for _, p := range ps {
 		sc := s.scratch[p]
-		clear(sc)
+		if !s.oneProduct[p] {
+			clear(sc)
+		}
 		s.held = append(s.held, p.G)
 		p.G = sc
 	}
@@ -506,7 +528,7 @@ func (s *Shard) loss(hidden *Activations, targets []int32, grad bool) (float64, 
 	if !grad {
 		return total / float64(n), nil, nil
 	}
-	gemm(true, false, D, V, n, hf, D, logits, V, true, s.head.G, V)
+	gemm(true, false, D, V, n, hf, D, logits, V, false, s.head.G, V) // overwrites: see contribute
 	dhf := s.dhf[:n*D]
 	gemm(false, true, n, D, V, logits, V, s.head.W, V, false, dhf, D)
 	gx := make([]float32, n*D)
@@ -582,18 +604,19 @@ func (s *Shard) blockBackward(j int, c *mbCache, x, dy, dx []float32) {
 	b, t := c.b, c.t
 	n, D, Hd := b*t, s.cfg.Dim, s.cfg.Hidden
 	da, dh, datt, dqkv := s.da[:n*Hd], s.dh[:n*D], s.datt[:n*D], s.dqkv[:n*3*D]
+	// The weight gradients overwrite their scratch (see contribute).
 	// MLP: out = x2 + gelu(h2·W1)·W2
-	gemm(true, false, Hd, D, n, bc.a, Hd, dy, D, true, bp.w2.G, D)
+	gemm(true, false, Hd, D, n, bc.a, Hd, dy, D, false, bp.w2.G, D)
 	gemm(false, true, n, Hd, D, dy, D, bp.w2.W, D, false, da, Hd)
 	geluBackward(bc.u, bc.th, da, n, Hd)
-	gemm(true, false, D, Hd, n, bc.h2, D, da, Hd, true, bp.w1.G, Hd)
+	gemm(true, false, D, Hd, n, bc.h2, D, da, Hd, false, bp.w1.G, Hd)
 	gemm(false, true, n, D, Hd, da, Hd, bp.w1.W, Hd, false, dh, D)
 	rmsnormBackward(bc.x2, bp.norm2.W, bc.r2, dh, dy, dx, bp.norm2.G, n, D)
 	// attention: x2 = x + attn(h1)·Wo
-	gemm(true, false, D, D, n, bc.att, D, dx, D, true, bp.wo.G, D)
+	gemm(true, false, D, D, n, bc.att, D, dx, D, false, bp.wo.G, D)
 	gemm(false, true, n, D, D, dx, D, bp.wo.W, D, false, datt, D)
 	attnBackward(bc.qkv, bc.p, datt, dqkv, s.ds, b, t, D, s.cfg.Heads)
-	gemm(true, false, D, 3*D, n, bc.h1, D, dqkv, 3*D, true, bp.wqkv.G, 3*D)
+	gemm(true, false, D, 3*D, n, bc.h1, D, dqkv, 3*D, false, bp.wqkv.G, 3*D)
 	gemm(false, true, n, D, 3*D, dqkv, 3*D, bp.wqkv.W, 3*D, false, dh, D)
 	rmsnormBackward(x, bp.norm1.W, bc.r1, dh, dx, dx, bp.norm1.G, n, D)
 }

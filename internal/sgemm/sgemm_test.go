@@ -191,6 +191,54 @@ func TestAlphaBetaSemantics(t *testing.T) {
 	}
 }
 
+// TestOverwriteEqualsAddingToZeros checks what the model's gradient
+// scratch relies on: a product written with beta = 0 has the same bits as
+// the product added (beta = 1) to a C of +0s, even where every term is a
+// signed zero (rows of -0 in A), with both kernels and gonum's.
+func TestOverwriteEqualsAddingToZeros(t *testing.T) {
+	r := rand.New(rand.NewPCG(6, 6))
+	dims := []int{1, 7, 16, 33, 97, 300, 600}
+	negZero := float32(math.Copysign(0, -1))
+	for trial := 0; trial < 60; trial++ {
+		m, n, k := dims[r.IntN(len(dims))], dims[r.IntN(len(dims))], dims[r.IntN(len(dims))]
+		tA, tB := transposes[r.IntN(2)], transposes[r.IntN(2)]
+		a, lda, b, ldb, c, ldc := operands(r, tA, tB, m, n, k, r.IntN(3))
+		// Row 0 of op(A) all -0 and column 0 of op(B) positive: every
+		// term of C[0,0] is -0, which a sum started from its first term
+		// instead of from +0 would keep.
+		for p := 0; p < k; p++ {
+			if tA == blas.NoTrans {
+				a[p] = negZero
+			} else {
+				a[p*lda] = negZero
+			}
+			if tB == blas.NoTrans {
+				b[p*ldb] = float32(math.Abs(float64(b[p*ldb])))
+			} else {
+				b[p] = float32(math.Abs(float64(b[p])))
+			}
+		}
+		for _, im := range []Implementation{{}, {narrow: true}, {PureGo: true}} {
+			over := append([]float32(nil), c...)
+			zeros := append([]float32(nil), c...)
+			for i := 0; i < m; i++ {
+				for j := 0; j < n; j++ {
+					over[i*ldc+j] = float32(math.NaN())
+					zeros[i*ldc+j] = 0
+				}
+			}
+			im.Sgemm(tA, tB, m, n, k, 1, a, lda, b, ldb, 0, over, ldc)
+			im.Sgemm(tA, tB, m, n, k, 1, a, lda, b, ldb, 1, zeros, ldc)
+			for i := range over {
+				if math.Float32bits(over[i]) != math.Float32bits(zeros[i]) {
+					t.Fatalf("%+v tA=%c tB=%c m=%d n=%d k=%d: element %d is %g (bits %#x) overwritten, %g (bits %#x) added to zeros",
+						im, tA, tB, m, n, k, i, over[i], math.Float32bits(over[i]), zeros[i], math.Float32bits(zeros[i]))
+				}
+			}
+		}
+	}
+}
+
 func TestZeroSizedDims(t *testing.T) {
 	for _, s := range [][3]int{{0, 5, 3}, {5, 0, 3}, {5, 3, 0}, {0, 0, 0}} {
 		m, n, k := s[0], s[1], s[2]
