@@ -203,25 +203,40 @@ func attnForward(qkv, p, out []float32, b, t, d, h int) {
 		k, v := q[d:], q[2*d:]
 		pm := p[bh*t*t : (bh+1)*t*t]
 		gemmOn(serialBLAS, false, true, t, t, hd, q, ld, k, ld, false, pm, t)
-		for i := 0; i < t; i++ {
-			row := pm[i*t : (i+1)*t]
-			vecf32.Scale(row[:i+1], scale)
-			mx := float32(math.Inf(-1))
-			for _, x := range row[:i+1] {
-				if x > mx {
-					mx = x
-				}
-			}
-			vecf32.ExpSub(row[:i+1], mx)
-			var sum float32
-			for _, e := range row[:i+1] {
-				sum += e
-			}
-			vecf32.Scale(row[:i+1], 1/sum)
-			clear(row[i+1:])
-		}
+		causalSoftmax(pm, t, scale)
 		gemmOn(serialBLAS, false, false, t, hd, t, pm, t, v, ld, false, out[bi*t*d+head*hd:], d)
 	})
+}
+
+// causalSoftmax turns the t×t scores m into the rows of causal attention
+// weights in place: row i is softmax(scale·m[i][0..i]) followed by zeros,
+// its sum taken in ascending j.
+func causalSoftmax(m []float32, t int, scale float32) {
+	for i := 0; i < t; i++ {
+		row := m[i*t : i*t+i+1]
+		vecf32.ExpSub(row, vecf32.ScaleMax(row, scale))
+		var sum float32
+		for _, e := range row {
+			sum += e
+		}
+		vecf32.Scale(row, 1/sum)
+		clear(m[i*t+i+1 : (i+1)*t])
+	}
+}
+
+// causalSoftmaxGrad turns ∂L/∂P in d into ∂L/∂scores in place given the
+// causal attention weights p (t×t): dS = P ⊙ (dP − rowsum(dP ⊙ P)), times
+// the score scale, zero above the diagonal; each row's sum in ascending j.
+func causalSoftmaxGrad(p, d []float32, t int, scale float32) {
+	for i := 0; i < t; i++ {
+		pr, dr := p[i*t:i*t+i+1], d[i*t:i*t+i+1]
+		var dot float32
+		for j, v := range pr {
+			dot += v * dr[j]
+		}
+		vecf32.SoftmaxGrad(pr, dr, dot, scale)
+		clear(d[i*t+i+1 : (i+1)*t])
+	}
 }
 
 // attnWorkers is how many goroutines attention's backward uses, each with
@@ -251,16 +266,7 @@ func attnBackward(qkv, p, dout, dqkv, ds []float32, b, t, d, h int) {
 		gemmOn(serialBLAS, false, true, t, t, hd, do, d, v, ld, false, ds, t)
 		gemmOn(serialBLAS, true, false, t, hd, t, pm, t, do, d, false, dv, ld)
 		// softmax backward: dS = P ⊙ (dP − rowsum(dP ⊙ P)), times the score scale.
-		for i := 0; i < t; i++ {
-			pr := pm[i*t : (i+1)*t]
-			dr := ds[i*t : (i+1)*t]
-			var dot float32
-			for j := 0; j <= i; j++ {
-				dot += pr[j] * dr[j]
-			}
-			vecf32.SoftmaxGrad(pr[:i+1], dr[:i+1], dot, scale)
-			clear(dr[i+1:])
-		}
+		causalSoftmaxGrad(pm, ds, t, scale)
 		// dQ = dS·K, dK = dSᵀ·Q
 		gemmOn(serialBLAS, false, false, t, hd, t, ds, t, k, ld, false, dq, ld)
 		gemmOn(serialBLAS, true, false, t, hd, t, ds, t, q, ld, false, dk, ld)

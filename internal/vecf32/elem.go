@@ -1,5 +1,7 @@
 package vecf32
 
+import "math"
+
 // The element-wise helpers below run eight lanes at a time on amd64 with
 // AVX2 and perform, per element, the same float32 operations in the same
 // order as their scalar form (no FMA), so both give the same bits and the
@@ -27,6 +29,23 @@ func Scale(x []float32, s float32) {
 	for i := n; i < len(x); i++ {
 		x[i] *= s
 	}
+}
+
+// ScaleMax sets x[i] *= s and returns the largest result: -Inf for none,
+// NaNs passed over (a largest zero may come back with either sign).
+func ScaleMax(x []float32, s float32) float32 {
+	mx := float32(math.Inf(-1))
+	n := vectorLen(len(x))
+	if n > 0 {
+		mx = scaleMaxAVX2(&x[0], n, s)
+	}
+	for i := n; i < len(x); i++ {
+		x[i] *= s
+		if x[i] > mx {
+			mx = x[i]
+		}
+	}
+	return mx
 }
 
 // ScaleMul sets out[i] = x[i]·r·g[i], RMSNorm's output row.

@@ -134,3 +134,33 @@ sgloop:
 	JNZ     sgloop
 	VZEROUPPER
 	RET
+
+// func scaleMaxAVX2(x *float32, n int, s float32) float32
+// Each lane keeps x > max ? x : max (VMAXPS returns its second source on a
+// NaN or a tie), as the scalar loop does; the lanes' maxima are then
+// combined in any order, which gives the same largest value.
+TEXT ·scaleMaxAVX2(SB), NOSPLIT, $0-28
+	MOVQ         x+0(FP), DI
+	MOVQ         n+8(FP), CX
+	VBROADCASTSS s+16(FP), Y1
+	MOVL         $0xff800000, AX // -Inf
+	VMOVD        AX, X2
+	VBROADCASTSS X2, Y2
+	SHRQ         $3, CX
+
+scalemaxloop:
+	VMULPS  (DI), Y1, Y0
+	VMOVUPS Y0, (DI)
+	VMAXPS  Y2, Y0, Y2
+	ADDQ    $32, DI
+	DECQ    CX
+	JNZ     scalemaxloop
+	VEXTRACTF128 $1, Y2, X3
+	VMAXPS       X2, X3, X2
+	VPSHUFD      $0x4e, X2, X3
+	VMAXPS       X2, X3, X2
+	VPSHUFD      $0xb1, X2, X3
+	VMAXPS       X2, X3, X2
+	VMOVSS       X2, ret+24(FP)
+	VZEROUPPER
+	RET

@@ -51,6 +51,25 @@ func TestElementwiseMatchesScalar(t *testing.T) {
 			}
 			same("Scale", n, got, want)
 
+			// ScaleMax, also with NaNs among the inputs (passed over).
+			xn := slices.Clone(x)
+			if sp && n > 3 {
+				xn[n/2], xn[n-1] = float32(math.NaN()), float32(math.NaN())
+			}
+			got, want = slices.Clone(xn), slices.Clone(xn)
+			mx := ScaleMax(got, s)
+			wantMx := float32(math.Inf(-1))
+			for i := range want {
+				want[i] *= s
+				if want[i] > wantMx {
+					wantMx = want[i]
+				}
+			}
+			same("ScaleMax", n, got, want)
+			if mx != wantMx && !(math.IsNaN(float64(mx)) && math.IsNaN(float64(wantMx))) {
+				t.Fatalf("ScaleMax n=%d: max %v, scalar %v", n, mx, wantMx)
+			}
+
 			got, want = make([]float32, n), make([]float32, n)
 			ScaleMul(got, x, g, s)
 			for j, v := range x {

@@ -71,3 +71,8 @@ func rmsInputGradAVX2(dx, res, x, gain, dy *float32, n int, r, c float32)
 
 //go:noescape
 func softmaxGradAVX2(p, d *float32, n int, dot, scale float32)
+
+// scaleMaxAVX2 is ScaleMax for n elements, n a positive multiple of 8.
+//
+//go:noescape
+func scaleMaxAVX2(x *float32, n int, s float32) float32

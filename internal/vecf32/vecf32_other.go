@@ -42,3 +42,5 @@ func rmsInputGradAVX2(dx, res, x, gain, dy *float32, n int, r, c float32) {
 func softmaxGradAVX2(p, d *float32, n int, dot, scale float32) {
 	panic("vecf32: no AVX2 kernel here")
 }
+
+func scaleMaxAVX2(x *float32, n int, s float32) float32 { panic("vecf32: no AVX2 kernel here") }
