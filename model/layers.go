@@ -280,12 +280,7 @@ func crossEntropy(logits []float32, targets []int32, n, v int) float64 {
 	inv := 1 / float32(n)
 	for i := 0; i < n; i++ {
 		row := logits[i*v : (i+1)*v]
-		mx := row[0]
-		for _, x := range row[1:] {
-			if x > mx {
-				mx = x
-			}
-		}
+		mx := vecf32.Max(row)
 		tg := targets[i]
 		zt := row[tg] - mx
 		vecf32.ExpSub(row, mx)

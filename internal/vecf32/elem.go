@@ -31,8 +31,23 @@ func Scale(x []float32, s float32) {
 	}
 }
 
-// ScaleMax sets x[i] *= s and returns the largest result: -Inf for none,
-// NaNs passed over (a largest zero may come back with either sign).
+// Max returns the largest element of x: -Inf for none, NaNs passed over
+// (a largest zero may come back with either sign).
+func Max(x []float32) float32 {
+	mx := float32(math.Inf(-1))
+	n := vectorLen(len(x))
+	if n > 0 {
+		mx = maxAVX2(&x[0], n)
+	}
+	for _, v := range x[n:] {
+		if v > mx {
+			mx = v
+		}
+	}
+	return mx
+}
+
+// ScaleMax sets x[i] *= s and returns Max(x).
 func ScaleMax(x []float32, s float32) float32 {
 	mx := float32(math.Inf(-1))
 	n := vectorLen(len(x))

@@ -164,3 +164,29 @@ scalemaxloop:
 	VMOVSS       X2, ret+24(FP)
 	VZEROUPPER
 	RET
+
+// func maxAVX2(x *float32, n int) float32
+// scaleMaxAVX2's max without the scaling.
+TEXT ·maxAVX2(SB), NOSPLIT, $0-20
+	MOVQ         x+0(FP), DI
+	MOVQ         n+8(FP), CX
+	MOVL         $0xff800000, AX // -Inf
+	VMOVD        AX, X2
+	VBROADCASTSS X2, Y2
+	SHRQ         $3, CX
+
+maxloop:
+	VMOVUPS (DI), Y0
+	VMAXPS  Y2, Y0, Y2
+	ADDQ    $32, DI
+	DECQ    CX
+	JNZ     maxloop
+	VEXTRACTF128 $1, Y2, X3
+	VMAXPS       X2, X3, X2
+	VPSHUFD      $0x4e, X2, X3
+	VMAXPS       X2, X3, X2
+	VPSHUFD      $0xb1, X2, X3
+	VMAXPS       X2, X3, X2
+	VMOVSS       X2, ret+16(FP)
+	VZEROUPPER
+	RET

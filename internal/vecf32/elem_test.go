@@ -66,6 +66,9 @@ func TestElementwiseMatchesScalar(t *testing.T) {
 				}
 			}
 			same("ScaleMax", n, got, want)
+			if m := Max(want); m != wantMx {
+				t.Fatalf("Max n=%d: %v, scalar %v", n, m, wantMx)
+			}
 			if mx != wantMx && !(math.IsNaN(float64(mx)) && math.IsNaN(float64(wantMx))) {
 				t.Fatalf("ScaleMax n=%d: max %v, scalar %v", n, mx, wantMx)
 			}

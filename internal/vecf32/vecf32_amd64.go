@@ -76,3 +76,8 @@ func softmaxGradAVX2(p, d *float32, n int, dot, scale float32)
 //
 //go:noescape
 func scaleMaxAVX2(x *float32, n int, s float32) float32
+
+// maxAVX2 is Max for n elements, n a positive multiple of 8.
+//
+//go:noescape
+func maxAVX2(x *float32, n int) float32

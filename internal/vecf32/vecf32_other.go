@@ -44,3 +44,5 @@ func softmaxGradAVX2(p, d *float32, n int, dot, scale float32) {
 }
 
 func scaleMaxAVX2(x *float32, n int, s float32) float32 { panic("vecf32: no AVX2 kernel here") }
+
+func maxAVX2(x *float32, n int) float32 { panic("vecf32: no AVX2 kernel here") }
