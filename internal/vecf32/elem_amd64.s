@@ -135,17 +135,30 @@ sgloop:
 	VZEROUPPER
 	RET
 
+// The max kernels keep, in each lane, x > max ? x : max (VMAXPS returns
+// its second source on a NaN or a tie), as the scalar loop does; the
+// lanes' maxima are then combined in any order, which gives the same
+// largest value. MAXINIT sets Y2 to -Inf in every lane; MAXREDUCE leaves
+// the largest of Y2's lanes in X2's first.
+#define MAXINIT \
+	MOVL         $0xff800000, AX \
+	VMOVD        AX, X2          \
+	VBROADCASTSS X2, Y2
+
+#define MAXREDUCE \
+	VEXTRACTF128 $1, Y2, X3 \
+	VMAXPS       X2, X3, X2 \
+	VPSHUFD      $0x4e, X2, X3 \
+	VMAXPS       X2, X3, X2 \
+	VPSHUFD      $0xb1, X2, X3 \
+	VMAXPS       X2, X3, X2
+
 // func scaleMaxAVX2(x *float32, n int, s float32) float32
-// Each lane keeps x > max ? x : max (VMAXPS returns its second source on a
-// NaN or a tie), as the scalar loop does; the lanes' maxima are then
-// combined in any order, which gives the same largest value.
 TEXT ·scaleMaxAVX2(SB), NOSPLIT, $0-28
 	MOVQ         x+0(FP), DI
 	MOVQ         n+8(FP), CX
 	VBROADCASTSS s+16(FP), Y1
-	MOVL         $0xff800000, AX // -Inf
-	VMOVD        AX, X2
-	VBROADCASTSS X2, Y2
+	MAXINIT
 	SHRQ         $3, CX
 
 scalemaxloop:
@@ -155,25 +168,17 @@ scalemaxloop:
 	ADDQ    $32, DI
 	DECQ    CX
 	JNZ     scalemaxloop
-	VEXTRACTF128 $1, Y2, X3
-	VMAXPS       X2, X3, X2
-	VPSHUFD      $0x4e, X2, X3
-	VMAXPS       X2, X3, X2
-	VPSHUFD      $0xb1, X2, X3
-	VMAXPS       X2, X3, X2
-	VMOVSS       X2, ret+24(FP)
+	MAXREDUCE
+	VMOVSS  X2, ret+24(FP)
 	VZEROUPPER
 	RET
 
 // func maxAVX2(x *float32, n int) float32
-// scaleMaxAVX2's max without the scaling.
 TEXT ·maxAVX2(SB), NOSPLIT, $0-20
-	MOVQ         x+0(FP), DI
-	MOVQ         n+8(FP), CX
-	MOVL         $0xff800000, AX // -Inf
-	VMOVD        AX, X2
-	VBROADCASTSS X2, Y2
-	SHRQ         $3, CX
+	MOVQ x+0(FP), DI
+	MOVQ n+8(FP), CX
+	MAXINIT
+	SHRQ $3, CX
 
 maxloop:
 	VMOVUPS (DI), Y0
@@ -181,12 +186,7 @@ maxloop:
 	ADDQ    $32, DI
 	DECQ    CX
 	JNZ     maxloop
-	VEXTRACTF128 $1, Y2, X3
-	VMAXPS       X2, X3, X2
-	VPSHUFD      $0x4e, X2, X3
-	VMAXPS       X2, X3, X2
-	VPSHUFD      $0xb1, X2, X3
-	VMAXPS       X2, X3, X2
-	VMOVSS       X2, ret+16(FP)
+	MAXREDUCE
+	VMOVSS  X2, ret+16(FP)
 	VZEROUPPER
 	RET
