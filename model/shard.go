@@ -136,13 +136,13 @@ type Shard struct {
 	// norm and the head), bodyParams those Backward adds to (the rest).
 	lossParams, bodyParams []*Tensor
 	// scratch[p] receives parameter p's contribution during a call;
-	// oneProduct holds the matrices whose contribution is a single
-	// product that overwrites its scratch, which therefore needs no
-	// clearing.
-	oneProduct map[*Tensor]bool
 	// sink, when set, takes contributions instead of G.
 	scratch map[*Tensor][]float32
 	sink    func(mb int, ps []*Tensor, contrib [][]float32)
+	// oneProduct holds the matrices whose contribution is a single
+	// product that overwrites its scratch, which therefore needs no
+	// clearing (see contribute).
+	oneProduct map[*Tensor]bool
 	// held keeps the gradients swapped out during a call; contrib
 	// gathers the scratch buffers for the sink.
 	held, contrib [][]float32
