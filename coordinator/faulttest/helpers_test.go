@@ -169,15 +169,20 @@ func (e *env) startWorkers(t *testing.T, names ...string) {
 // startWorkersEnv is startWorkers with extra environment variables.
 func (e *env) startWorkersEnv(t *testing.T, env []string, names ...string) {
 	t.Helper()
-	lease := ttl
-	if e.workerTTL != 0 {
-		lease = e.workerTTL
-	}
 	for _, n := range names {
 		e.workers[n] = startEnv(t, "worker "+n, env, "worker", "--etcd", strings.Join(e.endpoints, ","), "--job", e.job,
-			"--name", n, "--ttl", fmt.Sprint(lease), "--data-dir", t.TempDir(), "--checkpoint-root", e.root)
+			"--name", n, "--ttl", fmt.Sprint(e.workerLease()), "--data-dir", t.TempDir(), "--checkpoint-root", e.root)
 	}
 	e.waitRegistered(t, 30*time.Second, names...)
+}
+
+// workerLease is the lease TTL the env's workers start with: workerTTL
+// when set, else ttl.
+func (e *env) workerLease() int {
+	if e.workerTTL != 0 {
+		return e.workerTTL
+	}
+	return ttl
 }
 
 // waitRegistered waits until every name is registered; it returns their

@@ -173,11 +173,11 @@ func newTLSEnv(t *testing.T, job string, workers ...string) (*env, *tls.Config, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{job: job, endpoints: srv.Endpoints(), cli: cli, keys: keys, corpus: writeCorpus(t), workers: map[string]*proc{}}
+	e := &env{job: job, endpoints: srv.Endpoints(), cli: cli, keys: keys, corpus: writeCorpus(t), workers: map[string]*proc{}, workerTTL: hostileWorkerTTL}
 	for _, n := range workers {
 		f := tlsx.FilesFor(dir, n)
 		e.workers[n] = start(t, "worker "+n, "worker", "--etcd", strings.Join(e.endpoints, ","), "--job", job, "--name", n,
-			"--ttl", fmt.Sprint(hostileWorkerTTL), "--data-dir", t.TempDir(), "--tls-cert", f.Cert, "--tls-key", f.Key, "--tls-ca", f.CA)
+			"--ttl", fmt.Sprint(e.workerLease()), "--data-dir", t.TempDir(), "--tls-cert", f.Cert, "--tls-key", f.Key, "--tls-ca", f.CA)
 	}
 	e.waitRegistered(t, 30*time.Second, workers...)
 	return e, coord, load("mallory")
