@@ -189,4 +189,7 @@ type LeaderSource interface {
 	// Refresh reads the election again and returns the current leader's
 	// revision, for a fence LeaderRev does not explain.
 	Refresh(ctx context.Context) (int64, error)
+	// Changes is LeaderRev with a channel closed once the election
+	// names another leader (or none).
+	Changes() (int64, <-chan struct{})
 }

@@ -25,6 +25,9 @@
 // admitted leader_rev are a deposed leader's: FailedPrecondition. The
 // epoch must equal the one of the last Configure (older:
 // FailedPrecondition; newer: FailedPrecondition until Configure for it).
+// An iteration still running when the election names another leader
+// ends as deposed (FailedPrecondition), so a leader paused or cut off
+// mid-iteration cannot hold the worker from its successor.
 //
 //  1. Configure{fence, plan_json (scheduler JSON), worker (index in the
 //     plan), peers (Peer address of every plan worker, by index),

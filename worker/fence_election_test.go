@@ -167,3 +167,105 @@ func TestFenceFollowsElection(t *testing.T) {
 	_, err = d.Clients[0].Step(ctx, &pb.StepRequest{Fence: fence(d, func(f *pb.Fence) { f.LeaderRev += 2 }), Iteration: 4, ClipScale: 1, Lr: 1})
 	wantCode(t, "a fence while etcd is down", err, codes.Unavailable)
 }
+
+// TestDeposedLeadersIterationEnds: a leader that stops mid-iteration
+// (paused past its lease, say) keeps its connections open, so its
+// RunIteration on a worker whose peer never got the iteration would wait
+// for inputs forever and hold the worker's control lock. Once the
+// election names a new leader, that iteration ends as deposed and the new
+// leader's Configure is served, and training goes on under it.
+func TestDeposedLeadersIterationEnds(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	e, err := etcdx.StartEmbedded(ctx, etcdx.EmbedConfig{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	cli, err := etcdx.Dial(ctx, e.Endpoints(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	keys, err := etcdx.NewKeys(testJob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sa, err := etcdx.NewSession(ctx, cli, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := etcdx.Campaign(ctx, sa, keys, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := workertest.Start(t, 2, testJob, func(i int, cfg *worker.Config) {
+		lw, err := etcdx.WatchLeader(ctx, cli, keys)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Leader = lw
+	})
+	cfg := trainConfig(2, 2, 2)
+	ref, err := model.NewTrainer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := scheduler.Generate("gpipe", scheduler.Spec{Stages: 2, Microbatches: 2, Layers: 2, Samples: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &workertest.Driver{Clients: workertest.Dial(t, c.Addrs), Peers: c.Addrs, Plan: plan, Train: ref.Cfg,
+		Fence: &pb.Fence{Job: testJob, LeaderRev: a.Rev(), Epoch: 1}}
+	if err := d.Configure(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	// Leader a sends iteration 1 to worker 0 only: its stage waits for
+	// the gradients of stage 1, which never ran.
+	w := stepWindows(5, 1, cfg.Microbatches, cfg.MicrobatchSize, ref.Cfg.Model.Ctx, ref.Pipe.Cfg.Vocab)
+	var data []*pb.MicrobatchData
+	for mb, win := range w {
+		data = append(data, &pb.MicrobatchData{Microbatch: int32(mb), Batch: int32(plan.Microbatches[mb].Samples),
+			Ctx: int32(ref.Cfg.Model.Ctx), Tokens: win})
+	}
+	stuck := make(chan error, 1)
+	go func() {
+		_, err := d.Clients[0].RunIteration(ctx, &pb.RunIterationRequest{Fence: d.Fence, Iteration: 1, Data: data})
+		stuck <- err
+	}()
+	// It cannot finish while a leads.
+	select {
+	case err := <-stuck:
+		t.Fatalf("worker 0 finished an iteration its peer never ran: %v", err)
+	case <-time.After(500 * time.Millisecond):
+	}
+
+	// a is deposed without closing its connection; b leads.
+	sb, err := etcdx.NewSession(ctx, cli, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sb.Close() })
+	if err := a.Resign(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b, err := etcdx.Campaign(ctx, sb, keys, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-stuck:
+		wantCode(t, "the deposed leader's iteration", err, codes.FailedPrecondition)
+	case <-time.After(time.Minute):
+		t.Fatal("the deposed leader's iteration still holds worker 0 a minute after b leads")
+	}
+	d.Fence = &pb.Fence{Job: testJob, LeaderRev: b.Rev(), Epoch: 2}
+	if err := d.Configure(ctx, nil); err != nil {
+		t.Fatalf("new leader's Configure: %v", err)
+	}
+	got, want := stepBoth(t, ctx, d, ref, 5, 1, cfg.Microbatches, cfg.MicrobatchSize)
+	if math.Float64bits(got.Loss) != math.Float64bits(want.Loss) {
+		t.Fatalf("step 1 under the new leader: loss %v, trainer %v", got.Loss, want.Loss)
+	}
+}

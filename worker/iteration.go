@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -41,13 +42,20 @@ type run struct {
 	resp   *pb.RunIterationResponse
 }
 
-func (s *Server) runIteration(ctx context.Context, req *pb.RunIterationRequest) (*pb.RunIterationResponse, error) {
+func (s *Server) runIteration(ctx context.Context, req *pb.RunIterationRequest) (_ *pb.RunIterationResponse, err error) {
 	s.control.Lock()
 	defer s.control.Unlock()
 	j, err := s.admit(ctx, req.GetFence())
 	if err != nil {
 		return nil, err
 	}
+	ctx, stop := s.whileLeading(ctx, req.GetFence().GetLeaderRev())
+	defer stop()
+	defer func() {
+		if cause := context.Cause(ctx); err != nil && errors.Is(cause, ErrDeposed) {
+			err = fmt.Errorf("%w: %w", cause, err)
+		}
+	}()
 	it := req.GetIteration()
 	if applied := s.appliedStep(); it != applied+1 {
 		if it <= applied {

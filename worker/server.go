@@ -241,6 +241,35 @@ func (s *Server) admitLeader(ctx context.Context, f *pb.Fence) error {
 	return nil
 }
 
+// whileLeading returns ctx, ended with ErrDeposed once the election
+// names a leader other than the one at revision rev. A leader paused past
+// its lease, or cut off from etcd, keeps its connections: without this
+// its iteration would hold the control lock, and this worker waiting on
+// inputs its peers never got, until the connection dropped, and its
+// successor's Configure would wait behind it.
+func (s *Server) whileLeading(ctx context.Context, rev int64) (context.Context, context.CancelFunc) {
+	src := s.cfg.Leader
+	if src == nil {
+		return context.WithCancel(ctx)
+	}
+	lctx, cancel := context.WithCancelCause(ctx)
+	go func() {
+		for {
+			cur, changed := src.Changes()
+			if cur != rev {
+				cancel(fmt.Errorf("%w: leader revision %d, the election's is %d now", ErrDeposed, rev, cur))
+				return
+			}
+			select {
+			case <-changed:
+			case <-lctx.Done():
+				return
+			}
+		}
+	}()
+	return lctx, func() { cancel(nil) }
+}
+
 // admit is admitLeader plus the epoch check of every control RPC but
 // Configure; it returns the configured job.
 func (s *Server) admit(ctx context.Context, f *pb.Fence) (*job, error) {

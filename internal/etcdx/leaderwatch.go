@@ -3,7 +3,7 @@ package etcdx
 import (
 	"context"
 	"fmt"
-	"sync/atomic"
+	"sync"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -18,14 +18,22 @@ import (
 type LeaderWatch struct {
 	cli  *clientv3.Client
 	keys Keys
-	rev  atomic.Int64
+
+	mu  sync.Mutex
+	rev int64
+	// at is the store revision rev was read at: a slower read of an
+	// older revision (Refresh racing follow) must not bring back a
+	// leader that was replaced.
+	at int64
+	// changed is closed, and replaced, when rev changes.
+	changed chan struct{}
 }
 
 // WatchLeader reads job k's election and follows it until ctx ends. The
 // first read must succeed; later watch failures are retried (Refresh
 // still reads etcd directly).
 func WatchLeader(ctx context.Context, cli *clientv3.Client, k Keys) (*LeaderWatch, error) {
-	w := &LeaderWatch{cli: cli, keys: k}
+	w := &LeaderWatch{cli: cli, keys: k, changed: make(chan struct{})}
 	hdr, err := w.read(ctx)
 	if err != nil {
 		return nil, err
@@ -35,14 +43,39 @@ func WatchLeader(ctx context.Context, cli *clientv3.Client, k Keys) (*LeaderWatc
 }
 
 // LeaderRev is the current leader's revision as last seen (0: none).
-func (w *LeaderWatch) LeaderRev() int64 { return w.rev.Load() }
+func (w *LeaderWatch) LeaderRev() int64 {
+	rev, _ := w.Changes()
+	return rev
+}
+
+// Changes returns the current leader's revision as last seen and a
+// channel closed once a read of the election shows another.
+func (w *LeaderWatch) Changes() (int64, <-chan struct{}) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.rev, w.changed
+}
+
+func (w *LeaderWatch) store(rev, at int64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if at < w.at {
+		return
+	}
+	w.at = at
+	if rev != w.rev {
+		w.rev = rev
+		close(w.changed)
+		w.changed = make(chan struct{})
+	}
+}
 
 // Refresh reads the election and returns the current leader's revision.
 func (w *LeaderWatch) Refresh(ctx context.Context) (int64, error) {
 	if _, err := w.read(ctx); err != nil {
 		return 0, err
 	}
-	return w.rev.Load(), nil
+	return w.LeaderRev(), nil
 }
 
 // read stores the current leader's revision and returns the store
@@ -56,7 +89,7 @@ func (w *LeaderWatch) read(ctx context.Context) (int64, error) {
 	if len(resp.Kvs) > 0 {
 		rev = resp.Kvs[0].CreateRevision
 	}
-	w.rev.Store(rev)
+	w.store(rev, resp.Header.Revision)
 	return resp.Header.Revision, nil
 }
 
