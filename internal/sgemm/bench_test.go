@@ -47,3 +47,35 @@ func BenchmarkKernel(b *testing.B) {
 	}
 	b.ReportMetric(2*mr*nr*kcBlock*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
 }
+
+// BenchmarkBlockShapes multiplies the products of one transformer block's
+// backward at the model benchmark's shapes (dim 256, hidden 1024, 1024
+// rows of microbatch): the weight gradients, whose A is transposed and
+// whose k is the long side, and the input gradients, whose B is.
+func BenchmarkBlockShapes(b *testing.B) {
+	const n, d, h = 1024, 256, 1024
+	for _, s := range []struct {
+		name    string
+		tA, tB  blas.Transpose
+		m, c, k int
+	}{
+		{"wqkv-grad", blas.Trans, blas.NoTrans, d, 3 * d, n},
+		{"wo-grad", blas.Trans, blas.NoTrans, d, d, n},
+		{"w1-grad", blas.Trans, blas.NoTrans, d, h, n},
+		{"w2-grad", blas.Trans, blas.NoTrans, h, d, n},
+		{"w1-input-grad", blas.NoTrans, blas.Trans, n, d, h},
+		{"w2-input-grad", blas.NoTrans, blas.Trans, n, h, d},
+	} {
+		for _, threads := range []int{1, 2} {
+			b.Run(fmt.Sprintf("%s/threads=%d", s.name, threads), func(b *testing.B) {
+				r := rand.New(rand.NewPCG(1, 1))
+				a, lda, bb, ldb, c, ldc := operands(r, s.tA, s.tB, s.m, s.c, s.k, 0)
+				im := Implementation{Threads: threads}
+				for b.Loop() {
+					im.Sgemm(s.tA, s.tB, s.m, s.c, s.k, 1, a, lda, bb, ldb, 0, c, ldc)
+				}
+				b.ReportMetric(2*float64(s.m*s.c*s.k)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+			})
+		}
+	}
+}

@@ -24,6 +24,9 @@ const (
 	mcBlock = 96   // multiple of mr
 	ncBlock = 4096 // multiple of nr
 	ncTile  = 256  // columns of one unit of parallel work, multiple of nr
+	// aliasStride floats (4 KiB): rows a multiple of it apart all fall in
+	// one L1 set (L1's sets repeat every 4 KiB) and in few L2 sets.
+	aliasStride = 1024
 
 	// Below this many multiply-adds a product runs on the calling
 	// goroutine: starting goroutines would cost more than they save.
@@ -233,11 +236,18 @@ func (p *problem) run(threads int) {
 
 // directA reports whether full A micro-panels are read in place instead
 // of packed: for a narrow slab (nc columns) each packed element would be
-// used by too few kernel calls to repay its copy. directB likewise for B
-// (untransposed only) when C has at most one block of rows. Either choice
-// changes where the kernel reads, never the arithmetic.
-func (p *problem) directA(nc int) bool { return nc <= ncTile }
-func (p *problem) directB() bool       { return !p.bT && p.m <= mcBlock }
+// used by too few kernel calls to repay its copy. A transposed A whose
+// rows lie a multiple of aliasStride floats apart is packed all the same:
+// the kc rows one micro-panel reads would evict each other before the
+// next panel of B reads them again (a weight gradient with 1024 hidden
+// units ran 20% slower in place; at 512 in place was faster). directB
+// likewise for B (untransposed only) when C has at most one block of
+// rows. Either choice changes where the kernel reads, never the
+// arithmetic.
+func (p *problem) directA(nc int) bool {
+	return nc <= ncTile && !(p.aT && p.lda%aliasStride == 0)
+}
+func (p *problem) directB() bool { return !p.bT && p.m <= mcBlock }
 
 // aPanel returns the kernel's view of A micro-panel ip of the block at
 // rows ic (its first element and strides): in place, or packed in ap.
