@@ -116,6 +116,15 @@ type ParamState struct {
 	W, M, V []float32
 }
 
+// Recycler is a Stage that takes back a tensor it returned (from Forward,
+// Loss or Backward) once its caller is done with it, so that later
+// outputs reuse the memory. The caller must not touch the tensor after
+// handing it back. Like the Stage's other methods, Recycle is called by
+// one goroutine at a time.
+type Recycler interface {
+	Recycle(t *Tensor)
+}
+
 // Stage is one loaded shard. A Stage is used by one goroutine at a time,
 // except Describe, which may be called concurrently.
 type Stage interface {

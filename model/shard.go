@@ -151,6 +151,39 @@ type Shard struct {
 	sN                         int
 	dx, dh, datt, dqkv, da, ds []float32
 	hf, rf, logits, dhf        []float32
+	// spare holds outputs handed back by Recycle, for the next outputs.
+	spare [][]float32
+}
+
+// maxSpare bounds the buffers Recycle keeps: an output and a gradient of
+// each of two microbatches in flight.
+const maxSpare = 4
+
+// Recycle hands back the data of an output of Forward, Backward or Loss
+// once the caller is done with it: a later output that fits reuses it
+// instead of fresh memory, whose first writes fault its pages in (a
+// process serving one stage, whose heap the Go runtime keeps returning
+// to the system, spent a tenth of a stage's time in those faults). The
+// caller must not touch data afterwards.
+func (s *Shard) Recycle(data []float32) {
+	if cap(data) > 0 && len(s.spare) < maxSpare {
+		s.spare = append(s.spare, data[:cap(data)])
+	}
+}
+
+// output returns n zeroed floats for an output the caller will own: a
+// recycled buffer when one fits.
+func (s *Shard) output(n int) []float32 {
+	for i, b := range s.spare {
+		if cap(b) >= n {
+			s.spare[i] = s.spare[len(s.spare)-1]
+			s.spare = s.spare[:len(s.spare)-1]
+			b = b[:n]
+			clear(b)
+			return b
+		}
+	}
+	return make([]float32, n)
 }
 
 // NewShard builds a shard with freshly initialised parameters.
@@ -420,7 +453,7 @@ func (s *Shard) Forward(mb int, x *Activations) (*Activations, error) {
 	}
 	// The last block writes straight into the caller's buffer: Backward
 	// needs every block's input, never the shard's output.
-	out := make([]float32, b*t*D)
+	out := s.output(b * t * D)
 	last := len(s.blocks) - 1
 	for j := range s.blocks {
 		dst := out
@@ -458,7 +491,7 @@ func (s *Shard) Backward(mb int, grad *Activations) (*Activations, error) {
 	// scratch one on the embedding shard, which hands back nothing).
 	dx := s.dx[:n]
 	if !s.spec.Embed {
-		dx = make([]float32, n)
+		dx = s.output(n)
 	}
 	// The last block reads the caller's gradient and writes dx; the
 	// others turn dx over in place.
@@ -531,7 +564,7 @@ func (s *Shard) loss(hidden *Activations, targets []int32, grad bool) (float64, 
 	gemm(true, false, D, V, n, hf, D, logits, V, false, s.head.G, V) // overwrites: see contribute
 	dhf := s.dhf[:n*D]
 	gemm(false, true, n, D, V, logits, V, s.head.W, V, false, dhf, D)
-	gx := make([]float32, n*D)
+	gx := s.output(n * D)
 	rmsnormBackward(hidden.Data, s.normF.W, rf, dhf, gx, gx, s.normF.G, n, D)
 	return total / float64(n), &Activations{Shape: []int{b, t, D}, Data: gx}, nil
 }

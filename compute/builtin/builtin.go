@@ -122,6 +122,13 @@ func (s *Stage) Backward(mb int, grad *compute.Tensor) (*compute.Tensor, error) 
 	return wrap(s.shard.Backward(mb, unwrap(grad)))
 }
 
+// Recycle implements compute.Recycler.
+func (s *Stage) Recycle(t *compute.Tensor) {
+	if t != nil {
+		s.shard.Recycle(t.Data)
+	}
+}
+
 // BackwardInput implements compute.Stage. The Go model has no split
 // backward: this is the whole backward, and BackwardWeight does nothing.
 func (s *Stage) BackwardInput(mb int, grad *compute.Tensor) (*compute.Tensor, error) {
