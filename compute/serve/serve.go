@@ -81,6 +81,22 @@ type entry struct {
 	closed bool
 }
 
+// recycle returns the call that hands t back to the stage, if the stage
+// takes its outputs back (compute.Recycler).
+func (e *entry) recycle(t *compute.Tensor) func() {
+	r, ok := e.stage.(compute.Recycler)
+	if !ok || t == nil {
+		return nil
+	}
+	return func() {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		if !e.closed {
+			r.Recycle(t)
+		}
+	}
+}
+
 // New returns a server of b.
 func New(b compute.Backend, opts Options) (*Server, error) {
 	lim, err := opts.Limits.WithDefaults()
@@ -243,7 +259,12 @@ func (s *Server) Call(stream pb.Compute_CallServer) error {
 	if err != nil {
 		return s.refuse(stream, "%v inputs: %v", wire.OpName(req.Op), err)
 	}
-	resp, outs := s.run(stream.Context(), req, ins)
+	resp, outs, spent := s.run(stream.Context(), req, ins)
+	if spent != nil {
+		// Once the outputs' bytes are in the region or sent, the stage
+		// may reuse their memory.
+		defer spent()
+	}
 	if resp.Error != "" {
 		outs = nil
 	}
@@ -329,29 +350,30 @@ func checkInputs(req *pb.Request) error {
 
 // run performs one operation. A panic in the backend is answered as an
 // error rather than ending the server (the stage may be unusable after).
-func (s *Server) run(ctx context.Context, req *pb.Request, ins []wire.Value) (resp *pb.Response, outs []wire.Value) {
+// spent, when not nil, hands the outputs' memory back to the stage.
+func (s *Server) run(ctx context.Context, req *pb.Request, ins []wire.Value) (resp *pb.Response, outs []wire.Value, spent func()) {
 	defer func() {
 		if p := recover(); p != nil {
-			resp, outs = &pb.Response{Error: fmt.Sprintf("%v: the %s backend panicked: %v", wire.OpName(req.Op), s.backend.Name(), p)}, nil
+			resp, outs, spent = &pb.Response{Error: fmt.Sprintf("%v: the %s backend panicked: %v", wire.OpName(req.Op), s.backend.Name(), p)}, nil, nil
 		}
 	}()
 	resp = &pb.Response{}
-	fail := func(err error) (*pb.Response, []wire.Value) {
+	fail := func(err error) (*pb.Response, []wire.Value, func()) {
 		resp.Error = fmt.Sprintf("%v: %v", wire.OpName(req.Op), err)
-		return resp, nil
+		return resp, nil, nil
 	}
 	switch req.Op {
 	case pb.Op_OP_HELLO:
 		resp.Hello = &pb.Hello{Version: pb.Version_VERSION_1, Backend: s.backend.Name(), VersionInfo: s.opts.VersionInfo,
 			Shm: s.offer(req.ShmPath, req.ShmBytes)}
-		return resp, nil
+		return resp, nil, nil
 	case pb.Op_OP_LOAD:
 		h, d, err := s.load(ctx, req.Load)
 		if err != nil {
 			return fail(err)
 		}
 		resp.Stage, resp.Description = h, d
-		return resp, nil
+		return resp, nil, nil
 	}
 	s.mu.Lock()
 	e := s.stages[req.Stage]
@@ -382,12 +404,14 @@ func (s *Server) run(ctx context.Context, req *pb.Request, ins []wire.Value) (re
 	case pb.Op_OP_FORWARD:
 		var y *compute.Tensor
 		if y, err = st.Forward(mb, tensor(ins[0])); err == nil {
+			spent = e.recycle(y)
 			y = s.wrongShapeFailpoint(y)
 			outs, err = result("y", y)
 		}
 	case pb.Op_OP_LOSS:
 		var g *compute.Tensor
 		if resp.Loss, g, err = st.Loss(mb, tensor(ins[0]), ins[1].I32); err == nil {
+			spent = e.recycle(g)
 			outs, err = result("grad", g)
 		}
 	case pb.Op_OP_BACKWARD, pb.Op_OP_BACKWARD_INPUT:
@@ -398,6 +422,7 @@ func (s *Server) run(ctx context.Context, req *pb.Request, ins []wire.Value) (re
 			g, err = st.BackwardInput(mb, tensor(ins[0]))
 		}
 		if err == nil && g != nil {
+			spent = e.recycle(g)
 			outs, err = result("grad", g)
 		}
 	case pb.Op_OP_BACKWARD_WEIGHT:
@@ -446,7 +471,7 @@ func (s *Server) run(ctx context.Context, req *pb.Request, ins []wire.Value) (re
 	if err != nil {
 		return fail(err)
 	}
-	return resp, outs
+	return resp, outs, spent
 }
 
 // load builds a stage and gives it a handle.
