@@ -123,6 +123,30 @@ type Backend struct {
 	// gives it to one call at a time (others use chunks).
 	shm   *wire.Region
 	shmMu sync.Mutex
+
+	// spare holds output buffers handed back through Stage.Recycle, for
+	// the next tensors received: fresh memory would fault its pages in
+	// on the copy.
+	spareMu sync.Mutex
+	spare   [][]float32
+}
+
+// maxSpare bounds the buffers a Backend keeps for reuse.
+const maxSpare = 8
+
+// take returns n floats to receive a tensor into (all overwritten): a
+// spare buffer when one fits.
+func (b *Backend) take(n int) []float32 {
+	b.spareMu.Lock()
+	defer b.spareMu.Unlock()
+	for i, d := range b.spare {
+		if cap(d) >= n {
+			b.spare[i] = b.spare[len(b.spare)-1]
+			b.spare = b.spare[:len(b.spare)-1]
+			return d[:n]
+		}
+	}
+	return make([]float32, n)
 }
 
 // Dial connects to a backend serving on addr ("unix:///path" or
@@ -372,11 +396,11 @@ func (b *Backend) exchange(ctx context.Context, req *pb.Request, ins []wire.Valu
 		if region == nil {
 			return nil, nil, fmt.Errorf("%w: outputs in a shared region the call did not use", wire.ErrMalformed)
 		}
-		if outs, err = region.Get(resp.Outputs, sizes); err == nil {
+		if outs, err = region.GetInto(resp.Outputs, sizes, b.take); err == nil {
 			_, err = wire.Recv(stream.Recv, nil, nil) // nothing follows
 		}
 	} else {
-		outs, err = wire.Recv(stream.Recv, resp.Outputs, sizes)
+		outs, err = wire.RecvInto(stream.Recv, resp.Outputs, sizes, b.take)
 	}
 	if err != nil {
 		return nil, nil, err
@@ -652,6 +676,20 @@ func (s *Stage) backward(op pb.Op, mb int, grad *compute.Tensor) (*compute.Tenso
 		want = s.hiddenShape(grad)
 	}
 	return s.one(op, outs, want)
+}
+
+// Recycle implements compute.Recycler: the backend receives later
+// tensors into t's memory.
+func (s *Stage) Recycle(t *compute.Tensor) {
+	if t == nil || cap(t.Data) == 0 {
+		return
+	}
+	b := s.b
+	b.spareMu.Lock()
+	defer b.spareMu.Unlock()
+	if len(b.spare) < maxSpare {
+		b.spare = append(b.spare, t.Data[:cap(t.Data)])
+	}
 }
 
 // BackwardWeight implements compute.Stage.

@@ -132,7 +132,12 @@ func (r *Region) Put(vals []Value) error {
 // sizes) from the region, back to back from offset 0, into memory of
 // their own.
 func (r *Region) Get(metas []*pb.TensorMeta, sizes []int64) ([]Value, error) {
-	return r.get(metas, sizes, false)
+	return r.get(metas, sizes, false, nil)
+}
+
+// GetInto is Get with float32 tensors copied into memory from alloc.
+func (r *Region) GetInto(metas []*pb.TensorMeta, sizes []int64, alloc Alloc) ([]Value, error) {
+	return r.get(metas, sizes, false, alloc)
 }
 
 // Borrow is Get with float32 tensors left in the region: their values are
@@ -141,10 +146,10 @@ func (r *Region) Get(metas []*pb.TensorMeta, sizes []int64) ([]Value, error) {
 // memory per tensor for a receiver that reads its inputs only during the
 // call.
 func (r *Region) Borrow(metas []*pb.TensorMeta, sizes []int64) ([]Value, error) {
-	return r.get(metas, sizes, littleEndian)
+	return r.get(metas, sizes, littleEndian, nil)
 }
 
-func (r *Region) get(metas []*pb.TensorMeta, sizes []int64, borrow bool) ([]Value, error) {
+func (r *Region) get(metas []*pb.TensorMeta, sizes []int64, borrow bool, alloc Alloc) ([]Value, error) {
 	var total, have int64
 	for _, s := range sizes {
 		total += s
@@ -177,7 +182,7 @@ func (r *Region) get(metas []*pb.TensorMeta, sizes []int64, borrow bool) ([]Valu
 			vals[i].F32 = unsafe.Slice((*float32)(unsafe.Pointer(&src[0])), n)
 			continue
 		}
-		vals[i].F32 = make([]float32, n)
+		vals[i].F32 = alloc.f32(n)
 		if littleEndian {
 			copy(asBytes(vals[i].F32), src)
 		} else {

@@ -276,6 +276,23 @@ var ErrMalformed = errors.New("malformed compute stream")
 // the stream (recv returning io.EOF). Memory is allocated per tensor only
 // after Check accepted its size.
 func Recv(recv func() (*pb.Frame, error), metas []*pb.TensorMeta, sizes []int64) ([]Value, error) {
+	return RecvInto(recv, metas, sizes, nil)
+}
+
+// Alloc returns n float32s for a received tensor to be written into (the
+// receiver overwrites every one): a caller's reused buffers. nil
+// allocates fresh memory.
+type Alloc func(n int) []float32
+
+func (a Alloc) f32(n int) []float32 {
+	if a == nil {
+		return make([]float32, n)
+	}
+	return a(n)
+}
+
+// RecvInto is Recv with float32 tensors received into memory from alloc.
+func RecvInto(recv func() (*pb.Frame, error), metas []*pb.TensorMeta, sizes []int64, alloc Alloc) ([]Value, error) {
 	vals := make([]Value, len(metas))
 	bufs := make([][]byte, len(metas))
 	for i, m := range metas {
@@ -285,7 +302,7 @@ func Recv(recv func() (*pb.Frame, error), metas []*pb.TensorMeta, sizes []int64)
 			vals[i].I32 = make([]int32, n)
 			bufs[i] = asBytes(vals[i].I32)
 		} else {
-			vals[i].F32 = make([]float32, n)
+			vals[i].F32 = alloc.f32(n)
 			bufs[i] = asBytes(vals[i].F32)
 		}
 		if !littleEndian && n > 0 {
