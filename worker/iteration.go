@@ -406,7 +406,17 @@ func (r *run) deliver(a scheduler.Action, out *compute.Tensor) (remote bool, err
 	}
 	h := &pb.TensorHeader{Fence: r.fence, Iteration: r.slot.iteration, Kind: wireKind(msg.Kind),
 		Microbatch: int32(msg.Microbatch), Stage: int32(msg.Stage), From: int32(msg.From), To: int32(msg.To), Shape: shape}
-	return true, r.send(msg.To, h, out.Data)
+	if err := r.send(msg.To, h, out.Data); err != nil {
+		return true, err
+	}
+	// The payload is a copy: the stage that computed out may write its
+	// next output there rather than into fresh memory.
+	if st := j.by[a.Stage]; st != nil {
+		if rc, ok := st.cs.(compute.Recycler); ok {
+			rc.Recycle(out)
+		}
+	}
+	return true, nil
 }
 
 func (r *run) send(to int, h *pb.TensorHeader, data []float32) error {

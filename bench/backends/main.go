@@ -372,8 +372,15 @@ func overheadRows(exe string, minTime time.Duration, profile string) error {
 			labels := pprof.Labels("side", side, "model", m.name)
 			return func() (err error) {
 				pprof.Do(context.Background(), labels, func(context.Context) {
-					if _, err = st.Forward(0, x); err == nil {
-						_, err = st.Backward(0, g)
+					var y, dx *compute.Tensor
+					if y, err = st.Forward(0, x); err == nil {
+						dx, err = st.Backward(0, g)
+					}
+					// A worker hands each output back once it has
+					// sent it (compute.Recycler).
+					if rc, ok := st.(compute.Recycler); ok {
+						rc.Recycle(y)
+						rc.Recycle(dx)
 					}
 				})
 				return err
