@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 
 	"stagecoach/internal/etcdx"
@@ -28,58 +29,17 @@ import (
 func TestFenceFollowsElection(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	e, err := etcdx.StartEmbedded(ctx, etcdx.EmbedConfig{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	cli, err := etcdx.Dial(ctx, e.Endpoints(), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	keys, err := etcdx.NewKeys(testJob)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sa, err := etcdx.NewSession(ctx, cli, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := etcdx.Campaign(ctx, sa, keys, "a")
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Worker 0 follows the election; worker 1's watch stops after its
 	// first read, as a watch lagging behind a new leader would.
 	stalled, stop := context.WithCancel(ctx)
-	c := workertest.Start(t, 2, testJob, func(i int, cfg *worker.Config) {
-		wctx := ctx
+	j := startElectedJob(t, ctx, func(i int) context.Context {
 		if i == 1 {
-			wctx = stalled
+			return stalled
 		}
-		lw, err := etcdx.WatchLeader(wctx, cli, keys)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg.Leader = lw
+		return ctx
 	})
 	stop()
-
-	cfg := trainConfig(2, 2, 2)
-	ref, err := model.NewTrainer(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	plan, err := scheduler.Generate("gpipe", scheduler.Spec{Stages: 2, Microbatches: 2, Layers: 2, Samples: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := &workertest.Driver{Clients: workertest.Dial(t, c.Addrs), Peers: c.Addrs, Plan: plan, Train: ref.Cfg,
-		Fence: &pb.Fence{Job: testJob, LeaderRev: a.Rev(), Epoch: 1}}
-	if err := d.Configure(ctx, nil); err != nil {
-		t.Fatal(err)
-	}
+	e, cli, keys, a, c, d, cfg, ref := j.etcd, j.cli, j.keys, j.a, j.c, j.d, j.cfg, j.ref
 	step := func(n int) {
 		t.Helper()
 		got, want := stepBoth(t, ctx, d, ref, 5, n, cfg.Microbatches, cfg.MicrobatchSize)
@@ -177,49 +137,8 @@ func TestFenceFollowsElection(t *testing.T) {
 func TestDeposedLeadersIterationEnds(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	e, err := etcdx.StartEmbedded(ctx, etcdx.EmbedConfig{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	cli, err := etcdx.Dial(ctx, e.Endpoints(), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	keys, err := etcdx.NewKeys(testJob)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sa, err := etcdx.NewSession(ctx, cli, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := etcdx.Campaign(ctx, sa, keys, "a")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := workertest.Start(t, 2, testJob, func(i int, cfg *worker.Config) {
-		lw, err := etcdx.WatchLeader(ctx, cli, keys)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg.Leader = lw
-	})
-	cfg := trainConfig(2, 2, 2)
-	ref, err := model.NewTrainer(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	plan, err := scheduler.Generate("gpipe", scheduler.Spec{Stages: 2, Microbatches: 2, Layers: 2, Samples: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := &workertest.Driver{Clients: workertest.Dial(t, c.Addrs), Peers: c.Addrs, Plan: plan, Train: ref.Cfg,
-		Fence: &pb.Fence{Job: testJob, LeaderRev: a.Rev(), Epoch: 1}}
-	if err := d.Configure(ctx, nil); err != nil {
-		t.Fatal(err)
-	}
+	j := startElectedJob(t, ctx, func(int) context.Context { return ctx })
+	cli, keys, a, d, cfg, ref, plan := j.cli, j.keys, j.a, j.d, j.cfg, j.ref, j.d.Plan
 
 	// Leader a sends iteration 1 to worker 0 only: its stage waits for
 	// the gradients of stage 1, which never ran.
@@ -268,4 +187,64 @@ func TestDeposedLeadersIterationEnds(t *testing.T) {
 	if math.Float64bits(got.Loss) != math.Float64bits(want.Loss) {
 		t.Fatalf("step 1 under the new leader: loss %v, trainer %v", got.Loss, want.Loss)
 	}
+}
+
+// electedJob is a job whose workers follow a real election: an embedded
+// etcd, leader "a" elected under a 2 s session, and two workers, each
+// with a LeaderWatch bounded by watchCtx(i), configured for a 2-stage
+// GPipe plan under a's fence.
+type electedJob struct {
+	etcd *etcdx.Embedded
+	cli  *clientv3.Client
+	keys etcdx.Keys
+	a    *etcdx.Leader
+	c    *workertest.Cluster
+	d    *workertest.Driver
+	cfg  model.TrainConfig
+	ref  *model.Trainer
+}
+
+func startElectedJob(t *testing.T, ctx context.Context, watchCtx func(i int) context.Context) *electedJob {
+	t.Helper()
+	j := &electedJob{}
+	var err error
+	if j.etcd, err = etcdx.StartEmbedded(ctx, etcdx.EmbedConfig{Dir: t.TempDir()}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(j.etcd.Close)
+	if j.cli, err = etcdx.Dial(ctx, j.etcd.Endpoints(), 0); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { j.cli.Close() })
+	if j.keys, err = etcdx.NewKeys(testJob); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := etcdx.NewSession(ctx, j.cli, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.a, err = etcdx.Campaign(ctx, sa, j.keys, "a"); err != nil {
+		t.Fatal(err)
+	}
+	j.c = workertest.Start(t, 2, testJob, func(i int, cfg *worker.Config) {
+		lw, err := etcdx.WatchLeader(watchCtx(i), j.cli, j.keys)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Leader = lw
+	})
+	j.cfg = trainConfig(2, 2, 2)
+	if j.ref, err = model.NewTrainer(j.cfg); err != nil {
+		t.Fatal(err)
+	}
+	plan, err := scheduler.Generate("gpipe", scheduler.Spec{Stages: 2, Microbatches: 2, Layers: 2, Samples: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	j.d = &workertest.Driver{Clients: workertest.Dial(t, j.c.Addrs), Peers: j.c.Addrs, Plan: plan, Train: j.ref.Cfg,
+		Fence: &pb.Fence{Job: testJob, LeaderRev: j.a.Rev(), Epoch: 1}}
+	if err := j.d.Configure(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	return j
 }
