@@ -39,7 +39,8 @@ func TestFenceFollowsElection(t *testing.T) {
 		return ctx
 	})
 	stop()
-	e, cli, keys, a, c, d, cfg, ref := j.etcd, j.cli, j.keys, j.a, j.c, j.d, j.cfg, j.ref
+	e, a, c, d, cfg, ref := j.etcd, j.a, j.c, j.d, j.cfg, j.ref
+	var err error
 	step := func(n int) {
 		t.Helper()
 		got, want := stepBoth(t, ctx, d, ref, 5, n, cfg.Microbatches, cfg.MicrobatchSize)
@@ -85,18 +86,7 @@ func TestFenceFollowsElection(t *testing.T) {
 
 	// A new leader: the old one is refused, the new one admitted on both
 	// workers, including the one whose watch stopped before the change.
-	sb, err := etcdx.NewSession(ctx, cli, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sb.Close() })
-	if err := a.Resign(ctx); err != nil {
-		t.Fatal(err)
-	}
-	b, err := etcdx.Campaign(ctx, sb, keys, "b")
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := j.handOver(t, ctx)
 	old := d.Fence
 	d.Fence = &pb.Fence{Job: testJob, LeaderRev: b.Rev(), Epoch: 2}
 	if err := d.Configure(ctx, nil); err != nil {
@@ -138,7 +128,7 @@ func TestDeposedLeadersIterationEnds(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	j := startElectedJob(t, ctx, func(int) context.Context { return ctx })
-	cli, keys, a, d, cfg, ref, plan := j.cli, j.keys, j.a, j.d, j.cfg, j.ref, j.d.Plan
+	d, cfg, ref, plan := j.d, j.cfg, j.ref, j.d.Plan
 
 	// Leader a sends iteration 1 to worker 0 only: its stage waits for
 	// the gradients of stage 1, which never ran.
@@ -161,18 +151,7 @@ func TestDeposedLeadersIterationEnds(t *testing.T) {
 	}
 
 	// a is deposed without closing its connection; b leads.
-	sb, err := etcdx.NewSession(ctx, cli, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sb.Close() })
-	if err := a.Resign(ctx); err != nil {
-		t.Fatal(err)
-	}
-	b, err := etcdx.Campaign(ctx, sb, keys, "b")
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := j.handOver(t, ctx)
 	select {
 	case err := <-stuck:
 		wantCode(t, "the deposed leader's iteration", err, codes.FailedPrecondition)
@@ -247,4 +226,22 @@ func startElectedJob(t *testing.T, ctx context.Context, watchCtx func(i int) con
 		t.Fatal(err)
 	}
 	return j
+}
+
+// handOver has leader a resign and elects "b" under a session of its own.
+func (j *electedJob) handOver(t *testing.T, ctx context.Context) *etcdx.Leader {
+	t.Helper()
+	sb, err := etcdx.NewSession(ctx, j.cli, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sb.Close() })
+	if err := j.a.Resign(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b, err := etcdx.Campaign(ctx, sb, j.keys, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
