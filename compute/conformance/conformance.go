@@ -242,8 +242,9 @@ func sameBits(a, b []float32) int {
 	return -1
 }
 
-// requireBits fails unless a and b are the same floats bit for bit.
-func requireBits(t *testing.T, what string, a, b []float32) {
+// RequireBits fails the test unless a and b are the same floats bit for
+// bit, naming what and the first element that differs.
+func RequireBits(t *testing.T, what string, a, b []float32) {
 	t.Helper()
 	if len(a) != len(b) {
 		t.Fatalf("%s: %d elements vs %d", what, len(a), len(b))
@@ -262,9 +263,9 @@ func requireStates(t *testing.T, what string, a, b []compute.ParamState) {
 		if a[i].Name != b[i].Name || !slices.Equal(a[i].Shape, b[i].Shape) {
 			t.Fatalf("%s: tensor %d is %s %v vs %s %v", what, i, a[i].Name, a[i].Shape, b[i].Name, b[i].Shape)
 		}
-		requireBits(t, what+": "+a[i].Name, a[i].W, b[i].W)
-		requireBits(t, what+": "+a[i].Name+" first moment", a[i].M, b[i].M)
-		requireBits(t, what+": "+a[i].Name+" second moment", a[i].V, b[i].V)
+		RequireBits(t, what+": "+a[i].Name, a[i].W, b[i].W)
+		RequireBits(t, what+": "+a[i].Name+" first moment", a[i].M, b[i].M)
+		RequireBits(t, what+": "+a[i].Name+" second moment", a[i].V, b[i].V)
 	}
 }
 

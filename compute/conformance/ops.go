@@ -65,7 +65,7 @@ func (s *suite) testGradientOps(t *testing.T) {
 			must(t, st.SetGrads(g2))
 			got, err := st.Grads()
 			must(t, err)
-			requireBits(t, "Grads after SetGrads", got, g2)
+			RequireBits(t, "Grads after SetGrads", got, g2)
 			checkSumSquares(t, st, d, g2)
 
 			// ScaleGrads multiplies each element as float32.
@@ -75,20 +75,20 @@ func (s *suite) testGradientOps(t *testing.T) {
 			}
 			got, err = st.Grads()
 			must(t, err)
-			requireBits(t, "Grads after ScaleGrads", got, g2)
+			RequireBits(t, "Grads after ScaleGrads", got, g2)
 			checkSumSquares(t, st, d, g2)
 
 			// A wrong length is refused and changes nothing.
 			refused(t, "SetGrads with one element too few", st.SetGrads(g2[1:]))
 			got, err = st.Grads()
 			must(t, err)
-			requireBits(t, "Grads after a refused SetGrads", got, g2)
+			RequireBits(t, "Grads after a refused SetGrads", got, g2)
 
 			// ZeroGrad zeroes.
 			must(t, st.ZeroGrad())
 			got, err = st.Grads()
 			must(t, err)
-			requireBits(t, "Grads after ZeroGrad", got, make([]float32, len(g)))
+			RequireBits(t, "Grads after ZeroGrad", got, make([]float32, len(g)))
 		})
 	}
 }
@@ -147,10 +147,10 @@ func (s *suite) testContributions(t *testing.T) {
 				}
 				want, err := summed.Grads()
 				must(t, err)
-				requireBits(t, "contributions summed in microbatch order vs the accumulated gradient", sum, want)
+				RequireBits(t, "contributions summed in microbatch order vs the accumulated gradient", sum, want)
 				got, err := kept.Grads()
 				must(t, err)
-				requireBits(t, "the gradient while contributions are kept apart", got, make([]float32, n))
+				RequireBits(t, "the gradient while contributions are kept apart", got, make([]float32, n))
 				_, err = kept.Contribution(7)
 				refused(t, "Contribution of a microbatch that did not run", err)
 			}
@@ -162,7 +162,7 @@ func (s *suite) testContributions(t *testing.T) {
 			must(t, err)
 			want, err := summed.Grads()
 			must(t, err)
-			requireBits(t, "the gradient after contributions are no longer kept", got, want)
+			RequireBits(t, "the gradient after contributions are no longer kept", got, want)
 		})
 	}
 }
@@ -197,7 +197,7 @@ func (s *suite) testState(t *testing.T) {
 			must(t, err)
 			yc, err := c.Forward(5, x)
 			must(t, err)
-			requireBits(t, "forward after SetState", yc.Data, ya.Data)
+			RequireBits(t, "forward after SetState", yc.Data, ya.Data)
 			for _, st := range []compute.Stage{a, c} {
 				trainStep(t, st, sp, []int{0, 1})
 				must(t, st.Step(2, 1e-2, 1))
@@ -309,7 +309,7 @@ func (s *suite) testSkip(t *testing.T) {
 	must(t, err)
 	want, err := only.Grads()
 	must(t, err)
-	requireBits(t, "the skipped stage's gradient vs microbatch 0's alone", got, want)
+	RequireBits(t, "the skipped stage's gradient vs microbatch 0's alone", got, want)
 
 	// A step only the skipping microbatch runs.
 	for _, st := range []compute.Stage{s0, s1, s2} {
@@ -330,7 +330,7 @@ func (s *suite) testSkip(t *testing.T) {
 	must(t, err)
 	got, err = s1.Grads()
 	must(t, err)
-	requireBits(t, "the gradient of a stage no microbatch visited", got, make([]float32, len(got)))
+	RequireBits(t, "the gradient of a stage no microbatch visited", got, make([]float32, len(got)))
 
 	// The whole model with block 1 the identity.
 	w := s.load(t, b, whole, Seed)
@@ -344,7 +344,7 @@ func (s *suite) testSkip(t *testing.T) {
 	must(t, w.ZeroGrad())
 	yw, err := w.Forward(1, d1.tokens)
 	must(t, err)
-	requireBits(t, "the whole model with an identity block 1 vs the path skipping it", yw.Data, y1.Data)
+	RequireBits(t, "the whole model with an identity block 1 vs the path skipping it", yw.Data, y1.Data)
 	wl, gw, err := w.Loss(1, yw, d1.targets)
 	must(t, err)
 	if math.Float64bits(wl) != math.Float64bits(L) {
@@ -443,7 +443,7 @@ func (s *suite) testRefusals(t *testing.T) {
 	must(t, err)
 	g2, err := fresh.Backward(0, data.probe)
 	must(t, err)
-	requireBits(t, "input gradient after refusals vs a fresh stage", g1.Data, g2.Data)
+	RequireBits(t, "input gradient after refusals vs a fresh stage", g1.Data, g2.Data)
 	a := trainStep(t, blocks, blocksOnly, []int{0, 1})
 	c := trainStep(t, fresh, blocksOnly, []int{0, 1})
 	if !slices.Equal(a, c) {
@@ -453,7 +453,7 @@ func (s *suite) testRefusals(t *testing.T) {
 	must(t, err)
 	gc, err := fresh.Grads()
 	must(t, err)
-	requireBits(t, "gradient after refusals vs a fresh stage", ga, gc)
+	RequireBits(t, "gradient after refusals vs a fresh stage", ga, gc)
 	L1, _, err := objective(head, headOnly, 0, data, data.hidden, true)
 	must(t, err)
 	freshHead := s.load(t, b, headOnly, Seed)

@@ -1,11 +1,13 @@
 package remote_test
 
 import (
+	"fmt"
 	"math"
 	"testing"
 
 	"stagecoach/compute"
 	"stagecoach/compute/builtin"
+	"stagecoach/compute/conformance"
 	"stagecoach/compute/remote"
 	"stagecoach/compute/serve"
 )
@@ -39,11 +41,7 @@ func TestRecycledOutputsAreReused(t *testing.T) {
 				if mb > 0 && &got.Data[0] != last {
 					t.Errorf("microbatch %d: Forward's output is not in the buffer handed back", mb)
 				}
-				for i := range want.Data {
-					if math.Float32bits(got.Data[i]) != math.Float32bits(want.Data[i]) {
-						t.Fatalf("microbatch %d, element %d: %v through the protocol, %v in process", mb, i, got.Data[i], want.Data[i])
-					}
-				}
+				conformance.RequireBits(t, fmt.Sprintf("Forward of microbatch %d, through the protocol vs in process", mb), got.Data, want.Data)
 				for i := range got.Data {
 					got.Data[i] = float32(math.NaN())
 				}

@@ -2,6 +2,7 @@ package serve_test
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -104,30 +105,18 @@ func TestOutputsRecycledAfterSending(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				same(t, "Forward", mb, got, want)
+				conformance.RequireBits(t, fmt.Sprintf("Forward of microbatch %d, through the server vs in process", mb), got.Data, want.Data)
 				if want, err = near.Backward(mb, g); err != nil {
 					t.Fatal(err)
 				}
 				if got, err = remoteSt.Backward(mb, g); err != nil {
 					t.Fatal(err)
 				}
-				same(t, "Backward", mb, got, want)
+				conformance.RequireBits(t, fmt.Sprintf("Backward of microbatch %d, through the server vs in process", mb), got.Data, want.Data)
 			}
 			if n := recycled.Load() - before; n != 6 {
 				t.Errorf("the server handed back %d outputs of 6", n)
 			}
 		})
-	}
-}
-
-func same(t *testing.T, op string, mb int, got, want *compute.Tensor) {
-	t.Helper()
-	if len(got.Data) != len(want.Data) {
-		t.Fatalf("%s of microbatch %d: %d elements, want %d", op, mb, len(got.Data), len(want.Data))
-	}
-	for i := range want.Data {
-		if math.Float32bits(got.Data[i]) != math.Float32bits(want.Data[i]) {
-			t.Fatalf("%s of microbatch %d, element %d: %v through the server, %v in process", op, mb, i, got.Data[i], want.Data[i])
-		}
 	}
 }
