@@ -38,9 +38,9 @@ func TestRecycledOutputsKeepTheBits(t *testing.T) {
 				for i := range a.Data {
 					a.Data[i] = float32(math.NaN())
 				}
-				before := len(s.spare)
+				before := s.spare.Len()
 				s.Recycle(a.Data)
-				if len(s.spare) == before {
+				if s.spare.Len() == before {
 					t.Fatalf("Recycle kept nothing with %d spares", before)
 				}
 			}
@@ -63,12 +63,12 @@ func TestRecycledOutputsKeepTheBits(t *testing.T) {
 		}
 		gz := append([]float32(nil), g.Data...)
 		keep(p.head, g)
-		n := len(p.head.spare)
+		n := p.head.spare.Len()
 		dx, err := p.head.Backward(mb, &Activations{Shape: []int{b, cfg.Ctx, cfg.Dim}, Data: gz})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if recycle && len(p.head.spare) == n-1 {
+		if recycle && p.head.spare.Len() == n-1 {
 			reused++
 		}
 		gh := append([]float32(nil), dx.Data...)
@@ -121,13 +121,13 @@ func TestRecycleIsBounded(t *testing.T) {
 	for range 2 * maxSpare {
 		s.Recycle(make([]float32, 4))
 	}
-	if len(s.spare) != maxSpare {
-		t.Fatalf("%d spares kept, want %d", len(s.spare), maxSpare)
+	if s.spare.Len() != maxSpare {
+		t.Fatalf("%d spares kept, want %d", s.spare.Len(), maxSpare)
 	}
-	if got := s.output(5); len(got) != 5 || len(s.spare) != maxSpare {
-		t.Fatalf("output(5) with spares of 4: len %d, %d spares left", len(got), len(s.spare))
+	if got := s.output(5); len(got) != 5 || s.spare.Len() != maxSpare {
+		t.Fatalf("output(5) with spares of 4: len %d, %d spares left", len(got), s.spare.Len())
 	}
-	if got := s.output(3); len(got) != 3 || len(s.spare) != maxSpare-1 {
-		t.Fatalf("output(3): len %d, %d spares left", len(got), len(s.spare))
+	if got := s.output(3); len(got) != 3 || s.spare.Len() != maxSpare-1 {
+		t.Fatalf("output(3): len %d, %d spares left", len(got), s.spare.Len())
 	}
 }

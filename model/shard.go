@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 
+	"stagecoach/internal/spare"
 	"stagecoach/internal/vecf32"
 )
 
@@ -152,7 +153,7 @@ type Shard struct {
 	dx, dh, datt, dqkv, da, ds []float32
 	hf, rf, logits, dhf        []float32
 	// spare holds outputs handed back by Recycle, for the next outputs.
-	spare [][]float32
+	spare spare.Buffers
 }
 
 // maxSpare bounds the buffers Recycle keeps: an output and a gradient of
@@ -165,25 +166,14 @@ const maxSpare = 4
 // process serving one stage, whose heap the Go runtime keeps returning
 // to the system, spent a tenth of a stage's time in those faults). The
 // caller must not touch data afterwards.
-func (s *Shard) Recycle(data []float32) {
-	if cap(data) > 0 && len(s.spare) < maxSpare {
-		s.spare = append(s.spare, data[:cap(data)])
-	}
-}
+func (s *Shard) Recycle(data []float32) { s.spare.Put(data) }
 
 // output returns n zeroed floats for an output the caller will own: a
 // recycled buffer when one fits.
 func (s *Shard) output(n int) []float32 {
-	for i, b := range s.spare {
-		if cap(b) >= n {
-			s.spare[i] = s.spare[len(s.spare)-1]
-			s.spare = s.spare[:len(s.spare)-1]
-			b = b[:n]
-			clear(b)
-			return b
-		}
-	}
-	return make([]float32, n)
+	b := s.spare.Get(n)
+	clear(b)
+	return b
 }
 
 // NewShard builds a shard with freshly initialised parameters.
@@ -195,7 +185,7 @@ func NewShard(cfg Config, spec ShardSpec) (*Shard, error) {
 	if spec.Lo < 0 || spec.Hi < spec.Lo || spec.Hi > cfg.Layers {
 		return nil, fmt.Errorf("model: shard blocks [%d,%d) outside 0..%d", spec.Lo, spec.Hi, cfg.Layers)
 	}
-	s := &Shard{cfg: cfg, spec: spec, caches: map[int]*mbCache{}}
+	s := &Shard{cfg: cfg, spec: spec, caches: map[int]*mbCache{}, spare: spare.Buffers{Max: maxSpare}}
 	D, Hd := cfg.Dim, cfg.Hidden
 	add := func(t *Tensor) *Tensor { s.params = append(s.params, t); return t }
 	if spec.Embed {

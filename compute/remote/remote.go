@@ -28,6 +28,7 @@ import (
 
 	"stagecoach/compute"
 	"stagecoach/compute/internal/wire"
+	"stagecoach/internal/spare"
 	pb "stagecoach/proto/compute"
 )
 
@@ -125,29 +126,12 @@ type Backend struct {
 	shmMu sync.Mutex
 
 	// spare holds output buffers handed back through Stage.Recycle, for
-	// the next tensors received: fresh memory would fault its pages in
-	// on the copy.
-	spareMu sync.Mutex
-	spare   [][]float32
+	// the next tensors received (which overwrite them whole).
+	spare spare.Buffers
 }
 
 // maxSpare bounds the buffers a Backend keeps for reuse.
 const maxSpare = 8
-
-// take returns n floats to receive a tensor into (all overwritten): a
-// spare buffer when one fits.
-func (b *Backend) take(n int) []float32 {
-	b.spareMu.Lock()
-	defer b.spareMu.Unlock()
-	for i, d := range b.spare {
-		if cap(d) >= n {
-			b.spare[i] = b.spare[len(b.spare)-1]
-			b.spare = b.spare[:len(b.spare)-1]
-			return d[:n]
-		}
-	}
-	return make([]float32, n)
-}
 
 // Dial connects to a backend serving on addr ("unix:///path" or
 // "host:port") and checks its Hello within opts.StartTimeout.
@@ -190,7 +174,7 @@ func newBackend(addr, where string, opts Options, retry bool) (*Backend, error) 
 	if err != nil {
 		return nil, fmt.Errorf("remote compute backend %s: %v", where, err)
 	}
-	b := &Backend{opts: opts, conn: conn, client: pb.NewComputeClient(conn), where: where}
+	b := &Backend{opts: opts, conn: conn, client: pb.NewComputeClient(conn), where: where, spare: spare.Buffers{Max: maxSpare}}
 	b.alive, b.end = context.WithCancelCause(context.Background())
 	return b, nil
 }
@@ -396,11 +380,11 @@ func (b *Backend) exchange(ctx context.Context, req *pb.Request, ins []wire.Valu
 		if region == nil {
 			return nil, nil, fmt.Errorf("%w: outputs in a shared region the call did not use", wire.ErrMalformed)
 		}
-		if outs, err = region.GetInto(resp.Outputs, sizes, b.take); err == nil {
+		if outs, err = region.GetInto(resp.Outputs, sizes, b.spare.Get); err == nil {
 			_, err = wire.Recv(stream.Recv, nil, nil) // nothing follows
 		}
 	} else {
-		outs, err = wire.RecvInto(stream.Recv, resp.Outputs, sizes, b.take)
+		outs, err = wire.RecvInto(stream.Recv, resp.Outputs, sizes, b.spare.Get)
 	}
 	if err != nil {
 		return nil, nil, err
@@ -681,14 +665,8 @@ func (s *Stage) backward(op pb.Op, mb int, grad *compute.Tensor) (*compute.Tenso
 // Recycle implements compute.Recycler: the backend receives later
 // tensors into t's memory.
 func (s *Stage) Recycle(t *compute.Tensor) {
-	if t == nil || cap(t.Data) == 0 {
-		return
-	}
-	b := s.b
-	b.spareMu.Lock()
-	defer b.spareMu.Unlock()
-	if len(b.spare) < maxSpare {
-		b.spare = append(b.spare, t.Data[:cap(t.Data)])
+	if t != nil {
+		s.b.spare.Put(t.Data)
 	}
 }
 
