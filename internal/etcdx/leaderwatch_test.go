@@ -71,3 +71,35 @@ func TestLeaderWatchFollowsElection(t *testing.T) {
 	sb.Close()
 	waitRev(0, "no leader")
 }
+
+// TestLeaderWatchChanges: Changes' channel closes when a read shows
+// another leader (or none), not when it shows the same one; and a read
+// made at an older store revision than the one held (a slow Refresh
+// overtaken by the watch) changes nothing, so it cannot bring back a
+// replaced leader.
+func TestLeaderWatchChanges(t *testing.T) {
+	w := &LeaderWatch{changed: make(chan struct{})}
+	closed := func(ch <-chan struct{}) bool {
+		select {
+		case <-ch:
+			return true
+		default:
+			return false
+		}
+	}
+	_, ch := w.Changes()
+	w.store(5, 10)
+	rev, ch2 := w.Changes()
+	if !closed(ch) || rev != 5 {
+		t.Fatalf("after a new leader: revision %d, channel closed %v", rev, closed(ch))
+	}
+	w.store(3, 9) // read before the one above
+	w.store(5, 11)
+	if rev, _ := w.Changes(); closed(ch2) || rev != 5 {
+		t.Fatalf("after an older read and the same leader: revision %d, channel closed %v", rev, closed(ch2))
+	}
+	w.store(0, 12)
+	if rev, _ := w.Changes(); !closed(ch2) || rev != 0 {
+		t.Fatalf("after the leader left: revision %d, channel closed %v", rev, closed(ch2))
+	}
+}
