@@ -183,13 +183,11 @@ func (c Config) withDefaults() (Config, error) {
 // election says; etcdx.LeaderWatch is the production one. Implementations
 // are safe for concurrent use.
 type LeaderSource interface {
-	// LeaderRev is the revision of the current leader's key as last
-	// seen (0: no leader).
-	LeaderRev() int64
-	// Refresh reads the election again and returns the current leader's
-	// revision, for a fence LeaderRev does not explain.
-	Refresh(ctx context.Context) (int64, error)
-	// Changes is LeaderRev with a channel closed once the election
-	// names another leader (or none).
+	// Changes returns the revision of the current leader's key as last
+	// seen (0: no leader) and a channel closed once the election names
+	// another leader (or none).
 	Changes() (int64, <-chan struct{})
+	// Refresh reads the election again and returns the current leader's
+	// revision, for a fence the last seen one does not explain.
+	Refresh(ctx context.Context) (int64, error)
 }

@@ -208,7 +208,7 @@ func (s *Server) admitLeader(ctx context.Context, f *pb.Fence) error {
 	}
 	rev := f.GetLeaderRev()
 	if src := s.cfg.Leader; src != nil {
-		cur := src.LeaderRev()
+		cur, _ := src.Changes()
 		if rev != cur {
 			rctx, cancel := context.WithTimeout(ctx, refreshTimeout)
 			var err error
