@@ -59,6 +59,13 @@ type Options struct {
 	// SharedMemoryDir is where the region's file is made (default
 	// /dev/shm).
 	SharedMemoryDir string
+	// Observe, when set, is told of each operation that succeeded: its
+	// name, its wall time as this client saw it, and the time the
+	// backend says it spent computing it (0 when it says nothing, or
+	// names a time the call could not hold). The difference is the
+	// round trip's cost: the tensors' bytes and the hand-overs between
+	// the two processes.
+	Observe func(op string, call, compute time.Duration)
 }
 
 // Defaults of Options.
@@ -408,8 +415,13 @@ func (b *Backend) call(timeout time.Duration, req *pb.Request, ins []wire.Value)
 	}
 	ctx, cancel := context.WithTimeout(b.alive, timeout)
 	defer cancel()
+	began := time.Now()
 	resp, outs, err := b.exchange(ctx, req, ins)
 	if err == nil {
+		if b.opts.Observe != nil {
+			took := time.Since(began)
+			b.opts.Observe(op, took, reportedCompute(resp, took))
+		}
 		return resp, outs, nil
 	}
 	var r refusal
@@ -427,6 +439,17 @@ func (b *Backend) call(timeout time.Duration, req *pb.Request, ins []wire.Value)
 		return nil, nil, b.fail(b.proc.exitErr())
 	}
 	return nil, nil, b.fail(fmt.Errorf("%s: %v", op, err))
+}
+
+// reportedCompute is the compute time the backend reported for a call
+// that took took, or 0 when it reported none or one the call cannot hold.
+// It is only ever a measurement, so a wrong one is dropped, not failed.
+func reportedCompute(resp *pb.Response, took time.Duration) time.Duration {
+	c := time.Duration(resp.GetComputeNanos())
+	if c <= 0 || c > took {
+		return 0
+	}
+	return c
 }
 
 // checkData refuses an input whose data does not match its shape.

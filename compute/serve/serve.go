@@ -18,6 +18,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"google.golang.org/grpc"
 
@@ -259,7 +260,9 @@ func (s *Server) Call(stream pb.Compute_CallServer) error {
 	if err != nil {
 		return s.refuse(stream, "%v inputs: %v", wire.OpName(req.Op), err)
 	}
+	began := time.Now()
 	resp, outs, spent := s.run(stream.Context(), req, ins)
+	resp.ComputeNanos = time.Since(began).Nanoseconds()
 	if spent != nil {
 		// Once the outputs' bytes are in the region or sent, the stage
 		// may reuse their memory.

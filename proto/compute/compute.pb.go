@@ -505,7 +505,14 @@ type Response struct {
 	SumSquares  []float64     `protobuf:"fixed64,6,rep,packed,name=sum_squares,json=sumSquares,proto3" json:"sum_squares,omitempty"`
 	Outputs     []*TensorMeta `protobuf:"bytes,7,rep,name=outputs,proto3" json:"outputs,omitempty"`
 	// shm: the output bytes are in the shared region.
-	Shm           bool `protobuf:"varint,8,opt,name=shm,proto3" json:"shm,omitempty"`
+	Shm bool `protobuf:"varint,8,opt,name=shm,proto3" json:"shm,omitempty"`
+	// compute_nanos is the backend's own time in the operation, from its
+	// inputs in memory to its outputs computed (before any are sent), in
+	// nanoseconds; 0 when the backend does not measure it. It is for
+	// measurement only: the client sets apart the round trip's cost from
+	// the compute's with it, ignores a value that is negative or longer
+	// than the call it timed, and uses it for nothing else.
+	ComputeNanos  int64 `protobuf:"varint,9,opt,name=compute_nanos,json=computeNanos,proto3" json:"compute_nanos,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -594,6 +601,13 @@ func (x *Response) GetShm() bool {
 		return x.Shm
 	}
 	return false
+}
+
+func (x *Response) GetComputeNanos() int64 {
+	if x != nil {
+		return x.ComputeNanos
+	}
+	return 0
 }
 
 type Hello struct {
@@ -1035,7 +1049,7 @@ const file_proto_compute_compute_proto_rawDesc = "" +
 	"\bshm_path\x18\n" +
 	" \x01(\tR\ashmPath\x12\x1b\n" +
 	"\tshm_bytes\x18\v \x01(\x03R\bshmBytes\x12\x10\n" +
-	"\x03shm\x18\f \x01(\bR\x03shm\"\xb4\x02\n" +
+	"\x03shm\x18\f \x01(\bR\x03shm\"\xd9\x02\n" +
 	"\bResponse\x12\x14\n" +
 	"\x05error\x18\x01 \x01(\tR\x05error\x122\n" +
 	"\x05hello\x18\x02 \x01(\v2\x1c.stagecoach.compute.v1.HelloR\x05hello\x12\x14\n" +
@@ -1045,7 +1059,8 @@ const file_proto_compute_compute_proto_rawDesc = "" +
 	"\vsum_squares\x18\x06 \x03(\x01R\n" +
 	"sumSquares\x12;\n" +
 	"\aoutputs\x18\a \x03(\v2!.stagecoach.compute.v1.TensorMetaR\aoutputs\x12\x10\n" +
-	"\x03shm\x18\b \x01(\bR\x03shm\"\x90\x01\n" +
+	"\x03shm\x18\b \x01(\bR\x03shm\x12#\n" +
+	"\rcompute_nanos\x18\t \x01(\x03R\fcomputeNanos\"\x90\x01\n" +
 	"\x05Hello\x128\n" +
 	"\aversion\x18\x01 \x01(\x0e2\x1e.stagecoach.compute.v1.VersionR\aversion\x12\x18\n" +
 	"\abackend\x18\x02 \x01(\tR\abackend\x12!\n" +

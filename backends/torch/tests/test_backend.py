@@ -27,6 +27,17 @@ class ProtocolTest(unittest.TestCase):
         self.assertEqual(resp.hello.backend, "torch")
         self.assertIn("torch", resp.hello.version_info)
 
+    def test_compute_time_is_reported_within_the_call(self):
+        import time
+
+        st = RemoteStage(self.c, TINY, lo=0, hi=2)
+        x = torch.randn(2, 8, 16)
+        began = time.perf_counter_ns()
+        resp, _ = st._call(pb.OP_FORWARD, 0, [("x", x)])
+        took = time.perf_counter_ns() - began
+        self.assertGreater(resp.compute_nanos, 0)
+        self.assertLessEqual(resp.compute_nanos, took)
+
     def test_wrong_version_is_refused_naming_both(self):
         req = pb.Request(version=2, op=pb.OP_HELLO)
         resp, _ = self.c.raw([pb.Frame(request=req)])
