@@ -62,12 +62,13 @@ func (b *backendFlags) check() error {
 }
 
 // open returns the backend the flags name (the built-in one with limits
-// when none): stderr receives a started backend's output.
-func (b *backendFlags) open(ctx context.Context, lim model.Limits, stderr io.Writer) (compute.Backend, error) {
+// when none): stderr receives a started backend's output, and observe
+// (when not nil) hears of each operation of a backend process.
+func (b *backendFlags) open(ctx context.Context, lim model.Limits, stderr io.Writer, observe func(op string, call, compute time.Duration)) (compute.Backend, error) {
 	if err := b.check(); err != nil {
 		return nil, err
 	}
-	opts := remote.Options{CallTimeout: b.timeout}
+	opts := remote.Options{CallTimeout: b.timeout, Observe: observe}
 	switch {
 	case b.cmd != "":
 		args, _ := splitCommand(b.cmd)

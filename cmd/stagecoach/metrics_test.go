@@ -70,9 +70,15 @@ func TestWorkerMetricsAndJSONLogsAfterTraining(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		p.cmd = exec.Command(exe, "worker", "--etcd", ep, "--job", "metrics", "--name", name, "--ttl", "2",
+		args := []string{"worker", "--etcd", ep, "--job", "metrics", "--name", name, "--ttl", "2",
 			"--data-dir", filepath.Join(dir, name), "--checkpoint-root", filepath.Join(dir, "co", "checkpoints"),
-			"--metrics-addr", "127.0.0.1:0", "--log-format", "json")
+			"--metrics-addr", "127.0.0.1:0", "--log-format", "json"}
+		if name == "w1" {
+			// w1 computes in a backend process, and says what its
+			// operations cost.
+			args = append(args, "--backend-cmd", "'"+exe+"' compute-serve --log-format json")
+		}
+		p.cmd = exec.Command(exe, args...)
 		p.cmd.Env = append(os.Environ(), "STAGECOACH_TEST_MAIN=1")
 		p.cmd.Stdout, p.cmd.Stderr = f, f
 		if err := p.cmd.Start(); err != nil {
@@ -153,6 +159,20 @@ func TestWorkerMetricsAndJSONLogsAfterTraining(t *testing.T) {
 		}
 		if _, ok := s.Get("stagecoach_lease_renewal_failures_total"); !ok {
 			t.Errorf("worker %d: no lease renewal failure counter", i)
+		}
+		// Only w1's backend is a process: its 12 Forwards and Backwards
+		// were timed through the protocol, each with the backend's own
+		// compute time, which their sum cannot exceed.
+		for _, op := range []string{"Forward", "Backward"} {
+			calls, _ := s.Get("stagecoach_worker_backend_call_seconds_count", "op", op)
+			computed, _ := s.Get("stagecoach_worker_backend_compute_seconds_count", "op", op)
+			callSum, _ := s.Get("stagecoach_worker_backend_call_seconds_sum", "op", op)
+			computeSum, _ := s.Get("stagecoach_worker_backend_compute_seconds_sum", "op", op)
+			want := float64(12 * i)
+			if calls != want || computed != want || computeSum > callSum || (i == 1 && computeSum <= 0) {
+				t.Errorf("worker %d: %v %s backend calls taking %v s, %v compute times summing to %v s; want %v of each, compute within the calls",
+					i, calls, op, callSum, computed, computeSum, want)
+			}
 		}
 
 		_ = p.cmd.Process.Signal(syscall.SIGTERM)

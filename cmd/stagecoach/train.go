@@ -56,7 +56,7 @@ Writes model.safetensors, shard-*.safetensors and loss.png into --out.`,
 			if backend.cmd != "" || backend.addr != "" {
 				// The single-process reference of a backend: the same
 				// steps through the compute protocol, one process.
-				be, err := backend.open(cmd.Context(), model.Limits{}, os.Stderr)
+				be, err := backend.open(cmd.Context(), model.Limits{}, os.Stderr, nil)
 				if err != nil {
 					return err
 				}

@@ -152,7 +152,9 @@ worker stops the same way when that process, its parent, is gone (how
 			if emulateSpeed > 0 && emulateSpeed < 1 {
 				log.Info(fmt.Sprintf("EMULATING a node at %g of this machine's compute speed: every forward, loss and backward is followed by a wait", emulateSpeed))
 			}
-			be, err := backend.open(ctx, wcfg.Model, os.Stderr)
+			reg := metrics.NewRegistry()
+			wm := metrics.NewWorker(reg)
+			be, err := backend.open(ctx, wcfg.Model, os.Stderr, wm.BackendCall)
 			if err != nil {
 				return err
 			}
@@ -165,8 +167,7 @@ worker stops the same way when that process, its parent, is gone (how
 			if err != nil {
 				return badInput("%v", err)
 			}
-			reg := metrics.NewRegistry()
-			w.SetMetrics(metrics.NewWorker(reg))
+			w.SetMetrics(wm)
 			metrics.RegisterLease(reg, etcdx.LeaseRenewalFailures, etcdx.LeasesLost)
 			var registered atomic.Bool
 			if metricsAddr != "" {

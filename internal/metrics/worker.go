@@ -68,6 +68,10 @@ type Worker struct {
 	rpcs      *prometheus.HistogramVec
 	denied    *prometheus.CounterVec
 	heapPeak  prometheus.Gauge
+	// backendCall and backendCompute: operations through the compute
+	// protocol, as the worker timed them and as the backend reported.
+	backendCall    *prometheus.HistogramVec
+	backendCompute *prometheus.HistogramVec
 }
 
 // NewWorker registers a worker's metrics in reg:
@@ -81,6 +85,12 @@ type Worker struct {
 //	stagecoach_worker_rpc_duration_seconds{method,code} control RPCs served (Configure, RunIteration, Step, ...)
 //	stagecoach_worker_calls_denied_total{method,reason} calls refused with PermissionDenied (no_certificate, wrong_role, ...)
 //	stagecoach_worker_heap_peak_bytes                   the last iteration's live heap peak over the baseline (worker --memory-probe only)
+//	stagecoach_worker_backend_call_seconds{op}          operations of a backend process (--backend-cmd, --backend-addr), timed by the worker
+//	stagecoach_worker_backend_compute_seconds{op}       the backend's own compute time in them, as it reported it
+//
+// The two backend histograms' sums differ by what the compute protocol's
+// round trips cost: the tensors' bytes and the hand-overs between the
+// processes.
 func NewWorker(reg prometheus.Registerer) *Worker {
 	w := &Worker{
 		actions: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -121,12 +131,22 @@ func NewWorker(reg prometheus.Registerer) *Worker {
 			Name: "stagecoach_worker_heap_peak_bytes",
 			Help: "The last iteration's peak live Go heap over the worker's baseline before it loaded a model, measured after every action (worker --memory-probe only).",
 		}),
+		backendCall: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "stagecoach_worker_backend_call_seconds",
+			Help:    "Wall time of each operation of the worker's backend process, as the worker timed it, by operation.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
+		}, []string{"op"}),
+		backendCompute: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "stagecoach_worker_backend_compute_seconds",
+			Help:    "The backend process's own compute time in each operation, as it reported it (operations it reported none for are left out), by operation.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
+		}, []string{"op"}),
 	}
 	for _, r := range []string{RejectStaleEpoch, RejectFutureEpoch, RejectQueueFull, RejectStaleLeader, RejectWrongJob, RejectNoFence, RejectBadShape,
 		RejectBadInput, RejectOversize, RejectMalformed, RejectOther} {
 		w.rejected.WithLabelValues(r)
 	}
-	reg.MustRegister(w.actions, w.sent, w.sentBytes, w.recv, w.recvBytes, w.rejected, w.rpcs, w.denied, w.heapPeak)
+	reg.MustRegister(w.actions, w.sent, w.sentBytes, w.recv, w.recvBytes, w.rejected, w.rpcs, w.denied, w.heapPeak, w.backendCall, w.backendCompute)
 	return w
 }
 
@@ -136,6 +156,18 @@ func (w *Worker) HeapPeak(bytes uint64) {
 		return
 	}
 	w.heapPeak.Set(float64(bytes))
+}
+
+// BackendCall records one operation of a backend process: its wall time
+// and the compute time the backend reported (0: none).
+func (w *Worker) BackendCall(op string, call, compute time.Duration) {
+	if w == nil {
+		return
+	}
+	w.backendCall.WithLabelValues(op).Observe(call.Seconds())
+	if compute > 0 {
+		w.backendCompute.WithLabelValues(op).Observe(compute.Seconds())
+	}
 }
 
 // Action records one executed plan action.
