@@ -116,6 +116,7 @@ func cpuModel() string {
 // figure that drift in the machine's load disturbs least).
 type sides struct {
 	median, best, ratio []float64
+	rounds              int // timed rounds, after the warm-up's
 }
 
 // timeSides runs each of fs in turn, round after round, until minTime has
@@ -159,6 +160,7 @@ func timeSides(minTime time.Duration, fs ...func() error) (sides, error) {
 		s.best = append(s.best, runs[i][0]) // sorted by med
 		s.ratio = append(s.ratio, med(ratios[i]))
 	}
+	s.rounds = len(runs[0])
 	return s, nil
 }
 
@@ -297,10 +299,43 @@ func echoSocket(a, _ net.Conn, buf, back []byte) error {
 	return <-errc
 }
 
+// split is what a remote backend's calls of one run took: their wall
+// time as the client saw it, and the compute time the backend reported.
+type split struct{ call, compute time.Duration }
+
+// splits collects a split per run from remote.Options.Observe.
+type splits struct {
+	runs []split
+	cur  split
+}
+
+func (s *splits) observe(_ string, call, compute time.Duration) {
+	s.cur.call += call
+	s.cur.compute += compute
+}
+
+// end closes the current run.
+func (s *splits) end() { s.runs = append(s.runs, s.cur); s.cur = split{} }
+
+// shares is the median, over the last n runs, of the round trip (the
+// call's time outside the backend's compute) as a share of the compute,
+// and the median compute time.
+func (s *splits) shares(n int) (roundTrip, compute float64) {
+	runs := s.runs[len(s.runs)-n:]
+	rt, c := make([]float64, len(runs)), make([]float64, len(runs))
+	for i, r := range runs {
+		rt[i] = float64(r.call-r.compute) / float64(r.compute)
+		c[i] = r.compute.Seconds()
+	}
+	med := func(v []float64) float64 { sort.Float64s(v); return v[len(v)/2] }
+	return med(rt), med(c)
+}
+
 // overheadRows times a stage's Forward+Backward in process, through the
 // protocol to the built-in model served in this same process (the
 // protocol's own cost), and through `stagecoach compute-serve` (the
-// protocol plus computing in a second process beside this one).
+// protocol plus computing in a second process beside this one). A second
+// table splits each remote call by the compute time its backend reported.
 func overheadRows(exe string, minTime time.Duration, profile string) error {
 	fmt.Println("## The protocol's overhead per action: one stage's Forward + Backward")
 	fmt.Println()
@@ -319,12 +354,13 @@ func overheadRows(exe string, minTime time.Duration, profile string) error {
 		return err
 	}
 	defer srv.Stop()
-	near, err := remote.Dial(context.Background(), addr, remote.Options{})
+	var nearSplits, farSplits splits
+	near, err := remote.Dial(context.Background(), addr, remote.Options{Observe: nearSplits.observe})
 	if err != nil {
 		return err
 	}
 	defer near.Close()
-	far, err := remote.Start(context.Background(), remote.Command{Args: []string{exe, "compute-serve"}}, remote.Options{})
+	far, err := remote.Start(context.Background(), remote.Command{Args: []string{exe, "compute-serve"}}, remote.Options{Observe: farSplits.observe})
 	if err != nil {
 		return err
 	}
@@ -340,6 +376,7 @@ func overheadRows(exe string, minTime time.Duration, profile string) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
+	var splitRows []string
 	for _, m := range []struct {
 		name string
 		cfg  model.Config
@@ -368,9 +405,12 @@ func overheadRows(exe string, minTime time.Duration, profile string) error {
 		// The actions: a microbatch's Forward and Backward. Gradients
 		// accumulate over the runs, as over an iteration's microbatches
 		// (ZeroGrad is once per iteration, not per action).
-		step := func(st compute.Stage, side string) func() error {
+		step := func(st compute.Stage, side string, sp *splits) func() error {
 			labels := pprof.Labels("side", side, "model", m.name)
 			return func() (err error) {
+				if sp != nil {
+					defer sp.end()
+				}
 				pprof.Do(context.Background(), labels, func(context.Context) {
 					var y, dx *compute.Tensor
 					if y, err = st.Forward(0, x); err == nil {
@@ -386,15 +426,30 @@ func overheadRows(exe string, minTime time.Duration, profile string) error {
 				return err
 			}
 		}
-		t, err := timeSides(minTime, step(stages[0], "in process"), step(stages[1], "protocol in process"), step(stages[2], "compute-serve"))
+		t, err := timeSides(minTime, step(stages[0], "in process", nil), step(stages[1], "protocol in process", &nearSplits),
+			step(stages[2], "compute-serve", &farSplits))
 		if err != nil {
 			return err
 		}
+		nearRT, nearC := nearSplits.shares(t.rounds)
+		farRT, farC := farSplits.shares(t.rounds)
+		splitRows = append(splitRows, fmt.Sprintf("| %s | %.2f ms | %.1f%% | %.2f ms | %.1f%% | %.1f%% |", m.name,
+			nearC*1e3, 100*nearRT, farC*1e3, 100*farRT, 100*(farC/t.median[0]-1)))
 		cell := func(i int) string { return fmt.Sprintf("%.2f ms (%.2f)", t.median[i]*1e3, t.best[i]*1e3) }
 		over := func(i int) string {
 			return fmt.Sprintf("%.1f%% (%.1f%%)", 100*(t.ratio[i]-1), 100*(t.median[i]/t.median[0]-1))
 		}
 		fmt.Printf("| %s | %d KiB | %s | %s | %s | %s | %s |\n", m.name, 4*n>>10, cell(0), cell(1), over(1), cell(2), over(2))
+	}
+	fmt.Println()
+	fmt.Println("The same runs, each remote call split by the compute time its backend reported (compute_nanos): the round trip is the rest of the")
+	fmt.Println("call's time (tensors' bytes, hand-overs between goroutines and processes). Medians over the runs; the last column is")
+	fmt.Println("compute-serve's own compute against the in-process run, what computing in a second process beside this one costs.")
+	fmt.Println()
+	fmt.Println("| model | served in process: backend's compute | round trip / compute | compute-serve: backend's compute | round trip / compute | compute-serve's compute / in process |")
+	fmt.Println("|---|---|---|---|---|---|")
+	for _, r := range splitRows {
+		fmt.Println(r)
 	}
 	fmt.Println()
 	return nil
