@@ -15,7 +15,7 @@
 //     PyTorch backend (when /usr/bin/python3 can import torch; skipped with
 //     a message otherwise), on the default model and the 4x wider one.
 //
-//     go run ./bench/backends [-sizes 256K,1M,16M] [-min-time 1s] [-steps 6] [-up=true] [-cpuprofile FILE]
+//     go run ./bench/backends [-sizes 256K,1M,16M] [-min-time 1s] [-steps 6] [-up=true] [-big] [-cpuprofile FILE]
 //
 // -cpuprofile writes this process's CPU profile of the overhead rows,
 // samples labelled side= and model= (the in-process server's goroutines
@@ -59,6 +59,7 @@ func main() {
 		steps   = flag.Int("steps", 6, "up: training steps per run")
 		up      = flag.Bool("up", true, "run the up rows (they start processes and take a minute or two)")
 		torchOn = flag.Bool("torch", true, "include the PyTorch backend's rows when torch is installed")
+		big     = flag.Bool("big", false, "add an overhead row with a 16 MiB activation (the wider stage at microbatch 128: about a second a run)")
 		profile = flag.String("cpuprofile", "", "write this process's CPU profile of the overhead rows here, each sample labelled with its side and model")
 	)
 	flag.Parse()
@@ -70,7 +71,7 @@ func main() {
 	if err := hopRows(*sizes, *minTime); err != nil {
 		fail(err)
 	}
-	if err := overheadRows(exe, *minTime, *profile); err != nil {
+	if err := overheadRows(exe, *minTime, *profile, *big); err != nil {
 		fail(err)
 	}
 	if *up {
@@ -336,7 +337,7 @@ func (s *splits) shares(n int) (roundTrip, compute float64) {
 // protocol's own cost), and through `stagecoach compute-serve` (the
 // protocol plus computing in a second process beside this one). A second
 // table splits each remote call by the compute time its backend reported.
-func overheadRows(exe string, minTime time.Duration, profile string) error {
+func overheadRows(exe string, minTime time.Duration, profile string, big bool) error {
 	fmt.Println("## The protocol's overhead per action: one stage's Forward + Backward")
 	fmt.Println()
 	fmt.Println("Each time: the median run (the fastest in brackets). Each overhead against in process: the median of run-by-run ratios (the ratio of the medians in brackets).")
@@ -380,10 +381,15 @@ func overheadRows(exe string, minTime time.Duration, profile string) error {
 	for _, m := range []struct {
 		name string
 		cfg  model.Config
+		b    int // microbatch
 	}{
-		{"default (dim 128, ctx 64)", model.Config{Layers: 4, Dim: 128, Heads: 4, Ctx: 64, Seed: 1}},
-		{"4x wider (dim 512, ctx 64)", model.Config{Layers: 4, Dim: 512, Heads: 8, Ctx: 64, Seed: 1}},
+		{"default (dim 128, ctx 64)", model.Config{Layers: 4, Dim: 128, Heads: 4, Ctx: 64, Seed: 1}, 8},
+		{"4x wider (dim 512, ctx 64)", model.Config{Layers: 4, Dim: 512, Heads: 8, Ctx: 64, Seed: 1}, 8},
+		{"4x wider, microbatch 128", model.Config{Layers: 4, Dim: 512, Heads: 8, Ctx: 64, Seed: 1}, 128},
 	} {
+		if m.b > 8 && !big {
+			continue
+		}
 		mj, _ := json.Marshal(m.cfg)
 		spec := compute.LoadSpec{Model: mj, Shard: compute.ShardSpec{Lo: 1, Hi: 2}} // one block, as a 4-worker pipeline's middle stage
 		var stages []compute.Stage
@@ -395,7 +401,7 @@ func overheadRows(exe string, minTime time.Duration, profile string) error {
 			defer st.Close()
 			stages = append(stages, st)
 		}
-		const b = 8
+		b := m.b
 		n := b * m.cfg.Ctx * m.cfg.Dim
 		x := &compute.Tensor{Shape: []int{b, m.cfg.Ctx, m.cfg.Dim}, Data: make([]float32, n)}
 		g := &compute.Tensor{Shape: []int{b, m.cfg.Ctx, m.cfg.Dim}, Data: make([]float32, n)}
