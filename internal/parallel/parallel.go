@@ -25,10 +25,10 @@ func For(workers, n int, f func(worker, lo, hi int)) {
 	var wg sync.WaitGroup
 	for i := 1; i < w; i++ {
 		wg.Add(1)
-		go func() {
+		spawn(func() {
 			defer wg.Done()
 			f(i, i*n/w, (i+1)*n/w)
-		}()
+		})
 	}
 	f(0, 0, n/w)
 	wg.Wait()
@@ -80,10 +80,10 @@ func Steal(workers, n int, f func(worker, i int)) {
 	var wg sync.WaitGroup
 	for k := 1; k < w; k++ {
 		wg.Add(1)
-		go func() {
+		spawn(func() {
 			defer wg.Done()
 			run(k)
-		}()
+		})
 	}
 	run(0)
 	wg.Wait()

@@ -1,0 +1,82 @@
+package parallel
+
+import (
+	"runtime"
+	"sync"
+	"time"
+)
+
+// Helpers run the shares of a loop that are not the caller's. Starting a
+// fresh goroutine for each share was cheap on the goroutine's side, but
+// the thread that runs it has often gone to sleep since the last loop,
+// and waking a sleeping thread is slow where these loops run: on the 2-core
+// VMs of docs/benchmarks.md the second share started 50-65 µs after the
+// `go` statement, as long as a whole RMSNorm's work. So a helper that has
+// finished its share stays awake for spinFor, yielding to any other
+// goroutine that wants its thread, and only then sleeps: loops that follow
+// each other closely (a training step's products and element-wise layers)
+// find it awake. This is the policy of OpenMP's and OpenBLAS's worker
+// threads, with a short bound, since another process may want the core.
+
+// spinFor is how long an idle helper stays awake for the next share.
+const spinFor = 200 * time.Microsecond
+
+// helper is one goroutine running shares handed to it through work.
+type helper struct{ work chan func() }
+
+// idle holds the helpers waiting for a share, the most recent last (it is
+// the likeliest to be awake).
+var idle struct {
+	sync.Mutex
+	helpers []*helper
+}
+
+// spawn runs f on an idle helper, or on a new one when none is idle.
+func spawn(f func()) {
+	idle.Lock()
+	var h *helper
+	if n := len(idle.helpers); n > 0 {
+		h = idle.helpers[n-1]
+		idle.helpers = idle.helpers[:n-1]
+	}
+	idle.Unlock()
+	if h != nil {
+		h.work <- f // never blocks: the helper took nothing since it was idle
+		return
+	}
+	h = &helper{work: make(chan func(), 1)}
+	go h.run(f)
+}
+
+// run runs f, then the shares handed to it, until there are more idle
+// helpers than threads to run them (then it ends).
+func (h *helper) run(f func()) {
+	for {
+		f()
+		idle.Lock()
+		if len(idle.helpers) >= runtime.GOMAXPROCS(0) {
+			idle.Unlock()
+			return
+		}
+		idle.helpers = append(idle.helpers, h)
+		idle.Unlock()
+		f = h.next()
+	}
+}
+
+// next waits for the next share: awake for spinFor, then asleep.
+func (h *helper) next() func() {
+	start := time.Now()
+	for i := 0; ; i++ {
+		select {
+		case f := <-h.work:
+			return f
+		default:
+		}
+		if i%32 == 31 && time.Since(start) > spinFor {
+			return <-h.work
+		}
+		runtime.Gosched()
+		yieldThread()
+	}
+}
