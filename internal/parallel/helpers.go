@@ -3,6 +3,7 @@ package parallel
 import (
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -62,6 +63,29 @@ func (h *helper) run(f func()) {
 		idle.Unlock()
 		f = h.next()
 	}
+}
+
+// join is a caller's wait for the shares it handed to helpers. The caller
+// too stays awake for spinFor before it sleeps: a caller that slept would
+// be woken onto its helper's thread, and the helper would then wait for a
+// sleeping thread to run on.
+type join struct {
+	left atomic.Int32
+	wg   sync.WaitGroup
+}
+
+func (j *join) add(n int) { j.left.Add(int32(n)); j.wg.Add(n) }
+func (j *join) done()     { j.left.Add(-1); j.wg.Done() }
+
+func (j *join) wait() {
+	start := time.Now()
+	for i := 0; j.left.Load() > 0; i++ {
+		if i%32 == 31 && time.Since(start) > spinFor {
+			break
+		}
+		runtime.Gosched()
+	}
+	j.wg.Wait()
 }
 
 // next waits for the next share: awake for spinFor, then asleep.

@@ -81,3 +81,48 @@ func TestLoopsFromManyGoroutines(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// spinWork keeps a thread busy for d (a stand-in for a share's compute).
+func spinWork(d time.Duration) {
+	for start := time.Now(); time.Since(start) < d; {
+	}
+}
+
+// BenchmarkShareStart times how late the second share of a two-way loop
+// starts after the caller hands it over, when 100 µs of serial work came
+// before the loop (as an element-wise layer comes between two matrix
+// products): through the helpers and their join, and through a fresh
+// goroutine per share and a sync.WaitGroup as before them, side by side
+// in one run. Run it with -cpu 2.
+func BenchmarkShareStart(b *testing.B) {
+	loop := func(b *testing.B, share func(f func()) (wait func())) {
+		var late time.Duration
+		for b.Loop() {
+			spinWork(100 * time.Microsecond)
+			handed := time.Now()
+			wait := share(func() {
+				late += time.Since(handed)
+				spinWork(20 * time.Microsecond)
+			})
+			spinWork(20 * time.Microsecond)
+			wait()
+		}
+		b.ReportMetric(float64(late.Nanoseconds())/float64(b.N)/1e3, "µs-late")
+	}
+	b.Run("helpers", func(b *testing.B) {
+		loop(b, func(f func()) func() {
+			var j join
+			j.add(1)
+			spawn(func() { f(); j.done() })
+			return j.wait
+		})
+	})
+	b.Run("fresh-goroutine", func(b *testing.B) {
+		loop(b, func(f func()) func() {
+			var wg sync.WaitGroup
+			wg.Add(1)
+			go func() { f(); wg.Done() }()
+			return wg.Wait
+		})
+	})
+}

@@ -7,7 +7,6 @@
 package parallel
 
 import (
-	"sync"
 	"sync/atomic"
 )
 
@@ -22,16 +21,16 @@ func For(workers, n int, f func(worker, lo, hi int)) {
 		}
 		return
 	}
-	var wg sync.WaitGroup
+	var j join
+	j.add(w - 1)
 	for i := 1; i < w; i++ {
-		wg.Add(1)
 		spawn(func() {
-			defer wg.Done()
+			defer j.done()
 			f(i, i*n/w, (i+1)*n/w)
 		})
 	}
 	f(0, 0, n/w)
-	wg.Wait()
+	j.wait()
 }
 
 // Steal runs f(worker, i) once for every i in [0, n) on w = min(workers,
@@ -77,16 +76,16 @@ func Steal(workers, n int, f func(worker, i int)) {
 			}
 		}
 	}
-	var wg sync.WaitGroup
+	var j join
+	j.add(w - 1)
 	for k := 1; k < w; k++ {
-		wg.Add(1)
 		spawn(func() {
-			defer wg.Done()
+			defer j.done()
 			run(k)
 		})
 	}
 	run(0)
-	wg.Wait()
+	j.wait()
 }
 
 // span is the iterations [next, end) of one of Steal's ranges not yet
