@@ -56,14 +56,16 @@ func gemmOn(impl blas.Float32, tA, tB bool, m, n, k int, a []float32, lda int, b
 // the same operations, so the bits do not depend on the split. Reductions
 // across rows (RMSNorm's gain gradient) stay on one goroutine, in row order.
 
-// The smallest buffers worth splitting: below them the goroutine hand-off
-// (tens of microseconds to wake a second thread) costs more than the
-// second core saves. GELU computes a tanh per element; the residual adds
-// and RMSNorm do a few flops per element and are bound by memory, so a
-// second core pays for them only on far larger buffers.
+// The smallest buffers worth splitting: below them the hand-off to
+// another goroutine costs more than the second core saves. GELU computes
+// a tanh per element; the residual adds and RMSNorm do a few flops per
+// element and are bound by memory, so a second core pays for them only
+// on larger buffers, and only because a helper of internal/parallel is
+// still awake after the product before them (a sleeping thread takes
+// 30-60 µs to wake on the VMs we measure on, as long as the work).
 const (
 	minParallelFloats      = 1 << 14
-	minParallelCheapFloats = 1 << 20
+	minParallelCheapFloats = 1 << 16
 )
 
 // rows runs f over [0, n) rows of d floats, split across goroutines when the

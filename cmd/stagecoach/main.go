@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"stagecoach/internal/parallel"
 	"stagecoach/internal/sgemm"
 )
 
@@ -24,9 +25,13 @@ var rootCmd = &cobra.Command{
 	SilenceErrors: true,
 	// Every subcommand logs through slog as --log-format and
 	// --log-level say; no subcommand sets a PersistentPreRunE of its own.
-	// An unknown STAGECOACH_GEMM is refused here, before any work.
+	// An unknown STAGECOACH_GEMM or STAGECOACH_WAIT is refused here,
+	// before any work.
 	PersistentPreRunE: func(*cobra.Command, []string) error {
 		if err := sgemm.CheckEnv(); err != nil {
+			return badInput("%v", err)
+		}
+		if err := parallel.CheckEnv(); err != nil {
 			return badInput("%v", err)
 		}
 		return setupLogging()

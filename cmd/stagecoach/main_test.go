@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"stagecoach/internal/etcdx"
+	"stagecoach/internal/parallel"
 )
 
 // TestMain lets tests run the real binary: the test executable re-executes
@@ -86,4 +88,31 @@ func TestFlagHelpValueNamesAreOneWord(t *testing.T) {
 		}
 	}
 	walk(rootCmd)
+}
+
+// An unknown wait policy is refused before any work, naming the variable.
+func TestUnknownWaitPolicyIsRefused(t *testing.T) {
+	t.Setenv(parallel.WaitEnv, "eager")
+	_, errOut, code := runCLI(t, t.TempDir(), "train", "--steps", "1")
+	if code != 2 || !strings.Contains(errOut, `STAGECOACH_WAIT="eager"`) {
+		t.Fatalf("exit %d, stderr %q; want 2 naming STAGECOACH_WAIT", code, errOut)
+	}
+}
+
+// up's workers wait passively when several share the machine, unless
+// the user chose a policy.
+func TestUpWorkersWaitPassively(t *testing.T) {
+	has := func(env []string) bool { return slices.Contains(env, parallel.WaitEnv+"=passive") }
+	t.Setenv(parallel.WaitEnv, "") // restored after the test
+	os.Unsetenv(parallel.WaitEnv)
+	if env := workerEnv(3); !has(env) {
+		t.Errorf("3 workers: %s not passive", parallel.WaitEnv)
+	}
+	if env := workerEnv(1); env != nil {
+		t.Errorf("1 worker: environment changed")
+	}
+	t.Setenv(parallel.WaitEnv, "active")
+	if env := workerEnv(3); env != nil {
+		t.Errorf("%s=active set by the user was overridden", parallel.WaitEnv)
+	}
 }

@@ -1,6 +1,8 @@
 package parallel
 
 import (
+	"fmt"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -19,8 +21,33 @@ import (
 // find it awake. This is the policy of OpenMP's and OpenBLAS's worker
 // threads, with a short bound, since another process may want the core.
 
-// spinFor is how long an idle helper stays awake for the next share.
+// spinFor is how long an idle helper stays awake for the next share
+// (and a caller for its helpers), unless the wait policy is passive.
 const spinFor = 200 * time.Microsecond
+
+// WaitEnv names the environment variable that sets the wait policy:
+// "active" (the default) keeps helpers and callers awake for spinFor;
+// "passive" puts them to sleep at once, as before the helpers, for
+// processes that share their cores with others computing (OpenMP's
+// OMP_WAIT_POLICY; `stagecoach up` sets it for its workers, which share
+// one machine).
+const WaitEnv = "STAGECOACH_WAIT"
+
+// spin is how long to stay awake: spinFor, or 0 when passive.
+var spin, envErr = waitFromEnv(os.Getenv(WaitEnv))
+
+func waitFromEnv(v string) (time.Duration, error) {
+	switch v {
+	case "", "active":
+		return spinFor, nil
+	case "passive":
+		return 0, nil
+	}
+	return spinFor, fmt.Errorf("%s=%q: want \"active\" (threads stay awake briefly between parallel loops) or \"passive\" (they sleep at once; for processes sharing their cores)", WaitEnv, v)
+}
+
+// CheckEnv reports an unknown STAGECOACH_WAIT (the default applies).
+func CheckEnv() error { return envErr }
 
 // helper is one goroutine running shares handed to it through work.
 type helper struct{ work chan func() }
@@ -79,16 +106,12 @@ func (j *join) done()     { j.left.Add(-1); j.wg.Done() }
 
 func (j *join) wait() {
 	start := time.Now()
-	for i := 0; j.left.Load() > 0; i++ {
-		if i%32 == 31 && time.Since(start) > spinFor {
-			break
-		}
-		runtime.Gosched()
+	for i := 0; j.left.Load() > 0 && awake(start, i); i++ {
 	}
 	j.wg.Wait()
 }
 
-// next waits for the next share: awake for spinFor, then asleep.
+// next waits for the next share: awake for a while, then asleep.
 func (h *helper) next() func() {
 	start := time.Now()
 	for i := 0; ; i++ {
@@ -97,10 +120,21 @@ func (h *helper) next() func() {
 			return f
 		default:
 		}
-		if i%32 == 31 && time.Since(start) > spinFor {
+		if !awake(start, i) {
 			return <-h.work
 		}
-		runtime.Gosched()
-		yieldThread()
 	}
+}
+
+// awake reports whether a goroutine that began to wait at start, and has
+// looked i times, should look again rather than sleep. Between looks it
+// lets this process's other goroutines, and other processes' threads,
+// have its thread.
+func awake(start time.Time, i int) bool {
+	if spin == 0 || i%32 == 31 && time.Since(start) > spin {
+		return false
+	}
+	runtime.Gosched()
+	yieldThread()
+	return true
 }

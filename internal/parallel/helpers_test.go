@@ -2,6 +2,7 @@ package parallel
 
 import (
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -125,4 +126,20 @@ func BenchmarkShareStart(b *testing.B) {
 			return wg.Wait
 		})
 	})
+}
+
+func TestWaitFromEnv(t *testing.T) {
+	for _, c := range []struct {
+		v    string
+		want time.Duration
+		bad  bool
+	}{{"", spinFor, false}, {"active", spinFor, false}, {"passive", 0, false}, {"Passive", spinFor, true}, {"1", spinFor, true}} {
+		got, err := waitFromEnv(c.v)
+		if got != c.want || (err != nil) != c.bad {
+			t.Errorf("%s=%q: %v, %v; want %v, error %v", WaitEnv, c.v, got, err, c.want, c.bad)
+		}
+		if err != nil && !strings.Contains(err.Error(), WaitEnv) {
+			t.Errorf("error %q does not name %s", err, WaitEnv)
+		}
+	}
 }
