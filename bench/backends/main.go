@@ -321,15 +321,20 @@ func (s *splits) end() { s.runs = append(s.runs, s.cur); s.cur = split{} }
 // shares is the median, over the last n runs, of the round trip (the
 // call's time outside the backend's compute) as a share of the compute,
 // and the median compute time.
-func (s *splits) shares(n int) (roundTrip, compute float64) {
+// Both backends here report their compute, so a run without it is an
+// error, not a division by zero.
+func (s *splits) shares(n int) (roundTrip, compute float64, err error) {
 	runs := s.runs[len(s.runs)-n:]
 	rt, c := make([]float64, len(runs)), make([]float64, len(runs))
 	for i, r := range runs {
+		if r.compute <= 0 {
+			return 0, 0, errors.New("a backend reported no compute time (compute_nanos) in a timed run")
+		}
 		rt[i] = float64(r.call-r.compute) / float64(r.compute)
 		c[i] = r.compute.Seconds()
 	}
 	med := func(v []float64) float64 { sort.Float64s(v); return v[len(v)/2] }
-	return med(rt), med(c)
+	return med(rt), med(c), nil
 }
 
 // overheadRows times a stage's Forward+Backward in process, through the
@@ -437,8 +442,14 @@ func overheadRows(exe string, minTime time.Duration, profile string, big bool) e
 		if err != nil {
 			return err
 		}
-		nearRT, nearC := nearSplits.shares(t.rounds)
-		farRT, farC := farSplits.shares(t.rounds)
+		nearRT, nearC, err := nearSplits.shares(t.rounds)
+		if err != nil {
+			return err
+		}
+		farRT, farC, err := farSplits.shares(t.rounds)
+		if err != nil {
+			return err
+		}
 		splitRows = append(splitRows, fmt.Sprintf("| %s | %.2f ms | %.1f%% | %.2f ms | %.1f%% | %.1f%% |", m.name,
 			nearC*1e3, 100*nearRT, farC*1e3, 100*farRT, 100*(farC/t.median[0]-1)))
 		cell := func(i int) string { return fmt.Sprintf("%.2f ms (%.2f)", t.median[i]*1e3, t.best[i]*1e3) }
