@@ -62,7 +62,8 @@ func gemmOn(impl blas.Float32, tA, tB bool, m, n, k int, a []float32, lda int, b
 // element and are bound by memory, so a second core pays for them only
 // on larger buffers, and only because a helper of internal/parallel is
 // still awake after the product before them (a sleeping thread takes
-// 30-60 µs to wake on the VMs we measure on, as long as the work).
+// about 30 µs to wake on the VMs we measure on, most of what the second
+// core saves).
 const (
 	minParallelFloats      = 1 << 14
 	minParallelCheapFloats = 1 << 16

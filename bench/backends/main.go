@@ -315,8 +315,10 @@ func (s *splits) observe(_ string, call, compute time.Duration) {
 	s.cur.compute += compute
 }
 
-// end closes the current run.
-func (s *splits) end() { s.runs = append(s.runs, s.cur); s.cur = split{} }
+// begin opens a run (calls outside runs, such as Load, are not counted);
+// end closes it.
+func (s *splits) begin() { s.cur = split{} }
+func (s *splits) end()   { s.runs = append(s.runs, s.cur) }
 
 // shares is the median, over the last n runs, of the round trip (the
 // call's time outside the backend's compute) as a share of the compute,
@@ -420,6 +422,7 @@ func overheadRows(exe string, minTime time.Duration, profile string, big bool) e
 			labels := pprof.Labels("side", side, "model", m.name)
 			return func() (err error) {
 				if sp != nil {
+					sp.begin()
 					defer sp.end()
 				}
 				pprof.Do(context.Background(), labels, func(context.Context) {

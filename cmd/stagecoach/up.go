@@ -398,7 +398,7 @@ func workerMetricsAddr(addr string, i int) (string, error) {
 // when several workers share this machine's cores and STAGECOACH_WAIT is
 // not set, this process's with the passive wait policy: a worker's thread
 // kept awake for its next parallel loop would hold a core another worker
-// is waiting for (`up --workers 3` on two cores ran 18-25% slower so).
+// is waiting for (`up --workers 3` on two cores ran 16-27% slower so).
 func workerEnv(workers int) []string {
 	if _, set := os.LookupEnv(parallel.WaitEnv); set || workers < 2 {
 		return nil

@@ -11,12 +11,12 @@ import (
 
 // Helpers run the shares of a loop that are not the caller's. Starting a
 // fresh goroutine for each share was cheap on the goroutine's side, but
-// the thread that runs it has often gone to sleep since the last loop,
-// and waking a sleeping thread is slow where these loops run: on the
-// 2-core VMs of docs/operations.md the second share started about 30 µs
-// after the `go` statement on average, often 60 (BenchmarkShareStart),
-// as long as a whole RMSNorm's work. So a helper that has finished its
-// share stays awake for spinFor, offering its thread to any other
+// the thread that runs it has often gone to sleep since the last loop, and
+// waking a sleeping thread is slow where these loops run: on the 2-core
+// VMs of docs/operations.md the second share started about 30 µs after the
+// `go` statement on average (BenchmarkShareStart), most of what a second
+// thread saves on an RMSNorm (90 µs on one). So a helper that has finished
+// its share stays awake for spinFor, offering its thread to any other
 // goroutine or process that wants it, and only then sleeps: loops that
 // follow each other closely (a training step's products and element-wise
 // layers) find it awake. This is the policy of OpenMP's and OpenBLAS's
